@@ -1,0 +1,3 @@
+from triochat.cli import main
+
+main()

@@ -1,0 +1,182 @@
+"""The ``triochat`` command: a click group; each command parses, then calls ``trio.run``."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+import sys
+
+import click
+import trio
+
+from . import __version__
+from .server import ChatServer, ServerConfig, format_address
+
+log = logging.getLogger("triochat")
+
+# Descriptors the process needs besides its clients: listeners, stdio, logs.
+_SPARE_FDS = 64
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="triochat")
+def main() -> None:
+    """triochat: a realtime multi-user chat on Trio. `nc HOST 7007` is a complete client."""
+
+
+def _raise_fd_limit(max_clients: int) -> int:
+    """Raise the open-file soft limit as far as allowed; return the client cap that fits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_clients + _SPARE_FDS
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if max_clients + _SPARE_FDS > soft:
+        fitted = max(1, soft - _SPARE_FDS)
+        log.warning(
+            "open-file limit is %d: lowering --max-clients from %d to %d", soft, max_clients, fitted
+        )
+        return fitted
+    return max_clients
+
+
+@main.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="TRIOCHAT_HOST",
+    help="Address to listen on (0.0.0.0 for every interface).",
+)
+@click.option(
+    "--port",
+    default=7007,
+    show_default=True,
+    envvar="TRIOCHAT_PORT",
+    type=click.IntRange(0, 65535),
+    help="TCP port; 0 picks a free one.",
+)
+@click.option(
+    "--max-line",
+    default=4096,
+    show_default=True,
+    envvar="TRIOCHAT_MAX_LINE",
+    type=click.IntRange(64),
+    help="Longest line accepted, in bytes.",
+)
+@click.option(
+    "--history",
+    default=20,
+    show_default=True,
+    envvar="TRIOCHAT_HISTORY",
+    type=click.IntRange(0, 1000),
+    help="Recent lines a room replays to joiners.",
+)
+@click.option(
+    "--max-clients",
+    default=10_000,
+    show_default=True,
+    envvar="TRIOCHAT_MAX_CLIENTS",
+    type=click.IntRange(1),
+    help="Most connections at once.",
+)
+@click.option(
+    "--rate",
+    default=20.0,
+    show_default=True,
+    envvar="TRIOCHAT_RATE",
+    type=click.FloatRange(0),
+    help="Lines/s per client; 0 turns flood control off.",
+)
+@click.option(
+    "--burst",
+    default=40,
+    show_default=True,
+    envvar="TRIOCHAT_BURST",
+    type=click.IntRange(1),
+    help="Lines a client may send at once before being paced.",
+)
+@click.option(
+    "--registration-timeout",
+    default=60.0,
+    show_default=True,
+    envvar="TRIOCHAT_REGISTRATION_TIMEOUT",
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds a new connection has to give its name.",
+)
+@click.option(
+    "--send-queue",
+    default=1024,
+    show_default=True,
+    envvar="TRIOCHAT_SEND_QUEUE",
+    type=click.IntRange(64),
+    help="Lines queued for a client before it is dropped.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    envvar="TRIOCHAT_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+def serve(
+    host: str,
+    port: int,
+    max_line: int,
+    history: int,
+    max_clients: int,
+    rate: float,
+    burst: int,
+    registration_timeout: float,
+    send_queue: int,
+    log_level: str,
+) -> None:
+    """Run a chat server until SIGINT or SIGTERM.
+
+    Every option can also be set from the environment: TRIOCHAT_PORT,
+    TRIOCHAT_MAX_CLIENTS, and so on.
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if send_queue <= history + 8:
+        raise click.BadParameter("must exceed --history by more than 8", param_hint="--send-queue")
+    config = ServerConfig(
+        host=host,
+        port=port,
+        max_line=max_line,
+        history=history,
+        max_clients=_raise_fd_limit(max_clients),
+        rate=rate,
+        burst=burst,
+        registration_timeout=registration_timeout,
+        send_queue=send_queue,
+    )
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+async def _serve(config: ServerConfig) -> None:
+    server = ChatServer(config)
+    # Enter the signal receiver before listening, so a signal never lands as
+    # a KeyboardInterrupt in the middle of start-up.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(server.serve)
+            for listener in listeners:
+                print(f"triochat listening on {format_address(listener)}", flush=True)
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                server.shutdown()
+                break

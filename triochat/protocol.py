@@ -1,0 +1,306 @@
+"""Protocol v1, sans-IO: framing, parsing, validation and formatting.
+
+Nothing here does I/O or imports trio. Bytes go into a :class:`LineFramer`,
+lines come out; client lines become :data:`Command` values; server lines are
+built by the ``format_*`` functions. The wire format is documented for client
+authors in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from typing import Final
+
+DEFAULT_MAX_LINE: Final = 4096
+LOBBY: Final = "#lobby"
+NAME_MAX: Final = 24
+ROOM_MAX: Final = 32
+
+NAME_RULES: Final = f"a name is 1 to {NAME_MAX} letters, digits, _ or -"
+ROOM_RULES: Final = f"a room is # followed by 1 to {ROOM_MAX} letters, digits, _ or -"
+
+# \w is Unicode-aware: letters and digits of any script, plus "_".
+_NAME_RE: Final = re.compile(rf"[\w-]{{1,{NAME_MAX}}}")
+_ROOM_RE: Final = re.compile(rf"#[\w-]{{1,{ROOM_MAX}}}")
+
+
+# --- Framing -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One complete line from the peer, decoded, without its line ending."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LineTooLong:
+    """The peer sent a line over the limit; it is being discarded up to its newline."""
+
+    limit: int
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+"""Returned by :meth:`LineFramer.next_event` when more bytes are needed."""
+
+FramerEvent = Line | LineTooLong | _NeedData
+
+
+class LineFramer:
+    """Splits a byte stream into lines, in bounded time and space.
+
+    At most ``max_line`` bytes of an unfinished line are ever buffered: past
+    that, one :class:`LineTooLong` is reported and the rest of the line is
+    dropped as it arrives. Each byte is scanned for a newline once, so a peer
+    dribbling a long line one byte at a time costs O(bytes), not O(bytes²).
+    """
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be at least 1")
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf already known to hold no b"\n"
+        self._discarding = False
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        """Feed bytes received from the peer."""
+        self._buf += data
+
+    def next_event(self) -> FramerEvent:
+        """Return the next :class:`Line`, a :class:`LineTooLong`, or ``NEED_DATA``."""
+        while True:
+            end = self._buf.find(b"\n", self._scanned)
+            if end < 0:
+                if self._discarding:
+                    self._buf.clear()
+                    self._scanned = 0
+                elif len(self._buf) > self.max_line:
+                    self._buf.clear()
+                    self._scanned = 0
+                    self._discarding = True
+                    return LineTooLong(self.max_line)
+                else:
+                    self._scanned = len(self._buf)
+                return NEED_DATA
+            raw = bytes(self._buf[:end])
+            del self._buf[: end + 1]
+            self._scanned = 0
+            if self._discarding:
+                self._discarding = False
+                continue
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            if len(raw) > self.max_line:
+                return LineTooLong(self.max_line)
+            return Line(raw.decode("utf-8", "replace"))
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an unfinished line (never more than ``max_line + chunk``)."""
+        return len(self._buf)
+
+
+# --- Cleaning and validation -------------------------------------------------
+
+# C0 and C1 controls and DEL; ESC included, so no terminal escape sequence
+# survives. Tab becomes a space rather than gluing words together.
+_CONTROLS: Final[dict[int, str | None]] = {
+    c: None for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]
+}
+_CONTROLS[0x09] = " "
+
+
+def clean_text(text: str) -> str:
+    """Remove C0/C1 control characters (tab becomes a space)."""
+    return text.translate(_CONTROLS)
+
+
+def name_error(name: str) -> str | None:
+    """Return why ``name`` is not a valid user name, or ``None`` if it is."""
+    if _NAME_RE.fullmatch(name) is None:
+        return f"Invalid name {name!r}: {NAME_RULES}"
+    return None
+
+
+def name_key(name: str) -> str:
+    """The form under which names are compared: case-insensitive, NFKC."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def normalize_room(room: str) -> str | None:
+    """Return the canonical room name (``#`` added if missing), or ``None`` if invalid."""
+    if not room.startswith("#"):
+        room = "#" + room
+    if _ROOM_RE.fullmatch(room) is None:
+        return None
+    return room.lower()
+
+
+# --- Commands (client to server, after registration) ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Me:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nick:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Msg:
+    to: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Users:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Rooms:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A line the server answers with an error (``message`` is the ``!`` line's text)."""
+
+    message: str
+
+
+Command = Say | Me | Join | Nick | Msg | Users | Rooms | Help | Quit | Invalid
+
+HELP: Final = (
+    "Commands:",
+    "  TEXT               say TEXT to your room (//TEXT sends /TEXT)",
+    "  /me TEXT           an action: * NAME TEXT",
+    "  /msg NAME TEXT     a private message (alias /whisper)",
+    "  /join #ROOM        leave your room and join #ROOM (created on demand)",
+    "  /nick NAME         change your name",
+    "  /users             who is in your room (aliases /who, /names)",
+    "  /rooms             the rooms and their sizes (alias /list)",
+    "  /quit [REASON]     leave the chat (alias /exit)",
+    "  /help              this list",
+)
+
+
+def _usage(usage: str) -> Invalid:
+    return Invalid(f"Usage: {usage}")
+
+
+def parse_command(line: str) -> Command | None:
+    """Parse one cleaned client line; ``None`` for a line to ignore (empty)."""
+    if not line.strip():
+        return None
+    if not line.startswith("/"):
+        return Say(line)
+    if line.startswith("//"):
+        return Say(line[1:])
+    verb, _, rest = line[1:].partition(" ")
+    verb = verb.lower()
+    rest = rest.strip()
+    if verb == "me":
+        return Me(rest) if rest else _usage("/me TEXT")
+    if verb in ("msg", "whisper"):
+        to, _, text = rest.partition(" ")
+        text = text.strip()
+        if not to or not text:
+            return _usage(f"/{verb} NAME TEXT")
+        return Msg(to, text)
+    if verb == "join":
+        if not rest or " " in rest:
+            return _usage("/join #ROOM")
+        room = normalize_room(rest)
+        if room is None:
+            return Invalid(f"Invalid room {rest!r}: {ROOM_RULES}")
+        return Join(room)
+    if verb == "nick":
+        if not rest or " " in rest:
+            return _usage("/nick NAME")
+        return Nick(rest)
+    if verb in ("users", "who", "names"):
+        return Users()
+    if verb in ("rooms", "list"):
+        return Rooms()
+    if verb == "help":
+        return Help()
+    if verb in ("quit", "exit"):
+        return Quit(rest)
+    return Invalid(f"Unknown command /{verb}. Try /help.")
+
+
+# --- Server lines ------------------------------------------------------------
+
+
+class Timestamper:
+    """Formats ``[HH:MM:SS]`` in the server's local time, once per second at most."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, when: float) -> str:
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("[%H:%M:%S]", time.localtime(second))
+        return self._stamp
+
+
+def format_message(stamp: str, name: str, text: str) -> str:
+    return f"{stamp} <{name}> {text}\n"
+
+
+def format_event(stamp: str, name: str, text: str) -> str:
+    """An action (``/me``) or a room event such as ``joined #room``."""
+    return f"{stamp} * {name} {text}\n"
+
+
+def format_private(stamp: str, sender: str, text: str) -> str:
+    return f"{stamp} *{sender}* {text}\n"
+
+
+def format_private_echo(stamp: str, recipient: str, text: str) -> str:
+    return f"{stamp} -> *{recipient}* {text}\n"
+
+
+def format_info(text: str) -> str:
+    return f"* {text}\n"
+
+
+def format_error(text: str) -> str:
+    return f"! {text}\n"

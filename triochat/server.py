@@ -1,0 +1,317 @@
+"""The TCP server: listeners, one task per connection, graceful shutdown.
+
+Each connection's task reads (and runs the hub's rules for each line) while
+a writer task in the same per-connection nursery drains that connection's
+bounded outbox. Whatever ends the connection, cleanup happens in one place:
+the ``finally`` of :meth:`_Connection.run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from contextlib import suppress
+from dataclasses import dataclass
+from functools import partial
+from typing import Final
+
+import trio
+
+from . import protocol as p
+from ._ratelimit import TokenBucket
+from .hub import Hub, Member
+
+log: Final = logging.getLogger("triochat.server")
+
+RECEIVE_SIZE: Final = 65536
+SHUTDOWN_LINE: Final = "Server is shutting down. Bye!"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Everything ``triochat serve`` can be told; each limit has a named option."""
+
+    host: str = "127.0.0.1"
+    port: int = 7007
+    max_line: int = p.DEFAULT_MAX_LINE
+    history: int = 20
+    max_clients: int = 10_000
+    rate: float = 20.0
+    """Lines a second each client may send on average; 0 turns flood control off."""
+    burst: int = 40
+    """Lines a client may send at once before flood control paces it."""
+    registration_timeout: float = 60.0
+    send_queue: int = 1024
+    """Lines queued for one client before it counts as a slow consumer."""
+    linger: float = 5.0
+    """Seconds a departing client gets to read its last lines."""
+    shutdown_grace: float = 2.0
+    """Seconds clients get to read the shutdown notice before they are cut off."""
+
+    def __post_init__(self) -> None:
+        if self.send_queue <= self.history + 8:
+            raise ValueError("send_queue must exceed history by more than 8 lines")
+        for field in ("max_line", "max_clients", "send_queue", "burst"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be at least 1")
+        if self.history < 0 or self.rate < 0 or self.registration_timeout <= 0:
+            raise ValueError("history and rate must be >= 0, registration_timeout > 0")
+
+
+def _enable_keepalive(stream: trio.SocketStream) -> None:
+    """Find dead peers in about a minute: keepalive after 20 s idle, then 4 probes 5 s apart.
+
+    Idle but connected clients answer the probes, so they are never kicked.
+    TCP_USER_TIMEOUT covers the other case, a peer that vanished while we had
+    unacknowledged data for it.
+    """
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+    for name, value in (
+        ("TCP_KEEPIDLE", 20),
+        ("TCP_KEEPINTVL", 5),
+        ("TCP_KEEPCNT", 4),
+        ("TCP_USER_TIMEOUT", 60_000),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:  # pragma: no branch - Linux has them all
+            stream.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+class ChatServer:
+    """A triochat server: ``await nursery.start(server.serve)``, later :meth:`shutdown`."""
+
+    def __init__(self, config: ServerConfig | None = None, *, hub: Hub | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.hub = hub or Hub(history=self.config.history)
+        self._connections: set[_Connection] = set()
+        self._shutdown = trio.Event()
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    async def serve(
+        self,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen, serve until :meth:`shutdown`, then say goodbye and return.
+
+        ``task_status.started`` gets the listeners, once they are accepting.
+        """
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Like :meth:`serve`, on listeners the caller opened."""
+        async with trio.open_nursery() as handlers:
+            async with trio.open_nursery() as acceptors:
+                await acceptors.start(
+                    partial(
+                        trio.serve_listeners,
+                        self.handle_stream,
+                        listeners,
+                        handler_nursery=handlers,
+                    )
+                )
+                for listener in listeners:
+                    log.info("listening on %s", format_address(listener))
+                task_status.started(listeners)
+                await self._shutdown.wait()
+                acceptors.cancel_scope.cancel()
+            log.info("shutting down: %d connections", len(self._connections))
+            self._close_all(SHUTDOWN_LINE)
+            handlers.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace
+
+    def shutdown(self) -> None:
+        """Stop accepting, tell every client, and give them ``shutdown_grace`` to read it."""
+        self._shutdown.set()
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one client over any trio stream (a TCP socket, or a test's memory stream)."""
+        if isinstance(stream, trio.SocketStream):
+            _enable_keepalive(stream)
+        if len(self._connections) >= self.config.max_clients:
+            log.warning("refused a connection: server full (%d)", self.config.max_clients)
+            with trio.move_on_after(1):
+                await stream.send_all(p.format_error("Server full, try again later").encode())
+            await trio.aclose_forcefully(stream)
+            return
+        connection = _Connection(self, stream)
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        except Exception:
+            # One client's bug must never take the server down.
+            log.exception("connection %s failed", connection.peer)
+        finally:
+            self._connections.discard(connection)
+
+    def _close_all(self, text: str) -> None:
+        data = p.format_info(text).encode()
+        for connection in list(self._connections):
+            connection.close_with(data)
+        self.hub.shutdown()
+
+
+def format_address(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Connection:
+    """One client: its stream, its outbox, and the reader/writer pair that serve it."""
+
+    def __init__(self, server: ChatServer, stream: trio.abc.Stream) -> None:
+        self.server = server
+        self.stream = stream
+        self.send, self.receive = trio.open_memory_channel[bytes](server.config.send_queue)
+        self.member: Member | None = None
+        self.reading = trio.CancelScope()
+        self.scope = trio.CancelScope()
+        self.reason = "connection lost"
+        self.peer = _peer(stream)
+
+    async def run(self) -> None:
+        log.info("connection from %s", self.peer)
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    with self.reading:
+                        await self._reader()
+                    # Whatever stopped the reader, the room hears of it now and
+                    # the writer flushes what is queued and hangs up, within
+                    # the linger time.
+                    self._leave()
+                    nursery.cancel_scope.deadline = min(
+                        nursery.cancel_scope.deadline,
+                        trio.current_time() + self.server.config.linger,
+                    )
+        finally:
+            self._leave()
+            await trio.aclose_forcefully(self.stream)
+            log.info("%s closed (%s)", self.peer, self.reason)
+
+    def _leave(self) -> None:
+        if self.member is not None:
+            self.server.hub.leave(self.member, self.reason)
+        self.send.close()
+
+    def close_with(self, data: bytes) -> None:
+        """Queue a last line, stop reading, and let the writer flush and hang up."""
+        self.reason = "server shutdown"
+        self.reading.cancel()
+        with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.send.send_nowait(data)
+        self.send.close()
+
+    def _disconnect(self) -> None:
+        self.reason = "too slow"
+        self.scope.cancel()
+
+    def _tell(self, line: str | bytes) -> None:
+        try:
+            self.send.send_nowait(line.encode() if isinstance(line, str) else line)
+        except trio.WouldBlock:
+            self._disconnect()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _reader(self) -> None:
+        config = self.server.config
+        hub = self.server.hub
+        framer = p.LineFramer(config.max_line)
+        bucket = (
+            TokenBucket(config.rate, config.burst, trio.current_time()) if config.rate else None
+        )
+        for line in hub.welcome():
+            self._tell(line)
+        with trio.move_on_after(config.registration_timeout) as registration:
+            while True:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if not data:
+                    return
+                framer.receive_data(data)
+                while True:
+                    event = framer.next_event()
+                    if event is p.NEED_DATA:
+                        break
+                    if bucket is not None:
+                        delay = bucket.take(trio.current_time())
+                        if delay:
+                            await trio.sleep(delay)
+                    if isinstance(event, p.LineTooLong):
+                        self._tell(
+                            p.format_error(
+                                f"Line too long (limit {event.limit} bytes); it was discarded"
+                            )
+                        )
+                        continue
+                    assert isinstance(event, p.Line)
+                    text = p.clean_text(event.text)
+                    if self.member is None:
+                        self._register(text.strip())
+                        if self.member is not None:
+                            registration.deadline = math.inf
+                        continue
+                    command = p.parse_command(text)
+                    if command is None:
+                        continue
+                    if isinstance(command, p.Quit):
+                        self.reason = command.reason or "quit"
+                    hub.handle(self.member, command)
+                    if isinstance(command, p.Quit):
+                        return
+        if registration.cancelled_caught:
+            self.reason = "no name given"
+            self._tell(
+                p.format_error(f"No name given within {config.registration_timeout:g} s, closing")
+            )
+
+    def _register(self, name: str) -> None:
+        if not name:
+            return
+        result = self.server.hub.register(name, self.send, self._disconnect)
+        if isinstance(result, str):
+            self._tell(p.format_error(result))
+            self._tell(p.format_info("What is your name?"))
+        else:
+            self.member = result
+
+    async def _writer(self) -> None:
+        receive = self.receive
+        try:
+            async with receive:
+                async for first in receive:
+                    queued = receive.statistics().current_buffer_used
+                    if queued:
+                        # Coalesce: one send_all for everything queued so far.
+                        batch = [first]
+                        batch.extend(receive.receive_nowait() for _ in range(queued))
+                        await self.stream.send_all(b"".join(batch))
+                    else:
+                        await self.stream.send_all(first)
+                if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                    await self.stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.scope.cancel()
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    if isinstance(stream, trio.SocketStream):
+        try:
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:
+            return "?"
+        return f"{host}:{port}"
+    return repr(stream)
