@@ -1,13 +1,11 @@
-import trio
-
-from triochat import ChatServer, ServerConfig
-from triochat.client import open_chat_client
+from conftest import Connect, StartServer
 
 
-async def test_smoke(nursery: trio.Nursery) -> None:
-    server = ChatServer(ServerConfig(port=0))
-    listeners = await nursery.start(server.serve)
-    port = listeners[0].socket.getsockname()[1]
-    async with await open_chat_client("127.0.0.1", port) as client:
-        assert await client.register("ann") == ["* Users in #lobby: ann"]
+async def test_two_clients_chat(start_server: StartServer, connect: Connect) -> None:
+    server, port = await start_server()
+    ann = await connect(port, "ann")
+    ben = await connect(port, "ben")
+    assert (await ann.receive_line()).endswith("* ben joined #lobby")
+    await ben.send_line("hello")
+    assert (await ann.receive_line()).endswith("<ben> hello")
     server.shutdown()

@@ -86,24 +86,31 @@ class ChatClient:
             self._framer.receive_data(data)
 
     async def register(self, name: str) -> list[str]:
-        """Claim ``name``; return the lines that followed (history, then the user list).
+        """Claim ``name``; return the lines that followed, up to our own join notice.
+
+        Those are the room's history, the user list and ``* NAME joined #lobby``.
 
         Raises:
           NameRejected: the name is invalid or taken (the connection stays open,
             so the caller may try another).
         """
+        name = p.clean_text(name).strip()
         await self.send_line(name)
         received: list[str] = []
+        joined = f"* {name} joined {p.LOBBY}"
+        registered = False
         while True:
             line = await self.receive_line()
-            if line.startswith("! "):
-                raise NameRejected(line[2:])
-            if line.startswith(_USERS_PREFIX):
-                received.append(line)
+            if not registered:
+                if line.startswith("! "):
+                    raise NameRejected(line[2:])
+                if line.startswith("* ") and not line.startswith(_USERS_PREFIX):
+                    continue  # the welcome
+                registered = line.startswith(_USERS_PREFIX)
+            received.append(line)
+            if registered and line.endswith(joined):
                 self.name = name
                 return received
-            if not line.startswith("* "):
-                received.append(line)
 
     async def quit(self, reason: str = "") -> list[str]:
         """Send ``/quit``; return every line received until the server hangs up."""
