@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import resource
 import signal
+import ssl
 import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
 
 import click
 import trio
@@ -119,6 +122,58 @@ def _raise_fd_limit(max_clients: int) -> int:
     help="Lines queued for a client before it is dropped.",
 )
 @click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TRIOCHAT_DB",
+    help="Keep history in this SQLite file (created if missing), across restarts.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="TRIOCHAT_TLS_CERT",
+    help="Serve TLS with this PEM certificate chain.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="TRIOCHAT_TLS_KEY",
+    help="The certificate's PEM private key (if not in --tls-cert).",
+)
+@click.option(
+    "--tls-handshake-timeout",
+    default=10.0,
+    show_default=True,
+    envvar="TRIOCHAT_TLS_HANDSHAKE_TIMEOUT",
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds a client has to finish the TLS handshake.",
+)
+@click.option(
+    "--password",
+    envvar="TRIOCHAT_PASSWORD",
+    help="Require this password after the name (prefer TRIOCHAT_PASSWORD: not seen in ps).",
+)
+@click.option(
+    "--max-per-address",
+    default=0,
+    show_default=True,
+    envvar="TRIOCHAT_MAX_PER_ADDRESS",
+    type=click.IntRange(0),
+    help="Most connections at once from one IP address; 0: no limit.",
+)
+@click.option(
+    "--metrics-port",
+    envvar="TRIOCHAT_METRICS_PORT",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics over HTTP on this port (0 picks one).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="TRIOCHAT_METRICS_HOST",
+    help="Address for the metrics endpoint.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -135,6 +190,14 @@ def serve(
     burst: int,
     registration_timeout: float,
     send_queue: int,
+    db: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_handshake_timeout: float,
+    password: str | None,
+    max_per_address: int,
+    metrics_port: int | None,
+    metrics_host: str,
     log_level: str,
 ) -> None:
     """Run a chat server until SIGINT or SIGTERM.
@@ -149,6 +212,9 @@ def serve(
     )
     if send_queue <= history + 8:
         raise click.BadParameter("must exceed --history by more than 8", param_hint="--send-queue")
+    if password == "":
+        raise click.BadParameter("must not be empty", param_hint="--password/TRIOCHAT_PASSWORD")
+    ssl_context = _server_tls(tls_cert, tls_key)
     config = ServerConfig(
         host=host,
         port=port,
@@ -159,24 +225,74 @@ def serve(
         burst=burst,
         registration_timeout=registration_timeout,
         send_queue=send_queue,
+        max_per_address=max_per_address,
+        password=password,
+        tls_handshake_timeout=tls_handshake_timeout,
     )
+    metrics = None if metrics_port is None else (metrics_host, metrics_port)
+    trio.run(_serve, config, db, ssl_context, metrics)
+
+
+def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None:
+        if key is not None:
+            raise click.BadParameter("needs --tls-cert too", param_hint="--tls-key")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        trio.run(_serve, config)
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.ClickException(f"cannot load TLS certificate {cert}: {exc}") from None
+    return context
 
 
-async def _serve(config: ServerConfig) -> None:
-    server = ChatServer(config)
+async def _serve(
+    config: ServerConfig,
+    db: Path | None,
+    ssl_context: ssl.SSLContext | None,
+    metrics: tuple[str, int] | None,
+) -> None:
     # Enter the signal receiver before listening, so a signal never lands as
     # a KeyboardInterrupt in the middle of start-up.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(server.serve)
-            for listener in listeners:
-                print(f"triochat listening on {format_address(listener)}", flush=True)
-            async for signum in signals:
-                log.info("received %s", signal.Signals(signum).name)
-                server.shutdown()
-                break
+        # Everything that can fail on start-up happens before any nursery
+        # opens (the store runs one), so the error reaches the user as itself.
+        listeners = await _listen(config.host, config.port, "")
+        metrics_listeners = [] if metrics is None else await _listen(*metrics, "for metrics ")
+        async with AsyncExitStack() as stack:
+            store = None
+            if db is not None:
+                from .store import StoreConfig, StoreError, open_history_store
+
+                try:
+                    store = await stack.enter_async_context(
+                        open_history_store(StoreConfig(path=db, history=config.history))
+                    )
+                except StoreError as exc:
+                    raise click.ClickException(str(exc)) from None
+            server = ChatServer(config, store=store, ssl_context=ssl_context)
+            async with trio.open_nursery() as extras:
+                if metrics is not None:
+                    from .metrics import serve_metrics
+
+                    await extras.start(serve_metrics, server, metrics_listeners)
+                    for listener in metrics_listeners:
+                        address = format_address(listener)
+                        print(f"triochat metrics on http://{address}/metrics", flush=True)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.serve_listeners, listeners)
+                    for listener in listeners:
+                        print(f"triochat listening on {format_address(listener)}", flush=True)
+                    async for signum in signals:
+                        log.info("received %s", signal.Signals(signum).name)
+                        server.shutdown()
+                        break
+                extras.cancel_scope.cancel()
+
+
+async def _listen(host: str, port: int, what: str) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise click.ClickException(f"cannot listen {what}on {host}:{port}: {reason}") from None

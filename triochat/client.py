@@ -9,6 +9,9 @@ wrong.
 from __future__ import annotations
 
 import socket
+import ssl
+import warnings
+from pathlib import Path
 from typing import Final
 
 import trio
@@ -18,6 +21,8 @@ from . import protocol as p
 # Server lines are the client's line plus a prefix; be generous but bounded.
 MAX_SERVER_LINE: Final = 1 << 20
 _USERS_PREFIX: Final = "* Users in "
+_PASSWORD_PROMPT: Final = p.format_info(p.PASSWORD_PROMPT).rstrip("\n")
+_WRONG_PASSWORD: Final = p.format_error(p.WRONG_PASSWORD).rstrip("\n")
 
 
 class ChatError(Exception):
@@ -34,6 +39,18 @@ class NameRejected(ChatError):
 
 class ConnectionClosed(ChatError):
     """The server closed the connection, or the network broke it."""
+
+
+class PasswordRequired(ChatError):
+    """The server asks for a password and none was given (the connection stays open)."""
+
+
+class WrongPassword(ChatError):
+    """The server refused the password and is closing the connection."""
+
+
+class InsecureConnectionWarning(UserWarning):
+    """TLS without certificate verification (``--insecure``): anyone in between can listen."""
 
 
 class ChatClient:
@@ -85,14 +102,17 @@ class ChatClient:
                 raise ConnectionClosed("connection closed by server")
             self._framer.receive_data(data)
 
-    async def register(self, name: str) -> list[str]:
+    async def register(self, name: str, password: str | None = None) -> list[str]:
         """Claim ``name``; return the lines that followed, up to our own join notice.
 
         Those are the room's history, the user list and ``* NAME joined #lobby``.
+        If the server asks ``* Password:``, ``password`` is sent.
 
         Raises:
           NameRejected: the name is invalid or taken (the connection stays open,
             so the caller may try another).
+          PasswordRequired: the server wants a password and ``password`` is None.
+          WrongPassword: the server refused the password (it then hangs up).
         """
         name = p.clean_text(name).strip()
         await self.send_line(name)
@@ -102,6 +122,13 @@ class ChatClient:
         while True:
             line = await self.receive_line()
             if not registered:
+                if line == _PASSWORD_PROMPT:
+                    if password is None:
+                        raise PasswordRequired("the server asks for a password")
+                    await self.send_line(password)
+                    continue
+                if line == _WRONG_PASSWORD:
+                    raise WrongPassword("wrong password")
                 if line.startswith("! "):
                     raise NameRejected(line[2:])
                 if line.startswith("* ") and not line.startswith(_USERS_PREFIX):
@@ -123,10 +150,57 @@ class ChatClient:
             return lines
 
 
+def tls_context(*, ca: str | Path | None = None, insecure: bool = False) -> ssl.SSLContext:
+    """A client TLS context: the system's trust store, or ``ca`` only, or no checks at all.
+
+    Raises:
+      ConnectFailed: the ``ca`` file cannot be read.
+    """
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectFailed(f"cannot load CA file {ca}: {exc}") from None
+    if insecure:
+        warnings.warn(
+            "TLS certificate verification is off (--insecure): the connection is "
+            "encrypted but the server is not authenticated",
+            InsecureConnectionWarning,
+            stacklevel=2,
+        )
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 async def open_chat_client(
-    host: str = "127.0.0.1", port: int = 7007, *, connect_timeout: float = 10.0
+    host: str = "127.0.0.1",
+    port: int = 7007,
+    *,
+    connect_timeout: float = 10.0,
+    tls: bool | ssl.SSLContext = False,
+    ca: str | Path | None = None,
+    insecure: bool = False,
 ) -> ChatClient:
-    """Connect to a server. The caller registers with :meth:`ChatClient.register`."""
+    """Connect to a server. The caller registers with :meth:`ChatClient.register`.
+
+    Args:
+      tls: use TLS, verifying the server against the system's trust store
+        (or pass a ready :class:`ssl.SSLContext`). ``ca`` or ``insecure``
+        imply TLS.
+      ca: trust only the certificates in this PEM file (``--ca``).
+      insecure: skip certificate verification (``--insecure``); warns with
+        :class:`InsecureConnectionWarning`.
+
+    Raises:
+      ConnectFailed: the server cannot be reached, or the TLS handshake
+        failed (for example a server that does not speak TLS, or a
+        certificate that does not verify).
+    """
+    context: ssl.SSLContext | None = None
+    if isinstance(tls, ssl.SSLContext):
+        context = tls
+    elif tls or ca is not None or insecure:
+        context = tls_context(ca=ca, insecure=insecure)
     try:
         with trio.fail_after(connect_timeout):
             stream = await trio.open_tcp_stream(host, port)
@@ -137,4 +211,19 @@ async def open_chat_client(
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}") from None
-    return ChatClient(stream)
+    if context is None:
+        return ChatClient(stream)
+    secure = trio.SSLStream(stream, context, server_hostname=host)
+    try:
+        with trio.fail_after(connect_timeout):
+            await secure.do_handshake()
+    except (trio.TooSlowError, trio.BrokenResourceError) as exc:
+        await trio.aclose_forcefully(stream)
+        if isinstance(exc, trio.TooSlowError):
+            reason = "timed out"
+        else:
+            reason = str(exc.__cause__ or exc) or "connection closed"
+        raise ConnectFailed(
+            f"TLS handshake with {host}:{port} failed: {reason} (does the server use TLS?)"
+        ) from None
+    return ChatClient(secure)

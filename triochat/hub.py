@@ -30,6 +30,18 @@ class Outbox(Protocol):
     def close(self) -> None: ...
 
 
+class Archive(Protocol):
+    """Where a room's history also goes, and comes back from (e.g. a database).
+
+    Both calls are synchronous and must be cheap: ``append`` only queues the
+    line for a writer task, and ``recent`` answers from memory.
+    """
+
+    def append(self, room: str, line: bytes, /) -> None: ...
+
+    def recent(self, room: str, /) -> Iterable[bytes]: ...
+
+
 class Member:
     """A registered user, as the hub sees it."""
 
@@ -62,11 +74,20 @@ class Hub:
     Args:
       history: how many recent lines each room keeps for joiners.
       clock: wall-clock time source, for timestamps (tests inject a fixed one).
+      archive: also keeps every room's history; a room created here starts
+        with the archive's recent lines (so history survives a restart).
     """
 
-    def __init__(self, *, history: int = 20, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        history: int = 20,
+        clock: Callable[[], float] = time.time,
+        archive: Archive | None = None,
+    ) -> None:
         self.history = history
         self._clock = clock
+        self._archive = archive
         self._stamp = p.Timestamper()
         self._members: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
@@ -149,6 +170,9 @@ class Hub:
             case p.Help():
                 for line in p.HELP:
                     self._tell(member, p.format_info(line))
+            case p.History(count):
+                assert member.room is not None
+                self.replay(member, member.room.name, self.recent(member.room.name, count))
             case p.Invalid(message):
                 self._tell(member, p.format_error(message))
             case p.Quit(reason):
@@ -171,6 +195,22 @@ class Hub:
             self._tell(member, p.format_info(farewell))
         member.outbox.close()
 
+    def recent(self, room: str, count: int) -> list[bytes]:
+        """Up to ``count`` of the room's most recent lines held in memory, oldest first."""
+        held = self._rooms.get(room)
+        if held is None or count <= 0:
+            return []
+        return list(held.history)[-count:]
+
+    def replay(self, member: Member, room: str, lines: list[bytes]) -> None:
+        """Send ``member`` a ``/history`` answer: a header, ``lines``, a footer."""
+        self._tell(member, p.format_history_header(room, len(lines)))
+        if lines:
+            for line in lines:
+                self._send(member, line)
+            self._tell(member, p.format_history_footer(room))
+        self._evict_slow()
+
     def shutdown(self) -> None:
         """Forget everyone at once, with no departures announced: the server is closing."""
         self._members.clear()
@@ -184,6 +224,8 @@ class Hub:
         assert room is not None
         data = fmt(self._now(), member.name, text).encode()
         room.history.append(data)
+        if self._archive is not None:
+            self._archive.append(room.name, data)
         self._fanout(room.members, data)
 
     def _private(self, member: Member, to: str, text: str) -> None:
@@ -227,6 +269,8 @@ class Hub:
         room = self._rooms.get(name)
         if room is None:
             room = self._rooms[name] = Room(name, self.history)
+            if self._archive is not None:
+                room.history.extend(self._archive.recent(name))
         member.room = room
         for line in room.history:
             self._send(member, line)

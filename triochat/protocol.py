@@ -18,6 +18,10 @@ DEFAULT_MAX_LINE: Final = 4096
 LOBBY: Final = "#lobby"
 NAME_MAX: Final = 24
 ROOM_MAX: Final = 32
+HISTORY_DEFAULT: Final = 50
+HISTORY_MAX: Final = 500
+PASSWORD_PROMPT: Final = "Password:"
+WRONG_PASSWORD: Final = "Wrong password"
 
 NAME_RULES: Final = f"a name is 1 to {NAME_MAX} letters, digits, _ or -"
 ROOM_RULES: Final = f"a room is # followed by 1 to {ROOM_MAX} letters, digits, _ or -"
@@ -191,6 +195,13 @@ class Help:
 
 
 @dataclass(frozen=True, slots=True)
+class History:
+    """``/history [N]``: replay up to ``count`` older lines of the current room."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Quit:
     reason: str
 
@@ -202,7 +213,7 @@ class Invalid:
     message: str
 
 
-Command = Say | Me | Join | Nick | Msg | Users | Rooms | Help | Quit | Invalid
+Command = Say | Me | Join | Nick | Msg | Users | Rooms | Help | History | Quit | Invalid
 
 HELP: Final = (
     "Commands:",
@@ -213,6 +224,7 @@ HELP: Final = (
     "  /nick NAME         change your name",
     "  /users             who is in your room (aliases /who, /names)",
     "  /rooms             the rooms and their sizes (alias /list)",
+    f"  /history [N]       replay N older lines of your room (max {HISTORY_MAX})",
     "  /quit [REASON]     leave the chat (alias /exit)",
     "  /help              this list",
 )
@@ -258,6 +270,12 @@ def parse_command(line: str) -> Command | None:
         return Rooms()
     if verb == "help":
         return Help()
+    if verb == "history":
+        if not rest:
+            return History(HISTORY_DEFAULT)
+        if not rest.isdecimal() or int(rest) < 1:
+            return _usage(f"/history [N], N from 1 to {HISTORY_MAX}")
+        return History(min(int(rest), HISTORY_MAX))
     if verb in ("quit", "exit"):
         return Quit(rest)
     return Invalid(f"Unknown command /{verb}. Try /help.")
@@ -304,3 +322,14 @@ def format_info(text: str) -> str:
 
 def format_error(text: str) -> str:
     return f"! {text}\n"
+
+
+def format_history_header(room: str, count: int) -> str:
+    """The ``*`` line before a ``/history`` replay (``count`` lines follow)."""
+    if count == 0:
+        return format_info(f"No history in {room}")
+    return format_info(f"History of {room}, last {count} line{'s' if count != 1 else ''}:")
+
+
+def format_history_footer(room: str) -> str:
+    return format_info(f"End of history of {room}")

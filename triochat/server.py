@@ -11,16 +11,21 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import ssl
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from . import protocol as p
+from ._auth import FailureDelays, password_matches
 from ._ratelimit import TokenBucket
 from .hub import Hub, Member
+
+if TYPE_CHECKING:
+    from .store import HistoryStore
 
 log: Final = logging.getLogger("triochat.server")
 
@@ -48,6 +53,16 @@ class ServerConfig:
     """Seconds a departing client gets to read its last lines."""
     shutdown_grace: float = 2.0
     """Seconds clients get to read the shutdown notice before they are cut off."""
+    max_per_address: int = 0
+    """Most connections at once from one IP address; 0 means no limit."""
+    password: str | None = None
+    """If set, clients must send it after their name."""
+    password_delay: float = 1.0
+    """Seconds before answering the first wrong password from an address; doubles per failure."""
+    password_delay_max: float = 30.0
+    """The longest wait before answering a wrong password."""
+    tls_handshake_timeout: float = 10.0
+    """Seconds a TLS client has to finish its handshake."""
 
     def __post_init__(self) -> None:
         if self.send_queue <= self.history + 8:
@@ -57,6 +72,25 @@ class ServerConfig:
                 raise ValueError(f"{field} must be at least 1")
         if self.history < 0 or self.rate < 0 or self.registration_timeout <= 0:
             raise ValueError("history and rate must be >= 0, registration_timeout > 0")
+        if self.max_per_address < 0:
+            raise ValueError("max_per_address must be >= 0 (0: no limit)")
+        if self.password == "":
+            raise ValueError("password must not be empty (None: no password)")
+        if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
+            raise ValueError("tls_handshake_timeout must be > 0, password_delay >= 0")
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters the server keeps for metrics (plain integers: free when nobody reads them)."""
+
+    bytes_out: int = 0
+    flood_delays: int = 0
+    queue_high_water: int = 0
+    refused_full: int = 0
+    refused_per_address: int = 0
+    tls_handshake_failures: int = 0
+    wrong_passwords: int = 0
 
 
 def _enable_keepalive(stream: trio.SocketStream) -> None:
@@ -79,12 +113,35 @@ def _enable_keepalive(stream: trio.SocketStream) -> None:
 
 
 class ChatServer:
-    """A triochat server: ``await nursery.start(server.serve)``, later :meth:`shutdown`."""
+    """A triochat server: ``await nursery.start(server.serve)``, later :meth:`shutdown`.
 
-    def __init__(self, config: ServerConfig | None = None, *, hub: Hub | None = None) -> None:
+    Args:
+      config: the limits and options.
+      hub: the chat's state (made from ``config`` if not given).
+      store: persistent history (``--db``); the caller opens and closes it.
+      ssl_context: serve TLS: every connection is wrapped in a
+        :class:`trio.SSLStream` and must finish its handshake in time.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        *,
+        hub: Hub | None = None,
+        store: HistoryStore | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config or ServerConfig()
-        self.hub = hub or Hub(history=self.config.history)
+        self.store = store
+        self.hub = hub or Hub(history=self.config.history, archive=store)
+        self.ssl_context = ssl_context
+        self.stats = ServerStats()
+        self.password_delays = FailureDelays(
+            base=self.config.password_delay, cap=self.config.password_delay_max
+        )
         self._connections: set[_Connection] = set()
+        self._per_address: dict[str, int] = {}
+        self._handshaking = 0
         self._shutdown = trio.Event()
 
     @property
@@ -137,12 +194,42 @@ class ChatServer:
         """Serve one client over any trio stream (a TCP socket, or a test's memory stream)."""
         if isinstance(stream, trio.SocketStream):
             _enable_keepalive(stream)
-        if len(self._connections) >= self.config.max_clients:
-            log.warning("refused a connection: server full (%d)", self.config.max_clients)
-            with trio.move_on_after(1):
-                await stream.send_all(p.format_error("Server full, try again later").encode())
-            await trio.aclose_forcefully(stream)
+        limit = self.config.max_per_address
+        if not limit:
+            await self._handle_stream(stream)
             return
+        address = _peer_host(stream)
+        if self._per_address.get(address, 0) >= limit:
+            self.stats.refused_per_address += 1
+            log.warning("refused a connection from %s: %d already open", address, limit)
+            await self._refuse(stream, "Too many connections from your address")
+            return
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        try:
+            await self._handle_stream(stream)
+        finally:
+            left = self._per_address.pop(address) - 1
+            if left:
+                self._per_address[address] = left
+
+    async def _refuse(self, stream: trio.abc.Stream, text: str) -> None:
+        """Send one ``!`` line (briefly, the client may not read) and hang up."""
+        with trio.move_on_after(1):
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(p.format_error(text).encode())
+        await trio.aclose_forcefully(stream)
+
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        if len(self._connections) + self._handshaking >= self.config.max_clients:
+            self.stats.refused_full += 1
+            log.warning("refused a connection: server full (%d)", self.config.max_clients)
+            await self._refuse(stream, "Server full, try again later")
+            return
+        if self.ssl_context is not None:
+            secure = await self._handshake(stream, self.ssl_context)
+            if secure is None:
+                return
+            stream = secure
         connection = _Connection(self, stream)
         self._connections.add(connection)
         try:
@@ -152,6 +239,31 @@ class ChatServer:
             log.exception("connection %s failed", connection.peer)
         finally:
             self._connections.discard(connection)
+
+    async def _handshake(
+        self, stream: trio.abc.Stream, context: ssl.SSLContext
+    ) -> trio.SSLStream[trio.abc.Stream] | None:
+        """Do the server side of a TLS handshake, within the handshake timeout.
+
+        A failure (a plain-text client, a bad certificate, a timeout) is
+        logged and the connection dropped; it never reaches anyone else.
+        """
+        secure = trio.SSLStream(stream, context, server_side=True)
+        self._handshaking += 1
+        try:
+            with trio.move_on_after(self.config.tls_handshake_timeout):
+                await secure.do_handshake()
+                return secure
+            reason = f"timed out after {self.config.tls_handshake_timeout:g} s"
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            reason = str(cause or exc) or type(exc).__name__
+        finally:
+            self._handshaking -= 1
+        self.stats.tls_handshake_failures += 1
+        log.info("TLS handshake with %s failed: %s", _peer(stream), reason)
+        await trio.aclose_forcefully(stream)
+        return None
 
     def _close_all(self, text: str) -> None:
         data = p.format_info(text).encode()
@@ -177,6 +289,8 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.reason = "connection lost"
         self.peer = _peer(stream)
+        self.authenticated = False
+        self.pending_name: str | None = None
 
     async def run(self) -> None:
         log.info("connection from %s", self.peer)
@@ -249,6 +363,7 @@ class _Connection:
                     if bucket is not None:
                         delay = bucket.take(trio.current_time())
                         if delay:
+                            self.server.stats.flood_delays += 1
                             await trio.sleep(delay)
                     if isinstance(event, p.LineTooLong):
                         self._tell(
@@ -258,7 +373,13 @@ class _Connection:
                         )
                         continue
                     assert isinstance(event, p.Line)
-                    text = p.clean_text(event.text)
+                    if self.pending_name is not None:
+                        if not await self._check_password(event.text):
+                            return
+                        text = self.pending_name
+                        self.pending_name = None
+                    else:
+                        text = p.clean_text(event.text)
                     if self.member is None:
                         self._register(text.strip())
                         if self.member is not None:
@@ -266,6 +387,9 @@ class _Connection:
                         continue
                     command = p.parse_command(text)
                     if command is None:
+                        continue
+                    if isinstance(command, p.History) and self.server.store is not None:
+                        await self._history(self.server.store, command.count)
                         continue
                     if isinstance(command, p.Quit):
                         self.reason = command.reason or "quit"
@@ -281,6 +405,12 @@ class _Connection:
     def _register(self, name: str) -> None:
         if not name:
             return
+        if self.server.config.password is not None and not self.authenticated:
+            # Ask before saying anything about the name, so strangers learn
+            # nothing (not even who is online).
+            self.pending_name = name
+            self._tell(p.format_info(p.PASSWORD_PROMPT))
+            return
         result = self.server.hub.register(name, self.send, self._disconnect)
         if isinstance(result, str):
             self._tell(p.format_error(result))
@@ -288,26 +418,76 @@ class _Connection:
         else:
             self.member = result
 
+    async def _check_password(self, given: str) -> bool:
+        """Let the client in, or answer ``! Wrong password`` after a growing delay."""
+        config = self.server.config
+        assert config.password is not None
+        address = _peer_host(self.stream)
+        if password_matches(given, config.password):
+            self.authenticated = True
+            self.server.password_delays.succeed(address)
+            return True
+        self.server.stats.wrong_passwords += 1
+        delay = self.server.password_delays.fail(address, trio.current_time())
+        log.warning("wrong password from %s (next answer in %g s)", self.peer, delay)
+        # The verdict waits, so guessing fast on one connection gains nothing.
+        await trio.sleep(delay)
+        self.reason = "wrong password"
+        self._tell(p.format_error(p.WRONG_PASSWORD))
+        return False
+
+    async def _history(self, store: HistoryStore, count: int) -> None:
+        """Answer ``/history N`` from the database (the hub answers it from memory otherwise)."""
+        member = self.member
+        assert member is not None
+        assert member.room is not None
+        room = member.room.name
+        # Never queue more than half an outbox, or the asker becomes a slow consumer.
+        count = min(count, self.server.config.send_queue // 2)
+        lines = await store.fetch(room, count)
+        if self.member is member and member.room is not None:
+            self.server.hub.lines_in += 1
+            self.server.hub.replay(member, room, lines)
+
     async def _writer(self) -> None:
         receive = self.receive
         try:
             async with receive:
+                stats = self.server.stats
                 async for first in receive:
                     queued = receive.statistics().current_buffer_used
                     if queued:
+                        if queued >= stats.queue_high_water:
+                            stats.queue_high_water = queued + 1
                         # Coalesce: one send_all for everything queued so far.
                         batch = [first]
                         batch.extend(receive.receive_nowait() for _ in range(queued))
-                        await self.stream.send_all(b"".join(batch))
+                        data = b"".join(batch)
                     else:
-                        await self.stream.send_all(first)
+                        data = first
+                    await self.stream.send_all(data)
+                    stats.bytes_out += len(data)
                 if isinstance(self.stream, trio.abc.HalfCloseableStream):
                     await self.stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.scope.cancel()
 
 
+def _peer_host(stream: trio.abc.Stream) -> str:
+    """The peer's IP address, the key for per-address limits ("" if unknown)."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        try:
+            return str(stream.socket.getpeername()[0])
+        except OSError:
+            return ""
+    return ""
+
+
 def _peer(stream: trio.abc.Stream) -> str:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
         try:
             host, port = stream.socket.getpeername()[:2]

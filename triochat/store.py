@@ -1,0 +1,332 @@
+"""Persistent history in SQLite: ``triochat serve --db PATH``.
+
+The event loop never waits on the disk. The hub hands each history line to
+:meth:`HistoryStore.append`, which only puts it in a bounded memory channel;
+one writer task takes lines from it and commits them in batches (group
+commit) in a worker thread. Joiners get a room's recent lines from a bounded
+in-memory cache, filled from the file at start-up, so entering a room never
+touches the disk; ``/history`` reads older lines through a second connection
+(WAL lets it read while the writer writes).
+
+Durability: a line is on disk once its batch commits, at most
+``batch_interval`` seconds after it was said (plus the commit itself). A
+``kill -9`` loses at most the lines not yet committed: the batch being
+collected or written. A graceful shutdown commits everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import trio
+
+log: Final = logging.getLogger("triochat.store")
+
+SCHEMA_VERSION: Final = 1
+"""Kept in ``PRAGMA user_version``; a newer file is refused, an older one migrated."""
+
+_SCHEMA: Final = """
+CREATE TABLE messages (
+    id   INTEGER PRIMARY KEY,
+    room TEXT NOT NULL,
+    ts   REAL NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX messages_room ON messages (room, id);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# Migrations from version N to N + 1, run in order inside one transaction.
+_MIGRATIONS: Final[dict[int, str]] = {0: _SCHEMA}
+
+
+_Recent = list[tuple[str, list[str]]]
+"""Rooms (most recently active first) and their last lines (oldest first)."""
+
+
+class StoreError(Exception):
+    """The history database cannot be used (corrupt, unwritable, too new)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreConfig:
+    """Where and how history is kept; each limit is a named option."""
+
+    path: Path
+    history: int = 20
+    """Lines per room kept in memory for joiners (the server's ``--history``)."""
+    batch_interval: float = 0.05
+    """Seconds the writer collects lines before committing them together."""
+    batch_max: int = 500
+    """Most lines in one commit."""
+    queue: int = 10_000
+    """Lines waiting for the writer before new ones are dropped (and counted)."""
+    cache_rooms: int = 1000
+    """Rooms whose recent lines are kept in memory; others start empty until spoken in."""
+
+
+class HistoryStore:
+    """SQLite-backed history; make one with :func:`open_history_store`."""
+
+    def __init__(
+        self, config: StoreConfig, writer: sqlite3.Connection, reader: sqlite3.Connection
+    ) -> None:
+        self.config = config
+        self._writer = writer
+        self._reader = reader
+        self._reading = trio.Lock()
+        self._send, self._receive = trio.open_memory_channel[tuple[str, float, str]](config.queue)
+        self._cache: OrderedDict[str, deque[bytes]] = OrderedDict()
+        self._appended = 0
+        self._committed = 0
+        self._progress = trio.Event()
+        self._last_drop_log = -math.inf
+        # Statistics, for metrics.
+        self.batches = 0
+        self.rows = 0
+        self.dropped = 0
+        self.write_seconds = 0.0
+        self.write_seconds_max = 0.0
+
+    # --- the hub's side (synchronous, never blocks) -----------------------------
+
+    def append(self, room: str, line: bytes) -> None:
+        """Queue ``line`` (said in ``room``) for the writer, and remember it for joiners."""
+        self._cached(room).append(line)
+        try:
+            self._send.send_nowait((room, time.time(), line.decode()))
+        except trio.WouldBlock:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_log > 10:
+                self._last_drop_log = now
+                log.warning("history writer is behind: %d lines not saved so far", self.dropped)
+            return
+        except trio.ClosedResourceError:
+            self.dropped += 1
+            return
+        self._appended += 1
+
+    def recent(self, room: str) -> list[bytes]:
+        """The room's last ``history`` lines, from memory."""
+        lines = self._cache.get(room)
+        if lines is None:
+            return []
+        self._cache.move_to_end(room)
+        return list(lines)
+
+    @property
+    def pending(self) -> int:
+        """Lines queued and not yet committed."""
+        return self._appended - self._committed
+
+    # --- reading --------------------------------------------------------------
+
+    async def fetch(self, room: str, count: int) -> list[bytes]:
+        """Up to ``count`` of the room's most recent lines, oldest first, from the file.
+
+        Waits first until every line appended so far is committed, so the
+        answer includes what was just said.
+        """
+        await self.wait_committed()
+        async with self._reading:
+            rows = await trio.to_thread.run_sync(self._select, room, count)
+        return [line.encode() for (line,) in reversed(rows)]
+
+    def _select(self, room: str, count: int) -> list[tuple[str]]:
+        cursor = self._reader.execute(
+            "SELECT line FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?", (room, count)
+        )
+        return cursor.fetchall()
+
+    async def wait_committed(self) -> None:
+        """Return once every line appended before this call is on disk."""
+        target = self._appended
+        while self._committed < target:
+            await self._progress.wait()
+
+    # --- the writer -------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        """Commit queued lines in batches until the channel is closed and drained."""
+        config = self.config
+        while True:
+            try:
+                batch = [await self._receive.receive()]
+            except trio.EndOfChannel:
+                return
+            with trio.move_on_after(config.batch_interval):
+                while len(batch) < config.batch_max:
+                    try:
+                        batch.append(await self._receive.receive())
+                    except trio.EndOfChannel:
+                        break
+            # Cancellation (shutdown) must not lose a batch already taken.
+            with trio.CancelScope(shield=True):
+                await self._commit(batch)
+
+    async def _flush_remaining(self) -> None:
+        """Commit whatever is still queued (after the writer task stopped)."""
+        batch: list[tuple[str, float, str]] = []
+        while True:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        if batch:
+            await self._commit(batch)
+        self._receive.close()
+
+    async def _commit(self, batch: list[tuple[str, float, str]]) -> None:
+        started = time.perf_counter()
+        try:
+            await trio.to_thread.run_sync(self._insert, batch)
+        except sqlite3.Error as exc:
+            self.dropped += len(batch)
+            log.error("could not save %d history lines: %s", len(batch), exc)
+        else:
+            self.rows += len(batch)
+        elapsed = time.perf_counter() - started
+        self.batches += 1
+        self.write_seconds += elapsed
+        self.write_seconds_max = max(self.write_seconds_max, elapsed)
+        self._committed += len(batch)
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def _insert(self, batch: list[tuple[str, float, str]]) -> None:
+        with self._writer:
+            self._writer.executemany(
+                "INSERT INTO messages (room, ts, line) VALUES (?, ?, ?)", batch
+            )
+
+    # --- cache ---------------------------------------------------------------------
+
+    def _cached(self, room: str) -> deque[bytes]:
+        lines = self._cache.get(room)
+        if lines is None:
+            lines = self._cache[room] = deque(maxlen=self.config.history)
+            if len(self._cache) > self.config.cache_rooms:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(room)
+        return lines
+
+    def _preload(self, rooms: _Recent) -> None:
+        # Least recently active first, so the most active end up most recent.
+        for room, lines in reversed(rooms):
+            self._cached(room).extend(line.encode() for line in lines)
+
+
+# --- opening -------------------------------------------------------------------
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 5000")
+    return db
+
+
+def _open_sync(config: StoreConfig) -> tuple[sqlite3.Connection, sqlite3.Connection, _Recent]:
+    """Open (creating or migrating) the file, prove it writable, load recent lines."""
+    writer = _connect(config.path)
+    try:
+        mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"cannot switch {config.path} to WAL mode (got {mode})")
+        writer.execute("PRAGMA synchronous = FULL")
+        version = writer.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{config.path} has schema version {version}; this triochat "
+                f"understands up to {SCHEMA_VERSION}. Upgrade triochat."
+            )
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        writer.execute(statement)
+            writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # A real write: an unwritable file fails here, not at the first message.
+            writer.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('opened_at', ?)",
+                (str(time.time()),),
+            )
+            writer.execute("COMMIT")
+        except BaseException:
+            writer.execute("ROLLBACK")
+            raise
+        reader = _connect(config.path)
+        rooms = _load_recent(reader, config)
+    except BaseException:
+        writer.close()
+        raise
+    return writer, reader, rooms
+
+
+def _load_recent(db: sqlite3.Connection, config: StoreConfig) -> _Recent:
+    if config.history == 0:
+        return []
+    rooms = db.execute(
+        "SELECT room FROM messages GROUP BY room ORDER BY MAX(id) DESC LIMIT ?",
+        (config.cache_rooms,),
+    ).fetchall()
+    recent: _Recent = []
+    for (room,) in rooms:
+        rows = db.execute(
+            "SELECT line FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
+            (room, config.history),
+        ).fetchall()
+        recent.append((room, [line for (line,) in reversed(rows)]))
+    return recent
+
+
+def _describe(config: StoreConfig, exc: BaseException) -> str:
+    return f"cannot use history database {config.path}: {exc}"
+
+
+@asynccontextmanager
+async def open_history_store(config: StoreConfig) -> AsyncIterator[HistoryStore]:
+    """Open the database, run its writer task, and on exit commit everything and close.
+
+    Raises:
+      StoreError: the file is corrupt, unwritable, or from a newer triochat;
+        raised before anything is yielded, so a server never half-starts.
+    """
+    try:
+        writer, reader, recent = await trio.to_thread.run_sync(_open_sync, config)
+    except StoreError:
+        raise
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(_describe(config, exc)) from None
+    store = HistoryStore(config, writer, reader)
+    store._preload(recent)
+    log.info("history database %s: %d rooms loaded", config.path, len(recent))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store._write_loop)
+            try:
+                yield store
+            finally:
+                # Let the writer drain what is queued, then stop.
+                store._send.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store._flush_remaining()
+            await trio.to_thread.run_sync(_close, writer, reader)
+        log.info("history database closed: %d lines saved, %d lost", store.rows, store.dropped)
+
+
+def _close(writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+    reader.close()
+    writer.close()
