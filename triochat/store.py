@@ -39,7 +39,7 @@ CREATE TABLE messages (
     id   INTEGER PRIMARY KEY,
     room TEXT NOT NULL,
     ts   REAL NOT NULL,
-    line TEXT NOT NULL
+    line TEXT NOT NULL  -- as sent to clients, without the newline
 );
 CREATE INDEX messages_room ON messages (room, id);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -103,7 +103,7 @@ class HistoryStore:
         """Queue ``line`` (said in ``room``) for the writer, and remember it for joiners."""
         self._cached(room).append(line)
         try:
-            self._send.send_nowait((room, time.time(), line.decode()))
+            self._send.send_nowait((room, time.time(), line.decode().rstrip("\n")))
         except trio.WouldBlock:
             self.dropped += 1
             now = time.monotonic()
@@ -140,7 +140,7 @@ class HistoryStore:
         await self.wait_committed()
         async with self._reading:
             rows = await trio.to_thread.run_sync(self._select, room, count)
-        return [line.encode() for (line,) in reversed(rows)]
+        return [f"{line}\n".encode() for (line,) in reversed(rows)]
 
     def _select(self, room: str, count: int) -> list[tuple[str]]:
         cursor = self._reader.execute(
@@ -224,7 +224,7 @@ class HistoryStore:
     def _preload(self, rooms: _Recent) -> None:
         # Least recently active first, so the most active end up most recent.
         for room, lines in reversed(rooms):
-            self._cached(room).extend(line.encode() for line in lines)
+            self._cached(room).extend(f"{line}\n".encode() for line in lines)
 
 
 # --- opening -------------------------------------------------------------------
