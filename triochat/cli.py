@@ -6,11 +6,13 @@ import logging
 import resource
 import signal
 import sys
+from typing import Any
 
 import click
 import trio
 
 from . import __version__
+from .backplane import Backplane
 from .server import ChatServer, ServerConfig, format_address
 
 log = logging.getLogger("triochat")
@@ -119,6 +121,37 @@ def _raise_fd_limit(max_clients: int) -> int:
     help="Lines queued for a client before it is dropped.",
 )
 @click.option(
+    "--redis",
+    "redis_url",
+    default=None,
+    envvar="TRIOCHAT_REDIS",
+    metavar="redis://HOST:PORT/DB",
+    help="Join a cluster of nodes through this Redis (needs the 'redis' extra).",
+)
+@click.option(
+    "--cluster",
+    default="triochat",
+    show_default=True,
+    envvar="TRIOCHAT_CLUSTER",
+    help="Cluster name: nodes on one Redis with the same name are one chat.",
+)
+@click.option(
+    "--heartbeat",
+    default=2.0,
+    show_default=True,
+    envvar="TRIOCHAT_HEARTBEAT",
+    type=click.FloatRange(0, min_open=True),
+    help="With --redis: seconds between this node's heartbeats.",
+)
+@click.option(
+    "--node-ttl",
+    default=6.0,
+    show_default=True,
+    envvar="TRIOCHAT_NODE_TTL",
+    type=click.FloatRange(0, min_open=True),
+    help="With --redis: seconds without a heartbeat before a node's users are dropped.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -135,6 +168,10 @@ def serve(
     burst: int,
     registration_timeout: float,
     send_queue: int,
+    redis_url: str | None,
+    cluster: str,
+    heartbeat: float,
+    node_ttl: float,
     log_level: str,
 ) -> None:
     """Run a chat server until SIGINT or SIGTERM.
@@ -160,15 +197,31 @@ def serve(
         registration_timeout=registration_timeout,
         send_queue=send_queue,
     )
+    backplane = None
+    if redis_url:
+        backplane = _backplane(
+            redis_url, cluster=cluster, history=history, heartbeat=heartbeat, node_ttl=node_ttl
+        )
     try:
-        trio.run(_serve, config)
+        trio.run(_serve, config, backplane)
     except OSError as exc:
         reason = exc.strerror or exc
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
 
 
-async def _serve(config: ServerConfig) -> None:
-    server = ChatServer(config)
+def _backplane(url: str, **options: Any) -> Backplane:
+    try:
+        from .backplane.redis import RedisBackplane, RedisOptions
+    except ImportError:
+        raise click.ClickException("--redis needs coredis: pip install 'triochat[redis]'") from None
+    try:
+        return RedisBackplane(RedisOptions(url=url, **options))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--redis/--cluster") from None
+
+
+async def _serve(config: ServerConfig, backplane: Backplane | None = None) -> None:
+    server = ChatServer(config, backplane=backplane)
     # Enter the signal receiver before listening, so a signal never lands as
     # a KeyboardInterrupt in the middle of start-up.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
