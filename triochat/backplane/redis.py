@@ -48,7 +48,7 @@ from ._wire import encode_record as _encode_record
 from .base import BackplaneError
 
 if TYPE_CHECKING:
-    from ..hub import Hub
+    from ..hub import Hub, Member
 
 log: Final = logging.getLogger("triochat.backplane.redis")
 
@@ -406,16 +406,20 @@ class RedisBackplane:
             log.warning("cannot reach Redis: %r", failure)
         hub.flush()
 
-    async def _reclaim(self, client: coredis.Redis[bytes], hub: Hub) -> list[Any]:
+    async def _reclaim(self, client: coredis.Redis[bytes], hub: Hub) -> list[Member]:
         """Claim every local member's name again; return members whose name was taken."""
         conflicts = []
-        for member in hub.local_members():
-            token = self._tokens.get(member.key)
-            if token is None:
-                token = self._tokens[member.key] = f"{self.node}:{next(self._serial)}"
-            if await self._claim(client, member.key, token) is not None:
-                del self._tokens[member.key]
-                conflicts.append(member)
+        done: set[Member] = set()
+        # Until none is left: users may register (locally) while we await.
+        while todo := [m for m in hub.local_members() if m not in done]:
+            for member in todo:
+                done.add(member)
+                token = self._tokens.get(member.key)
+                if token is None:
+                    token = self._tokens[member.key] = f"{self.node}:{next(self._serial)}"
+                if await self._claim(client, member.key, token) is not None:
+                    self._tokens.pop(member.key, None)
+                    conflicts.append(member)
         return conflicts
 
     def _apply_snapshot(self, hub: Hub, snapshot: Any) -> None:
