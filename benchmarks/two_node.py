@@ -75,7 +75,7 @@ async def start_node(redis_url: str | None, cluster: str) -> tuple[trio.Process,
 
 
 async def run_case(
-    name: str, ports: list[int], clients: int, senders: int, messages: int
+    name: str, ports: list[int], clients: int, senders: int, messages: int, rate: float = 0
 ) -> Result:
     conns: list[ChatClient] = []
     for i in range(clients):
@@ -108,8 +108,11 @@ async def run_case(
             done.set()
 
     async def send(client: ChatClient) -> None:
+        interval = senders / rate if rate else 0
         for n in range(messages):
             await client.send_line(f"m{n} t={time.perf_counter():.6f}")
+            if interval:
+                await trio.sleep(interval)
 
     start = time.perf_counter()
     with trio.fail_after(DEADLINE):
@@ -166,7 +169,8 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await trio.sleep(0.3)
         publish = await trio.to_thread.run_sync(redis_publish_rate, port, 2)
-        results = []
+        results: list[Result] = []
+        paced: list[Result] = []
         cases = [("1 node, local", None, 1), ("1 node, Redis", url, 1), ("2 nodes, Redis", url, 2)]
         for number, (name, redis_url, nodes) in enumerate(cases):
             processes = [await start_node(redis_url, f"bench{number}") for _ in range(nodes)]
@@ -174,6 +178,11 @@ async def main(args: argparse.Namespace) -> None:
                 ports = [p for _, p in processes]
                 results.append(
                     await run_case(name, ports, args.clients, args.senders, args.messages)
+                )
+                paced.append(
+                    await run_case(
+                        name, ports, args.clients, args.senders, args.paced, rate=args.rate
+                    )
                 )
             finally:
                 for process, _ in processes:
@@ -186,12 +195,18 @@ async def main(args: argparse.Namespace) -> None:
             f"lines, {os.cpu_count()} CPUs; redis-benchmark publish (2 subscribers, 64 B): "
             f"{publish}\n"
         )
+        print("Saturated (senders send as fast as TCP allows):\n")
         print("| run | deliveries | deliveries/s | p50 ms | p99 ms |")
         print("|---|---|---|---|---|")
         for result in results:
             print(result.row())
-        spread = [statistics.mean(r.latencies) * 1000 for r in results]
-        print(f"\nmean latency ms: {', '.join(f'{m:.1f}' for m in spread)}")
+        print(f"\nPaced ({args.rate:g} lines/s offered, {args.paced} lines per sender):\n")
+        print("| run | deliveries | deliveries/s | p50 ms | p99 ms |")
+        print("|---|---|---|---|---|")
+        for result in paced:
+            print(result.row())
+        spread = [statistics.mean(r.latencies) * 1000 for r in paced]
+        print(f"\npaced mean latency ms: {', '.join(f'{m:.1f}' for m in spread)}")
     finally:
         redis.terminate()
         with trio.move_on_after(5):
@@ -203,4 +218,6 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=60)
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--messages", type=int, default=250)
+    parser.add_argument("--rate", type=float, default=100, help="paced run: lines/s offered")
+    parser.add_argument("--paced", type=int, default=50, help="paced run: lines per sender")
     trio.run(main, parser.parse_args())
