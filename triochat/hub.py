@@ -104,6 +104,8 @@ class Hub:
 
     def welcome(self) -> list[bytes]:
         n = len(self._members)
+        if self._relay is not None:
+            n += sum(self._relay.remote_rooms().values())
         online = "1 user" if n == 1 else f"{n} users"
         return [
             p.format_info(
