@@ -32,7 +32,7 @@ from redis_support import (
 
 from triochat import ChatServer, ServerConfig
 from triochat.backplane.redis import LINK_DOWN, LINK_UP, RedisBackplane, RedisOptions
-from triochat.client import ChatClient, NameRejected, open_chat_client
+from triochat.client import ChatClient, ConnectionClosed, NameRejected, open_chat_client
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -350,3 +350,54 @@ def test_bad_redis_url_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["serve", "--redis", "http://nope"])
     assert result.exit_code == 2
     assert "not a Redis URL" in result.output
+
+
+async def test_a_hung_redis_counts_as_down(
+    start_node: StartNode, join: Join, private_redis: RedisServer
+) -> None:
+    # Stopped, not dead: connections stay open and nothing answers, so only timeouts tell.
+    _, port_a = await start_node(url=private_redis.url)
+    _, port_b = await start_node(url=private_redis.url)
+    ann = await join(port_a, "ann")
+    ben = await join(port_b, "ben")
+    await expect(ann, "* ben joined #lobby")
+    assert private_redis.process is not None
+    private_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        await expect(ann, "* " + LINK_DOWN)
+        await expect(ben, "* " + LINK_DOWN)
+    finally:
+        private_redis.process.send_signal(signal.SIGCONT)
+    await expect(ann, "* " + LINK_UP)
+    await expect(ben, "* " + LINK_UP)
+    await ann.send_line("hello again")
+    await expect(ben, "<ann> hello again")
+
+
+async def test_names_taken_twice_during_an_outage_are_reconciled(
+    start_node: StartNode, join: Join, private_redis: RedisServer
+) -> None:
+    _, port_a = await start_node(url=private_redis.url)
+    _, port_b = await start_node(url=private_redis.url)
+    ann = await join(port_a, "ann")
+    ben = await join(port_b, "ben")
+    await private_redis.stop()
+    await expect(ann, "* " + LINK_DOWN)
+    await expect(ben, "* " + LINK_DOWN)
+    # Each node can only check its own users now, so both accept the name.
+    zed_a = await join(port_a, "zed")
+    zed_b = await join(port_b, "ZED")
+    await private_redis.start()
+    await expect(ann, "* " + LINK_UP)
+    await expect(ben, "* " + LINK_UP)
+    outcomes = []
+    for zed in (zed_a, zed_b):
+        lines = await quiet(zed, 0.5)
+        outcomes.append(any("was taken on another server" in line for line in lines))
+    assert sorted(outcomes) == [False, True]
+    loser = zed_a if outcomes[0] else zed_b
+    with pytest.raises(ConnectionClosed), trio.fail_after(5):
+        await loser.receive_line()  # And it was disconnected.
+    await ann.send_line("/users")
+    line = await expect(ann, lambda line: line.startswith("* Users in #lobby:"))
+    assert line.lower().count("zed") == 1

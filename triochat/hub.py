@@ -34,7 +34,7 @@ class Outbox(Protocol):
 class Member:
     """A registered user, as the hub sees it."""
 
-    __slots__ = ("disconnect", "key", "name", "outbox", "room")
+    __slots__ = ("disconnect", "hang_up", "key", "name", "outbox", "room")
 
     def __init__(self, name: str, outbox: Outbox, disconnect: Callable[[], None]) -> None:
         self.name = name
@@ -42,6 +42,8 @@ class Member:
         self.room: Room | None = None
         self.outbox = outbox
         self.disconnect = disconnect
+        # Stop reading but let queued lines out (the server sets it); else disconnect.
+        self.hang_up: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Member {self.name} in {self.room.name if self.room else None}>"
@@ -370,10 +372,10 @@ class Hub:
         return list(self._members.values())
 
     def expel(self, member: Member, error: str, reason: str) -> None:
-        """Tell ``member`` why in an error line, then disconnect it."""
+        """Tell ``member`` why in an error line, then close its connection."""
         self._tell(member, p.format_error(error))
         self.leave(member, reason)
-        member.disconnect()
+        (member.hang_up or member.disconnect)()
 
     def flush(self) -> None:
         """Evict members found slow while delivering."""

@@ -318,6 +318,7 @@ class _Connection:
             self._tell(p.format_info("What is your name?"))
         else:
             self.member = result
+            result.hang_up = self.reading.cancel
 
     async def _claim(self, name: str) -> bool:
         """Claim ``name`` across the cluster before the hub sees it; tell the client if not."""

@@ -430,6 +430,7 @@ class RedisBackplane:
             if node != self.node:
                 self._replica[key] = (node, name, room)
         self._seen = {node: int(seq) for node, seq in _pairs(seqs)}
+        log.debug("snapshot: %d remote users, batches seen %s", len(self._replica), self._seen)
         stored: dict[str, list[bytes]] = {}
         for i in range(0, len(histories), 2):
             lines = histories[i + 1]
@@ -490,6 +491,7 @@ class RedisBackplane:
                 log.warning("ignoring a malformed batch: %s", exc)
                 continue
             last = self._seen.get(node, 0)
+            log.debug("batch %s/%d (last seen %d): %d records", node, seq, last, len(records))
             if seq <= last:
                 continue  # Already in the snapshot.
             if last and seq != last + 1:
@@ -582,9 +584,4 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-# For tests and tools: everything this cluster keeps in Redis starts with this.
-def key_prefix(cluster: str) -> str:
-    return f"triochat:{cluster}:"
-
-
-__all__: Final = ["LINK_DOWN", "LINK_UP", "RedisBackplane", "RedisOptions", "key_prefix"]
+__all__: Final = ["LINK_DOWN", "LINK_UP", "RedisBackplane", "RedisOptions"]
