@@ -384,8 +384,10 @@ async def test_names_taken_twice_during_an_outage_are_reconciled(
     await private_redis.stop()
     await expect(ann, "* " + LINK_DOWN)
     await expect(ben, "* " + LINK_DOWN)
-    # Each node can only check its own users now, so both accept the name.
-    zed_a = await join(port_a, "zed")
+    # Newcomers are told too; each node checks only its own users now, so both accept the name.
+    zed_a = await join(port_a)
+    await expect(zed_a, "* " + LINK_DOWN)
+    await zed_a.register("zed")
     zed_b = await join(port_b, "ZED")
     await private_redis.start()
     await expect(ann, "* " + LINK_UP)

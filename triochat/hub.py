@@ -106,13 +106,16 @@ class Hub:
 
     def welcome(self) -> list[bytes]:
         n = len(self._members)
+        notice = None
         if self._relay is not None:
             n += sum(self._relay.remote_rooms().values())
+            notice = self._relay.notice
         online = "1 user" if n == 1 else f"{n} users"
         return [
             p.format_info(
                 f"Welcome to triochat! {online} online. Commands start with /, try /help."
             ).encode(),
+            *([p.format_info(notice).encode()] if notice else []),
             p.format_info("What is your name?").encode(),
         ]
 

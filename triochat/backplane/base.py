@@ -29,6 +29,11 @@ class Backplane(Protocol):
 
     remote: bool
 
+    @property
+    def notice(self) -> str | None:
+        """A line newcomers should read (e.g. that the link is down), if any."""
+        ...
+
     def publish_line(self, room: str, data: bytes, record: bool) -> bool:
         """Queue a room line for every node; ``False`` means deliver it locally instead."""
         ...

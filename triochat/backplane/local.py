@@ -19,6 +19,7 @@ class LocalBackplane:
     """No other nodes: every query is empty and every claim succeeds at once."""
 
     remote = False
+    notice = None
 
     def publish_line(self, room: str, data: bytes, record: bool) -> bool:
         return False

@@ -209,6 +209,10 @@ class RedisBackplane:
 
     # --- what the hub calls (synchronous, never waits) -------------------------
 
+    @property
+    def notice(self) -> str | None:
+        return LINK_DOWN if self._down else None
+
     def publish_line(self, room: str, data: bytes, record: bool) -> bool:
         return self.linked and self._queue(Line(room, record, data))
 
