@@ -57,6 +57,7 @@ LINK_DOWN: Final = (
     "server; reconnecting."
 )
 LINK_UP: Final = "The link to the rest of the chat is back."
+_LEAVE_TIMEOUT: Final = 0.5
 
 # Errors that mean "the link is down": coredis's own, the socket's, our timeouts, and
 # anyio's stream errors, which coredis lets through when a connection closes under it.
@@ -560,7 +561,9 @@ class RedisBackplane:
         if not self.linked or client is None:
             return
         self.linked = False
-        with trio.move_on_after(self.options.timeout, shield=True):
+        # Bounded tightly: the server must exit within 3 s of SIGTERM, Redis or not;
+        # if this is cut short, the others reap this node after node_ttl instead.
+        with trio.move_on_after(_LEAVE_TIMEOUT, shield=True):
             await client.delete([self._alive_prefix + self.node])
             gone = await self._reap(client, self.node, force=True)
             items: list[_Item] = []
