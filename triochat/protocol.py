@@ -58,7 +58,7 @@ FramerEvent = Line | LineTooLong | _NeedData
 class LineFramer:
     """Splits a byte stream into lines, in bounded time and space.
 
-    At most ``max_line`` bytes of an unfinished line are ever buffered: past
+    At most ``max_line + 1`` bytes of an unfinished line are ever buffered: past
     that, one :class:`LineTooLong` is reported and the rest of the line is
     dropped as it arrives. Each byte is scanned for a newline once, so a peer
     dribbling a long line one byte at a time costs O(bytes), not O(bytes²).
@@ -84,7 +84,10 @@ class LineFramer:
                 if self._discarding:
                     self._buf.clear()
                     self._scanned = 0
-                elif len(self._buf) > self.max_line:
+                # A last b"\r" may be the start of the line ending, so it does
+                # not count yet; otherwise the verdict would depend on how
+                # the peer's bytes happened to be split.
+                elif len(self._buf) - self._buf.endswith(b"\r") > self.max_line:
                     self._buf.clear()
                     self._scanned = 0
                     self._discarding = True
@@ -106,7 +109,7 @@ class LineFramer:
 
     @property
     def buffered(self) -> int:
-        """Bytes held for an unfinished line (never more than ``max_line + chunk``)."""
+        """Bytes held for an unfinished line (never more than ``max_line + 1 + chunk``)."""
         return len(self._buf)
 
 
