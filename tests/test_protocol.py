@@ -6,7 +6,7 @@ import itertools
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from triochat import protocol as p
@@ -67,6 +67,7 @@ stream_bytes = st.lists(
 ).map(b"".join)
 
 
+@settings(deadline=None)  # tiny examples; a loaded CI machine must not fail them
 @given(
     max_line=st.integers(1, 16),
     data=stream_bytes,
@@ -81,12 +82,14 @@ def test_framer_any_split_gives_the_same_events_as_whole(
     assert feed(max_line, split_at(data, cuts)) == whole
 
 
+@settings(deadline=None)  # tiny examples; a loaded CI machine must not fail them
 @given(max_line=st.integers(1, 16), data=stream_bytes)
 def test_framer_one_byte_at_a_time(max_line: int, data: bytes) -> None:
     one_by_one = feed(max_line, [data[i : i + 1] for i in range(len(data))])
     assert one_by_one == expected_events(max_line, data)
 
 
+@settings(deadline=None)  # tiny examples; a loaded CI machine must not fail them
 @given(data=st.binary(max_size=2000), cuts=st.lists(st.integers(0, 2000), max_size=20))
 def test_framer_never_raises_on_arbitrary_bytes(data: bytes, cuts: list[int]) -> None:
     cuts = [c for c in cuts if c <= len(data)]
