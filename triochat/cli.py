@@ -172,8 +172,11 @@ async def _serve(config: ServerConfig) -> None:
     # Enter the signal receiver before listening, so a signal never lands as
     # a KeyboardInterrupt in the middle of start-up.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Listen outside the nursery: a port in use is then a plain OSError,
+        # which serve() reports in one line, not an exception group.
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(server.serve)
+            await nursery.start(server.serve_listeners, listeners)
             for listener in listeners:
                 print(f"triochat listening on {format_address(listener)}", flush=True)
             async for signum in signals:
