@@ -231,6 +231,53 @@ async def test_shutdown_says_goodbye_then_eof_to_every_client(raw_connect: RawCo
         await trio.open_tcp_stream("127.0.0.1", port)
 
 
+async def test_the_writer_coalesces_queued_lines_into_one_send() -> None:
+    server = ChatServer(ServerConfig(rate=0))
+    # A lockstep stream: each send_all waits until the client has read all of
+    # it, so every chunk the client reads is exactly one send_all.
+    client, server_side = trio.testing.lockstep_stream_pair()
+    ben_outbox, _ben_inbox = trio.open_memory_channel[bytes](100)
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_stream, server_side)
+            await client.send_all(b"ann\n")
+            await trio.testing.wait_all_tasks_blocked()
+            # The writer is stuck sending the first welcome line; meanwhile the
+            # room says a lot.
+            ben = server.hub.register("ben", ben_outbox, lambda: None)
+            assert not isinstance(ben, str)
+            for i in range(50):
+                server.hub.handle(ben, p.Say(f"line {i}"))
+            chunks = []
+            data = b""
+            while not data.endswith(b"line 49\n"):
+                chunks.append(await client.receive_some())
+                data = b"".join(chunks)
+            nursery.cancel_scope.cancel()
+    lines = [unstamp(line) for line in data.decode().splitlines()]
+    assert lines[-51:] == ["[T] * ben joined #lobby"] + [f"[T] <ben> line {i}" for i in range(50)]
+    assert len(lines) == 55  # welcome (2), users, ann joined, ben joined, 50 lines
+    assert len(chunks) == 2  # the first welcome line, then everything else at once
+
+
+async def test_tcp_keepalive_finds_dead_peers_within_about_a_minute(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server, port = await start_server()
+    await connect(port, "ann")
+    await connect(port)
+    assert server.connections == 2
+    for connection in server._connections:
+        assert isinstance(connection.stream, trio.SocketStream)
+        sock = connection.stream.socket
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+        interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+        probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+        assert idle + interval * probes <= 60
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) <= 60_000
+
+
 # --- bad input and limits ------------------------------------------------------
 
 
