@@ -289,6 +289,55 @@ async def test_slow_consumers_found_by_a_departure_are_evicted_too(hub: Hub) -> 
     ]
 
 
+async def test_a_member_found_slow_by_a_departure_is_evicted_at_once(hub: Hub) -> None:
+    ann = User(hub, "ann", queue=4)  # users, joined, ben joined, cat joined: full
+    ben, cat = User(hub, "ben"), User(hub, "cat", queue=1000)
+    cat.raw()
+    # A departure from outside handle() (the connection broke): ann cannot take
+    # the notice, so it goes now, not whenever someone next says something.
+    hub.leave(ben.member, "connection lost")
+    assert ann.disconnects == 1
+    assert cat.lines() == [
+        f"{stamp(T0)} * ben left #lobby (connection lost)",
+        f"{stamp(T0)} * ann left #lobby (too slow)",
+    ]
+    assert hub.members == 1
+
+
+class Valve:
+    """An outbox that takes everything until it is shut, then nothing."""
+
+    def __init__(self) -> None:
+        self.shut = False
+        self.disconnects = 0
+
+    def send_nowait(self, value: bytes, /) -> None:
+        if self.shut:
+            raise trio.WouldBlock
+
+    def close(self) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        self.disconnects += 1
+
+
+async def test_a_whole_room_going_slow_at_once_is_evicted_without_deep_recursion(
+    hub: Hub,
+) -> None:
+    ann = User(hub, "ann", queue=1000)
+    crowd = [Valve() for _ in range(600)]
+    for i, valve in enumerate(crowd):
+        assert isinstance(hub.register(f"u{i}", valve, valve.disconnect), Member)
+    for valve in crowd:
+        valve.shut = True
+    # Each eviction's notice finds the rest of the crowd slow too.
+    hub.leave(ann.member, "connection lost")
+    assert [valve.disconnects for valve in crowd] == [1] * 600
+    assert hub.members == 0
+    assert hub.slow_evictions == 600
+
+
 async def test_a_slow_recipient_of_a_private_message_is_evicted(hub: Hub) -> None:
     ann, slow = User(hub, "ann", queue=1000), User(hub, "slow", queue=3)
     ann.raw()
