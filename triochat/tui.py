@@ -247,7 +247,7 @@ class ChatScreen:
         """The chat is over: say why, and let any key close the window."""
         self.finished = True
         self.add_markup([("error", f"! {message}")])
-        self.set_notice(f"{message} — press any key to exit", bad=True)
+        self.set_notice("disconnected: press any key to exit", bad=True)
 
     # --- input ----------------------------------------------------------------
 
