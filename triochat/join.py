@@ -108,11 +108,10 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
             raise JoinError(str(exc), EXIT_CLOSED) from None
         try:
             await _print_lines([*client.welcome, *lines])
-            return await _line_session(client, config, stdin_fd)
         except BrokenPipeError:
-            # Our reader went away (`| head`): nobody is listening; leave quietly.
             _silence_stdout()
             return EXIT_OK
+        return await _line_session(client, config, stdin_fd)
 
 
 def _silence_stdout() -> None:
@@ -158,13 +157,22 @@ async def _line_session(client: ChatClient, config: JoinConfig, stdin_fd: int) -
     error: str | None = None
 
     async def receive() -> None:
-        nonlocal error
+        nonlocal error, quitting
         try:
             while True:
                 await _print_lines([await client.receive_line()])
         except ConnectionClosed as exc:
             if not quitting:
                 error = str(exc)
+        except BrokenPipeError:
+            # Our reader went away (`| head`): nobody is listening, so leave quietly.
+            _silence_stdout()
+            quitting = True
+            with trio.move_on_after(config.quit_timeout):
+                try:
+                    await client.quit()
+                except ConnectionClosed:
+                    pass
         closed.set()
         nursery.cancel_scope.cancel()
 
@@ -271,8 +279,7 @@ async def _register_interactive(client: ChatClient, screen: ChatScreen, name: st
         try:
             lines = await client.register(name)
         except NameRejected as exc:
-            for line in client.welcome[shown:]:
-                screen.add_line(line)
+            _show_welcome(screen, client.welcome[shown:])
             screen.add_markup([("error", f"! {exc}")])
             screen.set_notice("")
             name = ""
@@ -280,9 +287,16 @@ async def _register_interactive(client: ChatClient, screen: ChatScreen, name: st
         screen.state.name = client.name or name
         screen.chatting()
         screen.set_notice("")
-        for line in [*client.welcome[shown:], *lines]:
+        _show_welcome(screen, client.welcome[shown:])
+        for line in lines:
             screen.add_line(line)
         return True
+
+
+def _show_welcome(screen: ChatScreen, lines: list[str]) -> None:
+    # The last welcome line asks for a name (protocol v1); the UI asks itself.
+    for line in lines[:-1]:
+        screen.add_line(line)
 
 
 async def _interactive_session(
