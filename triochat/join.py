@@ -9,6 +9,7 @@ prints each server line to stdout, for scripts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -169,10 +170,8 @@ async def _line_session(client: ChatClient, config: JoinConfig, stdin_fd: int) -
             _silence_stdout()
             quitting = True
             with trio.move_on_after(config.quit_timeout):
-                try:
+                with contextlib.suppress(ConnectionClosed):
                     await client.quit()
-                except ConnectionClosed:
-                    pass
         closed.set()
         nursery.cancel_scope.cancel()
 
