@@ -31,9 +31,8 @@ EXIT_CLOSED: Final = 1  # the server closed the connection, or it broke
 EXIT_CONNECT: Final = 3  # the server could not be reached
 EXIT_NAME: Final = 4  # the name was rejected (line mode)
 
-# Server lines are at most about the client's line plus a prefix, and the
-# server answers an over-long line with an error; past this, stdin lines are
-# refused locally rather than sent.
+# A longer stdin line is skipped with a warning rather than buffered without
+# bound (the server's own limit is smaller and answered with a ``!`` line).
 STDIN_MAX_LINE: Final = 1 << 20
 
 _QUIT_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

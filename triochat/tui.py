@@ -53,7 +53,7 @@ PALETTE: Final[list[tuple[str, str, str]]] = [
     *[(f"name{i}", colour, "default") for i, colour in enumerate(NAME_COLOURS)],
 ]
 
-HINTS: Final = "PgUp/PgDn scroll · ↑↓ history · Ctrl-D quit"
+HINTS: Final = "PgUp/PgDn scroll · Ctrl-D quit"
 
 
 class _Quit:
