@@ -192,3 +192,32 @@ def test_help_documents_exit_codes_and_bad_options_exit_2() -> None:
     result = runner.invoke(main, ["join"], input="hello\n")  # not a terminal: --name needed
     assert result.exit_code == 2
     assert "--name" in result.output
+
+
+async def test_sigterm_leaves_politely(start_server: StartServer, connect: Connect) -> None:
+    _server, port = await start_server()
+    ben = await connect(port, "ben")
+    with trio.fail_after(10):
+        async with running(join_args(port, "--name", "dave")) as proc:
+            assert proc.stdout is not None
+            await until(ben, "* dave joined #lobby")
+            # Once it prints, signals are handled (before that, they act as usual).
+            await Lines(proc.stdout).until("* dave joined #lobby")
+            proc.terminate()
+            await until(ben, "* dave left #lobby (quit)")
+            assert await proc.wait() == 0
+
+
+async def test_a_closed_stdout_quits_quietly(start_server: StartServer, connect: Connect) -> None:
+    _server, port = await start_server()
+    ben = await connect(port, "ben")
+    with trio.fail_after(10):
+        async with running(join_args(port, "--name", "dave")) as proc:
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            await Lines(proc.stdout).until("* dave joined #lobby")
+            await proc.stdout.aclose()  # as `| head` does once it has its lines
+            await ben.send_line("anyone there?")
+            await until(ben, "* dave left #lobby (quit)")
+            assert await proc.wait() == 0
+            assert await proc.stderr.receive_some(1 << 20) == b""

@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -106,12 +106,15 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
             raise JoinError(f"name rejected: {exc}", EXIT_NAME) from None
         except ConnectionClosed as exc:
             raise JoinError(str(exc), EXIT_CLOSED) from None
-        try:
-            await _print_lines([*client.welcome, *lines])
-        except BrokenPipeError:
-            _silence_stdout()
-            return EXIT_OK
-        return await _line_session(client, config, stdin_fd)
+        # From the first line printed on, a signal means "quit politely"
+        # (one arriving before the session's task listens waits in the receiver).
+        with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
+            try:
+                await _print_lines([*client.welcome, *lines])
+            except BrokenPipeError:
+                _silence_stdout()
+                return EXIT_OK
+            return await _line_session(client, config, stdin_fd, signals)
 
 
 def _silence_stdout() -> None:
@@ -151,7 +154,9 @@ class _StdinLines:
                 self._framer.receive_data(b"\n")  # a last line without its newline
 
 
-async def _line_session(client: ChatClient, config: JoinConfig, stdin_fd: int) -> int:
+async def _line_session(
+    client: ChatClient, config: JoinConfig, stdin_fd: int, signals: AsyncIterator[int]
+) -> int:
     quitting = False
     closed = trio.Event()
     error: str | None = None
@@ -193,19 +198,23 @@ async def _line_session(client: ChatClient, config: JoinConfig, stdin_fd: int) -
             await closed.wait()
         nursery.cancel_scope.cancel()
 
-    async def on_signal() -> None:
-        # Ctrl-C or a kill: leave as at EOF. A second signal interrupts the wait.
-        nonlocal quitting
-        with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
-            async for _ in signals:
-                break
-        quitting = True
+    async def polite_quit() -> None:
         with trio.move_on_after(config.quit_timeout):
             try:
                 await client.send_line("/quit")
                 await closed.wait()
             except ConnectionClosed:
                 pass
+        nursery.cancel_scope.cancel()
+
+    async def on_signal() -> None:
+        # Ctrl-C or a kill: leave as at EOF. A second one stops waiting for the server.
+        nonlocal quitting
+        async for _ in signals:
+            if quitting:
+                break
+            quitting = True
+            nursery.start_soon(polite_quit)
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
