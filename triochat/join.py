@@ -245,12 +245,14 @@ async def run_interactive(config: JoinConfig) -> int:
         event_loop = urwid.TrioEventLoop()
         main_loop = urwid.MainLoop(screen.root, PALETTE, event_loop=event_loop, handle_mouse=False)
         error: str | None = None
-        with main_loop.start():
+        # Listening before the screen starts, so no signal can kill the
+        # process with the terminal left in cbreak mode.
+        with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals, main_loop.start():
             # Ctrl-C is a key here (it quits politely); signals from elsewhere do the same.
             main_loop.screen.tty_signal_keys(intr="undefined")  # type: ignore[attr-defined]
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(event_loop.run_async)
-                nursery.start_soon(_quit_on_signals_ui, screen)
+                nursery.start_soon(_quit_on_signals_ui, screen, signals)
                 error = await _interactive_session(client, config, screen)
                 if error is not None:
                     await screen.any_key.wait()
@@ -260,14 +262,13 @@ async def run_interactive(config: JoinConfig) -> int:
         return EXIT_OK
 
 
-async def _quit_on_signals_ui(screen: ChatScreen) -> None:
-    with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
-        async for signum in signals:
-            screen.request_quit()
-            if screen.finished:
-                screen.any_key.set()
-            if signum == signal.SIGHUP:
-                screen.force_quit.set()  # the terminal is gone: nobody to wait for
+async def _quit_on_signals_ui(screen: ChatScreen, signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        screen.request_quit()
+        if screen.finished:
+            screen.any_key.set()
+        if signum == signal.SIGHUP:
+            screen.force_quit.set()  # the terminal is gone: nobody to wait for
 
 
 async def _register_interactive(client: ChatClient, screen: ChatScreen, name: str) -> bool:
