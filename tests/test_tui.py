@@ -170,3 +170,14 @@ async def test_any_key_closes_a_finished_chat() -> None:
     assert screen.any_key.is_set()
     with trio.fail_after(1):
         await screen.any_key.wait()
+
+
+def test_page_up_with_everything_on_screen_still_follows() -> None:
+    screen = make_screen()
+    screen.add_line("[00:00:00] <ben> one")
+    rendered(screen)
+    press(screen, "page up")
+    assert "more below" not in rendered(screen)[-2]
+    screen.add_line("[00:00:00] <ben> two")
+    assert "two" in "\n".join(rendered(screen))
+    assert screen.following

@@ -160,6 +160,10 @@ class _Root(urwid.WidgetWrap[_Frame]):
     def keypress(self, size: tuple[int, int], key: str) -> str | None:  # type: ignore[override]
         return self._screen.keypress(size, key)
 
+    def render(self, size: tuple[int, int], focus: bool = False) -> urwid.Canvas:  # type: ignore[override]
+        self._screen.size = size
+        return super().render(size, focus)
+
 
 class ChatScreen:
     """The chat window: message pane, status line, input line."""
@@ -184,6 +188,7 @@ class ChatScreen:
             self.pane, footer=urwid.Pile([self.status_map, self.input]), focus_part="footer"
         )
         self.root = _Root(self)
+        self.size: tuple[int, int] | None = None  # of the whole screen, as last drawn
         self.asking_name = False
         self.notice = ""  # overrides the status line's right half while set
         self.any_key = trio.Event()  # set by any key press once the chat is over
@@ -215,7 +220,11 @@ class ChatScreen:
     @property
     def following(self) -> bool:
         """Whether the pane shows the newest line (the user has not scrolled up)."""
-        return not self.walker or self.pane.focus_position >= len(self.walker) - 1
+        if not self.walker or self.pane.focus_position >= len(self.walker) - 1:
+            return True
+        return self.size is not None and "bottom" in self.pane.ends_visible(
+            self._pane_size(self.size)
+        )
 
     def refresh_status(self) -> None:
         state = self.state
