@@ -27,6 +27,7 @@ def type_text(screen: ChatScreen, text: str) -> None:
 
 def make_screen() -> ChatScreen:
     screen = ChatScreen("127.0.0.1:7007", RoomState("ann"))
+    screen.chatting()
     screen.add_line("* Users in #lobby: ann, ben")
     return screen
 
@@ -181,3 +182,18 @@ def test_page_up_with_everything_on_screen_still_follows() -> None:
     screen.add_line("[00:00:00] <ben> two")
     assert "two" in "\n".join(rendered(screen))
     assert screen.following
+
+
+async def test_enter_waits_while_joining_and_quit_still_works() -> None:
+    screen = ChatScreen("h:1", RoomState(""))
+    screen.registering("ann")
+    type_text(screen, "early bird")
+    press(screen, "enter")
+    assert rendered(screen, (80, 8))[-1] == "> early bird"  # kept, not taken for a name
+    assert "still joining" in rendered(screen, (80, 8))[-2]
+    screen.chatting()
+    press(screen, "enter")
+    assert await screen.next_action() == "early bird"
+    screen.registering("bob")
+    press(screen, "ctrl c")
+    assert await screen.next_action() is QUIT

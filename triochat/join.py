@@ -282,7 +282,7 @@ async def _register_interactive(client: ChatClient, screen: ChatScreen, name: st
             assert isinstance(action, str)
             name = action.strip()
             continue
-        screen.set_notice(f"joining as {name}…")
+        screen.registering(name)
         shown = len(client.welcome)
         try:
             lines = await client.register(name)
@@ -294,7 +294,6 @@ async def _register_interactive(client: ChatClient, screen: ChatScreen, name: st
             continue
         screen.state.name = client.name or name
         screen.chatting()
-        screen.set_notice("")
         _show_welcome(screen, client.welcome[shown:])
         for line in lines:
             screen.add_line(line)

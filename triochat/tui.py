@@ -190,6 +190,7 @@ class ChatScreen:
         self.root = _Root(self)
         self.size: tuple[int, int] | None = None  # of the whole screen, as last drawn
         self.asking_name = False
+        self.joining = True  # registering: Enter waits, so no line is taken for a name
         self.notice = ""  # overrides the status line's right half while set
         self.any_key = trio.Event()  # set by any key press once the chat is over
         self.finished = False
@@ -244,11 +245,19 @@ class ChatScreen:
     def ask_name(self) -> None:
         """Turn the input line into a name prompt (the next submitted line is a name)."""
         self.asking_name = True
+        self.joining = False
         self.input.set_caption(("prompt", "name: "))
         self.refresh_status()
 
+    def registering(self, name: str) -> None:
+        self.asking_name = False
+        self.joining = True
+        self.set_notice(f"joining as {name}…")
+
     def chatting(self) -> None:
         self.asking_name = False
+        self.joining = False
+        self.notice = ""
         self.input.set_caption(("prompt", "> "))
         self.refresh_status()
 
@@ -278,7 +287,10 @@ class ChatScreen:
         text = self.input.edit_text
         if self.asking_name and not text.strip():
             return
-        if not self.asking_name and is_quit_word(text):
+        if self.joining and not is_quit_word(text):
+            self.set_notice("still joining: press Enter again in a moment")
+            return
+        if (self.joining or not self.asking_name) and is_quit_word(text):
             self.request_quit()
             return
         try:
