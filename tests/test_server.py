@@ -385,6 +385,22 @@ async def test_a_client_that_disconnects_before_its_name(
     assert ben.name == "ben"
 
 
+async def test_before_registration_quit_leaves_and_a_long_line_asks_again(
+    start_server: StartServer, raw_connect: RawConnect
+) -> None:
+    server, port = await start_server(max_line=64)
+    client = await raw_connect(port)
+    await receive_until(client, "* What is your name?")
+    await client.stream.send_all(b"x" * 100 + b"\n")
+    await expect(
+        client, "! Line too long (limit 64 bytes); it was discarded", "* What is your name?"
+    )
+    await client.send_line("/quit")
+    await expect(client, "* Bye!")
+    await expect_eof(client)
+    assert server.hub.members == 0
+
+
 async def read_until_closed(stream: trio.abc.ReceiveStream) -> bytes:
     data = b""
     with trio.fail_after(WAIT):

@@ -93,7 +93,7 @@ class Hub:
             p.format_info(
                 f"Welcome to triochat! {online} online. Commands start with /, try /help."
             ).encode(),
-            p.format_info("What is your name?").encode(),
+            p.format_info(p.NAME_QUESTION).encode(),
         ]
 
     # --- registration ------------------------------------------------------

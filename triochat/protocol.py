@@ -21,6 +21,7 @@ ROOM_MAX: Final = 32
 
 NAME_RULES: Final = f"a name is 1 to {NAME_MAX} letters, digits, _ or -"
 ROOM_RULES: Final = f"a room is # followed by 1 to {ROOM_MAX} letters, digits, _ or -"
+NAME_QUESTION: Final = "What is your name?"
 
 # \w is Unicode-aware: letters and digits of any script, plus "_".
 _NAME_RE: Final = re.compile(rf"[\w-]{{1,{NAME_MAX}}}")

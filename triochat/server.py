@@ -261,10 +261,16 @@ class _Connection:
                                 f"Line too long (limit {event.limit} bytes); it was discarded"
                             )
                         )
+                        if self.member is None:
+                            self._tell(p.format_info(p.NAME_QUESTION))
                         continue
                     assert isinstance(event, p.Line)
                     text = p.clean_text(event.text)
                     if self.member is None:
+                        if isinstance(p.parse_command(text), p.Quit):
+                            self.reason = "quit"
+                            self._tell(p.format_info("Bye!"))
+                            return
                         self._register(text.strip())
                         if self.member is not None:
                             registration.deadline = math.inf
@@ -289,7 +295,7 @@ class _Connection:
         result = self.server.hub.register(name, self.send, self._disconnect)
         if isinstance(result, str):
             self._tell(p.format_error(result))
-            self._tell(p.format_info("What is your name?"))
+            self._tell(p.format_info(p.NAME_QUESTION))
         else:
             self.member = result
 
