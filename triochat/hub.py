@@ -86,6 +86,7 @@ class Hub:
         self._members: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
         self._slow: list[Member] = []
+        self._evicting = False
         self.lines_in = 0
         self.lines_out = 0
         self.slow_evictions = 0
@@ -116,7 +117,7 @@ class Hub:
                 f"Welcome to triochat! {online} online. Commands start with /, try /help."
             ).encode(),
             *([p.format_info(notice).encode()] if notice else []),
-            p.format_info("What is your name?").encode(),
+            p.format_info(p.NAME_QUESTION).encode(),
         ]
 
     # --- registration ------------------------------------------------------
@@ -202,6 +203,8 @@ class Hub:
         if farewell is not None:
             self._tell(member, p.format_info(farewell))
         member.outbox.close()
+        # Whoever could not take the notice goes now, not at the next command.
+        self._evict_slow()
 
     def shutdown(self) -> None:
         """Forget everyone at once, with no departures announced: the server is closing."""
@@ -330,12 +333,19 @@ class Hub:
     def _evict_slow(self) -> None:
         # Iterative: each eviction announces a departure, which can find
         # further slow members; recursion could go as deep as a room is wide.
-        while self._slow:
-            member = self._slow.pop()
-            if self._members.get(member.key) is member:
-                self.slow_evictions += 1
-                self.leave(member, "too slow")
-                member.disconnect()
+        # So the leave() of an eviction returns here rather than recursing.
+        if self._evicting:
+            return
+        self._evicting = True
+        try:
+            while self._slow:
+                member = self._slow.pop()
+                if self._members.get(member.key) is member:
+                    self.slow_evictions += 1
+                    self.leave(member, "too slow")
+                    member.disconnect()
+        finally:
+            self._evicting = False
 
     # --- from the backplane ---------------------------------------------------
 

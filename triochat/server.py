@@ -270,6 +270,11 @@ class _Connection:
                     event = framer.next_event()
                     if event is p.NEED_DATA:
                         break
+                    # Yield between lines: the writers drain what the last
+                    # line queued, so one client's burst does not overflow
+                    # everyone's outbox; and if that line got this client
+                    # evicted as a slow consumer, it stops here.
+                    await trio.lowlevel.checkpoint()
                     if bucket is not None:
                         delay = bucket.take(trio.current_time())
                         if delay:
@@ -280,10 +285,16 @@ class _Connection:
                                 f"Line too long (limit {event.limit} bytes); it was discarded"
                             )
                         )
+                        if self.member is None:
+                            self._tell(p.format_info(p.NAME_QUESTION))
                         continue
                     assert isinstance(event, p.Line)
                     text = p.clean_text(event.text)
                     if self.member is None:
+                        if isinstance(p.parse_command(text), p.Quit):
+                            self.reason = "quit"
+                            self._tell(p.format_info("Bye!"))
+                            return
                         name = text.strip()
                         if name and self.server.backplane.remote and not await self._claim(name):
                             continue
@@ -315,7 +326,7 @@ class _Connection:
         if isinstance(result, str):
             self.server.backplane.unclaim(name)
             self._tell(p.format_error(result))
-            self._tell(p.format_info("What is your name?"))
+            self._tell(p.format_info(p.NAME_QUESTION))
         else:
             self.member = result
             result.hang_up = self.reading.cancel
@@ -327,7 +338,7 @@ class _Connection:
             error = await self.server.backplane.claim(name)
         if error is not None:
             self._tell(p.format_error(error))
-            self._tell(p.format_info("What is your name?"))
+            self._tell(p.format_info(p.NAME_QUESTION))
             return False
         return True
 
