@@ -118,7 +118,10 @@ def test_hub_routes_room_lines_through_a_linked_backplane() -> None:
     # A remote name is taken, and /msg to it goes through the backplane.
     assert hub.name_unavailable("ZED") == "Name ZED is taken, choose another"
     hub.handle(ann, p.Msg("zed", "psst"))
-    assert fake.privates[-1][0] == "zed"
+    (to, data), (back, echo) = fake.privates
+    assert (to, back) == ("zed", "ann")
+    assert data.decode().endswith("*ann* psst\n")
+    hub.deliver_private(back, echo)
     assert _drain(inbox)[-1].endswith("-> *Zed* psst")
     hub.leave(ann, "quit")
     assert fake.presences[-1] == ("ann", "ann", None)

@@ -101,8 +101,11 @@ async def test_lines_reach_every_node(start_node: StartNode, join: Join) -> None
     await ben.send_line("/me waves")
     await expect(ann, "* ben waves")
 
-    await ann.send_line("/msg BEN psst")
-    await expect(ann, "-> *ben* psst")
+    # A sender sees its own lines, private echoes included, in the order sent.
+    for line in ("one", "/msg BEN psst", "two"):
+        await ann.send_line(line)
+    mine = [await expect(ann, lambda line: "ann>" in line or "->" in line) for _ in range(3)]
+    assert [line.split("] ", 1)[1] for line in mine] == ["<ann> one", "-> *ben* psst", "<ann> two"]
     await expect(ben, "*ann* psst")
 
     await ben.send_line("/nick benny")

@@ -220,18 +220,21 @@ class Hub:
         self._broadcast(room, fmt(self._now(), member.name, text).encode(), record=True)
 
     def _private(self, member: Member, to: str, text: str) -> None:
-        target = self._members.get(p.name_key(to))
-        if target is None:
-            remote = self._relay.remote_name(p.name_key(to)) if self._relay else None
-            if remote is None or self._relay is None:
-                self._tell(member, p.format_error(f"No such user: {to}"))
-                return
+        key = p.name_key(to)
+        target = self._members.get(key)
+        if self._relay is not None:
+            name = target.name if target is not None else self._relay.remote_name(key)
             stamp = self._now()
-            data = p.format_private(stamp, member.name, text).encode()
-            if not self._relay.publish_private(p.name_key(to), data):
-                self._tell(member, p.format_error(f"No such user: {to}"))
+            # Both lines go through the cluster's channel, so the sender sees its
+            # /msg echo in order with its room lines.
+            if name is not None and self._relay.publish_private(
+                key, p.format_private(stamp, member.name, text).encode()
+            ):
+                echo = p.format_private_echo(stamp, name, text).encode()
+                self._relay.publish_private(member.key, echo)
                 return
-            self._send(member, p.format_private_echo(stamp, remote, text).encode())
+        if target is None:
+            self._tell(member, p.format_error(f"No such user: {to}"))
             return
         stamp = self._now()
         self._send(target, p.format_private(stamp, member.name, text).encode())
