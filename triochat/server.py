@@ -22,6 +22,7 @@ import trio
 from . import protocol as p
 from ._auth import FailureDelays, password_matches
 from ._ratelimit import TokenBucket
+from .backplane import Backplane, LocalBackplane
 from .hub import Hub, Member
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class ChatServer:
     Args:
       config: the limits and options.
       hub: the chat's state (made from ``config`` if not given).
+      backplane: what links this server to other nodes (default: none).
       store: persistent history (``--db``); the caller opens and closes it.
       ssl_context: serve TLS: every connection is wrapped in a
         :class:`trio.SSLStream` and must finish its handshake in time.
@@ -128,12 +130,14 @@ class ChatServer:
         config: ServerConfig | None = None,
         *,
         hub: Hub | None = None,
+        backplane: Backplane | None = None,
         store: HistoryStore | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config or ServerConfig()
+        self.backplane = backplane or (hub.backplane if hub else LocalBackplane())
         self.store = store
-        self.hub = hub or Hub(history=self.config.history, archive=store)
+        self.hub = hub or Hub(history=self.config.history, backplane=self.backplane, archive=store)
         self.ssl_context = ssl_context
         self.stats = ServerStats()
         self.password_delays = FailureDelays(
@@ -167,6 +171,22 @@ class ChatServer:
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Like :meth:`serve`, on listeners the caller opened."""
+        if not self.backplane.remote:
+            await self._serve_listeners(listeners, task_status=task_status)
+            return
+        async with trio.open_nursery() as nursery:
+            # Linked (or trying to be, with Redis down) before the first client arrives.
+            await nursery.start(self.backplane.run, self.hub)
+            await self._serve_listeners(listeners, task_status=task_status)
+            await self.backplane.leave_cluster()
+            nursery.cancel_scope.cancel()
+
+    async def _serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         async with trio.open_nursery() as handlers:
             async with trio.open_nursery() as acceptors:
                 await acceptors.start(
@@ -360,6 +380,11 @@ class _Connection:
                     event = framer.next_event()
                     if event is p.NEED_DATA:
                         break
+                    # Yield between lines: the writers drain what the last
+                    # line queued, so one client's burst does not overflow
+                    # everyone's outbox; and if that line got this client
+                    # evicted as a slow consumer, it stops here.
+                    await trio.lowlevel.checkpoint()
                     if bucket is not None:
                         delay = bucket.take(trio.current_time())
                         if delay:
@@ -371,6 +396,8 @@ class _Connection:
                                 f"Line too long (limit {event.limit} bytes); it was discarded"
                             )
                         )
+                        if self.member is None:
+                            self._tell(p.format_info(p.NAME_QUESTION))
                         continue
                     assert isinstance(event, p.Line)
                     if self.pending_name is not None:
@@ -381,7 +408,20 @@ class _Connection:
                     else:
                         text = p.clean_text(event.text)
                     if self.member is None:
-                        self._register(text.strip())
+                        if isinstance(p.parse_command(text), p.Quit):
+                            self.reason = "quit"
+                            self._tell(p.format_info("Bye!"))
+                            return
+                        name = text.strip()
+                        if name and config.password is not None and not self.authenticated:
+                            # Ask before saying anything about the name, so
+                            # strangers learn nothing (not even who is online).
+                            self.pending_name = name
+                            self._tell(p.format_info(p.PASSWORD_PROMPT))
+                            continue
+                        if name and self.server.backplane.remote and not await self._claim(name):
+                            continue
+                        self._register(name)
                         if self.member is not None:
                             registration.deadline = math.inf
                         continue
@@ -393,6 +433,9 @@ class _Connection:
                         continue
                     if isinstance(command, p.Quit):
                         self.reason = command.reason or "quit"
+                    if isinstance(command, p.Nick) and self.server.backplane.remote:
+                        await self._nick(command)
+                        continue
                     hub.handle(self.member, command)
                     if isinstance(command, p.Quit):
                         return
@@ -405,18 +448,43 @@ class _Connection:
     def _register(self, name: str) -> None:
         if not name:
             return
-        if self.server.config.password is not None and not self.authenticated:
-            # Ask before saying anything about the name, so strangers learn
-            # nothing (not even who is online).
-            self.pending_name = name
-            self._tell(p.format_info(p.PASSWORD_PROMPT))
-            return
         result = self.server.hub.register(name, self.send, self._disconnect)
         if isinstance(result, str):
+            self.server.backplane.unclaim(name)
             self._tell(p.format_error(result))
-            self._tell(p.format_info("What is your name?"))
+            self._tell(p.format_info(p.NAME_QUESTION))
         else:
             self.member = result
+            result.hang_up = self.reading.cancel
+
+    async def _claim(self, name: str) -> bool:
+        """Claim ``name`` across the cluster before the hub sees it; tell the client if not."""
+        error = self.server.hub.name_unavailable(name)
+        if error is None:
+            error = await self.server.backplane.claim(name)
+        if error is not None:
+            self._tell(p.format_error(error))
+            self._tell(p.format_info(p.NAME_QUESTION))
+            return False
+        return True
+
+    async def _nick(self, command: p.Nick) -> None:
+        """``/nick`` with a backplane: claim the new name cluster-wide, then rename."""
+        member = self.member
+        assert member is not None
+        name = p.clean_text(command.name)
+        error = self.server.hub.name_unavailable(name, member)
+        if error is None and p.name_key(name) != member.key:
+            error = await self.server.backplane.claim(name)
+            if error is None and self.member is not member:  # pragma: no cover - evicted meanwhile
+                self.server.backplane.unclaim(name)
+                return
+        if error is not None:
+            self._tell(p.format_error(error))
+            return
+        self.server.hub.handle(member, command)
+        if member.key != p.name_key(name):
+            self.server.backplane.unclaim(name)  # The hub refused it after all.
 
     async def _check_password(self, given: str) -> bool:
         """Let the client in, or answer ``! Wrong password`` after a growing delay."""
