@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import signal
 import ssl
 import sys
+import warnings
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import trio
 
 from . import __version__, protocol
 from .backplane import Backplane
+from .client import InsecureConnectionWarning
 from .server import ChatServer, ServerConfig, format_address
 
 log = logging.getLogger("triochat")
@@ -366,7 +369,12 @@ Exit codes:
   1  the server closed the connection, or the network broke it
   2  bad usage
   3  the server could not be reached (refused, unknown host, timeout)
-  4  the name was taken or invalid (line mode; the terminal UI asks again)"""
+  4  the name was taken or invalid (line mode; the terminal UI asks again)
+  5  the server wants a password and TRIOCHAT_PASSWORD is unset, or it is wrong (line mode)
+
+\b
+A server password is read from TRIOCHAT_PASSWORD; without it the terminal
+UI asks (without echo) if the server wants one."""
 )
 @click.option("--name", envvar="TRIOCHAT_NAME", help="Your name (the terminal UI asks if omitted).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Server address.")
@@ -398,6 +406,17 @@ Exit codes:
     type=click.FloatRange(0),
     help="Seconds to wait for the server to close after /quit.",
 )
+@click.option("--tls", is_flag=True, help="Use TLS, checking the server with the system's CAs.")
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Use TLS, checking the server with this CA certificate (PEM).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Use TLS without checking the server's certificate (not recommended).",
+)
 @click.option(
     "--scrollback",
     default=5000,
@@ -414,6 +433,9 @@ def join(
     connect_timeout: float,
     quit_timeout: float,
     scrollback: int,
+    tls: bool,
+    ca: str | None,
+    insecure: bool,
 ) -> None:
     """Chat on a server: a terminal UI, or line mode when stdin is not a terminal.
 
@@ -435,7 +457,18 @@ def join(
         connect_timeout=connect_timeout,
         quit_timeout=quit_timeout,
         scrollback=scrollback,
+        tls=tls,
+        ca=ca,
+        insecure=insecure,
+        password=os.environ.get("TRIOCHAT_PASSWORD") or None,
     )
+    if insecure:
+        click.echo(
+            "triochat: warning: --insecure: the server's certificate is not checked, "
+            "so anyone in between could read and change the chat",
+            err=True,
+        )
+        warnings.filterwarnings("ignore", category=InsecureConnectionWarning)
     interactive = not plain and sys.stdin.isatty() and sys.stdout.isatty()
     if not interactive and not name:
         raise click.BadParameter("required when stdin is not a terminal", param_hint="--name")

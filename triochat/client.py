@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import warnings
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -104,11 +105,14 @@ class ChatClient:
                 raise ConnectionClosed("connection closed by server")
             self._framer.receive_data(data)
 
-    async def register(self, name: str, password: str | None = None) -> list[str]:
+    async def register(
+        self, name: str, password: str | Callable[[], Awaitable[str]] | None = None
+    ) -> list[str]:
         """Claim ``name``; return the lines that followed, up to our own join notice.
 
         Those are the room's history, the user list and ``* NAME joined #lobby``.
-        If the server asks ``* Password:``, ``password`` is sent.
+        If the server asks ``* Password:``, ``password`` is sent (a callable is
+        awaited for it only then, so a user is asked only if the server wants it).
 
         Raises:
           NameRejected: the name is invalid or taken (the connection stays open,
@@ -127,7 +131,8 @@ class ChatClient:
                 if line == _PASSWORD_PROMPT:
                     if password is None:
                         raise PasswordRequired("the server asks for a password")
-                    await self.send_line(password)
+                    given = password if isinstance(password, str) else await password()
+                    await self.send_line(given)
                     continue
                 if line == _WRONG_PASSWORD:
                     raise WrongPassword("wrong password")

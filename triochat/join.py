@@ -21,7 +21,15 @@ import trio
 import urwid
 
 from . import protocol as p
-from .client import ChatClient, ConnectFailed, ConnectionClosed, NameRejected, open_chat_client
+from .client import (
+    ChatClient,
+    ConnectFailed,
+    ConnectionClosed,
+    NameRejected,
+    PasswordRequired,
+    WrongPassword,
+    open_chat_client,
+)
 from .incoming import RoomState
 from .tui import PALETTE, QUIT, ChatScreen, is_quit_word
 
@@ -30,6 +38,7 @@ EXIT_OK: Final = 0
 EXIT_CLOSED: Final = 1  # the server closed the connection, or it broke
 EXIT_CONNECT: Final = 3  # the server could not be reached
 EXIT_NAME: Final = 4  # the name was rejected (line mode)
+EXIT_PASSWORD: Final = 5  # the password was missing or wrong (line mode)
 
 # A longer stdin line is skipped with a warning rather than buffered without
 # bound (the server's own limit is smaller and answered with a ``!`` line).
@@ -49,6 +58,12 @@ class JoinConfig:
     connect_timeout: float = 10.0
     quit_timeout: float = 5.0
     scrollback: int = 5000
+    tls: bool = False
+    """Use TLS, verifying the server with the system's trust store (or ``ca``)."""
+    ca: str | None = None
+    insecure: bool = False
+    password: str | None = None
+    """Sent if the server asks; without it, interactive mode asks the user."""
 
     @property
     def server(self) -> str:
@@ -71,7 +86,12 @@ def _is_quit_command(text: str) -> bool:
 async def _connect(config: JoinConfig) -> ChatClient:
     try:
         return await open_chat_client(
-            config.host, config.port, connect_timeout=config.connect_timeout
+            config.host,
+            config.port,
+            connect_timeout=config.connect_timeout,
+            tls=config.tls,
+            ca=config.ca,
+            insecure=config.insecure,
         )
     except ConnectFailed as exc:
         raise JoinError(str(exc), EXIT_CONNECT) from None
@@ -101,9 +121,15 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
         raise JoinError("--name is required when stdin is not a terminal", 2)
     async with await _connect(config) as client:
         try:
-            lines = await client.register(config.name)
+            lines = await client.register(config.name, password=config.password)
         except NameRejected as exc:
             raise JoinError(f"name rejected: {exc}", EXIT_NAME) from None
+        except PasswordRequired:
+            raise JoinError(
+                "the server asks for a password: set TRIOCHAT_PASSWORD", EXIT_PASSWORD
+            ) from None
+        except WrongPassword:
+            raise JoinError("wrong password", EXIT_PASSWORD) from None
         except ConnectionClosed as exc:
             raise JoinError(str(exc), EXIT_CLOSED) from None
         # From the first line printed on, a signal means "quit politely"
@@ -271,8 +297,30 @@ async def _quit_on_signals_ui(screen: ChatScreen, signals: AsyncIterator[int]) -
             screen.force_quit.set()  # the terminal is gone: nobody to wait for
 
 
-async def _register_interactive(client: ChatClient, screen: ChatScreen, name: str) -> bool:
-    """Register, asking again in the UI while the name is refused; False if the user quit."""
+class _QuitAtPassword(Exception):
+    pass
+
+
+async def _register_interactive(
+    client: ChatClient, screen: ChatScreen, name: str, password: str | None = None
+) -> bool:
+    """Register, asking again in the UI while the name is refused; False if the user quit.
+
+    Raises:
+      ConnectionClosed: also for a wrong password (the server hangs up).
+    """
+
+    async def ask_password() -> str:
+        if password is not None:
+            return password
+        screen.ask_password()
+        action = await screen.next_action()
+        if action is QUIT:
+            raise _QuitAtPassword
+        assert isinstance(action, str)
+        screen.registering(name)
+        return action
+
     while True:
         if not name:
             screen.ask_name()
@@ -285,7 +333,11 @@ async def _register_interactive(client: ChatClient, screen: ChatScreen, name: st
         screen.registering(name)
         shown = len(client.welcome)
         try:
-            lines = await client.register(name)
+            lines = await client.register(name, password=ask_password)
+        except _QuitAtPassword:
+            return False
+        except WrongPassword:
+            raise ConnectionClosed("wrong password") from None
         except NameRejected as exc:
             _show_welcome(screen, client.welcome[shown:])
             screen.add_markup([("error", f"! {exc}")])
@@ -354,7 +406,9 @@ async def _interactive_session(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(force_quit)
         try:
-            registered = await _register_interactive(client, screen, config.name or "")
+            registered = await _register_interactive(
+                client, screen, config.name or "", config.password
+            )
         except ConnectionClosed as exc:
             error = str(exc)
             registered = False

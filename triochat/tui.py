@@ -249,7 +249,15 @@ class ChatScreen:
         self.input.set_caption(("prompt", "name: "))
         self.refresh_status()
 
+    def ask_password(self) -> None:
+        """Turn the input line into a password prompt that shows ``*`` for each character."""
+        self.ask_name()
+        self.input.set_caption(("prompt", "password: "))
+        self.input.set_mask("*")
+        self.set_notice("the server asks for a password")
+
     def registering(self, name: str) -> None:
+        self.input.set_mask(None)
         self.asking_name = False
         self.joining = True
         self.set_notice(f"joining as {name}…")
