@@ -60,10 +60,18 @@ async def test_plain_client_on_a_tls_port_fails_cleanly(
     with trio.fail_after(10):
         async with running_server(ssl_context=server_context) as (server, port):
             plain = await open_chat_client("127.0.0.1", port)
-            with pytest.raises(ConnectionClosed):
-                await plain.register("plainclient")
+            with pytest.raises(ConnectionClosed, match="speaks TLS only"):
+                await plain.register("ann")
             await plain.aclose()
             assert server.stats.tls_handshake_failures == 1
+            # nc sees why, in plain text.
+            raw = await trio.open_tcp_stream("127.0.0.1", port)
+            await raw.send_all(b"ann\n")
+            assert await raw.receive_some(1000) == (
+                b"! This server speaks TLS only: connect with TLS (triochat join --tls)\n"
+            )
+            await raw.aclose()
+            assert server.stats.tls_handshake_failures == 2
             # The server is unharmed.
             good = await open_chat_client("127.0.0.1", port, ca=ca_file)
             await good.register("ann")
@@ -117,4 +125,19 @@ async def test_a_silent_handshake_times_out_without_holding_others(
             assert await silent.receive_some(100) == b""
             assert server.stats.tls_handshake_failures == 1
             await silent.aclose()
+            await ann.aclose()
+
+
+async def test_refusals_reach_a_tls_client_over_tls(
+    server_context: ssl.SSLContext, ca_file: Path
+) -> None:
+    with trio.fail_after(10):
+        async with running_server(ssl_context=server_context, max_per_address=1) as (_, port):
+            ann = await open_chat_client("127.0.0.1", port, ca=ca_file)
+            await ann.register("ann")
+            extra = await open_chat_client("127.0.0.1", port, ca=ca_file)
+            assert await extra.receive_line() == "! Too many connections from your address"
+            with pytest.raises(ConnectionClosed):
+                await extra.receive_line()
+            await extra.aclose()
             await ann.aclose()

@@ -25,6 +25,7 @@ MAX_SERVER_LINE: Final = 1 << 20
 _USERS_PREFIX: Final = "* Users in "
 _PASSWORD_PROMPT: Final = p.format_info(p.PASSWORD_PROMPT).rstrip("\n")
 _WRONG_PASSWORD: Final = p.format_error(p.WRONG_PASSWORD).rstrip("\n")
+_TLS_REQUIRED: Final = p.format_error(p.TLS_REQUIRED).rstrip("\n")
 
 
 class ChatError(Exception):
@@ -136,6 +137,8 @@ class ChatClient:
                     continue
                 if line == _WRONG_PASSWORD:
                     raise WrongPassword("wrong password")
+                if line == _TLS_REQUIRED:
+                    raise ConnectionClosed(p.TLS_REQUIRED)
                 if line.startswith("! "):
                     raise NameRejected(line[2:])
                 if line.startswith("* ") and not line.startswith(_USERS_PREFIX):

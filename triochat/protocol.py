@@ -22,6 +22,7 @@ HISTORY_DEFAULT: Final = 50
 HISTORY_MAX: Final = 500
 PASSWORD_PROMPT: Final = "Password:"
 WRONG_PASSWORD: Final = "Wrong password"
+TLS_REQUIRED: Final = "This server speaks TLS only: connect with TLS (triochat join --tls)"
 
 NAME_RULES: Final = f"a name is 1 to {NAME_MAX} letters, digits, _ or -"
 ROOM_RULES: Final = f"a room is # followed by 1 to {ROOM_MAX} letters, digits, _ or -"

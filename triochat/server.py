@@ -233,7 +233,13 @@ class ChatServer:
                 self._per_address[address] = left
 
     async def _refuse(self, stream: trio.abc.Stream, text: str) -> None:
-        """Send one ``!`` line (briefly, the client may not read) and hang up."""
+        """Send one ``!`` line (briefly, the client may not read) and hang up.
+
+        On a TLS port the line goes over TLS (``send_all`` does the handshake),
+        so a TLS client can read it too; the whole attempt is bounded to 1 s.
+        """
+        if self.ssl_context is not None:
+            stream = trio.SSLStream(stream, self.ssl_context, server_side=True)
         with trio.move_on_after(1):
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(p.format_error(text).encode())
@@ -266,12 +272,18 @@ class ChatServer:
         """Do the server side of a TLS handshake, within the handshake timeout.
 
         A failure (a plain-text client, a bad certificate, a timeout) is
-        logged and the connection dropped; it never reaches anyone else.
+        logged and the connection dropped; it never reaches anyone else. A
+        client whose first byte cannot start a TLS handshake is told so in
+        plain text first, so ``nc`` users learn why.
         """
         secure = trio.SSLStream(stream, context, server_side=True)
         self._handshaking += 1
         try:
             with trio.move_on_after(self.config.tls_handshake_timeout):
+                if not await _starts_tls(stream):
+                    with trio.move_on_after(1), suppress(trio.BrokenResourceError):
+                        await stream.send_all(p.format_error(p.TLS_REQUIRED).encode())
+                    raise trio.BrokenResourceError("the client speaks plain text")
                 await secure.do_handshake()
                 return secure
             reason = f"timed out after {self.config.tls_handshake_timeout:g} s"
@@ -539,6 +551,17 @@ class _Connection:
                     await self.stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.scope.cancel()
+
+
+async def _starts_tls(stream: trio.abc.Stream) -> bool:
+    """Peek at the first byte: a TLS handshake record starts with 0x16."""
+    if not isinstance(stream, trio.SocketStream):
+        return True
+    try:
+        first = await stream.socket.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return True  # let the handshake report it
+    return first in (b"", b"\x16")
 
 
 def _peer_host(stream: trio.abc.Stream) -> str:
