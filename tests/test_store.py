@@ -112,10 +112,14 @@ async def test_history_command_without_a_database_uses_memory() -> None:
 
 async def test_lines_are_committed_in_batches(tmp_path: Path) -> None:
     with trio.fail_after(10):
-        async with running_server(db=tmp_path / "chat.db") as (server, port):
+        options = {"batch_interval": 0.3}
+        async with running_server(db=tmp_path / "chat.db", store_options=options) as (
+            server,
+            port,
+        ):
             ann = await _client(port, "ann")
-            # One write of 200 lines: the reader handles them all before the
-            # writer task runs, so they go to disk together.
+            # One write of 200 lines, handled well within one collection
+            # window, so they go to disk together.
             await ann.stream.send_all(b"".join(f"m{i}\n".encode() for i in range(200)))
             await _history(ann, 1)
             store = server.store
