@@ -8,6 +8,7 @@ wrong.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Final
 
@@ -135,6 +136,15 @@ async def open_chat_client(
     except socket.gaierror as exc:
         raise ConnectFailed(f"unknown host {host}: {exc.strerror}") from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = exc.strerror or _first_strerror(exc.__cause__) or str(exc)
         raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}") from None
     return ChatClient(stream)
+
+
+def _first_strerror(cause: BaseException | None) -> str | None:
+    """The reason inside trio's "all attempts to connect failed" (e.g. "Connection refused")."""
+    if isinstance(cause, BaseExceptionGroup):
+        for exc in cause.exceptions:
+            if isinstance(exc, OSError) and exc.errno:
+                return os.strerror(exc.errno)
+    return None
