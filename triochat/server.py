@@ -246,6 +246,11 @@ class _Connection:
                     event = framer.next_event()
                     if event is p.NEED_DATA:
                         break
+                    # Yield between lines: the writers drain what the last
+                    # line queued, so one client's burst does not overflow
+                    # everyone's outbox; and if that line got this client
+                    # evicted as a slow consumer, it stops here.
+                    await trio.lowlevel.checkpoint()
                     if bucket is not None:
                         delay = bucket.take(trio.current_time())
                         if delay:
