@@ -231,6 +231,9 @@ class _Connection:
         bucket = (
             TokenBucket(config.rate, config.burst, trio.current_time()) if config.rate else None
         )
+        # At most send_queue/64 lines queued per outbox per client between
+        # yields: 64 clients flooding at once cannot evict a reader that keeps up.
+        yield_every = max(1, config.send_queue // 64)
         for line in hub.welcome():
             self._tell(line)
         with trio.move_on_after(config.registration_timeout) as registration:
@@ -242,15 +245,20 @@ class _Connection:
                 if not data:
                     return
                 framer.receive_data(data)
+                handled = 0
                 while True:
                     event = framer.next_event()
                     if event is p.NEED_DATA:
                         break
-                    # Yield between lines: the writers drain what the last
-                    # line queued, so one client's burst does not overflow
-                    # everyone's outbox; and if that line got this client
-                    # evicted as a slow consumer, it stops here.
-                    await trio.lowlevel.checkpoint()
+                    # Yield every few lines: the writers drain what those lines
+                    # queued, each with one send_all, so one client's burst
+                    # neither overflows everyone's outbox nor costs a syscall
+                    # per recipient per line.
+                    handled += 1
+                    if handled % yield_every == 0:
+                        await trio.lowlevel.checkpoint()
+                    if self.scope.cancel_called:
+                        return  # evicted as a slow consumer by an earlier line
                     if bucket is not None:
                         delay = bucket.take(trio.current_time())
                         if delay:
