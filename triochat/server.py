@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
@@ -171,7 +172,7 @@ class _Connection:
     def __init__(self, server: ChatServer, stream: trio.abc.Stream) -> None:
         self.server = server
         self.stream = stream
-        self.send, self.receive = trio.open_memory_channel[bytes](server.config.send_queue)
+        self.send = _Outbox(server.config.send_queue)
         self.member: Member | None = None
         self.reading = trio.CancelScope()
         self.scope = trio.CancelScope()
@@ -302,22 +303,82 @@ class _Connection:
             self.member = result
 
     async def _writer(self) -> None:
-        receive = self.receive
+        outbox = self.send
         try:
-            async with receive:
-                async for first in receive:
-                    queued = receive.statistics().current_buffer_used
-                    if queued:
-                        # Coalesce: one send_all for everything queued so far.
-                        batch = [first]
-                        batch.extend(receive.receive_nowait() for _ in range(queued))
-                        await self.stream.send_all(b"".join(batch))
-                    else:
-                        await self.stream.send_all(first)
-                if isinstance(self.stream, trio.abc.HalfCloseableStream):
-                    await self.stream.send_eof()
+            # One send_all for everything queued since the last one.
+            while (data := await outbox.take_all()) is not None:
+                await self.stream.send_all(data)
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.scope.cancel()
+        finally:
+            outbox.stop()
+
+
+class _Outbox:
+    """A connection's bounded queue of encoded lines, drained whole by its writer.
+
+    It behaves like the send end of ``trio.open_memory_channel(capacity)``
+    (the hub's :class:`~triochat.hub.Outbox`): ``send_nowait`` raises
+    ``WouldBlock`` when full, ``ClosedResourceError`` after :meth:`close` and
+    ``BrokenResourceError`` once the writer has stopped. But the writer takes
+    everything queued in one call, so a broadcast costs one deque append per
+    recipient and each writer one join per batch, instead of a channel
+    operation on each side for every line.
+    """
+
+    __slots__ = ("_broken", "_capacity", "_closed", "_lines", "_waiter")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._lines: deque[bytes] = deque()
+        self._closed = False
+        self._broken = False
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def send_nowait(self, data: bytes, /) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError
+        if self._broken:
+            raise trio.BrokenResourceError
+        if len(self._lines) >= self._capacity:
+            raise trio.WouldBlock
+        self._lines.append(data)
+        self._wake()
+
+    def close(self) -> None:
+        """No more lines; the writer sends what is queued, then stops."""
+        self._closed = True
+        self._wake()
+
+    def stop(self) -> None:
+        """The writer is gone: later lines are refused with ``BrokenResourceError``."""
+        self._broken = True
+        self._lines.clear()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            trio.lowlevel.reschedule(self._waiter)
+            self._waiter = None
+
+    async def take_all(self) -> bytes | None:
+        """Wait for lines; return them all joined, or None once closed and empty."""
+        if not self._lines and not self._closed:
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+                self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            await trio.lowlevel.checkpoint()
+        if not self._lines:
+            return None
+        data = self._lines[0] if len(self._lines) == 1 else b"".join(self._lines)
+        self._lines.clear()
+        return data
 
 
 def _peer(stream: trio.abc.Stream) -> str:
