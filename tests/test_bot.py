@@ -54,14 +54,26 @@ async def test_script_with_sleep_and_expect_passes(
     _, port = await start_server(rate=0)
     watcher = await connect(port, "watcher")
     script = (
-        "# each bot greets, waits for bot2's greeting, then leaves\n"
+        "# wait for the go, greet, wait for bot2's greeting, then leave\n"
+        "@expect <watcher> go\n"
         "hello from a bot\n"
         "@sleep 0.05\n"
         "@expect <bot2> hello from a bot 5\n"
         "/me leaves\n"
         "/quit done\n"
     )
-    _, summary = await run(script, port, count=2)
+    async with trio.open_nursery() as nursery:
+        done: list[Summary] = []
+
+        async def bots() -> None:
+            done.append((await run(script, port, count=2))[1])
+
+        nursery.start_soon(bots)
+        # Both bots are in: every line from now on reaches both.
+        seen = await lines_until(watcher, "joined #lobby")
+        seen += await lines_until(watcher, "joined #lobby")
+        await watcher.send_line("go")
+    (summary,) = done
     assert summary.failures == []
     assert (summary.bots, summary.sent) == (2, 6)
     seen = await lines_until(watcher, "bot2 left #lobby (done)")
@@ -190,7 +202,7 @@ async def test_cli_json_summary_and_exit_zero(start_server: StartServer) -> None
     with trio.fail_after(DEADLINE):
         result = await trio.run_process(
             bot_command(port, "--count", "3", "--json"),
-            stdin=b"hello\n@expect <bot3> hello\n",
+            stdin=b"hello\n@expect <bot[123]> hello$\n",
             capture_stdout=True,
             capture_stderr=True,
             env=_env(),
