@@ -7,12 +7,13 @@ import logging
 import resource
 import signal
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import click
 import trio
 
-from . import __version__
+from . import __version__, protocol
+from .backplane import Backplane
 from .bot import BotConfig, BotRunner, Summary, check_names
 from .botscript import ScriptError, Step, parse_script
 from .server import ChatServer, ServerConfig, format_address
@@ -123,6 +124,37 @@ def _raise_fd_limit(max_clients: int) -> int:
     help="Lines queued for a client before it is dropped.",
 )
 @click.option(
+    "--redis",
+    "redis_url",
+    default=None,
+    envvar="TRIOCHAT_REDIS",
+    metavar="redis://HOST:PORT/DB",
+    help="Join a cluster of nodes through this Redis (needs the 'redis' extra).",
+)
+@click.option(
+    "--cluster",
+    default="triochat",
+    show_default=True,
+    envvar="TRIOCHAT_CLUSTER",
+    help="Cluster name: nodes on one Redis with the same name are one chat.",
+)
+@click.option(
+    "--heartbeat",
+    default=2.0,
+    show_default=True,
+    envvar="TRIOCHAT_HEARTBEAT",
+    type=click.FloatRange(0, min_open=True),
+    help="With --redis: seconds between this node's heartbeats.",
+)
+@click.option(
+    "--node-ttl",
+    default=6.0,
+    show_default=True,
+    envvar="TRIOCHAT_NODE_TTL",
+    type=click.FloatRange(0, min_open=True),
+    help="With --redis: seconds without a heartbeat before a node's users are dropped.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -139,6 +171,10 @@ def serve(
     burst: int,
     registration_timeout: float,
     send_queue: int,
+    redis_url: str | None,
+    cluster: str,
+    heartbeat: float,
+    node_ttl: float,
     log_level: str,
 ) -> None:
     """Run a chat server until SIGINT or SIGTERM.
@@ -164,26 +200,138 @@ def serve(
         registration_timeout=registration_timeout,
         send_queue=send_queue,
     )
+    backplane = None
+    if redis_url:
+        backplane = _backplane(
+            redis_url, cluster=cluster, history=history, heartbeat=heartbeat, node_ttl=node_ttl
+        )
     try:
-        trio.run(_serve, config)
+        trio.run(_serve, config, backplane)
     except OSError as exc:
         reason = exc.strerror or exc
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
 
 
-async def _serve(config: ServerConfig) -> None:
-    server = ChatServer(config)
+def _backplane(url: str, **options: Any) -> Backplane:
+    try:
+        from .backplane.redis import RedisBackplane, RedisOptions
+    except ImportError:
+        raise click.ClickException("--redis needs coredis: pip install 'triochat[redis]'") from None
+    try:
+        return RedisBackplane(RedisOptions(url=url, **options))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--redis/--cluster") from None
+
+
+async def _serve(config: ServerConfig, backplane: Backplane | None = None) -> None:
+    server = ChatServer(config, backplane=backplane)
     # Enter the signal receiver before listening, so a signal never lands as
     # a KeyboardInterrupt in the middle of start-up.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Listen outside the nursery: a port in use is then a plain OSError,
+        # which serve() reports in one line, not an exception group.
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(server.serve)
+            await nursery.start(server.serve_listeners, listeners)
             for listener in listeners:
                 print(f"triochat listening on {format_address(listener)}", flush=True)
             async for signum in signals:
                 log.info("received %s", signal.Signals(signum).name)
                 server.shutdown()
                 break
+
+
+@main.command(
+    epilog="""\b
+Exit codes:
+  0  you quit (quit, exit, /quit, Ctrl-D, Ctrl-C, or EOF on stdin)
+  1  the server closed the connection, or the network broke it
+  2  bad usage
+  3  the server could not be reached (refused, unknown host, timeout)
+  4  the name was taken or invalid (line mode; the terminal UI asks again)"""
+)
+@click.option("--name", envvar="TRIOCHAT_NAME", help="Your name (the terminal UI asks if omitted).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Server address.")
+@click.option(
+    "--port",
+    default=7007,
+    show_default=True,
+    envvar="TRIOCHAT_PORT",
+    type=click.IntRange(1, 65535),
+    help="Server port.",
+)
+@click.option("--room", default="#lobby", show_default=True, help="Room to join after connecting.")
+@click.option(
+    "--plain",
+    is_flag=True,
+    help="Line mode even in a terminal (the default when stdin is not one).",
+)
+@click.option(
+    "--connect-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds to wait for the connection.",
+)
+@click.option(
+    "--quit-timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to wait for the server to close after /quit.",
+)
+@click.option(
+    "--scrollback",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(10),
+    help="Lines the terminal UI keeps.",
+)
+def join(
+    name: str | None,
+    host: str,
+    port: int,
+    room: str,
+    plain: bool,
+    connect_timeout: float,
+    quit_timeout: float,
+    scrollback: int,
+) -> None:
+    """Chat on a server: a terminal UI, or line mode when stdin is not a terminal.
+
+    Line mode sends each stdin line and prints each server line to stdout,
+    so `printf 'hello\\n' | triochat join --name dave` works in scripts.
+    """
+    from . import join as join_mod  # urwid is only loaded for this command
+
+    canonical = protocol.normalize_room(room)
+    if canonical is None:
+        raise click.BadParameter(protocol.ROOM_RULES, param_hint="--room")
+    if name is not None and protocol.name_error(name) is not None:
+        raise click.BadParameter(protocol.NAME_RULES, param_hint="--name")
+    config = join_mod.JoinConfig(
+        name=name,
+        host=host,
+        port=port,
+        room=canonical,
+        connect_timeout=connect_timeout,
+        quit_timeout=quit_timeout,
+        scrollback=scrollback,
+    )
+    interactive = not plain and sys.stdin.isatty() and sys.stdout.isatty()
+    if not interactive and not name:
+        raise click.BadParameter("required when stdin is not a terminal", param_hint="--name")
+    try:
+        if interactive:
+            code = trio.run(join_mod.run_interactive, config)
+        else:
+            code = trio.run(join_mod.run_line_mode, config)
+    except join_mod.JoinError as exc:
+        click.echo(f"triochat: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)
 
 
 @main.command()

@@ -43,6 +43,7 @@ class ChatClient:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.name: str | None = None
+        self.welcome: list[str] = []  # the server's ``* `` lines before registration
         self._framer = p.LineFramer(MAX_SERVER_LINE)
         self._send_lock = trio.Lock()
 
@@ -106,7 +107,8 @@ class ChatClient:
                 if line.startswith("! "):
                     raise NameRejected(line[2:])
                 if line.startswith("* ") and not line.startswith(_USERS_PREFIX):
-                    continue  # the welcome
+                    self.welcome.append(line)
+                    continue
                 registered = line.startswith(_USERS_PREFIX)
             received.append(line)
             if registered and line.endswith(joined):
@@ -136,15 +138,10 @@ async def open_chat_client(
     except socket.gaierror as exc:
         raise ConnectFailed(f"unknown host {host}: {exc.strerror}") from None
     except OSError as exc:
-        reason = exc.strerror or _first_strerror(exc.__cause__) or str(exc)
+        # trio reports "all attempts ... failed" and chains the real reason.
+        reason = exc.strerror or str(exc)
+        if isinstance(exc.__cause__, BaseExceptionGroup):
+            errnos = [e.errno for e in exc.__cause__.exceptions if isinstance(e, OSError)]
+            reason = next((os.strerror(n) for n in errnos if n), reason)
         raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}") from None
     return ChatClient(stream)
-
-
-def _first_strerror(cause: BaseException | None) -> str | None:
-    """The reason inside trio's "all attempts to connect failed" (e.g. "Connection refused")."""
-    if isinstance(cause, BaseExceptionGroup):
-        for exc in cause.exceptions:
-            if isinstance(exc, OSError) and exc.errno:
-                return os.strerror(exc.errno)
-    return None

@@ -18,6 +18,7 @@ from typing import Final, Protocol
 import trio
 
 from . import protocol as p
+from .backplane import Backplane, LocalBackplane
 
 log: Final = logging.getLogger("triochat.hub")
 
@@ -33,7 +34,7 @@ class Outbox(Protocol):
 class Member:
     """A registered user, as the hub sees it."""
 
-    __slots__ = ("disconnect", "key", "name", "outbox", "room")
+    __slots__ = ("disconnect", "hang_up", "key", "name", "outbox", "room")
 
     def __init__(self, name: str, outbox: Outbox, disconnect: Callable[[], None]) -> None:
         self.name = name
@@ -41,6 +42,8 @@ class Member:
         self.room: Room | None = None
         self.outbox = outbox
         self.disconnect = disconnect
+        # Stop reading but let queued lines out (the server sets it); else disconnect.
+        self.hang_up: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Member {self.name} in {self.room.name if self.room else None}>"
@@ -62,15 +65,28 @@ class Hub:
     Args:
       history: how many recent lines each room keeps for joiners.
       clock: wall-clock time source, for timestamps (tests inject a fixed one).
+      backplane: what links this hub to other nodes (default: none, one process).
     """
 
-    def __init__(self, *, history: int = 20, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        history: int = 20,
+        clock: Callable[[], float] = time.time,
+        backplane: Backplane | None = None,
+    ) -> None:
         self.history = history
+        self.backplane: Backplane = backplane or LocalBackplane()
+        # Room lines go through the relay when there is one; otherwise straight out.
+        self._relay: Backplane | None = self.backplane if self.backplane.remote else None
+        # With a relay, history outlives a room's last local member (other nodes keep talking).
+        self._histories: dict[str, deque[bytes]] = {}
         self._clock = clock
         self._stamp = p.Timestamper()
         self._members: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
         self._slow: list[Member] = []
+        self._evicting = False
         self.lines_in = 0
         self.lines_out = 0
         self.slow_evictions = 0
@@ -82,17 +98,26 @@ class Hub:
         return len(self._members)
 
     def rooms(self) -> dict[str, int]:
-        """Each room's name and member count."""
-        return {r.name: len(r.members) for r in self._rooms.values()}
+        """Each room's name and member count (across the cluster, with a backplane)."""
+        counts = {r.name: len(r.members) for r in self._rooms.values()}
+        if self._relay is not None:
+            for name, count in self._relay.remote_rooms().items():
+                counts[name] = counts.get(name, 0) + count
+        return counts
 
     def welcome(self) -> list[bytes]:
         n = len(self._members)
+        notice = None
+        if self._relay is not None:
+            n += sum(self._relay.remote_rooms().values())
+            notice = self._relay.notice
         online = "1 user" if n == 1 else f"{n} users"
         return [
             p.format_info(
                 f"Welcome to triochat! {online} online. Commands start with /, try /help."
             ).encode(),
-            p.format_info("What is your name?").encode(),
+            *([p.format_info(notice).encode()] if notice else []),
+            p.format_info(p.NAME_QUESTION).encode(),
         ]
 
     # --- registration ------------------------------------------------------
@@ -117,10 +142,17 @@ class Hub:
         error = p.name_error(name)
         if error is not None:
             return error
-        holder = self._members.get(p.name_key(name))
-        if holder is not None and holder is not current:
+        key = p.name_key(name)
+        holder = self._members.get(key)
+        if (holder is not None and holder is not current) or (
+            self._relay is not None and self._relay.remote_name(key) is not None
+        ):
             return f"Name {name} is taken, choose another"
         return None
+
+    def name_unavailable(self, name: str, current: Member | None = None) -> str | None:
+        """Why ``name`` cannot be claimed (by ``current``, renaming), or ``None``."""
+        return self._name_unavailable(name, current)
 
     # --- commands ------------------------------------------------------------
 
@@ -167,9 +199,12 @@ class Hub:
         del self._members[member.key]
         log.info("%s left (%s)", member.name, reason)
         self._exit(member, f"left {member.room.name if member.room else ''} ({reason})")
+        self.backplane.presence(member.key, member.name, None)
         if farewell is not None:
             self._tell(member, p.format_info(farewell))
         member.outbox.close()
+        # Whoever could not take the notice goes now, not at the next command.
+        self._evict_slow()
 
     def shutdown(self) -> None:
         """Forget everyone at once, with no departures announced: the server is closing."""
@@ -182,12 +217,22 @@ class Hub:
     def _say(self, member: Member, fmt: Callable[[str, str, str], str], text: str) -> None:
         room = member.room
         assert room is not None
-        data = fmt(self._now(), member.name, text).encode()
-        room.history.append(data)
-        self._fanout(room.members, data)
+        self._broadcast(room, fmt(self._now(), member.name, text).encode(), record=True)
 
     def _private(self, member: Member, to: str, text: str) -> None:
-        target = self._members.get(p.name_key(to))
+        key = p.name_key(to)
+        target = self._members.get(key)
+        if self._relay is not None:
+            name = target.name if target is not None else self._relay.remote_name(key)
+            stamp = self._now()
+            # Both lines go through the cluster's channel, so the sender sees its
+            # /msg echo in order with its room lines.
+            if name is not None and self._relay.publish_private(
+                key, p.format_private(stamp, member.name, text).encode()
+            ):
+                echo = p.format_private_echo(stamp, name, text).encode()
+                self._relay.publish_private(member.key, echo)
+                return
         if target is None:
             self._tell(member, p.format_error(f"No such user: {to}"))
             return
@@ -214,27 +259,30 @@ class Hub:
             return
         old = member.name
         del self._members[member.key]
+        if self._relay is not None and member.key != p.name_key(name):
+            self._relay.presence(member.key, old, None)
         member.name, member.key = name, p.name_key(name)
         self._members[member.key] = member
         log.info("%s is now known as %s", old, name)
         assert member.room is not None
-        self._fanout(
-            member.room.members,
-            p.format_event(self._now(), old, f"is now known as {name}").encode(),
+        self.backplane.presence(member.key, name, member.room.name)
+        self._broadcast(
+            member.room, p.format_event(self._now(), old, f"is now known as {name}").encode()
         )
 
     def _enter(self, member: Member, name: str) -> None:
         room = self._rooms.get(name)
         if room is None:
             room = self._rooms[name] = Room(name, self.history)
+            if self._relay is not None:
+                room.history = self._history(name)
         member.room = room
         for line in room.history:
             self._send(member, line)
         room.members[member] = None
         self._tell(member, self._users_line(room))
-        self._fanout(
-            room.members, p.format_event(self._now(), member.name, f"joined {name}").encode()
-        )
+        self.backplane.presence(member.key, member.name, name)
+        self._broadcast(room, p.format_event(self._now(), member.name, f"joined {name}").encode())
 
     def _exit(self, member: Member, event: str) -> None:
         room = member.room
@@ -244,13 +292,24 @@ class Hub:
         member.room = None
         if not room.members and room.name != p.LOBBY:
             del self._rooms[room.name]
-        self._fanout(room.members, p.format_event(self._now(), member.name, event).encode())
+        self._broadcast(room, p.format_event(self._now(), member.name, event).encode())
 
     def _users_line(self, room: Room) -> str:
-        names = sorted((m.name for m in room.members), key=p.name_key)
+        names = [m.name for m in room.members]
+        if self._relay is not None:
+            names.extend(self._relay.remote_users(room.name))
+        names.sort(key=p.name_key)
         return p.format_info(f"Users in {room.name}: {', '.join(names)}")
 
     # --- delivery -------------------------------------------------------------
+
+    def _broadcast(self, room: Room, data: bytes, *, record: bool = False) -> None:
+        """A line for everyone in ``room``: straight out, or through the relay when linked."""
+        if self._relay is not None and self._relay.publish_line(room.name, data, record):
+            return  # It comes back through deliver(), in the cluster's order.
+        if record:
+            room.history.append(data)
+        self._fanout(room.members, data)
 
     def _now(self) -> str:
         return self._stamp(self._clock())
@@ -277,9 +336,63 @@ class Hub:
     def _evict_slow(self) -> None:
         # Iterative: each eviction announces a departure, which can find
         # further slow members; recursion could go as deep as a room is wide.
-        while self._slow:
-            member = self._slow.pop()
-            if self._members.get(member.key) is member:
-                self.slow_evictions += 1
-                self.leave(member, "too slow")
-                member.disconnect()
+        # So the leave() of an eviction returns here rather than recursing.
+        if self._evicting:
+            return
+        self._evicting = True
+        try:
+            while self._slow:
+                member = self._slow.pop()
+                if self._members.get(member.key) is member:
+                    self.slow_evictions += 1
+                    self.leave(member, "too slow")
+                    member.disconnect()
+        finally:
+            self._evicting = False
+
+    # --- from the backplane ---------------------------------------------------
+
+    def _history(self, room: str) -> deque[bytes]:
+        history = self._histories.get(room)
+        if history is None:
+            history = self._histories[room] = deque(maxlen=self.history)
+        return history
+
+    def deliver(self, room: str, data: bytes, record: bool) -> None:
+        """A room line from the cluster's channel: to this node's members of ``room``."""
+        if record:
+            self._history(room).append(data)
+        local = self._rooms.get(room)
+        if local is not None:
+            self._fanout(local.members, data)
+
+    def deliver_private(self, key: str, data: bytes) -> None:
+        """A private line from another node, if its recipient is here."""
+        member = self._members.get(key)
+        if member is not None:
+            self._send(member, data)
+
+    def replace_histories(self, histories: dict[str, list[bytes]]) -> None:
+        """Take the cluster's stored history (after (re)connecting), keeping room references."""
+        for name in set(self._histories) | set(histories):
+            history = self._history(name)
+            history.clear()
+            history.extend(histories.get(name, ()))
+
+    def notice_all(self, text: str) -> None:
+        """A ``* `` line to every member on this node."""
+        data = p.format_info(text).encode()
+        self._fanout(list(self._members.values()), data)
+
+    def local_members(self) -> list[Member]:
+        return list(self._members.values())
+
+    def expel(self, member: Member, error: str, reason: str) -> None:
+        """Tell ``member`` why in an error line, then close its connection."""
+        self._tell(member, p.format_error(error))
+        self.leave(member, reason)
+        (member.hang_up or member.disconnect)()
+
+    def flush(self) -> None:
+        """Evict members found slow while delivering."""
+        self._evict_slow()

@@ -21,6 +21,7 @@ ROOM_MAX: Final = 32
 
 NAME_RULES: Final = f"a name is 1 to {NAME_MAX} letters, digits, _ or -"
 ROOM_RULES: Final = f"a room is # followed by 1 to {ROOM_MAX} letters, digits, _ or -"
+NAME_QUESTION: Final = "What is your name?"
 
 # \w is Unicode-aware: letters and digits of any script, plus "_".
 _NAME_RE: Final = re.compile(rf"[\w-]{{1,{NAME_MAX}}}")
@@ -58,7 +59,7 @@ FramerEvent = Line | LineTooLong | _NeedData
 class LineFramer:
     """Splits a byte stream into lines, in bounded time and space.
 
-    At most ``max_line`` bytes of an unfinished line are ever buffered: past
+    At most ``max_line + 1`` bytes of an unfinished line are ever buffered: past
     that, one :class:`LineTooLong` is reported and the rest of the line is
     dropped as it arrives. Each byte is scanned for a newline once, so a peer
     dribbling a long line one byte at a time costs O(bytes), not O(bytes²).
@@ -84,7 +85,10 @@ class LineFramer:
                 if self._discarding:
                     self._buf.clear()
                     self._scanned = 0
-                elif len(self._buf) > self.max_line:
+                # A last b"\r" may be the start of the line ending, so it does
+                # not count yet; otherwise the verdict would depend on how
+                # the peer's bytes happened to be split.
+                elif len(self._buf) - self._buf.endswith(b"\r") > self.max_line:
                     self._buf.clear()
                     self._scanned = 0
                     self._discarding = True
@@ -106,7 +110,7 @@ class LineFramer:
 
     @property
     def buffered(self) -> int:
-        """Bytes held for an unfinished line (never more than ``max_line + chunk``)."""
+        """Bytes held for an unfinished line (never more than ``max_line + 1 + chunk``)."""
         return len(self._buf)
 
 

@@ -21,6 +21,7 @@ import trio
 
 from . import protocol as p
 from ._ratelimit import TokenBucket
+from .backplane import Backplane, LocalBackplane
 from .hub import Hub, Member
 
 log: Final = logging.getLogger("triochat.server")
@@ -82,9 +83,16 @@ def _enable_keepalive(stream: trio.SocketStream) -> None:
 class ChatServer:
     """A triochat server: ``await nursery.start(server.serve)``, later :meth:`shutdown`."""
 
-    def __init__(self, config: ServerConfig | None = None, *, hub: Hub | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        *,
+        hub: Hub | None = None,
+        backplane: Backplane | None = None,
+    ) -> None:
         self.config = config or ServerConfig()
-        self.hub = hub or Hub(history=self.config.history)
+        self.backplane = backplane or (hub.backplane if hub else LocalBackplane())
+        self.hub = hub or Hub(history=self.config.history, backplane=self.backplane)
         self._connections: set[_Connection] = set()
         self._shutdown = trio.Event()
 
@@ -111,6 +119,22 @@ class ChatServer:
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Like :meth:`serve`, on listeners the caller opened."""
+        if not self.backplane.remote:
+            await self._serve_listeners(listeners, task_status=task_status)
+            return
+        async with trio.open_nursery() as nursery:
+            # Linked (or trying to be, with Redis down) before the first client arrives.
+            await nursery.start(self.backplane.run, self.hub)
+            await self._serve_listeners(listeners, task_status=task_status)
+            await self.backplane.leave_cluster()
+            nursery.cancel_scope.cancel()
+
+    async def _serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         async with trio.open_nursery() as handlers:
             async with trio.open_nursery() as acceptors:
                 await acceptors.start(
@@ -270,11 +294,20 @@ class _Connection:
                                 f"Line too long (limit {event.limit} bytes); it was discarded"
                             )
                         )
+                        if self.member is None:
+                            self._tell(p.format_info(p.NAME_QUESTION))
                         continue
                     assert isinstance(event, p.Line)
                     text = p.clean_text(event.text)
                     if self.member is None:
-                        self._register(text.strip())
+                        if isinstance(p.parse_command(text), p.Quit):
+                            self.reason = "quit"
+                            self._tell(p.format_info("Bye!"))
+                            return
+                        name = text.strip()
+                        if name and self.server.backplane.remote and not await self._claim(name):
+                            continue
+                        self._register(name)
                         if self.member is not None:
                             registration.deadline = math.inf
                         continue
@@ -283,6 +316,9 @@ class _Connection:
                         continue
                     if isinstance(command, p.Quit):
                         self.reason = command.reason or "quit"
+                    if isinstance(command, p.Nick) and self.server.backplane.remote:
+                        await self._nick(command)
+                        continue
                     hub.handle(self.member, command)
                     if isinstance(command, p.Quit):
                         return
@@ -297,10 +333,41 @@ class _Connection:
             return
         result = self.server.hub.register(name, self.send, self._disconnect)
         if isinstance(result, str):
+            self.server.backplane.unclaim(name)
             self._tell(p.format_error(result))
-            self._tell(p.format_info("What is your name?"))
+            self._tell(p.format_info(p.NAME_QUESTION))
         else:
             self.member = result
+            result.hang_up = self.reading.cancel
+
+    async def _claim(self, name: str) -> bool:
+        """Claim ``name`` across the cluster before the hub sees it; tell the client if not."""
+        error = self.server.hub.name_unavailable(name)
+        if error is None:
+            error = await self.server.backplane.claim(name)
+        if error is not None:
+            self._tell(p.format_error(error))
+            self._tell(p.format_info(p.NAME_QUESTION))
+            return False
+        return True
+
+    async def _nick(self, command: p.Nick) -> None:
+        """``/nick`` with a backplane: claim the new name cluster-wide, then rename."""
+        member = self.member
+        assert member is not None
+        name = p.clean_text(command.name)
+        error = self.server.hub.name_unavailable(name, member)
+        if error is None and p.name_key(name) != member.key:
+            error = await self.server.backplane.claim(name)
+            if error is None and self.member is not member:  # pragma: no cover - evicted meanwhile
+                self.server.backplane.unclaim(name)
+                return
+        if error is not None:
+            self._tell(p.format_error(error))
+            return
+        self.server.hub.handle(member, command)
+        if member.key != p.name_key(name):
+            self.server.backplane.unclaim(name)  # The hub refused it after all.
 
     async def _writer(self) -> None:
         outbox = self.send

@@ -1,0 +1,301 @@
+"""``triochat serve`` as a user runs it: a real process, real signals, real sockets."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from click.testing import CliRunner
+
+from triochat.cli import main
+from triochat.client import ChatClient, ConnectionClosed, open_chat_client
+from triochat.server import SHUTDOWN_LINE
+
+REPO = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(r"triochat listening on 127\.0\.0\.1:(\d+)")
+WAIT = 10
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The test's environment without TRIOCHAT_* settings, with the repo importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIOCHAT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def serve_command(*args: str, nofile: tuple[int, int] | None = None) -> list[str]:
+    """``python -m triochat serve ARGS``, optionally under a given open-file limit."""
+    if nofile is None:
+        return [sys.executable, "-m", "triochat", "serve", *args]
+    wrapper = (
+        "import resource, runpy, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, {nofile}); "
+        "sys.argv[0] = 'triochat'; "
+        "runpy.run_module('triochat', run_name='__main__')"
+    )
+    return [sys.executable, "-c", wrapper, "serve", *args]
+
+
+@dataclass
+class ServeProcess:
+    process: trio.Process
+    port: int = 0
+    stderr: bytearray = field(default_factory=bytearray)
+
+    def signal(self, signum: signal.Signals) -> float:
+        """Send ``signum``; return when, on the trio clock."""
+        self.process.send_signal(signum)
+        return trio.current_time()
+
+    async def exit_code(self, deadline: float) -> int:
+        with trio.fail_at(deadline):
+            return await self.process.wait()
+
+
+StartServe = Callable[..., Awaitable[ServeProcess]]
+
+
+@pytest.fixture
+async def start_serve(nursery: trio.Nursery) -> AsyncIterator[StartServe]:
+    """``await start_serve("--rate", "0")``: ``triochat serve --port 0 ...``, once it listens.
+
+    ``env`` adds environment variables; ``nofile`` sets the open-file limit (soft, hard).
+    """
+    processes: list[trio.Process] = []
+
+    async def drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+        async for chunk in stream:
+            into += chunk
+
+    async def start(
+        *args: str, env: dict[str, str] | None = None, nofile: tuple[int, int] | None = None
+    ) -> ServeProcess:
+        env = env or {}
+        if "--port" not in args and "TRIOCHAT_PORT" not in env:
+            args = ("--port", "0", *args)
+        process = await trio.lowlevel.open_process(
+            serve_command(*args, nofile=nofile),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(**env),
+        )
+        processes.append(process)
+        serve = ServeProcess(process)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        nursery.start_soon(drain, process.stderr, serve.stderr)
+        stdout = b""
+        with trio.fail_after(WAIT):
+            while b"\n" not in stdout:
+                chunk = await process.stdout.receive_some()
+                assert chunk, f"exited early: {serve.stderr.decode()}"
+                stdout += chunk
+        match = LISTENING.fullmatch(stdout.decode().strip())
+        assert match, stdout
+        serve.port = int(match[1])
+        return serve
+
+    yield start
+    for process in processes:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def receive(client: ChatClient) -> str:
+    with trio.fail_after(WAIT):
+        return await client.receive_line()
+
+
+async def receive_until_eof(client: ChatClient) -> list[str]:
+    lines = []
+    with trio.fail_after(WAIT):
+        while True:
+            try:
+                lines.append(await client.receive_line())
+            except ConnectionClosed:
+                return lines
+
+
+async def test_serve_chat_then_sigterm_with_a_client_that_never_reads(
+    start_serve: StartServe,
+) -> None:
+    serve = await start_serve("--rate", "0", "--max-line", "1000000", "--send-queue", "100000")
+    port = serve.port
+    async with (
+        await open_chat_client("127.0.0.1", port) as ann,
+        await open_chat_client("127.0.0.1", port) as ben,
+        await open_chat_client("127.0.0.1", port) as unnamed,
+    ):
+        await ann.register("ann")
+        await ben.register("ben")
+        assert (await receive(ann)).endswith("] * ben joined #lobby")
+        await ann.send_line("secret words")
+        assert (await receive(ben)).endswith("] <ann> secret words")
+        assert (await receive(ann)).endswith("] <ann> secret words")
+
+        # A client that never reads, alone in its room: 8 MB of its own lines
+        # come back to it, far more than its socket's buffers on either side
+        # hold, so the server's writer for it is stuck in send_all.
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        async with ChatClient(trio.SocketStream(sock)) as void:
+            await void.register("void")
+            await void.send_line("/join #void")
+            lines = b"".join(b"%d %s\n" % (i, b"v" * 999_000) for i in range(8))
+            with trio.fail_after(WAIT):
+                await void.stream.send_all(lines + b"/msg ann filled\n")
+                while not (await receive(ann)).endswith("*void* filled"):
+                    pass
+
+            sent = serve.signal(signal.SIGTERM)
+            for client in (ann, ben, unnamed):
+                lines_left = await receive_until_eof(client)
+                assert lines_left[-1] == f"* {SHUTDOWN_LINE}"
+            assert await serve.exit_code(deadline=sent + 3) == 0
+    stderr = serve.stderr.decode()
+    assert "received SIGTERM" in stderr
+    assert "Traceback" not in stderr
+    assert "secret words" not in stderr  # message texts are not logged at info level
+
+
+async def test_sigint_exits_cleanly(start_serve: StartServe) -> None:
+    serve = await start_serve()
+    async with await open_chat_client("127.0.0.1", serve.port) as ann:
+        await ann.register("ann")
+        sent = serve.signal(signal.SIGINT)
+        assert await receive_until_eof(ann) == [f"* {SHUTDOWN_LINE}"]
+    assert await serve.exit_code(deadline=sent + 3) == 0
+    stderr = serve.stderr.decode()
+    assert "received SIGINT" in stderr
+    assert "Traceback" not in stderr
+    assert "KeyboardInterrupt" not in stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_options_come_from_the_environment(start_serve: StartServe) -> None:
+    port = free_port()
+    serve = await start_serve(env={"TRIOCHAT_PORT": str(port), "TRIOCHAT_MAX_CLIENTS": "1"})
+    assert serve.port == port
+    async with (
+        await open_chat_client("127.0.0.1", port) as ann,
+        await open_chat_client("127.0.0.1", port) as extra,
+    ):
+        await ann.register("ann")
+        assert await receive_until_eof(extra) == ["! Server full, try again later"]
+    sent = serve.signal(signal.SIGTERM)
+    assert await serve.exit_code(deadline=sent + 3) == 0
+
+
+async def run(args: Sequence[str], **options: Any) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(WAIT):
+        return await trio.run_process(
+            list(args), capture_stdout=True, capture_stderr=True, check=False, **options
+        )
+
+
+async def test_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await run(serve_command("--port", str(port)), env=child_env())
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr.decode() == (
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+def open_files_soft_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="needs /proc")
+async def test_open_file_limit_is_raised_for_max_clients(start_serve: StartServe) -> None:
+    serve = await start_serve("--max-clients", "500", nofile=(100, 4096))
+    assert open_files_soft_limit(serve.process.pid) >= 500
+    assert "lowering --max-clients" not in serve.stderr.decode()
+
+
+async def test_max_clients_is_lowered_with_a_warning_when_the_hard_limit_is_too_low(
+    start_serve: StartServe,
+) -> None:
+    serve = await start_serve("--max-clients", "10000", nofile=(100, 200))
+    with trio.fail_after(WAIT):
+        while b"lowering" not in serve.stderr:  # noqa: ASYNC110 - the log arrives when it does
+            await trio.sleep(0.01)
+    assert "open-file limit is 200: lowering --max-clients from 10000 to 136" in (
+        serve.stderr.decode()
+    )
+
+
+# --- option validation, in-process -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "Invalid value for '--port'"),
+        (["--port", "seven"], "Invalid value for '--port'"),
+        (["--max-line", "10"], "Invalid value for '--max-line'"),
+        (["--history", "-1"], "Invalid value for '--history'"),
+        (["--max-clients", "0"], "Invalid value for '--max-clients'"),
+        (["--rate", "-1"], "Invalid value for '--rate'"),
+        (["--burst", "0"], "Invalid value for '--burst'"),
+        (["--registration-timeout", "0"], "Invalid value for '--registration-timeout'"),
+        (["--send-queue", "100", "--history", "95"], "must exceed --history by more than 8"),
+        (["--log-level", "loud"], "Invalid value for '--log-level'"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["serve", *args], env={"TRIOCHAT_PORT": None})
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_a_bad_environment_value_is_reported_like_an_option() -> None:
+    result = CliRunner().invoke(main, ["serve"], env={"TRIOCHAT_PORT": "seven"})
+    assert result.exit_code == 2
+    assert "Invalid value for '--port'" in result.output
+
+
+def test_help_lists_every_option() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in (
+        "--host",
+        "--port",
+        "--max-line",
+        "--history",
+        "--max-clients",
+        "--rate",
+        "--registration-timeout",
+        "--log-level",
+    ):
+        assert option in result.output
+    top = CliRunner().invoke(main, ["--help"])
+    assert top.exit_code == 0
+    assert "serve" in top.output

@@ -1,0 +1,408 @@
+"""Several nodes as one chat over a real Redis (issue 5's "what must hold" list).
+
+Each test runs under its own cluster name, so its keys never meet another
+run's, and they are deleted afterwards. Without a reachable Redis these
+tests skip (fail under CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from redis_support import (
+    FAST,
+    TEST_REDIS,
+    RedisServer,
+    answers,
+    cluster_keys,
+    delete_cluster_keys,
+    expect,
+    quiet,
+    unavailable,
+    unique_cluster,
+)
+
+from triochat import ChatServer, ServerConfig
+from triochat.backplane.redis import LINK_DOWN, LINK_UP, RedisBackplane, RedisOptions
+from triochat.client import ChatClient, ConnectionClosed, NameRejected, open_chat_client
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+StartNode = Callable[..., Awaitable[tuple[ChatServer, int]]]
+Join = Callable[..., Awaitable[ChatClient]]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    # Synchronous, so a skip keeps its reason (pytest-trio runs sync fixtures first).
+    if not answers(TEST_REDIS):
+        unavailable(f"no Redis answers at {TEST_REDIS} (set TRIOCHAT_TEST_REDIS)")
+    return TEST_REDIS
+
+
+@pytest.fixture
+async def cluster(redis_url: str) -> AsyncIterator[str]:
+    name = unique_cluster()
+    yield name
+    await delete_cluster_keys(redis_url, name)
+
+
+@pytest.fixture
+async def start_node(redis_url: str, cluster: str, nursery: trio.Nursery) -> StartNode:
+    """``server, port = await start_node()``: a node on port 0, in the test's cluster."""
+
+    async def start(**options: Any) -> tuple[ChatServer, int]:
+        url = options.pop("url", redis_url)
+        name = options.pop("cluster", cluster)
+        backplane = RedisBackplane(RedisOptions(url=url, cluster=name, **{**FAST, **options}))
+        server = ChatServer(ServerConfig(port=0, rate=0, history=5), backplane=backplane)
+        listeners = await nursery.start(server.serve)
+        return server, listeners[0].socket.getsockname()[1]
+
+    return start
+
+
+@pytest.fixture
+async def join() -> AsyncIterator[Join]:
+    """``client = await join(port, "name")``: a registered client, closed after the test."""
+    clients: list[ChatClient] = []
+
+    async def open_client(port: int, name: str | None = None) -> ChatClient:
+        client = await open_chat_client("127.0.0.1", port)
+        clients.append(client)
+        if name is not None:
+            with trio.fail_after(5):
+                await client.register(name)
+        return client
+
+    yield open_client
+    for client in clients:
+        await client.aclose()
+
+
+async def test_lines_reach_every_node(start_node: StartNode, join: Join) -> None:
+    _, port_a = await start_node()
+    _, port_b = await start_node()
+    ann = await join(port_a, "ann")
+    ben = await join(port_b, "ben")
+    await expect(ann, "* ben joined #lobby")
+
+    await ann.send_line("hello from a")
+    await expect(ben, "<ann> hello from a")
+    await ben.send_line("/me waves")
+    await expect(ann, "* ben waves")
+
+    # A sender sees its own lines, private echoes included, in the order sent.
+    for line in ("one", "/msg BEN psst", "two"):
+        await ann.send_line(line)
+    mine = [await expect(ann, lambda line: "ann>" in line or "->" in line) for _ in range(3)]
+    assert [line.split("] ", 1)[1] for line in mine] == ["<ann> one", "-> *ben* psst", "<ann> two"]
+    await expect(ben, "*ann* psst")
+
+    await ben.send_line("/nick benny")
+    await expect(ann, "* ben is now known as benny")
+    await ben.send_line("/join #side")
+    await expect(ann, "* benny left #lobby (joined #side)")
+    await ann.send_line("/join #side")
+    await expect(benny := ben, "* ann joined #side")
+    await benny.send_line("/quit gone fishing")
+    await expect(ann, "* benny left #side (gone fishing)")
+
+
+async def test_room_order_is_the_same_everywhere(start_node: StartNode, join: Join) -> None:
+    ports = [(await start_node())[1] for _ in range(3)]
+    senders = [await join(ports[0], "s0"), await join(ports[1], "s1")]
+    readers = [await join(port, f"r{i}") for i, port in enumerate(ports)]
+    for reader in readers[:2]:
+        await expect(reader, "* r2 joined #lobby")
+    count = 60
+
+    async def send(client: ChatClient, tag: str) -> None:
+        for i in range(count):
+            await client.send_line(f"{tag} {i}")
+
+    seen: list[list[str]] = [[] for _ in readers]
+
+    async def read(index: int) -> None:
+        while len(seen[index]) < 2 * count:
+            line = await expect(readers[index], lambda line: "> s" in line)
+            seen[index].append(line.split("> ", 1)[1])
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for index in range(len(readers)):
+                nursery.start_soon(read, index)
+            for number, sender in enumerate(senders):
+                nursery.start_soon(send, sender, f"s{number}")
+    assert seen[0] == seen[1] == seen[2]
+    for tag in ("s0", "s1"):
+        assert [text for text in seen[0] if text.startswith(tag)] == [
+            f"{tag} {i}" for i in range(count)
+        ]
+
+
+async def test_names_are_unique_across_the_cluster(start_node: StartNode, join: Join) -> None:
+    _, port_a = await start_node()
+    _, port_b = await start_node()
+    ann = await join(port_a, "Ann")
+    other = await join(port_b)
+    with pytest.raises(NameRejected, match="taken"):
+        await other.register("aNN")
+    # Renaming frees the old name and takes the new one everywhere.
+    await ann.send_line("/nick Anna")
+    await expect(ann, "* Ann is now known as Anna")
+    with pytest.raises(NameRejected, match="taken"):
+        await other.register("ANNA")
+    await other.register("ann")
+    # Leaving frees it.
+    await ann.quit()
+    await expect(other, "* Anna left #lobby (quit)")
+    await (await join(port_b)).register("anna")
+
+
+async def test_concurrent_claims_have_one_winner(start_node: StartNode, join: Join) -> None:
+    ports = [(await start_node())[1] for _ in range(2)]
+    clients = [await join(ports[i % 2]) for i in range(8)]
+    won: list[ChatClient] = []
+
+    async def claim(index: int, client: ChatClient) -> None:
+        try:
+            await client.register("Zed" if index % 2 else "zED")
+            won.append(client)
+        except NameRejected:
+            pass
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for index, client in enumerate(clients):
+                nursery.start_soon(claim, index, client)
+    assert len(won) == 1
+
+
+async def test_users_and_rooms_show_the_whole_cluster(start_node: StartNode, join: Join) -> None:
+    _, port_a = await start_node()
+    _, port_b = await start_node()
+    ann = await join(port_a, "ann")
+    await join(port_b, "ben")
+    cat = await join(port_b, "cat")
+    await cat.send_line("/join #side")
+    await expect(cat, "* cat joined #side")
+    await expect(ann, "* cat left #lobby (joined #side)")
+    await ann.send_line("/users")
+    await expect(ann, "* Users in #lobby: ann, ben")
+    await ann.send_line("/rooms")
+    await expect(ann, "* Rooms: #lobby (2), #side (1)")
+    dan = await join(port_a)
+    assert (await dan.receive_line()).startswith("* Welcome to triochat! 3 users online.")
+    lines = await dan.register("dan")
+    assert "* Users in #lobby: ann, ben, dan" in lines
+
+
+async def test_history_is_shared_and_capped(start_node: StartNode, join: Join) -> None:
+    _, port_a = await start_node()
+    _, port_b = await start_node()
+    ann = await join(port_a, "ann")
+    for i in range(8):
+        await ann.send_line(f"line {i}")
+    await expect(ann, "<ann> line 7")
+    from_b = await join(port_b)
+    history_b = [line for line in await from_b.register("ben") if "<ann>" in line]
+    # A node that starts now loads the history from Redis.
+    _, port_c = await start_node()
+    from_c = await join(port_c)
+    history_c = [line for line in await from_c.register("cat") if "<ann>" in line]
+    assert [line.split("> ")[1] for line in history_b] == [f"line {i}" for i in range(3, 8)]
+    assert history_b == history_c
+
+
+async def test_clusters_are_isolated(start_node: StartNode, join: Join, redis_url: str) -> None:
+    other = unique_cluster()
+    try:
+        _, port_a = await start_node()
+        _, port_b = await start_node(cluster=other)
+        ann = await join(port_a, "ann")
+        twin = await join(port_b, "ann")  # The same name is free in another cluster.
+        await ann.send_line("only for cluster one")
+        await expect(ann, "<ann> only for cluster one")
+        assert not any("cluster one" in line for line in await quiet(twin))
+        await twin.send_line("/users")
+        await expect(twin, "* Users in #lobby: ann")
+    finally:
+        await delete_cluster_keys(redis_url, other)
+
+
+async def test_shutdown_announces_departures_and_cleans_up(
+    start_node: StartNode, join: Join, redis_url: str, cluster: str
+) -> None:
+    server_a, port_a = await start_node()
+    server_b, port_b = await start_node()
+    ann = await join(port_a, "ann")
+    ben = await join(port_b, "ben")
+    await ann.send_line("bye all")
+    await expect(ben, "<ann> bye all")
+    server_a.shutdown()
+    await expect(ben, "* ann left #lobby (server shutdown)")
+    await (await join(port_b)).register("ann")
+    server_b.shutdown()
+    # What stays is the shared history (and the list of rooms that have some).
+    kept = {f"triochat:{cluster}:{key}".encode() for key in ("history:#lobby", "rooms")}
+    with trio.fail_after(5):
+        while set(await cluster_keys(redis_url, cluster)) != kept:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
+async def test_killed_node_is_dropped_within_the_ttl(
+    start_node: StartNode, join: Join, redis_url: str, cluster: str
+) -> None:
+    _, port_a = await start_node()
+    ann = await join(port_a, "ann")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "triochat", "serve", "--port", "0", "--rate", "0"]
+    command += ["--redis", redis_url, "--cluster", cluster, "--heartbeat", "0.2"]
+    command += ["--node-ttl", "1", "--log-level", "warning"]
+    process = await trio.lowlevel.open_process(command, env=env, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        with trio.fail_after(10):
+            banner = await process.stdout.receive_some(200)
+        port_b = int(banner.decode().split(":")[-1])
+        await join(port_b, "Ben")
+        await expect(ann, "* Ben joined #lobby")
+        process.send_signal(signal.SIGKILL)
+        start = trio.current_time()
+        await expect(ann, "* Ben left #lobby (connection lost)", seconds=10)
+        await ann.send_line("/users")
+        await expect(ann, "* Users in #lobby: ann")
+        await (await join(port_a)).register("ben")
+        assert trio.current_time() - start < 10
+    finally:
+        process.kill()
+        await process.wait()
+
+
+@pytest.fixture
+async def private_redis(redis_url: str) -> AsyncIterator[RedisServer]:
+    """A redis-server of its own (after the reachability check, which skips or fails first)."""
+    server = RedisServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_redis_outage_and_recovery(
+    start_node: StartNode, join: Join, private_redis: RedisServer
+) -> None:
+    _, port_a = await start_node(url=private_redis.url)
+    _, port_b = await start_node(url=private_redis.url)
+    ann = await join(port_a, "ann")
+    ann2 = await join(port_a, "ann2")
+    ben = await join(port_b, "ben")
+    await expect(ann, "* ben joined #lobby")
+
+    await private_redis.stop()
+    await expect(ann, "* " + LINK_DOWN)
+    await expect(ben, "* " + LINK_DOWN)
+    # Each node keeps serving its own users.
+    await ann.send_line("still here")
+    await expect(ann2, "<ann> still here")
+    await ben.send_line("/users")
+    await expect(ben, "* Users in #lobby: ben")
+    assert not any("still here" in line for line in await quiet(ben))
+
+    await private_redis.start()  # Empty: presence and names are rebuilt by the nodes.
+    await expect(ann, "* " + LINK_UP, seconds=5)
+    await expect(ben, "* " + LINK_UP, seconds=5)
+    await ben.send_line("back together")
+    await expect(ann, "<ben> back together")
+    await ann2.send_line("/users")
+    await expect(ann2, "* Users in #lobby: ann, ann2, ben")
+    with pytest.raises(NameRejected, match="taken"):
+        await (await join(port_b)).register("ANN")
+
+
+async def test_a_node_starts_while_redis_is_down(start_node: StartNode, join: Join) -> None:
+    redis = RedisServer()  # Not started yet.
+    _, port = await start_node(url=redis.url)
+    ann = await join(port, "ann")
+    await ann.send_line("alone")
+    await expect(ann, "<ann> alone")
+    await redis.start()
+    try:
+        await expect(ann, "* " + LINK_UP, seconds=5)
+        _, port_b = await start_node(url=redis.url)
+        with pytest.raises(NameRejected, match="taken"):
+            await (await join(port_b)).register("Ann")
+    finally:
+        await redis.stop()
+
+
+def test_bad_redis_url_is_a_usage_error() -> None:
+    from click.testing import CliRunner
+
+    from triochat.cli import main
+
+    result = CliRunner().invoke(main, ["serve", "--redis", "http://nope"])
+    assert result.exit_code == 2
+    assert "not a Redis URL" in result.output
+
+
+async def test_a_hung_redis_counts_as_down(
+    start_node: StartNode, join: Join, private_redis: RedisServer
+) -> None:
+    # Stopped, not dead: connections stay open and nothing answers, so only timeouts tell.
+    _, port_a = await start_node(url=private_redis.url)
+    _, port_b = await start_node(url=private_redis.url)
+    ann = await join(port_a, "ann")
+    ben = await join(port_b, "ben")
+    await expect(ann, "* ben joined #lobby")
+    assert private_redis.process is not None
+    private_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        await expect(ann, "* " + LINK_DOWN)
+        await expect(ben, "* " + LINK_DOWN)
+    finally:
+        private_redis.process.send_signal(signal.SIGCONT)
+    await expect(ann, "* " + LINK_UP)
+    await expect(ben, "* " + LINK_UP)
+    await ann.send_line("hello again")
+    await expect(ben, "<ann> hello again")
+
+
+async def test_names_taken_twice_during_an_outage_are_reconciled(
+    start_node: StartNode, join: Join, private_redis: RedisServer
+) -> None:
+    _, port_a = await start_node(url=private_redis.url)
+    _, port_b = await start_node(url=private_redis.url)
+    ann = await join(port_a, "ann")
+    ben = await join(port_b, "ben")
+    await private_redis.stop()
+    await expect(ann, "* " + LINK_DOWN)
+    await expect(ben, "* " + LINK_DOWN)
+    # Newcomers are told too; each node checks only its own users now, so both accept the name.
+    zed_a = await join(port_a)
+    await expect(zed_a, "* " + LINK_DOWN)
+    await zed_a.register("zed")
+    zed_b = await join(port_b, "ZED")
+    await private_redis.start()
+    await expect(ann, "* " + LINK_UP)
+    await expect(ben, "* " + LINK_UP)
+    outcomes = []
+    for zed in (zed_a, zed_b):
+        lines = await quiet(zed, 0.5)
+        outcomes.append(any("was taken on another server" in line for line in lines))
+    assert sorted(outcomes) == [False, True]
+    loser = zed_a if outcomes[0] else zed_b
+    with pytest.raises(ConnectionClosed), trio.fail_after(5):
+        await loser.receive_line()  # And it was disconnected.
+    await ann.send_line("/users")
+    line = await expect(ann, lambda line: line.startswith("* Users in #lobby:"))
+    assert line.lower().count("zed") == 1

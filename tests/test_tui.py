@@ -1,0 +1,199 @@
+"""The chat window's widgets and keys, rendered off-screen (no terminal needed)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from triochat.incoming import RoomState, parse_line
+from triochat.tui import NAME_COLOURS, QUIT, ChatScreen, markup, name_attr
+
+SIZE = (60, 8)
+
+
+def rendered(screen: ChatScreen, size: tuple[int, int] = SIZE) -> list[str]:
+    canvas = screen.root.render(size, focus=True)
+    return [row.decode().rstrip() for row in canvas.text]
+
+
+def press(screen: ChatScreen, *keys: str) -> None:
+    for key in keys:
+        screen.root.keypress(SIZE, key)
+
+
+def type_text(screen: ChatScreen, text: str) -> None:
+    press(screen, *text)
+
+
+def make_screen() -> ChatScreen:
+    screen = ChatScreen("127.0.0.1:7007", RoomState("ann"))
+    screen.chatting()
+    screen.add_line("* Users in #lobby: ann, ben")
+    return screen
+
+
+def test_name_colours_are_stable_and_spread() -> None:
+    assert name_attr("Ben") == name_attr("ben")  # names are case-insensitive
+    names = [f"user{i}" for i in range(40)]
+    attrs = {name_attr(n) for n in names}
+    assert attrs <= {f"name{i}" for i in range(len(NAME_COLOURS))}
+    assert len(attrs) >= 5
+    # crc32, not hash(): the same in every process and on every machine.
+    assert name_attr("ben") == "name3"
+
+
+def test_markup_sets_apart_own_lines_mentions_and_errors() -> None:
+    state = RoomState("ann")
+
+    def attrs(line: str) -> set[str]:
+        return {part[0] for part in markup(parse_line(line), state) if isinstance(part, tuple)}
+
+    assert "own_name" in attrs("[00:00:00] <ann> my line")
+    assert "mention" in attrs("[00:00:00] <ben> hello ann")
+    assert "mention" not in attrs("[00:00:00] <ben> hello everyone")
+    assert name_attr("ben") in attrs("[00:00:00] <ben> hello everyone")
+    assert "mention" in attrs("[00:00:00] * ben waves at ann")
+    assert attrs("! No such user: zed") == {"error"}
+    assert attrs("* Bye!") == {"info"}
+    assert "private" in attrs("[00:00:00] *ben* psst")
+
+
+def test_status_line_shows_server_name_room_and_users() -> None:
+    screen = make_screen()
+    status = rendered(screen)[-2]
+    assert "127.0.0.1:7007 │ ann │ #lobby │ 2 users" in status
+    screen.add_line("[00:00:00] * ben left #lobby (quit)")
+    assert "#lobby │ 1 user │" in rendered(screen)[-2]
+
+
+async def test_enter_submits_and_quit_words_quit() -> None:
+    screen = make_screen()
+    type_text(screen, "hello")
+    assert rendered(screen)[-1] == "> hello"
+    press(screen, "enter")
+    assert await screen.next_action() == "hello"
+    assert rendered(screen)[-1] == ">"
+    type_text(screen, "quit")
+    press(screen, "enter")
+    assert await screen.next_action() is QUIT
+
+
+@pytest.mark.parametrize("keys", [["ctrl d"], ["ctrl c"], ["a", "ctrl c"]])
+async def test_ctrl_d_on_empty_line_and_ctrl_c_quit(keys: list[str]) -> None:
+    screen = make_screen()
+    press(screen, *keys)
+    assert await screen.next_action() is QUIT
+    assert not screen.force_quit.is_set()
+    press(screen, "ctrl c")  # asked twice: stop waiting
+    assert screen.force_quit.is_set()
+
+
+def test_ctrl_d_in_text_deletes_forward() -> None:
+    screen = make_screen()
+    type_text(screen, "abc")
+    press(screen, "home", "ctrl d")
+    assert rendered(screen)[-1] == "> bc"
+    assert not screen.quit_requested
+
+
+async def test_history_with_up_and_down_keeps_the_draft() -> None:
+    screen = make_screen()
+    for line in ("one", "two"):
+        type_text(screen, line)
+        press(screen, "enter")
+        assert await screen.next_action() == line
+    type_text(screen, "dra")
+    press(screen, "up")
+    assert rendered(screen)[-1] == "> two"
+    press(screen, "up", "up")
+    assert rendered(screen)[-1] == "> one"
+    press(screen, "down")
+    assert rendered(screen)[-1] == "> two"
+    press(screen, "down")
+    assert rendered(screen)[-1] == "> dra"
+    type_text(screen, "ft")
+    assert rendered(screen)[-1] == "> draft"
+
+
+def test_a_full_send_queue_keeps_the_typed_text() -> None:
+    screen = make_screen()
+    for i in range(32):
+        type_text(screen, f"m{i}")
+        press(screen, "enter")
+    type_text(screen, "kept")
+    press(screen, "enter")
+    assert rendered(screen)[-1] == "> kept"
+    assert "not sent yet" in rendered(screen)[-2]
+
+
+def test_pane_follows_unless_scrolled_up() -> None:
+    screen = make_screen()
+    for i in range(50):
+        screen.add_line(f"[00:00:00] <ben> line {i}")
+    assert "line 49" in rendered(screen)[-3]
+    press(screen, "page up")
+    view = "\n".join(rendered(screen))
+    assert "line 49" not in view
+    assert "more below" in rendered(screen)[-2]
+    screen.add_line("[00:00:00] <ben> line 50")
+    assert "line 50" not in "\n".join(rendered(screen))  # the view stays put
+    for _ in range(20):
+        press(screen, "page down")
+    assert "line 50" in rendered(screen)[-3]
+    screen.add_line("[00:00:00] <ben> line 51")
+    assert "line 51" in rendered(screen)[-3]
+    assert "more below" not in rendered(screen)[-2]
+
+
+def test_scrollback_is_bounded() -> None:
+    screen = ChatScreen("h:1", RoomState("ann"), scrollback=10)
+    for i in range(25):
+        screen.add_line(f"* info {i}")
+    assert len(screen.walker) == 10
+
+
+def test_name_prompt_then_chat() -> None:
+    screen = ChatScreen("h:1", RoomState(""))
+    screen.ask_name()
+    assert rendered(screen)[-1] == "name:"
+    assert "choose a name" in rendered(screen)[-2]
+    screen.chatting()
+    assert rendered(screen)[-1] == ">"
+
+
+async def test_any_key_closes_a_finished_chat() -> None:
+    screen = make_screen()
+    type_text(screen, "half")
+    screen.finish("connection closed by server")
+    assert "! connection closed by server" in "\n".join(rendered(screen))
+    assert "press any key" in rendered(screen, (80, 8))[-2]
+    press(screen, "x")
+    assert screen.any_key.is_set()
+    with trio.fail_after(1):
+        await screen.any_key.wait()
+
+
+def test_page_up_with_everything_on_screen_still_follows() -> None:
+    screen = make_screen()
+    screen.add_line("[00:00:00] <ben> one")
+    rendered(screen)
+    press(screen, "page up")
+    assert "more below" not in rendered(screen)[-2]
+    screen.add_line("[00:00:00] <ben> two")
+    assert "two" in "\n".join(rendered(screen))
+    assert screen.following
+
+
+async def test_enter_waits_while_joining_and_quit_still_works() -> None:
+    screen = ChatScreen("h:1", RoomState(""))
+    screen.registering("ann")
+    type_text(screen, "early bird")
+    press(screen, "enter")
+    assert rendered(screen, (80, 8))[-1] == "> early bird"  # kept, not taken for a name
+    assert "still joining" in rendered(screen, (80, 8))[-2]
+    screen.chatting()
+    press(screen, "enter")
+    assert await screen.next_action() == "early bird"
+    screen.registering("bob")
+    press(screen, "ctrl c")
+    assert await screen.next_action() is QUIT

@@ -1,0 +1,14 @@
+"""Backplanes: what links one server's hub to the other nodes of a cluster.
+
+:class:`LocalBackplane` (the default) links nothing. ``RedisBackplane``
+(:mod:`triochat.backplane.redis`, needs the ``redis`` extra) makes several
+``triochat serve`` nodes one chat through Redis.
+"""
+
+from __future__ import annotations
+
+from .base import Backplane as Backplane
+from .base import BackplaneError as BackplaneError
+from .local import LocalBackplane as LocalBackplane
+
+__all__ = ["Backplane", "BackplaneError", "LocalBackplane"]

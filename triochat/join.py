@@ -1,0 +1,368 @@
+"""``triochat join``: connect, register, then chat until one side ends.
+
+Two front ends share one shape: a send task and a receive task in one
+nursery, and whichever ends first cancels the other. Interactive mode (stdin
+is a terminal) draws a :class:`~triochat.tui.ChatScreen` with urwid on trio's
+own loop; line mode (stdin is a pipe or file) sends each stdin line and
+prints each server line to stdout, for scripts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+import urwid
+
+from . import protocol as p
+from .client import ChatClient, ConnectFailed, ConnectionClosed, NameRejected, open_chat_client
+from .incoming import RoomState
+from .tui import PALETTE, QUIT, ChatScreen, is_quit_word
+
+# Exit codes, listed in `triochat join --help`.
+EXIT_OK: Final = 0
+EXIT_CLOSED: Final = 1  # the server closed the connection, or it broke
+EXIT_CONNECT: Final = 3  # the server could not be reached
+EXIT_NAME: Final = 4  # the name was rejected (line mode)
+
+# A longer stdin line is skipped with a warning rather than buffered without
+# bound (the server's own limit is smaller and answered with a ``!`` line).
+STDIN_MAX_LINE: Final = 1 << 20
+
+_QUIT_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinConfig:
+    """What ``triochat join`` was asked to do."""
+
+    name: str | None
+    host: str = "127.0.0.1"
+    port: int = 7007
+    room: str = p.LOBBY
+    connect_timeout: float = 10.0
+    quit_timeout: float = 5.0
+    scrollback: int = 5000
+
+    @property
+    def server(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class JoinError(Exception):
+    """A failure to report on one stderr line, with the exit code to leave with."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _is_quit_command(text: str) -> bool:
+    return isinstance(p.parse_command(text), p.Quit)
+
+
+async def _connect(config: JoinConfig) -> ChatClient:
+    try:
+        return await open_chat_client(
+            config.host, config.port, connect_timeout=config.connect_timeout
+        )
+    except ConnectFailed as exc:
+        raise JoinError(str(exc), EXIT_CONNECT) from None
+
+
+async def _enter_room(client: ChatClient, room: str) -> None:
+    if room != p.LOBBY:
+        await client.send_line(f"/join {room}")
+
+
+# --- line mode -------------------------------------------------------------------
+
+
+def _write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+async def _print_lines(lines: list[str]) -> None:
+    if lines:
+        await trio.to_thread.run_sync(_write_stdout, "".join(line + "\n" for line in lines))
+
+
+async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
+    """Chat from stdin to stdout; return the exit code."""
+    if not config.name:
+        raise JoinError("--name is required when stdin is not a terminal", 2)
+    async with await _connect(config) as client:
+        try:
+            lines = await client.register(config.name)
+        except NameRejected as exc:
+            raise JoinError(f"name rejected: {exc}", EXIT_NAME) from None
+        except ConnectionClosed as exc:
+            raise JoinError(str(exc), EXIT_CLOSED) from None
+        # From the first line printed on, a signal means "quit politely"
+        # (one arriving before the session's task listens waits in the receiver).
+        with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
+            try:
+                await _print_lines([*client.welcome, *lines])
+            except BrokenPipeError:
+                _silence_stdout()
+                return EXIT_OK
+            return await _line_session(client, config, stdin_fd, signals)
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class _StdinLines:
+    """Lines from a file descriptor, read in a worker thread.
+
+    A thread works for pipes, files and /dev/null alike and never blocks the
+    loop; a read abandoned on cancellation ends with the process.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._framer = p.LineFramer(STDIN_MAX_LINE)
+        self._eof = False
+
+    async def next(self) -> str | None:
+        """The next line, cleaned of control characters; ``None`` at EOF."""
+        while True:
+            event = self._framer.next_event()
+            if isinstance(event, p.Line):
+                return p.clean_text(event.text)
+            if isinstance(event, p.LineTooLong):
+                print(f"triochat: skipped a stdin line over {event.limit} bytes", file=sys.stderr)
+                continue
+            if self._eof:
+                return None
+            data = await trio.to_thread.run_sync(os.read, self._fd, 65536, abandon_on_cancel=True)
+            if data:
+                self._framer.receive_data(data)
+            else:
+                self._eof = True
+                self._framer.receive_data(b"\n")  # a last line without its newline
+
+
+async def _line_session(
+    client: ChatClient, config: JoinConfig, stdin_fd: int, signals: AsyncIterator[int]
+) -> int:
+    quitting = False
+    closed = trio.Event()
+    error: str | None = None
+
+    async def receive() -> None:
+        nonlocal error, quitting
+        try:
+            while True:
+                await _print_lines([await client.receive_line()])
+        except ConnectionClosed as exc:
+            if not quitting:
+                error = str(exc)
+        except BrokenPipeError:
+            # Our reader went away (`| head`): nobody is listening, so leave quietly.
+            _silence_stdout()
+            quitting = True
+            with trio.move_on_after(config.quit_timeout):
+                with contextlib.suppress(ConnectionClosed):
+                    await client.quit()
+        closed.set()
+        nursery.cancel_scope.cancel()
+
+    async def send() -> None:
+        nonlocal quitting
+        await _enter_room(client, config.room)
+        stdin = _StdinLines(stdin_fd)
+        while (text := await stdin.next()) is not None:
+            if is_quit_word(text):
+                break
+            if text.strip():
+                quitting = _is_quit_command(text)
+                await client.send_line(text)
+                if quitting:
+                    break
+        if not quitting:
+            quitting = True
+            await client.send_line("/quit")
+        with trio.move_on_after(config.quit_timeout):
+            await closed.wait()
+        nursery.cancel_scope.cancel()
+
+    async def polite_quit() -> None:
+        with trio.move_on_after(config.quit_timeout):
+            try:
+                await client.send_line("/quit")
+                await closed.wait()
+            except ConnectionClosed:
+                pass
+        nursery.cancel_scope.cancel()
+
+    async def on_signal() -> None:
+        # Ctrl-C or a kill: leave as at EOF. A second one stops waiting for the server.
+        nonlocal quitting
+        async for _ in signals:
+            if quitting:
+                break
+            quitting = True
+            nursery.start_soon(polite_quit)
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        nursery.start_soon(_guard_send, send)
+        nursery.start_soon(on_signal)
+    if error is not None:
+        raise JoinError(error, EXIT_CLOSED)
+    return EXIT_OK
+
+
+async def _guard_send(send: Callable[[], Awaitable[None]]) -> None:
+    """Run ``send``; a connection broken while sending is the receive task's to report."""
+    try:
+        await send()
+    except ConnectionClosed:
+        await trio.sleep_forever()
+
+
+# --- interactive mode ------------------------------------------------------------
+
+
+async def run_interactive(config: JoinConfig) -> int:
+    """Chat in a full-screen terminal UI; return the exit code."""
+    async with await _connect(config) as client:
+        state = RoomState(config.name or "")
+        screen = ChatScreen(config.server, state, scrollback=config.scrollback)
+        event_loop = urwid.TrioEventLoop()
+        main_loop = urwid.MainLoop(screen.root, PALETTE, event_loop=event_loop, handle_mouse=False)
+        error: str | None = None
+        # Listening before the screen starts, so no signal can kill the
+        # process with the terminal left in cbreak mode.
+        with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals, main_loop.start():
+            # Ctrl-C is a key here (it quits politely); signals from elsewhere do the same.
+            main_loop.screen.tty_signal_keys(intr="undefined")  # type: ignore[attr-defined]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(event_loop.run_async)
+                nursery.start_soon(_quit_on_signals_ui, screen, signals)
+                error = await _interactive_session(client, config, screen)
+                if error is not None:
+                    await screen.any_key.wait()
+                nursery.cancel_scope.cancel()
+        if error is not None:
+            raise JoinError(error, EXIT_CLOSED)
+        return EXIT_OK
+
+
+async def _quit_on_signals_ui(screen: ChatScreen, signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        screen.request_quit()
+        if screen.finished:
+            screen.any_key.set()
+        if signum == signal.SIGHUP:
+            screen.force_quit.set()  # the terminal is gone: nobody to wait for
+
+
+async def _register_interactive(client: ChatClient, screen: ChatScreen, name: str) -> bool:
+    """Register, asking again in the UI while the name is refused; False if the user quit."""
+    while True:
+        if not name:
+            screen.ask_name()
+            action = await screen.next_action()
+            if action is QUIT:
+                return False
+            assert isinstance(action, str)
+            name = action.strip()
+            continue
+        screen.registering(name)
+        shown = len(client.welcome)
+        try:
+            lines = await client.register(name)
+        except NameRejected as exc:
+            _show_welcome(screen, client.welcome[shown:])
+            screen.add_markup([("error", f"! {exc}")])
+            screen.set_notice("")
+            name = ""
+            continue
+        screen.state.name = client.name or name
+        screen.chatting()
+        _show_welcome(screen, client.welcome[shown:])
+        for line in lines:
+            screen.add_line(line)
+        return True
+
+
+def _show_welcome(screen: ChatScreen, lines: list[str]) -> None:
+    # The last welcome line asks for a name (protocol v1); the UI asks itself.
+    for line in lines[:-1]:
+        screen.add_line(line)
+
+
+async def _interactive_session(
+    client: ChatClient, config: JoinConfig, screen: ChatScreen
+) -> str | None:
+    """Chat until the user quits (``None``) or the connection ends (its reason)."""
+    quitting = False
+    closed = trio.Event()
+    error: str | None = None
+
+    async def receive() -> None:
+        nonlocal error
+        try:
+            while True:
+                screen.add_line(await client.receive_line())
+        except ConnectionClosed as exc:
+            if not quitting:
+                error = str(exc)
+        closed.set()
+        nursery.cancel_scope.cancel()
+
+    async def send() -> None:
+        nonlocal quitting
+        await _enter_room(client, config.room)
+        while True:
+            action = await screen.next_action()
+            if action is QUIT:
+                break
+            assert isinstance(action, str)
+            if not action.strip():
+                continue
+            quitting = _is_quit_command(action)
+            await client.send_line(action)
+            if quitting:
+                break
+        if not quitting:
+            quitting = True
+            await client.send_line("/quit")
+        screen.set_notice("leaving…")
+        with trio.move_on_after(config.quit_timeout):
+            await closed.wait()
+        nursery.cancel_scope.cancel()
+
+    async def force_quit() -> None:
+        await screen.force_quit.wait()
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(force_quit)
+        try:
+            registered = await _register_interactive(client, screen, config.name or "")
+        except ConnectionClosed as exc:
+            error = str(exc)
+            registered = False
+        if not registered:
+            nursery.cancel_scope.cancel()
+        else:
+            nursery.start_soon(receive)
+            nursery.start_soon(_guard_send, send)
+    if error is not None:
+        screen.finish(error)
+    return error
