@@ -289,6 +289,12 @@ def plan(quick: bool) -> list[Step]:
     steps: list[Step] = [
         ("fanout", f"N={fan['receivers']} S={fan['senders']} M={fan['lines']}", fanout, fan, None)
     ]
+    if not quick:
+        # ncat finishes M=2,000 in about 50 ms, where a few ms of skew between the
+        # load generator's processes matter; ten times the lines is steadier.
+        long = {**fan, "lines": 20_000, "timeout": 120.0}
+        label = f"N={long['receivers']} S={long['senders']} M={long['lines']}"
+        steps.append(("fanout", label, fanout, long, None))
     for rate in (200, 2000):
         params = {**lat, "rate": rate, "timeout": lat["duration"] + lat["drain"] + 60}
         label = f"{lat['clients']} clients, {rate} lines/s"
@@ -336,7 +342,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.profile:
-        PROFILE[:] = ["py-spy", "record", "--format", "raw", "--rate", "500", "--idle"]
+        PROFILE[:] = ["py-spy", "record", "--format", "raw", "--rate", "250"]
         PROFILE.extend(["--output", str(args.profile), "--"])
     reps = args.reps or (1 if args.quick else 3)
     servers = args.servers.split(",")
