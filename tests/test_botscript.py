@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from triochat.botscript import (
@@ -86,3 +88,10 @@ def test_errors_name_the_line(script: str, lineno: int, message: str) -> None:
 def test_describe() -> None:
     send, sleep, expect = parse_script("hi\n@sleep 2\n@expect x 3")
     assert [describe(s) for s in (send, sleep, expect)] == ["'hi'", "@sleep 2", "@expect x 3"]
+
+
+def test_the_example_scripts_parse() -> None:
+    examples = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.txt"))
+    assert examples
+    for path in examples:
+        assert parse_script(path.read_text(), source=str(path))
