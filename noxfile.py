@@ -30,3 +30,10 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     session.install("-e", ".[test]", "mypy>=1.10")
     session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """triochat against ``ncat --chat`` (apt-get install ncat); ``-- --quick`` for a short run."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/run.py", *session.posargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -11,13 +12,15 @@ import sys
 import warnings
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 import trio
 
 from . import __version__, protocol
 from .backplane import Backplane
+from .bot import BotConfig, BotRunner, Summary, check_names
+from .botscript import ScriptError, Step, parse_script
 from .client import InsecureConnectionWarning
 from .server import ChatServer, ServerConfig, format_address
 
@@ -483,3 +486,101 @@ def join(
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--script",
+    "script_file",
+    required=True,
+    type=click.File("r", encoding="utf-8"),
+    help="Script to run (see docs/bots.md); - reads stdin.",
+)
+@click.option(
+    "--name", default="bot", show_default=True, help="Bot name; NAME1..NAMEN with --count."
+)
+@click.option(
+    "--count", default=1, show_default=True, type=click.IntRange(1, 100_000), help="Bots to run."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="TRIOCHAT_HOST")
+@click.option(
+    "--port", default=7007, show_default=True, envvar="TRIOCHAT_PORT", type=click.IntRange(1, 65535)
+)
+@click.option(
+    "--rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Lines/s each bot sends at most; 0 for no pacing.",
+)
+@click.option(
+    "--loop", default=1, show_default=True, type=click.IntRange(1), help="Times to run the script."
+)
+@click.option(
+    "--connect-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds to connect and register.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def bot(
+    script_file: TextIO,
+    name: str,
+    count: int,
+    host: str,
+    port: int,
+    rate: float,
+    loop: int,
+    connect_timeout: float,
+    as_json: bool,
+) -> None:
+    """Run scripted users against a server, then summarize (latency of their own lines).
+
+    Exits 0 if every bot finished its script, 1 if any failed (one line each on
+    stderr), 130 if interrupted.
+    """
+    source = "<stdin>" if script_file.name == "<stdin>" else script_file.name
+    try:
+        steps = parse_script(script_file.read(), source=source)
+    except ScriptError as exc:
+        raise click.BadParameter(str(exc), param_hint="--script") from None
+    config = BotConfig(
+        host=host,
+        port=port,
+        name=name,
+        count=count,
+        loop=loop,
+        rate=rate,
+        connect_timeout=connect_timeout,
+    )
+    error = check_names(config)
+    if error is not None:
+        raise click.BadParameter(error, param_hint="--name/--count")
+    summary = trio.run(_run_bots, steps, config)
+    for failure in summary.failures:
+        click.echo(str(failure), err=True)
+    click.echo(summary.format(), err=True)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+    if summary.interrupted:
+        sys.exit(130)
+    if summary.failures:
+        sys.exit(1)
+
+
+async def _run_bots(steps: list[Step], config: BotConfig) -> Summary:
+    runner = BotRunner(steps, config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    if runner.interrupted:
+                        nursery.cancel_scope.cancel()  # a second Ctrl-C: no more waiting
+                    runner.stop()
+
+            nursery.start_soon(stop_on_signal)
+            summary = await runner.run()
+            nursery.cancel_scope.cancel()
+    return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import ssl
 from contextlib import suppress
@@ -315,7 +316,7 @@ class _Connection:
     def __init__(self, server: ChatServer, stream: trio.abc.Stream) -> None:
         self.server = server
         self.stream = stream
-        self.send, self.receive = trio.open_memory_channel[bytes](server.config.send_queue)
+        self.send = _Outbox(server.config.send_queue)
         self.member: Member | None = None
         self.reading = trio.CancelScope()
         self.scope = trio.CancelScope()
@@ -377,6 +378,9 @@ class _Connection:
         bucket = (
             TokenBucket(config.rate, config.burst, trio.current_time()) if config.rate else None
         )
+        # At most send_queue/64 lines queued per outbox per client between
+        # yields: 64 clients flooding at once cannot evict a reader that keeps up.
+        yield_every = max(1, config.send_queue // 64)
         for line in hub.welcome():
             self._tell(line)
         with trio.move_on_after(config.registration_timeout) as registration:
@@ -388,15 +392,20 @@ class _Connection:
                 if not data:
                     return
                 framer.receive_data(data)
+                handled = 0
                 while True:
                     event = framer.next_event()
                     if event is p.NEED_DATA:
                         break
-                    # Yield between lines: the writers drain what the last
-                    # line queued, so one client's burst does not overflow
-                    # everyone's outbox; and if that line got this client
-                    # evicted as a slow consumer, it stops here.
-                    await trio.lowlevel.checkpoint()
+                    # Yield every few lines: the writers drain what those lines
+                    # queued, each with one send_all, so one client's burst
+                    # neither overflows everyone's outbox nor costs a syscall
+                    # per recipient per line.
+                    handled += 1
+                    if handled % yield_every == 0:
+                        await trio.lowlevel.checkpoint()
+                    if self.scope.cancel_called:
+                        return  # evicted as a slow consumer by an earlier line
                     if bucket is not None:
                         delay = bucket.take(trio.current_time())
                         if delay:
@@ -530,27 +539,103 @@ class _Connection:
             self.server.hub.replay(member, room, lines)
 
     async def _writer(self) -> None:
-        receive = self.receive
+        outbox = self.send
+        stream = self.stream
+        # Only this task writes, and the stream is closed after it ends, so
+        # it may write to the socket directly: trio's send_all costs two trips
+        # through the scheduler per call, which a broadcast pays per recipient.
+        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         try:
-            async with receive:
-                stats = self.server.stats
-                async for first in receive:
-                    queued = receive.statistics().current_buffer_used
-                    if queued:
-                        if queued >= stats.queue_high_water:
-                            stats.queue_high_water = queued + 1
-                        # Coalesce: one send_all for everything queued so far.
-                        batch = [first]
-                        batch.extend(receive.receive_nowait() for _ in range(queued))
-                        data = b"".join(batch)
-                    else:
-                        data = first
-                    await self.stream.send_all(data)
-                    stats.bytes_out += len(data)
-                if isinstance(self.stream, trio.abc.HalfCloseableStream):
-                    await self.stream.send_eof()
+            stats = self.server.stats
+            # One write for everything queued since the last one.
+            while (taken := await outbox.take_all()) is not None:
+                data, queued = taken
+                stats.bytes_out += len(data)
+                if queued > stats.queue_high_water:
+                    stats.queue_high_water = queued
+                if fd >= 0:
+                    try:
+                        sent = os.write(fd, data)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError as exc:
+                        raise trio.BrokenResourceError from exc
+                    if sent == len(data):
+                        continue
+                    data = data[sent:]  # the socket buffer is full: wait in send_all
+                await stream.send_all(data)
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.scope.cancel()
+        finally:
+            outbox.stop()
+
+
+class _Outbox:
+    """A connection's bounded queue of encoded lines, drained whole by its writer.
+
+    It behaves like the send end of ``trio.open_memory_channel(capacity)``
+    (the hub's :class:`~triochat.hub.Outbox`): ``send_nowait`` raises
+    ``WouldBlock`` when full, ``ClosedResourceError`` after :meth:`close` and
+    ``BrokenResourceError`` once the writer has stopped. But the writer takes
+    everything queued in one call, so a broadcast costs one list append per
+    recipient and each writer one join per batch, instead of a channel
+    operation on each side for every line.
+    """
+
+    __slots__ = ("_broken", "_capacity", "_closed", "_lines", "_waiter")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._lines: list[bytes] = []  # a list: an empty deque costs 600 bytes
+        self._closed = False
+        self._broken = False
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def send_nowait(self, data: bytes, /) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError
+        if self._broken:
+            raise trio.BrokenResourceError
+        if len(self._lines) >= self._capacity:
+            raise trio.WouldBlock
+        self._lines.append(data)
+        self._wake()
+
+    def close(self) -> None:
+        """No more lines; the writer sends what is queued, then stops."""
+        self._closed = True
+        self._wake()
+
+    def stop(self) -> None:
+        """The writer is gone: later lines are refused with ``BrokenResourceError``."""
+        self._broken = True
+        self._lines.clear()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            trio.lowlevel.reschedule(self._waiter)
+            self._waiter = None
+
+    async def take_all(self) -> tuple[bytes, int] | None:
+        """Wait for lines; return them joined, and how many; None once closed and empty."""
+        if not self._lines and not self._closed:
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+                self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            await trio.lowlevel.checkpoint()
+        if not self._lines:
+            return None
+        count = len(self._lines)
+        data = self._lines[0] if count == 1 else b"".join(self._lines)
+        self._lines.clear()
+        return data, count
 
 
 async def _starts_tls(stream: trio.abc.Stream) -> bool:

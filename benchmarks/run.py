@@ -1,0 +1,405 @@
+"""triochat against ``ncat --chat``, side by side in one run: ``python benchmarks/run.py``.
+
+Starts each server itself on a free port on 127.0.0.1 (a fresh one for every
+measurement), drives it with the load generator in ``loadgen.py`` (worker
+processes of plain sockets), and prints the results as Markdown tables with
+the ratios to ncat. ``--quick`` is a smaller run for a smoke test; ``--json
+FILE`` also writes every number. See docs/benchmarks.md.
+
+Scenarios (each bounded in count and time):
+
+- fanout: N receivers and S senders in one room, each sender sends M lines of
+  B bytes as fast as the server accepts them; deliveries/s until every
+  receiver has every line, and lines missing.
+- latency: C clients send R lines/s in total for D seconds, paced; the time
+  from send to receipt, p50/p99/max, and lines missing.
+- scale: K idle registered clients; time to register them all, server memory
+  per connection, and the time one broadcast line takes to reach them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 10.0
+
+
+# --- servers -------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    kind: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def cpu(self) -> float:
+        """User + system CPU seconds the server has used."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def rss(self) -> int:
+        """Resident memory in bytes."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # SIGINT: triochat shuts down cleanly, and py-spy (--profile) writes its output.
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+PROFILE: list[str] = []  # set by --profile: a py-spy command line to wrap triochat in
+
+
+def start_triochat(max_clients: int) -> Server:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [*PROFILE, sys.executable, "-m", "triochat", "serve"]
+    command += ["--host", "127.0.0.1", "--port", "0"]
+    command += ["--rate", "0", "--max-clients", str(max_clients), "--log-level", "warning"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+    assert process.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT
+    line = b""
+    while time.monotonic() < deadline and not line.startswith(b"triochat listening on "):
+        line = process.stdout.readline()  # the server prints it within a second
+    if not line.startswith(b"triochat listening on "):
+        process.kill()
+        raise RuntimeError(f"triochat did not start: {line!r}")
+    port = int(line.rsplit(b":", 1)[1])
+    return Server("triochat", process, port)
+
+
+def start_ncat(max_clients: int) -> Server:
+    port = _free_port()
+    command = ["ncat", "--chat", "-l", "127.0.0.1", str(port), "--max-conns", str(max_clients)]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        process.kill()
+        raise RuntimeError("ncat did not start")
+    time.sleep(0.1)  # let ncat forget the probe connection
+    return Server("ncat", process, port)
+
+
+STARTERS: dict[str, Callable[[int], Server]] = {"triochat": start_triochat, "ncat": start_ncat}
+
+
+# --- running one scenario ----------------------------------------------------------------
+
+
+# Connections set up at once (per run, split between the workers). ncat listens
+# with a backlog of 10, and TCP retries connections beyond it only after a
+# second or more; triochat gets the kernel's maximum backlog from trio.
+INFLIGHT = {"triochat": 100, "ncat": 8}
+
+
+def run_workers(
+    server: Server,
+    scenario: str,
+    params: dict[str, Any],
+    workers: int,
+    phases: int,
+    at_phase: Callable[[int], None],
+) -> list[dict[str, Any]]:
+    """Run ``scenario`` in ``workers`` processes; call ``at_phase(i)`` at each barrier."""
+    params = {**params, "inflight": INFLIGHT[server.kind]}
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(workers + 1, timeout=params["timeout"] + 30)
+    results = ctx.Queue()
+    processes = [
+        ctx.Process(
+            target=loadgen.worker_main,
+            args=(
+                scenario,
+                loadgen.WorkerArgs(server.kind, server.port, i, workers, params),
+                barrier,
+                results,
+            ),
+        )
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        for phase in range(phases):
+            try:
+                barrier.wait()
+            except Exception:  # broken barrier: a worker failed; its error is queued
+                break
+            at_phase(phase)
+        collected = [results.get(timeout=params["timeout"] + 30) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+    errors = [r["error"] for _, r in collected if "error" in r]
+    if errors:
+        raise loadgen.LoadError("; ".join(errors))
+    if server.process.poll() is not None:
+        raise loadgen.LoadError(f"{server.kind} exited with {server.process.returncode}")
+    return [r for _, r in sorted(collected, key=lambda item: item[0])]
+
+
+def fanout(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
+    server = STARTERS[kind](params["receivers"] + params["senders"] + 100)
+    marks: dict[str, float] = {}
+
+    def at_phase(phase: int) -> None:
+        if phase == 1:
+            marks["cpu"] = server.cpu()
+        elif phase == 2:
+            marks["cpu"] = server.cpu() - marks["cpu"]
+
+    try:
+        parts = run_workers(server, "fanout", params, workers, 3, at_phase)
+    finally:
+        server.stop()
+    start = min(p["start"] for p in parts)
+    elapsed = max(p["done"] for p in parts) - start
+    delivered = sum(p["delivered"] for p in parts)
+    return {
+        "deliveries_per_s": delivered / elapsed,
+        "elapsed_s": elapsed,
+        "deliveries": delivered,
+        "missing": sum(p["missing"] for p in parts),
+        "server_cpu": marks["cpu"] / max(p["wall"] for p in parts),
+        "server_us_per_delivery": marks["cpu"] / delivered * 1e6,
+        "loadgen_cpu": max(p["cpu"] / p["wall"] for p in parts),
+    }
+
+
+def latency(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
+    server = STARTERS[kind](params["clients"] + 100)
+    marks: dict[str, float] = {}
+
+    def at_phase(phase: int) -> None:
+        if phase == 1:
+            marks["cpu"] = server.cpu()
+        elif phase == 2:
+            marks["cpu"] = server.cpu() - marks["cpu"]
+
+    try:
+        parts = run_workers(server, "latency", params, workers, 3, at_phase)
+    finally:
+        server.stop()
+    samples = sorted(x for p in parts for x in p["latencies"])
+    if not samples:
+        raise loadgen.LoadError("no latency samples")
+
+    def pct(q: float) -> float:
+        return samples[max(0, int(q / 100 * len(samples) + 0.5) - 1)]
+
+    return {
+        "p50_ms": pct(50) * 1000,
+        "p99_ms": pct(99) * 1000,
+        "max_ms": samples[-1] * 1000,
+        "samples": len(samples),
+        "missing": sum(p["missing"] for p in parts),
+        "send_lag_ms": max(p["lag"] for p in parts) * 1000,
+        "server_cpu": marks["cpu"] / max(p["wall"] for p in parts),
+        "loadgen_cpu": max(p["cpu"] / p["wall"] for p in parts),
+    }
+
+
+def scale(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
+    server = STARTERS[kind](params["clients"] + 100)
+    marks: dict[str, float] = {}
+
+    def at_phase(phase: int) -> None:
+        if phase == 0:
+            marks["rss"] = server.rss()
+        elif phase == 2:
+            marks["rss"] = server.rss() - marks["rss"]
+
+    try:
+        parts = run_workers(server, "scale", params, workers, 5, at_phase)
+    finally:
+        server.stop()
+    start = min(p["start"] for p in parts)
+    sent_at = max(p["sent_at"] for p in parts)
+    return {
+        "register_s": max(p["registered"] for p in parts) - start,
+        "bytes_per_conn": marks["rss"] / params["clients"],
+        "broadcast_ms": (max(p["reached"] for p in parts) - sent_at) * 1000,
+        "unreached": sum(p["unreached"] for p in parts),
+        "loadgen_cpu_s": max(p["cpu"] for p in parts),
+    }
+
+
+# --- the plan, the repetitions and the report ----------------------------------------------
+
+
+Step = tuple[str, str, Callable[..., dict[str, Any]], dict[str, Any], int | None]
+
+
+def plan(quick: bool) -> list[Step]:
+    """(section, label, function, params, repetitions or None for --reps) per measurement."""
+    fan = {"receivers": 100, "senders": 4, "lines": 2000, "line_bytes": 40, "timeout": 30.0}
+    lat = {"clients": 200, "duration": 5.0, "drain": 10.0, "line_bytes": 40, "probe_every": 5}
+    # 5,000 registrations take minutes (every join is announced to everyone
+    # already there: 12.5 M lines), so that one runs once.
+    scales = [(1000, None), (5000, 1)]
+    if quick:
+        fan["lines"] = 500
+        lat["duration"] = 2.0
+        scales = [(500, None)]
+    steps: list[Step] = [
+        ("fanout", f"N={fan['receivers']} S={fan['senders']} M={fan['lines']}", fanout, fan, None)
+    ]
+    if not quick:
+        # ncat finishes M=2,000 in about 50 ms, where a few ms of skew between the
+        # load generator's processes matter; ten times the lines is steadier.
+        long = {**fan, "lines": 20_000, "timeout": 120.0}
+        label = f"N={long['receivers']} S={long['senders']} M={long['lines']}"
+        steps.append(("fanout", label, fanout, long, None))
+    for rate in (200, 2000):
+        params = {**lat, "rate": rate, "timeout": lat["duration"] + lat["drain"] + 60}
+        label = f"{lat['clients']} clients, {rate} lines/s"
+        steps.append(("latency", label, latency, params, None))
+    for clients, reps in scales:
+        params = {"clients": clients, "timeout": 300.0}
+        steps.append(("scale", f"{clients} idle clients", scale, params, reps))
+    return steps
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    load = os.getloadavg()
+    ncat = subprocess.run(["ncat", "--version"], capture_output=True, text=True, check=False)
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "ncat": (ncat.stderr or ncat.stdout).strip().splitlines()[0],
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = runs[0].keys()
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small run (about a minute)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
+    parser.add_argument("--workers", type=int, default=2, help="load generator processes")
+    parser.add_argument("--only", choices=["fanout", "latency", "scale"], action="append")
+    parser.add_argument("--servers", default="triochat,ncat", help="comma-separated")
+    parser.add_argument("--json", type=Path, help="also write every number to this file")
+    parser.add_argument(
+        "--profile", type=Path, help="run triochat under py-spy, writing collapsed stacks here"
+    )
+    args = parser.parse_args()
+    if args.profile:
+        PROFILE[:] = ["py-spy", "record", "--format", "raw", "--rate", "250"]
+        PROFILE.extend(["--output", str(args.profile), "--"])
+    reps = args.reps or (1 if args.quick else 3)
+    servers = args.servers.split(",")
+    if "ncat" in servers and shutil.which("ncat") is None:
+        parser.error("ncat is not installed (Debian: apt-get install ncat)")
+    info = machine()
+    print(f"# triochat benchmark ({'quick' if args.quick else 'full'}, median of {reps})\n")
+    for key, value in info.items():
+        print(f"- {key}: {value}")
+    report: dict[str, Any] = {"machine": info, "reps": reps, "results": []}
+    began = time.monotonic()
+    for section, label, function, params, fixed_reps in plan(args.quick):
+        if args.only and section not in args.only:
+            continue
+        results: dict[str, Any] = {}
+        for kind in servers:
+            runs: list[dict[str, Any]] = []
+            for _ in range(min(reps, fixed_reps or reps)):
+                try:
+                    runs.append(function(kind, params, args.workers))
+                except (loadgen.LoadError, RuntimeError) as exc:
+                    print(f"\n{kind} {section} {label}: FAILED: {exc}", file=sys.stderr)
+            results[kind] = {"median": median_of(runs) if runs else None, "runs": runs}
+        report["results"].append(
+            {"section": section, "label": label, "params": params, "servers": results}
+        )
+        if args.json:  # after every section, so a long run that is cut short keeps its numbers
+            args.json.write_text(json.dumps(report, indent=2))
+        print_table(section, label, results)
+    print(f"\n(total {time.monotonic() - began:.0f} s)")
+    return 0
+
+
+def print_table(section: str, label: str, results: dict[str, Any]) -> None:
+    medians = {k: v["median"] for k, v in results.items() if v["median"]}
+    if not medians:
+        print(f"\n## {section}: {label}\n\nno results")
+        return
+    keys = list(next(iter(medians.values())).keys())
+    print(f"\n## {section}: {label}\n")
+    print("| metric | " + " | ".join(medians) + " | triochat / ncat |")
+    print("|---" * (len(medians) + 2) + "|")
+    for key in keys:
+        values = [medians[k][key] for k in medians]
+        ratio = ""
+        if "triochat" in medians and "ncat" in medians and medians["ncat"][key]:
+            ratio = f"{medians['triochat'][key] / medians['ncat'][key]:.2f}"
+        print(f"| {key} | " + " | ".join(_fmt(v) for v in values) + f" | {ratio} |")
+
+
+def _fmt(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
