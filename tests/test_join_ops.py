@@ -120,3 +120,30 @@ def test_the_terminal_ui_asks_for_the_password_without_echo(tmp_path: Path) -> N
         server.wait(10)
         assert server.stdout is not None
         server.stdout.close()
+
+
+async def test_bot_over_tls_with_the_password(tls: tuple[ssl.SSLContext, Path]) -> None:
+    context, ca = tls
+    command = [sys.executable, "-m", "triochat", "bot", "--script", "-", "--name", "tbot"]
+    with trio.fail_after(20):
+        async with running_server(ssl_context=context, **OPTIONS) as (_, port):
+            env = cli_env()
+            env["TRIOCHAT_PASSWORD"] = "hunter2"
+            ok = await trio.run_process(
+                [*command, "--port", str(port), "--ca", str(ca)],
+                stdin=b"hello over tls\n@expect <tbot> hello over tls$\n",
+                capture_stderr=True,
+                check=False,
+                env=env,
+            )
+            assert ok.returncode == 0, ok.stderr
+            wrong = await trio.run_process(
+                [*command, "--port", str(port), "--ca", str(ca), "--password", "nope"],
+                stdin=b"hello\n",
+                capture_stderr=True,
+                check=False,
+                env=cli_env(),
+            )
+            assert wrong.returncode == 1
+            assert b"tbot: wrong password" in wrong.stderr
+            assert b"Traceback" not in wrong.stderr

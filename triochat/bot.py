@@ -23,7 +23,15 @@ import trio
 
 from . import protocol as p
 from .botscript import Expect, Send, Sleep, Step, describe
-from .client import ChatClient, ConnectFailed, ConnectionClosed, NameRejected, open_chat_client
+from .client import (
+    ChatClient,
+    ConnectFailed,
+    ConnectionClosed,
+    NameRejected,
+    PasswordRequired,
+    WrongPassword,
+    open_chat_client,
+)
 
 # "[HH:MM:SS] <NAME> text": a chat line; the group is the sender.
 _CHAT_RE: Final = re.compile(r"\[\d\d:\d\d:\d\d\] <([^>\s]+)> ")
@@ -49,6 +57,13 @@ class BotConfig:
     """Seconds to wait for the server to hang up after ``/quit``."""
     expect_buffer: int = 10_000
     """Received lines kept for ``@expect``; beyond that the oldest are dropped."""
+    tls: bool = False
+    """Use TLS, verifying the server against the system's trust store (or ``ca``)."""
+    ca: str | None = None
+    insecure: bool = False
+    """Use TLS without verifying the server's certificate."""
+    password: str | None = None
+    """The server password, sent if the server asks for one."""
 
     def __post_init__(self) -> None:
         if self.count < 1 or self.loop < 1 or self.expect_buffer < 1:
@@ -214,7 +229,12 @@ class _Bot:
         with self._interruptible():
             try:
                 client = await open_chat_client(
-                    config.host, config.port, connect_timeout=config.connect_timeout
+                    config.host,
+                    config.port,
+                    connect_timeout=config.connect_timeout,
+                    tls=config.tls,
+                    ca=config.ca,
+                    insecure=config.insecure,
                 )
             except ConnectFailed as exc:
                 return self._fail(str(exc))
@@ -228,10 +248,14 @@ class _Bot:
         with self._interruptible():
             try:
                 with trio.fail_after(self.config.connect_timeout):
-                    await client.register(self.name)
+                    await client.register(self.name, self.config.password)
                 registered = True
             except NameRejected as exc:
                 return self._fail(f"name rejected: {exc}")
+            except PasswordRequired:
+                return self._fail("the server wants a password (--password or TRIOCHAT_PASSWORD)")
+            except WrongPassword:
+                return self._fail("wrong password")
             except ConnectionClosed as exc:
                 return self._fail(f"{exc} before the name was accepted")
             except trio.TooSlowError:

@@ -524,6 +524,22 @@ def join(
     help="Seconds to connect and register.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--tls", is_flag=True, help="Use TLS, checking the server with the system's CAs.")
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Use TLS, checking the server with this CA certificate (PEM).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Use TLS without checking the server's certificate (not recommended).",
+)
+@click.option(
+    "--password",
+    envvar="TRIOCHAT_PASSWORD",
+    help="The server password (prefer TRIOCHAT_PASSWORD: not seen in ps).",
+)
 def bot(
     script_file: TextIO,
     name: str,
@@ -534,6 +550,10 @@ def bot(
     loop: int,
     connect_timeout: float,
     as_json: bool,
+    tls: bool,
+    ca: str | None,
+    insecure: bool,
+    password: str | None,
 ) -> None:
     """Run scripted users against a server, then summarize (latency of their own lines).
 
@@ -553,7 +573,17 @@ def bot(
         loop=loop,
         rate=rate,
         connect_timeout=connect_timeout,
+        tls=tls or ca is not None or insecure,
+        ca=ca,
+        insecure=insecure,
+        password=password or None,
     )
+    if insecure:
+        click.echo(
+            "triochat: warning: --insecure: the server's certificate is not checked",
+            err=True,
+        )
+        warnings.filterwarnings("ignore", category=InsecureConnectionWarning)
     error = check_names(config)
     if error is not None:
         raise click.BadParameter(error, param_hint="--name/--count")
