@@ -10,6 +10,7 @@ import signal
 import ssl
 import sys
 import warnings
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,6 +35,38 @@ _SPARE_FDS = 64
 @click.version_option(__version__, prog_name="triochat")
 def main() -> None:
     """triochat: a realtime multi-user chat on Trio. `nc HOST 7007` is a complete client."""
+
+
+def _tls_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--tls``, ``--ca`` and ``--insecure``, shared by the client commands."""
+    for option in reversed(
+        (
+            click.option(
+                "--tls", is_flag=True, help="Use TLS, checking the server with the system's CAs."
+            ),
+            click.option(
+                "--ca",
+                type=click.Path(exists=True, dir_okay=False),
+                help="Use TLS, checking the server with this CA certificate (PEM).",
+            ),
+            click.option(
+                "--insecure",
+                is_flag=True,
+                help="Use TLS without checking the server's certificate (not recommended).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _warn_insecure() -> None:
+    click.echo(
+        "triochat: warning: --insecure: the server's certificate is not checked, "
+        "so anyone in between could read and change the chat",
+        err=True,
+    )
+    warnings.filterwarnings("ignore", category=InsecureConnectionWarning)
 
 
 def _raise_fd_limit(max_clients: int) -> int:
@@ -409,17 +442,7 @@ UI asks (without echo) if the server wants one."""
     type=click.FloatRange(0),
     help="Seconds to wait for the server to close after /quit.",
 )
-@click.option("--tls", is_flag=True, help="Use TLS, checking the server with the system's CAs.")
-@click.option(
-    "--ca",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Use TLS, checking the server with this CA certificate (PEM).",
-)
-@click.option(
-    "--insecure",
-    is_flag=True,
-    help="Use TLS without checking the server's certificate (not recommended).",
-)
+@_tls_options
 @click.option(
     "--scrollback",
     default=5000,
@@ -466,12 +489,7 @@ def join(
         password=os.environ.get("TRIOCHAT_PASSWORD") or None,
     )
     if insecure:
-        click.echo(
-            "triochat: warning: --insecure: the server's certificate is not checked, "
-            "so anyone in between could read and change the chat",
-            err=True,
-        )
-        warnings.filterwarnings("ignore", category=InsecureConnectionWarning)
+        _warn_insecure()
     interactive = not plain and sys.stdin.isatty() and sys.stdout.isatty()
     if not interactive and not name:
         raise click.BadParameter("required when stdin is not a terminal", param_hint="--name")
@@ -524,17 +542,7 @@ def join(
     help="Seconds to connect and register.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-@click.option("--tls", is_flag=True, help="Use TLS, checking the server with the system's CAs.")
-@click.option(
-    "--ca",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Use TLS, checking the server with this CA certificate (PEM).",
-)
-@click.option(
-    "--insecure",
-    is_flag=True,
-    help="Use TLS without checking the server's certificate (not recommended).",
-)
+@_tls_options
 @click.option(
     "--password",
     envvar="TRIOCHAT_PASSWORD",
@@ -579,11 +587,7 @@ def bot(
         password=password or None,
     )
     if insecure:
-        click.echo(
-            "triochat: warning: --insecure: the server's certificate is not checked",
-            err=True,
-        )
-        warnings.filterwarnings("ignore", category=InsecureConnectionWarning)
+        _warn_insecure()
     error = check_names(config)
     if error is not None:
         raise click.BadParameter(error, param_hint="--name/--count")
