@@ -9,7 +9,6 @@ the ``finally`` of :meth:`_Connection.run`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import ssl
@@ -313,13 +312,34 @@ def format_address(listener: trio.SocketListener) -> str:
 class _Connection:
     """One client: its stream, its outbox, and the reader/writer pair that serve it."""
 
+    # Slots: thousands of these live at once (docs/benchmarks.md, memory per client).
+    __slots__ = (
+        "_bucket",
+        "_framer",
+        "_handled",
+        "authenticated",
+        "member",
+        "peer",
+        "pending_name",
+        "reading",
+        "reason",
+        "scope",
+        "send",
+        "server",
+        "stream",
+    )
+
     def __init__(self, server: ChatServer, stream: trio.abc.Stream) -> None:
         self.server = server
         self.stream = stream
         self.send = _Outbox(server.config.send_queue)
         self.member: Member | None = None
         self.reading = trio.CancelScope()
+        # Replaced by the connection nursery's own scope once that is open.
         self.scope = trio.CancelScope()
+        self._framer = p.LineFramer(server.config.max_line)
+        self._bucket: TokenBucket | None = None
+        self._handled = 0
         self.reason = "connection lost"
         self.peer = _peer(stream)
         self.authenticated = False
@@ -328,19 +348,22 @@ class _Connection:
     async def run(self) -> None:
         log.info("connection from %s", self.peer)
         try:
-            with self.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
-                    with self.reading:
-                        await self._reader()
-                    # Whatever stopped the reader, the room hears of it now and
-                    # the writer flushes what is queued and hangs up, within
-                    # the linger time.
-                    self._leave()
-                    nursery.cancel_scope.deadline = min(
-                        nursery.cancel_scope.deadline,
-                        trio.current_time() + self.server.config.linger,
-                    )
+            async with trio.open_nursery() as nursery:
+                self.scope = nursery.cancel_scope
+                nursery.start_soon(self._writer)
+                with self.reading:
+                    # Two steps rather than one reader coroutine: one frame
+                    # fewer per idle client.
+                    if await self._register_in_time():
+                        await self._chat()
+                # Whatever stopped the reader, the room hears of it now and
+                # the writer flushes what is queued and hangs up, within the
+                # linger time.
+                self._leave()
+                nursery.cancel_scope.deadline = min(
+                    nursery.cancel_scope.deadline,
+                    trio.current_time() + self.server.config.linger,
+                )
         finally:
             self._leave()
             await trio.aclose_forcefully(self.stream)
@@ -371,100 +394,109 @@ class _Connection:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
-    async def _reader(self) -> None:
+    async def _register_in_time(self) -> bool:
+        """Welcome the client and read until it is named (True), gone or out of time."""
         config = self.server.config
-        hub = self.server.hub
-        framer = p.LineFramer(config.max_line)
-        bucket = (
-            TokenBucket(config.rate, config.burst, trio.current_time()) if config.rate else None
-        )
-        # At most send_queue/64 lines queued per outbox per client between
-        # yields: 64 clients flooding at once cannot evict a reader that keeps up.
-        yield_every = max(1, config.send_queue // 64)
-        for line in hub.welcome():
+        if config.rate:
+            self._bucket = TokenBucket(config.rate, config.burst, trio.current_time())
+        for line in self.server.hub.welcome():
             self._tell(line)
-        with trio.move_on_after(config.registration_timeout) as registration:
-            while True:
+        # The registration deadline covers only registration, so a named
+        # client carries no timer (nor its cancel scope) for the rest of its life.
+        with trio.move_on_after(config.registration_timeout):
+            return await self._registration()
+        self.reason = "no name given"
+        self._tell(
+            p.format_error(f"No name given within {config.registration_timeout:g} s, closing")
+        )
+        return False
+
+    async def _next_event(self) -> p.Line | None:
+        """The client's next line (or overflow), paced by flood control; None at EOF."""
+        while True:
+            event = self._framer.next_event()
+            if event is p.NEED_DATA:
                 try:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
+                    return None
                 if not data:
-                    return
-                framer.receive_data(data)
-                handled = 0
-                while True:
-                    event = framer.next_event()
-                    if event is p.NEED_DATA:
-                        break
-                    # Yield every few lines: the writers drain what those lines
-                    # queued, each with one send_all, so one client's burst
-                    # neither overflows everyone's outbox nor costs a syscall
-                    # per recipient per line.
-                    handled += 1
-                    if handled % yield_every == 0:
-                        await trio.lowlevel.checkpoint()
-                    if self.scope.cancel_called:
-                        return  # evicted as a slow consumer by an earlier line
-                    if bucket is not None:
-                        delay = bucket.take(trio.current_time())
-                        if delay:
-                            self.server.stats.flood_delays += 1
-                            await trio.sleep(delay)
-                    if isinstance(event, p.LineTooLong):
-                        self._tell(
-                            p.format_error(
-                                f"Line too long (limit {event.limit} bytes); it was discarded"
-                            )
-                        )
-                        if self.member is None:
-                            self._tell(p.format_info(p.NAME_QUESTION))
-                        continue
-                    assert isinstance(event, p.Line)
-                    if self.pending_name is not None:
-                        if not await self._check_password(event.text):
-                            return
-                        text = self.pending_name
-                        self.pending_name = None
-                    else:
-                        text = p.clean_text(event.text)
-                    if self.member is None:
-                        if isinstance(p.parse_command(text), p.Quit):
-                            self.reason = "quit"
-                            self._tell(p.format_info("Bye!"))
-                            return
-                        name = text.strip()
-                        if name and config.password is not None and not self.authenticated:
-                            # Ask before saying anything about the name, so
-                            # strangers learn nothing (not even who is online).
-                            self.pending_name = name
-                            self._tell(p.format_info(p.PASSWORD_PROMPT))
-                            continue
-                        if name and self.server.backplane.remote and not await self._claim(name):
-                            continue
-                        self._register(name)
-                        if self.member is not None:
-                            registration.deadline = math.inf
-                        continue
-                    command = p.parse_command(text)
-                    if command is None:
-                        continue
-                    if isinstance(command, p.History) and self.server.store is not None:
-                        await self._history(self.server.store, command.count)
-                        continue
-                    if isinstance(command, p.Quit):
-                        self.reason = command.reason or "quit"
-                    if isinstance(command, p.Nick) and self.server.backplane.remote:
-                        await self._nick(command)
-                        continue
-                    hub.handle(self.member, command)
-                    if isinstance(command, p.Quit):
-                        return
-        if registration.cancelled_caught:
-            self.reason = "no name given"
-            self._tell(
-                p.format_error(f"No name given within {config.registration_timeout:g} s, closing")
-            )
+                    return None
+                self._framer.receive_data(data)
+                continue
+            # Yield every few lines of a burst: the writers drain what those
+            # lines queued, each with one write, so one client's burst neither
+            # overflows everyone's outbox nor costs a syscall per recipient
+            # per line. At most send_queue/64 lines go to each outbox between
+            # yields, so 64 clients flooding at once cannot evict a reader
+            # that keeps up.
+            self._handled += 1
+            if self._handled % max(1, self.server.config.send_queue // 64) == 0:
+                await trio.lowlevel.checkpoint()
+            if self._bucket is not None:
+                delay = self._bucket.take(trio.current_time())
+                if delay:
+                    self.server.stats.flood_delays += 1
+                    await trio.sleep(delay)
+            if isinstance(event, p.LineTooLong):
+                self._tell(
+                    p.format_error(f"Line too long (limit {event.limit} bytes); it was discarded")
+                )
+                if self.member is None:
+                    self._tell(p.format_info(p.NAME_QUESTION))
+                continue
+            assert isinstance(event, p.Line)
+            return event
+
+    async def _registration(self) -> bool:
+        """Read lines until the client is named (True) or gone (False)."""
+        config = self.server.config
+        while (event := await self._next_event()) is not None:
+            if self.pending_name is not None:
+                if not await self._check_password(event.text):
+                    return False
+                text = self.pending_name
+                self.pending_name = None
+            else:
+                text = p.clean_text(event.text)
+            if isinstance(p.parse_command(text), p.Quit):
+                self.reason = "quit"
+                self._tell(p.format_info("Bye!"))
+                return False
+            name = text.strip()
+            if name and config.password is not None and not self.authenticated:
+                # Ask before saying anything about the name, so strangers
+                # learn nothing (not even who is online).
+                self.pending_name = name
+                self._tell(p.format_info(p.PASSWORD_PROMPT))
+                continue
+            if name and self.server.backplane.remote and not await self._claim(name):
+                continue
+            self._register(name)
+            if self.member is not None:
+                return True
+        return False
+
+    async def _chat(self) -> None:
+        """Carry out the named client's lines until it quits, goes, or is evicted."""
+        hub = self.server.hub
+        while (event := await self._next_event()) is not None:
+            if self.scope.cancel_called or self.member is None:
+                return  # evicted as a slow consumer by an earlier line
+            command = p.parse_command(p.clean_text(event.text))
+            if command is None:
+                continue
+            if isinstance(command, p.History) and self.server.store is not None:
+                await self._history(self.server.store, command.count)
+                continue
+            if isinstance(command, p.Quit):
+                self.reason = command.reason or "quit"
+            if isinstance(command, p.Nick) and self.server.backplane.remote:
+                await self._nick(command)
+                continue
+            hub.handle(self.member, command)
+            if isinstance(command, p.Quit):
+                return
 
     def _register(self, name: str) -> None:
         if not name:
