@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import trio
@@ -25,10 +25,10 @@ from .client import (
     ChatClient,
     ConnectFailed,
     ConnectionClosed,
+    ConnectOptions,
     NameRejected,
     PasswordRequired,
     WrongPassword,
-    open_chat_client,
 )
 from .incoming import RoomState
 from .tui import PALETTE, QUIT, ChatScreen, is_quit_word
@@ -52,23 +52,11 @@ class JoinConfig:
     """What ``triochat join`` was asked to do."""
 
     name: str | None
-    host: str = "127.0.0.1"
-    port: int = 7007
+    connection: ConnectOptions = field(default_factory=ConnectOptions)
+    """Where and how to connect; with no password, interactive mode asks if the server wants one."""
     room: str = p.LOBBY
-    connect_timeout: float = 10.0
     quit_timeout: float = 5.0
     scrollback: int = 5000
-    tls: bool = False
-    """Use TLS, verifying the server with the system's trust store (or ``ca``)."""
-    ca: str | None = None
-    insecure: bool = False
-    password: str | None = None
-    """Sent if the server asks; without it, interactive mode asks the user."""
-
-    @property
-    def server(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 class JoinError(Exception):
@@ -85,14 +73,7 @@ def _is_quit_command(text: str) -> bool:
 
 async def _connect(config: JoinConfig) -> ChatClient:
     try:
-        return await open_chat_client(
-            config.host,
-            config.port,
-            connect_timeout=config.connect_timeout,
-            tls=config.tls,
-            ca=config.ca,
-            insecure=config.insecure,
-        )
+        return await config.connection.open_client()
     except ConnectFailed as exc:
         raise JoinError(str(exc), EXIT_CONNECT) from None
 
@@ -121,7 +102,7 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
         raise JoinError("--name is required when stdin is not a terminal", 2)
     async with await _connect(config) as client:
         try:
-            lines = await client.register(config.name, password=config.password)
+            lines = await client.register(config.name, password=config.connection.password)
         except NameRejected as exc:
             raise JoinError(f"name rejected: {exc}", EXIT_NAME) from None
         except PasswordRequired:
@@ -267,7 +248,7 @@ async def run_interactive(config: JoinConfig) -> int:
     """Chat in a full-screen terminal UI; return the exit code."""
     async with await _connect(config) as client:
         state = RoomState(config.name or "")
-        screen = ChatScreen(config.server, state, scrollback=config.scrollback)
+        screen = ChatScreen(config.connection.server, state, scrollback=config.scrollback)
         event_loop = urwid.TrioEventLoop()
         main_loop = urwid.MainLoop(screen.root, PALETTE, event_loop=event_loop, handle_mouse=False)
         error: str | None = None
@@ -407,7 +388,7 @@ async def _interactive_session(
         nursery.start_soon(force_quit)
         try:
             registered = await _register_interactive(
-                client, screen, config.name or "", config.password
+                client, screen, config.name or "", config.connection.password
             )
         except ConnectionClosed as exc:
             error = str(exc)
