@@ -83,6 +83,30 @@ async def _enter_room(client: ChatClient, room: str) -> None:
         await client.send_line(f"/join {room}")
 
 
+class _Ending:
+    """How a session ends, shared by its tasks (line mode and interactive alike).
+
+    ``quitting`` is set before ``/quit`` goes out, so the receive task takes
+    the close that follows for the answer, not an error; the receive task
+    sets ``closed`` when the connection ends.
+    """
+
+    def __init__(self, client: ChatClient, quit_timeout: float) -> None:
+        self.quitting = False
+        self.closed = trio.Event()
+        self._client = client
+        self._quit_timeout = quit_timeout
+
+    async def quit(self, scope: trio.CancelScope) -> None:
+        """Say ``/quit`` unless it was said, wait (bounded) for the close, then cancel ``scope``."""
+        if not self.quitting:
+            self.quitting = True
+            await self._client.send_line("/quit")
+        with trio.move_on_after(self._quit_timeout):
+            await self.closed.wait()
+        scope.cancel()
+
+
 # --- line mode -------------------------------------------------------------------
 
 
@@ -164,63 +188,55 @@ class _StdinLines:
 async def _line_session(
     client: ChatClient, config: JoinConfig, stdin_fd: int, signals: AsyncIterator[int]
 ) -> int:
-    quitting = False
-    closed = trio.Event()
+    ending = _Ending(client, config.quit_timeout)
     error: str | None = None
 
     async def receive() -> None:
-        nonlocal error, quitting
+        nonlocal error
         try:
             while True:
                 await _print_lines([await client.receive_line()])
         except ConnectionClosed as exc:
-            if not quitting:
+            if not ending.quitting:
                 error = str(exc)
         except BrokenPipeError:
             # Our reader went away (`| head`): nobody is listening, so leave quietly.
             _silence_stdout()
-            quitting = True
+            ending.quitting = True
             with trio.move_on_after(config.quit_timeout):
                 with contextlib.suppress(ConnectionClosed):
                     await client.quit()
-        closed.set()
+        ending.closed.set()
         nursery.cancel_scope.cancel()
 
     async def send() -> None:
-        nonlocal quitting
         await _enter_room(client, config.room)
         stdin = _StdinLines(stdin_fd)
         while (text := await stdin.next()) is not None:
             if is_quit_word(text):
                 break
             if text.strip():
-                quitting = _is_quit_command(text)
+                ending.quitting = _is_quit_command(text)
                 await client.send_line(text)
-                if quitting:
+                if ending.quitting:
                     break
-        if not quitting:
-            quitting = True
-            await client.send_line("/quit")
-        with trio.move_on_after(config.quit_timeout):
-            await closed.wait()
-        nursery.cancel_scope.cancel()
+        await ending.quit(nursery.cancel_scope)
 
     async def polite_quit() -> None:
         with trio.move_on_after(config.quit_timeout):
             try:
                 await client.send_line("/quit")
-                await closed.wait()
+                await ending.closed.wait()
             except ConnectionClosed:
                 pass
         nursery.cancel_scope.cancel()
 
     async def on_signal() -> None:
         # Ctrl-C or a kill: leave as at EOF. A second one stops waiting for the server.
-        nonlocal quitting
         async for _ in signals:
-            if quitting:
+            if ending.quitting:
                 break
-            quitting = True
+            ending.quitting = True
             nursery.start_soon(polite_quit)
         nursery.cancel_scope.cancel()
 
@@ -343,8 +359,7 @@ async def _interactive_session(
     client: ChatClient, config: JoinConfig, screen: ChatScreen
 ) -> str | None:
     """Chat until the user quits (``None``) or the connection ends (its reason)."""
-    quitting = False
-    closed = trio.Event()
+    ending = _Ending(client, config.quit_timeout)
     error: str | None = None
 
     async def receive() -> None:
@@ -353,13 +368,12 @@ async def _interactive_session(
             while True:
                 screen.add_line(await client.receive_line())
         except ConnectionClosed as exc:
-            if not quitting:
+            if not ending.quitting:
                 error = str(exc)
-        closed.set()
+        ending.closed.set()
         nursery.cancel_scope.cancel()
 
     async def send() -> None:
-        nonlocal quitting
         await _enter_room(client, config.room)
         while True:
             action = await screen.next_action()
@@ -368,17 +382,12 @@ async def _interactive_session(
             assert isinstance(action, str)
             if not action.strip():
                 continue
-            quitting = _is_quit_command(action)
+            ending.quitting = _is_quit_command(action)
             await client.send_line(action)
-            if quitting:
+            if ending.quitting:
                 break
-        if not quitting:
-            quitting = True
-            await client.send_line("/quit")
         screen.set_notice("leaving…")
-        with trio.move_on_after(config.quit_timeout):
-            await closed.wait()
-        nursery.cancel_scope.cancel()
+        await ending.quit(nursery.cancel_scope)
 
     async def force_quit() -> None:
         await screen.force_quit.wait()
