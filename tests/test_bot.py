@@ -18,14 +18,16 @@ from conftest import Connect, StartServer
 from triochat.bot import BotConfig, BotRunner, Summary, percentile
 from triochat.botscript import parse_script
 from triochat.cli import main
-from triochat.client import ChatClient
+from triochat.client import ChatClient, ConnectOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 10
 
 
 async def run(script: str, port: int, **options: Any) -> tuple[BotRunner, Summary]:
-    runner = BotRunner(parse_script(script), BotConfig(port=port, **options))
+    runner = BotRunner(
+        parse_script(script), BotConfig(connection=ConnectOptions(port=port), **options)
+    )
     with trio.fail_after(DEADLINE):
         summary = await runner.run()
     return runner, summary
@@ -165,7 +167,10 @@ async def test_rate_paces_each_bot(start_server: StartServer) -> None:
 async def test_stop_makes_every_bot_quit(start_server: StartServer, connect: Connect) -> None:
     _, port = await start_server(rate=0)
     watcher = await connect(port, "watcher")
-    runner = BotRunner(parse_script("hi\n@sleep 60\nnever\n"), BotConfig(port=port, count=2))
+    runner = BotRunner(
+        parse_script("hi\n@sleep 60\nnever\n"),
+        BotConfig(connection=ConnectOptions(port=port), count=2),
+    )
     async with trio.open_nursery() as nursery:
         done: list[Summary] = []
 

@@ -13,6 +13,7 @@ from _ops import running_server
 from triochat.client import (
     ConnectFailed,
     ConnectionClosed,
+    ConnectOptions,
     InsecureConnectionWarning,
     open_chat_client,
 )
@@ -100,6 +101,24 @@ async def test_insecure_skips_verification_with_a_warning(server_context: ssl.SS
                 client = await open_chat_client("127.0.0.1", port, insecure=True)
             await client.register("ann")
             await client.aclose()
+
+
+async def test_connect_options_open_a_verified_client(
+    server_context: ssl.SSLContext, ca_file: Path
+) -> None:
+    with trio.fail_after(10):
+        async with running_server(ssl_context=server_context) as (_, port):
+            options = ConnectOptions(port=port, ca=str(ca_file))
+            async with await options.open_client() as client:
+                assert isinstance(client.stream, trio.SSLStream)
+                await client.register("ann")
+            with pytest.raises(ConnectFailed, match="TLS handshake"):
+                await ConnectOptions(port=port, tls=True).open_client()
+
+
+def test_connect_options_name_the_server() -> None:
+    assert ConnectOptions().server == "127.0.0.1:7007"
+    assert ConnectOptions(host="::1", port=7008).server == "[::1]:7008"
 
 
 async def test_a_missing_ca_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -27,10 +27,10 @@ from .client import (
     ChatClient,
     ConnectFailed,
     ConnectionClosed,
+    ConnectOptions,
     NameRejected,
     PasswordRequired,
     WrongPassword,
-    open_chat_client,
 )
 
 # "[HH:MM:SS] <NAME> text": a chat line; the group is the sender.
@@ -42,8 +42,8 @@ _RENAME_RE: Final = re.compile(r"\[\d\d:\d\d:\d\d\] \* (\S+) is now known as (\S
 class BotConfig:
     """Everything ``triochat bot`` can be told; each limit is a named option."""
 
-    host: str = "127.0.0.1"
-    port: int = 7007
+    connection: ConnectOptions = field(default_factory=ConnectOptions)
+    """Where to connect; ``connection.connect_timeout`` also bounds registration."""
     name: str = "bot"
     count: int = 1
     """Bots to run; with more than one they are named NAME1..NAMEN."""
@@ -51,24 +51,15 @@ class BotConfig:
     """Times each bot runs the script (a final ``/quit`` runs once, at the end)."""
     rate: float = 0.0
     """Lines a second each bot sends at most; 0 sends as fast as the script goes."""
-    connect_timeout: float = 10.0
-    """Seconds to connect and register."""
     quit_timeout: float = 5.0
     """Seconds to wait for the server to hang up after ``/quit``."""
     expect_buffer: int = 10_000
     """Received lines kept for ``@expect``; beyond that the oldest are dropped."""
-    tls: bool = False
-    """Use TLS, verifying the server against the system's trust store (or ``ca``)."""
-    ca: str | None = None
-    insecure: bool = False
-    """Use TLS without verifying the server's certificate."""
-    password: str | None = None
-    """The server password, sent if the server asks for one."""
 
     def __post_init__(self) -> None:
         if self.count < 1 or self.loop < 1 or self.expect_buffer < 1:
             raise ValueError("count, loop and expect_buffer must be at least 1")
-        if self.rate < 0 or self.connect_timeout <= 0 or self.quit_timeout <= 0:
+        if self.rate < 0 or self.connection.connect_timeout <= 0 or self.quit_timeout <= 0:
             raise ValueError("rate must be >= 0 and the timeouts positive")
 
     def names(self) -> list[str]:
@@ -224,18 +215,10 @@ class _Bot:
 
     async def run(self) -> BotFailure | None:
         """Connect, register, run the script, quit. Returns None on success or interruption."""
-        config = self.config
         client: ChatClient | None = None
         with self._interruptible():
             try:
-                client = await open_chat_client(
-                    config.host,
-                    config.port,
-                    connect_timeout=config.connect_timeout,
-                    tls=config.tls,
-                    ca=config.ca,
-                    insecure=config.insecure,
-                )
+                client = await self.config.connection.open_client()
             except ConnectFailed as exc:
                 return self._fail(str(exc))
         if client is None:
@@ -244,11 +227,12 @@ class _Bot:
             return await self._session(client)
 
     async def _session(self, client: ChatClient) -> BotFailure | None:
+        connection = self.config.connection
         registered = False
         with self._interruptible():
             try:
-                with trio.fail_after(self.config.connect_timeout):
-                    await client.register(self.name, self.config.password)
+                with trio.fail_after(connection.connect_timeout):
+                    await client.register(self.name, connection.password)
                 registered = True
             except NameRejected as exc:
                 return self._fail(f"name rejected: {exc}")
@@ -259,7 +243,7 @@ class _Bot:
             except ConnectionClosed as exc:
                 return self._fail(f"{exc} before the name was accepted")
             except trio.TooSlowError:
-                return self._fail(f"not registered within {self.config.connect_timeout:g} s")
+                return self._fail(f"not registered within {connection.connect_timeout:g} s")
         if not registered:
             return None
         failure: BotFailure | None = None

@@ -22,7 +22,7 @@ from . import __version__, protocol
 from .backplane import Backplane
 from .bot import BotConfig, BotRunner, Summary, check_names
 from .botscript import ScriptError, Step, parse_script
-from .client import InsecureConnectionWarning
+from .client import ConnectOptions, InsecureConnectionWarning
 from .server import ChatServer, ServerConfig, format_address
 
 log = logging.getLogger("triochat")
@@ -475,18 +475,21 @@ def join(
         raise click.BadParameter(protocol.ROOM_RULES, param_hint="--room")
     if name is not None and protocol.name_error(name) is not None:
         raise click.BadParameter(protocol.NAME_RULES, param_hint="--name")
-    config = join_mod.JoinConfig(
-        name=name,
+    connection = ConnectOptions(
         host=host,
         port=port,
-        room=canonical,
         connect_timeout=connect_timeout,
-        quit_timeout=quit_timeout,
-        scrollback=scrollback,
         tls=tls,
         ca=ca,
         insecure=insecure,
         password=os.environ.get("TRIOCHAT_PASSWORD") or None,
+    )
+    config = join_mod.JoinConfig(
+        name=name,
+        connection=connection,
+        room=canonical,
+        quit_timeout=quit_timeout,
+        scrollback=scrollback,
     )
     if insecure:
         _warn_insecure()
@@ -573,19 +576,16 @@ def bot(
         steps = parse_script(script_file.read(), source=source)
     except ScriptError as exc:
         raise click.BadParameter(str(exc), param_hint="--script") from None
-    config = BotConfig(
+    connection = ConnectOptions(
         host=host,
         port=port,
-        name=name,
-        count=count,
-        loop=loop,
-        rate=rate,
         connect_timeout=connect_timeout,
         tls=tls or ca is not None or insecure,
         ca=ca,
         insecure=insecure,
         password=password or None,
     )
+    config = BotConfig(connection=connection, name=name, count=count, loop=loop, rate=rate)
     if insecure:
         _warn_insecure()
     error = check_names(config)

@@ -13,6 +13,7 @@ import socket
 import ssl
 import warnings
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -242,3 +243,42 @@ async def open_chat_client(
             f"TLS handshake with {host}:{port} failed: {reason} (does the server use TLS?)"
         ) from None
     return ChatClient(secure)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectOptions:
+    """Where a client connects and how: the settings ``join`` and ``bot`` share."""
+
+    host: str = "127.0.0.1"
+    port: int = 7007
+    connect_timeout: float = 10.0
+    """Seconds to reach the server, and as many again for the TLS handshake."""
+    tls: bool = False
+    """Use TLS, verifying the server against the system's trust store (or ``ca``)."""
+    ca: str | None = None
+    """Trust only the certificates in this PEM file (implies TLS)."""
+    insecure: bool = False
+    """Use TLS without verifying the server's certificate."""
+    password: str | None = None
+    """The server password, for the caller to send if the server asks for one."""
+
+    @property
+    def server(self) -> str:
+        """``HOST:PORT``, with an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    async def open_client(self) -> ChatClient:
+        """Connect with :func:`open_chat_client`; the caller registers (each in its own way).
+
+        Raises:
+          ConnectFailed: as :func:`open_chat_client`.
+        """
+        return await open_chat_client(
+            self.host,
+            self.port,
+            connect_timeout=self.connect_timeout,
+            tls=self.tls,
+            ca=self.ca,
+            insecure=self.insecure,
+        )

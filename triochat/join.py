@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import trio
@@ -25,10 +25,10 @@ from .client import (
     ChatClient,
     ConnectFailed,
     ConnectionClosed,
+    ConnectOptions,
     NameRejected,
     PasswordRequired,
     WrongPassword,
-    open_chat_client,
 )
 from .incoming import RoomState
 from .tui import PALETTE, QUIT, ChatScreen, is_quit_word
@@ -52,23 +52,11 @@ class JoinConfig:
     """What ``triochat join`` was asked to do."""
 
     name: str | None
-    host: str = "127.0.0.1"
-    port: int = 7007
+    connection: ConnectOptions = field(default_factory=ConnectOptions)
+    """Where and how to connect; with no password, interactive mode asks if the server wants one."""
     room: str = p.LOBBY
-    connect_timeout: float = 10.0
     quit_timeout: float = 5.0
     scrollback: int = 5000
-    tls: bool = False
-    """Use TLS, verifying the server with the system's trust store (or ``ca``)."""
-    ca: str | None = None
-    insecure: bool = False
-    password: str | None = None
-    """Sent if the server asks; without it, interactive mode asks the user."""
-
-    @property
-    def server(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 class JoinError(Exception):
@@ -85,14 +73,7 @@ def _is_quit_command(text: str) -> bool:
 
 async def _connect(config: JoinConfig) -> ChatClient:
     try:
-        return await open_chat_client(
-            config.host,
-            config.port,
-            connect_timeout=config.connect_timeout,
-            tls=config.tls,
-            ca=config.ca,
-            insecure=config.insecure,
-        )
+        return await config.connection.open_client()
     except ConnectFailed as exc:
         raise JoinError(str(exc), EXIT_CONNECT) from None
 
@@ -100,6 +81,30 @@ async def _connect(config: JoinConfig) -> ChatClient:
 async def _enter_room(client: ChatClient, room: str) -> None:
     if room != p.LOBBY:
         await client.send_line(f"/join {room}")
+
+
+class _Ending:
+    """How a session ends, shared by its tasks (line mode and interactive alike).
+
+    ``quitting`` is set before ``/quit`` goes out, so the receive task takes
+    the close that follows for the answer, not an error; the receive task
+    sets ``closed`` when the connection ends.
+    """
+
+    def __init__(self, client: ChatClient, quit_timeout: float) -> None:
+        self.quitting = False
+        self.closed = trio.Event()
+        self._client = client
+        self._quit_timeout = quit_timeout
+
+    async def quit(self, scope: trio.CancelScope) -> None:
+        """Say ``/quit`` unless it was said, wait (bounded) for the close, then cancel ``scope``."""
+        if not self.quitting:
+            self.quitting = True
+            await self._client.send_line("/quit")
+        with trio.move_on_after(self._quit_timeout):
+            await self.closed.wait()
+        scope.cancel()
 
 
 # --- line mode -------------------------------------------------------------------
@@ -121,7 +126,7 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
         raise JoinError("--name is required when stdin is not a terminal", 2)
     async with await _connect(config) as client:
         try:
-            lines = await client.register(config.name, password=config.password)
+            lines = await client.register(config.name, password=config.connection.password)
         except NameRejected as exc:
             raise JoinError(f"name rejected: {exc}", EXIT_NAME) from None
         except PasswordRequired:
@@ -183,63 +188,55 @@ class _StdinLines:
 async def _line_session(
     client: ChatClient, config: JoinConfig, stdin_fd: int, signals: AsyncIterator[int]
 ) -> int:
-    quitting = False
-    closed = trio.Event()
+    ending = _Ending(client, config.quit_timeout)
     error: str | None = None
 
     async def receive() -> None:
-        nonlocal error, quitting
+        nonlocal error
         try:
             while True:
                 await _print_lines([await client.receive_line()])
         except ConnectionClosed as exc:
-            if not quitting:
+            if not ending.quitting:
                 error = str(exc)
         except BrokenPipeError:
             # Our reader went away (`| head`): nobody is listening, so leave quietly.
             _silence_stdout()
-            quitting = True
+            ending.quitting = True
             with trio.move_on_after(config.quit_timeout):
                 with contextlib.suppress(ConnectionClosed):
                     await client.quit()
-        closed.set()
+        ending.closed.set()
         nursery.cancel_scope.cancel()
 
     async def send() -> None:
-        nonlocal quitting
         await _enter_room(client, config.room)
         stdin = _StdinLines(stdin_fd)
         while (text := await stdin.next()) is not None:
             if is_quit_word(text):
                 break
             if text.strip():
-                quitting = _is_quit_command(text)
+                ending.quitting = _is_quit_command(text)
                 await client.send_line(text)
-                if quitting:
+                if ending.quitting:
                     break
-        if not quitting:
-            quitting = True
-            await client.send_line("/quit")
-        with trio.move_on_after(config.quit_timeout):
-            await closed.wait()
-        nursery.cancel_scope.cancel()
+        await ending.quit(nursery.cancel_scope)
 
     async def polite_quit() -> None:
         with trio.move_on_after(config.quit_timeout):
             try:
                 await client.send_line("/quit")
-                await closed.wait()
+                await ending.closed.wait()
             except ConnectionClosed:
                 pass
         nursery.cancel_scope.cancel()
 
     async def on_signal() -> None:
         # Ctrl-C or a kill: leave as at EOF. A second one stops waiting for the server.
-        nonlocal quitting
         async for _ in signals:
-            if quitting:
+            if ending.quitting:
                 break
-            quitting = True
+            ending.quitting = True
             nursery.start_soon(polite_quit)
         nursery.cancel_scope.cancel()
 
@@ -267,7 +264,7 @@ async def run_interactive(config: JoinConfig) -> int:
     """Chat in a full-screen terminal UI; return the exit code."""
     async with await _connect(config) as client:
         state = RoomState(config.name or "")
-        screen = ChatScreen(config.server, state, scrollback=config.scrollback)
+        screen = ChatScreen(config.connection.server, state, scrollback=config.scrollback)
         event_loop = urwid.TrioEventLoop()
         main_loop = urwid.MainLoop(screen.root, PALETTE, event_loop=event_loop, handle_mouse=False)
         error: str | None = None
@@ -362,8 +359,7 @@ async def _interactive_session(
     client: ChatClient, config: JoinConfig, screen: ChatScreen
 ) -> str | None:
     """Chat until the user quits (``None``) or the connection ends (its reason)."""
-    quitting = False
-    closed = trio.Event()
+    ending = _Ending(client, config.quit_timeout)
     error: str | None = None
 
     async def receive() -> None:
@@ -372,13 +368,12 @@ async def _interactive_session(
             while True:
                 screen.add_line(await client.receive_line())
         except ConnectionClosed as exc:
-            if not quitting:
+            if not ending.quitting:
                 error = str(exc)
-        closed.set()
+        ending.closed.set()
         nursery.cancel_scope.cancel()
 
     async def send() -> None:
-        nonlocal quitting
         await _enter_room(client, config.room)
         while True:
             action = await screen.next_action()
@@ -387,17 +382,12 @@ async def _interactive_session(
             assert isinstance(action, str)
             if not action.strip():
                 continue
-            quitting = _is_quit_command(action)
+            ending.quitting = _is_quit_command(action)
             await client.send_line(action)
-            if quitting:
+            if ending.quitting:
                 break
-        if not quitting:
-            quitting = True
-            await client.send_line("/quit")
         screen.set_notice("leaving…")
-        with trio.move_on_after(config.quit_timeout):
-            await closed.wait()
-        nursery.cancel_scope.cancel()
+        await ending.quit(nursery.cancel_scope)
 
     async def force_quit() -> None:
         await screen.force_quit.wait()
@@ -407,7 +397,7 @@ async def _interactive_session(
         nursery.start_soon(force_quit)
         try:
             registered = await _register_interactive(
-                client, screen, config.name or "", config.password
+                client, screen, config.name or "", config.connection.password
             )
         except ConnectionClosed as exc:
             error = str(exc)
