@@ -342,7 +342,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.profile:
-        PROFILE[:] = ["py-spy", "record", "--format", "raw", "--rate", "250"]
+        PROFILE[:] = ["py-spy", "record", "--format", "raw", "--rate", "1000"]
         PROFILE.extend(["--output", str(args.profile), "--"])
     reps = args.reps or (1 if args.quick else 3)
     servers = args.servers.split(",")

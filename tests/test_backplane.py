@@ -95,7 +95,7 @@ def _drain(receive: trio.MemoryReceiveChannel[bytes]) -> list[str]:
     lines = []
     while True:
         try:
-            lines.append(receive.receive_nowait().decode().rstrip("\n"))
+            lines.extend(receive.receive_nowait().decode().splitlines())
         except trio.WouldBlock:
             return lines
 

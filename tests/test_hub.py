@@ -50,7 +50,8 @@ class User:
                 return out
 
     def lines(self) -> list[str]:
-        return [data.decode().removesuffix("\n") for data in self.raw()]
+        # One hand-over may hold several lines (a burst, a history replay).
+        return [line for data in self.raw() for line in data.decode().splitlines()]
 
     @property
     def closed(self) -> bool:

@@ -96,6 +96,39 @@ def test_framer_never_raises_on_arbitrary_bytes(data: bytes, cuts: list[int]) ->
     assert feed(64, split_at(data, cuts)) == expected_events(64, data)
 
 
+def feed_bulk(max_line: int, chunks: list[bytes]) -> list[p.Line | p.LineTooLong]:
+    """Like :func:`feed`, through :meth:`LineFramer.events` (lines come back as text)."""
+    framer = p.LineFramer(max_line)
+    events: list[p.Line | p.LineTooLong] = []
+    for chunk in chunks:
+        framer.receive_data(chunk)
+        events += [p.Line(e) if isinstance(e, str) else e for e in framer.events()]
+        assert framer.events() == []
+        assert framer.buffered <= max_line + 1
+    return events
+
+
+@settings(deadline=None)  # tiny examples; a loaded CI machine must not fail them
+@given(
+    max_line=st.integers(1, 16),
+    data=stream_bytes,
+    cuts=st.lists(st.integers(0, 400), max_size=12),
+)
+def test_framer_events_in_bulk_are_the_same_as_one_at_a_time(
+    max_line: int, data: bytes, cuts: list[int]
+) -> None:
+    cuts = [c for c in cuts if c <= len(data)]
+    assert feed_bulk(max_line, split_at(data, cuts)) == expected_events(max_line, data)
+
+
+def test_framer_events_in_bulk_around_a_long_line() -> None:
+    framer = p.LineFramer(5)
+    framer.receive_data(b"ab\r\n\xc3\xa9\n" + b"x" * 9 + b"\nlast\nhal")
+    assert framer.events() == ["ab", "\u00e9", p.LineTooLong(5), "last"]
+    framer.receive_data(b"f\n")
+    assert framer.events() == ["half"]
+
+
 def test_framer_overlong_line_is_reported_once_then_discarded_to_its_newline() -> None:
     framer = p.LineFramer(10)
     framer.receive_data(b"x" * 11)
@@ -165,6 +198,13 @@ def test_framer_rejects_a_zero_limit() -> None:
 )
 def test_clean_text_removes_c0_c1_and_esc(raw: str, clean: str) -> None:
     assert p.clean_text(raw) == clean
+
+
+@given(st.text())
+def test_clean_text_fast_path_agrees_with_the_rule(text: str) -> None:
+    controls = {c for c in range(0x20)} | {c for c in range(0x7F, 0xA0)}
+    expected = "".join(" " if c == "\t" else c for c in text if ord(c) not in controls - {9})
+    assert p.clean_text(text) == expected
 
 
 def test_clean_text_leaves_no_control_character() -> None:
@@ -276,6 +316,17 @@ def test_parse_command(line: str, command: p.Command) -> None:
 )
 def test_parse_command_errors(line: str, message: str) -> None:
     assert p.parse_command(line) == p.Invalid(message)
+
+
+@given(
+    st.text(st.sampled_from(["/", " ", "a", "\u00a0", "\u2028", "m", "e"]), max_size=6) | st.text()
+)
+def test_chat_text_agrees_with_parse_command(line: str) -> None:
+    text = p.chat_text(line)
+    if text is not None:
+        assert p.parse_command(line) == p.Say(text)
+    else:
+        assert not isinstance(p.parse_command(line), p.Say) or line.startswith("//")
 
 
 @pytest.mark.parametrize("line", ["", " ", "   "])

@@ -485,6 +485,8 @@ async def test_slow_consumer_is_evicted_others_receive_promptly_memory_stays_bou
             await say(i)
         assert seen_left == 2
         assert server.hub.slow_evictions == 1
+        # What its socket would not take waited in its outbox, up to the bound.
+        assert server.stats.queue_high_water == 32
         await wait_for(lambda: server.connections == 2)
         before, _ = tracemalloc.get_traced_memory()
         for i in range(100, 400):  # 1.2 MB more traffic

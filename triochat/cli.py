@@ -156,11 +156,11 @@ def _raise_fd_limit(max_clients: int) -> int:
 )
 @click.option(
     "--send-queue",
-    default=1024,
+    default=4096,
     show_default=True,
     envvar="TRIOCHAT_SEND_QUEUE",
     type=click.IntRange(64),
-    help="Lines queued for a client before it is dropped.",
+    help="Lines waiting for a client whose socket buffer is full before it is dropped.",
 )
 @click.option(
     "--redis",

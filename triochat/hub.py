@@ -3,8 +3,10 @@
 The hub is plain synchronous state owned by the trio run: no method awaits,
 so no other task can observe it half-updated. Each line is formatted and
 encoded once and the same ``bytes`` object is handed to every recipient's
-bounded outbox with ``send_nowait``. A recipient whose outbox is full is a
-slow consumer: it is evicted, and nobody ever waits for it.
+bounded outbox with ``send_nowait``; consecutive chat lines from one reader
+(:meth:`Hub.say`) go out as one ``bytes`` object, so a burst costs each
+recipient one hand-over, not one per line. A recipient whose outbox is full
+is a slow consumer: it is evicted, and nobody ever waits for it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Protocol
 
 import trio
@@ -175,10 +177,10 @@ class Hub:
 
     def handle(self, member: Member, command: p.Command) -> None:
         """Carry out one command from ``member`` (any but :class:`~protocol.Quit`)."""
-        self.lines_in += 1
         match command:
             case p.Say(text):
-                self._say(member, p.format_message, text)
+                self.say(member, (text,))
+                return
             case p.Me(text):
                 self._say(member, p.format_event, text)
             case p.Msg(to, text):
@@ -196,8 +198,8 @@ class Hub:
                 )
                 self._tell(member, p.format_info(f"Rooms: {rooms}"))
             case p.Help():
-                for line in p.HELP:
-                    self._tell(member, p.format_info(line))
+                lines = "".join(p.format_info(line) for line in p.HELP)
+                self._send(member, lines.encode(), len(p.HELP))
             case p.History(count):
                 assert member.room is not None
                 self.replay(member, member.room.name, self.recent(member.room.name, count))
@@ -205,6 +207,27 @@ class Hub:
                 self._tell(member, p.format_error(message))
             case p.Quit(reason):
                 self.leave(member, reason or "quit", farewell="Bye!")
+        self.lines_in += 1
+        self._evict_slow()
+
+    def say(self, member: Member, texts: Sequence[str]) -> None:
+        """Chat lines from ``member`` to its room, in order, as one write per recipient."""
+        self.lines_in += len(texts)
+        room = member.room
+        if room is None or self._members.get(member.key) is not member:
+            return  # evicted while its burst was being read: it hears nothing more
+        stamp = self._now()
+        lines = [p.format_message(stamp, member.name, text).encode() for text in texts]
+        if self._relay is not None:
+            relay = self._relay
+            lines = [line for line in lines if not relay.publish_line(room.name, line, True)]
+            if not lines:
+                return
+        room.history.extend(lines)
+        if self._archive is not None:
+            for line in lines:
+                self._archive.append(room.name, line)
+        self._fanout(room.members, lines[0] if len(lines) == 1 else b"".join(lines), len(lines))
         self._evict_slow()
 
     def leave(self, member: Member, reason: str, *, farewell: str | None = None) -> None:
@@ -235,11 +258,12 @@ class Hub:
 
     def replay(self, member: Member, room: str, lines: list[bytes]) -> None:
         """Send ``member`` a ``/history`` answer: a header, ``lines``, a footer."""
-        self._tell(member, p.format_history_header(room, len(lines)))
+        header = p.format_history_header(room, len(lines)).encode()
         if lines:
-            for line in lines:
-                self._send(member, line)
-            self._tell(member, p.format_history_footer(room))
+            footer = p.format_history_footer(room).encode()
+            self._send(member, b"".join([header, *lines, footer]), len(lines) + 2)
+        else:
+            self._send(member, header)
         self._evict_slow()
 
     def shutdown(self) -> None:
@@ -315,10 +339,10 @@ class Hub:
             elif self._archive is not None:
                 room.history.extend(self._archive.recent(name))
         member.room = room
-        for line in room.history:
-            self._send(member, line)
         room.members[member] = None
-        self._tell(member, self._users_line(room))
+        # The history and the user list (the joiner included) in one hand-over.
+        users = self._users_line(room).encode()
+        self._send(member, b"".join([*room.history, users]), len(room.history) + 1)
         self.backplane.presence(member.key, member.name, name)
         self._broadcast(room, p.format_event(self._now(), member.name, f"joined {name}").encode())
 
@@ -357,10 +381,11 @@ class Hub:
     def _tell(self, member: Member, line: str) -> None:
         self._send(member, line.encode())
 
-    def _send(self, member: Member, data: bytes) -> None:
-        self._fanout((member,), data)
+    def _send(self, member: Member, data: bytes, lines: int = 1) -> None:
+        self._fanout((member,), data, lines)
 
-    def _fanout(self, members: Iterable[Member], data: bytes) -> None:
+    def _fanout(self, members: Iterable[Member], data: bytes, lines: int = 1) -> None:
+        """Hand ``data`` (``lines`` lines) to each member's outbox; note who is too slow."""
         sent = 0
         for member in members:
             try:
@@ -371,7 +396,7 @@ class Hub:
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 # Its connection is already on the way out and will call leave().
                 pass
-        self.lines_out += sent
+        self.lines_out += sent * lines
 
     def _evict_slow(self) -> None:
         # Iterative: each eviction announces a departure, which can find

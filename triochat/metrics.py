@@ -66,7 +66,7 @@ class ChatCollector(Collector):
         )
         yield gauge(
             "send_queue_high_water",
-            "Most lines ever queued for one client at once.",
+            "Most lines ever waiting for one client whose socket buffer was full.",
             stats.queue_high_water,
         )
         yield counter("refused_full", "Connections refused: server full.", stats.refused_full)

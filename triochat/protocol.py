@@ -68,7 +68,12 @@ class LineFramer:
     that, one :class:`LineTooLong` is reported and the rest of the line is
     dropped as it arrives. Each byte is scanned for a newline once, so a peer
     dribbling a long line one byte at a time costs O(bytes), not O(bytes²).
+
+    :meth:`next_event` gives one event at a time; :meth:`events` gives all
+    that are complete at once, much faster for a burst of lines.
     """
+
+    __slots__ = ("_buf", "_discarding", "_scanned", "max_line")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         if max_line < 1:
@@ -113,6 +118,38 @@ class LineFramer:
                 return LineTooLong(self.max_line)
             return Line(raw.decode("utf-8", "replace"))
 
+    def events(self) -> list[str | LineTooLong]:
+        """Every event complete so far, in order: a line's text, or :class:`LineTooLong`.
+
+        An empty list means more bytes are needed. The same events as calling
+        :meth:`next_event` until ``NEED_DATA``, but a burst of short lines is
+        split and decoded in a few calls rather than a few per line.
+        """
+        buf = self._buf
+        end = buf.rfind(b"\n")
+        if end >= 0 and not self._discarding:
+            chunk = bytes(buf[:end])
+            # Only short lines take the fast path; a long one needs the checks below.
+            if max(map(len, chunk.split(b"\n"))) <= self.max_line:
+                del buf[: end + 1]
+                self._scanned = 0
+                lines = chunk.decode("utf-8", "replace").split("\n")
+                if b"\r" in chunk:
+                    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+                return [*lines, *self._slow_events()]
+        return self._slow_events()
+
+    def _slow_events(self) -> list[str | LineTooLong]:
+        found: list[str | LineTooLong] = []
+        while True:
+            event = self.next_event()
+            if isinstance(event, Line):
+                found.append(event.text)
+            elif isinstance(event, LineTooLong):
+                found.append(event)
+            else:
+                return found
+
     @property
     def buffered(self) -> int:
         """Bytes held for an unfinished line (never more than ``max_line + 1 + chunk``)."""
@@ -131,6 +168,8 @@ _CONTROLS[0x09] = " "
 
 def clean_text(text: str) -> str:
     """Remove C0/C1 control characters (tab becomes a space)."""
+    if text.isprintable():  # the usual case, checked in C: no controls in it
+        return text
     return text.translate(_CONTROLS)
 
 
@@ -237,6 +276,16 @@ HELP: Final = (
 
 def _usage(usage: str) -> Invalid:
     return Invalid(f"Usage: {usage}")
+
+
+def chat_text(line: str) -> str | None:
+    """The text of a plain chat line (no ``/``), the most common line, or ``None``.
+
+    ``None`` means :func:`parse_command` decides; for a chat line both agree.
+    """
+    if line[:1] != "/" and line and not line.isspace():
+        return line
+    return None
 
 
 def parse_command(line: str) -> Command | None:

@@ -1,9 +1,11 @@
 """The TCP server: listeners, one task per connection, graceful shutdown.
 
-Each connection's task reads (and runs the hub's rules for each line) while
-a writer task in the same per-connection nursery drains that connection's
-bounded outbox. Whatever ends the connection, cleanup happens in one place:
-the ``finally`` of :meth:`_Connection.run`.
+Each connection's task reads (and runs the hub's rules for each line). Lines
+for the client go straight into its socket while the kernel takes them; what
+the kernel cannot take waits in the connection's bounded outbox, drained by a
+writer task in the same per-connection nursery, started when needed. Whatever
+ends the connection, cleanup happens in one place: the ``finally`` of
+:meth:`_Connection.run`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ log: Final = logging.getLogger("triochat.server")
 
 RECEIVE_SIZE: Final = 65536
 SHUTDOWN_LINE: Final = "Server is shutting down. Bye!"
+BATCH_LINES: Final = 256
+"""Most lines of one client's burst handled before other clients get a turn."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +52,7 @@ class ServerConfig:
     burst: int = 40
     """Lines a client may send at once before flood control paces it."""
     registration_timeout: float = 60.0
-    send_queue: int = 1024
+    send_queue: int = 4096
     """Lines queued for one client before it counts as a slow consumer."""
     linger: float = 5.0
     """Seconds a departing client gets to read its last lines."""
@@ -310,18 +314,18 @@ def format_address(listener: trio.SocketListener) -> str:
 
 
 class _Connection:
-    """One client: its stream, its outbox, and the reader/writer pair that serve it."""
+    """One client: its stream, its outbox, and the reader (and writer) that serve it."""
 
     # Slots: thousands of these live at once (docs/benchmarks.md, memory per client).
     __slots__ = (
         "_bucket",
         "_framer",
         "_handled",
+        "_nursery",
         "authenticated",
         "member",
         "peer",
         "pending_name",
-        "reading",
         "reason",
         "scope",
         "send",
@@ -332,10 +336,11 @@ class _Connection:
     def __init__(self, server: ChatServer, stream: trio.abc.Stream) -> None:
         self.server = server
         self.stream = stream
-        self.send = _Outbox(server.config.send_queue)
+        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self.send = _Outbox(self, server.config.send_queue, fd)
         self.member: Member | None = None
-        self.reading = trio.CancelScope()
-        # Replaced by the connection nursery's own scope once that is open.
+        # Replaced by the connection nursery and its scope once that is open.
+        self._nursery: trio.Nursery | None = None
         self.scope = trio.CancelScope()
         self._framer = p.LineFramer(server.config.max_line)
         self._bucket: TokenBucket | None = None
@@ -349,16 +354,14 @@ class _Connection:
         log.info("connection from %s", self.peer)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 self.scope = nursery.cancel_scope
-                nursery.start_soon(self._writer)
-                with self.reading:
-                    # Two steps rather than one reader coroutine: one frame
-                    # fewer per idle client.
-                    if await self._register_in_time():
-                        await self._chat()
-                # Whatever stopped the reader, the room hears of it now and
-                # the writer flushes what is queued and hangs up, within the
-                # linger time.
+                # Two steps rather than one reader coroutine: one frame fewer
+                # per idle client.
+                if await self._register_in_time():
+                    await self._chat()
+                # Whatever stopped the reader, the room hears of it now and a
+                # running writer flushes what is queued, within the linger time.
                 self._leave()
                 nursery.cancel_scope.deadline = min(
                     nursery.cancel_scope.deadline,
@@ -375,9 +378,8 @@ class _Connection:
         self.send.close()
 
     def close_with(self, data: bytes) -> None:
-        """Queue a last line, stop reading, and let the writer flush and hang up."""
+        """Send a last line and hang up once it is out (see :meth:`_Outbox.close`)."""
         self.reason = "server shutdown"
-        self.reading.cancel()
         with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.send.send_nowait(data)
         self.send.close()
@@ -399,8 +401,7 @@ class _Connection:
         config = self.server.config
         if config.rate:
             self._bucket = TokenBucket(config.rate, config.burst, trio.current_time())
-        for line in self.server.hub.welcome():
-            self._tell(line)
+        self._tell(b"".join(self.server.hub.welcome()))
         # The registration deadline covers only registration, so a named
         # client carries no timer (nor its cancel scope) for the rest of its life.
         with trio.move_on_after(config.registration_timeout):
@@ -411,39 +412,43 @@ class _Connection:
         )
         return False
 
+    async def _receive(self) -> bool:
+        """Feed the framer the client's next bytes; False at EOF or if the stream broke."""
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        if not data:
+            return False
+        self._framer.receive_data(data)
+        return True
+
+    def _flood_delay(self) -> float:
+        """Flood control: how long to wait before the next line (nothing is dropped)."""
+        if self._bucket is None:
+            return 0.0
+        delay = self._bucket.take(trio.current_time())
+        if delay:
+            self.server.stats.flood_delays += 1
+        return delay
+
+    def _too_long(self, event: p.LineTooLong) -> None:
+        self._tell(p.format_error(f"Line too long (limit {event.limit} bytes); it was discarded"))
+        if self.member is None:
+            self._tell(p.format_info(p.NAME_QUESTION))
+
     async def _next_event(self) -> p.Line | None:
-        """The client's next line (or overflow), paced by flood control; None at EOF."""
+        """The client's next line before it is named, paced by flood control; None at EOF."""
         while True:
             event = self._framer.next_event()
             if event is p.NEED_DATA:
-                try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if not await self._receive():
                     return None
-                if not data:
-                    return None
-                self._framer.receive_data(data)
                 continue
-            # Yield every few lines of a burst: the writers drain what those
-            # lines queued, each with one write, so one client's burst neither
-            # overflows everyone's outbox nor costs a syscall per recipient
-            # per line. At most send_queue/64 lines go to each outbox between
-            # yields, so 64 clients flooding at once cannot evict a reader
-            # that keeps up.
-            self._handled += 1
-            if self._handled % max(1, self.server.config.send_queue // 64) == 0:
-                await trio.lowlevel.checkpoint()
-            if self._bucket is not None:
-                delay = self._bucket.take(trio.current_time())
-                if delay:
-                    self.server.stats.flood_delays += 1
-                    await trio.sleep(delay)
+            if delay := self._flood_delay():
+                await trio.sleep(delay)
             if isinstance(event, p.LineTooLong):
-                self._tell(
-                    p.format_error(f"Line too long (limit {event.limit} bytes); it was discarded")
-                )
-                if self.member is None:
-                    self._tell(p.format_info(p.NAME_QUESTION))
+                self._too_long(event)
                 continue
             assert isinstance(event, p.Line)
             return event
@@ -478,25 +483,78 @@ class _Connection:
         return False
 
     async def _chat(self) -> None:
-        """Carry out the named client's lines until it quits, goes, or is evicted."""
-        hub = self.server.hub
-        while (event := await self._next_event()) is not None:
-            if self.scope.cancel_called or self.member is None:
-                return  # evicted as a slow consumer by an earlier line
-            command = p.parse_command(p.clean_text(event.text))
-            if command is None:
+        """Carry out the named client's lines until it quits, goes, or is evicted.
+
+        Chat lines are collected and handed to the hub together before any
+        wait and before any command, so a burst reaches each recipient in one
+        write, in the order it was sent.
+        """
+        framer = self._framer
+        bucket = self._bucket
+        scope = self.scope
+        # Yield every so many lines of a burst, so other clients get their
+        # turn. Only what a recipient's kernel would not take at once stays in
+        # its outbox, so even several clients flooding together do not fill
+        # the outbox of a reader that keeps up.
+        every = max(1, min(BATCH_LINES, self.server.config.send_queue // 4))
+        says: list[str] = []
+        while True:
+            events = framer.events()
+            if not events:
+                self._say(says)
+                if not await self._receive():
+                    return
                 continue
-            if isinstance(command, p.History) and self.server.store is not None:
-                await self._history(self.server.store, command.count)
-                continue
-            if isinstance(command, p.Quit):
-                self.reason = command.reason or "quit"
-            if isinstance(command, p.Nick) and self.server.backplane.remote:
-                await self._nick(command)
-                continue
-            hub.handle(self.member, command)
-            if isinstance(command, p.Quit):
+            for event in events:
+                self._handled += 1
+                if self._handled % every == 0:
+                    self._say(says)
+                    await trio.lowlevel.checkpoint()
+                if bucket is not None and (delay := self._flood_delay()):
+                    self._say(says)
+                    await trio.sleep(delay)
+                if scope.cancel_called:
+                    return  # evicted as a slow consumer, by an earlier line or another's
+                if isinstance(event, p.LineTooLong):
+                    self._say(says)
+                    self._too_long(event)
+                    continue
+                text = p.clean_text(event)
+                chat = p.chat_text(text)
+                if chat is not None:
+                    says.append(chat)
+                    continue
+                self._say(says)  # before anything else this client asked for
+                command = p.parse_command(text)
+                if command is not None and not await self._command(command):
+                    return
+            self._say(says)
+            if scope.cancel_called:
                 return
+
+    async def _command(self, command: p.Command) -> bool:
+        """Carry out one command; False if the client quit (or was evicted meanwhile)."""
+        member = self.member
+        if member is None or self.scope.cancel_called:
+            return False
+        if isinstance(command, p.History) and self.server.store is not None:
+            await self._history(self.server.store, command.count)
+            return True
+        if isinstance(command, p.Nick) and self.server.backplane.remote:
+            await self._nick(command)
+            return True
+        if isinstance(command, p.Quit):
+            self.reason = command.reason or "quit"
+            self.server.hub.handle(member, command)
+            return False
+        self.server.hub.handle(member, command)
+        return True
+
+    def _say(self, says: list[str]) -> None:
+        if says:
+            if self.member is not None:
+                self.server.hub.say(self.member, says)
+            says.clear()
 
     def _register(self, name: str) -> None:
         if not name:
@@ -508,7 +566,7 @@ class _Connection:
             self._tell(p.format_info(p.NAME_QUESTION))
         else:
             self.member = result
-            result.hang_up = self.reading.cancel
+            result.hang_up = self.send.close
 
     async def _claim(self, name: str) -> bool:
         """Claim ``name`` across the cluster before the hub sees it; tell the client if not."""
@@ -570,104 +628,119 @@ class _Connection:
             self.server.hub.lines_in += 1
             self.server.hub.replay(member, room, lines)
 
+    def start_writer(self) -> None:
+        """Start the task that waits until the kernel takes the outbox's backlog."""
+        if self._nursery is None:
+            raise trio.BrokenResourceError("the connection is not open")
+        try:
+            self._nursery.start_soon(self._writer)
+        except RuntimeError as exc:  # the nursery is closed: the connection is over
+            raise trio.BrokenResourceError from exc
+
     async def _writer(self) -> None:
         outbox = self.send
-        stream = self.stream
-        # Only this task writes, and the stream is closed after it ends, so
-        # it may write to the socket directly: trio's send_all costs two trips
-        # through the scheduler per call, which a broadcast pays per recipient.
-        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        stats = self.server.stats
         try:
-            stats = self.server.stats
             # One write for everything queued since the last one.
-            while (taken := await outbox.take_all()) is not None:
-                data, queued = taken
+            while (data := outbox.take()) is not None:
                 stats.bytes_out += len(data)
-                if queued > stats.queue_high_water:
-                    stats.queue_high_water = queued
-                if fd >= 0:
-                    try:
-                        sent = os.write(fd, data)
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError as exc:
-                        raise trio.BrokenResourceError from exc
-                    if sent == len(data):
-                        continue
-                    data = data[sent:]  # the socket buffer is full: wait in send_all
-                await stream.send_all(data)
-            if isinstance(stream, trio.abc.HalfCloseableStream):
-                await stream.send_eof()
+                await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.scope.cancel()
-        finally:
             outbox.stop()
+            self.scope.cancel()
+            return
+        if outbox.closed:
+            self.scope.cancel()  # its last line is out: hang up now
 
 
 class _Outbox:
-    """A connection's bounded queue of encoded lines, drained whole by its writer.
+    """A connection's outgoing lines: written at once when possible, else queued, bounded.
 
     It behaves like the send end of ``trio.open_memory_channel(capacity)``
     (the hub's :class:`~triochat.hub.Outbox`): ``send_nowait`` raises
-    ``WouldBlock`` when full, ``ClosedResourceError`` after :meth:`close` and
-    ``BrokenResourceError`` once the writer has stopped. But the writer takes
-    everything queued in one call, so a broadcast costs one list append per
-    recipient and each writer one join per batch, instead of a channel
-    operation on each side for every line.
+    ``WouldBlock`` when ``capacity`` lines wait, ``ClosedResourceError``
+    after :meth:`close` and ``BrokenResourceError`` once writing failed. But
+    while nothing waits, a line goes straight to the socket with ``os.write``
+    (non-blocking), so a broadcast costs each recipient one system call and
+    no trip through the scheduler, and an idle client needs no writer task.
+    Only what the kernel would not take is queued, and a writer task is
+    started to wait until it can be sent; it sends everything queued at once
+    and ends when nothing is left.
     """
 
-    __slots__ = ("_broken", "_capacity", "_closed", "_lines", "_waiter")
+    __slots__ = (
+        "_broken",
+        "_capacity",
+        "_chunks",
+        "_connection",
+        "_fd",
+        "_queued",
+        "_writing",
+        "closed",
+    )
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, connection: _Connection, capacity: int, fd: int) -> None:
+        self._connection = connection
         self._capacity = capacity
-        self._lines: list[bytes] = []  # a list: an empty deque costs 600 bytes
-        self._closed = False
+        self._fd = fd  # -1: not a plain socket (TLS, a test's stream): always queue
+        self._chunks: list[bytes] = []  # a list: an empty deque costs 600 bytes
+        self._queued = 0
+        self._writing = False
+        self.closed = False
         self._broken = False
-        self._waiter: trio.lowlevel.Task | None = None
 
     def send_nowait(self, data: bytes, /) -> None:
-        if self._closed:
+        if self.closed:
             raise trio.ClosedResourceError
         if self._broken:
             raise trio.BrokenResourceError
-        if len(self._lines) >= self._capacity:
+        if self._queued >= self._capacity:
             raise trio.WouldBlock
-        self._lines.append(data)
-        self._wake()
+        if not self._writing:
+            if self._fd >= 0:
+                try:
+                    sent = os.write(self._fd, data)
+                except OSError:
+                    # Full (EAGAIN) or failed: the writer waits, or reports the error.
+                    sent = 0
+                self._connection.server.stats.bytes_out += sent
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            try:
+                self._connection.start_writer()
+            except trio.BrokenResourceError:
+                self._broken = True
+                raise
+            self._writing = True
+        self._chunks.append(data)
+        self._queued += data.count(b"\n")
+        stats = self._connection.server.stats
+        if self._queued > stats.queue_high_water:
+            stats.queue_high_water = self._queued
 
     def close(self) -> None:
-        """No more lines; the writer sends what is queued, then stops."""
-        self._closed = True
-        self._wake()
+        """No more lines; the connection ends once those queued are out."""
+        self.closed = True
+        if not self._writing:
+            self._connection.scope.cancel()
 
     def stop(self) -> None:
-        """The writer is gone: later lines are refused with ``BrokenResourceError``."""
+        """Writing failed: later lines are refused with ``BrokenResourceError``."""
         self._broken = True
-        self._lines.clear()
+        self._chunks.clear()
+        self._queued = 0
 
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            trio.lowlevel.reschedule(self._waiter)
-            self._waiter = None
-
-    async def take_all(self) -> tuple[bytes, int] | None:
-        """Wait for lines; return them joined, and how many; None once closed and empty."""
-        if not self._lines and not self._closed:
-            self._waiter = trio.lowlevel.current_task()
-
-            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-                self._waiter = None
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        else:
-            await trio.lowlevel.checkpoint()
-        if not self._lines:
+    def take(self) -> bytes | None:
+        """Everything queued, joined; ``None`` when nothing is (the writer then ends)."""
+        chunks = self._chunks
+        if not chunks:
+            self._writing = False
             return None
-        count = len(self._lines)
-        data = self._lines[0] if count == 1 else b"".join(self._lines)
-        self._lines.clear()
-        return data, count
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._queued = 0
+        return data
 
 
 async def _starts_tls(stream: trio.abc.Stream) -> bool:
