@@ -148,6 +148,27 @@ async def test_say_reaches_everyone_in_the_room_including_the_sender(hub: Hub) -
     assert ann.lines() == ben.lines() == [f"{stamp(T0)} * ann waves"]
 
 
+async def test_a_burst_of_lines_reaches_each_member_as_one_hand_over(hub: Hub) -> None:
+    ann, ben = User(hub, "ann"), User(hub, "ben")
+    ann.raw(), ben.raw()
+    hub.say(ann.member, ["one", "two", "three"])
+    a, b = ann.raw(), ben.raw()
+    burst = "".join(f"{stamp(T0)} <ann> {n}\n" for n in ("one", "two", "three"))
+    assert a == b == [burst.encode()]
+    assert hub.lines_in == 3
+    # Each line is still its own history entry.
+    cat = User(hub, "cat")
+    assert cat.lines()[-5:-2] == [f"{stamp(T0)} <ann> {n}" for n in ("one", "two", "three")]
+
+
+async def test_a_burst_from_an_evicted_member_goes_nowhere(hub: Hub) -> None:
+    ann, ben = User(hub, "ann"), User(hub, "ben")
+    hub.leave(ann.member, "too slow")
+    ben.raw()
+    hub.say(ann.member, ["still here?"])
+    assert ben.raw() == []
+
+
 async def test_private_messages(hub: Hub) -> None:
     ann, ben, cat = User(hub, "ann"), User(hub, "Ben"), User(hub, "cat")
     hub.handle(ben.member, p.Join("#elsewhere"))

@@ -504,6 +504,35 @@ async def test_slow_consumer_is_evicted_others_receive_promptly_memory_stays_bou
     assert len(numbers) < 100
 
 
+async def test_a_writer_task_runs_only_while_a_client_has_a_backlog(
+    start_server: StartServer, connect: Connect, raw_connect: RawConnect
+) -> None:
+    server, port = await start_server(rate=0, history=0)
+    behind = await raw_connect(port, rcvbuf=4096)
+    await behind.register("behind")
+    ann = await connect(port, "ann")
+    await expect(behind, "[T] * ann joined #lobby")
+    (connection,) = [c for c in server._connections if c.member and c.member.name == "behind"]
+    nursery = connection._nursery
+    assert nursery is not None
+    assert not nursery.child_tasks  # everything so far went straight into its socket
+
+    # Its socket fills while it does not read: what is left waits for a writer.
+    text = "y" * 1000
+    for i in range(40):
+        await ann.send_line(f"{i} {text}")
+        await expect(ann, f"[T] <ann> {i} {text}")
+    assert len(nursery.child_tasks) == 1
+    assert server.stats.queue_high_water > 0
+
+    # It reads everything: the writer sends the backlog and ends.
+    await expect(behind, *[f"[T] <ann> {i} {text}" for i in range(40)])
+    await wait_for(lambda: not nursery.child_tasks)
+    await ann.send_line("and now?")
+    await expect(behind, "[T] <ann> and now?")
+    assert not nursery.child_tasks
+
+
 async def test_a_slow_consumer_that_floods_is_evicted_cleanly(
     start_server: StartServer, connect: Connect, raw_connect: RawConnect
 ) -> None:
