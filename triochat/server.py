@@ -1,17 +1,16 @@
 """The TCP server: listeners, one task per connection, graceful shutdown.
 
 Each connection's task reads (and runs the hub's rules for each line). Lines
-for the client go straight into its socket while the kernel takes them; what
-the kernel cannot take waits in the connection's bounded outbox, drained by a
-writer task in the same per-connection nursery, started when needed. Whatever
-ends the connection, cleanup happens in one place: the ``finally`` of
-:meth:`_Connection.run`.
+for the client wait in its bounded outbox until the server's one flusher task
+writes them to the socket, one write per client per round (``_outbox.py``);
+what the kernel will not take is sent by a writer task in the same
+per-connection nursery, started when needed. Whatever ends the connection,
+cleanup happens in one place: the ``finally`` of :meth:`_Connection.run`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 from contextlib import suppress
@@ -23,6 +22,7 @@ import trio
 
 from . import protocol as p
 from ._auth import FailureDelays, password_matches
+from ._outbox import Flusher, Outbox
 from ._ratelimit import TokenBucket
 from .backplane import Backplane, LocalBackplane
 from .hub import Hub, Member
@@ -144,6 +144,7 @@ class ChatServer:
         self.hub = hub or Hub(history=self.config.history, backplane=self.backplane, archive=store)
         self.ssl_context = ssl_context
         self.stats = ServerStats()
+        self._flusher = Flusher(self.stats)
         self.password_delays = FailureDelays(
             base=self.config.password_delay, cap=self.config.password_delay_max
         )
@@ -186,6 +187,17 @@ class ChatServer:
             nursery.cancel_scope.cancel()
 
     async def _serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as flushing:
+            flushing.start_soon(self._flusher.run)
+            await self._serve_connections(listeners, task_status=task_status)
+            flushing.cancel_scope.cancel()
+
+    async def _serve_connections(
         self,
         listeners: list[trio.SocketListener],
         *,
@@ -337,7 +349,7 @@ class _Connection:
         self.server = server
         self.stream = stream
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        self.send = _Outbox(self, server.config.send_queue, fd)
+        self.send = Outbox(self, server._flusher, server.config.send_queue, fd)
         self.member: Member | None = None
         # Replaced by the connection nursery and its scope once that is open.
         self._nursery: trio.Nursery | None = None
@@ -360,15 +372,17 @@ class _Connection:
                 # per idle client.
                 if await self._register_in_time():
                     await self._chat()
-                # Whatever stopped the reader, the room hears of it now and a
-                # running writer flushes what is queued, within the linger time.
+                # Whatever stopped the reader, the room hears of it now, and
+                # what is queued goes out, within the linger time.
                 self._leave()
+                self.send.flush()
                 nursery.cancel_scope.deadline = min(
                     nursery.cancel_scope.deadline,
                     trio.current_time() + self.server.config.linger,
                 )
         finally:
             self._leave()
+            self.send.stop()  # before the socket (and so its number) is released
             await trio.aclose_forcefully(self.stream)
             log.info("%s closed (%s)", self.peer, self.reason)
 
@@ -378,7 +392,7 @@ class _Connection:
         self.send.close()
 
     def close_with(self, data: bytes) -> None:
-        """Send a last line and hang up once it is out (see :meth:`_Outbox.close`)."""
+        """Send a last line and hang up once it is out (see :meth:`Outbox.close`)."""
         self.reason = "server shutdown"
         with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.send.send_nowait(data)
@@ -628,6 +642,10 @@ class _Connection:
             self.server.hub.lines_in += 1
             self.server.hub.replay(member, room, lines)
 
+    def end(self) -> None:
+        """The outbox is closed and empty: the connection is over."""
+        self.scope.cancel()
+
     def start_writer(self) -> None:
         """Start the task that waits until the kernel takes the outbox's backlog."""
         if self._nursery is None:
@@ -650,97 +668,7 @@ class _Connection:
             self.scope.cancel()
             return
         if outbox.closed:
-            self.scope.cancel()  # its last line is out: hang up now
-
-
-class _Outbox:
-    """A connection's outgoing lines: written at once when possible, else queued, bounded.
-
-    It behaves like the send end of ``trio.open_memory_channel(capacity)``
-    (the hub's :class:`~triochat.hub.Outbox`): ``send_nowait`` raises
-    ``WouldBlock`` when ``capacity`` lines wait, ``ClosedResourceError``
-    after :meth:`close` and ``BrokenResourceError`` once writing failed. But
-    while nothing waits, a line goes straight to the socket with ``os.write``
-    (non-blocking), so a broadcast costs each recipient one system call and
-    no trip through the scheduler, and an idle client needs no writer task.
-    Only what the kernel would not take is queued, and a writer task is
-    started to wait until it can be sent; it sends everything queued at once
-    and ends when nothing is left.
-    """
-
-    __slots__ = (
-        "_broken",
-        "_capacity",
-        "_chunks",
-        "_connection",
-        "_fd",
-        "_queued",
-        "_writing",
-        "closed",
-    )
-
-    def __init__(self, connection: _Connection, capacity: int, fd: int) -> None:
-        self._connection = connection
-        self._capacity = capacity
-        self._fd = fd  # -1: not a plain socket (TLS, a test's stream): always queue
-        self._chunks: list[bytes] = []  # a list: an empty deque costs 600 bytes
-        self._queued = 0
-        self._writing = False
-        self.closed = False
-        self._broken = False
-
-    def send_nowait(self, data: bytes, /) -> None:
-        if self.closed:
-            raise trio.ClosedResourceError
-        if self._broken:
-            raise trio.BrokenResourceError
-        if self._queued >= self._capacity:
-            raise trio.WouldBlock
-        if not self._writing:
-            if self._fd >= 0:
-                try:
-                    sent = os.write(self._fd, data)
-                except OSError:
-                    # Full (EAGAIN) or failed: the writer waits, or reports the error.
-                    sent = 0
-                self._connection.server.stats.bytes_out += sent
-                if sent == len(data):
-                    return
-                data = data[sent:]
-            try:
-                self._connection.start_writer()
-            except trio.BrokenResourceError:
-                self._broken = True
-                raise
-            self._writing = True
-        self._chunks.append(data)
-        self._queued += data.count(b"\n")
-        stats = self._connection.server.stats
-        if self._queued > stats.queue_high_water:
-            stats.queue_high_water = self._queued
-
-    def close(self) -> None:
-        """No more lines; the connection ends once those queued are out."""
-        self.closed = True
-        if not self._writing:
-            self._connection.scope.cancel()
-
-    def stop(self) -> None:
-        """Writing failed: later lines are refused with ``BrokenResourceError``."""
-        self._broken = True
-        self._chunks.clear()
-        self._queued = 0
-
-    def take(self) -> bytes | None:
-        """Everything queued, joined; ``None`` when nothing is (the writer then ends)."""
-        chunks = self._chunks
-        if not chunks:
-            self._writing = False
-            return None
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._queued = 0
-        return data
+            self.end()  # its last line is out
 
 
 async def _starts_tls(stream: trio.abc.Stream) -> bool:

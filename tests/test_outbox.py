@@ -1,0 +1,163 @@
+"""The outbox and the flusher on a real socket pair (SOCK_SEQPACKET: one record per write)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+
+from triochat._outbox import Flusher, Outbox
+from triochat.server import ServerStats
+
+
+class Owner:
+    """A connection as the outbox sees it: counts writer starts and ends."""
+
+    def __init__(self) -> None:
+        self.writers = 0
+        self.ended = 0
+
+    def start_writer(self) -> None:
+        self.writers += 1
+
+    def end(self) -> None:
+        self.ended += 1
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    with ours, theirs:
+        yield ours, theirs
+
+
+def records(sock: socket.socket) -> list[bytes]:
+    """Every write that reached ``sock``, one item each."""
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(1 << 20))
+        except BlockingIOError:
+            return got
+
+
+async def test_lines_of_one_round_go_out_in_one_write(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    flusher = Flusher(ServerStats())
+    owner = Owner()
+    outbox = Outbox(owner, flusher, 100, ours.fileno())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(5):  # as if five readers each broadcast a line in one round
+            outbox.send_nowait(b"line %d\n" % i)
+        assert records(theirs) == []  # nothing is written during the round
+        await trio.testing.wait_all_tasks_blocked()
+        assert records(theirs) == [b"".join(b"line %d\n" % i for i in range(5))]
+        assert flusher.stats.bytes_out == 35
+        outbox.send_nowait(b"next\n")
+        await trio.testing.wait_all_tasks_blocked()
+        assert records(theirs) == [b"next\n"]
+        nursery.cancel_scope.cancel()
+    assert owner.writers == 0
+
+
+def test_without_a_running_flusher_lines_are_written_at_once(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    outbox = Outbox(Owner(), Flusher(ServerStats()), 100, ours.fileno())
+    outbox.send_nowait(b"a\n")
+    outbox.send_nowait(b"b\n")
+    assert records(theirs) == [b"a\n", b"b\n"]
+
+
+def test_what_the_kernel_refuses_goes_to_a_writer_and_counts_toward_the_bound(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stats = ServerStats()
+    owner = Owner()
+    outbox = Outbox(owner, Flusher(stats), 3, ours.fileno())
+    big = b"x" * 200_000 + b"\n"  # more than the socket buffer takes
+    outbox.send_nowait(big)
+    assert owner.writers == 1
+    outbox.send_nowait(b"1\n")
+    outbox.send_nowait(b"2\n")
+    assert stats.queue_high_water == 3
+    with pytest.raises(trio.WouldBlock):
+        outbox.send_nowait(b"3\n")
+    rest = outbox.take()
+    assert rest is not None
+    assert rest.endswith(b"x\n1\n2\n")
+    assert outbox.take() is None  # the writer ends; the outbox takes lines again
+    assert b"".join(records(theirs)) + rest[: -len(b"1\n2\n")] == big
+    outbox.send_nowait(b"3\n")
+    assert records(theirs) == [b"3\n"]
+
+
+async def test_a_big_round_is_flushed_early_instead_of_counting_as_slow(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    flusher = Flusher(ServerStats())
+    owner = Owner()
+    outbox = Outbox(owner, flusher, 4, ours.fileno())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(10):
+            outbox.send_nowait(b"%d\n" % i)  # no WouldBlock: the kernel takes them
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert b"".join(records(theirs)) == b"".join(b"%d\n" % i for i in range(10))
+    assert owner.writers == 0
+
+
+async def test_close_ends_the_connection_once_the_last_line_is_out(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    flusher = Flusher(ServerStats())
+    idle, busy = Owner(), Owner()
+    Outbox(idle, flusher, 10, ours.fileno()).close()
+    assert idle.ended == 1
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        outbox = Outbox(busy, flusher, 10, ours.fileno())
+        outbox.send_nowait(b"Bye!\n")
+        outbox.close()
+        with pytest.raises(trio.ClosedResourceError):
+            outbox.send_nowait(b"more\n")
+        assert busy.ended == 0
+        await trio.testing.wait_all_tasks_blocked()
+        assert busy.ended == 1
+        assert records(theirs) == [b"Bye!\n"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stopped_outbox_never_writes_to_its_old_socket_number(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    flusher = Flusher(ServerStats())
+    outbox = Outbox(Owner(), flusher, 10, ours.fileno())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        outbox.send_nowait(b"late\n")
+        outbox.stop()  # the connection ended before the flusher's round
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert records(theirs) == []
+    with pytest.raises(trio.BrokenResourceError):
+        outbox.send_nowait(b"more\n")

@@ -1,0 +1,191 @@
+"""Outgoing lines: a bounded outbox per client, and one flusher that writes them in rounds.
+
+A broadcast appends the same ``bytes`` to every member's outbox; nothing is
+written yet. The :class:`Flusher` task runs once the readers that were ready
+have had their turn, and writes each outbox that has lines with one
+non-blocking ``os.write``: under load, one system call per recipient carries
+what many senders said, and an idle client needs no task of its own. Only
+what the kernel will not take stays queued, and then the outbox's owner starts
+a writer task that waits until the socket is writable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Final, Protocol
+
+import trio
+
+if TYPE_CHECKING:
+    from .server import ServerStats
+
+_IDLE: Final = 0  # nothing queued
+_DIRTY: Final = 1  # lines queued, waiting for the flusher
+_WRITING: Final = 2  # the kernel refused some: the owner's writer task has them
+
+
+class Owner(Protocol):
+    """What an outbox needs from the connection it belongs to."""
+
+    def start_writer(self) -> None:
+        """Start a task that sends :meth:`Outbox.take` until it returns ``None``."""
+
+    def end(self) -> None:
+        """The outbox is closed and its last line is out: end the connection."""
+
+
+class Outbox:
+    """A client's outgoing lines, bounded, with the contract of a memory channel's send end.
+
+    ``send_nowait`` raises ``WouldBlock`` when ``capacity`` lines wait that
+    the kernel would not take, ``ClosedResourceError`` after :meth:`close`
+    and ``BrokenResourceError`` once writing failed (the hub's
+    :class:`~triochat.hub.Outbox`). ``fd`` is the socket to write to, or -1
+    for a stream that is not a plain socket (TLS, a test's stream): its lines
+    always go through the owner's writer task.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_capacity",
+        "_chunks",
+        "_fd",
+        "_flusher",
+        "_owner",
+        "_queued",
+        "_state",
+        "closed",
+    )
+
+    def __init__(self, owner: Owner, flusher: Flusher, capacity: int, fd: int) -> None:
+        self._owner = owner
+        self._flusher = flusher
+        self._capacity = capacity
+        self._fd = fd
+        self._chunks: list[bytes] = []  # a list: an empty deque costs 600 bytes
+        self._queued = 0  # lines in _chunks
+        self._state = _IDLE
+        self.closed = False
+        self._broken = False
+
+    def send_nowait(self, data: bytes, /) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError
+        if self._broken:
+            raise trio.BrokenResourceError
+        if self._queued >= self._capacity:
+            if self._state == _DIRTY:
+                self.flush()  # a big round: see what the kernel takes now
+            if self._queued >= self._capacity:
+                raise trio.WouldBlock
+        self._chunks.append(data)
+        self._queued += data.count(b"\n")
+        if self._state == _IDLE:
+            if self._fd < 0:
+                self._start_writer()
+            else:
+                self._state = _DIRTY
+                self._flusher.add(self)
+        elif self._state == _WRITING:
+            stats = self._flusher.stats
+            if self._queued > stats.queue_high_water:
+                stats.queue_high_water = self._queued
+
+    def close(self) -> None:
+        """No more lines; the connection ends once those queued are out."""
+        self.closed = True
+        if self._state == _IDLE:
+            self._owner.end()
+
+    def stop(self) -> None:
+        """Drop what is queued and refuse more (``BrokenResourceError``): the socket is gone."""
+        self._broken = True
+        self._chunks.clear()
+        self._queued = 0
+        self._state = _IDLE
+
+    def flush(self) -> None:
+        """Write what is queued, if the flusher has not yet; queue for the writer what is left."""
+        if self._state != _DIRTY:
+            return
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:
+            sent = 0  # full (EAGAIN), or failed: the writer waits, or reports the error
+        self._flusher.stats.bytes_out += sent
+        if sent == len(data):
+            chunks.clear()
+            self._queued = 0
+            self._state = _IDLE
+            if self.closed:
+                self._owner.end()
+            return
+        rest = data[sent:]
+        chunks[:] = [rest]
+        self._queued = rest.count(b"\n")
+        self._start_writer()
+
+    def take(self) -> bytes | None:
+        """For the writer: everything queued, joined; ``None`` when nothing is (it then ends)."""
+        chunks = self._chunks
+        if not chunks:
+            self._state = _IDLE
+            return None
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._queued = 0
+        return data
+
+    def _start_writer(self) -> None:
+        self._state = _WRITING
+        try:
+            self._owner.start_writer()
+        except trio.BrokenResourceError:
+            self.stop()
+            raise
+
+
+class Flusher:
+    """Writes every outbox that has lines, once per round of the scheduler, from one task.
+
+    Until :meth:`run` is running (a server used without :meth:`ChatServer.serve`),
+    outboxes are written as soon as they get lines.
+    """
+
+    __slots__ = ("_dirty", "_lot", "_running", "stats")
+
+    def __init__(self, stats: ServerStats) -> None:
+        self.stats = stats
+        self._dirty: list[Outbox] = []
+        self._lot = trio.lowlevel.ParkingLot()
+        self._running = False
+
+    def add(self, outbox: Outbox) -> None:
+        if not self._running:
+            outbox.flush()
+            return
+        if not self._dirty:
+            self._lot.unpark_all()
+        self._dirty.append(outbox)
+
+    async def run(self) -> None:
+        """Flush outboxes until cancelled; whatever is queued then is written at once."""
+        self._running = True
+        try:
+            while True:
+                # Woken by the first outbox of a round, this task runs after every
+                # task that was ready with it: the readers of that round.
+                if self._dirty:
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await self._lot.park()
+                dirty, self._dirty = self._dirty, []
+                for outbox in dirty:
+                    outbox.flush()
+        finally:
+            self._running = False
+            for outbox in self._dirty:
+                outbox.flush()
+            self._dirty.clear()
