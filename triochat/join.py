@@ -215,6 +215,8 @@ async def _line_session(
         while (text := await stdin.next()) is not None:
             if is_quit_word(text):
                 break
+            if ending.quitting:
+                break  # Ctrl-C: /quit is on its way, and nothing more goes after it
             if text.strip():
                 ending.quitting = _is_quit_command(text)
                 await client.send_line(text)
