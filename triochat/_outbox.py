@@ -79,7 +79,7 @@ class Outbox:
             if self._queued >= self._capacity:
                 raise trio.WouldBlock
         self._chunks.append(data)
-        self._queued += data.count(b"\n")
+        self._queued += self._flusher.lines_in(data)
         if self._state == _IDLE:
             if self._fd < 0:
                 self._start_writer()
@@ -154,13 +154,22 @@ class Flusher:
     outboxes are written as soon as they get lines.
     """
 
-    __slots__ = ("_dirty", "_lot", "_running", "stats")
+    __slots__ = ("_counted", "_dirty", "_lines", "_lot", "_running", "stats")
 
     def __init__(self, stats: ServerStats) -> None:
         self.stats = stats
         self._dirty: list[Outbox] = []
         self._lot = trio.lowlevel.ParkingLot()
         self._running = False
+        self._counted = b""
+        self._lines = 0
+
+    def lines_in(self, data: bytes) -> int:
+        """How many lines ``data`` holds, counted once for all the members it is handed to."""
+        if data is not self._counted:
+            self._counted = data
+            self._lines = data.count(b"\n")
+        return self._lines
 
     def add(self, outbox: Outbox) -> None:
         if not self._running:
