@@ -231,6 +231,18 @@ async def test_shutdown_says_goodbye_then_eof_to_every_client(raw_connect: RawCo
         await trio.open_tcp_stream("127.0.0.1", port)
 
 
+async def test_a_client_whose_handler_starts_after_shutdown_still_gets_the_goodbye() -> None:
+    server = ChatServer(ServerConfig())
+    server.shutdown()
+    client, server_side = trio.testing.memory_stream_pair()
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_stream, server_side)
+            data = await read_until_closed(client)
+    assert data == f"* {SHUTDOWN_LINE}\n".encode()
+    assert server.connections == 0
+
+
 async def test_the_writer_coalesces_queued_lines_into_one_send() -> None:
     server = ChatServer(ServerConfig(rate=0))
     # A lockstep stream: each send_all waits until the client has read all of

@@ -238,7 +238,7 @@ class ChatServer:
         if self._per_address.get(address, 0) >= limit:
             self.stats.refused_per_address += 1
             log.warning("refused a connection from %s: %d already open", address, limit)
-            await self._refuse(stream, "Too many connections from your address")
+            await self._refuse(stream, p.format_error("Too many connections from your address"))
             return
         self._per_address[address] = self._per_address.get(address, 0) + 1
         try:
@@ -248,28 +248,34 @@ class ChatServer:
             if left:
                 self._per_address[address] = left
 
-    async def _refuse(self, stream: trio.abc.Stream, text: str) -> None:
-        """Send one ``!`` line (briefly, the client may not read) and hang up.
+    async def _refuse(self, stream: trio.abc.Stream, line: str) -> None:
+        """Send one line (briefly, the client may not read) and hang up.
 
         On a TLS port the line goes over TLS (``send_all`` does the handshake),
-        so a TLS client can read it too; the whole attempt is bounded to 1 s.
+        so a TLS client can read it too.
         """
         if self.ssl_context is not None:
             stream = trio.SSLStream(stream, self.ssl_context, server_side=True)
-        with trio.move_on_after(1):
-            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(p.format_error(text).encode())
-        await trio.aclose_forcefully(stream)
+        await _say_and_close(stream, line)
 
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        # A client accepted as the server began shutting down: it would miss
+        # the goodbye that the others get.
+        goodbye = p.format_info(SHUTDOWN_LINE)
+        if self._shutdown.is_set():
+            await self._refuse(stream, goodbye)
+            return
         if len(self._connections) + self._handshaking >= self.config.max_clients:
             self.stats.refused_full += 1
             log.warning("refused a connection: server full (%d)", self.config.max_clients)
-            await self._refuse(stream, "Server full, try again later")
+            await self._refuse(stream, p.format_error("Server full, try again later"))
             return
         if self.ssl_context is not None:
             secure = await self._handshake(stream, self.ssl_context)
             if secure is None:
+                return
+            if self._shutdown.is_set():  # it began during the handshake
+                await _say_and_close(secure, goodbye)
                 return
             stream = secure
         connection = _Connection(self, stream)
@@ -669,6 +675,14 @@ class _Connection:
             return
         if outbox.closed:
             self.end()  # its last line is out
+
+
+async def _say_and_close(stream: trio.abc.Stream, line: str) -> None:
+    """Send ``line`` within 1 s (the client may not read), then hang up."""
+    with trio.move_on_after(1):
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(line.encode())
+    await trio.aclose_forcefully(stream)
 
 
 async def _starts_tls(stream: trio.abc.Stream) -> bool:
