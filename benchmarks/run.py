@@ -183,20 +183,40 @@ def run_workers(
     return [r for _, r in sorted(collected, key=lambda item: item[0])]
 
 
-def fanout(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
-    server = STARTERS[kind](params["receivers"] + params["senders"] + 100)
+def measure(
+    kind: str,
+    scenario: str,
+    params: dict[str, Any],
+    workers: int,
+    clients: int,
+    probe: Callable[[Server], float],
+    phases: tuple[int, int, int],
+) -> tuple[list[dict[str, Any]], float]:
+    """Run ``scenario`` on a fresh server; the workers' results and how much ``probe`` grew.
+
+    ``phases`` is (phases in all, the phase at whose start ``probe`` is read
+    first, the phase at whose start it is read again).
+    """
+    server = STARTERS[kind](clients + 100)
+    total, first, second = phases
     marks: dict[str, float] = {}
 
     def at_phase(phase: int) -> None:
-        if phase == 1:
-            marks["cpu"] = server.cpu()
-        elif phase == 2:
-            marks["cpu"] = server.cpu() - marks["cpu"]
+        if phase == first:
+            marks["start"] = probe(server)
+        elif phase == second:
+            marks["growth"] = probe(server) - marks["start"]
 
     try:
-        parts = run_workers(server, "fanout", params, workers, 3, at_phase)
+        parts = run_workers(server, scenario, params, workers, total, at_phase)
     finally:
         server.stop()
+    return parts, marks["growth"]
+
+
+def fanout(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
+    clients = params["receivers"] + params["senders"]
+    parts, cpu = measure(kind, "fanout", params, workers, clients, Server.cpu, (3, 1, 2))
     start = min(p["start"] for p in parts)
     elapsed = max(p["done"] for p in parts) - start
     delivered = sum(p["delivered"] for p in parts)
@@ -205,26 +225,14 @@ def fanout(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
         "elapsed_s": elapsed,
         "deliveries": delivered,
         "missing": sum(p["missing"] for p in parts),
-        "server_cpu": marks["cpu"] / max(p["wall"] for p in parts),
-        "server_us_per_delivery": marks["cpu"] / delivered * 1e6,
+        "server_cpu": cpu / max(p["wall"] for p in parts),
+        "server_us_per_delivery": cpu / delivered * 1e6,
         "loadgen_cpu": max(p["cpu"] / p["wall"] for p in parts),
     }
 
 
 def latency(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
-    server = STARTERS[kind](params["clients"] + 100)
-    marks: dict[str, float] = {}
-
-    def at_phase(phase: int) -> None:
-        if phase == 1:
-            marks["cpu"] = server.cpu()
-        elif phase == 2:
-            marks["cpu"] = server.cpu() - marks["cpu"]
-
-    try:
-        parts = run_workers(server, "latency", params, workers, 3, at_phase)
-    finally:
-        server.stop()
+    parts, cpu = measure(kind, "latency", params, workers, params["clients"], Server.cpu, (3, 1, 2))
     samples = sorted(x for p in parts for x in p["latencies"])
     if not samples:
         raise loadgen.LoadError("no latency samples")
@@ -239,30 +247,19 @@ def latency(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
         "samples": len(samples),
         "missing": sum(p["missing"] for p in parts),
         "send_lag_ms": max(p["lag"] for p in parts) * 1000,
-        "server_cpu": marks["cpu"] / max(p["wall"] for p in parts),
+        "server_cpu": cpu / max(p["wall"] for p in parts),
         "loadgen_cpu": max(p["cpu"] / p["wall"] for p in parts),
     }
 
 
 def scale(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
-    server = STARTERS[kind](params["clients"] + 100)
-    marks: dict[str, float] = {}
-
-    def at_phase(phase: int) -> None:
-        if phase == 0:
-            marks["rss"] = server.rss()
-        elif phase == 2:
-            marks["rss"] = server.rss() - marks["rss"]
-
-    try:
-        parts = run_workers(server, "scale", params, workers, 5, at_phase)
-    finally:
-        server.stop()
+    clients = params["clients"]
+    parts, rss = measure(kind, "scale", params, workers, clients, Server.rss, (5, 0, 2))
     start = min(p["start"] for p in parts)
     sent_at = max(p["sent_at"] for p in parts)
     return {
         "register_s": max(p["registered"] for p in parts) - start,
-        "bytes_per_conn": marks["rss"] / params["clients"],
+        "bytes_per_conn": rss / clients,
         "broadcast_ms": (max(p["reached"] for p in parts) - sent_at) * 1000,
         "unreached": sum(p["unreached"] for p in parts),
         "loadgen_cpu_s": max(p["cpu"] for p in parts),
