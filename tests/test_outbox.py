@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -36,6 +37,16 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         yield ours, theirs
 
 
+@asynccontextmanager
+async def flushing(flusher: Flusher) -> AsyncIterator[None]:
+    """The flusher's task running, as in a serving server."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        yield
+        nursery.cancel_scope.cancel()
+
+
 def records(sock: socket.socket) -> list[bytes]:
     """Every write that reached ``sock``, one item each."""
     got = []
@@ -53,9 +64,7 @@ async def test_lines_of_one_round_go_out_in_one_write(
     flusher = Flusher(ServerStats())
     owner = Owner()
     outbox = Outbox(owner, flusher, 100, ours.fileno())
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(flusher.run)
-        await trio.testing.wait_all_tasks_blocked()
+    async with flushing(flusher):
         for i in range(5):  # as if five readers each broadcast a line in one round
             outbox.send_nowait(b"line %d\n" % i)
         assert records(theirs) == []  # nothing is written during the round
@@ -65,7 +74,6 @@ async def test_lines_of_one_round_go_out_in_one_write(
         outbox.send_nowait(b"next\n")
         await trio.testing.wait_all_tasks_blocked()
         assert records(theirs) == [b"next\n"]
-        nursery.cancel_scope.cancel()
     assert owner.writers == 0
 
 
@@ -111,13 +119,10 @@ async def test_a_big_round_is_flushed_early_instead_of_counting_as_slow(
     flusher = Flusher(ServerStats())
     owner = Owner()
     outbox = Outbox(owner, flusher, 4, ours.fileno())
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(flusher.run)
-        await trio.testing.wait_all_tasks_blocked()
+    async with flushing(flusher):
         for i in range(10):
             outbox.send_nowait(b"%d\n" % i)  # no WouldBlock: the kernel takes them
         await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
     assert b"".join(records(theirs)) == b"".join(b"%d\n" % i for i in range(10))
     assert owner.writers == 0
 
@@ -130,9 +135,7 @@ async def test_close_ends_the_connection_once_the_last_line_is_out(
     idle, busy = Owner(), Owner()
     Outbox(idle, flusher, 10, ours.fileno()).close()
     assert idle.ended == 1
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(flusher.run)
-        await trio.testing.wait_all_tasks_blocked()
+    async with flushing(flusher):
         outbox = Outbox(busy, flusher, 10, ours.fileno())
         outbox.send_nowait(b"Bye!\n")
         outbox.close()
@@ -142,7 +145,6 @@ async def test_close_ends_the_connection_once_the_last_line_is_out(
         await trio.testing.wait_all_tasks_blocked()
         assert busy.ended == 1
         assert records(theirs) == [b"Bye!\n"]
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_stopped_outbox_never_writes_to_its_old_socket_number(
@@ -151,13 +153,10 @@ async def test_a_stopped_outbox_never_writes_to_its_old_socket_number(
     ours, theirs = pair
     flusher = Flusher(ServerStats())
     outbox = Outbox(Owner(), flusher, 10, ours.fileno())
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(flusher.run)
-        await trio.testing.wait_all_tasks_blocked()
+    async with flushing(flusher):
         outbox.send_nowait(b"late\n")
         outbox.stop()  # the connection ended before the flusher's round
         await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
     assert records(theirs) == []
     with pytest.raises(trio.BrokenResourceError):
         outbox.send_nowait(b"more\n")
