@@ -338,7 +338,6 @@ class _Connection:
     __slots__ = (
         "_bucket",
         "_framer",
-        "_handled",
         "_nursery",
         "authenticated",
         "member",
@@ -362,7 +361,6 @@ class _Connection:
         self.scope = trio.CancelScope()
         self._framer = p.LineFramer(server.config.max_line)
         self._bucket: TokenBucket | None = None
-        self._handled = 0
         self.reason = "connection lost"
         self.peer = _peer(stream)
         self.authenticated = False
@@ -511,13 +509,17 @@ class _Connection:
         """
         framer = self._framer
         bucket = self._bucket
-        scope = self.scope
+        clean_text, chat_text = p.clean_text, p.chat_text  # the per-line path
         # Yield every so many lines of a burst, so other clients get their
         # turn. Only what a recipient's kernel would not take at once stays in
         # its outbox, so even several clients flooding together do not fill
         # the outbox of a reader that keeps up.
         every = max(1, min(BATCH_LINES, self.server.config.send_queue // 4))
+        handled = 0
         says: list[str] = []
+        # If this client is evicted (by the hub, while it handles our lines or
+        # another client's), its scope is cancelled: the next wait raises,
+        # and the hub ignores whatever we hand it meanwhile.
         while True:
             events = framer.events()
             if not events:
@@ -526,21 +528,20 @@ class _Connection:
                     return
                 continue
             for event in events:
-                self._handled += 1
-                if self._handled % every == 0:
+                handled += 1
+                if handled == every:
+                    handled = 0
                     self._say(says)
                     await trio.lowlevel.checkpoint()
                 if bucket is not None and (delay := self._flood_delay()):
                     self._say(says)
                     await trio.sleep(delay)
-                if scope.cancel_called:
-                    return  # evicted as a slow consumer, by an earlier line or another's
-                if isinstance(event, p.LineTooLong):
+                if not isinstance(event, str):
                     self._say(says)
                     self._too_long(event)
                     continue
-                text = p.clean_text(event)
-                chat = p.chat_text(text)
+                text = clean_text(event)
+                chat = chat_text(text)
                 if chat is not None:
                     says.append(chat)
                     continue
@@ -549,8 +550,6 @@ class _Connection:
                 if command is not None and not await self._command(command):
                     return
             self._say(says)
-            if scope.cancel_called:
-                return
 
     async def _command(self, command: p.Command) -> bool:
         """Carry out one command; False if the client quit (or was evicted meanwhile)."""
