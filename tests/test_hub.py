@@ -169,6 +169,18 @@ async def test_a_burst_from_an_evicted_member_goes_nowhere(hub: Hub) -> None:
     assert ben.raw() == []
 
 
+@pytest.mark.parametrize(
+    "command", [p.Join("#dev"), p.Nick("annie"), p.Users(), p.Me("waves"), p.Quit(None)]
+)
+async def test_commands_from_a_member_who_left_are_ignored(hub: Hub, command: p.Command) -> None:
+    ann, ben = User(hub, "ann"), User(hub, "ben")
+    hub.leave(ann.member, "kicked")
+    ann.raw(), ben.raw()
+    hub.handle(ann.member, command)
+    assert ann.raw() == ben.raw() == []
+    assert hub.rooms() == {"#lobby": 1}
+
+
 async def test_private_messages(hub: Hub) -> None:
     ann, ben, cat = User(hub, "ann"), User(hub, "Ben"), User(hub, "cat")
     hub.handle(ben.member, p.Join("#elsewhere"))

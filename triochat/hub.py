@@ -176,7 +176,9 @@ class Hub:
     # --- commands ------------------------------------------------------------
 
     def handle(self, member: Member, command: p.Command) -> None:
-        """Carry out one command from ``member`` (any but :class:`~protocol.Quit`)."""
+        """Carry out one command from ``member``; ignored once it has left (or was evicted)."""
+        if self._members.get(member.key) is not member:
+            return  # its connection reads on until its last lines are out
         match command:
             case p.Say(text):
                 self.say(member, (text,))
