@@ -475,6 +475,8 @@ class _Connection:
         """Read lines until the client is named (True) or gone (False)."""
         config = self.server.config
         while (event := await self._next_event()) is not None:
+            if self.send.closed:
+                return False  # shutting down: its goodbye is on the way
             if self.pending_name is not None:
                 if not await self._check_password(event.text):
                     return False
