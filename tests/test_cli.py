@@ -52,6 +52,7 @@ class ServeProcess:
     process: trio.Process
     port: int = 0
     stderr: bytearray = field(default_factory=bytearray)
+    stderr_closed: trio.Event = field(default_factory=trio.Event)
 
     def signal(self, signum: signal.Signals) -> float:
         """Send ``signum``; return when, on the trio clock."""
@@ -59,8 +60,11 @@ class ServeProcess:
         return trio.current_time()
 
     async def exit_code(self, deadline: float) -> int:
+        """Wait for the exit, and for the last of stderr to be read."""
         with trio.fail_at(deadline):
-            return await self.process.wait()
+            code = await self.process.wait()
+            await self.stderr_closed.wait()
+            return code
 
 
 StartServe = Callable[..., Awaitable[ServeProcess]]
@@ -74,9 +78,10 @@ async def start_serve(nursery: trio.Nursery) -> AsyncIterator[StartServe]:
     """
     processes: list[trio.Process] = []
 
-    async def drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+    async def drain(stream: trio.abc.ReceiveStream, serve: ServeProcess) -> None:
         async for chunk in stream:
-            into += chunk
+            serve.stderr += chunk
+        serve.stderr_closed.set()
 
     async def start(
         *args: str, env: dict[str, str] | None = None, nofile: tuple[int, int] | None = None
@@ -94,7 +99,7 @@ async def start_serve(nursery: trio.Nursery) -> AsyncIterator[StartServe]:
         serve = ServeProcess(process)
         assert process.stdout is not None
         assert process.stderr is not None
-        nursery.start_soon(drain, process.stderr, serve.stderr)
+        nursery.start_soon(drain, process.stderr, serve)
         stdout = b""
         with trio.fail_after(WAIT):
             while b"\n" not in stdout:
