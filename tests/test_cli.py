@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,9 +18,11 @@ import pytest
 import trio
 from click.testing import CliRunner
 
+from triochat import cli
 from triochat.cli import main
 from triochat.client import ChatClient, ConnectionClosed, open_chat_client
 from triochat.server import SHUTDOWN_LINE
+from triochat.store import StoreConfig
 
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"triochat listening on 127\.0\.0\.1:(\d+)")
@@ -52,6 +55,7 @@ class ServeProcess:
     process: trio.Process
     port: int = 0
     stderr: bytearray = field(default_factory=bytearray)
+    stderr_closed: trio.Event = field(default_factory=trio.Event)
 
     def signal(self, signum: signal.Signals) -> float:
         """Send ``signum``; return when, on the trio clock."""
@@ -59,8 +63,11 @@ class ServeProcess:
         return trio.current_time()
 
     async def exit_code(self, deadline: float) -> int:
+        """Wait for the exit, and for the last of stderr to be read."""
         with trio.fail_at(deadline):
-            return await self.process.wait()
+            code = await self.process.wait()
+            await self.stderr_closed.wait()
+            return code
 
 
 StartServe = Callable[..., Awaitable[ServeProcess]]
@@ -74,9 +81,10 @@ async def start_serve(nursery: trio.Nursery) -> AsyncIterator[StartServe]:
     """
     processes: list[trio.Process] = []
 
-    async def drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+    async def drain(stream: trio.abc.ReceiveStream, serve: ServeProcess) -> None:
         async for chunk in stream:
-            into += chunk
+            serve.stderr += chunk
+        serve.stderr_closed.set()
 
     async def start(
         *args: str, env: dict[str, str] | None = None, nofile: tuple[int, int] | None = None
@@ -94,7 +102,7 @@ async def start_serve(nursery: trio.Nursery) -> AsyncIterator[StartServe]:
         serve = ServeProcess(process)
         assert process.stdout is not None
         assert process.stderr is not None
-        nursery.start_soon(drain, process.stderr, serve.stderr)
+        nursery.start_soon(drain, process.stderr, serve)
         stdout = b""
         with trio.fail_after(WAIT):
             while b"\n" not in stdout:
@@ -205,6 +213,40 @@ async def test_options_come_from_the_environment(start_serve: StartServe) -> Non
     assert await serve.exit_code(deadline=sent + 3) == 0
 
 
+async def test_a_full_db_queue_delivers_lines_but_does_not_save_them(
+    start_serve: StartServe, tmp_path: Path
+) -> None:
+    db = tmp_path / "chat.db"
+    serve = await start_serve(
+        "--rate", "0", "--db", str(db), "--db-queue", "3", "--db-batch-max", "1"
+    )
+    # Hold the file's write lock: the server's writer takes one line (a batch
+    # of --db-batch-max 1) and then waits on the lock, so the queue fills.
+    lock = sqlite3.connect(db, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        async with await open_chat_client("127.0.0.1", serve.port) as ann:
+            await ann.register("ann")
+            await ann.stream.send_all(b"".join(b"line %d\n" % i for i in range(10)))
+            for i in range(10):  # every line is still delivered
+                assert (await receive(ann)).endswith(f"] <ann> line {i}")
+        lock.execute("ROLLBACK")
+    finally:
+        lock.close()
+    sent = serve.signal(signal.SIGTERM)
+    assert await serve.exit_code(deadline=sent + WAIT) == 0
+    stderr = serve.stderr.decode()
+    assert "history writer is behind: 1 lines not saved so far" in stderr
+    closed = re.search(r"history database closed: (\d+) lines saved, (\d+) lost", stderr)
+    assert closed, stderr
+    saved, lost = int(closed[1]), int(closed[2])
+    # One line in the writer's hands and 3 queued at most: at least 6 lost.
+    assert lost >= 6
+    assert saved + lost == 10
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == saved
+
+
 async def run(args: Sequence[str], **options: Any) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(WAIT):
         return await trio.run_process(
@@ -276,6 +318,96 @@ def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) 
     assert message in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--db-batch-interval", "0"], "'--db-batch-interval': 0.0 is not in the range 0<x<=10."),
+        (["--db-batch-interval", "11"], "'--db-batch-interval': 11.0 is not in the range 0<x<=10."),
+        (["--db-batch-interval", "nan"], "'--db-batch-interval': nan is not in the range 0<x<=10."),
+        (["--db-batch-interval", "inf"], "'--db-batch-interval': inf is not in the range 0<x<=10."),
+        (["--db-batch-max", "0"], "'--db-batch-max': 0 is not in the range x>=1."),
+        (["--db-queue", "-5"], "'--db-queue': -5 is not in the range x>=1."),
+        (["--db-queue", "lots"], "'--db-queue': 'lots' is not a valid integer range."),
+        (["--db-cache-rooms", "0"], "'--db-cache-rooms': 0 is not in the range x>=1."),
+    ],
+)
+def test_bad_db_limits_are_one_line_errors(args: list[str], error: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--db", str(tmp_path / "chat.db"), *args])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == f"Error: Invalid value for {error}"
+    assert not (tmp_path / "chat.db").exists()
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[StoreConfig | None]:
+    """Stub out the server: each ``serve`` run records the StoreConfig it would use."""
+    configs: list[StoreConfig | None] = []
+
+    async def record(
+        _config: object, _backplane: object, store: StoreConfig | None, *_: object
+    ) -> None:
+        configs.append(store)
+
+    monkeypatch.setattr(cli, "_serve", record)
+    return configs
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "error"),
+    [
+        (["--db-queue", "100"], {}, "'--db-queue': applies only with --db"),
+        (
+            [],
+            {"TRIOCHAT_DB_CACHE_ROOMS": "5"},
+            "'--db-cache-rooms': set by TRIOCHAT_DB_CACHE_ROOMS, but applies only with --db",
+        ),
+    ],
+)
+def test_db_limits_without_db_are_an_error(
+    args: list[str], env: dict[str, str], error: str, served: list[StoreConfig | None]
+) -> None:
+    result = CliRunner().invoke(main, ["serve", *args], env={"TRIOCHAT_DB": None, **env})
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == f"Error: Invalid value for {error}"
+    assert served == []
+
+
+DB_LIMITS = StoreConfig(
+    path=Path("chat.db"), history=7, batch_interval=0.5, batch_max=20, queue=30, cache_rooms=40
+)
+
+
+def test_db_limits_reach_the_store_config(served: list[StoreConfig | None]) -> None:
+    args = ["--db", "chat.db", "--history", "7", "--db-batch-interval", "0.5"]
+    args += ["--db-batch-max", "20", "--db-queue", "30", "--db-cache-rooms", "40"]
+    result = CliRunner().invoke(main, ["serve", "--max-clients", "1", *args])
+    assert result.exit_code == 0, result.output
+    assert served == [DB_LIMITS]
+
+
+def test_db_limits_come_from_the_environment(served: list[StoreConfig | None]) -> None:
+    env = {
+        "TRIOCHAT_DB": "chat.db",
+        "TRIOCHAT_HISTORY": "7",
+        "TRIOCHAT_DB_BATCH_INTERVAL": "0.5",
+        "TRIOCHAT_DB_BATCH_MAX": "20",
+        "TRIOCHAT_DB_QUEUE": "30",
+        "TRIOCHAT_DB_CACHE_ROOMS": "40",
+    }
+    result = CliRunner().invoke(main, ["serve", "--max-clients", "1"], env=env)
+    assert result.exit_code == 0, result.output
+    assert served == [DB_LIMITS]
+
+
+def test_db_limit_defaults_are_the_store_defaults(served: list[StoreConfig | None]) -> None:
+    for args in (["--db", "chat.db"], []):
+        result = CliRunner().invoke(
+            main, ["serve", "--max-clients", "1", *args], env={"TRIOCHAT_DB": None}
+        )
+        assert result.exit_code == 0, result.output
+    assert served == [StoreConfig(path=Path("chat.db")), None]
+
+
 def test_a_bad_environment_value_is_reported_like_an_option() -> None:
     result = CliRunner().invoke(main, ["serve"], env={"TRIOCHAT_PORT": "seven"})
     assert result.exit_code == 2
@@ -293,6 +425,11 @@ def test_help_lists_every_option() -> None:
         "--max-clients",
         "--rate",
         "--registration-timeout",
+        "--db",
+        "--db-batch-interval",
+        "--db-batch-max",
+        "--db-queue",
+        "--db-cache-rooms",
         "--log-level",
     ):
         assert option in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import resource
 import signal
@@ -13,10 +14,11 @@ import warnings
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 import trio
+from click.core import ParameterSource
 
 from . import __version__, protocol
 from .backplane import Backplane
@@ -24,6 +26,9 @@ from .bot import BotConfig, BotRunner, Summary, check_names
 from .botscript import ScriptError, Step, parse_script
 from .client import ConnectOptions, InsecureConnectionWarning
 from .server import ChatServer, ServerConfig, format_address
+
+if TYPE_CHECKING:
+    from .store import StoreConfig
 
 log = logging.getLogger("triochat")
 
@@ -67,6 +72,16 @@ def _warn_insecure() -> None:
         err=True,
     )
     warnings.filterwarnings("ignore", category=InsecureConnectionWarning)
+
+
+class _Seconds(click.FloatRange):
+    """A ``FloatRange`` that also refuses ``nan``, which compares false with any bound."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{number} is not in the range {self._describe_range()}.", param, ctx)
+        return number
 
 
 def _raise_fd_limit(max_clients: int) -> int:
@@ -200,6 +215,41 @@ def _raise_fd_limit(max_clients: int) -> int:
     help="Keep history in this SQLite file (created if missing), across restarts.",
 )
 @click.option(
+    "--db-batch-interval",
+    default=0.05,
+    show_default=True,
+    envvar="TRIOCHAT_DB_BATCH_INTERVAL",
+    type=_Seconds(0, 10, min_open=True),
+    help="With --db: seconds the writer collects lines before committing them (a kill -9 "
+    "loses about this much).",
+)
+@click.option(
+    "--db-batch-max",
+    default=500,
+    show_default=True,
+    envvar="TRIOCHAT_DB_BATCH_MAX",
+    type=click.IntRange(1),
+    help="With --db: most lines in one commit; a full batch is committed without waiting.",
+)
+@click.option(
+    "--db-queue",
+    default=10_000,
+    show_default=True,
+    envvar="TRIOCHAT_DB_QUEUE",
+    type=click.IntRange(1),
+    help="With --db: lines waiting for the writer; when full, new lines are delivered but "
+    "not saved (counted).",
+)
+@click.option(
+    "--db-cache-rooms",
+    default=1000,
+    show_default=True,
+    envvar="TRIOCHAT_DB_CACHE_ROOMS",
+    type=click.IntRange(1),
+    help="With --db: rooms whose recent lines stay in memory for joiners (the most recently "
+    "active); others replay nothing until spoken in.",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="TRIOCHAT_TLS_CERT",
@@ -267,6 +317,10 @@ def serve(
     heartbeat: float,
     node_ttl: float,
     db: Path | None,
+    db_batch_interval: float,
+    db_batch_max: int,
+    db_queue: int,
+    db_cache_rooms: int,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_handshake_timeout: float,
@@ -279,7 +333,7 @@ def serve(
     """Run a chat server until SIGINT or SIGTERM.
 
     Every option can also be set from the environment: TRIOCHAT_PORT,
-    TRIOCHAT_MAX_CLIENTS, and so on.
+    TRIOCHAT_MAX_CLIENTS, and so on. The --db-* limits are an error without --db.
     """
     logging.basicConfig(
         level=log_level.upper(),
@@ -290,6 +344,14 @@ def serve(
         raise click.BadParameter("must exceed --history by more than 8", param_hint="--send-queue")
     if password == "":
         raise click.BadParameter("must not be empty", param_hint="--password/TRIOCHAT_PASSWORD")
+    store_config = _store_config(
+        db,
+        history=history,
+        batch_interval=db_batch_interval,
+        batch_max=db_batch_max,
+        queue=db_queue,
+        cache_rooms=db_cache_rooms,
+    )
     ssl_context = _server_tls(tls_cert, tls_key)
     config = ServerConfig(
         host=host,
@@ -312,10 +374,35 @@ def serve(
             redis_url, cluster=cluster, history=history, heartbeat=heartbeat, node_ttl=node_ttl
         )
     try:
-        trio.run(_serve, config, backplane, db, ssl_context, metrics)
+        trio.run(_serve, config, backplane, store_config, ssl_context, metrics)
     except OSError as exc:
         reason = exc.strerror or exc
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def _store_config(db: Path | None, **settings: Any) -> StoreConfig | None:
+    """The history store's settings, or ``None`` without ``--db``.
+
+    A ``--db-*`` limit given (on the command line or in the environment)
+    without ``--db`` is an error rather than ignored: it would otherwise look
+    as if history were being saved.
+    """
+    if db is None:
+        ctx = click.get_current_context()
+        for param in ctx.command.params:
+            if param.name is None or not param.name.startswith("db_"):
+                continue
+            source = ctx.get_parameter_source(param.name)
+            if source is ParameterSource.COMMANDLINE:
+                raise click.BadParameter("applies only with --db", ctx=ctx, param=param)
+            if source is ParameterSource.ENVIRONMENT:
+                raise click.BadParameter(
+                    f"set by {param.envvar}, but applies only with --db", ctx=ctx, param=param
+                )
+        return None
+    from .store import StoreConfig
+
+    return StoreConfig(path=db, **settings)
 
 
 def _backplane(url: str, **options: Any) -> Backplane:
@@ -345,7 +432,7 @@ def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
 async def _serve(
     config: ServerConfig,
     backplane: Backplane | None = None,
-    db: Path | None = None,
+    store_config: StoreConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
     metrics: tuple[str, int] | None = None,
 ) -> None:
@@ -359,13 +446,11 @@ async def _serve(
         metrics_listeners = [] if metrics is None else await _listen_metrics(*metrics)
         async with AsyncExitStack() as stack:
             store = None
-            if db is not None:
-                from .store import StoreConfig, StoreError, open_history_store
+            if store_config is not None:
+                from .store import StoreError, open_history_store
 
                 try:
-                    store = await stack.enter_async_context(
-                        open_history_store(StoreConfig(path=db, history=config.history))
-                    )
+                    store = await stack.enter_async_context(open_history_store(store_config))
                 except StoreError as exc:
                     raise click.ClickException(str(exc)) from None
             server = ChatServer(config, backplane=backplane, store=store, ssl_context=ssl_context)

@@ -65,13 +65,14 @@ class StoreConfig:
     history: int = 20
     """Lines per room kept in memory for joiners (the server's ``--history``)."""
     batch_interval: float = 0.05
-    """Seconds the writer collects lines before committing them together."""
+    """Seconds the writer collects lines before one commit (``--db-batch-interval``)."""
     batch_max: int = 500
-    """Most lines in one commit."""
+    """Most lines in one commit (``--db-batch-max``)."""
     queue: int = 10_000
-    """Lines waiting for the writer before new ones are dropped (and counted)."""
+    """Lines waiting for the writer before new ones are not saved, only counted (``--db-queue``)."""
     cache_rooms: int = 1000
-    """Rooms whose recent lines are kept in memory; others start empty until spoken in."""
+    """Rooms whose recent lines are kept in memory; others start empty until spoken in
+    (``--db-cache-rooms``)."""
 
 
 class HistoryStore:
