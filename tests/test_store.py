@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,11 @@ async def test_lines_are_committed_in_batches(tmp_path: Path) -> None:
             assert store is not None
             assert store.rows == 200
             assert store.batches <= 3
+            # And each batch is one transaction on disk: 200 commits of one row
+            # would have left at least 200 frames in the write-ahead log.
+            with closing(sqlite3.connect(tmp_path / "chat.db")) as db:
+                _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert 0 < frames < 40
             await ann.aclose()
     assert len(_rows(tmp_path / "chat.db")) == 200
 

@@ -205,10 +205,16 @@ class HistoryStore:
         self._progress = trio.Event()
 
     def _insert(self, batch: list[tuple[str, float, str]]) -> None:
-        with self._writer:
-            self._writer.executemany(
-                "INSERT INTO messages (room, ts, line) VALUES (?, ?, ?)", batch
-            )
+        # One transaction (one fsync) for the whole batch: the connection is in
+        # autocommit mode, where each INSERT would otherwise commit on its own.
+        writer = self._writer
+        writer.execute("BEGIN")
+        try:
+            writer.executemany("INSERT INTO messages (room, ts, line) VALUES (?, ?, ?)", batch)
+        except BaseException:
+            writer.execute("ROLLBACK")
+            raise
+        writer.execute("COMMIT")
 
     # --- cache ---------------------------------------------------------------------
 
