@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -83,6 +84,7 @@ def _free_port() -> int:
 
 
 PROFILE: list[str] = []  # set by --profile: a py-spy command line to wrap triochat in
+TRIOCHAT_ARGS: list[str] = []  # set by --triochat-args: more options for triochat serve
 
 
 def start_triochat(max_clients: int) -> Server:
@@ -90,6 +92,7 @@ def start_triochat(max_clients: int) -> Server:
     command = [*PROFILE, sys.executable, "-m", "triochat", "serve"]
     command += ["--host", "127.0.0.1", "--port", "0"]
     command += ["--rate", "0", "--max-clients", str(max_clients), "--log-level", "warning"]
+    command += TRIOCHAT_ARGS
     process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
     assert process.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT
@@ -337,7 +340,14 @@ def main() -> int:
     parser.add_argument(
         "--profile", type=Path, help="run triochat under py-spy, writing collapsed stacks here"
     )
+    parser.add_argument(
+        "--triochat-args",
+        default="",
+        metavar="OPTIONS",
+        help="more options for triochat serve, e.g. '--db /tmp/bench.db' to measure what it costs",
+    )
     args = parser.parse_args()
+    TRIOCHAT_ARGS[:] = shlex.split(args.triochat_args)
     if args.profile:
         PROFILE[:] = ["py-spy", "record", "--format", "raw", "--rate", "1000"]
         PROFILE.extend(["--output", str(args.profile), "--"])

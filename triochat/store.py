@@ -110,7 +110,12 @@ class HistoryStore:
             now = time.monotonic()
             if now - self._last_drop_log > 10:
                 self._last_drop_log = now
-                log.warning("history writer is behind: %d lines not saved so far", self.dropped)
+                log.warning(
+                    "history writer is behind (--db-queue %d full): lines are delivered"
+                    " but not saved, %d so far",
+                    self.config.queue,
+                    self.dropped,
+                )
             return
         except trio.ClosedResourceError:
             self.dropped += 1
@@ -168,7 +173,14 @@ class HistoryStore:
             with trio.move_on_after(config.batch_interval):
                 while len(batch) < config.batch_max:
                     try:
-                        batch.append(await self._receive.receive())
+                        # What is already queued is taken without a trip through
+                        # the scheduler per line: under a flood that trip is the cost.
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        try:
+                            batch.append(await self._receive.receive())
+                        except trio.EndOfChannel:
+                            break
                     except trio.EndOfChannel:
                         break
             # Cancellation (shutdown) must not lose a batch already taken.
