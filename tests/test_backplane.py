@@ -13,6 +13,8 @@ from triochat import Hub
 from triochat import protocol as p
 from triochat.backplane import LocalBackplane
 from triochat.backplane._wire import (
+    Drop,
+    History,
     Line,
     Presence,
     Private,
@@ -33,6 +35,12 @@ texts = st.text(
             st.builds(Line, texts, st.booleans(), texts.map(lambda t: (t + "\n").encode())),
             st.builds(Presence, texts.filter(lambda t: ":" not in t), texts, texts, texts),
             st.builds(Private, texts, texts.map(lambda t: (t + "\n").encode())),
+            st.builds(Drop, texts),
+            st.builds(
+                History,
+                texts,
+                st.lists(texts.map(lambda t: (t + "\n").encode()), max_size=3).map(tuple),
+            ),
         ),
         max_size=10,
     ),
