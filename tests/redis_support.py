@@ -21,7 +21,14 @@ TEST_REDIS = os.environ.get("TRIOCHAT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # Short intervals, so a dead node or a lost link shows within a second or two.
-FAST = {"heartbeat": 0.2, "node_ttl": 0.8, "timeout": 1.0, "backoff_min": 0.05, "backoff_max": 0.3}
+FAST = {
+    "heartbeat": 0.2,
+    "node_ttl": 0.8,
+    "timeout": 1.0,
+    "backoff_min": 0.05,
+    "backoff_max": 0.3,
+    "undo_window": 0.5,
+}
 
 
 def unavailable(reason: str) -> None:
@@ -66,6 +73,40 @@ async def delete_cluster_keys(url: str, cluster: str) -> None:
 async def cluster_keys(url: str, cluster: str) -> list[bytes]:
     async with coredis.Redis.from_url(url) as client:
         return [key async for key in client.scan_iter(match=f"triochat:{cluster}:*")]
+
+
+async def room_keys(url: str, cluster: str, room: str) -> dict[str, set[str]]:
+    """What Redis keeps about ``room``: each key named after it, with its members for a set.
+
+    ``rooms`` is there too if the set of rooms with history lists the room.
+    """
+    prefix = f"triochat:{cluster}:"
+    found: dict[str, set[str]] = {}
+    async with coredis.Redis.from_url(url, decode_responses=True) as client:
+        async for key in client.scan_iter(match=f"{prefix}*:{room}"):
+            kind = await client.type(key)
+            members = await client.smembers(key) if kind == "set" else set()
+            found[key.removeprefix(prefix)] = set(members)
+        if await client.sismember(prefix + "rooms", room):
+            found["rooms"] = {room}
+    return found
+
+
+async def room_keys_become(
+    url: str, cluster: str, room: str, expected: dict[str, set[str]], seconds: float = 5
+) -> None:
+    """Wait until :func:`room_keys` is ``expected``."""
+    with trio.fail_after(seconds):
+        # Redis announces none of this: nothing to wait on but the answer.
+        while await room_keys(url, cluster, room) != expected:  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 5) -> None:
+    """Poll ``condition`` (state of this process that nothing announces) until it holds."""
+    with trio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.01)
 
 
 def unique_cluster() -> str:

@@ -13,6 +13,8 @@ from triochat import Hub
 from triochat import protocol as p
 from triochat.backplane import LocalBackplane
 from triochat.backplane._wire import (
+    Drop,
+    History,
     Line,
     Presence,
     Private,
@@ -33,6 +35,12 @@ texts = st.text(
             st.builds(Line, texts, st.booleans(), texts.map(lambda t: (t + "\n").encode())),
             st.builds(Presence, texts.filter(lambda t: ":" not in t), texts, texts, texts),
             st.builds(Private, texts, texts.map(lambda t: (t + "\n").encode())),
+            st.builds(Drop, texts),
+            st.builds(
+                History,
+                texts,
+                st.lists(texts.map(lambda t: (t + "\n").encode()), max_size=3).map(tuple),
+            ),
         ),
         max_size=10,
     ),
@@ -61,6 +69,8 @@ class FakeBackplane(LocalBackplane):
         self.presences: list[tuple[str, str, str | None]] = []
         self.others: dict[str, tuple[str, str]] = {"zed": ("Zed", "#lobby")}
         self.privates: list[tuple[str, bytes]] = []
+        self.holds: list[tuple[str, str]] = []
+        self.linked = True
 
     def publish_line(self, room: str, data: bytes, record: bool) -> bool:
         self.lines.append((room, data, record))
@@ -72,6 +82,13 @@ class FakeBackplane(LocalBackplane):
 
     def presence(self, key: str, name: str, room: str | None) -> None:
         self.presences.append((key, name, room))
+
+    def occupy(self, room: str) -> None:
+        self.holds.append(("occupy", room))
+
+    def vacate(self, room: str) -> bool:
+        self.holds.append(("vacate", room))
+        return self.linked
 
     def remote_name(self, key: str) -> str | None:
         entry = self.others.get(key)
@@ -134,6 +151,61 @@ def test_history_from_the_backplane_outlives_local_members() -> None:
     hub.replace_histories({"#lobby": [b"old\n"]})
     _, inbox = _member(hub, "ann")
     assert _drain(inbox)[0] == "old"
+
+
+def test_a_rooms_history_stays_until_the_cluster_drops_it() -> None:
+    fake = FakeBackplane()
+    hub = Hub(backplane=fake)
+    ann, _ = _member(hub, "ann")
+    hub.handle(ann, p.Join("#tmp"))
+    hub.deliver("#tmp", b"said\n", True)
+    hub.handle(ann, p.Join("#lobby"))
+    # The lobby is never held; a room is held while a member here is in it.
+    assert fake.holds == [("occupy", "#tmp"), ("vacate", "#tmp")]
+    assert hub.history_rooms() == ["#lobby", "#tmp"]  # Others may still be in it.
+    assert not hub.drop_history("#tmp")
+    assert hub.history_rooms() == ["#lobby"]
+    # A copy held for another node's room goes the same way.
+    hub.deliver("#far", b"far\n", True)
+    assert not hub.drop_history("#far")
+    assert hub.history_rooms() == ["#lobby"]
+
+
+def test_a_drop_that_raced_a_join_here_is_reported_and_undone() -> None:
+    hub = Hub(backplane=FakeBackplane())
+    ann, inbox = _member(hub, "ann")
+    hub.deliver("#tmp", b"said\n", True)
+    hub.handle(ann, p.Join("#tmp"))
+    assert _drain(inbox)[-2] == "said"  # The joiner got the history...
+    # ... and is in the room when the drop arrives: undo it.
+    assert hub.drop_history("#tmp")
+    assert hub.recent("#tmp", 5) == []
+    hub.set_history("#tmp", [b"said\n"])
+    hub.deliver("#tmp", b"more\n", True)
+    assert hub.recent("#tmp", 5) == [b"said\n", b"more\n"]
+
+
+def test_without_a_link_a_node_forgets_a_room_with_its_last_member_here() -> None:
+    fake = FakeBackplane()
+    fake.linked = False
+    hub = Hub(backplane=fake)
+    ann, _ = _member(hub, "ann")
+    hub.handle(ann, p.Join("#tmp"))
+    hub.deliver("#tmp", b"said\n", True)
+    hub.handle(ann, p.Join("#lobby"))
+    assert hub.history_rooms() == ["#lobby"]
+
+
+def test_replacing_histories_forgets_rooms_the_cluster_dropped() -> None:
+    hub = Hub(backplane=FakeBackplane())
+    ann, _ = _member(hub, "ann")
+    hub.handle(ann, p.Join("#here"))
+    for room in ("#here", "#gone"):
+        hub.deliver(room, b"old\n", True)
+    hub.replace_histories({"#kept": [b"kept\n"]})
+    # A room with a member here stays, empty: it starts again.
+    assert hub.history_rooms() == ["#here", "#kept", "#lobby"]
+    assert hub.recent("#here", 5) == []
 
 
 def test_local_hub_never_touches_the_backplane() -> None:

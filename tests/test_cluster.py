@@ -26,8 +26,11 @@ from redis_support import (
     delete_cluster_keys,
     expect,
     quiet,
+    room_keys,
+    room_keys_become,
     unavailable,
     unique_cluster,
+    wait_until,
 )
 
 from triochat import ChatServer, ServerConfig
@@ -224,6 +227,80 @@ async def test_history_is_shared_and_capped(start_node: StartNode, join: Join) -
     assert history_b == history_c
 
 
+async def test_a_rooms_history_goes_with_its_last_member_anywhere(
+    start_node: StartNode, join: Join, redis_url: str, cluster: str
+) -> None:
+    server_a, port_a = await start_node()
+    server_b, port_b = await start_node()
+    ann = await join(port_a, "ann")
+    ben = await join(port_b, "ben")
+    await ann.send_line("said in the lobby")
+    await expect(ben, "<ann> said in the lobby")
+    for client in (ann, ben):
+        await client.send_line("/join #tmp")
+    await expect(ann, "* ben joined #tmp")
+    await ann.send_line("said in #tmp")
+    await expect(ben, "<ann> said in #tmp")
+
+    # Its last member on node A leaves, but one on node B stays: the history stays everywhere.
+    await ann.send_line("/join #other")
+    await expect(ben, "* ann left #tmp (joined #other)")
+    assert isinstance(server_b.backplane, RedisBackplane)
+    kept = {"history:#tmp": set(), "holders:#tmp": {server_b.backplane.node}, "rooms": {"#tmp"}}
+    await room_keys_become(redis_url, cluster, "#tmp", kept)
+    assert server_a.hub.history_rooms() == ["#lobby", "#other", "#tmp"]
+    assert server_b.hub.history_rooms() == ["#lobby", "#tmp"]
+
+    # Its last member anywhere leaves: gone from both nodes' memory, and from Redis.
+    await ben.quit()
+    await room_keys_become(redis_url, cluster, "#tmp", {})
+    await wait_until(lambda: server_a.hub.history_rooms() == ["#lobby", "#other"])
+    assert server_b.hub.history_rooms() == ["#lobby"]
+    newcomer = await join(port_b, "cat")
+    await newcomer.send_line("/join #tmp")
+    line = await expect(
+        newcomer, lambda line: "<ann>" in line or line.startswith("* Users in #tmp")
+    )
+    assert line == "* Users in #tmp: cat"
+
+    # #lobby had no member anywhere for a while: its history stays all the same.
+    assert "history:#lobby" in await room_keys(redis_url, cluster, "#lobby")
+    late = await join(port_a)
+    assert any(line.endswith("<ann> said in the lobby") for line in await late.register("dan"))
+
+
+async def test_a_join_that_races_the_drop_keeps_the_history(
+    start_node: StartNode, join: Join, redis_url: str, cluster: str
+) -> None:
+    server_a, port_a = await start_node(undo_window=30)
+    server_b, port_b = await start_node(undo_window=30)
+    ann = await join(port_a, "ann")
+    ben = await join(port_b, "ben")
+    await ann.send_line("/join #tmp")
+    await expect(ben, "* ann left #lobby (joined #tmp)")
+    await ann.send_line("worth keeping")
+    await expect(ann, "<ann> worth keeping")
+    # Node B's writes wait (a slow link, made certain), so its hold on #tmp reaches
+    # Redis only after node A's last member has left and A has dropped the history.
+    backplane_b = server_b.backplane
+    assert isinstance(backplane_b, RedisBackplane)
+    async with backplane_b._publish_lock:
+        await ben.send_line("/join #tmp")
+        await expect(ben, "* Users in #tmp: ann, ben")
+        await ann.send_line("/join #lobby")
+        await wait_until(lambda: "#tmp" not in server_a.hub.history_rooms())
+        await wait_until(lambda: not server_b.hub.recent("#tmp", 5))  # B has seen the drop.
+    # Ben was in the room all along, so node B undoes the drop, everywhere.
+    kept = {"history:#tmp": set(), "holders:#tmp": {backplane_b.node}, "rooms": {"#tmp"}}
+    await room_keys_become(redis_url, cluster, "#tmp", kept)
+    for server in (server_a, server_b):
+        await wait_until(lambda server=server: server.hub.history_rooms()[-1] == "#tmp")
+    assert server_b.hub.recent("#tmp", 5)[0].endswith(b"<ann> worth keeping\n")
+    cat = await join(port_a, "cat")
+    await cat.send_line("/join #tmp")
+    await expect(cat, "<ann> worth keeping")
+
+
 async def test_clusters_are_isolated(start_node: StartNode, join: Join, redis_url: str) -> None:
     other = unique_cluster()
     try:
@@ -263,7 +340,7 @@ async def test_shutdown_announces_departures_and_cleans_up(
 async def test_killed_node_is_dropped_within_the_ttl(
     start_node: StartNode, join: Join, redis_url: str, cluster: str
 ) -> None:
-    _, port_a = await start_node()
+    server_a, port_a = await start_node()
     ann = await join(port_a, "ann")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "triochat", "serve", "--port", "0", "--rate", "0"]
@@ -277,6 +354,11 @@ async def test_killed_node_is_dropped_within_the_ttl(
         port_b = int(banner.decode().split(":")[-1])
         await join(port_b, "Ben")
         await expect(ann, "* Ben joined #lobby")
+        cy = await join(port_b, "Cy")
+        await cy.send_line("/join #side")
+        await cy.send_line("only Cy was here")
+        await expect(cy, "<Cy> only Cy was here")
+        await wait_until(lambda: "#side" in server_a.hub.history_rooms())
         process.send_signal(signal.SIGKILL)
         start = trio.current_time()
         await expect(ann, "* Ben left #lobby (connection lost)", seconds=10)
@@ -284,6 +366,9 @@ async def test_killed_node_is_dropped_within_the_ttl(
         await expect(ann, "* Users in #lobby: ann")
         await (await join(port_a)).register("ben")
         assert trio.current_time() - start < 10
+        # Nobody else was in Cy's room: its history went when the node was reaped.
+        await wait_until(lambda: server_a.hub.history_rooms() == ["#lobby"])
+        await room_keys_become(redis_url, cluster, "#side", {})
     finally:
         process.kill()
         await process.wait()

@@ -97,7 +97,9 @@ class Hub:
         self.backplane: Backplane = backplane or LocalBackplane()
         # Room lines go through the relay when there is one; otherwise straight out.
         self._relay: Backplane | None = self.backplane if self.backplane.remote else None
-        # With a relay, history outlives a room's last local member (other nodes keep talking).
+        # With a relay: this node's copy of every room's history that the cluster
+        # keeps, whether or not a member here is in the room. A room's copy goes
+        # when the cluster drops its history (drop_history).
         self._histories: dict[str, deque[bytes]] = {}
         self._clock = clock
         self._archive = archive
@@ -123,6 +125,15 @@ class Hub:
             for name, count in self._relay.remote_rooms().items():
                 counts[name] = counts.get(name, 0) + count
         return counts
+
+    def hosts(self, room: str) -> bool:
+        """Whether a member on this node is in ``room``."""
+        held = self._rooms.get(room)
+        return held is not None and bool(held.members)
+
+    def history_rooms(self) -> list[str]:
+        """The rooms whose recent lines this node keeps in memory, sorted."""
+        return sorted(self._histories if self._relay is not None else self._rooms)
 
     def welcome(self) -> list[bytes]:
         n = len(self._members)
@@ -338,6 +349,8 @@ class Hub:
             room = self._rooms[name] = Room(name, self.history)
             if self._relay is not None:
                 room.history = self._history(name)
+                if name != p.LOBBY:
+                    self._relay.occupy(name)
             elif self._archive is not None:
                 room.history.extend(self._archive.recent(name))
         member.room = room
@@ -356,6 +369,8 @@ class Hub:
         member.room = None
         if not room.members and room.name != p.LOBBY:
             del self._rooms[room.name]
+            if self._relay is not None and not self._relay.vacate(room.name):
+                self._histories.pop(room.name, None)
         self._broadcast(room, p.format_event(self._now(), member.name, event).encode())
 
     def _users_line(self, room: Room) -> str:
@@ -442,11 +457,36 @@ class Hub:
             self._send(member, data)
 
     def replace_histories(self, histories: dict[str, list[bytes]]) -> None:
-        """Take the cluster's stored history (after (re)connecting), keeping room references."""
+        """Take the cluster's stored history (after (re)connecting), keeping room references.
+
+        A room the cluster no longer keeps is forgotten, unless a member here
+        is in it: then its history starts again empty.
+        """
+        for name in list(self._histories):
+            if name not in histories and name not in self._rooms:
+                del self._histories[name]
         for name in set(self._histories) | set(histories):
-            history = self._history(name)
-            history.clear()
-            history.extend(histories.get(name, ()))
+            self.set_history(name, histories.get(name, ()))
+
+    def set_history(self, room: str, lines: Iterable[bytes]) -> None:
+        """``room``'s history is now ``lines``, oldest first (the cluster restored it)."""
+        history = self._history(room)
+        history.clear()
+        history.extend(lines)
+
+    def drop_history(self, room: str) -> bool:
+        """The cluster dropped ``room``'s history: forget this node's copy.
+
+        Returns whether a member here is in the room all the same. The
+        cluster could not know yet (its join was on its way to Redis when
+        the last member elsewhere left), so the caller should undo the drop.
+        """
+        held = self._rooms.get(room)
+        if held is None or not held.members:
+            self._histories.pop(room, None)
+            return False
+        held.history.clear()
+        return True
 
     def notice_all(self, text: str) -> None:
         """A ``* `` line to every member on this node."""

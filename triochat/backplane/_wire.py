@@ -11,6 +11,15 @@ and newlines frame it. Records:
     a user's presence on NODE; an empty ROOM means gone
 ``M<TAB>KEY<TAB>LINE``
     a private line for the user holding KEY
+``D<TAB>ROOM``
+    ROOM's history was dropped: no node has a member in it any more
+``H<TAB>ROOM<TAB>LINE<TAB>LINE...``
+    ROOM's history is now exactly these lines, oldest first (a drop was undone)
+
+Redis itself publishes the last two kinds, from the Lua scripts in
+:mod:`triochat.backplane.redis` that drop and restore a history, because
+only Redis knows whether they happened; those scripts build ``H`` records
+as described here, joining the lines with tabs.
 
 ``SEQ`` counts each node's batches from 1, so a receiver can skip batches
 it already has (from a snapshot) and notice ones it missed.
@@ -43,7 +52,19 @@ class Private:
     data: bytes
 
 
-Record = Line | Presence | Private
+@dataclass(frozen=True, slots=True)
+class Drop:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    room: str
+    lines: tuple[bytes, ...]
+    """Oldest first, each ending with a newline."""
+
+
+Record = Line | Presence | Private | Drop | History
 
 
 class WireError(ValueError):
@@ -59,6 +80,11 @@ def encode_record(record: Record) -> bytes:
             return f"P\t{node}\t{key}\t{name}\t{room}\n".encode()
         case Private(key, data):
             return b"M\t%s\t%s" % (key.encode(), _line(data))
+        case Drop(room):
+            return f"D\t{room}\n".encode()
+        case History(room, lines):
+            fields = [b"H", room.encode(), *(line.rstrip(b"\n") for line in lines)]
+            return b"\t".join(fields) + b"\n"
 
 
 def _line(data: bytes) -> bytes:
@@ -89,6 +115,12 @@ def decode_batch(payload: bytes) -> tuple[str, int, list[Record]]:
             elif kind == b"M":
                 _, to, text = raw.split(b"\t", 2)
                 records.append(Private(to.decode(), text + b"\n"))
+            elif kind == b"D":
+                _, name = raw.decode().split("\t")
+                records.append(Drop(name))
+            elif kind == b"H":
+                _, where, *lines = raw.split(b"\t")
+                records.append(History(where.decode(), tuple(line + b"\n" for line in lines)))
             else:
                 raise WireError(f"unknown record kind {kind!r}")
         return node, int(seq), records

@@ -46,6 +46,19 @@ class Backplane(Protocol):
         """A local member is now in ``room`` (``None``: gone, and its name is released)."""
         ...
 
+    def occupy(self, room: str) -> None:
+        """A first member on this node entered ``room`` (never the lobby): keep its history."""
+        ...
+
+    def vacate(self, room: str) -> bool:
+        """The last member on this node left ``room``: its history may go.
+
+        The cluster drops it once no node has a member in the room, and says
+        so (:meth:`Hub.drop_history`). ``False`` means nobody will say so
+        (there is no link): the hub forgets its copy now.
+        """
+        ...
+
     def remote_name(self, key: str) -> str | None:
         """The display name of the user on another node holding ``key``, if any."""
         ...

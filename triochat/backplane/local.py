@@ -30,6 +30,12 @@ class LocalBackplane:
     def presence(self, key: str, name: str, room: str | None) -> None:
         pass
 
+    def occupy(self, room: str) -> None:
+        pass
+
+    def vacate(self, room: str) -> bool:
+        return False
+
     def remote_name(self, key: str) -> str | None:
         return None
 

@@ -16,6 +16,13 @@ The design, in short (docs/scaling.md has the long form):
   script that treats a name held by a dead node (no heartbeat key) as free.
   Each node refreshes ``alive:NODE`` (a TTL'd key); survivors reap a node
   whose key expired, announcing its users ``left (connection lost)``.
+- **A room's history goes with its last member anywhere.** Each node holds
+  the rooms its members are in (``holders:ROOM``, ``held:NODE``); when a
+  release leaves a room with no holder, a script drops its history and
+  publishes that (a ``D`` record) in one step. A join on another node can
+  race that drop, because the hub admits a joiner before its hold reaches
+  Redis; that node sees the drop arrive while its member is in the room and
+  undoes it (an ``H`` record), from a copy Redis keeps for ``undo_window``.
 - **The hub never waits.** It asks the replica of remote presence kept here,
   and queues its lines on a bounded channel that the publisher task drains.
 
@@ -43,7 +50,16 @@ import trio
 from coredis.retry import NoRetryPolicy
 
 from .. import protocol as p
-from ._wire import Line, Presence, Private, Record, WireError, decode_batch, encode_batch
+from ._wire import (
+    Drop,
+    History,
+    Line,
+    Presence,
+    Private,
+    WireError,
+    decode_batch,
+    encode_batch,
+)
 from ._wire import encode_record as _encode_record
 from .base import BackplaneError
 
@@ -91,11 +107,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# Remove node ARGV[1]'s presence, names and bookkeeping; return its presence entries.
-# KEYS: presence hash, nodes set, seqs hash. ARGV[2]: name-key prefix;
-# ARGV[3]: its alive key; ARGV[4] '1': even if it is alive (our own shutdown).
+# Remove node ARGV[1]'s presence, names and bookkeeping; return its presence entries and,
+# with ARGV[5] '1', the rooms it held, whose holds go too.
+# KEYS: presence hash, nodes set, seqs hash, its held set. ARGV[2]: name-key prefix;
+# ARGV[3]: its alive key; ARGV[4] '1': even if it is alive (our own shutdown or
+# restart); ARGV[6]: holders prefix.
 _REAP: Final = """
-if ARGV[4] ~= '1' and redis.call('EXISTS', ARGV[3]) == 1 then return {} end
+if ARGV[4] ~= '1' and redis.call('EXISTS', ARGV[3]) == 1 then return {{}, {}} end
 local out = {}
 local all = redis.call('HGETALL', KEYS[1])
 local prefix = ARGV[1] .. '\t'
@@ -115,7 +133,90 @@ for i = 1, #all, 2 do
 end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
-return out
+local rooms = {}
+if ARGV[5] == '1' then
+  rooms = redis.call('SMEMBERS', KEYS[4])
+  for _, room in ipairs(rooms) do redis.call('SREM', ARGV[6] .. room, ARGV[1]) end
+  redis.call('DEL', KEYS[4])
+end
+return {out, rooms}
+"""
+
+# Make node ARGV[1]'s holds exactly the rooms ARGV[3...]; return the rooms it let go.
+# KEYS: its held set. ARGV[2]: holders prefix.
+_REHOLD: Final = """
+local now = {}
+for i = 3, #ARGV do now[ARGV[i]] = true end
+local released = {}
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not now[room] then
+    redis.call('SREM', KEYS[1], room)
+    redis.call('SREM', ARGV[2] .. room, ARGV[1])
+    released[#released + 1] = room
+  end
+end
+for i = 3, #ARGV do
+  redis.call('SADD', KEYS[1], ARGV[i])
+  redis.call('SADD', ARGV[2] .. ARGV[i], ARGV[1])
+end
+return released
+"""
+
+# With ARGV[9] '1', release node ARGV[1]'s hold on each room first. Then drop the history
+# of each room that no node holds: it moves to dropped:ROOM (in front of what is left of
+# an earlier drop) for ARGV[8] ms, so that a join that raced the drop can undo it. If any
+# room went, publish one batch of their D records as node ARGV[1], batch ARGV[2].
+# KEYS: rooms set, seqs hash, node's held set. ARGV[3]: channel; [4]: batch header;
+# [5], [6], [7]: history, holders and dropped prefixes; [10]: history length;
+# from [11]: ROOM, D record pairs. Returns 1 if it published.
+_DROP: Final = r"""
+local batch = {ARGV[4]}
+for i = 11, #ARGV, 2 do
+  local room = ARGV[i]
+  local holders = ARGV[6] .. room
+  if ARGV[9] == '1' then
+    redis.call('SREM', KEYS[3], room)
+    redis.call('SREM', holders, ARGV[1])
+  end
+  if redis.call('EXISTS', holders) == 0 then
+    local history, dropped = ARGV[5] .. room, ARGV[7] .. room
+    if redis.call('EXISTS', history) == 1 then
+      local older = redis.call('LRANGE', dropped, 0, -1)
+      redis.call('RENAME', history, dropped)
+      for _, line in ipairs(older) do redis.call('RPUSH', dropped, line) end
+      redis.call('LTRIM', dropped, 0, tonumber(ARGV[10]) - 1)
+      redis.call('PEXPIRE', dropped, ARGV[8])
+    end
+    redis.call('SREM', KEYS[1], room)
+    batch[#batch + 1] = ARGV[i + 1]
+  end
+end
+if #batch == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], table.concat(batch))
+return 1
+"""
+
+# Put ROOM's dropped lines (KEYS[4]) back behind any said since (KEYS[3]), and publish the
+# result as one H record (ARGV[7] is its start, "H<TAB>ROOM") as node ARGV[1], batch ARGV[2].
+# KEYS[1], [2]: rooms set, seqs hash. ARGV[3]: channel; [4]: batch header; [5]: room;
+# [6]: history length. Returns 1 if it published (0: nothing was kept, or it expired).
+_UNDO: Final = r"""
+local older = redis.call('LRANGE', KEYS[4], 0, -1)
+if #older == 0 then return 0 end
+for _, line in ipairs(older) do redis.call('RPUSH', KEYS[3], line) end
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+redis.call('DEL', KEYS[4])
+redis.call('SADD', KEYS[1], ARGV[5])
+local lines = redis.call('LRANGE', KEYS[3], 0, -1)
+local record = {ARGV[4], ARGV[7]}
+for i = #lines, 1, -1 do
+  record[#record + 1] = '\t' .. (string.gsub(lines[i], '\n$', ''))
+end
+record[#record + 1] = '\n'
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], table.concat(record))
+return 1
 """
 
 # Presence, sequence numbers and every room's history, in one atomic read.
@@ -150,6 +251,8 @@ class RedisOptions:
     """Records queued for Redis before lines fall back to this node only."""
     batch: int = 512
     """Most records in one published batch."""
+    undo_window: float = 60.0
+    """Seconds Redis keeps a dropped history, so that a join that raced the drop can undo it."""
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -158,6 +261,8 @@ class RedisOptions:
             raise ValueError(f"invalid cluster name {self.cluster!r}")
         if not 0 < self.heartbeat < self.node_ttl:
             raise ValueError("need 0 < heartbeat < node_ttl")
+        if self.undo_window <= 0:
+            raise ValueError("undo_window must be positive")
         if self.timeout <= 0 or not 0 < self.backoff_min <= self.backoff_max:
             raise ValueError("timeout and backoff must be positive, backoff_min <= backoff_max")
         if self.publish_queue < 1 or self.batch < 1 or self.history < 0:
@@ -170,7 +275,33 @@ class _Release:
     token: str
 
 
-_Item = Record | _Release
+@dataclass(frozen=True, slots=True)
+class _Room:
+    """Whether this node has members in ``room`` changed: hold it, or release it."""
+
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Sweep:
+    """Drop the history of each of ``rooms`` that no node holds (another node let go)."""
+
+    rooms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """Bring back ``room``'s dropped history: a member here was in it."""
+
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Rehold:
+    """Make this node's holds in Redis its rooms now (on linking, or after a full queue)."""
+
+
+_Item = Line | Presence | Private | _Release | _Room | _Sweep | _Undo | _Rehold
 
 
 class RedisBackplane:
@@ -190,6 +321,9 @@ class RedisBackplane:
         self._name_prefix = prefix + "name:"
         self._alive_prefix = prefix + "alive:"
         self._history_prefix = prefix + "history:"
+        self._dropped_prefix = prefix + "dropped:"
+        self._holders_prefix = prefix + "holders:"
+        self._held_prefix = prefix + "held:"
         self._send, self._receive = trio.open_memory_channel[_Item](options.publish_queue)
         self._pending: list[_Item] = []
         self._replica: dict[str, tuple[str, str, str]] = {}
@@ -197,6 +331,9 @@ class RedisBackplane:
         self._tokens: dict[str, str] = {}
         """This node's claims: name key -> NODE:SERIAL token."""
         self._serial = itertools.count(1)
+        self._held: set[str] = set()
+        """The rooms this node holds in Redis, as far as the publisher has written."""
+        self._holds_stale = False
         self._seq = 0
         self._seen: dict[str, int] = {}
         self._publish_lock = trio.Lock()
@@ -227,6 +364,20 @@ class RedisBackplane:
         self._queue(Presence(self.node, key, name, room or ""))
         if token is not None:
             self._queue(_Release(key, token))
+
+    def occupy(self, room: str) -> None:
+        if self.linked:
+            self._queue_room(_Room(room))
+
+    def vacate(self, room: str) -> bool:
+        if not self.linked:
+            return False  # Histories are re-read from Redis when the link is back.
+        self._queue_room(_Room(room))
+        return True
+
+    def _queue_room(self, item: _Room | _Undo) -> None:
+        if not self._queue(item):
+            self._holds_stale = True  # The publisher rewrites every hold when it can.
 
     def remote_name(self, key: str) -> str | None:
         entry = self._replica.get(key)
@@ -345,7 +496,9 @@ class RedisBackplane:
         ):
             with trio.fail_after(timeout):
                 await pubsub.subscribe(self._channel)
-                stale = await self._reap(client, self.node, force=True)
+                # Our holds stay (the others must not drop our rooms meanwhile);
+                # _Rehold below rewrites them.
+                stale, _ = await self._reap(client, self.node, force=True)
                 await self._beat(client)
             conflicts = await self._reclaim(client, hub)
             with trio.fail_after(timeout):
@@ -354,9 +507,14 @@ class RedisBackplane:
                     keys=[self._presence_key, self._seqs_key, self._rooms_key],
                     args=[self._history_prefix],
                 )
-            self._apply_snapshot(hub, snapshot)
+            stored = self._apply_snapshot(hub, snapshot)
             self._client = client
             self.linked = True
+            # First our holds, then a check of every stored room: a room nobody
+            # holds (left by a crash, or by an older version) loses its history.
+            self._queue(_Rehold())
+            if rooms := tuple(room for room in stored if room != p.LOBBY):
+                self._queue(_Sweep(rooms))
             self.link_changes += 1
             log.info("linked to Redis as node %s (cluster %s)", self.node, self.options.cluster)
             # Leavers during the outage, then this node's users, as the cluster should see them.
@@ -427,7 +585,8 @@ class RedisBackplane:
                     conflicts.append(member)
         return conflicts
 
-    def _apply_snapshot(self, hub: Hub, snapshot: Any) -> None:
+    def _apply_snapshot(self, hub: Hub, snapshot: Any) -> list[str]:
+        """Take the snapshot's presence, batch numbers and histories; return its rooms."""
         presence, seqs, histories = snapshot
         self._replica.clear()
         for key, value in _pairs(presence):
@@ -441,6 +600,7 @@ class RedisBackplane:
             lines = histories[i + 1]
             stored[histories[i].decode()] = list(reversed(lines))
         hub.replace_histories(stored)
+        return list(stored)
 
     # --- the session's tasks ----------------------------------------------------
 
@@ -456,35 +616,124 @@ class RedisBackplane:
                     break
             self._pending = batch
             await self._publish(client, batch)
-            self._pending = []
+            if self._holds_stale:
+                self._holds_stale = False
+                await self._publish(client, [_Rehold()])
 
-    async def _publish(self, client: coredis.Redis[bytes], batch: Iterable[_Item]) -> None:
-        history = self.options.history
+    async def _publish(self, client: coredis.Redis[bytes], items: list[_Item]) -> None:
+        """Write ``items`` to Redis in order, taking each out of the list once written.
+
+        Records and holds go in one transaction with the batch that announces
+        them. Releases, sweeps and undos run as scripts between transactions,
+        because only Redis knows whether they drop (or restore) a history and
+        so whether there is anything to announce. On failure, ``items`` holds
+        what was not written.
+        """
+        hub = self._hub
+        assert hub is not None
         async with self._publish_lock:
-            self._seq += 1
-            records: list[bytes] = []
-            with trio.fail_after(self.options.timeout):
-                async with client.pipeline(transaction=True) as pipe:
-                    for item in batch:
-                        if isinstance(item, _Release):
-                            pipe.eval(
-                                _RELEASE, keys=[self._name_prefix + item.key], args=[item.token]
-                            )
-                            continue
-                        records.append(_encode_record(item))
-                        if isinstance(item, Line) and item.record and history:
-                            key = self._history_prefix + item.room
-                            pipe.lpush(key, [item.data])
-                            pipe.ltrim(key, 0, history - 1)
-                            pipe.sadd(self._rooms_key, [item.room])
-                        elif isinstance(item, Presence) and item.node == self.node:
-                            if item.room:
-                                value = f"{self.node}\t{item.name}\t{item.room}"
-                                pipe.hset(self._presence_key, {item.key: value})
-                            else:
-                                pipe.hdel(self._presence_key, [item.key])
+            while items:
+                first = items[0]
+                if isinstance(first, _Room) and not hub.hosts(first.room):
+                    self._held.discard(first.room)
+                    await self._drop(client, (first.room,), release=True)
+                elif isinstance(first, _Sweep):
+                    await self._drop(client, first.rooms, release=False)
+                elif isinstance(first, _Undo):
+                    if hub.hosts(first.room):  # Else nobody needs it back.
+                        await self._undo(client, first.room)
+                elif isinstance(first, _Rehold):
+                    await self._rehold(client, hub)
+                else:
+                    count = 1
+                    while count < len(items) and _in_transaction(items[count], hub):
+                        count += 1
+                    await self._write(client, items[:count])
+                    del items[:count]
+                    continue
+                del items[0]
+
+    async def _write(self, client: coredis.Redis[bytes], items: list[_Item]) -> None:
+        """Records, name releases and holds in one transaction, with the batch announcing them."""
+        history = self.options.history
+        holds = [i.room for i in items if isinstance(i, _Room) and i.room not in self._held]
+        records = [_encode_record(i) for i in items if isinstance(i, Line | Presence | Private)]
+        if not records and not holds and not any(isinstance(i, _Release) for i in items):
+            return
+        with trio.fail_after(self.options.timeout):
+            async with client.pipeline(transaction=True) as pipe:
+                for room in holds:
+                    pipe.sadd(self._held_prefix + self.node, [room])
+                    pipe.sadd(self._holders_prefix + room, [self.node])
+                for item in items:
+                    if isinstance(item, _Release):
+                        pipe.eval(_RELEASE, keys=[self._name_prefix + item.key], args=[item.token])
+                    elif isinstance(item, Line) and item.record and history:
+                        key = self._history_prefix + item.room
+                        pipe.lpush(key, [item.data])
+                        pipe.ltrim(key, 0, history - 1)
+                        pipe.sadd(self._rooms_key, [item.room])
+                    elif isinstance(item, Presence) and item.node == self.node:
+                        if item.room:
+                            value = f"{self.node}\t{item.name}\t{item.room}"
+                            pipe.hset(self._presence_key, {item.key: value})
+                        else:
+                            pipe.hdel(self._presence_key, [item.key])
+                if records:
+                    self._seq += 1
                     pipe.hset(self._seqs_key, {self.node: str(self._seq)})
                     pipe.publish(self._channel, encode_batch(self.node, self._seq, records))
+        self._held.update(holds)
+
+    async def _drop(
+        self, client: coredis.Redis[bytes], rooms: Iterable[str], *, release: bool
+    ) -> None:
+        """Release our hold on ``rooms`` (if ``release``); drop the history of any nobody holds."""
+        args: list[str | bytes] = [self._history_prefix, self._holders_prefix]
+        args += [self._dropped_prefix, str(round(self.options.undo_window * 1000))]
+        args += ["1" if release else "0", str(self.options.history)]
+        for room in rooms:
+            args += [room, _encode_record(Drop(room))]
+        keys = [self._rooms_key, self._seqs_key, self._held_prefix + self.node]
+        await self._announcing_script(client, _DROP, keys, args)
+
+    async def _undo(self, client: coredis.Redis[bytes], room: str) -> None:
+        """Bring back ``room``'s dropped history, if Redis still keeps it."""
+        log.info("a join here raced the drop of %s's history: undoing the drop", room)
+        start = _encode_record(History(room, ())).rstrip(b"\n")
+        keys = [self._rooms_key, self._seqs_key]
+        keys += [self._history_prefix + room, self._dropped_prefix + room]
+        await self._announcing_script(client, _UNDO, keys, [room, str(self.options.history), start])
+
+    async def _announcing_script(
+        self, client: coredis.Redis[bytes], script: str, keys: list[str], args: list[str | bytes]
+    ) -> None:
+        """Run a script that may publish a batch as ours, numbered next."""
+        seq = self._seq + 1
+        header = encode_batch(self.node, seq, [])
+        try:
+            with trio.fail_after(self.options.timeout):
+                published = await client.eval(
+                    script, keys=keys, args=[self.node, str(seq), self._channel, header, *args]
+                )
+        except BaseException:
+            self._seq = seq  # It may have published: never number two batches alike.
+            raise
+        if published:
+            self._seq = seq
+
+    async def _rehold(self, client: coredis.Redis[bytes], hub: Hub) -> None:
+        """Hold exactly the rooms our members are in; drop what only we held and let go."""
+        rooms = {m.room.name for m in hub.local_members() if m.room and m.room.name != p.LOBBY}
+        with trio.fail_after(self.options.timeout):
+            released: Any = await client.eval(
+                _REHOLD,
+                keys=[self._held_prefix + self.node],
+                args=[self.node, self._holders_prefix, *rooms],
+            )
+        self._held = rooms
+        if released:
+            await self._drop(client, [_text(room) for room in released], release=False)
 
     async def _subscriber(self, hub: Hub, pubsub: Any) -> None:
         async for message in pubsub:
@@ -507,6 +756,15 @@ class RedisBackplane:
                     hub.deliver(record.room, record.data, record.record)
                 elif isinstance(record, Private):
                     hub.deliver_private(record.key, record.data)
+                elif isinstance(record, Drop):
+                    if hub.drop_history(record.room):
+                        # A member here joined before its hold reached Redis: hold the
+                        # room (again, if a reap took our hold) and undo the drop.
+                        self._held.discard(record.room)
+                        self._queue_room(_Room(record.room))
+                        self._queue_room(_Undo(record.room))
+                elif isinstance(record, History):
+                    hub.set_history(record.room, record.lines)
                 elif record.node != self.node:
                     self._apply_presence(record)
             hub.flush()
@@ -526,9 +784,12 @@ class RedisBackplane:
                 for raw in nodes:
                     node = raw.decode()
                     if node != self.node and not await client.exists([self._alive_prefix + node]):
-                        for key, name, room in await self._reap(client, node):
+                        gone, rooms = await self._reap(client, node, release=True)
+                        for key, name, room in gone:
                             log.info("node %s is gone: %s left %s", node, name, room)
                             self._announce_gone(node, key, name, room, "connection lost")
+                        if rooms:
+                            self._queue(_Sweep(tuple(rooms)))
 
     async def _beat(self, client: coredis.Redis[bytes]) -> None:
         async with client.pipeline(transaction=False) as pipe:
@@ -536,19 +797,30 @@ class RedisBackplane:
             pipe.sadd(self._nodes_key, [self.node])
 
     async def _reap(
-        self, client: coredis.Redis[bytes], node: str, *, force: bool = False
-    ) -> list[tuple[str, str, str]]:
-        """Remove ``node``'s users from Redis; return them as (key, name, room)."""
-        entries = await client.eval(
+        self, client: coredis.Redis[bytes], node: str, *, force: bool = False, release: bool = False
+    ) -> tuple[list[tuple[str, str, str]], list[str]]:
+        """Remove ``node``'s users from Redis; return them as (key, name, room).
+
+        With ``release``, its holds go too, and the rooms it held come second.
+        """
+        result: Any = await client.eval(
             _REAP,
-            keys=[self._presence_key, self._nodes_key, self._seqs_key],
-            args=[node, self._name_prefix, self._alive_prefix + node, "1" if force else "0"],
+            keys=[self._presence_key, self._nodes_key, self._seqs_key, self._held_prefix + node],
+            args=[
+                node,
+                self._name_prefix,
+                self._alive_prefix + node,
+                "1" if force else "0",
+                "1" if release else "0",
+                self._holders_prefix,
+            ],
         )
+        entries, rooms = result
         gone = []
         for key, value in _pairs(entries):
             _, name, room = value.split("\t")
             gone.append((key, name, room))
-        return gone
+        return gone, [_text(room) for room in rooms]
 
     def _announce_gone(self, node: str, key: str, name: str, room: str, reason: str) -> None:
         self._queue(Presence(node, key, name, ""))
@@ -565,13 +837,15 @@ class RedisBackplane:
         # if this is cut short, the others reap this node after node_ttl instead.
         with trio.move_on_after(_LEAVE_TIMEOUT, shield=True):
             await client.delete([self._alive_prefix + self.node])
-            gone = await self._reap(client, self.node, force=True)
+            gone, rooms = await self._reap(client, self.node, force=True, release=True)
             items: list[_Item] = []
             now = self._stamp(time.time())
             for key, name, room in gone:
                 items.append(Presence(self.node, key, name, ""))
                 line = p.format_event(now, name, f"left {room} (server shutdown)")
                 items.append(Line(room, False, line.encode()))
+            if rooms:
+                items.append(_Sweep(tuple(rooms)))
             await self._publish(client, items)
             await client.hdel(self._seqs_key, [self.node])
             await client.srem(self._nodes_key, [self.node])
@@ -585,6 +859,13 @@ def _pairs(flat: Any) -> Iterable[tuple[str, str]]:
         items = zip(flat[::2], flat[1::2], strict=True)
     for field, value in items:
         yield _text(field), _text(value)
+
+
+def _in_transaction(item: _Item, hub: Hub) -> bool:
+    """Whether ``item`` can go in a batch's transaction (a release that may drop cannot)."""
+    if isinstance(item, _Room):
+        return hub.hosts(item.room)
+    return not isinstance(item, _Sweep | _Undo | _Rehold)
 
 
 def _text(value: bytes | str) -> str:
