@@ -308,6 +308,9 @@ async def test_max_clients_is_lowered_with_a_warning_when_the_hard_limit_is_too_
         (["--history", "-1"], "Invalid value for '--history'"),
         (["--max-clients", "0"], "Invalid value for '--max-clients'"),
         (["--rate", "-1"], "Invalid value for '--rate'"),
+        (["--rate", "nan"], "Invalid value for '--rate': nan is not in the range x>=0."),
+        (["--registration-timeout", "nan"], "Invalid value for '--registration-timeout': nan"),
+        (["--tls-handshake-timeout", "nan"], "Invalid value for '--tls-handshake-timeout': nan"),
         (["--burst", "0"], "Invalid value for '--burst'"),
         (["--registration-timeout", "0"], "Invalid value for '--registration-timeout'"),
         (["--send-queue", "100", "--history", "95"], "must exceed --history by more than 8"),
@@ -319,6 +322,21 @@ def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) 
     result = CliRunner().invoke(main, ["serve", *args], env={"TRIOCHAT_PORT": None})
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["join", "--name", "ann", "--connect-timeout", "nan"],
+        ["join", "--name", "ann", "--quit-timeout", "nan"],
+        ["bot", "--script", "-", "--rate", "nan"],
+        ["bot", "--script", "-", "--connect-timeout", "nan"],
+    ],
+)
+def test_client_options_refuse_nan(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args, input="")
+    assert result.exit_code == 2, result.output
+    assert "nan is not in the range" in result.output
 
 
 @pytest.mark.parametrize(

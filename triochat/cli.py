@@ -74,7 +74,7 @@ def _warn_insecure() -> None:
     warnings.filterwarnings("ignore", category=InsecureConnectionWarning)
 
 
-class _Seconds(click.FloatRange):
+class _Range(click.FloatRange):
     """A ``FloatRange`` that also refuses ``nan``, which compares false with any bound."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
@@ -150,7 +150,7 @@ def _raise_fd_limit(max_clients: int) -> int:
     default=20.0,
     show_default=True,
     envvar="TRIOCHAT_RATE",
-    type=click.FloatRange(0),
+    type=_Range(0),
     help="Lines/s per client; 0 turns flood control off.",
 )
 @click.option(
@@ -166,7 +166,7 @@ def _raise_fd_limit(max_clients: int) -> int:
     default=60.0,
     show_default=True,
     envvar="TRIOCHAT_REGISTRATION_TIMEOUT",
-    type=click.FloatRange(0, min_open=True),
+    type=_Range(0, min_open=True),
     help="Seconds a new connection has to give its name.",
 )
 @click.option(
@@ -197,7 +197,7 @@ def _raise_fd_limit(max_clients: int) -> int:
     default=2.0,
     show_default=True,
     envvar="TRIOCHAT_HEARTBEAT",
-    type=click.FloatRange(0, min_open=True),
+    type=_Range(0, min_open=True),
     help="With --redis: seconds between this node's heartbeats.",
 )
 @click.option(
@@ -205,7 +205,7 @@ def _raise_fd_limit(max_clients: int) -> int:
     default=6.0,
     show_default=True,
     envvar="TRIOCHAT_NODE_TTL",
-    type=click.FloatRange(0, min_open=True),
+    type=_Range(0, min_open=True),
     help="With --redis: seconds without a heartbeat before a node's users are dropped.",
 )
 @click.option(
@@ -219,7 +219,7 @@ def _raise_fd_limit(max_clients: int) -> int:
     default=0.05,
     show_default=True,
     envvar="TRIOCHAT_DB_BATCH_INTERVAL",
-    type=_Seconds(0, 10, min_open=True),
+    type=_Range(0, 10, min_open=True),
     help="With --db: seconds the writer collects lines before committing them (a kill -9 "
     "loses about this much).",
 )
@@ -266,7 +266,7 @@ def _raise_fd_limit(max_clients: int) -> int:
     default=10.0,
     show_default=True,
     envvar="TRIOCHAT_TLS_HANDSHAKE_TIMEOUT",
-    type=click.FloatRange(0, min_open=True),
+    type=_Range(0, min_open=True),
     help="Seconds a client has to finish the TLS handshake.",
 )
 @click.option(
@@ -517,14 +517,14 @@ UI asks (without echo) if the server wants one."""
     "--connect-timeout",
     default=10.0,
     show_default=True,
-    type=click.FloatRange(0, min_open=True),
+    type=_Range(0, min_open=True),
     help="Seconds to wait for the connection.",
 )
 @click.option(
     "--quit-timeout",
     default=5.0,
     show_default=True,
-    type=click.FloatRange(0),
+    type=_Range(0),
     help="Seconds to wait for the server to close after /quit.",
 )
 @_tls_options
@@ -616,7 +616,7 @@ def join(
     "--rate",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(0),
+    type=_Range(0),
     help="Lines/s each bot sends at most; 0 for no pacing.",
 )
 @click.option(
@@ -626,7 +626,7 @@ def join(
     "--connect-timeout",
     default=10.0,
     show_default=True,
-    type=click.FloatRange(0, min_open=True),
+    type=_Range(0, min_open=True),
     help="Seconds to connect and register.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
