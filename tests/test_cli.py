@@ -382,12 +382,21 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[StoreConfig | None]:
             {"TRIOCHAT_DB_CACHE_ROOMS": "5"},
             "'--db-cache-rooms': set by TRIOCHAT_DB_CACHE_ROOMS, but applies only with --db",
         ),
+        (["--heartbeat", "1"], {}, "'--heartbeat': applies only with --redis"),
+        (["--cluster", "chat"], {}, "'--cluster': applies only with --redis"),
+        (
+            [],
+            {"TRIOCHAT_NODE_TTL": "3"},
+            "'--node-ttl': set by TRIOCHAT_NODE_TTL, but applies only with --redis",
+        ),
     ],
 )
-def test_db_limits_without_db_are_an_error(
+def test_settings_of_a_feature_that_is_off_are_an_error(
     args: list[str], env: dict[str, str], error: str, served: list[StoreConfig | None]
 ) -> None:
-    result = CliRunner().invoke(main, ["serve", *args], env={"TRIOCHAT_DB": None, **env})
+    result = CliRunner().invoke(
+        main, ["serve", *args], env={"TRIOCHAT_DB": None, "TRIOCHAT_REDIS": None, **env}
+    )
     assert result.exit_code == 2
     assert result.output.splitlines()[-1] == f"Error: Invalid value for {error}"
     assert served == []

@@ -369,7 +369,9 @@ def serve(
     )
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
     backplane = None
-    if redis_url:
+    if not redis_url:
+        _refuse_without("--redis", lambda name: name in ("cluster", "heartbeat", "node_ttl"))
+    else:
         backplane = _backplane(
             redis_url, cluster=cluster, history=history, heartbeat=heartbeat, node_ttl=node_ttl
         )
@@ -388,21 +390,26 @@ def _store_config(db: Path | None, **settings: Any) -> StoreConfig | None:
     as if history were being saved.
     """
     if db is None:
-        ctx = click.get_current_context()
-        for param in ctx.command.params:
-            if param.name is None or not param.name.startswith("db_"):
-                continue
-            source = ctx.get_parameter_source(param.name)
-            if source is ParameterSource.COMMANDLINE:
-                raise click.BadParameter("applies only with --db", ctx=ctx, param=param)
-            if source is ParameterSource.ENVIRONMENT:
-                raise click.BadParameter(
-                    f"set by {param.envvar}, but applies only with --db", ctx=ctx, param=param
-                )
+        _refuse_without("--db", lambda name: name.startswith("db_"))
         return None
     from .store import StoreConfig
 
     return StoreConfig(path=db, **settings)
+
+
+def _refuse_without(option: str, belongs: Callable[[str], bool]) -> None:
+    """Refuse a feature's settings given while it is off: ignoring them would hide a mistake."""
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name is None or not belongs(param.name):
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is ParameterSource.COMMANDLINE:
+            raise click.BadParameter(f"applies only with {option}", ctx=ctx, param=param)
+        if source is ParameterSource.ENVIRONMENT:
+            raise click.BadParameter(
+                f"set by {param.envvar}, but applies only with {option}", ctx=ctx, param=param
+            )
 
 
 def _backplane(url: str, **options: Any) -> Backplane:
