@@ -190,7 +190,7 @@ def _raise_fd_limit(max_clients: int) -> int:
     default="triochat",
     show_default=True,
     envvar="TRIOCHAT_CLUSTER",
-    help="Cluster name: nodes on one Redis with the same name are one chat.",
+    help="With --redis: nodes on one Redis with the same cluster name are one chat.",
 )
 @click.option(
     "--heartbeat",
@@ -333,7 +333,8 @@ def serve(
     """Run a chat server until SIGINT or SIGTERM.
 
     Every option can also be set from the environment: TRIOCHAT_PORT,
-    TRIOCHAT_MAX_CLIENTS, and so on. The --db-* limits are an error without --db.
+    TRIOCHAT_MAX_CLIENTS, and so on. The --db-* limits are an error without --db,
+    and --cluster, --heartbeat and --node-ttl without --redis.
     """
     logging.basicConfig(
         level=log_level.upper(),
