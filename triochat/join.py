@@ -115,9 +115,18 @@ def _write_stdout(text: str) -> None:
     sys.stdout.flush()
 
 
-async def _print_lines(lines: list[str]) -> None:
+async def _print_lines(*lines: str) -> None:
+    """Print ``lines`` to stdout.
+
+    Raises:
+      BrokenPipeError: nobody reads stdout any more; it goes to /dev/null from now on.
+    """
     if lines:
-        await trio.to_thread.run_sync(_write_stdout, "".join(line + "\n" for line in lines))
+        try:
+            await trio.to_thread.run_sync(_write_stdout, "".join(line + "\n" for line in lines))
+        except BrokenPipeError:
+            _silence_stdout()
+            raise
 
 
 async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
@@ -141,9 +150,8 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
         # (one arriving before the session's task listens waits in the receiver).
         with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
             try:
-                await _print_lines([*client.welcome, *lines])
+                await _print_lines(*client.welcome, *lines)
             except BrokenPipeError:
-                _silence_stdout()
                 return EXIT_OK
             return await _line_session(client, config, stdin_fd, signals)
 
@@ -195,13 +203,12 @@ async def _line_session(
         nonlocal error
         try:
             while True:
-                await _print_lines([await client.receive_line()])
+                await _print_lines(await client.receive_line())
         except ConnectionClosed as exc:
             if not ending.quitting:
                 error = str(exc)
         except BrokenPipeError:
             # Our reader went away (`| head`): nobody is listening, so leave quietly.
-            _silence_stdout()
             ending.quitting = True
             with trio.move_on_after(config.quit_timeout):
                 with contextlib.suppress(ConnectionClosed):
