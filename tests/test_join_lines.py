@@ -221,3 +221,27 @@ async def test_a_closed_stdout_quits_quietly(start_server: StartServer, connect:
             await until(ben, "* dave left #lobby (quit)")
             assert await proc.wait() == 0
             assert await proc.stderr.receive_some(1 << 20) == b""
+
+
+async def test_a_stdout_closed_before_the_welcome_exits_quietly(
+    start_server: StartServer, connect: Connect
+) -> None:
+    _server, port = await start_server()
+    ben = await connect(port, "ben")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will ever read: the first line printed breaks the pipe
+    try:
+        with trio.fail_after(10):
+            result = await trio.run_process(
+                join_args(port, "--name", "dave"),
+                stdin=b"",
+                stdout=write_end,
+                capture_stderr=True,
+                check=False,
+                env=ENV,
+            )
+            await until(ben, "* dave joined #lobby")  # it did register, then printed
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0
+    assert result.stderr == b""  # a reader going away is no error: no traceback, no message

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import trio
+from conftest import Connect, StartServer
 
+from triochat.client import ConnectOptions
 from triochat.incoming import RoomState, parse_line
+from triochat.join import JoinConfig, _interactive_session
 from triochat.tui import NAME_COLOURS, QUIT, ChatScreen, markup, name_attr
 
 SIZE = (60, 8)
@@ -197,3 +200,16 @@ async def test_enter_waits_while_joining_and_quit_still_works() -> None:
     screen.registering("bob")
     press(screen, "ctrl c")
     assert await screen.next_action() is QUIT
+
+
+async def test_a_session_the_server_hangs_up_on_at_registration_ends_with_why(
+    start_server: StartServer, connect: Connect
+) -> None:
+    _server, port = await start_server(password="hunter2", password_delay=0)
+    client = await connect(port)
+    screen = ChatScreen(f"127.0.0.1:{port}", RoomState("dora"))
+    config = JoinConfig("dora", ConnectOptions(port=port, password="wrong"))
+    with trio.fail_after(10):
+        assert await _interactive_session(client, config, screen) == "wrong password"
+    assert screen.finished
+    assert "! wrong password" in rendered(screen)

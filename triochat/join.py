@@ -86,16 +86,39 @@ async def _enter_room(client: ChatClient, room: str) -> None:
 class _Ending:
     """How a session ends, shared by its tasks (line mode and interactive alike).
 
-    ``quitting`` is set before ``/quit`` goes out, so the receive task takes
-    the close that follows for the answer, not an error; the receive task
-    sets ``closed`` when the connection ends.
+    ``quitting`` is set before ``/quit`` goes out, so :meth:`receive` takes
+    the close that follows for the answer, not an error; otherwise it keeps
+    the close's reason in ``error``. It sets ``closed`` when the connection ends.
     """
 
     def __init__(self, client: ChatClient, quit_timeout: float) -> None:
         self.quitting = False
         self.closed = trio.Event()
+        self.error: str | None = None
         self._client = client
         self._quit_timeout = quit_timeout
+
+    async def receive(
+        self, show: Callable[[str], Awaitable[None]], scope: trio.CancelScope
+    ) -> None:
+        """Hand each line received to ``show`` until the connection ends, then cancel ``scope``.
+
+        ``show`` raising :exc:`BrokenPipeError` means its reader went away
+        (``| head``): nobody is listening, so leave quietly, as after ``/quit``.
+        """
+        try:
+            while True:
+                await show(await self._client.receive_line())
+        except ConnectionClosed as exc:
+            if not self.quitting:
+                self.error = str(exc)
+        except BrokenPipeError:
+            self.quitting = True
+            with trio.move_on_after(self._quit_timeout):
+                with contextlib.suppress(ConnectionClosed):
+                    await self._client.quit()
+        self.closed.set()
+        scope.cancel()
 
     async def quit(self, scope: trio.CancelScope) -> None:
         """Say ``/quit`` unless it was said, wait (bounded) for the close, then cancel ``scope``."""
@@ -115,9 +138,18 @@ def _write_stdout(text: str) -> None:
     sys.stdout.flush()
 
 
-async def _print_lines(lines: list[str]) -> None:
+async def _print_lines(*lines: str) -> None:
+    """Print ``lines`` to stdout.
+
+    Raises:
+      BrokenPipeError: nobody reads stdout any more; it goes to /dev/null from now on.
+    """
     if lines:
-        await trio.to_thread.run_sync(_write_stdout, "".join(line + "\n" for line in lines))
+        try:
+            await trio.to_thread.run_sync(_write_stdout, "".join(line + "\n" for line in lines))
+        except BrokenPipeError:
+            _silence_stdout()
+            raise
 
 
 async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
@@ -141,9 +173,8 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
         # (one arriving before the session's task listens waits in the receiver).
         with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
             try:
-                await _print_lines([*client.welcome, *lines])
+                await _print_lines(*client.welcome, *lines)
             except BrokenPipeError:
-                _silence_stdout()
                 return EXIT_OK
             return await _line_session(client, config, stdin_fd, signals)
 
@@ -189,25 +220,6 @@ async def _line_session(
     client: ChatClient, config: JoinConfig, stdin_fd: int, signals: AsyncIterator[int]
 ) -> int:
     ending = _Ending(client, config.quit_timeout)
-    error: str | None = None
-
-    async def receive() -> None:
-        nonlocal error
-        try:
-            while True:
-                await _print_lines([await client.receive_line()])
-        except ConnectionClosed as exc:
-            if not ending.quitting:
-                error = str(exc)
-        except BrokenPipeError:
-            # Our reader went away (`| head`): nobody is listening, so leave quietly.
-            _silence_stdout()
-            ending.quitting = True
-            with trio.move_on_after(config.quit_timeout):
-                with contextlib.suppress(ConnectionClosed):
-                    await client.quit()
-        ending.closed.set()
-        nursery.cancel_scope.cancel()
 
     async def send() -> None:
         await _enter_room(client, config.room)
@@ -243,11 +255,11 @@ async def _line_session(
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(receive)
+        nursery.start_soon(ending.receive, _print_lines, nursery.cancel_scope)
         nursery.start_soon(_guard_send, send)
         nursery.start_soon(on_signal)
-    if error is not None:
-        raise JoinError(error, EXIT_CLOSED)
+    if ending.error is not None:
+        raise JoinError(ending.error, EXIT_CLOSED)
     return EXIT_OK
 
 
@@ -362,18 +374,9 @@ async def _interactive_session(
 ) -> str | None:
     """Chat until the user quits (``None``) or the connection ends (its reason)."""
     ending = _Ending(client, config.quit_timeout)
-    error: str | None = None
 
-    async def receive() -> None:
-        nonlocal error
-        try:
-            while True:
-                screen.add_line(await client.receive_line())
-        except ConnectionClosed as exc:
-            if not ending.quitting:
-                error = str(exc)
-        ending.closed.set()
-        nursery.cancel_scope.cancel()
+    async def show(line: str) -> None:
+        screen.add_line(line)
 
     async def send() -> None:
         await _enter_room(client, config.room)
@@ -402,13 +405,13 @@ async def _interactive_session(
                 client, screen, config.name or "", config.connection.password
             )
         except ConnectionClosed as exc:
-            error = str(exc)
+            ending.error = str(exc)
             registered = False
         if not registered:
             nursery.cancel_scope.cancel()
         else:
-            nursery.start_soon(receive)
+            nursery.start_soon(ending.receive, show, nursery.cancel_scope)
             nursery.start_soon(_guard_send, send)
-    if error is not None:
-        screen.finish(error)
-    return error
+    if ending.error is not None:
+        screen.finish(ending.error)
+    return ending.error
