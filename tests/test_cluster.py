@@ -337,6 +337,22 @@ async def test_shutdown_announces_departures_and_cleans_up(
             await trio.sleep(0.05)
 
 
+async def test_a_heartbeat_during_shutdown_does_not_bring_the_node_back(
+    start_node: StartNode, join: Join, redis_url: str, cluster: str
+) -> None:
+    # Beats every few ms, so some fall while the node is leaving.
+    for _ in range(10):
+        server, port = await start_node(heartbeat=0.002)
+        await join(port, "ann")
+        server.shutdown()
+        backplane = server.backplane
+        await wait_until(lambda: not backplane.linked)  # noqa: B023 - awaited in this pass
+    kept = {f"triochat:{cluster}:{key}".encode() for key in ("history:#lobby", "rooms")}
+    with trio.fail_after(5):
+        while set(await cluster_keys(redis_url, cluster)) - kept:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
 async def test_killed_node_is_dropped_within_the_ttl(
     start_node: StartNode, join: Join, redis_url: str, cluster: str
 ) -> None:

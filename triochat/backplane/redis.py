@@ -342,6 +342,8 @@ class RedisBackplane:
         self._stamp = p.Timestamper()
         self.linked = False
         self._down = False
+        # The heartbeat task's scope: leaving the cluster stops it first.
+        self._beating = trio.CancelScope()
         self.link_changes = 0
         """How often the link went down or came back (tests and metrics read it)."""
 
@@ -776,20 +778,25 @@ class RedisBackplane:
             del self._replica[record.key]
 
     async def _heartbeat(self, client: coredis.Redis[bytes]) -> None:
-        while True:
-            await trio.sleep(self.options.heartbeat)
-            with trio.fail_after(self.options.timeout):
-                await self._beat(client)
-                nodes = await client.smembers(self._nodes_key)
-                for raw in nodes:
-                    node = raw.decode()
-                    if node != self.node and not await client.exists([self._alive_prefix + node]):
-                        gone, rooms = await self._reap(client, node, release=True)
-                        for key, name, room in gone:
-                            log.info("node %s is gone: %s left %s", node, name, room)
-                            self._announce_gone(node, key, name, room, "connection lost")
-                        if rooms:
-                            self._queue(_Sweep(tuple(rooms)))
+        with trio.CancelScope() as self._beating:
+            while True:
+                await trio.sleep(self.options.heartbeat)
+                await self._heartbeat_once(client)
+
+    async def _heartbeat_once(self, client: coredis.Redis[bytes]) -> None:
+        """Say this node is alive, and reap the nodes that are not."""
+        with trio.fail_after(self.options.timeout):
+            await self._beat(client)
+            nodes = await client.smembers(self._nodes_key)
+            for raw in nodes:
+                node = raw.decode()
+                if node != self.node and not await client.exists([self._alive_prefix + node]):
+                    gone, rooms = await self._reap(client, node, release=True)
+                    for key, name, room in gone:
+                        log.info("node %s is gone: %s left %s", node, name, room)
+                        self._announce_gone(node, key, name, room, "connection lost")
+                    if rooms:
+                        self._queue(_Sweep(tuple(rooms)))
 
     async def _beat(self, client: coredis.Redis[bytes]) -> None:
         async with client.pipeline(transaction=False) as pipe:
@@ -833,6 +840,9 @@ class RedisBackplane:
         if not self.linked or client is None:
             return
         self.linked = False
+        # A beat landing after the keys below are gone would put this node back
+        # in the cluster's list for good (nobody is left to reap it).
+        self._beating.cancel()
         # Bounded tightly: the server must exit within 3 s of SIGTERM, Redis or not;
         # if this is cut short, the others reap this node after node_ttl instead.
         with trio.move_on_after(_LEAVE_TIMEOUT, shield=True):
