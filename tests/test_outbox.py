@@ -160,3 +160,29 @@ async def test_a_stopped_outbox_never_writes_to_its_old_socket_number(
     assert records(theirs) == []
     with pytest.raises(trio.BrokenResourceError):
         outbox.send_nowait(b"more\n")
+
+
+class ClosedOwner(Owner):
+    """A connection whose nursery has closed: no writer can start any more."""
+
+    def start_writer(self) -> None:
+        raise trio.BrokenResourceError("the connection is not open")
+
+
+async def test_a_backlog_for_a_connection_that_is_over_never_stops_the_flusher(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    flusher = Flusher(ServerStats())
+    over = Outbox(ClosedOwner(), flusher, 10, ours.fileno())
+    fine = Outbox(Owner(), flusher, 10, theirs.fileno())
+    async with flushing(flusher):
+        over.send_nowait(b"x" * 200_000 + b"\n")  # the kernel refuses it: a writer is needed
+        fine.send_nowait(b"still here\n")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BrokenResourceError):
+            over.send_nowait(b"more\n")
+        fine.send_nowait(b"and here\n")
+        await trio.testing.wait_all_tasks_blocked()
+    assert records(ours) == [b"still here\n", b"and here\n"]

@@ -11,13 +11,17 @@ a writer task that waits until the socket is writable.
 
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import suppress
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 if TYPE_CHECKING:
     from .server import ServerStats
+
+log: Final = logging.getLogger("triochat.server")
 
 _IDLE: Final = 0  # nothing queued
 _DIRTY: Final = 1  # lines queued, waiting for the flusher
@@ -125,7 +129,8 @@ class Outbox:
         rest = data[sent:]
         chunks[:] = [rest]
         self._queued = rest.count(b"\n")
-        self._start_writer()
+        with suppress(trio.BrokenResourceError):  # the connection is over: it is stopped
+            self._start_writer()
 
     def take(self) -> bytes | None:
         """For the writer: everything queued, joined; ``None`` when nothing is (it then ends)."""
@@ -192,7 +197,12 @@ class Flusher:
                     await self._lot.park()
                 dirty, self._dirty = self._dirty, []
                 for outbox in dirty:
-                    outbox.flush()
+                    try:
+                        outbox.flush()
+                    except Exception:
+                        # One client's bug must never stop everyone's lines.
+                        log.exception("writing to a client failed")
+                        outbox.stop()
         finally:
             self._running = False
             for outbox in self._dirty:
