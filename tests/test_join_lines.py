@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 from click.testing import CliRunner
@@ -45,6 +46,17 @@ async def running(args: list[str]) -> AsyncIterator[trio.Process]:
 
 def join_args(port: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "triochat", "join", "--port", str(port), *extra]
+
+
+async def run_join(
+    port: int, *extra: str, stdin: bytes, **options: Any
+) -> subprocess.CompletedProcess[bytes]:
+    """``triochat join`` run to its end on ``stdin``; stderr (and stdout, unless given) kept."""
+    if "stdout" not in options:
+        options["capture_stdout"] = True
+    return await trio.run_process(
+        join_args(port, *extra), stdin=stdin, capture_stderr=True, check=False, env=ENV, **options
+    )
 
 
 class Lines:
@@ -106,12 +118,8 @@ async def test_a_script_joins_a_room_and_quit_ends_it(
     await ben.send_line("/join #den")
     await until(ben, "* ben joined #den")
     with trio.fail_after(10):
-        result = await trio.run_process(
-            join_args(port, "--name", "dave", "--room", "den"),
-            stdin=b"one\n\n//two\nquit\nthree\n",
-            capture_stdout=True,
-            capture_stderr=True,
-            env=ENV,
+        result = await run_join(
+            port, "--name", "dave", "--room", "den", stdin=b"one\n\n//two\nquit\nthree\n"
         )
         assert await until(ben, "<dave> one")
         assert await until(ben, "<dave> /two")
@@ -130,14 +138,7 @@ async def test_refused_connection_is_one_line_and_exit_3() -> None:
     port = listener.socket.getsockname()[1]
     await listener.aclose()  # nothing listens there now
     with trio.fail_after(10):
-        result = await trio.run_process(
-            join_args(port, "--name", "dave"),
-            stdin=b"hello\n",
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env=ENV,
-        )
+        result = await run_join(port, "--name", "dave", stdin=b"hello\n")
     assert result.returncode == 3
     assert result.stderr.decode() == (
         f"triochat: cannot connect to 127.0.0.1:{port}: Connection refused\n"
@@ -148,14 +149,7 @@ async def test_taken_name_is_exit_4(start_server: StartServer, connect: Connect)
     _server, port = await start_server()
     await connect(port, "ben")
     with trio.fail_after(10):
-        result = await trio.run_process(
-            join_args(port, "--name", "BEN"),
-            stdin=b"hello\n",
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env=ENV,
-        )
+        result = await run_join(port, "--name", "BEN", stdin=b"hello\n")
     assert result.returncode == 4
     assert result.stderr.decode() == (
         "triochat: name rejected: Name BEN is taken, choose another\n"
@@ -232,14 +226,7 @@ async def test_a_stdout_closed_before_the_welcome_exits_quietly(
     os.close(read_end)  # nobody will ever read: the first line printed breaks the pipe
     try:
         with trio.fail_after(10):
-            result = await trio.run_process(
-                join_args(port, "--name", "dave"),
-                stdin=b"",
-                stdout=write_end,
-                capture_stderr=True,
-                check=False,
-                env=ENV,
-            )
+            result = await run_join(port, "--name", "dave", stdin=b"", stdout=write_end)
             await until(ben, "* dave joined #lobby")  # it did register, then printed
     finally:
         os.close(write_end)
