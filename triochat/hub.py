@@ -231,16 +231,7 @@ class Hub:
             return  # evicted while its burst was being read: it hears nothing more
         stamp = self._now()
         lines = [p.format_message(stamp, member.name, text).encode() for text in texts]
-        if self._relay is not None:
-            relay = self._relay
-            lines = [line for line in lines if not relay.publish_line(room.name, line, True)]
-            if not lines:
-                return
-        room.history.extend(lines)
-        if self._archive is not None:
-            for line in lines:
-                self._archive.append(room.name, line)
-        self._fanout(room.members, lines[0] if len(lines) == 1 else b"".join(lines), len(lines))
+        self._broadcast(room, lines, record=True)
         self._evict_slow()
 
     def leave(self, member: Member, reason: str, *, farewell: str | None = None) -> None:
@@ -290,7 +281,7 @@ class Hub:
     def _say(self, member: Member, fmt: Callable[[str, str, str], str], text: str) -> None:
         room = member.room
         assert room is not None
-        self._broadcast(room, fmt(self._now(), member.name, text).encode(), record=True)
+        self._broadcast(room, [fmt(self._now(), member.name, text).encode()], record=True)
 
     def _private(self, member: Member, to: str, text: str) -> None:
         key = p.name_key(to)
@@ -339,9 +330,8 @@ class Hub:
         log.info("%s is now known as %s", old, name)
         assert member.room is not None
         self.backplane.presence(member.key, name, member.room.name)
-        self._broadcast(
-            member.room, p.format_event(self._now(), old, f"is now known as {name}").encode()
-        )
+        renamed = p.format_event(self._now(), old, f"is now known as {name}").encode()
+        self._broadcast(member.room, [renamed])
 
     def _enter(self, member: Member, name: str) -> None:
         room = self._rooms.get(name)
@@ -359,7 +349,8 @@ class Hub:
         users = self._users_line(room).encode()
         self._send(member, b"".join([*room.history, users]), len(room.history) + 1)
         self.backplane.presence(member.key, member.name, name)
-        self._broadcast(room, p.format_event(self._now(), member.name, f"joined {name}").encode())
+        joined = p.format_event(self._now(), member.name, f"joined {name}").encode()
+        self._broadcast(room, [joined])
 
     def _exit(self, member: Member, event: str) -> None:
         room = member.room
@@ -371,7 +362,7 @@ class Hub:
             del self._rooms[room.name]
             if self._relay is not None and not self._relay.vacate(room.name):
                 self._histories.pop(room.name, None)
-        self._broadcast(room, p.format_event(self._now(), member.name, event).encode())
+        self._broadcast(room, [p.format_event(self._now(), member.name, event).encode()])
 
     def _users_line(self, room: Room) -> str:
         names = [m.name for m in room.members]
@@ -382,15 +373,20 @@ class Hub:
 
     # --- delivery -------------------------------------------------------------
 
-    def _broadcast(self, room: Room, data: bytes, *, record: bool = False) -> None:
-        """A line for everyone in ``room``: straight out, or through the relay when linked."""
-        if self._relay is not None and self._relay.publish_line(room.name, data, record):
-            return  # It comes back through deliver(), in the cluster's order.
+    def _broadcast(self, room: Room, lines: list[bytes], *, record: bool = False) -> None:
+        """Lines for everyone in ``room``, in order: one hand-over each, or via the relay."""
+        if self._relay is not None:
+            relay = self._relay
+            # What the relay takes comes back through deliver(), in the cluster's order.
+            lines = [line for line in lines if not relay.publish_line(room.name, line, record)]
+            if not lines:
+                return
         if record:
-            room.history.append(data)
+            room.history.extend(lines)
             if self._archive is not None:
-                self._archive.append(room.name, data)
-        self._fanout(room.members, data)
+                for line in lines:
+                    self._archive.append(room.name, line)
+        self._fanout(room.members, lines[0] if len(lines) == 1 else b"".join(lines), len(lines))
 
     def _now(self) -> str:
         return self._stamp(self._clock())
