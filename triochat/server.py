@@ -344,7 +344,6 @@ class _Connection:
         "peer",
         "pending_name",
         "reason",
-        "scope",
         "send",
         "server",
         "stream",
@@ -356,9 +355,7 @@ class _Connection:
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self.send = Outbox(self, server._flusher, server.config.send_queue, fd)
         self.member: Member | None = None
-        # Replaced by the connection nursery and its scope once that is open.
-        self._nursery: trio.Nursery | None = None
-        self.scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None  # the connection's, once it runs
         self._framer = p.LineFramer(server.config.max_line)
         self._bucket: TokenBucket | None = None
         self.reason = "connection lost"
@@ -371,7 +368,6 @@ class _Connection:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.scope = nursery.cancel_scope
                 # Two steps rather than one reader coroutine: one frame fewer
                 # per idle client.
                 if await self._register_in_time():
@@ -404,7 +400,7 @@ class _Connection:
 
     def _disconnect(self) -> None:
         self.reason = "too slow"
-        self.scope.cancel()
+        self.end()
 
     def _tell(self, line: str | bytes) -> None:
         try:
@@ -556,20 +552,17 @@ class _Connection:
     async def _command(self, command: p.Command) -> bool:
         """Carry out one command; False if the client quit (or was evicted meanwhile)."""
         member = self.member
-        if member is None or self.scope.cancel_called:
+        if member is None or self._ended:
             return False
         if isinstance(command, p.History) and self.server.store is not None:
             await self._history(self.server.store, command.count)
-            return True
-        if isinstance(command, p.Nick) and self.server.backplane.remote:
+        elif isinstance(command, p.Nick) and self.server.backplane.remote:
             await self._nick(command)
-            return True
-        if isinstance(command, p.Quit):
-            self.reason = command.reason or "quit"
+        else:
+            if isinstance(command, p.Quit):
+                self.reason = command.reason or "quit"
             self.server.hub.handle(member, command)
-            return False
-        self.server.hub.handle(member, command)
-        return True
+        return not isinstance(command, p.Quit)
 
     def _say(self, says: list[str]) -> None:
         if says:
@@ -650,8 +643,13 @@ class _Connection:
             self.server.hub.replay(member, room, lines)
 
     def end(self) -> None:
-        """The outbox is closed and empty: the connection is over."""
-        self.scope.cancel()
+        """End the connection now: its last line is out, or it was evicted or broke."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @property
+    def _ended(self) -> bool:
+        return self._nursery is not None and self._nursery.cancel_scope.cancel_called
 
     def start_writer(self) -> None:
         """Start the task that waits until the kernel takes the outbox's backlog."""
@@ -672,7 +670,7 @@ class _Connection:
                 await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             outbox.stop()
-            self.scope.cancel()
+            self.end()
             return
         if outbox.closed:
             self.end()  # its last line is out
