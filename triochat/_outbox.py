@@ -112,32 +112,32 @@ class Outbox:
         """Write what is queued, if the flusher has not yet; queue for the writer what is left."""
         if self._state != _DIRTY:
             return
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data = self._drain()
         try:
             sent = os.write(self._fd, data)
         except OSError:
             sent = 0  # full (EAGAIN), or failed: the writer waits, or reports the error
         self._flusher.stats.bytes_out += sent
         if sent == len(data):
-            chunks.clear()
-            self._queued = 0
             self._state = _IDLE
             if self.closed:
                 self._owner.end()
             return
         rest = data[sent:]
-        chunks[:] = [rest]
+        self._chunks.append(rest)
         self._queued = rest.count(b"\n")
         with suppress(trio.BrokenResourceError):  # the connection is over: it is stopped
             self._start_writer()
 
     def take(self) -> bytes | None:
         """For the writer: everything queued, joined; ``None`` when nothing is (it then ends)."""
-        chunks = self._chunks
-        if not chunks:
+        if not self._chunks:
             self._state = _IDLE
             return None
+        return self._drain()
+
+    def _drain(self) -> bytes:
+        chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._queued = 0
