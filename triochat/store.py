@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -170,19 +170,14 @@ class HistoryStore:
                 batch = [await self._receive.receive()]
             except trio.EndOfChannel:
                 return
-            with trio.move_on_after(config.batch_interval):
+            with suppress(trio.EndOfChannel), trio.move_on_after(config.batch_interval):
                 while len(batch) < config.batch_max:
                     try:
                         # What is already queued is taken without a trip through
                         # the scheduler per line: under a flood that trip is the cost.
                         batch.append(self._receive.receive_nowait())
                     except trio.WouldBlock:
-                        try:
-                            batch.append(await self._receive.receive())
-                        except trio.EndOfChannel:
-                            break
-                    except trio.EndOfChannel:
-                        break
+                        batch.append(await self._receive.receive())
             # Cancellation (shutdown) must not lose a batch already taken.
             with trio.CancelScope(shield=True):
                 await self._commit(batch)
@@ -219,14 +214,10 @@ class HistoryStore:
     def _insert(self, batch: list[tuple[str, float, str]]) -> None:
         # One transaction (one fsync) for the whole batch: the connection is in
         # autocommit mode, where each INSERT would otherwise commit on its own.
-        writer = self._writer
-        writer.execute("BEGIN")
-        try:
+        # Leaving the with block commits it, or rolls it back.
+        with self._writer as writer:
+            writer.execute("BEGIN")
             writer.executemany("INSERT INTO messages (room, ts, line) VALUES (?, ?, ?)", batch)
-        except BaseException:
-            writer.execute("ROLLBACK")
-            raise
-        writer.execute("COMMIT")
 
     # --- cache ---------------------------------------------------------------------
 
