@@ -32,7 +32,7 @@ import trio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from triochat.client import ChatClient, open_chat_client  # noqa: E402
+from triochat.client.connection import ChatClient, open_chat_client  # noqa: E402
 
 DEADLINE = 120.0
 

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from triochat import ChatServer, ServerConfig
-from triochat.store import HistoryStore, StoreConfig, open_history_store
+from triochat.server.store import HistoryStore, StoreConfig, open_history_store
 
 REPO = Path(__file__).resolve().parent.parent
 

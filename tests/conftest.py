@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from triochat import ChatServer, ServerConfig
-from triochat.client import ChatClient, open_chat_client
+from triochat.client.connection import ChatClient, open_chat_client
 
 StartServer = Callable[..., Awaitable[tuple[ChatServer, int]]]
 Connect = Callable[..., Awaitable[ChatClient]]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from triochat.client import ChatClient, ConnectionClosed
+from triochat.client.connection import ChatClient, ConnectionClosed
 
 coredis = pytest.importorskip("coredis", reason="the 'redis' extra (coredis) is not installed")
 

@@ -8,8 +8,7 @@ import trio.testing
 from _ops import running_server
 
 from triochat import ServerConfig
-from triochat._auth import FailureDelays, password_matches
-from triochat.client import (
+from triochat.client.connection import (
     ChatClient,
     ConnectionClosed,
     NameRejected,
@@ -17,6 +16,7 @@ from triochat.client import (
     WrongPassword,
     open_chat_client,
 )
+from triochat.core._auth import FailureDelays, password_matches
 
 OPTIONS = {"password": "open sesame", "password_delay": 0.01, "password_delay_max": 0.05}
 

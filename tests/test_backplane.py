@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from triochat import Hub
-from triochat import protocol as p
 from triochat.backplane import LocalBackplane
 from triochat.backplane._wire import (
     Drop,
@@ -23,6 +22,7 @@ from triochat.backplane._wire import (
     encode_batch,
     encode_record,
 )
+from triochat.protocol import line as p
 
 texts = st.text(
     st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\t\n"), max_size=40

@@ -15,10 +15,10 @@ import trio
 from click.testing import CliRunner
 from conftest import Connect, StartServer
 
-from triochat.bot import BotConfig, BotRunner, Summary, percentile
-from triochat.botscript import parse_script
 from triochat.cli import main
-from triochat.client import ChatClient, ConnectOptions
+from triochat.client.bot import BotConfig, BotRunner, Summary, percentile
+from triochat.client.botscript import parse_script
+from triochat.client.connection import ChatClient, ConnectOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 10

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from triochat.botscript import (
+from triochat.client.botscript import (
     DEFAULT_EXPECT_TIMEOUT,
     Expect,
     ScriptError,

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 from triochat import cli
 from triochat.cli import main
-from triochat.client import ChatClient, ConnectionClosed, open_chat_client
-from triochat.server import SHUTDOWN_LINE
-from triochat.store import StoreConfig
+from triochat.client.connection import ChatClient, ConnectionClosed, open_chat_client
+from triochat.server.listener import SHUTDOWN_LINE
+from triochat.server.store import StoreConfig
 
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"triochat listening on 127\.0\.0\.1:(\d+)")

@@ -11,7 +11,7 @@ import trio
 import trustme
 from _ops import cli_env, start_cli
 
-from triochat.client import WrongPassword, open_chat_client
+from triochat.client.connection import WrongPassword, open_chat_client
 
 
 async def test_tls_password_and_metrics_from_the_command_line(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from redis_support import (
 
 from triochat import ChatServer, ServerConfig
 from triochat.backplane.redis import LINK_DOWN, LINK_UP, RedisBackplane, RedisOptions
-from triochat.client import ChatClient, ConnectionClosed, NameRejected, open_chat_client
+from triochat.client.connection import ChatClient, ConnectionClosed, NameRejected, open_chat_client
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ import time
 import pytest
 import trio
 
-from triochat import protocol as p
-from triochat.hub import Hub, Member
+from triochat.core.hub import Hub, Member
+from triochat.protocol import line as p
 
 T0 = 1_700_000_000.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from triochat.incoming import Incoming, Kind, RoomState, parse_line
+from triochat.client.incoming import Incoming, Kind, RoomState, parse_line
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ import trio
 from click.testing import CliRunner
 from conftest import Connect, StartServer
 
-from triochat import protocol as p
 from triochat.cli import main
-from triochat.client import ChatClient
+from triochat.client.connection import ChatClient
+from triochat.protocol import line as p
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

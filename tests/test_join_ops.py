@@ -14,7 +14,7 @@ import trustme
 from _ops import cli_env, running_server
 from test_join_tty import Terminal
 
-from triochat.client import open_chat_client
+from triochat.client.connection import open_chat_client
 
 OPTIONS = {"password": "hunter2", "password_delay": 0.01}
 

@@ -8,8 +8,8 @@ import trio
 from _ops import running_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from triochat.client import open_chat_client
-from triochat.metrics import serve_metrics
+from triochat.client.connection import open_chat_client
+from triochat.server.metrics import serve_metrics
 
 
 async def _get(port: int, path: str = "/metrics") -> tuple[str, str]:

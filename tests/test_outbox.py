@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from triochat._outbox import Flusher, Outbox
-from triochat.server import ServerStats
+from triochat.server.outbox import Flusher, Outbox
+from triochat.server.stats import ServerStats
 
 
 class Owner:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triochat import protocol as p
+from triochat.protocol import line as p
 
 # --- LineFramer ----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from triochat._ratelimit import TokenBucket
+from triochat.core._ratelimit import TokenBucket
 
 
 def test_a_full_burst_is_free() -> None:

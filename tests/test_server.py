@@ -21,9 +21,9 @@ import trio.testing
 from conftest import Connect, StartServer
 
 from triochat import ChatServer, ServerConfig
-from triochat import protocol as p
-from triochat.client import ChatClient, ConnectionClosed, NameRejected
-from triochat.server import SHUTDOWN_LINE
+from triochat.client.connection import ChatClient, ConnectionClosed, NameRejected
+from triochat.protocol import line as p
+from triochat.server.listener import SHUTDOWN_LINE
 
 STAMP = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
 WAIT = 10  # seconds: the deadline for anything a test waits on

@@ -12,9 +12,9 @@ import pytest
 import trio
 from _ops import cli_env, running_server, start_cli
 
-from triochat import protocol as p
-from triochat.client import ChatClient, open_chat_client
-from triochat.store import SCHEMA_VERSION, StoreConfig, StoreError, open_history_store
+from triochat.client.connection import ChatClient, open_chat_client
+from triochat.protocol import line as p
+from triochat.server.store import SCHEMA_VERSION, StoreConfig, StoreError, open_history_store
 
 
 async def _client(port: int, name: str) -> ChatClient:

@@ -10,7 +10,7 @@ import trio
 import trustme
 from _ops import running_server
 
-from triochat.client import (
+from triochat.client.connection import (
     ConnectFailed,
     ConnectionClosed,
     ConnectOptions,

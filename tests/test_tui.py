@@ -6,10 +6,10 @@ import pytest
 import trio
 from conftest import Connect, StartServer
 
-from triochat.client import ConnectOptions
-from triochat.incoming import RoomState, parse_line
-from triochat.join import JoinConfig, _interactive_session
-from triochat.tui import NAME_COLOURS, QUIT, ChatScreen, markup, name_attr
+from triochat.client.connection import ConnectOptions
+from triochat.client.incoming import RoomState, parse_line
+from triochat.client.join import JoinConfig, _interactive_session
+from triochat.client.tui import NAME_COLOURS, QUIT, ChatScreen, markup, name_attr
 
 SIZE = (60, 8)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 if TYPE_CHECKING:
-    from ..hub import Hub
+    from ..core.hub import Hub
 
 
 class BackplaneError(Exception):

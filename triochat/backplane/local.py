@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
-    from ..hub import Hub
+    from ..core.hub import Hub
 
 
 class LocalBackplane:

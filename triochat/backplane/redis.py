@@ -49,7 +49,7 @@ import coredis.exceptions
 import trio
 from coredis.retry import NoRetryPolicy
 
-from .. import protocol as p
+from ..protocol import line as p
 from ._wire import (
     Drop,
     History,
@@ -64,7 +64,7 @@ from ._wire import encode_record as _encode_record
 from .base import BackplaneError
 
 if TYPE_CHECKING:
-    from ..hub import Hub, Member
+    from ..core.hub import Hub, Member
 
 log: Final = logging.getLogger("triochat.backplane.redis")
 

@@ -19,7 +19,7 @@ from typing import Final
 
 import trio
 
-from . import protocol as p
+from ..protocol import line as p
 
 # Server lines are the client's line plus a prefix; be generous but bounded.
 MAX_SERVER_LINE: Final = 1 << 20

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from . import protocol as p
-from ._auth import FailureDelays, password_matches
-from ._outbox import Flusher, Outbox
-from ._ratelimit import TokenBucket
-from .backplane import Backplane, LocalBackplane
-from .hub import Hub, Member
+from ..backplane import Backplane, LocalBackplane
+from ..core._auth import FailureDelays, password_matches
+from ..core._ratelimit import TokenBucket
+from ..core.hub import Hub, Member
+from ..protocol import line as p
+from .outbox import Flusher, Outbox
+from .stats import ServerStats
 
 if TYPE_CHECKING:
     from .store import HistoryStore
@@ -83,19 +84,6 @@ class ServerConfig:
             raise ValueError("password must not be empty (None: no password)")
         if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
             raise ValueError("tls_handshake_timeout must be > 0, password_delay >= 0")
-
-
-@dataclass(slots=True)
-class ServerStats:
-    """Counters the server keeps for metrics (plain integers: free when nobody reads them)."""
-
-    bytes_out: int = 0
-    flood_delays: int = 0
-    queue_high_water: int = 0
-    refused_full: int = 0
-    refused_per_address: int = 0
-    tls_handshake_failures: int = 0
-    wrong_passwords: int = 0
 
 
 def _enable_keepalive(stream: trio.SocketStream) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import trio
 
 if TYPE_CHECKING:
-    from .server import ServerStats
+    from .stats import ServerStats
 
 log: Final = logging.getLogger("triochat.server")
 

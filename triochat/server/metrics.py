@@ -25,7 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .server import ChatServer
+    from .listener import ChatServer
 
 log: Final = logging.getLogger("triochat.metrics")
 

@@ -20,8 +20,8 @@ from typing import Final
 import trio
 import urwid
 
-from . import protocol as p
-from .client import (
+from ..protocol import line as p
+from .connection import (
     ChatClient,
     ConnectFailed,
     ConnectionClosed,

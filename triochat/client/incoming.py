@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from . import protocol as p
+from ..protocol import line as p
 
 _STAMPED: Final = re.compile(r"(\[\d\d:\d\d:\d\d\]) (.*)", re.DOTALL)
 _USERS: Final = re.compile(r"Users in (#\S+): (.*)", re.DOTALL)

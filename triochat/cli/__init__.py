@@ -20,15 +20,16 @@ import click
 import trio
 from click.core import ParameterSource
 
-from . import __version__, protocol
-from .backplane import Backplane
-from .bot import BotConfig, BotRunner, Summary, check_names
-from .botscript import ScriptError, Step, parse_script
-from .client import ConnectOptions, InsecureConnectionWarning
-from .server import ChatServer, ServerConfig, format_address
+from .. import __version__
+from ..backplane import Backplane
+from ..client.bot import BotConfig, BotRunner, Summary, check_names
+from ..client.botscript import ScriptError, Step, parse_script
+from ..client.connection import ConnectOptions, InsecureConnectionWarning
+from ..protocol import line as protocol
+from ..server.listener import ChatServer, ServerConfig, format_address
 
 if TYPE_CHECKING:
-    from .store import StoreConfig
+    from ..server.store import StoreConfig
 
 log = logging.getLogger("triochat")
 
@@ -393,7 +394,7 @@ def _store_config(db: Path | None, **settings: Any) -> StoreConfig | None:
     if db is None:
         _refuse_without("--db", lambda name: name.startswith("db_"))
         return None
-    from .store import StoreConfig
+    from ..server.store import StoreConfig
 
     return StoreConfig(path=db, **settings)
 
@@ -415,7 +416,7 @@ def _refuse_without(option: str, belongs: Callable[[str], bool]) -> None:
 
 def _backplane(url: str, **options: Any) -> Backplane:
     try:
-        from .backplane.redis import RedisBackplane, RedisOptions
+        from ..backplane.redis import RedisBackplane, RedisOptions
     except ImportError:
         raise click.ClickException("--redis needs coredis: pip install 'triochat[redis]'") from None
     try:
@@ -455,7 +456,7 @@ async def _serve(
         async with AsyncExitStack() as stack:
             store = None
             if store_config is not None:
-                from .store import StoreError, open_history_store
+                from ..server.store import StoreError, open_history_store
 
                 try:
                     store = await stack.enter_async_context(open_history_store(store_config))
@@ -464,7 +465,7 @@ async def _serve(
             server = ChatServer(config, backplane=backplane, store=store, ssl_context=ssl_context)
             async with trio.open_nursery() as extras:
                 if metrics is not None:
-                    from .metrics import serve_metrics
+                    from ..server.metrics import serve_metrics
 
                     await extras.start(serve_metrics, server, metrics_listeners)
                     for listener in metrics_listeners:
@@ -561,7 +562,7 @@ def join(
     Line mode sends each stdin line and prints each server line to stdout,
     so `printf 'hello\\n' | triochat join --name dave` works in scripts.
     """
-    from . import join as join_mod  # urwid is only loaded for this command
+    from ..client import join as join_mod  # urwid is only loaded for this command
 
     canonical = protocol.normalize_room(room)
     if canonical is None:

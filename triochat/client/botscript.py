@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from . import protocol as p
+from ..protocol import line as p
 
 DEFAULT_EXPECT_TIMEOUT: Final = 10.0
 MAX_SLEEP: Final = 24 * 3600.0

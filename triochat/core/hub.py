@@ -19,8 +19,8 @@ from typing import Final, Protocol
 
 import trio
 
-from . import protocol as p
-from .backplane import Backplane, LocalBackplane
+from ..backplane import Backplane, LocalBackplane
+from ..protocol import line as p
 
 log: Final = logging.getLogger("triochat.hub")
 

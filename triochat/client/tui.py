@@ -16,7 +16,7 @@ from typing import Final
 import trio
 import urwid
 
-from . import protocol as p
+from ..protocol import line as p
 from .incoming import Incoming, Kind, RoomState, parse_line
 
 DEFAULT_SCROLLBACK: Final = 5000

@@ -21,9 +21,9 @@ from typing import Any, Final
 
 import trio
 
-from . import protocol as p
+from ..protocol import line as p
 from .botscript import Expect, Send, Sleep, Step, describe
-from .client import (
+from .connection import (
     ChatClient,
     ConnectFailed,
     ConnectionClosed,

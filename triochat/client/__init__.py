@@ -1,0 +1,1 @@
+"""The client side: one connection, ``triochat join``, its terminal UI, and bots."""

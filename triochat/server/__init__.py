@@ -1,0 +1,1 @@
+"""The server's I/O: listeners, connections, outboxes, the history store and metrics."""

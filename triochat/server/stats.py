@@ -1,0 +1,18 @@
+"""The server's counters, read by metrics at scrape time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters the server keeps for metrics (plain integers: free when nobody reads them)."""
+
+    bytes_out: int = 0
+    flood_delays: int = 0
+    queue_high_water: int = 0
+    refused_full: int = 0
+    refused_per_address: int = 0
+    tls_handshake_failures: int = 0
+    wrong_passwords: int = 0
