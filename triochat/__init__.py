@@ -21,8 +21,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .core.hub import Hub as Hub
-    from .server.listener import ChatServer as ChatServer
-    from .server.listener import ServerConfig as ServerConfig
+    from .server.listener import ChatServer as ChatServer, ServerConfig as ServerConfig
 
 _LAZY = {
     "Hub": "triochat.core.hub",

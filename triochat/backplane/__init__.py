@@ -7,8 +7,7 @@
 
 from __future__ import annotations
 
-from .base import Backplane as Backplane
-from .base import BackplaneError as BackplaneError
+from .base import Backplane as Backplane, BackplaneError as BackplaneError
 from .local import LocalBackplane as LocalBackplane
 
 __all__ = ["Backplane", "BackplaneError", "LocalBackplane"]

@@ -59,8 +59,8 @@ from ._wire import (
     WireError,
     decode_batch,
     encode_batch,
+    encode_record as _encode_record,
 )
-from ._wire import encode_record as _encode_record
 from .base import BackplaneError
 
 if TYPE_CHECKING:

@@ -11,8 +11,29 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
+
+from ..core import events as ev
+
+# The commands are the core's inputs, shared by every door; this dialect's
+# parser produces them, and they are re-exported here for its users.
+from ..core.commands import (
+    Command as Command,
+    Help as Help,
+    History as History,
+    Invalid as Invalid,
+    Join as Join,
+    Me as Me,
+    Msg as Msg,
+    Nick as Nick,
+    Part as Part,
+    Quit as Quit,
+    Rooms as Rooms,
+    Say as Say,
+    Users as Users,
+)
 
 DEFAULT_MAX_LINE: Final = 4096
 LOBBY: Final = "#lobby"
@@ -196,69 +217,6 @@ def normalize_room(room: str) -> str | None:
 
 # --- Commands (client to server, after registration) ----------------------
 
-
-@dataclass(frozen=True, slots=True)
-class Say:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Me:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    room: str
-
-
-@dataclass(frozen=True, slots=True)
-class Nick:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Msg:
-    to: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Users:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Rooms:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Help:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class History:
-    """``/history [N]``: replay up to ``count`` older lines of the current room."""
-
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Quit:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Invalid:
-    """A line the server answers with an error (``message`` is the ``!`` line's text)."""
-
-    message: str
-
-
-Command = Say | Me | Join | Nick | Msg | Users | Rooms | Help | History | Quit | Invalid
-
 HELP: Final = (
     "Commands:",
     "  TEXT               say TEXT to your room (//TEXT sends /TEXT)",
@@ -387,3 +345,69 @@ def format_history_header(room: str, count: int) -> str:
 
 def format_history_footer(room: str) -> str:
     return format_info(f"End of history of {room}")
+
+
+# --- Rendering the hub's events ---------------------------------------------
+
+
+class LineDialect:
+    """Renders the hub's events as v1 lines: ``[HH:MM:SS] <name> text`` and friends.
+
+    Pure apart from its one-second timestamp cache; one instance serves every
+    line-door member, so a burst is rendered once for all of them.
+    """
+
+    __slots__ = ("_stamp",)
+
+    name: Final = "line"
+
+    def __init__(self) -> None:
+        self._stamp = Timestamper()
+
+    def render(self, events: Sequence[ev.Event], /) -> bytes:
+        if len(events) == 1:
+            return self.line(events[0]).encode()
+        return "".join(map(self.line, events)).encode()
+
+    def line(self, event: ev.Event) -> str:
+        """One event's text, ending in a newline (a few events take several lines)."""
+        stamp = self._stamp
+        match event:
+            case ev.Said(name=name, text=text):
+                return f"{stamp(event.time)} <{name}> {text}\n"
+            case ev.Acted(name=name, text=text):
+                return f"{stamp(event.time)} * {name} {text}\n"
+            case ev.Joined(room=room, name=name):
+                return f"{stamp(event.time)} * {name} joined {room}\n"
+            case ev.Left(room=room, name=name, reason=reason):
+                return f"{stamp(event.time)} * {name} left {room} ({reason})\n"
+            case ev.Renamed(old=old, new=new):
+                return f"{stamp(event.time)} * {old} is now known as {new}\n"
+            case ev.TopicSet(room=room, name=name, topic=topic):
+                return f"{stamp(event.time)} * {name} set the topic of {room}: {topic}\n"
+            case ev.Legacy(line=line):
+                return f"{line}\n"
+            case ev.Private(echo=True):
+                return format_private_echo(stamp(event.time), event.recipient, event.text)
+            case ev.Private():
+                return format_private(stamp(event.time), event.sender, event.text)
+            case ev.Notice(text=text):
+                return format_info(text)
+            case ev.Error(text=text):
+                return format_error(text)
+            case ev.UserList(room=room, names=names):
+                return format_info(f"Users in {room}: {', '.join(names)}")
+            case ev.RoomList(rooms=rooms):
+                listed = ", ".join(f"{name} ({count})" for name, count in rooms)
+                return format_info(f"Rooms: {listed}")
+            case ev.Replay(room=room, events=events):
+                if not events:
+                    return format_history_header(room, 0)
+                return "".join(
+                    [
+                        format_history_header(room, len(events)),
+                        *map(self.line, events),
+                        format_history_footer(room),
+                    ]
+                )
+        raise AssertionError(f"no line for {event!r}")  # pragma: no cover

@@ -1,0 +1,153 @@
+"""What leaves the hub: typed events, which every door renders in its own dialect.
+
+The hub never formats a line. It emits these frozen values; a door's
+:class:`Dialect` turns a run of them into the bytes of its wire format
+(``protocol/line.py`` for v1, one module per dialect). Room events carry the
+room's sequence number (1, 2, 3 ... per room, never reused) and the server's
+time as a UTC instant (seconds since the epoch), so any dialect can show the
+time its own way and history can be replayed to a joiner on any door.
+
+Nothing here imports trio or does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+# --- Room events: numbered, kept in history --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _InRoom:
+    """Something that happened in ``room``: its ``seq``-th event, at ``time`` (UTC)."""
+
+    room: str
+    seq: int
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Said(_InRoom):
+    """A chat line."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Acted(_InRoom):
+    """An action (``/me``)."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Joined(_InRoom):
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Left(_InRoom):
+    """``name`` left ``room``; ``reason`` is theirs (``quit``, ``bye``) or the server's.
+
+    The server's reasons are ``connection lost``, ``too slow``, ``name conflict``,
+    ``server shutdown`` and ``joined #room`` (a one-room client moved on).
+    """
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Renamed(_InRoom):
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSet(_InRoom):
+    name: str
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class Legacy(_InRoom):
+    """A history line kept from before events (a v1 ``--db`` file), as it was sent."""
+
+    line: str
+
+
+RoomEvent = Said | Acted | Joined | Left | Renamed | TopicSet | Legacy
+"""The events numbered in a room's sequence and kept in its history."""
+
+
+# --- Events for one member ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Private:
+    """A private message; ``echo`` is the copy its sender sees."""
+
+    time: float
+    sender: str
+    recipient: str
+    text: str
+    echo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A line from the server to read (``*`` on the line door)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Something the member asked for could not be done (``!`` on the line door)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserList:
+    """Who is in ``room``, sorted as names compare; ``names`` includes the asker."""
+
+    room: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList:
+    """Every room and its member count (across the cluster), sorted by name."""
+
+    rooms: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A ``/history`` answer: up to the asked number of ``room``'s events, oldest first."""
+
+    room: str
+    events: tuple[RoomEvent, ...]
+
+
+Event = RoomEvent | Private | Notice | Error | UserList | RoomList | Replay
+
+
+class Dialect(Protocol):
+    """How one door renders events: pure, and the same bytes for everyone who speaks it.
+
+    The hub renders a burst once per dialect present among its recipients and
+    hands the same ``bytes`` object to each of them.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def render(self, events: Sequence[Event], /) -> bytes:
+        """The bytes that show ``events`` (one or more, in order) on this door."""
+        ...
