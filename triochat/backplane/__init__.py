@@ -7,7 +7,13 @@
 
 from __future__ import annotations
 
-from .base import Backplane as Backplane, BackplaneError as BackplaneError
+from .base import (
+    Backplane as Backplane,
+    BackplaneError as BackplaneError,
+    Claim as Claim,
+    LocalMember as LocalMember,
+    Node as Node,
+)
 from .local import LocalBackplane as LocalBackplane
 
-__all__ = ["Backplane", "BackplaneError", "LocalBackplane"]
+__all__ = ["Backplane", "BackplaneError", "Claim", "LocalBackplane", "LocalMember", "Node"]

@@ -1,30 +1,108 @@
-"""The interface between the hub and whatever connects it to other nodes.
+"""The two-way seam between a hub and the rest of the chat.
 
-The hub calls these methods synchronously; none of them waits. Only
+A hub always publishes through its :class:`Backplane` (the local one is a
+synchronous loopback), and a backplane delivers back into a :class:`Node`:
+the small receiving interface that a hub implements. Neither side knows the
+other's class, so a backplane can be tested against a fake node and a hub
+against a fake backplane.
+
+The hub calls the backplane synchronously; none of those calls waits. Only
 :meth:`Backplane.claim` (a cluster-wide name claim) and :meth:`Backplane.run`
-(the backplane's own tasks) are async, and the server awaits ``claim``
+(the backplane's own tasks) are async, and the session awaits ``claim``
 *before* it calls into the hub, so the hub's "no method awaits" rule holds.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    from ..core.hub import Hub
+from ..core.events import Private, RoomEvent
 
 
 class BackplaneError(Exception):
     """The link to the rest of the chat failed (Redis unreachable, timed out, or refused)."""
 
 
-class Backplane(Protocol):
-    """What the hub and server need from a backplane.
+class Claim(enum.Enum):
+    """The outcome of a cluster-wide name claim."""
 
-    ``remote`` is false for the local (single-process) backplane; the hub and
-    server then take their direct paths and never call the rest.
+    CLAIMED = "claimed"
+    TAKEN = "taken"
+    """Someone holds the name, on this node or another."""
+    LINK_DOWN = "link down"
+    """The rest of the chat could not be asked; try again later."""
+
+
+class LocalMember(Protocol):
+    """What a backplane may read of a hub's member."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def room_names(self) -> Iterable[str]: ...
+
+
+class Node(Protocol):
+    """What a node must be able to receive from its backplane (a :class:`Hub` is one)."""
+
+    def deliver(self, events: Sequence[RoomEvent], /) -> None:
+        """Room events in the cluster's order: to the members here, and into history."""
+        ...
+
+    def deliver_private(self, key: str, event: Private, /) -> None:
+        """A private message (or its echo) for the member here holding ``key``, if any."""
+        ...
+
+    def set_history(self, room: str, events: Sequence[RoomEvent], /) -> None:
+        """``room``'s history is now ``events``, oldest first (the cluster restored it)."""
+        ...
+
+    def replace_histories(self, histories: Mapping[str, Sequence[RoomEvent]], /) -> None:
+        """Take the cluster's stored histories, after (re)linking."""
+        ...
+
+    def drop_history(self, room: str, /) -> bool:
+        """The cluster dropped ``room``'s history; whether a member here is in it all the same."""
+        ...
+
+    def hosts(self, room: str, /) -> bool:
+        """Whether a member here is in ``room``."""
+        ...
+
+    def local_members(self) -> Sequence[LocalMember]:
+        """The members connected here."""
+        ...
+
+    def announce_left(self, room: str, name: str, reason: str, /) -> None:
+        """A user of another node is gone (its node died or shut down): tell ``room``."""
+        ...
+
+    def expel(self, key: str, error: str, reason: str, /) -> None:
+        """Tell the member here holding ``key`` why (``error``), then disconnect it."""
+        ...
+
+    def notice_all(self, text: str, /) -> None:
+        """A server notice to every member here (e.g. the link went down)."""
+        ...
+
+    def flush(self) -> None:
+        """Deliveries are done for now: evict whoever was found too slow."""
+        ...
+
+
+class Backplane(Protocol):
+    """What a hub (and the session, for claims) needs from a backplane.
+
+    ``remote`` is false for the local backplane: there is no other node, so
+    the server need not run it and claims are decided by the hub alone.
     """
 
     remote: bool
@@ -34,36 +112,47 @@ class Backplane(Protocol):
         """A line newcomers should read (e.g. that the link is down), if any."""
         ...
 
-    def publish_line(self, room: str, data: bytes, record: bool) -> bool:
-        """Queue a room line for every node; ``False`` means deliver it locally instead."""
+    def attach(self, node: Node, /) -> None:
+        """Deliver to ``node`` from now on (the hub attaches itself when it is made)."""
         ...
 
-    def publish_private(self, key: str, data: bytes) -> bool:
-        """Queue a private line for the node that holds ``key``; ``False`` if it cannot."""
+    def publish(self, events: Sequence[RoomEvent], /) -> None:
+        """Room events (all of one room) for every node, this one included.
+
+        They reach :meth:`Node.deliver` on every node, in one order: at once
+        for the local backplane, when they come back from Redis for a cluster
+        (on this node too). If the cluster cannot take them, the backplane
+        delivers them here alone rather than lose them.
+        """
         ...
 
-    def presence(self, key: str, name: str, room: str | None) -> None:
-        """A local member is now in ``room`` (``None``: gone, and its name is released)."""
+    def publish_private(self, key: str, event: Private, /) -> bool:
+        """A private message for the member holding ``key`` wherever it is; ``False`` if no node
+        will take it (the hub then answers from what it knows here)."""
         ...
 
-    def occupy(self, room: str) -> None:
+    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
+        """A local member is now in ``rooms`` (``None``: gone, and its name is released)."""
+        ...
+
+    def occupy(self, room: str, /) -> None:
         """A first member on this node entered ``room`` (never the lobby): keep its history."""
         ...
 
-    def vacate(self, room: str) -> bool:
+    def vacate(self, room: str, /) -> bool:
         """The last member on this node left ``room``: its history may go.
 
         The cluster drops it once no node has a member in the room, and says
-        so (:meth:`Hub.drop_history`). ``False`` means nobody will say so
+        so (:meth:`Node.drop_history`). ``False`` means nobody will say so
         (there is no link): the hub forgets its copy now.
         """
         ...
 
-    def remote_name(self, key: str) -> str | None:
+    def remote_name(self, key: str, /) -> str | None:
         """The display name of the user on another node holding ``key``, if any."""
         ...
 
-    def remote_users(self, room: str) -> list[str]:
+    def remote_users(self, room: str, /) -> list[str]:
         """Names of the users in ``room`` on other nodes."""
         ...
 
@@ -71,17 +160,19 @@ class Backplane(Protocol):
         """Member counts of the rooms on other nodes."""
         ...
 
-    async def claim(self, name: str) -> str | None:
-        """Claim ``name`` across the cluster; the error text if it is taken."""
+    def remote_count(self) -> int:
+        """How many users are connected to other nodes."""
         ...
 
-    def unclaim(self, name: str) -> None:
+    async def claim(self, name: str, /) -> Claim:
+        """Claim ``name`` across the cluster."""
+        ...
+
+    def unclaim(self, name: str, /) -> None:
         """Give back a claim that was not used."""
         ...
 
-    async def run(
-        self, hub: Hub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the link up until cancelled; ``started`` after the first attempt."""
         ...
 
