@@ -365,9 +365,16 @@ class LineDialect:
         self._stamp = Timestamper()
 
     def render(self, events: Sequence[ev.Event], /) -> bytes:
-        if len(events) == 1:
-            return self.line(events[0]).encode()
-        return "".join(map(self.line, events)).encode()
+        stamp, said, line = self._stamp, ev.Said, self.line
+        # Chat lines are nearly all of it: they skip the match below.
+        return "".join(
+            [
+                f"{stamp(event.time)} <{event.name}> {event.text}\n"
+                if type(event) is said
+                else line(event)
+                for event in events
+            ]
+        ).encode()
 
     def line(self, event: ev.Event) -> str:
         """One event's text, ending in a newline (a few events take several lines)."""
