@@ -48,6 +48,8 @@ class ServerConfig:
     port: int = 7007
     max_line: int = p.DEFAULT_MAX_LINE
     history: int = 20
+    max_rooms_per_member: int = 50
+    """The most rooms one member can be in at once (doors where members join several)."""
     max_clients: int = 10_000
     rate: float = 20.0
     """Lines a second each client may send on average; 0 turns flood control off."""
@@ -74,7 +76,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.send_queue <= self.history + 8:
             raise ValueError("send_queue must exceed history by more than 8 lines")
-        for field in ("max_line", "max_clients", "send_queue", "burst"):
+        for field in ("max_line", "max_clients", "send_queue", "burst", "max_rooms_per_member"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1")
         if self.history < 0 or self.rate < 0 or self.registration_timeout <= 0:
@@ -130,7 +132,12 @@ class ChatServer:
         self.config = config or ServerConfig()
         self.backplane = backplane or (hub.backplane if hub else LocalBackplane())
         self.store = store
-        self.hub = hub or Hub(history=self.config.history, backplane=self.backplane, archive=store)
+        self.hub = hub or Hub(
+            history=self.config.history,
+            backplane=self.backplane,
+            archive=store,
+            max_rooms_per_member=self.config.max_rooms_per_member,
+        )
         self.ssl_context = ssl_context
         self.dialect = p.LineDialect()
         """How the line door renders the hub's events (one for all its members)."""
