@@ -79,13 +79,26 @@ class TopicSet(_InRoom):
 
 
 @dataclass(slots=True)
+class Presence(_InRoom):
+    """A big room's joins and leaves of the last ``seconds``, told at once instead of each.
+
+    Rooms past the server's ``quiet_above`` members announce no single join,
+    leave or rename (ergo's users saw a channel of 2,000 slow a server that way).
+    """
+
+    joined: int
+    left: int
+    seconds: float
+
+
+@dataclass(slots=True)
 class Legacy(_InRoom):
     """A history line kept from before events (a v1 ``--db`` file), as it was sent."""
 
     line: str
 
 
-RoomEvent = Said | Acted | Joined | Left | Renamed | TopicSet | Legacy
+RoomEvent = Said | Acted | Joined | Left | Renamed | TopicSet | Presence | Legacy
 """The events numbered in a room's sequence and kept in its history."""
 
 
@@ -119,10 +132,17 @@ class Error:
 
 @dataclass(slots=True)
 class UserList:
-    """Who is in ``room``, sorted as names compare; ``names`` includes the asker."""
+    """Who is in ``room``, sorted as names compare; ``names`` includes the asker.
+
+    In a big room ``names`` may be only the first of ``total``.
+    """
 
     room: str
     names: tuple[str, ...]
+    total: int = 0
+
+    def __post_init__(self) -> None:
+        self.total = max(self.total, len(self.names))
 
 
 @dataclass(slots=True)

@@ -224,7 +224,7 @@ HELP: Final = (
     "  /msg NAME TEXT     a private message (alias /whisper)",
     "  /join #ROOM        leave your room and join #ROOM (created on demand)",
     "  /nick NAME         change your name",
-    "  /users             who is in your room (aliases /who, /names)",
+    "  /users [all]       who is in your room (aliases /who, /names)",
     "  /rooms             the rooms and their sizes (alias /list)",
     f"  /history [N]       replay N older lines of your room (max {HISTORY_MAX})",
     "  /quit [REASON]     leave the chat (alias /exit)",
@@ -277,7 +277,7 @@ def parse_command(line: str) -> Command | None:
             return _usage("/nick NAME")
         return Nick(rest)
     if verb in ("users", "who", "names"):
-        return Users()
+        return Users(everyone=rest.lower() == "all")
     if verb in ("rooms", "list"):
         return Rooms()
     if verb == "help":
@@ -402,8 +402,15 @@ class LineDialect:
                 return format_info(text)
             case ev.Error(text=text):
                 return format_error(text)
+            case ev.UserList(room=room, names=names, total=total) if total > len(names):
+                more = f", and {total - len(names)} more (/users all lists everyone)"
+                return format_info(f"Users in {room} ({total}): {', '.join(names)}{more}")
             case ev.UserList(room=room, names=names):
                 return format_info(f"Users in {room}: {', '.join(names)}")
+            case ev.Presence(room=room, joined=joined, left=left, seconds=seconds):
+                return format_info(
+                    f"{joined} joined and {left} left {room} in the last {seconds:g} s"
+                )
             case ev.RoomList(rooms=rooms):
                 listed = ", ".join(f"{name} ({count})" for name, count in rooms)
                 return format_info(f"Rooms: {listed}")

@@ -50,6 +50,11 @@ class ServerConfig:
     history: int = 20
     max_rooms_per_member: int = 50
     """The most rooms one member can be in at once (doors where members join several)."""
+    quiet_above: int = 200
+    """Past this many members a room announces joins, leaves and renames only as a summary;
+    0 turns it off."""
+    presence_interval: float = 30.0
+    """Seconds between a big room's summaries of joins and leaves."""
     max_clients: int = 10_000
     rate: float = 20.0
     """Lines a second each client may send on average; 0 turns flood control off."""
@@ -81,8 +86,10 @@ class ServerConfig:
                 raise ValueError(f"{field} must be at least 1")
         if self.history < 0 or self.rate < 0 or self.registration_timeout <= 0:
             raise ValueError("history and rate must be >= 0, registration_timeout > 0")
-        if self.max_per_address < 0:
-            raise ValueError("max_per_address must be >= 0 (0: no limit)")
+        if self.max_per_address < 0 or self.quiet_above < 0:
+            raise ValueError("max_per_address and quiet_above must be >= 0 (0: no limit)")
+        if not self.presence_interval > 0:
+            raise ValueError("presence_interval must be > 0")
         if self.password == "":
             raise ValueError("password must not be empty (None: no password)")
         if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
@@ -137,6 +144,8 @@ class ChatServer:
             backplane=self.backplane,
             archive=store,
             max_rooms_per_member=self.config.max_rooms_per_member,
+            quiet_above=self.config.quiet_above,
+            presence_interval=self.config.presence_interval,
         )
         self.ssl_context = ssl_context
         self.dialect = p.LineDialect()
@@ -179,7 +188,7 @@ class ChatServer:
             return
         async with trio.open_nursery() as nursery:
             # Linked (or trying to be, with Redis down) before the first client arrives.
-            await nursery.start(self.backplane.run, self.hub)
+            await nursery.start(self.backplane.run)
             await self._serve_listeners(listeners, task_status=task_status)
             await self.backplane.leave_cluster()
             nursery.cancel_scope.cancel()
@@ -192,6 +201,8 @@ class ChatServer:
     ) -> None:
         async with trio.open_nursery() as flushing:
             flushing.start_soon(self._flusher.run)
+            if self.config.quiet_above:
+                flushing.start_soon(self._summarize_presence)
             await self._serve_connections(listeners, task_status=task_status)
             flushing.cancel_scope.cancel()
 
@@ -219,6 +230,12 @@ class ChatServer:
             log.info("shutting down: %d connections", len(self._connections))
             self._close_all(SHUTDOWN_LINE)
             handlers.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace
+
+    async def _summarize_presence(self) -> None:
+        """Tell big rooms of their joins and leaves, every ``presence_interval`` seconds."""
+        while True:
+            await trio.sleep(self.config.presence_interval)
+            self.hub.summarize_presence()
 
     def shutdown(self) -> None:
         """Stop accepting, tell every client, and give them ``shutdown_grace`` to read it."""
