@@ -21,7 +21,7 @@ from . import _unicode_names as _data
 NAME_MAX: Final = 24
 NamePolicy = Literal["unicode", "ascii"]
 NAME_POLICIES: Final[tuple[NamePolicy, ...]] = get_args(NamePolicy)
-"""``unicode`` (the default): letters of any one script; ``ascii``: A-Z and a-z only."""
+"""``unicode`` (the default): letters of any one script; ``ascii``: only A-Z, a-z, 0-9, _, -."""
 
 NAME_RULES: Final = f"a name is 1 to {NAME_MAX} letters, digits, _ or -"
 ASCII_NAME_RULES: Final = f"a name is 1 to {NAME_MAX} ASCII letters, digits, _ or -"
