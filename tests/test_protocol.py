@@ -227,7 +227,12 @@ def test_clean_text_removes_escape_sequences_and_controls(raw: str, clean: str) 
 plain_text = st.text(
     st.characters(exclude_categories=("Cc", "Cs"), exclude_characters=BIDI_CONTROLS)
 )
-_bytes_in = lambda lo, hi: st.characters(min_codepoint=lo, max_codepoint=hi)  # noqa: E731
+
+
+def _bytes_in(lo: int, hi: int) -> st.SearchStrategy[str]:
+    return st.characters(min_codepoint=lo, max_codepoint=hi)
+
+
 csi = st.tuples(
     st.sampled_from(["\x1b[", "\x9b"]),
     st.text(_bytes_in(0x30, 0x3F), max_size=6),
