@@ -38,6 +38,8 @@ RECEIVE_SIZE: Final = 65536
 SHUTDOWN_LINE: Final = "Server is shutting down. Bye!"
 BATCH_LINES: Final = 256
 """Most lines of one client's burst handled before other clients get a turn."""
+TLS_CLOSE_TIMEOUT: Final = 0.5
+"""Seconds to send a TLS close_notify; only a peer that stopped reading takes this long."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -398,7 +400,7 @@ class _Connection:
         finally:
             self._leave()
             self.send.stop()  # before the socket (and so its number) is released
-            await trio.aclose_forcefully(self.stream)
+            await _close(self.stream)
             log.info("%s closed (%s)", self.peer, self.reason)
 
     def _leave(self) -> None:
@@ -718,6 +720,23 @@ async def _say_and_close(stream: trio.abc.Stream, line: str) -> None:
     with trio.move_on_after(1):
         with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(line.encode())
+    await _close(stream)
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` at once; a TLS one first sends close_notify, in a short time.
+
+    Without close_notify a TLS client cannot tell the server's goodbye from a
+    cut connection (``openssl s_client``: "unexpected eof").
+    """
+    if isinstance(stream, trio.SSLStream):
+        # Cleanup: shielded from the connection's cancellation, bounded by its own.
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(TLS_CLOSE_TIMEOUT),
+            suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await stream.aclose()
     await trio.aclose_forcefully(stream)
 
 
