@@ -640,3 +640,17 @@ async def test_a_kick_is_announced_by_name_even_in_a_big_room(clock: Clock) -> N
 async def test_users_all_parses() -> None:
     assert p.parse_command("/users all") == p.Users(everyone=True)
     assert p.parse_command("/who") == p.Users()
+
+
+async def test_the_user_list_is_sorted_as_people_read_names(hub: Hub) -> None:
+    # Sorted by the case-folded name, not by the look-alike key (rn looks like m).
+    users = [User(hub, name) for name in ("nina", "Mia", "zed")]
+    do(hub, users[0].member, p.Users())
+    assert users[0].lines()[-1] == "* Users in #lobby: Mia, nina, zed"
+
+
+async def test_an_ascii_name_policy_refuses_other_letters(clock: Clock) -> None:
+    hub = Hub(history=3, clock=clock, names="ascii")
+    send, _ = trio.open_memory_channel[bytes](10)
+    assert hub.register("zoë", send, lambda: None, LINE) == p.name_error("zoë", "ascii")
+    assert isinstance(hub.register("zoe", send, lambda: None, LINE), Member)

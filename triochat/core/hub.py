@@ -146,6 +146,7 @@ class Hub:
         leave or rename, only a summary each ``presence_interval`` seconds
         (:meth:`summarize_presence`); 0 (the default here) never.
       presence_interval: the seconds a summary covers.
+      names: the name policy (``"unicode"``, or ``"ascii"`` for ASCII names only).
     """
 
     def __init__(
@@ -158,7 +159,9 @@ class Hub:
         max_rooms_per_member: int = 50,
         quiet_above: int = 0,
         presence_interval: float = 30.0,
+        names: p.NamePolicy = "unicode",
     ) -> None:
+        self.names: p.NamePolicy = names
         self.history = history
         self.max_rooms_per_member = max_rooms_per_member
         self.quiet_above = quiet_above
@@ -220,7 +223,7 @@ class Hub:
 
     def name_unavailable(self, name: str, current: Member | None = None) -> str | None:
         """Why ``name`` cannot be claimed (by ``current``, renaming), or ``None``."""
-        error = p.name_error(name)
+        error = p.name_error(name, self.names)
         if error is not None:
             return error
         key = p.name_key(name)
@@ -511,7 +514,7 @@ class Hub:
     def _names(self, room: Room) -> list[str]:
         names = [m.name for m in room.members]
         names.extend(self.backplane.remote_users(room.name))
-        names.sort(key=p.name_key)
+        names.sort(key=p.name_sort_key)
         return names
 
     def _user_list(self, room: Room) -> ev.UserList:

@@ -57,6 +57,8 @@ class ServerConfig:
     0 turns it off."""
     presence_interval: float = 30.0
     """Seconds between a big room's summaries of joins and leaves."""
+    names: p.NamePolicy = "unicode"
+    """Which names people may take: ``unicode`` (one script, no look-alikes) or ``ascii``."""
     max_clients: int = 10_000
     rate: float = 20.0
     """Lines a second each client may send on average; 0 turns flood control off."""
@@ -92,6 +94,8 @@ class ServerConfig:
             raise ValueError("max_per_address and quiet_above must be >= 0 (0: no limit)")
         if not self.presence_interval > 0:
             raise ValueError("presence_interval must be > 0")
+        if self.names not in p.NAME_POLICIES:
+            raise ValueError(f"names must be one of {', '.join(p.NAME_POLICIES)}")
         if self.password == "":
             raise ValueError("password must not be empty (None: no password)")
         if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
@@ -148,6 +152,7 @@ class ChatServer:
             max_rooms_per_member=self.config.max_rooms_per_member,
             quiet_above=self.config.quiet_above,
             presence_interval=self.config.presence_interval,
+            names=self.config.names,
         )
         self.ssl_context = ssl_context
         self.dialect = p.LineDialect()
