@@ -84,7 +84,13 @@ class Chatter:
 class Terminal:
     """A pty running ``triochat join``, and the screen a terminal would show."""
 
-    def __init__(self, port: int, *args: str, command: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        *args: str,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         join = shlex.join(
             command or [sys.executable, "-m", "triochat", "join", "--port", str(port), *args]
         )
@@ -92,7 +98,9 @@ class Terminal:
         self.screen = pyte.Screen(COLS, ROWS)
         self.stream = pyte.ByteStream(self.screen)
         self.raw = bytearray()
-        self.child = pexpect.spawn("/bin/sh", ["-c", script], env=ENV, dimensions=(ROWS, COLS))
+        self.child = pexpect.spawn(
+            "/bin/sh", ["-c", script], env={**ENV, **(env or {})}, dimensions=(ROWS, COLS)
+        )
 
     def pump(self) -> None:
         try:
@@ -400,3 +408,21 @@ def test_another_room_hides_the_lobby(
     assert "lobby talk" not in term.text
     term.child.send("\x04")
     assert term.exit_code_and_tty_restored() == 0
+
+
+def test_a_wrong_password_is_said_as_such_and_exits_5(terminals: list[Terminal]) -> None:
+    server = Server("--password", "hunter2")
+    try:
+        term = Terminal(server.port, "--name", "pat", env={"TRIOCHAT_PASSWORD": "wrong"})
+        terminals.append(term)
+        term.wait_text("! Wrong password: the server closed the connection")
+        term.wait_for("the status", lambda: "press any key" in term.status_line)
+        status = term.status_line
+        assert "│ wrong password │" in status
+        assert "#lobby" not in status
+        assert "users" not in status
+        term.child.send("x")
+        assert term.exit_code_and_tty_restored() == 5
+        assert b"triochat: wrong password" in term.raw
+    finally:
+        server.stop()

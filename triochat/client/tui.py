@@ -351,6 +351,7 @@ class ChatScreen:
         )
         self.root = _Root(self)
         self.size: tuple[int, int] | None = None  # of the whole screen, as last drawn
+        self._pinned = False  # the pane was last put at the end by _pin, not moved since
         self.asking_name = False
         self.joining = True  # registering: Enter waits, so no line is taken for a name
         self.joined = False  # the server accepted the name
@@ -405,6 +406,7 @@ class ChatScreen:
         """Show the end of the newest line, even one taller than the pane."""
         if not self.walker:
             return
+        self._pinned = True
         self.pane.set_focus(len(self.walker) - 1)
         self.pane.set_focus_valign("bottom")
         if self.size is not None:
@@ -422,6 +424,7 @@ class ChatScreen:
         if size != self.size:
             following = self.following  # at the old size, as the user last saw it
             self.size = size
+            self._pinned = False  # the same focus and offset may now hide the end
             if following:
                 self._pin()
         self.refresh_status()
@@ -431,7 +434,7 @@ class ChatScreen:
         """Whether the pane shows the end of the newest line (the user has not scrolled up)."""
         if not self.walker:
             return True
-        if self.size is None:
+        if self.size is None or (self._pinned and self.pane.focus_position == len(self.walker) - 1):
             return self.pane.focus_position >= len(self.walker) - 1
         return "bottom" in self.pane.ends_visible(self._pane_size(self.size))
 
@@ -626,6 +629,7 @@ class ChatScreen:
         elif key in ("up", "down"):
             self.input.browse(-1 if key == "up" else 1)
         elif key in ("page up", "page down"):
+            self._pinned = False
             self.pane.keypress(self._pane_size(size), key)
         else:
             # Straight to the input line: the frame would lay out every widget for each key.
