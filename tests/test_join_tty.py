@@ -342,9 +342,13 @@ def test_narrowing_the_window_keeps_the_newest_line_in_view(
     chatters.append(ben)
     ben.send(" ".join(f"w{i}" for i in range(40)) + " END|")
     nar.wait_text("END|")
+    # pyte keeps what fits of the old screen: wait for the redraw (the status line
+    # cut to the new width, on its new row) before looking for the end.
     nar.resize(8, 30)
-    nar.wait_for("the end at 30x8", lambda: "END|" in nar.text and "nar" in nar.status_line)
+    nar.wait_for("the redraw at 30x8", lambda: "│ nar │" in nar.status_line.rstrip()[-14:])
+    nar.wait_for("the end at 30x8", lambda: "END|" in nar.text)
     nar.resize(10, 60)
+    nar.wait_for("the redraw at 60x10", lambda: nar.status_line.rstrip().endswith("…"))
     nar.wait_for("the end at 60x10", lambda: "END|" in nar.text)
     assert "more below" not in nar.status_line
     nar.child.send("\x04")
