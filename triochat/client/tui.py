@@ -65,7 +65,7 @@ PALETTE: Final[list[tuple[str, str, str]]] = [
     *[(f"name{i}", colour, "default") for i, colour in enumerate(NAME_COLOURS)],
 ]
 
-HINTS: Final = "PgUp/PgDn scroll · Tab complete · Ctrl-D quit"
+HINTS: Final = "PgUp/PgDn scroll · Ctrl-D quit"
 
 
 class _Quit:
