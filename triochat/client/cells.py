@@ -82,12 +82,12 @@ class CellLayout(urwid.StandardTextLayout):
     def _wrap_clusters(
         text: str, idx: int, end: int, width: int, wrap: str, out: list[list[tuple[int, ...]]]
     ) -> None:
-        # (start, safe width, urwid's width) of each cluster of the line
-        clusters: list[tuple[int, int, int]] = []
+        # (start, safe width, urwid's width, is a plain space) of each cluster of the line
+        clusters: list[tuple[int, int, int, bool]] = []
         pos = idx
         for cluster in wcwidth.iter_graphemes(text[idx:end]):
             own = max(wcwidth.width(cluster, control_codes="ignore"), 0)
-            clusters.append((pos, cluster_width(cluster), own))
+            clusters.append((pos, cluster_width(cluster), own, cluster == " "))
             pos += len(cluster)
         first = 0  # index of the first cluster of the row being filled
         while first < len(clusters):
@@ -96,22 +96,22 @@ class CellLayout(urwid.StandardTextLayout):
             while last < len(clusters) and used + clusters[last][1] <= width:
                 used += clusters[last][1]
                 last += 1
+            last = max(last, first + 1)  # a cluster wider than the row gets a row of its own
             if last == len(clusters):
                 row_start = clusters[first][0]
                 own = sum(c[2] for c in clusters[first:])
                 out.append([(own, row_start, end), (0, end)])
                 return
-            last = max(last, first + 1)  # a cluster wider than the row gets a row of its own
             brk = last
-            if wrap == "space" and text[clusters[last][0]] != " ":
+            if wrap == "space" and not clusters[last][3]:
                 for i in range(last - 1, first, -1):
-                    if text[clusters[i][0]] == " ":
+                    if clusters[i][3]:
                         brk = i
                         break
             row_start = clusters[first][0]
             row_end = clusters[brk][0]
             own = sum(c[2] for c in clusters[first:brk])
-            if brk < len(clusters) and text[row_end] == " " and wrap == "space":
+            if clusters[brk][3] and wrap == "space":
                 out.append([(own, row_start, row_end), (0, row_end)])
                 first = brk + 1
             else:
