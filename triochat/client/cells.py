@@ -70,7 +70,9 @@ class CellLayout(urwid.StandardTextLayout):
                     idx = pos + 1
                     continue
                 space = text.rfind(" ", idx, pos)
-                if space > idx:
+                word_end = text.find(" ", pos, end)
+                # A word longer than a row is cut anyway: fill this row with it first.
+                if space > idx and (word_end if word_end != -1 else end) - space - 1 <= width:
                     out.append([(space - idx, idx, space), (0, space)])
                     idx = space + 1
                     continue
@@ -108,6 +110,14 @@ class CellLayout(urwid.StandardTextLayout):
                     if clusters[i][3]:
                         brk = i
                         break
+                # A word longer than a row is cut anyway: fill this row with it first.
+                word = 0
+                for _, cells, _, space in clusters[brk + 1 :]:
+                    if space:
+                        break
+                    word += cells
+                if word > width:
+                    brk = last
             row_start = clusters[first][0]
             row_end = clusters[brk][0]
             own = sum(c[2] for c in clusters[first:brk])
