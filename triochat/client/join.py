@@ -38,7 +38,7 @@ EXIT_OK: Final = 0
 EXIT_CLOSED: Final = 1  # the server closed the connection, or it broke
 EXIT_CONNECT: Final = 3  # the server could not be reached
 EXIT_NAME: Final = 4  # the name was rejected (line mode)
-EXIT_PASSWORD: Final = 5  # the password was missing or wrong (line mode)
+EXIT_PASSWORD: Final = 5  # the password was missing (line mode) or wrong
 
 # A longer stdin line is skipped with a warning rather than buffered without
 # bound (the server's own limit is smaller and answered with a ``!`` line).
