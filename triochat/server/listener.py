@@ -172,7 +172,7 @@ class ChatServer:
             return
         async with trio.open_nursery() as nursery:
             # Linked (or trying to be, with Redis down) before the first client arrives.
-            await nursery.start(self.backplane.run, self.hub)
+            await nursery.start(self.backplane.run)
             await self._serve_listeners(listeners, task_status=task_status)
             await self.backplane.leave_cluster()
             nursery.cancel_scope.cancel()
