@@ -25,7 +25,7 @@ from ..base import BackplaneError, Claim, Node
 from . import scripts
 from .claims import Claims
 from .keys import Keys
-from .link import connect, keep_linked, log, quiet_coredis
+from .link import LINK_ERRORS, connect, describe, keep_linked, log, quiet_coredis
 from .options import RedisOptions
 from .publisher import Events, Item, Publisher, Rehold, Release, Room, Sweep, Undo
 from .replica import Replica
@@ -367,27 +367,37 @@ class RedisBackplane:
         # A beat landing after the keys below are gone would put this node back
         # in the cluster's list for good (nobody is left to reap it).
         self._beating.cancel()
-        keys = self.keys
         # Bounded tightly: the server must exit within 3 s of SIGTERM, Redis or not;
         # if this is cut short, the others reap this node after node_ttl instead.
-        with trio.move_on_after(_LEAVE_TIMEOUT, shield=True):
-            await client.delete([keys.alive(self.node_id)])
-            gone, rooms = await self._reap(client, self.node_id, force=True, release=True)
-            # What the hub says now (each user's Left) is written below, not queued.
-            items: list[Item] = []
-            self._leaving = items
-            try:
-                for key, name, in_rooms in gone:
-                    items.append(Presence(self.node_id, key, name, None))
-                    for room in in_rooms:
-                        self.node.announce_left(room, name, "server shutdown")
-            finally:
-                self._leaving = None
-            if rooms:
-                items.append(Sweep(tuple(rooms)))
-            await self.publisher.write(client, self.node, items)
-            await client.hdel(keys.seqs, [self.node_id])
-            await client.srem(keys.nodes, [self.node_id])
+        try:
+            with trio.move_on_after(_LEAVE_TIMEOUT, shield=True):
+                await self._leave(client)
+        except* LINK_ERRORS as group:
+            log.warning(
+                "could not leave the cluster cleanly (%s): the others reap this node instead",
+                describe(group),
+            )
+            log.debug("the failure", exc_info=group)
+
+    async def _leave(self, client: coredis.Redis[bytes]) -> None:
+        keys = self.keys
+        await client.delete([keys.alive(self.node_id)])
+        gone, rooms = await self._reap(client, self.node_id, force=True, release=True)
+        # What the hub says now (each user's Left) is written below, not queued.
+        items: list[Item] = []
+        self._leaving = items
+        try:
+            for key, name, in_rooms in gone:
+                items.append(Presence(self.node_id, key, name, None))
+                for room in in_rooms:
+                    self.node.announce_left(room, name, "server shutdown")
+        finally:
+            self._leaving = None
+        if rooms:
+            items.append(Sweep(tuple(rooms)))
+        await self.publisher.write(client, self.node, items)
+        await client.hdel(keys.seqs, [self.node_id])
+        await client.srem(keys.nodes, [self.node_id])
 
 
 _ROOM_EVENTS: Final = get_args(RoomEvent)
