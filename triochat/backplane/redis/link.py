@@ -52,9 +52,12 @@ def describe(exc: BaseException | None) -> str:
     if exc is None:
         return "no reason given"
     text = str(exc) or ("timed out" if isinstance(exc, trio.TooSlowError) else "")
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, coredis.exceptions.ConnectionError) and isinstance(cause, OSError):
-        text = f"{text} ({cause.strerror or cause})"  # "Unable to connect" says not why.
+    root = exc
+    while root.__cause__ is not None:  # "Unable to connect" says not why; its cause does.
+        root = root.__cause__
+    if root is not exc:
+        why = root.strerror if isinstance(root, OSError) and root.strerror else str(root)
+        text = f"{text} ({why})" if why else text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
