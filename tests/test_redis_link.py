@@ -199,3 +199,40 @@ async def test_history_lists_hold_encoded_events(
         ev.Acted(p.LOBBY, 4, 1_700_000_000.0, "ann", "waves"),
     ]
     assert node.hub.recent(p.LOBBY, 5) == stored  # What came back through the channel.
+
+
+async def test_a_dead_nodes_member_of_several_rooms_leaves_each(
+    redis_url: str, cluster: str, nursery: trio.Nursery
+) -> None:
+    a = Linked(redis_url, cluster)
+    a_link = trio.CancelScope()
+    nursery.start_soon(_run, a, a_link)
+    await wait_until(lambda: a.backplane.linked)
+    b = await Linked(redis_url, cluster).start(nursery)
+    ann, _ = a.member("ann")
+    a.hub.join(ann, "#dev")
+    ben, inbox = b.member("ben")
+    b.hub.join(ben, "#dev")
+    # The replica on B knows ann is in both rooms.
+    await wait_until(lambda: b.backplane.remote_users("#dev") == ["ann"])
+    assert b.backplane.remote_rooms() == {p.LOBBY: 1, "#dev": 1}
+    assert b.hub.rooms() == {p.LOBBY: 2, "#dev": 2}
+    while True:  # Drain what B's member has seen so far.
+        try:
+            inbox.receive_nowait()
+        except trio.WouldBlock:
+            break
+    a_link.cancel()  # Node A dies without a word; its heartbeat key expires.
+    seen: list[str] = []
+    with trio.fail_after(5):
+        while len([line for line in seen if "(connection lost)" in line]) < 2:
+            seen.extend((await inbox.receive()).decode().splitlines())
+    left = sorted(line.split("] ", 1)[1] for line in seen if "(connection lost)" in line)
+    assert left == ["* ann left #dev (connection lost)", "* ann left #lobby (connection lost)"]
+    assert b.backplane.remote_count() == 0
+    assert await b.backplane.claim("ann") is Claim.CLAIMED
+
+
+async def _run(node: Linked, scope: trio.CancelScope) -> None:
+    with scope:
+        await node.backplane.run()
