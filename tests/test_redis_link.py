@@ -236,3 +236,22 @@ async def test_a_dead_nodes_member_of_several_rooms_leaves_each(
 async def _run(node: Linked, scope: trio.CancelScope) -> None:
     with scope:
         await node.backplane.run()
+
+
+async def test_history_written_before_events_is_kept_as_legacy_lines(
+    redis_url: str, cluster: str, nursery: trio.Nursery
+) -> None:
+    async with coredis.Redis.from_url(redis_url) as admin:
+        key = f"triochat:{cluster}:history:{p.LOBBY}"
+        # Newest first, as LPUSH left them; one entry is neither a v1 line nor a record.
+        await admin.rpush(
+            key, [b"[12:00:01] <ann> second\n", b'["Junk"]', b"[12:00:00] * ann waves\n"]
+        )
+        await admin.sadd(f"triochat:{cluster}:rooms", [p.LOBBY])
+    node = await Linked(redis_url, cluster).start(nursery)
+    assert node.hub.recent(p.LOBBY, 5) == [
+        ev.Legacy(p.LOBBY, 1, 0.0, "[12:00:00] * ann waves"),
+        ev.Legacy(p.LOBBY, 2, 0.0, "[12:00:01] <ann> second"),
+    ]
+    _, inbox = node.member("ann2")
+    assert inbox.receive_nowait().decode().startswith("[12:00:00] * ann waves\n")

@@ -97,7 +97,7 @@ def test_presence_entries_round_trip_and_start_as_the_reap_script_expects(
 
 def test_an_event_is_compact() -> None:
     said = ev.Said("#lobby", 7, T0, "ann", "hi")
-    assert encode_event(said) == b'["S","#lobby",7,1700000000.0,"ann","hi"]'
+    assert encode_event(said) == b'["Said","#lobby",7,1700000000.0,"ann","hi"]'
 
 
 @pytest.mark.parametrize(
@@ -112,19 +112,22 @@ def test_an_event_is_compact() -> None:
         b'n\t1\n{"S":1}\n',
         b"n\t1\n[]\n",
         b'n\t1\n["X",1]\n',
-        b'n\t1\n["S","#r",1,0.0,"ann"]\n',
-        b'n\t1\n["S","#r",true,0.0,"ann","hi"]\n',
-        b'n\t1\n["S","#r",-1,0.0,"ann","hi"]\n',
-        b'n\t1\n["S","#r",1,"0","ann","hi"]\n',
-        b'n\t1\n["S","#r",1,NaN,"ann","hi"]\n',
-        b'n\t1\n["S",1,1,0.0,"ann","hi"]\n',
-        b'n\t1\n["J","#r",1,0.0,null]\n',
-        b'n\t1\n["M","k",0.0,"a","b","t","yes"]\n',
+        b'n\t1\n["Said","#r",1,0.0,"ann"]\n',
+        b'n\t1\n["Said","#r",true,0.0,"ann","hi"]\n',
+        b'n\t1\n["Said","#r",1,"0","ann","hi"]\n',
+        b'n\t1\n["Said",1,1,0.0,"ann","hi"]\n',
+        b'n\t1\n["Joined","#r",1,0.0,null]\n',
+        b'n\t1\n["Private",0.0,"a","b","t",false]\n',
+        b'n\t1\n["M","k",["Private",0.0,"a","b","t","yes"]]\n',
+        b'n\t1\n["M","k",["Joined","#r",1,0.0,"a"]]\n',
+        b'n\t1\n["M","k"]\n',
         b'n\t1\n["P","n","k","ann","#lobby"]\n',
         b'n\t1\n["P","n","k","ann",[1]]\n',
+        b'n\t1\n["P","n","k","ann",NaN]\n',
         b'n\t1\n["D"]\n',
         b'n\t1\n["H","#r",{}]\n',
         b'n\t1\n["H","#r",[["D","#r"]]]\n',
+        b'n\t1\n["H","#r",[["Private",0.0,"a","b","t",false]]]\n',
     ],
 )
 def test_malformed_batches_are_wire_errors(payload: bytes) -> None:

@@ -19,7 +19,7 @@ import coredis
 import trio
 from coredis.retry import NoRetryPolicy
 
-from ...core.events import Private, RoomEvent
+from ...core.events import Legacy, Private, RoomEvent
 from ...protocol.line import LOBBY
 from ..base import BackplaneError, Claim, Node
 from . import scripts
@@ -404,12 +404,21 @@ _ROOM_EVENTS: Final = get_args(RoomEvent)
 
 
 def _decode_history(room: str, raw: Iterable[bytes]) -> list[RoomEvent]:
-    events = []
+    """A history list's events, oldest first.
+
+    A list written by a version before events holds v1 lines: each becomes a
+    :class:`~triochat.core.events.Legacy` event, shown as it was.
+    """
+    events: list[RoomEvent] = []
     for entry in raw:
         try:
             events.append(decode_event(entry))
         except WireError as exc:
-            log.warning("ignoring a malformed history entry of %s: %s", room, exc)
+            if entry.startswith(b'["'):
+                log.warning("ignoring a malformed history entry of %s: %s", room, exc)
+            else:
+                line = entry.decode(errors="replace").rstrip("\n")
+                events.append(Legacy(room, len(events) + 1, 0.0, line))
     return events
 
 

@@ -3,22 +3,13 @@
 One pub/sub message is a batch: a header line ``NODE<TAB>SEQ``, then one
 record a line, each a compact JSON array whose first item is its kind.
 JSON escapes every control character, so a record never holds a newline,
-and newlines frame it. Room events travel as they left the hub, their
-``seq`` and ``time`` included:
+and newlines frame it. Room events travel as the hub made them, ``seq`` and
+``time`` included, as the event records of :mod:`triochat.core.records`
+(the ones SQLite keeps too): ``["Said", ROOM, SEQ, TIME, NAME, TEXT]``,
+``["Joined", ROOM, SEQ, TIME, NAME]``, ... The cluster's own records:
 
-``["S", ROOM, SEQ, TIME, NAME, TEXT]``, ``["A", ...]`` (an action)
-    :class:`~triochat.core.events.Said`, :class:`~triochat.core.events.Acted`
-``["J", ROOM, SEQ, TIME, NAME]``, ``["L", ROOM, SEQ, TIME, NAME, REASON]``
-    joined, left
-``["N", ROOM, SEQ, TIME, OLD, NEW]``, ``["T", ROOM, SEQ, TIME, NAME, TOPIC]``
-    renamed, topic set
-``["G", ROOM, SEQ, TIME, LINE]``
-    a line kept from before events (:class:`~triochat.core.events.Legacy`)
-
-and the cluster's own records:
-
-``["M", KEY, TIME, SENDER, RECIPIENT, TEXT, ECHO]``
-    a private message for the user holding KEY (:class:`Direct`)
+``["M", KEY, PRIVATE]``
+    a private message (a ``Private`` event record) for the user holding KEY
 ``["P", NODE, KEY, NAME, [ROOM, ...] | null]``
     a user's presence on NODE; ``null``: gone, its name released
 ``["D", ROOM]``
@@ -26,11 +17,11 @@ and the cluster's own records:
 ``["H", ROOM, [EVENT, ...]]``
     ROOM's history is now exactly these events, oldest first (a drop was undone)
 
-A room's history in Redis is a list of encoded events (:func:`encode_event`,
-without the newline). Redis itself publishes the last two kinds, from the
-Lua scripts in :mod:`.scripts`, because only Redis knows whether a drop
-happened; the undo script builds an ``H`` record by joining the stored
-events with commas behind :func:`history_prefix`.
+A room's history in Redis is a list of event records (:func:`encode_event`).
+Redis itself publishes the last two kinds, from the Lua scripts in
+:mod:`.scripts`, because only Redis knows whether a drop happened; the undo
+script builds an ``H`` record by joining the stored events with commas
+behind :func:`history_prefix`.
 
 ``SEQ`` in the header counts each node's batches from 1, so a receiver can
 skip batches it already has (from a snapshot) and notice ones it missed.
@@ -43,17 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ...core.events import (
-    Acted,
-    Joined,
-    Left,
-    Legacy,
-    Private,
-    Renamed,
-    RoomEvent,
-    Said,
-    TopicSet,
-)
+from ...core import records
+from ...core.events import Private, RoomEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,50 +74,30 @@ class WireError(ValueError):
     """A batch or record that does not parse (another program on our channel, or a bug)."""
 
 
-# Each room event's kind and the types of the fields after room, seq and time.
-_ROOM_EVENTS: Final[dict[type[Any], tuple[str, tuple[str, ...]]]] = {
-    Said: ("S", ("name", "text")),
-    Acted: ("A", ("name", "text")),
-    Joined: ("J", ("name",)),
-    Left: ("L", ("name", "reason")),
-    Renamed: ("N", ("old", "new")),
-    TopicSet: ("T", ("name", "topic")),
-    Legacy: ("G", ("line",)),
-}
-_BY_KIND: Final = {kind: (cls, names) for cls, (kind, names) in _ROOM_EVENTS.items()}
-
-
 def _dumps(value: object) -> bytes:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     # Text is cleaned before the hub sees it; a lone surrogate still must not crash a node.
     return text.encode("utf-8", "surrogatepass")
 
 
-def _event_items(event: RoomEvent) -> list[object]:
-    kind, names = _ROOM_EVENTS[type(event)]
-    return [kind, event.room, event.seq, event.time, *(getattr(event, n) for n in names)]
-
-
-def encode_event(event: RoomEvent) -> bytes:
-    """One room event as stored in a history list (no newline)."""
-    return _dumps(_event_items(event))
+def encode_event(event: RoomEvent | Private) -> bytes:
+    """An event's record, as a history list stores it (no newline)."""
+    return records.encode(event).encode("utf-8", "surrogatepass")
 
 
 def encode_record(record: Record) -> bytes:
     """One record as its line, newline included."""
-    items: object
     match record:
-        case Direct(key, Private(time, sender, recipient, text, echo)):
-            items = ["M", key, time, sender, recipient, text, echo]
+        case Direct(key, event):
+            return b'["M",' + _dumps(key) + b"," + encode_event(event) + b"]\n"
         case Presence(node, key, name, rooms):
-            items = ["P", node, key, name, None if rooms is None else list(rooms)]
+            return _dumps(["P", node, key, name, None if rooms is None else list(rooms)]) + b"\n"
         case Drop(room):
-            items = ["D", room]
+            return _dumps(["D", room]) + b"\n"
         case History(room, events):
-            items = ["H", room, [_event_items(e) for e in events]]
+            return history_prefix(room) + b",".join(map(encode_event, events)) + b"]]\n"
         case _:
-            items = _event_items(record)
-    return _dumps(items) + b"\n"
+            return encode_event(record) + b"\n"
 
 
 def encode_presence(node: str, name: str, rooms: Sequence[str]) -> bytes:
@@ -162,9 +124,9 @@ def history_prefix(room: str) -> bytes:
     return b'["H",' + _dumps(room) + b",["
 
 
-def encode_batch(node: str, seq: int, records: Sequence[bytes]) -> bytes:
-    """A batch: the header and the already encoded records."""
-    return b"".join([f"{node}\t{seq}\n".encode(), *records])
+def encode_batch(node: str, seq: int, lines: Sequence[bytes]) -> bytes:
+    """A batch: the header and the already encoded records (``lines``)."""
+    return b"".join([f"{node}\t{seq}\n".encode(), *lines])
 
 
 def decode_batch(payload: bytes) -> tuple[str, int, list[Record]]:
@@ -175,12 +137,59 @@ def decode_batch(payload: bytes) -> tuple[str, int, list[Record]]:
         number = int(seq)
     except ValueError as exc:  # UnicodeDecodeError is one.
         raise WireError(f"malformed batch header {header[:80]!r}: {exc}") from None
-    return node, number, [_record(_loads(raw)) for raw in body.split(b"\n") if raw]
+    return node, number, [_record(raw) for raw in body.split(b"\n") if raw]
 
 
-def decode_event(raw: bytes) -> RoomEvent:
-    """A room event from a history list; raises :class:`WireError` if malformed."""
-    return _event(_loads(raw))
+def decode_event(raw: bytes | str) -> RoomEvent:
+    """A room event from its record; raises :class:`WireError` if malformed."""
+    try:
+        text = raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else raw
+        return records.decode_room_event(text)
+    except (records.RecordError, UnicodeDecodeError) as exc:
+        raise WireError(f"malformed event record {raw[:80]!r}: {exc}") from None
+
+
+_CLUSTER_KINDS: Final = (b'["M",', b'["P",', b'["D",', b'["H",')
+
+
+def _record(raw: bytes) -> Record:
+    if not raw.startswith(_CLUSTER_KINDS):
+        return decode_event(raw)
+    items = _loads(raw)
+    if not isinstance(items, list) or not items:
+        raise WireError(f"a record is a non-empty array, not {items!r:.80}")
+    kind = items[0]
+    if kind == "M":
+        _, key, event = _fields(items, 3)
+        private = _decode_json_record(event)
+        if not isinstance(private, Private):
+            raise WireError(f"an M record holds a private message, not {private!r:.80}")
+        return Direct(_str(key), private)
+    if kind == "P":
+        _, node, key, name, rooms = _fields(items, 5)
+        return Presence(_str(node), _str(key), _str(name), None if rooms is None else _strs(rooms))
+    if kind == "D":
+        _, room = _fields(items, 2)
+        return Drop(_str(room))
+    _, room, events = _fields(items, 3)
+    if not isinstance(events, list):
+        raise WireError(f"an H record's events are an array, not {events!r:.80}")
+    return History(_str(room), tuple(_room_event(e) for e in events))
+
+
+def _decode_json_record(items: Any) -> RoomEvent | Private:
+    """An event record found inside another record (already parsed, so dumped again)."""
+    try:
+        return records.decode(json.dumps(items, ensure_ascii=False))
+    except records.RecordError as exc:
+        raise WireError(f"malformed event record {items!r:.80}: {exc}") from None
+
+
+def _room_event(items: Any) -> RoomEvent:
+    event = _decode_json_record(items)
+    if isinstance(event, Private):
+        raise WireError("a private message where a room event was expected")
+    return event
 
 
 def _loads(raw: bytes) -> Any:
@@ -192,39 +201,6 @@ def _loads(raw: bytes) -> Any:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number here")
-
-
-def _record(items: Any) -> Record:
-    if not isinstance(items, list) or not items:
-        raise WireError(f"a record is a non-empty array, not {items!r:.80}")
-    kind = items[0]
-    if kind == "M":
-        _, key, time, sender, recipient, text, echo = _fields(items, 7)
-        event = Private(_time(time), _str(sender), _str(recipient), _str(text), _bool(echo))
-        return Direct(_str(key), event)
-    if kind == "P":
-        _, node, key, name, rooms = _fields(items, 5)
-        return Presence(_str(node), _str(key), _str(name), None if rooms is None else _strs(rooms))
-    if kind == "D":
-        _, room = _fields(items, 2)
-        return Drop(_str(room))
-    if kind == "H":
-        _, room, events = _fields(items, 3)
-        if not isinstance(events, list):
-            raise WireError(f"an H record's events are an array, not {events!r:.80}")
-        return History(_str(room), tuple(_event(e) for e in events))
-    return _event(items)
-
-
-def _event(items: Any) -> RoomEvent:
-    if not isinstance(items, list) or not items or items[0] not in _BY_KIND:
-        raise WireError(f"not a record: {items!r:.80}")
-    cls, names = _BY_KIND[items[0]]
-    _, room, seq, time, *rest = _fields(items, 4 + len(names))
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise WireError(f"a sequence number is a natural number, not {seq!r:.80}")
-    event: RoomEvent = cls(_str(room), seq, _time(time), *(_str(v) for v in rest))
-    return event
 
 
 def _fields(items: list[Any], count: int) -> list[Any]:
@@ -243,15 +219,3 @@ def _strs(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise WireError(f"expected an array of strings, not {value!r:.80}")
     return tuple(_str(v) for v in value)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise WireError(f"expected true or false, not {value!r:.80}")
-    return value
-
-
-def _time(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise WireError(f"expected a time, not {value!r:.80}")
-    return float(value)
