@@ -31,7 +31,8 @@ coredis = pytest.importorskip("coredis")
 
 from triochat.backplane.redis import RedisBackplane, RedisOptions  # noqa: E402
 from triochat.backplane.redis.link import describe, quiet_coredis  # noqa: E402
-from triochat.backplane.redis.wire import decode_event  # noqa: E402
+from triochat.backplane.redis.replica import Replica  # noqa: E402
+from triochat.backplane.redis.wire import Presence, decode_event  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -255,3 +256,21 @@ async def test_history_written_before_events_is_kept_as_legacy_lines(
     ]
     _, inbox = node.member("ann2")
     assert inbox.receive_nowait().decode().startswith("[12:00:00] * ann waves\n")
+
+
+def test_the_replica_counts_each_user_in_each_of_its_rooms() -> None:
+    replica = Replica("here")
+    replica.load([("ann", "a", "ann", ("#lobby", "#dev")), ("me", "here", "me", ("#lobby",))])
+    assert (replica.users("#dev"), replica.rooms(), len(replica)) == (
+        ["ann"],
+        {"#lobby": 1, "#dev": 1},
+        1,
+    )  # This node's own users are the hub's business, not the replica's.
+    replica.apply(Presence("b", "ben", "ben", ()))  # In no room, but online.
+    replica.apply(Presence("here", "cy", "cy", ("#dev",)))
+    assert (replica.name("ben"), replica.name("cy"), len(replica)) == ("ben", None, 2)
+    # Only a user's own node says it is gone (the key may have moved on a rename).
+    replica.apply(Presence("b", "ann", "ann", None))
+    assert replica.name("ann") == "ann"
+    replica.apply(Presence("a", "ann", "ann", None))
+    assert (replica.name("ann"), replica.rooms()) == (None, {})

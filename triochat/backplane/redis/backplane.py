@@ -108,12 +108,12 @@ class RedisBackplane:
         return self.linked and self.publisher.queue(Direct(key, event))
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
-        if rooms is None:
-            self._claims.drop(key, self.linked)  # Queues the release after the presence.
         if self.linked:
             entry = Presence(self.node_id, key, name, None if rooms is None else tuple(rooms))
             self.publisher.queue(entry)
         # Else rewritten from the hub's state when the link is back.
+        if rooms is None:
+            self._claims.drop(key, self.linked)  # The name's release, after the presence.
 
     def _queue_release(self, key: str, token: str) -> None:
         self.publisher.queue(Release(key, token))
