@@ -32,7 +32,7 @@ coredis = pytest.importorskip("coredis")
 from triochat.backplane.redis import RedisBackplane, RedisOptions  # noqa: E402
 from triochat.backplane.redis.link import describe, quiet_coredis  # noqa: E402
 from triochat.backplane.redis.replica import Replica  # noqa: E402
-from triochat.backplane.redis.wire import Presence, decode_event  # noqa: E402
+from triochat.backplane.redis.wire import Whereabouts, decode_event  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -266,11 +266,11 @@ def test_the_replica_counts_each_user_in_each_of_its_rooms() -> None:
         {"#lobby": 1, "#dev": 1},
         1,
     )  # This node's own users are the hub's business, not the replica's.
-    replica.apply(Presence("b", "ben", "ben", ()))  # In no room, but online.
-    replica.apply(Presence("here", "cy", "cy", ("#dev",)))
+    replica.apply(Whereabouts("b", "ben", "ben", ()))  # In no room, but online.
+    replica.apply(Whereabouts("here", "cy", "cy", ("#dev",)))
     assert (replica.name("ben"), replica.name("cy"), len(replica)) == ("ben", None, 2)
     # Only a user's own node says it is gone (the key may have moved on a rename).
-    replica.apply(Presence("b", "ann", "ann", None))
+    replica.apply(Whereabouts("b", "ann", "ann", None))
     assert replica.name("ann") == "ann"
-    replica.apply(Presence("a", "ann", "ann", None))
+    replica.apply(Whereabouts("a", "ann", "ann", None))
     assert (replica.name("ann"), replica.rooms()) == (None, {})

@@ -17,7 +17,7 @@ from triochat.backplane.redis.wire import (
     Direct,
     Drop,
     History,
-    Presence,
+    Whereabouts,
     WireError,
     decode_batch,
     decode_event,
@@ -52,7 +52,9 @@ privates = st.builds(ev.Private, times, texts, texts, texts, st.booleans())
 records = st.one_of(
     room_events,
     st.builds(Direct, texts, privates),
-    st.builds(Presence, node_ids, texts, texts, st.none() | st.lists(texts, max_size=3).map(tuple)),
+    st.builds(
+        Whereabouts, node_ids, texts, texts, st.none() | st.lists(texts, max_size=3).map(tuple)
+    ),
     st.builds(Drop, texts),
     st.builds(History, texts, st.lists(room_events, max_size=3).map(tuple)),
 )

@@ -33,7 +33,7 @@ from .wire import (
     Direct,
     Drop,
     History,
-    Presence,
+    Whereabouts,
     WireError,
     decode_batch,
     decode_event,
@@ -109,7 +109,7 @@ class RedisBackplane:
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         if self.linked:
-            entry = Presence(self.node_id, key, name, None if rooms is None else tuple(rooms))
+            entry = Whereabouts(self.node_id, key, name, None if rooms is None else tuple(rooms))
             self.publisher.queue(entry)
         # Else rewritten from the hub's state when the link is back.
         if rooms is None:
@@ -188,7 +188,7 @@ class RedisBackplane:
             local = {m.key for m in node.local_members()}
             self._announce_gone(self.node_id, [g for g in stale if g[0] not in local])
             for member in node.local_members():
-                entry = Presence(self.node_id, member.key, member.name, tuple(member.room_names))
+                entry = Whereabouts(self.node_id, member.key, member.name, tuple(member.room_names))
                 self.publisher.queue(entry)
             for member in conflicts:
                 node.expel(member.key, NAME_CONFLICT.format(name=member.name), "name conflict")
@@ -278,7 +278,7 @@ class RedisBackplane:
                     self.publisher.queue_room(Undo(record.room))
             elif isinstance(record, History):
                 node.set_history(record.room, record.events)
-            elif isinstance(record, Presence):
+            elif isinstance(record, Whereabouts):
                 self._replica.apply(record)
         if run:
             node.deliver(run)
@@ -354,7 +354,7 @@ class RedisBackplane:
         hub here announces each one's leaving of each room (the cluster's order applies)."""
         node = self.node
         for key, name, rooms in gone:
-            self.publisher.queue(Presence(node_id, key, name, None))
+            self.publisher.queue(Whereabouts(node_id, key, name, None))
             for room in rooms:
                 node.announce_left(room, name, reason)
 
@@ -388,7 +388,7 @@ class RedisBackplane:
         self._leaving = items
         try:
             for key, name, in_rooms in gone:
-                items.append(Presence(self.node_id, key, name, None))
+                items.append(Whereabouts(self.node_id, key, name, None))
                 for room in in_rooms:
                     self.node.announce_left(room, name, "server shutdown")
         finally:

@@ -28,7 +28,7 @@ from .options import RedisOptions
 from .wire import (
     Direct,
     Drop,
-    Presence,
+    Whereabouts,
     encode_batch,
     encode_event,
     encode_presence,
@@ -78,9 +78,9 @@ class Rehold:
     """Make this node's holds in Redis its rooms now (on linking, or after a full queue)."""
 
 
-Item = Events | Direct | Presence | Release | Room | Sweep | Undo | Rehold
+Item = Events | Direct | Whereabouts | Release | Room | Sweep | Undo | Rehold
 
-_RECORDS: Final = (Direct, Presence)
+_RECORDS: Final = (Direct, Whereabouts)
 
 
 class Publisher:
@@ -180,7 +180,7 @@ class Publisher:
         keys, history = self._keys, self._options.history
         holds = [i.room for i in items if isinstance(i, Room) and i.room not in self._held]
         if not holds and not any(
-            isinstance(i, Events | Release | Direct | Presence) for i in items
+            isinstance(i, Events | Release | Direct | Whereabouts) for i in items
         ):
             return
         records: list[bytes] = []
@@ -202,7 +202,7 @@ class Publisher:
                         scripts.RELEASE(keys=[keys.name(item.key)], args=[item.token], client=pipe)
                     elif isinstance(item, _RECORDS):
                         records.append(encode_record(item))
-                        if isinstance(item, Presence) and item.node == self.node:
+                        if isinstance(item, Whereabouts) and item.node == self.node:
                             if item.rooms is not None:
                                 value = encode_presence(self.node, item.name, item.rooms)
                                 pipe.hset(keys.presence, {item.key: value})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from .wire import Presence
+from .wire import Whereabouts
 
 
 class Replica:
@@ -29,7 +29,7 @@ class Replica:
     def clear(self) -> None:
         self._users.clear()
 
-    def apply(self, record: Presence) -> None:
+    def apply(self, record: Whereabouts) -> None:
         """A presence record from the channel (this node's own are ignored)."""
         if record.node == self.node:
             return

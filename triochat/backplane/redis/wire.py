@@ -47,7 +47,9 @@ class Direct:
 
 
 @dataclass(frozen=True, slots=True)
-class Presence:
+class Whereabouts:
+    """Which rooms a user of ``node`` is in (``P``), not a room's presence summary."""
+
     node: str
     key: str
     name: str
@@ -67,7 +69,7 @@ class History:
     """Oldest first."""
 
 
-Record = RoomEvent | Direct | Presence | Drop | History
+Record = RoomEvent | Direct | Whereabouts | Drop | History
 
 
 class WireError(ValueError):
@@ -90,7 +92,7 @@ def encode_record(record: Record) -> bytes:
     match record:
         case Direct(key, event):
             return b'["M",' + _dumps(key) + b"," + encode_event(event) + b"]\n"
-        case Presence(node, key, name, rooms):
+        case Whereabouts(node, key, name, rooms):
             return _dumps(["P", node, key, name, None if rooms is None else list(rooms)]) + b"\n"
         case Drop(room):
             return _dumps(["D", room]) + b"\n"
@@ -167,7 +169,9 @@ def _record(raw: bytes) -> Record:
         return Direct(_str(key), private)
     if kind == "P":
         _, node, key, name, rooms = _fields(items, 5)
-        return Presence(_str(node), _str(key), _str(name), None if rooms is None else _strs(rooms))
+        return Whereabouts(
+            _str(node), _str(key), _str(name), None if rooms is None else _strs(rooms)
+        )
     if kind == "D":
         _, room = _fields(items, 2)
         return Drop(_str(room))
