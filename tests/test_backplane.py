@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -271,3 +273,20 @@ def test_replacing_histories_forgets_rooms_the_cluster_dropped() -> None:
     # A room with a member here stays, empty: it starts again.
     assert hub.history_rooms() == ["#here", "#kept", "#lobby"]
     assert hub.recent("#here", 5) == []
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["triochat.backplane", "triochat.backplane.memory", "triochat.backplane.redis"],
+)
+def test_a_backplane_knows_the_hub_only_as_a_node(module: str) -> None:
+    if module.endswith("redis"):
+        pytest.importorskip("coredis")
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert module in loaded
+    assert not any(
+        name.startswith(("triochat.core.hub", "triochat.server", "triochat.client", "triochat.cli"))
+        for name in loaded
+    )

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import trio
 
 from ..core.events import Private, RoomEvent
-from ..protocol.line import LOBBY, name_key
+from ..core.names import name_key
+from ..protocol.line import LOBBY
 from .base import BackplaneError, Claim, Node, kept_in_history
 
 

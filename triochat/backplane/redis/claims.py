@@ -15,7 +15,7 @@ from typing import Any
 import coredis
 import trio
 
-from ...protocol.line import name_key
+from ...core.names import name_key
 from ..base import Claim, LocalMember, Node
 from . import scripts
 from .keys import Keys
