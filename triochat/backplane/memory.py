@@ -119,13 +119,14 @@ class MemoryCluster:
         self.histories[room] = history
         self._broadcast(_History(room, tuple(history)))
 
-    def _remove(self, backplane: MemoryBackplane, reason: str | None) -> None:
-        """``backplane``'s node is gone; a survivor's hub announces its users (if ``reason``)."""
+    def _remove(self, backplane: MemoryBackplane, reason: str) -> None:
+        """``backplane``'s node is gone: its own hub (shutting down) or a survivor's
+        announces its users, then the cluster forgets them, their names and holds."""
         if backplane not in self.nodes:
             return
         gone = [(key, u) for key, u in self.users.items() if u.backplane is backplane]
         announcer = backplane if reason == "server shutdown" else self._survivor(backplane)
-        if reason is not None and announcer is not None:
+        if announcer is not None:
             for _, user in gone:
                 for room in user.rooms:
                     announcer.node.announce_left(room, user.name, reason)
