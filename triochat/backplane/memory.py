@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import trio
 
-from ..core.events import Private, RoomEvent
+from ..core.events import Private, RoomEvent, kept_in_history
 from ..core.names import name_key
 from ..protocol.line import LOBBY
-from .base import BackplaneError, Claim, Node, kept_in_history
+from .base import BackplaneError, Claim, Node
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,9 +32,6 @@ from .events import Dialect, RoomEvent
 
 log: Final = logging.getLogger("triochat.hub")
 
-KEPT: Final = frozenset({ev.Said, ev.Acted, ev.TopicSet, ev.Legacy})
-"""The room events kept in history and shown to joiners (not joins, leaves, renames)."""
-
 
 USERS_SHOWN: Final = 50
 """Names listed per user list of a big room (``/users all`` sends as many lists as it takes)."""
@@ -534,7 +531,7 @@ class Hub:
         name = events[0].room
         room = self._rooms.get(name)
         held = room.log if room is not None else self._logs.get(name)
-        kept = [event for event in events if type(event) in KEPT]
+        kept = [event for event in events if type(event) in ev.KEPT]
         if kept:
             if held is None:
                 held = self._log(name)
