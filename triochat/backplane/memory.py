@@ -146,7 +146,7 @@ class MemoryBackplane:
     """One node's backplane in a :class:`MemoryCluster` (see :meth:`MemoryCluster.backplane`)."""
 
     remote = True
-    notice = None
+    link_down = False
 
     def __init__(self, cluster: MemoryCluster) -> None:
         self.cluster = cluster
