@@ -18,10 +18,10 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from triochat import cli
-from triochat.cli import main
+from triochat.cli import main, serve as serve_cli
 from triochat.client.connection import ChatClient, ConnectionClosed, open_chat_client
 from triochat.server.listener import SHUTDOWN_LINE
+from triochat.server.run import ServeConfig
 from triochat.server.store import StoreConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -364,12 +364,10 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[StoreConfig | None]:
     """Stub out the server: each ``serve`` run records the StoreConfig it would use."""
     configs: list[StoreConfig | None] = []
 
-    async def record(
-        _config: object, _backplane: object, store: StoreConfig | None, *_: object
-    ) -> None:
-        configs.append(store)
+    async def record(config: ServeConfig) -> None:
+        configs.append(config.store)
 
-    monkeypatch.setattr(cli, "_serve", record)
+    monkeypatch.setattr(serve_cli, "_serve", record)
     return configs
 
 
