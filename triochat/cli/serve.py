@@ -171,6 +171,14 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     help="With --db: rooms whose recent lines stay in memory for joiners (the most recently "
     "active); others replay nothing until spoken in.",
 )
+@store_option(
+    "--db-flush-timeout",
+    field="flush_timeout",
+    file_key="db.flush-timeout",
+    type=Range(0),
+    help="With --db: seconds a shutdown waits for the last lines to be committed; what is "
+    "left then is logged as not saved.",
+)
 @_option(
     "--tls-cert",
     file_key="tls.cert",
