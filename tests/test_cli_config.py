@@ -145,3 +145,19 @@ def test_a_missing_file_is_a_usage_error() -> None:
     result = serve("--config", "/nonexistent/triochat.toml")
     assert result.exit_code == 2
     assert "'/nonexistent/triochat.toml' does not exist" in result.output
+
+
+def test_the_documented_example_is_accepted(tmp_path: Path, served: list[ServeConfig]) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    for name in ("cert", "key"):
+        (tmp_path / f"{name}.pem").write_text("")
+        example = example.replace(f"/etc/triochat/{name}.pem", str(tmp_path / f"{name}.pem"))
+    result = serve("--config", str(write(tmp_path, example)))
+    assert result.exit_code == 0, result.output
+    [config] = served
+    assert config.server.host == "0.0.0.0"
+    assert config.store == StoreConfig(path=Path("/var/lib/triochat/chat.db"), batch_interval=0.1)
+    assert config.tls_key == tmp_path / "key.pem"
+    assert config.redis is not None
+    assert config.redis.cluster == "chat"
