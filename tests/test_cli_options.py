@@ -219,3 +219,25 @@ def test_an_empty_db_name_says_it_is_empty(env: dict[str, str], served: list[Ser
         "Error: Invalid value for '--db': is empty: give the database's file name"
     )
     assert served == []
+
+
+# Fields that are not options on purpose: timings of the protocol itself, not limits an
+# operator tunes. A new field is either an option (one line in triochat/cli/serve.py:
+# ``@server_option("--max-rooms-per-member", type=..., help=...)``) or listed here.
+NOT_OPTIONS = {
+    ServerConfig: {"linger", "shutdown_grace", "password_delay", "password_delay_max"},
+    StoreConfig: set(),
+}
+
+
+@pytest.mark.parametrize("owner", [ServerConfig, StoreConfig])
+def test_every_config_field_is_a_serve_option(owner: type) -> None:
+    group = main
+    assert isinstance(group, click.Group)
+    options = {
+        option.field for option in field_options(group.commands["serve"]) if option.owner is owner
+    }
+    fields = {field.name for field in dataclasses.fields(owner)}
+    if owner is StoreConfig:
+        options.add("history")  # the server's --history
+    assert fields - options == NOT_OPTIONS[owner]

@@ -39,6 +39,9 @@ log = logging.getLogger("triochat")
 # Descriptors the process needs besides its clients: listeners, stdio, logs.
 _SPARE_FDS = 64
 
+_CONFIG_FILE = "triochat.config_file"
+"""Where ``ctx.meta`` keeps the ``--config`` file's path, for error messages."""
+
 
 def _redis_options() -> type[RedisOptions]:
     """:class:`RedisOptions`, imported when needed: it lives with coredis, an optional extra."""
@@ -349,7 +352,8 @@ def _refuse_without(ctx: click.Context, option: str, belongs: Callable[[str], bo
             )
         if source is ParameterSource.DEFAULT_MAP:
             raise click.BadParameter(
-                f"set in {ctx.meta['triochat.config_file']}, but applies only with {option}",
+                f"set in {ctx.meta.get(_CONFIG_FILE, 'the defaults')}, but applies only with"
+                f" {option}",
                 ctx=ctx,
                 param=param,
             )
@@ -378,7 +382,7 @@ def _read_config_file(ctx: click.Context, path: Path | None) -> None:
         if key not in names:
             raise click.BadParameter(f"unknown key {_shown(key)} in {path}{_hint(key, names)}")
         settings[names[key]] = value
-    ctx.meta["triochat.config_file"] = path
+    ctx.meta[_CONFIG_FILE] = path
     ctx.default_map = {**(ctx.default_map or {}), **settings}
 
 
