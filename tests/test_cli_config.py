@@ -77,7 +77,7 @@ port = 9407
     assert config.store == StoreConfig(path=Path("chat.db"), queue=30, flush_timeout=0.5)
     assert config.redis is not None
     assert (config.redis.url, config.redis.node_ttl) == ("redis://127.0.0.1:6379/3", 9)
-    assert config.metrics == ("127.0.0.1", 9407)
+    assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 9407)
 
 
 def test_command_line_beats_environment_beats_file_beats_default(

@@ -227,10 +227,11 @@ def test_an_empty_db_name_says_it_is_empty(env: dict[str, str], served: list[Ser
 NOT_OPTIONS = {
     ServerConfig: {"linger", "shutdown_grace", "password_delay", "password_delay_max"},
     StoreConfig: set(),
+    ServeConfig: {"server", "store", "redis"},  # built from the options above
 }
 
 
-@pytest.mark.parametrize("owner", [ServerConfig, StoreConfig])
+@pytest.mark.parametrize("owner", [ServerConfig, StoreConfig, ServeConfig])
 def test_every_config_field_is_a_serve_option(owner: type) -> None:
     group = main
     assert isinstance(group, click.Group)

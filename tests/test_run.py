@@ -37,7 +37,7 @@ async def test_a_program_runs_the_server_and_shuts_it_down(
     config = ServeConfig(
         server=ServerConfig(port=0, rate=0, password="pw"),
         store=StoreConfig(path=tmp_path / "chat.db"),
-        metrics=("127.0.0.1", 0),
+        metrics_port=0,
     )
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:

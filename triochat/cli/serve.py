@@ -50,16 +50,15 @@ def _redis_options() -> type[RedisOptions]:
     return RedisOptions
 
 
-def _option(*decls: str, **attrs: Any) -> Callable[[F], F]:
-    """A ``serve`` option: it has an environment variable and a config-file key."""
-    attrs.setdefault("envvar", envvar_for(decls[0]))
-    attrs.setdefault("cls", Option)
-    return click.option(*decls, **attrs)
-
-
 def _field(owner: Any, *decls: str, **attrs: Any) -> Callable[[F], F]:
+    """A ``serve`` option for a field: it has an environment variable and a config-file key."""
     attrs.setdefault("envvar", envvar_for(decls[0]))
     return _field_option(owner, *decls, **attrs)
+
+
+def serve_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
+    """An option for a :class:`ServeConfig` field (TLS files, the metrics endpoint)."""
+    return _field(ServeConfig, *decls, **attrs)
 
 
 def server_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
@@ -182,14 +181,16 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     help="With --db: seconds a shutdown waits for the last lines to be committed; what is "
     "left then is logged as not saved.",
 )
-@_option(
+@serve_option(
     "--tls-cert",
+    field="tls_cert",
     file_key="tls.cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Serve TLS with this PEM certificate chain.",
 )
-@_option(
+@serve_option(
     "--tls-key",
+    field="tls_key",
     file_key="tls.key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The certificate's PEM private key (if not in --tls-cert).",
@@ -209,17 +210,17 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     type=click.IntRange(0),
     help="Most connections at once from one IP address; 0: no limit.",
 )
-@_option(
+@serve_option(
     "--metrics-port",
+    field="metrics_port",
     file_key="metrics.port",
     type=click.IntRange(0, 65535),
     help="Serve Prometheus metrics over HTTP on this port (0 picks one).",
 )
-@_option(
+@serve_option(
     "--metrics-host",
+    field="metrics_host",
     file_key="metrics.host",
-    default="127.0.0.1",
-    show_default=True,
     help="Address for the metrics endpoint.",
 )
 @log_level_option
@@ -280,17 +281,7 @@ def _serve_config(ctx: click.Context) -> ServeConfig:
 
     if params["tls_key"] is not None and params["tls_cert"] is None:
         raise click.BadParameter("needs --tls-cert too", param_hint="--tls-key")
-    metrics = None
-    if params["metrics_port"] is not None:
-        metrics = (params["metrics_host"], params["metrics_port"])
-    return ServeConfig(
-        server=server,
-        store=store,
-        redis=redis,
-        tls_cert=params["tls_cert"],
-        tls_key=params["tls_key"],
-        metrics=metrics,
-    )
+    return ServeConfig(server=server, store=store, redis=redis, **given_fields(ctx, ServeConfig))
 
 
 async def _serve(config: ServeConfig) -> StartError | None:

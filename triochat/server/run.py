@@ -56,8 +56,10 @@ class ServeConfig:
     """Serve TLS with this PEM certificate chain."""
     tls_key: Path | None = None
     """The certificate's private key, if it is not in ``tls_cert``."""
-    metrics: tuple[str, int] | None = None
-    """``(host, port)`` to serve Prometheus metrics on; port 0 picks one."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics over HTTP on this port (0 picks one); ``None``: no metrics."""
+    metrics_host: str = "127.0.0.1"
+    """The metrics endpoint's address."""
 
     def __post_init__(self) -> None:
         if self.tls_key is not None and self.tls_cert is None:
@@ -106,8 +108,10 @@ async def run_server(
         listeners = await _listen(what.host, what.port, "")
         stack.push_async_callback(_close_all, listeners)
         metrics_listeners = []
-        if config.metrics is not None:
-            metrics_listeners = await _listen(*config.metrics, " for metrics")
+        if config.metrics_port is not None:
+            metrics_listeners = await _listen(
+                config.metrics_host, config.metrics_port, " for metrics"
+            )
             stack.push_async_callback(_close_all, metrics_listeners)
         store = None
         if config.store is not None:
