@@ -242,3 +242,32 @@ def test_every_config_field_is_a_serve_option(owner: type) -> None:
     if owner is StoreConfig:
         options.add("history")  # the server's --history
     assert fields - options == NOT_OPTIONS[owner]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--password", ""], "Invalid value for --password/TRIOCHAT_PASSWORD: must not be empty"),
+        (["--tls-key", __file__], "Invalid value for --tls-key: needs --tls-cert too"),
+    ],
+)
+def test_bad_combinations_are_usage_errors(
+    args: list[str], error: str, served: list[ServeConfig]
+) -> None:
+    result = CliRunner().invoke(main, ["serve", *args], env=CLEAN_ENV)
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == f"Error: {error}"
+    assert served == []
+
+
+def test_help_for_an_option_whose_extra_is_missing_says_so() -> None:
+    def missing() -> type:
+        raise ImportError("no coredis here")
+
+    @click.command()
+    @field_option(missing, "--heartbeat", type=float, help="Seconds.")
+    def command(**_: Any) -> None:
+        """A command."""
+
+    result = CliRunner().invoke(command, ["--help"])
+    assert "Seconds.  [default: (needs an extra)]" in result.output
