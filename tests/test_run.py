@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -77,20 +78,27 @@ async def test_an_address_in_use_is_a_start_error_before_started() -> None:
                 await nursery.start(run_server, ServeConfig(server=ServerConfig(port=port)))
 
 
-async def test_a_bad_database_is_a_start_error_and_frees_the_port(tmp_path: Path) -> None:
+async def test_a_bad_database_is_a_start_error_and_closes_the_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "chat.db"
     db.write_bytes(b"not a database" * 100)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = ServeConfig(server=ServerConfig(port=port), store=StoreConfig(path=db))
+    opened: list[trio.SocketListener] = []
+    open_tcp_listeners = trio.open_tcp_listeners
+
+    async def remember(*args: Any, **kwargs: Any) -> list[trio.SocketListener]:
+        listeners = await open_tcp_listeners(*args, **kwargs)
+        opened.extend(listeners)
+        return listeners
+
+    monkeypatch.setattr(trio, "open_tcp_listeners", remember)
+    config = ServeConfig(server=ServerConfig(port=0), store=StoreConfig(path=db))
     async with trio.open_nursery() as nursery:
         with pytest.raises(StartError, match=r"cannot use history database .*not a database"):
             await nursery.start(run_server, config)
     # The listener opened before the store was tried is closed again.
-    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
-    for listener in listeners:
-        await listener.aclose()
+    assert opened
+    assert all(listener.socket.fileno() == -1 for listener in opened)
 
 
 @pytest.fixture
