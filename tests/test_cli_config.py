@@ -161,3 +161,19 @@ def test_the_documented_example_is_accepted(tmp_path: Path, served: list[ServeCo
     assert config.tls_key == tmp_path / "key.pem"
     assert config.redis is not None
     assert config.redis.cluster == "chat"
+
+
+@pytest.mark.parametrize(
+    ("flag", "section", "key"),
+    [
+        ("--max-clients", None, "max-clients"),
+        ("--db", None, "db.path"),
+        ("--db-batch-max", None, "db.batch-max"),
+        ("--tls-handshake-timeout", None, "tls.handshake-timeout"),
+        ("--metrics-port", None, "metrics.port"),
+        ("--redis", "redis", "redis.url"),
+        ("--node-ttl", "redis", "redis.node-ttl"),
+    ],
+)
+def test_file_keys_follow_the_option_names(flag: str, section: str | None, key: str) -> None:
+    assert serve_cli.file_key(flag, section) == key

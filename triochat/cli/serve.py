@@ -50,9 +50,26 @@ def _redis_options() -> type[RedisOptions]:
     return RedisOptions
 
 
-def _field(owner: Any, *decls: str, **attrs: Any) -> Callable[[F], F]:
+_SECTIONS = {"db": "path", "redis": "url", "tls": None, "metrics": None}
+"""The config file's sections, and the key in each that is the option of that name alone."""
+
+
+def file_key(flag: str, section: str | None = None) -> str:
+    """Where a config file sets ``flag``: ``--max-clients`` is ``max-clients``,
+    ``--db-queue`` is ``queue`` in ``[db]``, ``--db`` is ``path`` there."""
+    name = flag.removeprefix("--")
+    for prefix, whole in _SECTIONS.items():
+        if name == prefix and whole is not None:
+            return f"{prefix}.{whole}"
+        if name.startswith(f"{prefix}-"):
+            return f"{prefix}.{name.removeprefix(f'{prefix}-')}"
+    return name if section is None else f"{section}.{name}"
+
+
+def _field(owner: Any, *decls: str, section: str | None = None, **attrs: Any) -> Callable[[F], F]:
     """A ``serve`` option for a field: it has an environment variable and a config-file key."""
     attrs.setdefault("envvar", envvar_for(decls[0]))
+    attrs.setdefault("file_key", file_key(decls[0], section))
     return _field_option(owner, *decls, **attrs)
 
 
@@ -67,13 +84,15 @@ def server_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
 
 
 def store_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
-    """An option for a :class:`StoreConfig` field, in the file's ``[db]`` section."""
+    """An option for a :class:`StoreConfig` field: ``--db-batch-max`` sets ``batch_max``."""
+    name = decls[0].removeprefix("--db").removeprefix("-")
+    attrs.setdefault("field", name.replace("-", "_") or "path")
     return _field(StoreConfig, *decls, **attrs)
 
 
 def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
-    """An option for a ``RedisOptions`` field, in the file's ``[redis]`` section."""
-    return _field(_redis_options, *decls, **attrs)
+    """An option for a ``RedisOptions`` field of the same name, in the file's ``[redis]``."""
+    return _field(_redis_options, *decls, section="redis", **attrs)
 
 
 @click.command()
@@ -113,91 +132,70 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     "--redis",
     "redis_url",
     field="url",
-    file_key="redis.url",
     metavar="redis://HOST:PORT/DB",
     help="Join a cluster of nodes through this Redis (needs the 'redis' extra).",
 )
 @redis_option(
     "--cluster",
-    file_key="redis.cluster",
     help="With --redis: nodes on one Redis with the same cluster name are one chat.",
 )
 @redis_option(
     "--heartbeat",
-    file_key="redis.heartbeat",
     type=Range(0, min_open=True),
     help="With --redis: seconds between this node's heartbeats.",
 )
 @redis_option(
     "--node-ttl",
-    file_key="redis.node-ttl",
     type=Range(0, min_open=True),
     help="With --redis: seconds without a heartbeat before a node's users are dropped.",
 )
 @store_option(
     "--db",
-    field="path",
-    file_key="db.path",
     type=click.Path(dir_okay=False, path_type=Path),
     callback=lambda _ctx, _param, path: _not_empty(path),
     help="Keep history in this SQLite file (created if missing), across restarts.",
 )
 @store_option(
     "--db-batch-interval",
-    field="batch_interval",
-    file_key="db.batch-interval",
     type=Range(0, 10, min_open=True),
     help="With --db: seconds the writer collects lines before committing them (a kill -9 "
     "loses about this much).",
 )
 @store_option(
     "--db-batch-max",
-    field="batch_max",
-    file_key="db.batch-max",
     type=click.IntRange(1),
     help="With --db: most lines in one commit; a full batch is committed without waiting.",
 )
 @store_option(
     "--db-queue",
-    field="queue",
-    file_key="db.queue",
     type=click.IntRange(1),
     help="With --db: lines waiting for the writer; when full, new lines are delivered but "
     "not saved (counted).",
 )
 @store_option(
     "--db-cache-rooms",
-    field="cache_rooms",
-    file_key="db.cache-rooms",
     type=click.IntRange(1),
     help="With --db: rooms whose recent lines stay in memory for joiners (the most recently "
     "active); others replay nothing until spoken in.",
 )
 @store_option(
     "--db-flush-timeout",
-    field="flush_timeout",
-    file_key="db.flush-timeout",
     type=Range(0),
     help="With --db: seconds a shutdown waits for the last lines to be committed; what is "
     "left then is logged as not saved.",
 )
 @serve_option(
     "--tls-cert",
-    field="tls_cert",
-    file_key="tls.cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Serve TLS with this PEM certificate chain.",
 )
 @serve_option(
     "--tls-key",
-    field="tls_key",
-    file_key="tls.key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The certificate's PEM private key (if not in --tls-cert).",
 )
 @server_option(
     "--tls-handshake-timeout",
-    file_key="tls.handshake-timeout",
     type=Range(0, min_open=True),
     help="Seconds a client has to finish the TLS handshake.",
 )
@@ -212,15 +210,11 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
 )
 @serve_option(
     "--metrics-port",
-    field="metrics_port",
-    file_key="metrics.port",
     type=click.IntRange(0, 65535),
     help="Serve Prometheus metrics over HTTP on this port (0 picks one).",
 )
 @serve_option(
     "--metrics-host",
-    field="metrics_host",
-    file_key="metrics.host",
     help="Address for the metrics endpoint.",
 )
 @log_level_option
