@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +273,9 @@ def test_help_for_an_option_whose_extra_is_missing_says_so() -> None:
 
     result = CliRunner().invoke(command, ["--help"])
     assert "Seconds.  [default: (needs an extra)]" in result.output
+
+
+def test_the_cli_loads_neither_urwid_nor_coredis_until_a_command_needs_them() -> None:
+    code = "import sys, triochat.cli; print(sorted({'urwid', 'coredis'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "[]\n"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
 
 from ..client.connection import ConnectOptions
-from ..client.join import JoinConfig
 from ..protocol import line as protocol
 from .options import (
     Range,
@@ -19,6 +18,16 @@ from .options import (
     field_option,
     given_fields,
 )
+
+if TYPE_CHECKING:
+    from ..client.join import JoinConfig
+
+
+def _join_config() -> type[JoinConfig]:
+    """:class:`JoinConfig`, imported when needed: its module loads urwid, slow to import."""
+    from ..client.join import JoinConfig
+
+    return JoinConfig
 
 
 @click.command(
@@ -35,8 +44,8 @@ Exit codes:
 Without --password (or TRIOCHAT_PASSWORD) the terminal UI asks (without
 echo) if the server wants one."""
 )
-@client_options(name_owner=JoinConfig, name_help="Your name (the terminal UI asks if omitted).")
-@field_option(JoinConfig, "--room", help="Room to join after connecting.")
+@client_options(name_owner=_join_config, name_help="Your name (the terminal UI asks if omitted).")
+@field_option(_join_config, "--room", help="Room to join after connecting.")
 @click.option(
     "--plain",
     is_flag=True,
@@ -49,13 +58,13 @@ echo) if the server wants one."""
     help="Seconds to wait for the connection.",
 )
 @field_option(
-    JoinConfig,
+    _join_config,
     "--quit-timeout",
     type=Range(0),
     help="Seconds to wait for the server to close after /quit.",
 )
 @field_option(
-    JoinConfig, "--scrollback", type=click.IntRange(10), help="Lines the terminal UI keeps."
+    _join_config, "--scrollback", type=click.IntRange(10), help="Lines the terminal UI keeps."
 )
 def join(**params: Any) -> None:
     """Chat on a server: a terminal UI, or line mode when stdin is not a terminal.
@@ -63,12 +72,13 @@ def join(**params: Any) -> None:
     Line mode sends each stdin line and prints each server line to stdout,
     so `printf 'hello\\n' | triochat join --name dave` works in scripts.
     """
-    from ..client import join as join_mod  # urwid is only loaded for this command
+    from ..client import join as join_mod
 
     ctx = click.get_current_context()
     name = params["name"]
-    fields = given_fields(ctx, JoinConfig)
-    canonical = protocol.normalize_room(fields.pop("room", field_default(JoinConfig, "room")))
+    fields = given_fields(ctx, _join_config)
+    room = fields.pop("room", field_default(join_mod.JoinConfig, "room"))
+    canonical = protocol.normalize_room(room)
     if canonical is None:
         raise click.BadParameter(protocol.ROOM_RULES, param_hint="--room")
     if name is not None and protocol.name_error(name) is not None:
@@ -77,7 +87,9 @@ def join(**params: Any) -> None:
     if not interactive and not name:
         raise click.BadParameter("required when stdin is not a terminal", param_hint="--name")
     fields.pop("name", None)
-    config = JoinConfig(name=name, connection=connect_options(ctx), room=canonical, **fields)
+    config = join_mod.JoinConfig(
+        name=name, connection=connect_options(ctx), room=canonical, **fields
+    )
     try:
         if interactive:
             code = trio.run(join_mod.run_interactive, config)

@@ -130,7 +130,7 @@ def given_fields(ctx: click.Context, owner: Owner) -> dict[str, Any]:
 # --- the client commands' shared options ------------------------------------------
 
 
-def client_options(*, name_owner: type, name_help: str) -> Callable[[F], F]:
+def client_options(*, name_owner: Owner, name_help: str) -> Callable[[F], F]:
     """``--host``, ``--port``, ``--name``, ``--tls``, ``--ca``, ``--insecure`` and ``--password``.
 
     The same for ``join`` and ``bot``, with the same environment variables;
