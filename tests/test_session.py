@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio.testing
 
+from triochat import ServerConfig
 from triochat.backplane import Claim
 from triochat.core import commands as c, session as s
 from triochat.core._auth import FailureDelays
@@ -471,7 +472,7 @@ def test_help_and_invalid_commands_answer_the_member() -> None:
 
 
 def test_history_from_memory_is_capped_and_from_the_store_is_fetched() -> None:
-    said = [Said("#lobby", i, 0.0, "ben", str(i)) for i in range(1, 6)]
+    said: list[RoomEvent] = [Said("#lobby", i, 0.0, "ben", str(i)) for i in range(1, 6)]
     pair = chatting(history_limit=3)
     pair.hub.history["#lobby"] = said
     pair.command("/history 50")
@@ -607,3 +608,12 @@ def test_events_of_keeps_only_what_the_client_sees() -> None:
     outputs: list[s.Output] = [Notice("a"), s.Wait(1), Error("b"), s.Close("x")]
     seen: list[Event] = s.events_of(outputs)
     assert seen == [Notice("a"), Error("b")]
+
+
+@pytest.mark.parametrize("password", ["/help", "/QUIT now", "/exit", "\x1b/help"])
+def test_a_password_that_would_be_a_command_is_refused_at_start_up(password: str) -> None:
+    assert s.answered_before_registration(password)
+    with pytest.raises(ValueError, match="/help, /quit or /exit"):
+        ServerConfig(password=password)
+    ServerConfig(password=f"x{password}")
+    ServerConfig(password="/helpful")

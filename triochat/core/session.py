@@ -246,6 +246,11 @@ def pacing_text(rate: float) -> str:
     return f"Slow down: your lines are being paced ({rate:g} per second)"
 
 
+def answered_before_registration(line: str) -> bool:
+    """Whether ``line``, given for a name or the password, is a command (``/help``, ``/quit``)."""
+    return isinstance(p.parse_command(p.clean_text(line)), c.Help | c.Quit)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Rules:
     """What a session is told about its server: the registration and command rules."""

@@ -22,7 +22,7 @@ import trio
 from ..backplane import Backplane, LocalBackplane
 from ..core._auth import FailureDelays
 from ..core.hub import Hub
-from ..core.session import Rules
+from ..core.session import Rules, answered_before_registration
 from ..protocol import line as p
 from .connection import Connection, peer_host, peer_name
 from .outbox import Flusher
@@ -79,6 +79,8 @@ class ServerConfig:
             raise ValueError("max_per_address must be >= 0 (0: no limit)")
         if self.password == "":
             raise ValueError("password must not be empty (None: no password)")
+        if self.password is not None and answered_before_registration(self.password):
+            raise ValueError("password must not start with /help, /quit or /exit")
         if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
             raise ValueError("tls_handshake_timeout must be > 0, password_delay >= 0")
 
