@@ -94,8 +94,8 @@ class FakeHub:
             member.name, member.key = name, p.name_key(name)
             self.members[member.key] = member
 
-    def users(self, member: FakeMember, room: str) -> None:
-        self.calls.append(("users", member.name, room))
+    def users(self, member: FakeMember, room: str, *, everyone: bool = False) -> None:
+        self.calls.append(("users", member.name, room, *(["all"] if everyone else [])))
 
     def room_list(self, member: FakeMember) -> None:
         self.calls.append(("rooms", member.name))
@@ -410,18 +410,27 @@ def chatting(**rules: Any) -> Pair:
 
 def test_commands_without_a_room_go_to_the_current_room() -> None:
     pair = chatting()
-    for line in ("//slash", "/me waves", "/users", "/msg ben hi", "/rooms", "/history 2"):
+    for line in (
+        "//slash",
+        "/me waves",
+        "/users",
+        "/users all",
+        "/msg ben hi",
+        "/rooms",
+        "/history 2",
+    ):
         assert pair.command(line) == []
     assert pair.hub.calls == [
         ("say", "ann", "#lobby", ("/slash",)),
         ("act", "ann", "#lobby", "waves"),
         ("users", "ann", "#lobby"),
+        ("users", "ann", "#lobby", "all"),
         ("private", "ann", "ben", "hi"),
         ("rooms", "ann"),
         ("replay", "ann", "#lobby", ()),
     ]
     # say() counts its own lines; the session counts each other command once.
-    assert pair.hub.lines_in == 6
+    assert pair.hub.lines_in == 7
 
 
 def test_a_one_room_join_parts_the_old_room_then_joins_the_new_one() -> None:
@@ -508,7 +517,7 @@ def test_quit_leaves_with_a_farewell_and_closes() -> None:
 
 def test_nick_without_a_cluster_goes_to_the_hub() -> None:
     pair = chatting()
-    assert pair.command("/nick a\x1bnn2") == []
+    assert pair.command("/nick a\x07nn2") == []
     assert pair.hub.calls == [("rename", "ann", "ann2")]
 
 
@@ -610,7 +619,7 @@ def test_events_of_keeps_only_what_the_client_sees() -> None:
     assert seen == [Notice("a"), Error("b")]
 
 
-@pytest.mark.parametrize("password", ["/help", "/QUIT now", "/exit", "\x1b/help"])
+@pytest.mark.parametrize("password", ["/help", "/QUIT now", "/exit", "\x07/help"])
 def test_a_password_that_would_be_a_command_is_refused_at_start_up(password: str) -> None:
     assert s.answered_before_registration(password)
     with pytest.raises(ValueError, match="/help, /quit or /exit"):

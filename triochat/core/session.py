@@ -212,7 +212,7 @@ class SessionHub(Protocol[M]):
 
     def rename(self, member: M, name: str, /) -> None: ...
 
-    def users(self, member: M, room: str, /) -> None: ...
+    def users(self, member: M, room: str, /, *, everyone: bool = False) -> None: ...
 
     def room_list(self, member: M, /) -> None: ...
 
@@ -463,10 +463,10 @@ class Session(Generic[M]):
                 self._follow(member)
             case c.Nick(name):
                 return self._nick(member, p.clean_text(name))
-            case c.Users(room):
+            case c.Users(room, everyone):
                 if (room := self._room(room)) is None:
                     return self._stay([Error(NO_ROOM)])
-                hub.users(member, room)
+                hub.users(member, room, everyone=everyone)
             case c.Rooms():
                 hub.room_list(member)
             case c.Help():

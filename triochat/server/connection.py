@@ -36,6 +36,8 @@ log: Final = logging.getLogger("triochat.server")
 RECEIVE_SIZE: Final = 65536
 BATCH_LINES: Final = 256
 """Most lines of one client's burst handled before other clients get a turn."""
+TLS_CLOSE_TIMEOUT: Final = 0.5
+"""Seconds to send a TLS close_notify; only a peer that stopped reading takes this long."""
 
 _EFFECTS: Final = (s.ClaimName, s.Unclaim, s.Wait, s.FetchHistory, s.Close)
 
@@ -106,7 +108,7 @@ class Connection:
         finally:
             self._leave()
             self.send.stop()  # before the socket (and so its number) is released
-            await trio.aclose_forcefully(self.stream)
+            await close_stream(self.stream)
             log.info("%s closed (%s)", self.peer, self.reason)
 
     def _leave(self) -> None:
@@ -352,6 +354,23 @@ class Connection:
             return
         if outbox.closed:
             self.end()  # its last line is out
+
+
+async def close_stream(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` at once; a TLS one first sends close_notify, in a short time.
+
+    Without close_notify a TLS client cannot tell the server's goodbye from a
+    cut connection (``openssl s_client``: "unexpected eof").
+    """
+    if isinstance(stream, trio.SSLStream):
+        # Cleanup: shielded from the connection's cancellation, bounded by its own.
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(TLS_CLOSE_TIMEOUT),
+            suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await stream.aclose()
+    await trio.aclose_forcefully(stream)
 
 
 def peer_host(stream: trio.abc.Stream) -> str:
