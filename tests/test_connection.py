@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from triochat import ChatServer, ServerConfig
+from triochat.backplane import Backplane, Claim, LocalBackplane
 from triochat.core import session as s
 from triochat.protocol import line as p
 
@@ -64,8 +65,10 @@ Connect = Callable[[], Awaitable[Client]]
 
 
 @asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[tuple[ChatServer, Connect]]:
-    server = ChatServer(ServerConfig(**options))
+async def serving(
+    backplane: Backplane | None = None, **options: Any
+) -> AsyncIterator[tuple[ChatServer, Connect]]:
+    server = ChatServer(ServerConfig(**options), backplane=backplane)
     async with trio.open_nursery() as nursery:
 
         async def connect() -> Client:
@@ -248,3 +251,62 @@ async def test_plain_chat_lines_skip_the_session_and_reach_the_hub_as_one_burst(
         await ann.until("<ann> after")
     assert commands == [p.Me("waves")]
     assert bursts == [100, 1]
+
+
+# --- cluster claims -------------------------------------------------------------------------
+
+
+class GatedClaims(LocalBackplane):
+    """One node of a "cluster" whose name claims wait until the test lets each through."""
+
+    remote = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[tuple[str, trio.Event]] = []
+        self.unclaimed: list[str] = []
+
+    async def claim(self, name: str, /) -> Claim:
+        gate = trio.Event()
+        self.waiting.append((name, gate))
+        await gate.wait()
+        return Claim.CLAIMED
+
+    def unclaim(self, name: str, /) -> None:
+        self.unclaimed.append(name)
+
+
+async def test_a_claim_the_hub_refuses_after_all_is_given_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backplane = GatedClaims()
+    async with serving(backplane, rate=0) as (_, connect):
+        ann, other = await connect(), await connect()
+        await ann.send("ann")
+        await other.send("ANN")
+        await trio.testing.wait_all_tasks_blocked()
+        assert [name for name, _ in backplane.waiting] == ["ann", "ANN"]
+        backplane.waiting[0][1].set()
+        await ann.until("* ann joined #lobby")
+        backplane.waiting[1][1].set()
+        await other.until("* What is your name?")  # the welcome's
+        assert await other.until("* What is your name?") == [
+            "! Name ANN is taken, choose another",
+            "* What is your name?",
+        ]
+        assert backplane.unclaimed == ["ANN"]
+
+
+async def test_the_registration_deadline_covers_a_claim_in_flight(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "triochat.server")
+    backplane = GatedClaims()
+    async with serving(backplane, registration_timeout=30) as (server, connect):
+        client = await connect()
+        await client.send("ann")
+        lines = await client.rest()
+        assert lines[-1] == "! No name given within 30 s, closing"
+        assert trio.current_time() == pytest.approx(30)
+        assert server.hub.members == 0
+    assert closed_reasons(caplog) == ["(no name given)"]

@@ -23,7 +23,7 @@ import trio
 
 from ..core import session as s
 from ..core._ratelimit import TokenBucket
-from ..core.events import Notice
+from ..core.events import Event, Notice
 from ..protocol import line as p
 from .outbox import Outbox
 
@@ -142,37 +142,39 @@ class Connection:
     # --- the session's inputs and effects ---------------------------------------
 
     async def _carry_out(self, outputs: list[s.Output]) -> bool:
-        """Send the session's events and carry out its effects; False once it is closed.
+        """Send the session's events and carry out its effects, in order; False once it is closed.
 
         An async effect's outcome is the session's next input, whose outputs
         are carried out in turn.
         """
         session = self.session
-        while outputs:
-            events = [o for o in outputs if not isinstance(o, _EFFECTS)]
+        events: list[Event] = []
+        for output in outputs:
+            if not isinstance(output, _EFFECTS):
+                events.append(output)
+                continue
             if events:
                 self._tell(self.server.dialect.render(events))
-            if len(events) == len(outputs):
-                break
-            # Each output list ends with its one effect, if any (the session's rule).
-            effect = outputs[-1]
-            outputs = []
-            match effect:
+                events = []
+            match output:
                 case s.ClaimName(name):
-                    outputs = session.claim_result(await self.server.backplane.claim(name))
+                    claim = await self.server.backplane.claim(name)
+                    await self._carry_out(session.claim_result(claim))
                 case s.Unclaim(name):
                     self.server.backplane.unclaim(name)
                 case s.Wait(seconds):
                     self.server.stats.wrong_passwords += 1
                     log.warning("wrong password from %s (next answer in %g s)", self.peer, seconds)
                     await trio.sleep(seconds)
-                    outputs = session.delay_elapsed()
+                    await self._carry_out(session.delay_elapsed())
                 case s.FetchHistory(room, count):
                     store = self.server.store
                     assert store is not None
-                    outputs = session.fetched(room, await store.fetch(room, count))
+                    await self._carry_out(session.fetched(room, await store.fetch(room, count)))
                 case s.Close(reason):
                     self.reason = reason
+        if events:
+            self._tell(self.server.dialect.render(events))
         return session.state is not s.State.CLOSED
 
     async def _register_in_time(self) -> bool:
