@@ -19,7 +19,7 @@ from triochat import ServerConfig
 from triochat.backplane import Claim
 from triochat.core import commands as c, session as s
 from triochat.core._auth import FailureDelays
-from triochat.core.events import Error, Event, Notice, RoomEvent, Said
+from triochat.core.events import Error, Notice, RoomEvent, Said
 from triochat.protocol import line as p
 
 WELCOME = "Welcome to triochat! 0 users online. Commands start with /, try /help."
@@ -611,12 +611,6 @@ def test_the_table_names_every_state_and_closed_is_a_dead_end() -> None:
         for targets in inputs.values():
             assert targets <= set(s.State)
     assert {t for ts in s.TRANSITIONS[s.State.CLOSED].values() for t in ts} == {s.State.CLOSED}
-
-
-def test_events_of_keeps_only_what_the_client_sees() -> None:
-    outputs: list[s.Output] = [Notice("a"), s.Wait(1), Error("b"), s.Close("x")]
-    seen: list[Event] = s.events_of(outputs)
-    assert seen == [Notice("a"), Error("b")]
 
 
 @pytest.mark.parametrize("password", ["/help", "/QUIT now", "/exit", "\x07/help"])

@@ -22,7 +22,7 @@ Nothing here imports trio or does I/O; time comes from the ``clock`` given.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar
 
@@ -153,6 +153,8 @@ class Close:
 
 
 Effect = ClaimName | Unclaim | Wait | FetchHistory | Close
+EFFECTS: Final = (ClaimName, Unclaim, Wait, FetchHistory, Close)
+"""The effect classes, to tell effects from events (``isinstance(output, EFFECTS)``)."""
 Output = Event | Effect
 """What an input gives back, in order: events for the client, effects for the I/O layer."""
 
@@ -598,9 +600,3 @@ class Session(Generic[M]):
 
 def _claim_error(claim: Claim, name: str) -> str:
     return TAKEN.format(name) if claim is Claim.TAKEN else LINK_DOWN
-
-
-def events_of(outputs: Iterable[Output]) -> list[Event]:
-    """The events among ``outputs`` (for doors and tests that only want what the client sees)."""
-    effects = (ClaimName, Unclaim, Wait, FetchHistory, Close)
-    return [o for o in outputs if not isinstance(o, effects)]

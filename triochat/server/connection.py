@@ -39,7 +39,7 @@ BATCH_LINES: Final = 256
 TLS_CLOSE_TIMEOUT: Final = 0.5
 """Seconds to send a TLS close_notify; only a peer that stopped reading takes this long."""
 
-_EFFECTS: Final = (s.ClaimName, s.Unclaim, s.Wait, s.FetchHistory, s.Close)
+_NEVER: Final = -math.inf
 
 
 class Connection:
@@ -68,7 +68,7 @@ class Connection:
         self._nursery: trio.Nursery | None = None  # the connection's, once it runs
         self._framer = p.LineFramer(config.max_line)
         self._bucket: TokenBucket | None = None
-        self._paced_until = -math.inf  # until then, flood control need not say so again
+        self._paced_until = _NEVER  # until then, flood control need not say so again
         self.reason = "connection lost"
         self.peer = peer_name(stream)
         self.session: s.Session[Member] = s.Session(
@@ -150,7 +150,7 @@ class Connection:
         session = self.session
         events: list[Event] = []
         for output in outputs:
-            if not isinstance(output, _EFFECTS):
+            if not isinstance(output, s.EFFECTS):
                 events.append(output)
                 continue
             if events:
