@@ -20,7 +20,18 @@ from typing import Protocol
 
 import trio
 
-from ..core.events import Private, RoomEvent
+from ..core.events import Acted, Legacy, Private, RoomEvent, Said, TopicSet
+
+
+def kept_in_history(event: RoomEvent) -> bool:
+    """Whether ``event`` goes into its room's history: chat lines, actions, topics (and
+    lines kept from before events), not joins, leaves or renames.
+
+    One rule for every copy of a history: the hub's (``Hub.KEPT``) and the one a
+    backplane keeps for the cluster (Redis lists are capped by count, so they
+    must hold the same events as the hub's).
+    """
+    return isinstance(event, Said | Acted | TopicSet | Legacy)
 
 
 class BackplaneError(Exception):
