@@ -125,15 +125,15 @@ class Pair:
     ) -> None:
         self.hub = hub or FakeHub()
         self.clock = clock or trio.testing.MockClock()
-        self.session: s.Session[FakeMember] = s.Session(
-            self.hub,
-            s.Rules(**rules),
-            outbox=_NoOutbox(),
-            disconnect=lambda: None,
+        door = s.Door(
+            hub=self.hub,
+            rules=s.Rules(**rules),
             dialect=p.LineDialect(),
-            address=address,
-            delays=delays,
+            delays=delays if delays is not None else FailureDelays(),
             clock=self.clock.current_time,
+        )
+        self.session: s.Session[FakeMember] = s.Session(
+            door, outbox=_NoOutbox(), disconnect=lambda: None, address=address
         )
         self.welcome = self.session.start()
 

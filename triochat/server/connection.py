@@ -72,15 +72,11 @@ class Connection:
         self.reason = "connection lost"
         self.peer = peer_name(stream)
         self.session: s.Session[Member] = s.Session(
-            server.hub,
-            server.session_rules,
+            server.door,
             outbox=self.send,
             disconnect=self._disconnect,
-            dialect=server.dialect,
             # Only the password's failure delays are kept per address.
             address=peer_host(stream) if config.password is not None else "",
-            delays=server.password_delays,
-            clock=trio.current_time,
         )
 
     @property

@@ -21,8 +21,8 @@ import trio
 
 from ..backplane import Backplane, LocalBackplane
 from ..core._auth import FailureDelays
-from ..core.hub import Hub
-from ..core.session import Rules, answered_before_registration
+from ..core.hub import Hub, Member
+from ..core.session import Door, Rules, answered_before_registration
 from ..protocol import line as p
 from .connection import Connection, close_stream, peer_host, peer_name
 from .outbox import Flusher
@@ -158,14 +158,21 @@ class ChatServer:
         self.password_delays = FailureDelays(
             base=self.config.password_delay, cap=self.config.password_delay_max
         )
-        self.session_rules = Rules(
-            password=self.config.password,
-            registration_timeout=self.config.registration_timeout,
-            claim_names=self.backplane.remote,
-            store_history=store is not None,
-            # Never more than half an outbox, or the asker becomes a slow consumer.
-            history_limit=min(p.HISTORY_MAX, self.config.send_queue // 2),
+        self.door: Door[Member] = Door(
+            hub=self.hub,
+            rules=Rules(
+                password=self.config.password,
+                registration_timeout=self.config.registration_timeout,
+                claim_names=self.backplane.remote,
+                store_history=store is not None,
+                # Never more than half an outbox, or the asker becomes a slow consumer.
+                history_limit=min(p.HISTORY_MAX, self.config.send_queue // 2),
+            ),
+            dialect=self.dialect,
+            delays=self.password_delays,
+            clock=trio.current_time,
         )
+        """What the line door's sessions share."""
         self._connections: set[Connection] = set()
         self._per_address: dict[str, int] = {}
         self._handshaking = 0
