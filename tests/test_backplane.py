@@ -58,7 +58,7 @@ async def test_the_loopback_has_no_other_node() -> None:
     node = RecordingNode()
     backplane.attach(node)
     assert backplane.remote is False
-    assert backplane.notice is None
+    assert backplane.link_down is False
     # Nobody else takes a private message, a room's history goes with its last
     # member here (vacate: nobody will drop it later), and every claim wins.
     assert backplane.publish_private("ben", ev.Private(T0, "ann", "ben", "psst")) is False

@@ -34,9 +34,10 @@ from redis_support import (
 )
 
 from triochat import ChatServer, ServerConfig
-from triochat.backplane.redis import LINK_DOWN, LINK_UP, RedisBackplane, RedisOptions
+from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.client.connection import ChatClient, ConnectionClosed, NameRejected, open_chat_client
 from triochat.core.events import Said
+from triochat.core.hub import LINK_DOWN, LINK_UP
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,9 +7,7 @@ from typing import Any, get_args
 import pytest
 from hypothesis import given, strategies as st
 
-from triochat.backplane.base import kept_in_history
 from triochat.core import events as ev
-from triochat.core.hub import KEPT
 
 pytest.importorskip("coredis", reason="the wire lives in the 'redis' extra's package")
 
@@ -156,4 +154,5 @@ def test_history_holds_what_the_hub_keeps() -> None:
         ev.Legacy("#r", 1, T0, "line"),
     ]
     assert {type(e) for e in samples} == set(get_args(ev.RoomEvent))
-    assert {type(e) for e in samples if kept_in_history(e)} == KEPT
+    assert {type(e) for e in samples if ev.kept_in_history(e)} == ev.KEPT
+    assert {ev.Said, ev.Acted, ev.TopicSet, ev.Legacy} == ev.KEPT

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import trio
 
-from ..core.events import Private, RoomEvent
+from ..core.events import Private, RoomEvent, kept_in_history
 from ..core.names import name_key
 from ..protocol.line import LOBBY
-from .base import BackplaneError, Claim, Node, kept_in_history
+from .base import BackplaneError, Claim, Node
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +146,7 @@ class MemoryBackplane:
     """One node's backplane in a :class:`MemoryCluster` (see :meth:`MemoryCluster.backplane`)."""
 
     remote = True
-    notice = None
+    link_down = False
 
     def __init__(self, cluster: MemoryCluster) -> None:
         self.cluster = cluster

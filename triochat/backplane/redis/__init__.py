@@ -27,7 +27,7 @@ Every key is computed in :mod:`.keys`; every option is in :mod:`.options`.
 
 from __future__ import annotations
 
-from .backplane import LINK_DOWN as LINK_DOWN, LINK_UP as LINK_UP, RedisBackplane as RedisBackplane
+from .backplane import RedisBackplane as RedisBackplane
 from .options import RedisOptions as RedisOptions
 
-__all__ = ["LINK_DOWN", "LINK_UP", "RedisBackplane", "RedisOptions"]
+__all__ = ["RedisBackplane", "RedisOptions"]

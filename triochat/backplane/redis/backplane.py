@@ -41,15 +41,6 @@ from .wire import (
     presence_prefix,
 )
 
-LINK_DOWN: Final = (
-    "The link to the rest of the chat is down: you can keep talking with users on this "
-    "server; reconnecting."
-)
-LINK_UP: Final = "The link to the rest of the chat is back."
-NAME_CONFLICT: Final = (
-    "Your name {name} was taken on another server while the link was down; "
-    "reconnect with another name"
-)
 _LEAVE_TIMEOUT: Final = 0.5
 
 _Gone = tuple[str, str, tuple[str, ...]]
@@ -91,8 +82,8 @@ class RedisBackplane:
     # --- what the hub calls (synchronous, never waits) -------------------------
 
     @property
-    def notice(self) -> str | None:
-        return LINK_DOWN if self._down else None
+    def link_down(self) -> bool:
+        return self._down
 
     def attach(self, node: Node, /) -> None:
         self._node = node
@@ -191,10 +182,10 @@ class RedisBackplane:
                 entry = Whereabouts(self.node_id, member.key, member.name, tuple(member.room_names))
                 self.publisher.queue(entry)
             for member in conflicts:
-                node.expel(member.key, NAME_CONFLICT.format(name=member.name), "name conflict")
+                node.name_conflict(member.key)
             if self._down:
                 self._down = False
-                node.notice_all(LINK_UP)
+                node.link_changed(True)
             node.flush()
             linked()
             async with trio.open_nursery() as nursery:
@@ -217,7 +208,7 @@ class RedisBackplane:
                 node.deliver_private(item.key, item.event)
         if was_linked:
             self.link_changes += 1
-            node.notice_all(LINK_DOWN)
+            node.link_changed(False)
         node.flush()
 
     def _apply_snapshot(self, node: Node, snapshot: Any) -> list[str]:

@@ -18,9 +18,9 @@ from typing import Any, Final
 import coredis
 import trio
 
-from ...core.events import RoomEvent
+from ...core.events import RoomEvent, kept_in_history
 from ...protocol.line import LOBBY
-from ..base import Node, kept_in_history
+from ..base import Node
 from . import scripts
 from .keys import Keys
 from .link import log
