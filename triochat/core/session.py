@@ -16,7 +16,7 @@ lines do not come through here: a chatting door hands them to
 :meth:`Hub.say <triochat.core.hub.Hub.say>` in bursts (the hot path,
 ``docs/design.md``), in :attr:`Session.room`.
 
-Nothing here imports trio or does I/O; time comes from the ``clock`` given.
+Nothing here awaits or does I/O; the time comes from the door's ``clock``.
 """
 
 from __future__ import annotations
