@@ -145,6 +145,17 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     help="Seconds a new connection has to give its name.",
 )
 @server_option(
+    "--resume-max",
+    type=click.IntRange(0),
+    help="Recent events each room keeps for v2 clients to resume from; the most one "
+    "resume replays.",
+)
+@server_option(
+    "--resume-grace",
+    type=Range(0),
+    help="Seconds a v2 client whose connection broke keeps its name and rooms unannounced.",
+)
+@server_option(
     "--send-queue",
     type=click.IntRange(64),
     help="Lines waiting for a client whose socket buffer is full before it is dropped.",

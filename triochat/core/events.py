@@ -173,7 +173,71 @@ class Replay:
     events: tuple[RoomEvent, ...]
 
 
-Event = RoomEvent | Private | Notice | Error | UserList | RoomList | Replay
+# --- Resume (protocol v2) ------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RoomState:
+    """Where ``room``'s numbering stands: its ``epoch`` and the last ``seq`` given out."""
+
+    room: str
+    epoch: str
+    seq: int
+
+
+@dataclass(slots=True)
+class Resumed:
+    """A resume that worked: every event of ``room`` after the asked number, in order.
+
+    ``seq`` is the last number they bring the client to (the room's, at that moment).
+    """
+
+    room: str
+    epoch: str
+    seq: int
+    events: tuple[RoomEvent, ...]
+
+
+@dataclass(slots=True)
+class ResumeFailed:
+    """A resume refused whole: about ``lost`` events cannot be replayed, for ``reason``.
+
+    ``epoch`` and ``seq`` are where the room stands now (empty and 0 for no room).
+    """
+
+    room: str
+    epoch: str
+    seq: int
+    lost: int
+    reason: str
+
+
+Recovery = Resumed | ResumeFailed
+"""The answer to "resume ``room`` after ``EPOCH:SEQ``": all of it, or an explicit failure."""
+
+
+@dataclass(slots=True)
+class Welcome:
+    """A v2 member is named ``name``; ``token`` resumes it within the grace (never logged)."""
+
+    name: str
+    token: str
+    grace: float
+
+
+Event = (
+    RoomEvent
+    | Private
+    | Notice
+    | Error
+    | UserList
+    | RoomList
+    | Replay
+    | RoomState
+    | Resumed
+    | ResumeFailed
+    | Welcome
+)
 
 
 class Dialect(Protocol):

@@ -17,7 +17,9 @@ from Redis. The hub is the backplane's :class:`~triochat.backplane.Node`.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -103,13 +105,41 @@ class Member:
 
 
 class _Log:
-    """A room's recent kept events and its sequence counter, on this node."""
+    """A room's recent kept events and its sequence counter, on this node.
 
-    __slots__ = ("events", "seq")
+    ``epoch`` names the history behind the numbers: a new one whenever it is
+    lost (the log is made afresh without an archive that knows the room).
+    ``tail`` holds the last events of every kind, for :meth:`Hub.resume`.
+    """
 
-    def __init__(self, keep: int) -> None:
+    __slots__ = ("epoch", "events", "seq", "tail")
+
+    def __init__(self, keep: int, resume: int = 0, epoch: str = "") -> None:
         self.events: deque[RoomEvent] = deque(maxlen=keep)
         self.seq = 0
+        self.epoch = epoch or new_epoch()
+        self.tail: deque[RoomEvent] = deque(maxlen=resume)
+
+
+def new_epoch() -> str:
+    """A fresh epoch: an opaque string no earlier history of any room had."""
+    return secrets.token_hex(6)
+
+
+class EpochArchive(Protocol):
+    """An archive that also keeps each room's epoch and numbering across restarts."""
+
+    def epoch(self, room: str, /) -> str:
+        """The room's epoch (made and stored if it has none yet)."""
+        ...
+
+    def last_seq(self, room: str, /) -> int:
+        """The last number the room gave out, as far as the archive knows."""
+        ...
+
+    def numbered(self, room: str, seq: int, /) -> None:
+        """The room has given out numbers up to ``seq`` (queued, never blocks)."""
+        ...
 
 
 class Room:
@@ -155,6 +185,8 @@ class Hub:
         (:meth:`summarize_presence`); 0 (the default here) never.
       presence_interval: the seconds a summary covers.
       names: the name policy (``"unicode"``, or ``"ascii"`` for ASCII names only).
+      resume_max: the recent events of every kind each room keeps for
+        :meth:`resume`, and the most one resume replays.
     """
 
     def __init__(
@@ -168,8 +200,10 @@ class Hub:
         quiet_above: int = 0,
         presence_interval: float = 30.0,
         names: p.NamePolicy = "unicode",
+        resume_max: int = 1000,
     ) -> None:
         self.names: p.NamePolicy = names
+        self.resume_max = resume_max
         self.history = history
         self.max_rooms_per_member = max_rooms_per_member
         self.quiet_above = quiet_above
@@ -177,6 +211,10 @@ class Hub:
         self.backplane: Backplane = backplane or LocalBackplane()
         self._clock = clock
         self._archive = archive
+        # Only an archive that keeps epochs makes numbers outlive the process.
+        self._epochs: EpochArchive | None = (
+            archive if archive is not None and hasattr(archive, "numbered") else None  # type: ignore[assignment]
+        )
         self._members: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
         # Every room's log this node keeps: the rooms with members here, and in
@@ -471,12 +509,19 @@ class Hub:
     def _log(self, room: str) -> _Log:
         held = self._logs.get(room)
         if held is None:
-            held = self._logs[room] = _Log(self.history)
+            held = self._logs[room] = self._new_log(room)
             if self._archive is not None and not self.backplane.remote:
                 held.events.extend(self._archive.recent(room))
                 if held.events:
                     held.seq = held.events[-1].seq
+                if self._epochs is not None:
+                    held.seq = max(held.seq, self._epochs.last_seq(room))
         return held
+
+    def _new_log(self, room: str) -> _Log:
+        epochs = self._epochs if not self.backplane.remote else None
+        epoch = epochs.epoch(room) if epochs is not None else ""
+        return _Log(self.history, self.resume_max, epoch)
 
     def _quiet(self, room: Room) -> bool:
         """Whether ``room`` is past ``quiet_above`` members (across the cluster)."""
@@ -550,8 +595,12 @@ class Hub:
             if self._archive is not None:
                 for event in kept:
                     self._archive.append(event)
-        if held is not None and events[-1].seq > held.seq:
-            held.seq = events[-1].seq  # another node numbered them
+        if held is not None:
+            if events[-1].seq > held.seq:
+                held.seq = events[-1].seq  # another node numbered them
+            held.tail.extend(events)
+            if self._epochs is not None:
+                self._epochs.numbered(name, held.seq)
         if room is not None:
             self._fanout(room.groups, events)
 
@@ -600,6 +649,51 @@ class Hub:
         finally:
             self._evicting = False
 
+    # --- resume ------------------------------------------------------------------
+
+    def room_state(self, room: str, /) -> ev.RoomState | None:
+        """``room``'s epoch and last number, if this node keeps its log."""
+        held = self._logs.get(room)
+        return None if held is None else ev.RoomState(room, held.epoch, held.seq)
+
+    def resume(self, room: str, epoch: str, after: int, /) -> ev.Recovery:
+        """Every event of ``room`` after number ``after`` of ``epoch``, or why not.
+
+        All or nothing: a failure (no such room here, another epoch, a number
+        from the future, events no longer kept or more than ``resume_max``)
+        says about how many events the client lost and replays none.
+        """
+        held = self._logs.get(room)
+        if held is None:
+            return ev.ResumeFailed(room, "", 0, 0, "no such room")
+        seq = held.seq
+
+        def failed(lost: int, reason: str) -> ev.ResumeFailed:
+            return ev.ResumeFailed(room, held.epoch, seq, lost, reason)
+
+        if epoch != held.epoch:
+            return failed(seq, "the room's history was reset")
+        if after > seq:
+            return failed(0, f"number {after} is from the future (the room is at {seq})")
+        if after < 0:
+            return failed(seq, "a negative number")
+        missed = seq - after
+        if missed > self.resume_max:
+            return failed(missed, f"more than {self.resume_max} events to replay")
+        if missed == 0:
+            return ev.Resumed(room, held.epoch, seq, ())
+        tail = held.tail
+        # The tail is contiguous up to the room's last number, or it cannot be trusted.
+        if (
+            not tail
+            or tail[-1].seq != seq
+            or tail[-1].seq - tail[0].seq + 1 != len(tail)
+            or tail[0].seq > after + 1
+        ):
+            return failed(missed, "history no longer has them")
+        start = len(tail) - missed
+        return ev.Resumed(room, held.epoch, seq, tuple(itertools.islice(tail, start, None)))
+
     # --- the rest of the Node interface (the backplane calls these) ------------
 
     def deliver_private(self, key: str, event: ev.Private, /) -> None:
@@ -624,7 +718,7 @@ class Hub:
         """``room``'s history is now ``events``, oldest first (the cluster restored it)."""
         held = self._logs.get(room)
         if held is None:
-            held = self._logs[room] = _Log(self.history)
+            held = self._logs[room] = self._new_log(room)
         held.events.clear()
         held.events.extend(events)
         if held.events and held.events[-1].seq > held.seq:

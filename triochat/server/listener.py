@@ -75,6 +75,11 @@ class ServerConfig:
     """The longest wait before answering a wrong password."""
     tls_handshake_timeout: float = 10.0
     """Seconds a TLS client has to finish its handshake."""
+    resume_max: int = 1000
+    """Recent events of every kind each room keeps so v2 clients can resume; the most one
+    resume replays."""
+    resume_grace: float = 30.0
+    """Seconds a v2 client whose connection broke keeps its name and rooms, unannounced."""
 
     def __post_init__(self) -> None:
         if self.send_queue <= self.history + 8:
@@ -96,6 +101,8 @@ class ServerConfig:
             raise ValueError("password must not start with /help, /quit or /exit")
         if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
             raise ValueError("tls_handshake_timeout must be > 0, password_delay >= 0")
+        if self.resume_max < 0 or self.resume_grace < 0:
+            raise ValueError("resume_max and resume_grace must be >= 0")
 
 
 def _enable_keepalive(stream: trio.SocketStream) -> None:
@@ -149,6 +156,7 @@ class ChatServer:
             quiet_above=self.config.quiet_above,
             presence_interval=self.config.presence_interval,
             names=self.config.names,
+            resume_max=self.config.resume_max,
         )
         self.ssl_context = ssl_context
         self.dialect = p.LineDialect()

@@ -36,10 +36,11 @@ import trio
 
 from ..core import events as ev, records
 from ..core.events import RoomEvent
+from ..core.hub import new_epoch
 
 log: Final = logging.getLogger("triochat.store")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Kept in ``PRAGMA user_version``; a newer file is refused, an older one migrated."""
 
 _SCHEMA: Final = """
@@ -103,10 +104,26 @@ def _events_from_lines(db: sqlite3.Connection) -> None:
     db.executemany("UPDATE messages SET seq = ?, event = ? WHERE id = ?", updates)
 
 
+def _numbered_rooms(db: sqlite3.Connection) -> None:
+    """Version 3 keeps each room's epoch and last number, so resume outlives a restart.
+
+    A room of an older file gets a fresh epoch and the last number its rows hold.
+    """
+    db.execute(
+        "CREATE TABLE rooms (room TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL)"
+    )
+    rows = db.execute("SELECT room, COALESCE(MAX(seq), 0) FROM messages GROUP BY room").fetchall()
+    db.executemany(
+        "INSERT INTO rooms (room, epoch, seq) VALUES (?, ?, ?)",
+        [(room, new_epoch(), seq) for room, seq in rows],
+    )
+
+
 # Migrations from version N to N + 1, run in order inside one transaction.
 _MIGRATIONS: Final[dict[int, str | Callable[[sqlite3.Connection], None]]] = {
     0: _SCHEMA,
     1: _events_from_lines,
+    2: _numbered_rooms,
 }
 
 
@@ -156,6 +173,9 @@ class HistoryStore:
         self._reading = trio.Lock()
         self._send, self._receive = trio.open_memory_channel[_Row](config.queue)
         self._cache: OrderedDict[str, deque[RoomEvent]] = OrderedDict()
+        # Each room's epoch and last number, and those changed since the last commit.
+        self._rooms: dict[str, tuple[str, int]] = {}
+        self._changed: dict[str, tuple[str, int]] = {}
         self._appended = 0
         self._committed = 0
         self._progress = trio.Event()
@@ -201,6 +221,25 @@ class HistoryStore:
             return []
         self._cache.move_to_end(room)
         return list(lines)
+
+    def epoch(self, room: str, /) -> str:
+        """The room's epoch; a room the file never had gets a new one, saved with the
+        next commit."""
+        known = self._rooms.get(room)
+        if known is None:
+            known = self._rooms[room] = self._changed[room] = (new_epoch(), 0)
+        return known[0]
+
+    def last_seq(self, room: str, /) -> int:
+        """The last number the room gave out before (0 for a room the file never had)."""
+        known = self._rooms.get(room)
+        return 0 if known is None else known[1]
+
+    def numbered(self, room: str, seq: int, /) -> None:
+        """The room has given out numbers up to ``seq``: saved with the next commit."""
+        known = self._rooms.get(room)
+        epoch = known[0] if known is not None else self.epoch(room)
+        self._rooms[room] = self._changed[room] = (epoch, seq)
 
     @property
     def pending(self) -> int:
@@ -273,16 +312,18 @@ class HistoryStore:
                 batch.append(self._receive.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-        if batch:
+        if batch or self._changed:
             await self._commit(batch)
         self._receive.close()
 
     async def _commit(self, batch: list[_Row]) -> None:
         started = time.perf_counter()
+        rooms = [(room, epoch, seq) for room, (epoch, seq) in self._changed.items()]
+        self._changed = {}
         try:
             # Abandoned only at the flush deadline: the thread then finishes (or not)
             # on its own, and its lines are counted as not saved.
-            await trio.to_thread.run_sync(self._insert, batch, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(self._insert, batch, rooms, abandon_on_cancel=True)
         except sqlite3.Error as exc:
             self.dropped += len(batch)
             log.error("could not save %d history lines: %s", len(batch), exc)
@@ -296,7 +337,7 @@ class HistoryStore:
         self._progress.set()
         self._progress = trio.Event()
 
-    def _insert(self, batch: list[_Row]) -> None:
+    def _insert(self, batch: list[_Row], rooms: list[tuple[str, str, int]]) -> None:
         # One transaction (one fsync) for the whole batch: the connection is in
         # autocommit mode, where each INSERT would otherwise commit on its own.
         # Leaving the with block commits it, or rolls it back.
@@ -304,6 +345,9 @@ class HistoryStore:
             writer.execute("BEGIN")
             writer.executemany(
                 "INSERT INTO messages (room, ts, seq, event, line) VALUES (?, ?, ?, ?, '')", batch
+            )
+            writer.executemany(
+                "INSERT OR REPLACE INTO rooms (room, epoch, seq) VALUES (?, ?, ?)", rooms
             )
 
     # --- cache ---------------------------------------------------------------------
@@ -333,7 +377,12 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _open_sync(config: StoreConfig) -> tuple[sqlite3.Connection, sqlite3.Connection, _Recent]:
+_Rooms = dict[str, tuple[str, int]]
+
+
+def _open_sync(
+    config: StoreConfig,
+) -> tuple[sqlite3.Connection, sqlite3.Connection, _Recent, _Rooms]:
     """Open (creating or migrating) the file, prove it writable, load recent lines."""
     writer = _connect(config.path)
     try:
@@ -369,10 +418,14 @@ def _open_sync(config: StoreConfig) -> tuple[sqlite3.Connection, sqlite3.Connect
             raise
         reader = _connect(config.path)
         rooms = _load_recent(reader, config)
+        numbered = {
+            room: (epoch, seq)
+            for room, epoch, seq in reader.execute("SELECT room, epoch, seq FROM rooms")
+        }
     except BaseException:
         writer.close()
         raise
-    return writer, reader, rooms
+    return writer, reader, rooms, numbered
 
 
 def _load_recent(db: sqlite3.Connection, config: StoreConfig) -> _Recent:
@@ -416,13 +469,14 @@ async def open_history_store(config: StoreConfig) -> AsyncIterator[HistoryStore]
         raised before anything is yielded, so a server never half-starts.
     """
     try:
-        writer, reader, recent = await trio.to_thread.run_sync(_open_sync, config)
+        writer, reader, recent, numbered = await trio.to_thread.run_sync(_open_sync, config)
     except StoreError:
         raise
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(_describe(config, exc)) from None
     store = HistoryStore(config, writer, reader)
     store._preload(recent)
+    store._rooms = numbered
     log.info("history database %s: %d rooms loaded", config.path, len(recent))
     try:
         async with trio.open_nursery() as nursery:
