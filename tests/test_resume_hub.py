@@ -9,9 +9,12 @@ from _v1 import LineUser
 from triochat.core import events as ev
 from triochat.core.hub import Hub
 from triochat.protocol import line as p
+from triochat.protocol.v2 import V2Dialect
 from triochat.server.store import StoreConfig, open_history_store
 
 LINE = p.LineDialect()
+V2 = V2Dialect()
+"""Members who resume: the hub keeps a resume buffer for their rooms."""
 
 
 def _hub(**kwargs: int) -> Hub:
@@ -26,10 +29,10 @@ def _state(hub: Hub, room: str = p.LOBBY) -> ev.RoomState:
 
 def test_resume_answers_every_event_after_seq_in_order() -> None:
     hub = _hub()
-    alice = LineUser(hub, "alice", LINE)
+    alice = LineUser(hub, "alice", V2)
     start = _state(hub)
     hub.say(alice.member, p.LOBBY, ["one", "two"])
-    bob = LineUser(hub, "bob", LINE)  # a join is numbered and replayed too
+    bob = LineUser(hub, "bob", V2)  # a join is numbered and replayed too
     hub.act(bob.member, p.LOBBY, "waves")
     recovery = hub.resume(p.LOBBY, start.epoch, start.seq)
     assert isinstance(recovery, ev.Resumed)
@@ -43,7 +46,7 @@ def test_resume_answers_every_event_after_seq_in_order() -> None:
 
 def test_resume_buffer_is_independent_of_history() -> None:
     hub = _hub(history=2, resume_max=100)
-    alice = LineUser(hub, "alice", LINE)
+    alice = LineUser(hub, "alice", V2)
     start = _state(hub)
     hub.say(alice.member, p.LOBBY, [str(i) for i in range(50)])
     assert len(hub.recent(p.LOBBY, 100)) == 2
@@ -56,7 +59,7 @@ def test_resume_buffer_is_independent_of_history() -> None:
 
 def test_resume_failures_are_explicit_and_replay_nothing() -> None:
     hub = _hub(resume_max=10)
-    alice = LineUser(hub, "alice", LINE)
+    alice = LineUser(hub, "alice", V2)
     start = _state(hub)
     hub.say(alice.member, p.LOBBY, [str(i) for i in range(5)])
     now = _state(hub)
@@ -84,7 +87,7 @@ def test_resume_failures_are_explicit_and_replay_nothing() -> None:
 
 def test_too_old_is_a_failure_not_a_partial_replay() -> None:
     hub = _hub(resume_max=10)
-    alice = LineUser(hub, "alice", LINE)
+    alice = LineUser(hub, "alice", V2)
     start = _state(hub)
     hub.say(alice.member, p.LOBBY, [str(i) for i in range(8)])
     hub.resume_max = 20  # a replay within the cap, from events the tail no longer has
@@ -97,7 +100,7 @@ def test_too_old_is_a_failure_not_a_partial_replay() -> None:
 
 def test_a_forgotten_room_gets_a_new_epoch() -> None:
     hub = _hub()
-    alice = LineUser(hub, "alice", LINE)
+    alice = LineUser(hub, "alice", V2)
     alice.do(p.Join("#side"))
     first = _state(hub, "#side")
     alice.do(p.Join("#other"))  # a one-room member moves: #side is empty, forgotten
@@ -114,13 +117,13 @@ async def test_epoch_and_numbers_survive_a_restart_with_db(tmp_path: Path) -> No
     config = StoreConfig(path=tmp_path / "chat.db")
     async with open_history_store(config) as store:
         hub = Hub(archive=store)
-        alice = LineUser(hub, "alice", LINE)
+        alice = LineUser(hub, "alice", V2)
         hub.say(alice.member, p.LOBBY, ["kept"])
         hub.leave(alice.member, "quit")  # a numbered event that is not kept
         before = _state(hub)
     async with open_history_store(config) as store:
         hub = Hub(archive=store)
-        bob = LineUser(hub, "bob", LINE)
+        bob = LineUser(hub, "bob", V2)
         after = _state(hub)
         assert after.epoch == before.epoch
         assert after.seq == before.seq + 1  # bob's join: no number given twice
@@ -136,3 +139,19 @@ def test_without_db_a_restart_is_a_new_epoch() -> None:
     second = _hub()
     LineUser(second, "alice", LINE)
     assert _state(first).epoch != _state(second).epoch
+
+
+def test_a_room_of_v1_members_only_keeps_no_resume_buffer() -> None:
+    hub = _hub()
+    alice = LineUser(hub, "alice", LINE)
+    start = _state(hub)
+    hub.say(alice.member, p.LOBBY, ["one"])
+    recovery = hub.resume(p.LOBBY, start.epoch, start.seq)
+    assert isinstance(recovery, ev.ResumeFailed)
+    assert recovery.reason == "history no longer has them"
+    LineUser(hub, "bob", V2)  # from now on the room keeps one
+    now = _state(hub)
+    hub.say(alice.member, p.LOBBY, ["two"])
+    recovery = hub.resume(p.LOBBY, now.epoch, now.seq)
+    assert isinstance(recovery, ev.Resumed)
+    assert [e.text for e in recovery.events if isinstance(e, ev.Said)] == ["two"]

@@ -217,6 +217,15 @@ Recovery = Resumed | ResumeFailed
 
 
 @dataclass(slots=True)
+class Hello:
+    """A door's answer to a client that opted into protocol ``version``, and its resume terms."""
+
+    version: int
+    grace: float
+    resume_max: int
+
+
+@dataclass(slots=True)
 class Welcome:
     """A v2 member is named ``name``; ``token`` resumes it within the grace (never logged)."""
 
@@ -236,6 +245,7 @@ Event = (
     | RoomState
     | Resumed
     | ResumeFailed
+    | Hello
     | Welcome
 )
 

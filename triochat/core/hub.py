@@ -109,16 +109,23 @@ class _Log:
 
     ``epoch`` names the history behind the numbers: a new one whenever it is
     lost (the log is made afresh without an archive that knows the room).
-    ``tail`` holds the last events of every kind, for :meth:`Hub.resume`.
+    ``tail`` holds the last events of every kind, for :meth:`Hub.resume`, from
+    the first time a member who can resume (:func:`resumes`) enters the room:
+    a room of v1 clients only keeps none, and costs what it did.
     """
 
     __slots__ = ("epoch", "events", "seq", "tail")
 
-    def __init__(self, keep: int, resume: int = 0, epoch: str = "") -> None:
+    def __init__(self, keep: int, epoch: str = "") -> None:
         self.events: deque[RoomEvent] = deque(maxlen=keep)
         self.seq = 0
         self.epoch = epoch or new_epoch()
-        self.tail: deque[RoomEvent] = deque(maxlen=resume)
+        self.tail: deque[RoomEvent] = deque(maxlen=0)
+
+
+def resumes(dialect: Dialect) -> bool:
+    """Whether members of ``dialect`` resume rooms (it says ``resumes = True``)."""
+    return getattr(dialect, "resumes", False) is True
 
 
 def new_epoch() -> str:
@@ -521,7 +528,7 @@ class Hub:
     def _new_log(self, room: str) -> _Log:
         epochs = self._epochs if not self.backplane.remote else None
         epoch = epochs.epoch(room) if epochs is not None else ""
-        return _Log(self.history, self.resume_max, epoch)
+        return _Log(self.history, epoch)
 
     def _quiet(self, room: Room) -> bool:
         """Whether ``room`` is past ``quiet_above`` members (across the cluster)."""
@@ -539,6 +546,8 @@ class Hub:
                 self.backplane.occupy(name)
         room.add(member)
         member.rooms[name] = room
+        if room.log.tail.maxlen == 0 and resumes(member.dialect):
+            room.log.tail = deque(maxlen=self.resume_max)
         self.backplane.presence(member.key, member.name, tuple(member.rooms))
         if self._quiet(room):
             room.joined += 1
@@ -650,6 +659,12 @@ class Hub:
             self._evicting = False
 
     # --- resume ------------------------------------------------------------------
+
+    def reattach(self, member: Member, outbox: Outbox, disconnect: Callable[[], None]) -> None:
+        """A held ``member`` is back on a new connection: its lines go there from now."""
+        member.outbox = outbox
+        member.disconnect = disconnect
+        member.hang_up = None
 
     def room_state(self, room: str, /) -> ev.RoomState | None:
         """``room``'s epoch and last number, if this node keeps its log."""

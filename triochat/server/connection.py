@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ..core import session as s
+from ..core import commands as c, session as s
 from ..core._ratelimit import TokenBucket
-from ..core.events import Event, Notice
-from ..protocol import line as p
+from ..core.events import Dialect, Event, Notice
+from ..core.resume import V2Session
+from ..protocol import line as p, v2
 from .outbox import Outbox
 
 if TYPE_CHECKING:
@@ -50,7 +52,10 @@ class Connection:
         "_bucket",
         "_framer",
         "_nursery",
+        "_opening",
         "_paced_until",
+        "_parse",
+        "dialect",
         "peer",
         "reason",
         "send",
@@ -71,6 +76,10 @@ class Connection:
         self._paced_until = _NEVER  # until then, flood control need not say so again
         self.reason = "connection lost"
         self.peer = peer_name(stream)
+        self.dialect: Dialect = server.dialect
+        """How this client's lines are rendered: v1, or v2 once it opted in."""
+        self._parse: Callable[[str], c.Command | v2.Ack | None] = p.parse_command
+        self._opening = True  # no line read yet: the first may opt into v2
         self.session: s.Session[Member] = s.Session(
             server.door,
             outbox=self.send,
@@ -150,7 +159,7 @@ class Connection:
                 events.append(output)
                 continue
             if events:
-                self._tell(self.server.dialect.render(events))
+                self._tell(self.dialect.render(events))
                 events = []
             match output:
                 case s.ClaimName(name):
@@ -170,7 +179,7 @@ class Connection:
                 case s.Close(reason):
                     self.reason = reason
         if events:
-            self._tell(self.server.dialect.render(events))
+            self._tell(self.dialect.render(events))
         return session.state is not s.State.CLOSED
 
     async def _register_in_time(self) -> bool:
@@ -192,8 +201,12 @@ class Connection:
         while (event := await self._next_event()) is not None:
             if self.send.closed:
                 return False  # shutting down: its goodbye is on the way
+            opening, self._opening = self._opening, False
             if isinstance(event, p.LineTooLong):
                 outputs = session.line_too_long(event.limit)
+            elif opening and event.text.strip() == v2.HELLO and self.server.door_v2 is not None:
+                session = self._speak_v2()
+                outputs = session.hello()
             else:
                 outputs = session.receive_line(event.text)
             if not await self._carry_out(outputs):
@@ -202,6 +215,24 @@ class Connection:
                 session.member.hang_up = self._hang_up
                 return True
         return False
+
+    def _speak_v2(self) -> V2Session:
+        """The client opted into protocol v2: a v2 session from now on."""
+        server = self.server
+        assert server.door_v2 is not None
+        session = V2Session(
+            server.door_v2,
+            server.hub,
+            server.tokens,
+            outbox=self.send,
+            disconnect=self._disconnect,
+            address=self.session.address,
+            resume_max=server.config.resume_max,
+        )
+        self.session = session
+        self.dialect = server.door_v2.dialect
+        self._parse = v2.parse_command
+        return session
 
     # --- reading ----------------------------------------------------------------
 
@@ -235,7 +266,7 @@ class Connection:
         assert bucket is not None
         now = trio.current_time()
         if now >= self._paced_until:
-            self._tell(self.server.dialect.render([Notice(s.pacing_text(bucket.rate))]))
+            self._tell(self.dialect.render([Notice(s.pacing_text(bucket.rate))]))
         self._paced_until = now + delay + bucket.burst / bucket.rate
 
     async def _next_event(self) -> p.Line | p.LineTooLong | None:
@@ -299,16 +330,20 @@ class Connection:
                     says.append(chat)
                     continue
                 self._say(says)  # before anything else this client asked for
-                command = p.parse_command(text)
+                command = self._parse(text)
                 if command is not None and not await self._command(command):
                     return
             self._say(says)
 
-    async def _command(self, command: p.Command) -> bool:
+    async def _command(self, command: c.Command | v2.Ack) -> bool:
         """Carry out one command; False if the client quit (or was evicted meanwhile)."""
         if self._ended:
             return False
-        return await self._carry_out(self.session.command(command))
+        session = self.session
+        if isinstance(session, V2Session):
+            return await self._carry_out(session.command(command))
+        assert not isinstance(command, v2.Ack)
+        return await self._carry_out(session.command(command))
 
     def _say(self, says: list[str]) -> None:
         if says:

@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
@@ -22,8 +22,10 @@ import trio
 from ..backplane import Backplane, LocalBackplane
 from ..core._auth import FailureDelays
 from ..core.hub import Hub, Member
+from ..core.resume import Tokens
 from ..core.session import Door, Rules, answered_before_registration
 from ..protocol import line as p
+from ..protocol.v2 import V2Dialect
 from .connection import Connection, close_stream, peer_host, peer_name
 from .outbox import Flusher
 from .stats import ServerStats
@@ -181,6 +183,18 @@ class ChatServer:
             clock=trio.current_time,
         )
         """What the line door's sessions share."""
+        self.tokens = Tokens(self.config.resume_grace, trio.current_time)
+        """The v2 members' resume tokens, and who is held."""
+        self._holds_changed = trio.Event()
+        self.tokens.changed = self._holds_changed.set
+        self.door_v2: Door[Member] | None = Door(
+            hub=self.hub,
+            rules=replace(self.door.rules, one_room=False),
+            dialect=V2Dialect(),
+            delays=self.password_delays,
+            clock=trio.current_time,
+        )
+        """What the line door's v2 sessions share (``None``: the door speaks v1 only)."""
         self._connections: set[Connection] = set()
         self._per_address: dict[str, int] = {}
         self._handshaking = 0
@@ -229,6 +243,7 @@ class ChatServer:
             flushing.start_soon(self._flusher.run)
             if self.config.quiet_above:
                 flushing.start_soon(self._summarize_presence)
+            flushing.start_soon(self._expire_holds)
             await self._serve_connections(listeners, task_status=task_status)
             flushing.cancel_scope.cancel()
 
@@ -262,6 +277,20 @@ class ChatServer:
         while True:
             await trio.sleep(self.config.presence_interval)
             self.hub.summarize_presence()
+
+    async def _expire_holds(self) -> None:
+        """Held v2 members whose grace is over leave, ``(connection lost)``."""
+        tokens = self.tokens
+        while True:
+            deadline = tokens.next_deadline()
+            if deadline is None:
+                await self._holds_changed.wait()
+                self._holds_changed = trio.Event()
+                tokens.changed = self._holds_changed.set
+                continue
+            await trio.sleep_until(deadline)
+            for member in tokens.expired():
+                self.hub.leave(member, "connection lost")
 
     def shutdown(self) -> None:
         """Stop accepting, tell every client, and give them ``shutdown_grace`` to read it."""

@@ -1,0 +1,380 @@
+"""Protocol v2 and resume through the real server: memory streams and trio's jumping clock.
+
+The server runs whole (``serve``, with its flusher and its expiry of held
+members); clients reach it over memory streams, and a "cut" is the client
+closing its end without ``/quit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from triochat import ChatServer, ServerConfig
+from triochat.protocol import v2
+
+WAIT = 100  # virtual seconds
+
+
+class Client:
+    """The far end of a memory stream the server serves: raw lines in, raw lines out."""
+
+    def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
+        self.stream = stream
+        self._buffer = b""
+
+    async def send(self, *lines: str) -> None:
+        await self.stream.send_all("".join(f"{line}\n" for line in lines).encode())
+
+    async def line(self) -> str | None:
+        with trio.fail_after(WAIT):
+            while b"\n" not in self._buffer:
+                data = await self.stream.receive_some()
+                if not data:
+                    return None
+                self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    async def until(self, last: str) -> list[str]:
+        """Every line up to and including one that starts with ``last``."""
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith(last):
+            line = await self.line()
+            assert line is not None, f"closed before {last!r}: {lines}"
+            lines.append(line)
+        return lines
+
+    async def cut(self) -> None:
+        await self.stream.aclose()
+
+
+class V2Client(Client):
+    """A client that opted into v2, with what it knows of its rooms."""
+
+    token = ""
+    name = ""
+
+    def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
+        super().__init__(stream)
+        self.positions: dict[str, tuple[str, int]] = {}
+
+    async def parsed(self, last: str) -> list[v2.ServerLine]:
+        """The v2 lines up to one of kind ``last``; tracks epochs, numbers and the token."""
+        lines = [v2.parse_line(line) for line in await self.until(last + " ")]
+        for line in lines:
+            self.track(line)
+        return lines
+
+    def track(self, line: v2.ServerLine) -> None:
+        if line.kind == "welcome":
+            self.token, self.name = line["token"], line["name"]
+        elif line.kind in ("room", "resumed", "resume-failed"):
+            self.positions[line["room"]] = (line["epoch"], line.number("seq"))
+        elif "seq" in line.fields and line["room"] in self.positions:
+            epoch, seq = self.positions[line["room"]]
+            self.positions[line["room"]] = (epoch, max(seq, line.number("seq")))
+
+    async def hello(self) -> list[str]:
+        """Opt into v2 (after v1's welcome): the hello and the name question."""
+        first = await self.until("* What is your name?")
+        await self.send(v2.HELLO)
+        return [*first, *await self.until("notice :What is your name?")]
+
+    async def register(self, name: str) -> list[v2.ServerLine]:
+        await self.hello()
+        await self.send(name)
+        return await self.parsed("room")
+
+    def resume_line(self) -> str:
+        marks = " ".join(f"{room}={epoch}:{seq}" for room, (epoch, seq) in self.positions.items())
+        return f"/resume {self.token} {marks}"
+
+
+Connect = Callable[[], Awaitable[Client]]
+ConnectV2 = Callable[[], Awaitable[V2Client]]
+
+
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[tuple[ChatServer, Connect, ConnectV2]]:
+    options.setdefault("rate", 0)
+    server = ChatServer(ServerConfig(port=0, **options))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+
+        def open_stream() -> trio.StapledStream[Any, Any]:
+            client, server_side = trio.testing.memory_stream_pair()
+            nursery.start_soon(server.handle_stream, server_side)
+            return client
+
+        async def connect() -> Client:
+            return Client(open_stream())
+
+        async def connect_v2() -> V2Client:
+            return V2Client(open_stream())
+
+        yield server, connect, connect_v2
+        server.shutdown()
+
+
+async def v1_user(connect: Connect, name: str) -> Client:
+    client = await connect()
+    await client.until("* What is your name?")
+    await client.send(name)
+    await client.until("[")  # its own join
+    return client
+
+
+async def test_v1_clients_see_no_change(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving() as (_, connect, _v2):
+        client = await connect()
+        assert await client.until("* What is your name?") == [
+            "* Welcome to triochat! 0 users online. Commands start with /, try /help.",
+            "* What is your name?",
+        ]
+        await client.send("alice", "hello")
+        lines = await client.until("[")
+        assert lines[-1].endswith("* alice joined #lobby")
+        assert (await client.line() or "").endswith("<alice> hello")
+
+
+async def test_v2_registration_gives_a_token_and_tagged_lines(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving() as (_, connect, connect_v2):
+        bob = await v1_user(connect, "bob")
+        alice = await connect_v2()
+        opening = await alice.hello()
+        assert opening[-2:] == [
+            "hello version=2 grace=30 resume-max=1000",
+            "notice :What is your name?",
+        ]
+        await alice.send("alice")
+        lines = await alice.parsed("room")
+        kinds = [line.kind for line in lines]
+        assert kinds == ["welcome", "users", "joined", "room"]
+        welcome, users, joined, room = lines
+        assert len(welcome["token"]) == 32
+        assert welcome["grace"] == "30"
+        assert users.text == "alice bob"
+        assert joined["room"] == room["room"] == "#lobby"
+        assert joined.number("seq") == room.number("seq")
+        assert joined["time"].endswith("Z")
+        assert "T" in joined["time"]
+        await alice.send("hi there: with a colon")
+        said = await alice.parsed("said")
+        assert said[-1].text == "hi there: with a colon"
+        assert said[-1].number("seq") == joined.number("seq") + 1
+        # bob, on v1, sees it as ever
+        assert (await bob.line() or "").endswith("] * alice joined #lobby")
+        assert (await bob.line() or "").endswith("] <alice> hi there: with a colon")
+
+
+async def test_v2_members_are_in_several_rooms(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving() as (server, _connect, connect_v2):
+        alice = await connect_v2()
+        await alice.register("alice")
+        await alice.send("/join #dev")
+        lines = await alice.parsed("room")
+        assert lines[-1]["room"] == "#dev"
+        assert set(alice.positions) == {"#lobby", "#dev"}
+        await alice.send("/to #lobby still here", "in dev")
+        said = [line for line in await alice.parsed("said") if line.kind == "said"]
+        said += [line for line in await alice.parsed("said") if line.kind == "said"]
+        assert [(line["room"], line.text) for line in said] == [
+            ("#lobby", "still here"),
+            ("#dev", "in dev"),
+        ]
+        await alice.send("/part #dev bored")
+        left = (await alice.parsed("left"))[-1]
+        assert (left["room"], left.text) == ("#dev", "bored")
+        member = server.hub.member("alice")
+        assert member is not None
+        assert list(member.rooms) == ["#lobby"]
+
+
+async def test_a_cut_within_the_grace_resumes_silently_and_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving() as (server, connect, connect_v2):
+        bob = await v1_user(connect, "bob")
+        alice = await connect_v2()
+        await alice.register("alice")
+        assert (await bob.line() or "").endswith("* alice joined #lobby")
+        await alice.cut()
+        await trio.sleep(10)  # within the 30 s grace
+        await bob.send("one", "two")
+        await bob.until("[")
+        await bob.until("[")
+        assert server.tokens.held == 1
+        again = await connect_v2()
+        again.token, again.positions = alice.token, dict(alice.positions)
+        await again.hello()
+        await again.send(again.resume_line())
+        lines = await again.parsed("resumed")
+        assert [(line.kind, line.text) for line in lines] == [
+            ("welcome", None),
+            ("said", "one"),
+            ("said", "two"),
+            ("resumed", None),
+        ]
+        assert lines[0]["name"] == "alice"
+        assert lines[0]["token"] != alice.token  # single use: a new one
+        assert lines[-1].number("count") == 2
+        await again.send("back")
+        assert (await again.parsed("said"))[-1].text == "back"
+        # bob saw no leave and no join: the next line is alice's
+        assert (await bob.line() or "").endswith("<alice> back")
+        assert server.tokens.held == 0
+
+
+async def test_past_the_grace_the_room_sees_the_leave_and_the_token_is_dead(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving(resume_grace=5) as (_server, connect, connect_v2):
+        bob = await v1_user(connect, "bob")
+        alice = await connect_v2()
+        await alice.register("alice")
+        await bob.line()
+        await alice.cut()
+        start = trio.current_time()
+        left = await bob.line()
+        assert left is not None
+        assert left.endswith("* alice left #lobby (connection lost)")
+        assert trio.current_time() - start == pytest.approx(5)
+        again = await connect_v2()
+        await again.hello()
+        await again.send(f"/resume {alice.token} #lobby=x:1")
+        assert await again.until("notice :What is your name?") == [
+            "error :That resume token is not valid (unknown, used or expired); give your name",
+            "notice :What is your name?",
+        ]
+        await again.send("alice")  # the name is free again
+        assert (await again.parsed("room"))[0]["name"] == "alice"
+
+
+async def test_quit_leaves_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving() as (server, connect, connect_v2):
+        bob = await v1_user(connect, "bob")
+        alice = await connect_v2()
+        await alice.register("alice")
+        await bob.line()
+        start = trio.current_time()
+        await alice.send("/quit gone")
+        assert (await bob.line() or "").endswith("* alice left #lobby (gone)")
+        assert trio.current_time() == start
+        again = await connect_v2()
+        await again.hello()
+        await again.send(f"/resume {alice.token}")
+        assert (await again.until("error"))[-1].startswith("error :That resume token is not")
+        assert server.tokens.held == 0
+
+
+async def test_the_old_token_stays_valid_until_the_new_one_is_acked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving() as (_server, connect, connect_v2):
+        bob = await v1_user(connect, "bob")
+        alice = await connect_v2()
+        await alice.register("alice")
+        await bob.line()
+        first = alice.token
+        await alice.cut()
+        # The resume's answer is lost with its connection: the first token still works.
+        lost = await connect_v2()
+        await lost.hello()
+        await lost.send(f"/resume {first}")
+        second = (await lost.parsed("welcome"))[-1]["token"]
+        await lost.cut()
+        third_try = await connect_v2()
+        await third_try.hello()
+        await third_try.send(f"/resume {first}")
+        third = (await third_try.parsed("welcome"))[-1]["token"]
+        await third_try.send(f"/ack {third}")
+        await third_try.send("/ack not-mine")
+        assert (await third_try.until("error"))[-1] == "error :That is not your newest resume token"
+        await third_try.cut()
+        for used in (first, second):
+            probe = await connect_v2()
+            await probe.hello()
+            await probe.send(f"/resume {used}")
+            assert (await probe.until("error"))[-1].startswith("error :That resume token is not")
+        final = await connect_v2()
+        await final.hello()
+        await final.send(f"/resume {third}")
+        assert (await final.parsed("welcome"))[-1]["name"] == "alice"
+        await final.send("still me")
+        # bob saw nothing of all that but the line
+        assert (await bob.line() or "").endswith("<alice> still me")
+
+
+async def test_a_resume_takes_over_a_connection_that_has_not_noticed_it_is_dead(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving() as (server, connect, connect_v2):
+        bob = await v1_user(connect, "bob")
+        alice = await connect_v2()
+        await alice.register("alice")
+        await bob.line()
+        again = await connect_v2()
+        await again.hello()
+        await again.send(f"/resume {alice.token}")
+        await again.parsed("welcome")
+        while await alice.line() is not None:  # the old connection is closed
+            pass
+        await again.send("moved")
+        assert (await bob.line() or "").endswith("<alice> moved")
+        assert server.hub.online() == 2
+
+
+async def test_bad_resumes_get_clear_errors(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving() as (_server, _connect, connect_v2):
+        alice = await connect_v2()
+        await alice.register("alice")
+        epoch, seq = alice.positions["#lobby"]
+        await alice.cut()
+        again = await connect_v2()
+        await again.hello()
+        await again.send("/resume")
+        assert (await again.until("error"))[-1].startswith("error :Usage: /resume TOKEN")
+        await again.send(f"/resume {alice.token} #lobby=nope")
+        assert (await again.until("error"))[-1].startswith("error :Bad room position")
+        await again.send(
+            f"/resume {alice.token} #lobby={epoch}:{seq + 5} #never={epoch}:1 #lobby=other:1"
+        )
+        raw = [line for _ in range(3) for line in await again.until("resume-failed")]
+        lines = [v2.parse_line(line) for line in raw]
+        failed = [line for line in lines if line.kind == "resume-failed"]
+        assert [(line["room"], line.text) for line in failed] == [
+            ("#lobby", f"number {seq + 5} is from the future (the room is at {seq})"),
+            ("#never", "you are not in that room"),
+            ("#lobby", "the room's history was reset"),
+        ]
+        assert failed[0].number("lost") == 0
+        assert failed[2].number("lost") == seq
+
+
+async def test_a_resume_flood_is_closed(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving() as (server, _connect, connect_v2):
+        alice = await connect_v2()
+        await alice.register("alice")
+        guesser = await connect_v2()
+        await guesser.hello()
+        await guesser.send(*(f"/resume {i:032x}" for i in range(10)))
+        lines = []
+        while (line := await guesser.line()) is not None:
+            lines.append(line)
+        errors = [line for line in lines if line.startswith("error")]
+        assert errors == [
+            "error :That resume token is not valid (unknown, used or expired); give your name",
+            "error :That resume token is not valid (unknown, used or expired); give your name",
+            "error :Too many bad resume tokens, closing",
+        ]
+        # the real token says nothing of itself, and still works
+        assert alice.token not in "".join(lines)
+        assert server.hub.member("alice") is not None

@@ -1,0 +1,310 @@
+"""Resume, sans-IO: the tokens that take a held member back, and the v2 member's session.
+
+A v2 member gets a resume token when it is named (:class:`~.events.Welcome`).
+If its connection ends without ``/quit``, it is *held*: it stays in the chat
+and in its rooms, unannounced, for the grace period, and what is said there
+meanwhile waits in the rooms' resume buffers (:meth:`Hub.resume
+<triochat.core.hub.Hub.resume>`). A new connection that gives the token within
+the grace takes the member back and resumes each room from the client's
+``EPOCH:SEQ``; nobody sees it leave or join. Past the grace it leaves
+``(connection lost)``, as a v1 member does at once.
+
+Tokens are 128 random bits from :mod:`secrets`. Only their SHA-256 digests are
+kept, so neither a memory dump nor a log shows one. Each is single-use: a
+resume gives a new token, and the old one stays valid until the client
+confirms the new one (``/ack``), so a connection lost during the handshake
+does not lock the client out. A failed attempt says only that the token is
+not valid, whatever the reason, and a connection gets
+:data:`RESUME_ATTEMPTS` tries.
+
+Nothing here awaits; the times come from the door's clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from ..protocol import line as p
+from ..protocol.v2 import HELLO as HELLO, Ack, BadResume, Resume, parse_resume
+from . import commands as c
+from .events import Error, Hello, Left, Notice, ResumeFailed, Welcome
+from .hub import Hub, Member
+from .session import Close, Door, Input, Outbox, Output, Session, State
+
+RESUME_ATTEMPTS: Final = 3
+"""Bad tokens one connection may try before it is closed."""
+
+BAD_TOKEN: Final = "That resume token is not valid (unknown, used or expired); give your name"
+TOO_MANY: Final = "Too many bad resume tokens, closing"
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class _Entry:
+    """A member that can be resumed: its valid token digests (the newest last)."""
+
+    __slots__ = ("deadline", "digests", "member", "owner")
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        self.digests: list[bytes] = []
+        self.owner: V2Session | None = None
+        """The session serving the member now; ``None`` while it is held."""
+        self.deadline: float | None = None
+        """While held: when the grace is over."""
+
+
+class Tokens:
+    """Every v2 member's resume tokens, and who is held until when.
+
+    Args:
+      grace: seconds a member whose connection broke is held.
+      clock: the time (the server's trio clock).
+    """
+
+    def __init__(self, grace: float, clock: Callable[[], float]) -> None:
+        self.grace = grace
+        self._clock = clock
+        self._by_digest: dict[bytes, _Entry] = {}
+        self._by_member: dict[Member, _Entry] = {}
+        # The grace is the same for all, so deadlines come in order: a FIFO,
+        # whose stale entries (resumed since) are skipped.
+        self._held: deque[tuple[float, _Entry]] = deque()
+        self.changed: Callable[[], None] = lambda: None
+        """Called when a member is held (the server's expiry task waits for it)."""
+
+    @property
+    def held(self) -> int:
+        """How many members are held now."""
+        return sum(1 for entry in self._by_member.values() if entry.deadline is not None)
+
+    def issue(self, member: Member, owner: V2Session) -> str:
+        """A new token for ``member``, served by ``owner``; earlier ones stay valid until
+        :meth:`confirm`."""
+        entry = self._by_member.get(member)
+        if entry is None:
+            entry = self._by_member[member] = _Entry(member)
+        token = secrets.token_hex(16)
+        digest = _digest(token)
+        entry.digests.append(digest)
+        self._by_digest[digest] = entry
+        entry.owner = owner
+        return token
+
+    def confirm(self, member: Member, token: str) -> bool:
+        """The client holds ``token`` (its newest): the tokens before it are no longer valid."""
+        entry = self._by_member.get(member)
+        digest = _digest(token)
+        if entry is None or not entry.digests or entry.digests[-1] != digest:
+            return False
+        for old in entry.digests[:-1]:
+            del self._by_digest[old]
+        entry.digests = [digest]
+        return True
+
+    def take(self, token: str) -> _Entry | None:
+        """The member ``token`` resumes, if it is valid; it is then no longer held."""
+        entry = self._by_digest.get(_digest(token))
+        if entry is None:
+            return None
+        entry.deadline = None
+        return entry
+
+    def hold(self, member: Member) -> bool:
+        """``member``'s connection broke: hold it for the grace (False: it has no token)."""
+        entry = self._by_member.get(member)
+        if entry is None or not self.grace:
+            return False
+        entry.owner = None
+        entry.deadline = self._clock() + self.grace
+        self._held.append((entry.deadline, entry))
+        self.changed()
+        return True
+
+    def forget(self, member: Member) -> None:
+        """``member`` left the chat: its tokens are no longer valid."""
+        entry = self._by_member.pop(member, None)
+        if entry is not None:
+            for digest in entry.digests:
+                self._by_digest.pop(digest, None)
+            entry.deadline = None
+
+    def next_deadline(self) -> float | None:
+        """When the first held member's grace is over, if any is held."""
+        while self._held and self._held[0][1].deadline != self._held[0][0]:
+            self._held.popleft()
+        return self._held[0][0] if self._held else None
+
+    def expired(self) -> list[Member]:
+        """The members whose grace is over (forgotten here); the caller makes them leave."""
+        now = self._clock()
+        gone = []
+        while (deadline := self.next_deadline()) is not None and deadline <= now:
+            _, entry = self._held.popleft()
+            gone.append(entry.member)
+            self.forget(entry.member)
+        return gone
+
+
+class V2Session(Session[Member]):
+    """A v2 line member's session: a token at registration, held when its connection
+    breaks, ``/resume`` instead of a name, and each room's epoch when it joins one."""
+
+    __slots__ = ("_attempts", "_handed_over", "_resume_max", "_tokens", "_v2hub")
+
+    def __init__(
+        self,
+        door: Door[Member],
+        hub: Hub,
+        tokens: Tokens,
+        *,
+        outbox: Outbox,
+        disconnect: Callable[[], None],
+        address: str = "",
+        resume_max: int = 0,
+    ) -> None:
+        super().__init__(door, outbox=outbox, disconnect=disconnect, address=address)
+        self._v2hub = hub
+        self._tokens = tokens
+        self._attempts = 0
+        self._handed_over = False
+        self._started = True
+        self._resume_max = resume_max
+
+    def hello(self) -> list[Output]:
+        """What the door says to a client that opted into v2."""
+        return [Hello(2, self._tokens.grace, self._resume_max), Notice(self._question())]
+
+    # --- inputs --------------------------------------------------------------------
+
+    def receive_line(self, text: str) -> list[Output]:
+        if self.state is State.AWAITING_NAME:
+            resume = parse_resume(p.clean_text(text).strip())
+            if isinstance(resume, BadResume):
+                self._take_line()
+                return [Error(resume.message), Notice(p.NAME_QUESTION)]
+            if resume is not None:
+                return self._resume(resume)
+        return super().receive_line(text)
+
+    def command(self, command: c.Command | Ack) -> list[Output]:
+        member = self.member
+        if isinstance(command, Ack):
+            self._take_command()
+            assert member is not None
+            if not self._tokens.confirm(member, command.token):
+                return [Error("That is not your newest resume token")]
+            return []
+        before = set(member.rooms) if member is not None else set()
+        outputs = super().command(command)
+        if isinstance(command, c.Quit) and member is not None:
+            self._tokens.forget(member)
+        if member is not None and self.state is not State.CLOSED:
+            outputs.extend(self._states(r for r in member.rooms if r not in before))
+            if isinstance(command, c.Part) and command.room not in member.rooms:
+                # The room's own Left went to those still in it; the leaver hears it
+                # unnumbered, as it is no longer the room's to number for it.
+                left = Left(command.room, 0, time.time(), member.name, command.reason)
+                outputs.append(left)
+        return outputs
+
+    def close(self, reason: str) -> list[Output]:
+        """The connection is over: a member whose connection broke is held, not gone."""
+        member = self.member
+        if self._handed_over or (
+            member is not None
+            and self.state is State.CHATTING
+            and reason == "connection lost"
+            and self._v2hub.is_member(member)
+            and self._tokens.hold(member)
+        ):
+            self._take_close()
+            self.state = State.CLOSED
+            return []
+        if member is not None and self.state is not State.CLOSED:
+            self._tokens.forget(member)
+        return super().close(reason)
+
+    # --- the moves ---------------------------------------------------------------------
+
+    def _take_line(self) -> None:
+        self._take(Input.LINE)
+        self._to(State.AWAITING_NAME)
+
+    def _take_command(self) -> None:
+        self._take(Input.COMMAND)
+        self._to(State.CHATTING)
+
+    def _take_close(self) -> None:
+        self._take(Input.CLOSE)
+
+    def _states(self, rooms: Iterable[str]) -> list[Output]:
+        states: list[Output] = []
+        for room in rooms:
+            state = self._v2hub.room_state(room)
+            if state is not None:
+                states.append(state)
+        return states
+
+    def _register(self, name: str, *, claimed: bool) -> list[Output]:
+        hub = self._v2hub
+        result = hub.register(name, self._outbox, self._disconnect, self._door.dialect)
+        if isinstance(result, str):
+            return super()._register(name, claimed=claimed)  # refused the same way
+        self.member = result
+        self._to(State.CHATTING)
+        # The token first, so the client can resume even what its arrival brings.
+        hub.tell(result, Welcome(result.name, self._tokens.issue(result, self), self._tokens.grace))
+        for room in self.rules.arrival_rooms:
+            hub.join(result, room)
+        self._follow(result)
+        return self._states(result.rooms)
+
+    def _resume(self, resume: Resume) -> list[Output]:
+        self._take(Input.LINE)
+        entry = self._tokens.take(resume.token)
+        hub = self._v2hub
+        if entry is None or not hub.is_member(entry.member):
+            if entry is not None:
+                self._tokens.forget(entry.member)
+            self._attempts += 1
+            if self._attempts >= RESUME_ATTEMPTS:
+                self._to(State.CLOSED)
+                return [Error(TOO_MANY), Close("bad resume tokens")]
+            self._to(State.AWAITING_NAME)
+            return [Error(BAD_TOKEN), Notice(p.NAME_QUESTION)]
+        member = entry.member
+        owner = entry.owner
+        if owner is not None and owner is not self:
+            owner._hand_over()  # its connection is dead but has not noticed yet
+        hub.reattach(member, self._outbox, self._disconnect)
+        self.member = member
+        self.authenticated = True
+        self._to(State.CHATTING)
+        token = self._tokens.issue(member, self)
+        outputs: list[Output] = [Welcome(member.name, token, self._tokens.grace)]
+        asked = set()
+        for room, epoch, seq in resume.rooms:
+            asked.add(room)
+            if room not in member.rooms:
+                outputs.append(ResumeFailed(room, "", 0, 0, "you are not in that room"))
+            else:
+                outputs.append(hub.resume(room, epoch, seq))
+        outputs.extend(self._states(r for r in member.rooms if r not in asked))
+        self._follow(member)
+        return outputs
+
+    def _hand_over(self) -> None:
+        """Another connection took this member back: end without leaving or holding."""
+        self._handed_over = True
+        self._disconnect()
+
+
+__all__ = ["HELLO", "RESUME_ATTEMPTS", "Tokens", "V2Session"]
