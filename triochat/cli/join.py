@@ -66,6 +66,14 @@ echo) if the server wants one."""
 @field_option(
     _join_config, "--scrollback", type=click.IntRange(10), help="Lines the terminal UI keeps."
 )
+@field_option(
+    _join_config,
+    "--reconnect/--no-reconnect",
+    field="reconnect",
+    default=None,
+    help="Line mode: come back by itself when the connection breaks, and show every line "
+    "once (protocol v2); --no-reconnect: protocol v1, and a break ends it.",
+)
 def join(**params: Any) -> None:
     """Chat on a server: a terminal UI, or line mode when stdin is not a terminal.
 

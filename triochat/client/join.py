@@ -31,6 +31,7 @@ from .connection import (
     WrongPassword,
 )
 from .incoming import RoomState
+from .resuming import ResumingClient
 from .tui import PALETTE, QUIT, ChatScreen, is_quit_word
 
 # Exit codes, listed in `triochat join --help`.
@@ -64,6 +65,9 @@ class JoinConfig:
     """The server's line limit in bytes: the terminal UI refuses a longer line before sending."""
     keep_transcript: int | None = None
     """Lines of the chat the terminal UI prints on exit: None for the last screenful, 0 for none."""
+    reconnect: bool = True
+    """Line mode speaks protocol v2 and comes back by itself when the connection breaks
+    (``--no-reconnect``: v1, and a break ends the session)."""
 
 
 class JoinError(Exception):
@@ -163,6 +167,8 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
     """Chat from stdin to stdout; return the exit code."""
     if not config.name:
         raise JoinError("--name is required when stdin is not a terminal", 2)
+    if config.reconnect:
+        return await _run_resuming(config, stdin_fd)
     async with await _connect(config) as client:
         try:
             lines = await client.register(config.name, password=config.connection.password)
@@ -184,6 +190,88 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
             except BrokenPipeError:
                 return EXIT_OK
             return await _line_session(client, config, stdin_fd, signals)
+
+
+async def _run_resuming(config: JoinConfig, stdin_fd: int) -> int:
+    """Line mode over protocol v2: every line once, in order, across reconnects."""
+    assert config.name
+    chat = ResumingClient(config.connection, config.name, lambda lines: _print_lines(*lines))
+    try:
+        lines = await chat.start(config.connection.password)
+    except ConnectFailed as exc:
+        raise JoinError(str(exc), EXIT_CONNECT) from None
+    except NameRejected as exc:
+        raise JoinError(f"name rejected: {exc}", EXIT_NAME) from None
+    except PasswordRequired:
+        raise JoinError(
+            "the server asks for a password: set TRIOCHAT_PASSWORD", EXIT_PASSWORD
+        ) from None
+    except WrongPassword:
+        raise JoinError("wrong password", EXIT_PASSWORD) from None
+    except ConnectionClosed as exc:
+        raise JoinError(str(exc), EXIT_CLOSED) from None
+    error: str | None = None
+    with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
+        try:
+            await _print_lines(*lines)
+        except BrokenPipeError:
+            return EXIT_OK
+        closed = trio.Event()
+
+        async def receive() -> None:
+            nonlocal error
+            try:
+                error = await chat.receive(config.connection.password)
+            except BrokenPipeError:  # nobody reads stdout (``| head``): leave quietly
+                with trio.move_on_after(config.quit_timeout):
+                    await chat.quit()
+            closed.set()
+            nursery.cancel_scope.cancel()
+
+        async def quit_politely() -> None:
+            chat.quitting = True
+            with trio.move_on_after(config.quit_timeout):
+                with contextlib.suppress(ConnectionClosed):
+                    await chat.send_line("/quit")
+                await closed.wait()
+            nursery.cancel_scope.cancel()
+
+        async def send() -> None:
+            if config.room != p.LOBBY:
+                await chat.send_line(f"/join {config.room}")
+            stdin = _StdinLines(stdin_fd)
+            while (text := await stdin.next()) is not None:
+                if is_quit_word(text) or chat.quitting:
+                    break
+                if text.strip():
+                    if _is_quit_command(text):
+                        chat.quitting = True
+                    await chat.send_line(text)
+                    if chat.quitting:
+                        with trio.move_on_after(config.quit_timeout):
+                            await closed.wait()
+                        nursery.cancel_scope.cancel()
+                        return
+            await quit_politely()
+
+        async def on_signal() -> None:
+            async for _ in signals:
+                if chat.quitting:
+                    break
+                nursery.start_soon(quit_politely)
+            nursery.cancel_scope.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                nursery.start_soon(_guard_send, send)
+                nursery.start_soon(on_signal)
+        finally:
+            if chat.client is not None:
+                await chat.client.aclose()
+    if error is not None:
+        raise JoinError(error, EXIT_CLOSED)
+    return EXIT_OK
 
 
 def _silence_stdout() -> None:
