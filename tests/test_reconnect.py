@@ -1,0 +1,137 @@
+"""`triochat join` comes back by itself: a real server, a real subprocess, a proxy that cuts.
+
+These run in real time (a subprocess cannot share trio's mock clock): the
+client's first reconnect waits 0.25-0.5 s, so each cut costs about that.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import trio
+from _proxy import Proxy
+from conftest import Connect, StartServer
+
+from triochat.client.connection import ChatClient
+from triochat.protocol import line as p
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+class Output:
+    """A process's stdout, line by line."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.framer = p.LineFramer(1 << 20)
+        self.seen: list[str] = []
+
+    async def until(self, suffix: str) -> None:
+        while not (self.seen and self.seen[-1].endswith(suffix)):
+            event = self.framer.next_event()
+            if isinstance(event, p.Line):
+                self.seen.append(event.text)
+                continue
+            data = await self.stream.receive_some(65536)
+            assert data, f"EOF before {suffix!r}; seen {self.seen[-5:]}"
+            self.framer.receive_data(data)
+
+
+@asynccontextmanager
+async def joined(port: int, name: str) -> AsyncIterator[tuple[trio.Process, Output]]:
+    """``triochat join`` in line mode through ``port``, its stdin held open."""
+    args = [sys.executable, "-m", "triochat", "join", "--port", str(port), "--name", name]
+    async with trio.open_nursery() as nursery:
+        run = partial(
+            trio.run_process,
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            check=False,
+            env=ENV,
+        )
+        proc: trio.Process = await nursery.start(run)
+        assert proc.stdout is not None
+        try:
+            yield proc, Output(proc.stdout)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+
+
+async def lines_of(client: ChatClient, until: str) -> list[str]:
+    lines: list[str] = []
+    while not (lines and lines[-1].endswith(until)):
+        lines.append(await client.receive_line())
+    return lines
+
+
+async def test_cuts_within_the_grace_lose_no_line_and_make_no_noise(
+    start_server: StartServer, connect: Connect, nursery: trio.Nursery
+) -> None:
+    _server, port = await start_server(rate=0)
+    proxy: Proxy = await nursery.start(Proxy(port).run)
+    ann = await connect(port, "ann")
+    ben = await connect(port, "ben")
+    with trio.fail_after(30):
+        async with joined(proxy.port, "dave") as (proc, out):
+            await out.until("* dave joined #lobby")
+            seen_by_ben = await lines_of(ben, "* dave joined #lobby")
+            number = 0
+            for _cut in range(4):
+                for _ in range(150):
+                    await ann.send_line(f"line {number}")
+                    number += 1
+                await out.until(f"<ann> line {number - 100}")  # mid-flood
+                assert proxy.cut() == 1
+            await ann.send_line("done")
+            await out.until("<ann> done")
+            seen_by_ben += await lines_of(ben, "<ann> done")
+            assert proxy.accepted == 5  # it came back each time
+            assert proc.stdin is not None
+            await proc.stdin.aclose()  # EOF: it quits
+            assert await proc.wait() == 0
+    said = [line.split("> ", 1)[1] for line in out.seen if "<ann> " in line]
+    assert said == [f"line {i}" for i in range(number)] + ["done"]
+    comings_and_goings = [line for line in seen_by_ben if "* dave " in line]
+    assert len(comings_and_goings) == 1  # its first join, nothing after
+    assert comings_and_goings[0].endswith("* dave joined #lobby")
+
+
+async def test_a_cut_longer_than_the_grace_is_announced_and_printed_as_a_gap(
+    start_server: StartServer, connect: Connect, nursery: trio.Nursery
+) -> None:
+    _server, port = await start_server(rate=0, resume_grace=0.5, history=2)
+    proxy: Proxy = await nursery.start(Proxy(port).run)
+    ann = await connect(port, "ann")
+    with trio.fail_after(30):
+        async with joined(proxy.port, "dave") as (proc, out):
+            await out.until("* dave joined #lobby")
+            await lines_of(ann, "* dave joined #lobby")
+            proxy.refusing = True
+            proxy.cut()
+            await lines_of(ann, "* dave left #lobby (connection lost)")
+            for i in range(5):
+                await ann.send_line(f"missed {i}")
+            proxy.refusing = False
+            await lines_of(ann, "* dave joined #lobby")
+            await out.until("history no longer has them")
+            await ann.send_line("after")
+            await out.until("<ann> after")
+            assert proc.stdin is not None
+            await proc.stdin.aclose()
+            assert await proc.wait() == 0
+    gaps = [line for line in out.seen if "missed lines in #lobby" in line]
+    assert len(gaps) == 1
+    assert gaps[0].startswith("* about ")
+    # the history a rejoiner is shown (the last 2 lines) is what it missed, shown once
+    said = [line.split("> ", 1)[1] for line in out.seen if "<ann> " in line]
+    assert said == ["missed 3", "missed 4", "after"]
