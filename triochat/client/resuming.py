@@ -139,6 +139,8 @@ class ResumingClient:
       show: prints the lines to show (v1 text), in order.
       reconnect: whether to come back after a break at all.
       backoff: the delays between attempts.
+      opener: how to reach the server (default: ``options.open_client``; tests
+        hand over memory streams).
     """
 
     def __init__(
@@ -149,8 +151,10 @@ class ResumingClient:
         *,
         reconnect: bool = True,
         backoff: Backoff | None = None,
+        opener: Callable[[], Awaitable[ChatClient]] | None = None,
     ) -> None:
         self.options = options
+        self._opener = opener or options.open_client
         self.name = name
         self._show = show
         self.reconnect = reconnect
@@ -177,7 +181,7 @@ class ResumingClient:
 
     async def _open(self) -> tuple[ChatClient, list[str]]:
         """Connect and opt into v2; the v1 welcome lines the server sent first."""
-        client = await self.options.open_client()
+        client = await self._opener()
         welcome: list[str] = []
         try:
             while (line := await client.receive_line()) != _NAME_QUESTION:
