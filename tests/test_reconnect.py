@@ -18,7 +18,9 @@ import trio
 from _proxy import Proxy
 from conftest import Connect, StartServer
 
-from triochat.client.connection import ChatClient
+from triochat.client.bot import BotConfig, BotRunner, Summary
+from triochat.client.botscript import parse_script
+from triochat.client.connection import ChatClient, ConnectOptions
 from triochat.protocol import line as p
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,3 +137,38 @@ async def test_a_cut_longer_than_the_grace_is_announced_and_printed_as_a_gap(
     # the history a rejoiner is shown (the last 2 lines) is what it missed, shown once
     said = [line.split("> ", 1)[1] for line in out.seen if "<ann> " in line]
     assert said == ["missed 3", "missed 4", "after"]
+
+
+async def test_a_bot_with_reconnect_outlives_cuts_and_counts_them(
+    start_server: StartServer, connect: Connect, nursery: trio.Nursery
+) -> None:
+    _server, port = await start_server(rate=0)
+    proxy: Proxy = await nursery.start(Proxy(port).run)
+    ann = await connect(port, "ann")
+    script = "one\n@expect <ann> go\ntwo\n@expect <ann> again\nthree\n"
+    runner = BotRunner(
+        parse_script(script),
+        BotConfig(connection=ConnectOptions(port=proxy.port), name="robo", reconnect=True),
+    )
+    summary: list[Summary] = []
+    done = trio.Event()
+
+    async def run() -> None:
+        summary.append(await runner.run())
+        done.set()
+
+    with trio.fail_after(30):
+        nursery.start_soon(run)
+        await lines_of(ann, "<robo> one")
+        proxy.cut()
+        await ann.send_line("go")
+        await lines_of(ann, "<robo> two")
+        proxy.cut()
+        await ann.send_line("again")
+        seen = await lines_of(ann, "* robo left #lobby (quit)")
+        await done.wait()
+    assert next(line for line in seen if "robo" in line).endswith("<robo> three")
+    assert summary[0].failures == []
+    assert summary[0].reconnects == 2
+    assert summary[0].gaps == 0
+    assert "reconnects: 2, gaps: 0" in summary[0].format()

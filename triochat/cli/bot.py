@@ -31,6 +31,14 @@ from .options import Range, client_options, connect_options, field_option, given
 )
 @field_option(BotConfig, "--loop", type=click.IntRange(1), help="Times to run the script.")
 @field_option(
+    BotConfig,
+    "--reconnect/--no-reconnect",
+    field="reconnect",
+    default=None,
+    help="Come back after a broken connection or a server restart, resuming every room "
+    "(protocol v2); the summary counts reconnects and gaps.",
+)
+@field_option(
     ConnectOptions,
     "--connect-timeout",
     type=Range(0, min_open=True),

@@ -102,7 +102,9 @@ class FieldOption(Option):
                 extra["default"] = "(needs an extra)"
             else:
                 value = field_default(owner, self.field)
-                if value not in (None, dataclasses.MISSING, "") and value is not False:
+                # A false flag goes unsaid, unless the flag has an --on/--off pair.
+                shown = value is not False or bool(self.secondary_opts)
+                if value not in (None, dataclasses.MISSING, "") and shown:
                     extra["default"] = str(value)
         return extra
 

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -32,6 +32,7 @@ from .connection import (
     PasswordRequired,
     WrongPassword,
 )
+from .resuming import ResumingClient
 
 # "[HH:MM:SS] <NAME> text": a chat line; the group is the sender. A server may
 # put the date in the stamp ([YYYY-MM-DD HH:MM:SS]).
@@ -57,6 +58,9 @@ class BotConfig:
     """Seconds to wait for the server to hang up after ``/quit``."""
     expect_buffer: int = 10_000
     """Received lines kept for ``@expect``; beyond that the oldest are dropped."""
+    reconnect: bool = False
+    """Speak protocol v2 and come back after a broken connection or a server restart,
+    resuming every room (the summary counts reconnects and gaps)."""
 
     def __post_init__(self) -> None:
         if self.count < 1 or self.loop < 1 or self.expect_buffer < 1:
@@ -97,6 +101,12 @@ class _Counters:
     sent: int = 0
     received: int = 0
     latencies: list[float] = field(default_factory=list)
+    reconnects: int = 0
+    gaps: int = 0
+
+
+class _Sender(Protocol):
+    async def send_line(self, text: str, /) -> None: ...
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
@@ -118,6 +128,10 @@ class Summary:
     latencies: list[float]
     elapsed: float
     interrupted: bool
+    reconnects: int = 0
+    """Times a bot came back after its connection broke (``--reconnect``)."""
+    gaps: int = 0
+    """Rooms whose missed lines could not be replayed after a reconnect."""
 
     @property
     def ok(self) -> int:
@@ -145,6 +159,8 @@ class Summary:
             "sent": self.sent,
             "received": self.received,
             "elapsed_s": round(self.elapsed, 6),
+            "reconnects": self.reconnects,
+            "gaps": self.gaps,
             "latency_ms": {
                 "samples": len(self.latencies),
                 **({k: round(v * 1000, 3) for k, v in latency.items()} if latency else {}),
@@ -169,6 +185,8 @@ class Summary:
         else:
             values = ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in latency.items())
             lines.append(f"latency ({len(self.latencies)} own chat lines): {values}")
+        if self.reconnects or self.gaps:
+            lines.append(f"reconnects: {self.reconnects}, gaps: {self.gaps}")
         return "\n".join(lines)
 
 
@@ -217,6 +235,8 @@ class _Bot:
 
     async def run(self) -> BotFailure | None:
         """Connect, register, run the script, quit. Returns None on success or interruption."""
+        if self.config.reconnect:
+            return await self._resuming()
         client: ChatClient | None = None
         with self._interruptible():
             try:
@@ -261,6 +281,69 @@ class _Bot:
             nursery.cancel_scope.cancel()
         return failure
 
+    async def _resuming(self) -> BotFailure | None:
+        """:meth:`run` over protocol v2, coming back whenever the connection breaks."""
+        connection = self.config.connection
+
+        async def show(lines: list[str]) -> None:
+            now = trio.current_time()
+            for line in lines:
+                self.counters.received += 1
+                self._observe(line, now)
+                self._inbox.append(line)
+            self._arrived.set()
+            self._arrived = trio.Event()
+
+        chat = ResumingClient(connection, self.name, show)
+        chat.after_shutdown = True  # a bot outlives a server restart
+        lines: list[str] | None = None
+        with self._interruptible():
+            try:
+                with trio.fail_after(connection.connect_timeout):
+                    lines = await chat.start(connection.password)
+            except ConnectFailed as exc:
+                return self._fail(str(exc))
+            except NameRejected as exc:
+                return self._fail(f"name rejected: {exc}")
+            except PasswordRequired:
+                return self._fail("the server wants a password (--password or TRIOCHAT_PASSWORD)")
+            except WrongPassword:
+                return self._fail("wrong password")
+            except ConnectionClosed as exc:
+                return self._fail(f"{exc} before the name was accepted")
+            except trio.TooSlowError:
+                return self._fail(f"not registered within {connection.connect_timeout:g} s")
+        if lines is None:
+            return None
+        await show(lines)
+        failure: BotFailure | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def receive() -> None:
+                    try:
+                        await chat.receive(connection.password)
+                    finally:
+                        self._closed.set()
+                        self._arrived.set()
+
+                nursery.start_soon(receive)
+                with self._interruptible():
+                    failure = await self._run_script(chat)
+                chat.quitting = True
+                with trio.move_on_after(self.config.quit_timeout):
+                    if not self._quit_sent and not self._closed.is_set():
+                        with suppress(ConnectionClosed):
+                            await chat.send_line("/quit")
+                    await self._closed.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.counters.reconnects += chat.reconnects
+            self.counters.gaps += chat.gaps
+            if chat.client is not None:
+                await chat.client.aclose()
+        return failure
+
     async def _receive(self, client: ChatClient) -> None:
         try:
             while True:
@@ -288,7 +371,7 @@ class _Bot:
         if rename is not None and rename[1] == self.name:
             self.name = rename[2]
 
-    async def _run_script(self, client: ChatClient) -> BotFailure | None:
+    async def _run_script(self, client: _Sender) -> BotFailure | None:
         body = list(self.steps)
         final = body.pop() if body and isinstance(body[-1], Send) and body[-1].is_quit else None
         chat = {id(step) for step in body if isinstance(step, Send) and step.is_chat}
@@ -307,7 +390,7 @@ class _Bot:
             self._quit_sent = True
         return None
 
-    async def _step(self, client: ChatClient, step: Step, is_chat: bool) -> str | None:
+    async def _step(self, client: _Sender, step: Step, is_chat: bool) -> str | None:
         """Run one step; return why it failed, or None."""
         match step:
             case Send(_, text):
@@ -383,6 +466,8 @@ class BotRunner:
             latencies=list(counters.latencies),
             elapsed=trio.current_time() - start,
             interrupted=self.interrupted,
+            reconnects=counters.reconnects,
+            gaps=counters.gaps,
         )
 
 
