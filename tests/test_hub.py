@@ -7,8 +7,18 @@ import time
 import pytest
 import trio
 
+from triochat.core import events as ev, oneroom
 from triochat.core.hub import Hub, Member
 from triochat.protocol import line as p
+
+LINE = p.LineDialect()
+Inbox = trio.MemoryReceiveChannel[bytes]
+
+
+def do(hub: Hub, member: Member, command: p.Command) -> None:
+    """A v1 client's command."""
+    oneroom.handle(hub, member, command, p.HELP)
+
 
 T0 = 1_700_000_000.0
 
@@ -33,8 +43,9 @@ class User:
     def __init__(self, hub: Hub, name: str, queue: int = 100) -> None:
         self.send, self.receive = trio.open_memory_channel[bytes](queue)
         self.disconnects = 0
-        result = hub.register(name, self.send, self.disconnect)
+        result = hub.register(name, self.send, self.disconnect, LINE)
         assert isinstance(result, Member), result
+        hub.join(result, p.LOBBY)
         self.member = result
 
     def disconnect(self) -> None:
@@ -74,13 +85,12 @@ def hub(clock: Clock) -> Hub:
     return Hub(history=3, clock=clock)
 
 
-async def test_welcome_ends_by_asking_for_a_name(hub: Hub) -> None:
-    lines = [data.decode() for data in hub.welcome()]
-    assert all(line.startswith("* ") and line.endswith("\n") for line in lines)
-    assert "0 users online" in lines[0]
-    User(hub, "ann")
-    assert "1 user online" in hub.welcome()[0].decode()
-    assert lines[-1] == "* What is your name?\n"
+async def test_online_counts_the_registered(hub: Hub) -> None:
+    assert hub.online() == 0
+    ann = User(hub, "ann")
+    assert hub.online() == 1
+    hub.leave(ann.member, "quit")
+    assert hub.online() == 0
 
 
 async def test_registration_puts_the_user_in_the_lobby(hub: Hub) -> None:
@@ -91,21 +101,21 @@ async def test_registration_puts_the_user_in_the_lobby(hub: Hub) -> None:
     assert ann.lines() == [f"{stamp(T0)} * Ben joined #lobby"]
     assert hub.members == 2
     assert hub.rooms() == {"#lobby": 2}
-    assert "2 users online" in hub.welcome()[0].decode()
+    assert hub.online() == 2
 
 
 @pytest.mark.parametrize("taken", ["ann", "ANN", "Ann", "aNn"])
 async def test_a_name_taken_in_any_case_is_refused(hub: Hub, taken: str) -> None:
     User(hub, "ann")
     send, _ = trio.open_memory_channel[bytes](100)
-    assert hub.register(taken, send, lambda: None) == f"Name {taken} is taken, choose another"
+    assert hub.register(taken, send, lambda: None, LINE) == f"Name {taken} is taken, choose another"
     assert hub.members == 1
 
 
 @pytest.mark.parametrize("name", ["", "a b", "x" * 25, "<ann>", "ann*"])
 async def test_an_invalid_name_is_refused(hub: Hub, name: str) -> None:
     send, _ = trio.open_memory_channel[bytes](100)
-    assert hub.register(name, send, lambda: None) == p.name_error(name)
+    assert hub.register(name, send, lambda: None, LINE) == p.name_error(name)
     assert hub.members == 0
 
 
@@ -120,7 +130,7 @@ async def test_joiners_get_the_history_with_original_timestamps(hub: Hub, clock:
     ann = User(hub, "ann")
     for i in range(5):
         clock.now = T0 + 61 * i
-        hub.handle(ann.member, p.Say(f"line {i}") if i != 4 else p.Me("waves"))
+        do(hub, ann.member, p.Say(f"line {i}") if i != 4 else p.Me("waves"))
     clock.now = T0 + 7200
     ben = User(hub, "ben")
     # history=3: the last three lines, as first said; events are not history.
@@ -136,22 +146,22 @@ async def test_joiners_get_the_history_with_original_timestamps(hub: Hub, clock:
 
 async def test_say_reaches_everyone_in_the_room_including_the_sender(hub: Hub) -> None:
     ann, ben, cat = User(hub, "ann"), User(hub, "ben"), User(hub, "cat")
-    hub.handle(cat.member, p.Join("#dev"))
+    do(hub, cat.member, p.Join("#dev"))
     for user in (ann, ben, cat):
         user.raw()
-    hub.handle(ann.member, p.Say("hello  there"))
+    do(hub, ann.member, p.Say("hello  there"))
     a, b = ann.raw(), ben.raw()
     assert a == b == [f"{stamp(T0)} <ann> hello  there\n".encode()]
     assert a[0] is b[0]  # formatted and encoded once for everyone
     assert cat.raw() == []  # another room
-    hub.handle(ann.member, p.Me("waves"))
+    do(hub, ann.member, p.Me("waves"))
     assert ann.lines() == ben.lines() == [f"{stamp(T0)} * ann waves"]
 
 
 async def test_a_burst_of_lines_reaches_each_member_as_one_hand_over(hub: Hub) -> None:
     ann, ben = User(hub, "ann"), User(hub, "ben")
     ann.raw(), ben.raw()
-    hub.say(ann.member, ["one", "two", "three"])
+    hub.say(ann.member, p.LOBBY, ["one", "two", "three"])
     a, b = ann.raw(), ben.raw()
     burst = "".join(f"{stamp(T0)} <ann> {n}\n" for n in ("one", "two", "three"))
     assert a == b == [burst.encode()]
@@ -165,7 +175,7 @@ async def test_a_burst_from_an_evicted_member_goes_nowhere(hub: Hub) -> None:
     ann, ben = User(hub, "ann"), User(hub, "ben")
     hub.leave(ann.member, "too slow")
     ben.raw()
-    hub.say(ann.member, ["still here?"])
+    hub.say(ann.member, p.LOBBY, ["still here?"])
     assert ben.raw() == []
 
 
@@ -176,32 +186,32 @@ async def test_commands_from_a_member_who_left_are_ignored(hub: Hub, command: p.
     ann, ben = User(hub, "ann"), User(hub, "ben")
     hub.leave(ann.member, "kicked")
     ann.raw(), ben.raw()
-    hub.handle(ann.member, command)
+    do(hub, ann.member, command)
     assert ann.raw() == ben.raw() == []
     assert hub.rooms() == {"#lobby": 1}
 
 
 async def test_private_messages(hub: Hub) -> None:
     ann, ben, cat = User(hub, "ann"), User(hub, "Ben"), User(hub, "cat")
-    hub.handle(ben.member, p.Join("#elsewhere"))
+    do(hub, ben.member, p.Join("#elsewhere"))
     for user in (ann, ben, cat):
         user.raw()
-    hub.handle(ann.member, p.Msg("BEN", "psst"))
+    do(hub, ann.member, p.Msg("BEN", "psst"))
     assert ben.lines() == [f"{stamp(T0)} *ann* psst"]
     assert ann.lines() == [f"{stamp(T0)} -> *Ben* psst"]
     assert cat.lines() == []
-    hub.handle(ann.member, p.Msg("zed", "hello?"))
+    do(hub, ann.member, p.Msg("zed", "hello?"))
     assert ann.lines() == ["! No such user: zed"]
 
 
 async def test_join_moves_between_rooms(hub: Hub, clock: Clock) -> None:
     ann, ben, cat = User(hub, "ann"), User(hub, "ben"), User(hub, "cat")
-    hub.handle(cat.member, p.Join("#dev"))
-    hub.handle(cat.member, p.Say("in dev"))
+    do(hub, cat.member, p.Join("#dev"))
+    do(hub, cat.member, p.Say("in dev"))
     for user in (ann, ben, cat):
         user.raw()
     clock.now = T0 + 10
-    hub.handle(ann.member, p.Join("#dev"))
+    do(hub, ann.member, p.Join("#dev"))
     assert ben.lines() == [f"{stamp(T0 + 10)} * ann left #lobby (joined #dev)"]
     assert ann.lines() == [
         f"{stamp(T0)} <cat> in dev",
@@ -211,53 +221,53 @@ async def test_join_moves_between_rooms(hub: Hub, clock: Clock) -> None:
     assert cat.lines() == [f"{stamp(T0 + 10)} * ann joined #dev"]
     assert hub.rooms() == {"#lobby": 1, "#dev": 2}
 
-    hub.handle(ann.member, p.Join("#dev"))
+    do(hub, ann.member, p.Join("#dev"))
     assert ann.lines() == ["! You are already in #dev"]
 
     # An empty room goes away (and its history with it); the lobby stays.
-    hub.handle(ann.member, p.Join("#lobby"))
-    hub.handle(cat.member, p.Join("#lobby"))
+    do(hub, ann.member, p.Join("#lobby"))
+    do(hub, cat.member, p.Join("#lobby"))
     assert hub.rooms() == {"#lobby": 3}
-    hub.handle(ann.member, p.Join("#dev"))
+    do(hub, ann.member, p.Join("#dev"))
     assert ann.lines()[-2:] == ["* Users in #dev: ann", f"{stamp(T0 + 10)} * ann joined #dev"]
-    hub.handle(ben.member, p.Join("#x"))
-    hub.handle(cat.member, p.Join("#x"))
+    do(hub, ben.member, p.Join("#x"))
+    do(hub, cat.member, p.Join("#x"))
     assert hub.rooms() == {"#lobby": 0, "#dev": 1, "#x": 2}
 
 
 async def test_nick(hub: Hub) -> None:
     ann, ben = User(hub, "ann"), User(hub, "ben")
     ann.raw(), ben.raw()
-    hub.handle(ann.member, p.Nick("Anna"))
+    do(hub, ann.member, p.Nick("Anna"))
     assert ann.lines() == ben.lines() == [f"{stamp(T0)} * ann is now known as Anna"]
-    hub.handle(ben.member, p.Nick("ANNA"))
+    do(hub, ben.member, p.Nick("ANNA"))
     assert ben.lines() == ["! Name ANNA is taken, choose another"]
-    hub.handle(ben.member, p.Nick("b<e>n"))
+    do(hub, ben.member, p.Nick("b<e>n"))
     assert ben.lines() == [f"! {p.name_error('b<e>n')}"]
-    hub.handle(ann.member, p.Nick("Anna"))
+    do(hub, ann.member, p.Nick("Anna"))
     assert ann.lines() == ["! You are already Anna"]
-    hub.handle(ann.member, p.Nick("ANNA"))  # a change of case is a rename
+    do(hub, ann.member, p.Nick("ANNA"))  # a change of case is a rename
     assert ben.lines() == [f"{stamp(T0)} * Anna is now known as ANNA"]
     ann.raw()
-    hub.handle(ben.member, p.Users())
+    do(hub, ben.member, p.Users())
     assert ben.lines() == ["* Users in #lobby: ANNA, ben"]
     # The old name is free again, the new one is taken.
     send, _ = trio.open_memory_channel[bytes](100)
-    assert isinstance(hub.register("ann", send, lambda: None), Member)
-    assert hub.register("anna", send, lambda: None) == "Name anna is taken, choose another"
+    assert isinstance(hub.register("ann", send, lambda: None, LINE), Member)
+    assert hub.register("anna", send, lambda: None, LINE) == "Name anna is taken, choose another"
 
 
 async def test_users_rooms_help_and_errors_go_only_to_the_asker(hub: Hub) -> None:
     ann, ben, cat = User(hub, "ann"), User(hub, "ben"), User(hub, "cat")
-    hub.handle(cat.member, p.Join("#dev"))
+    do(hub, cat.member, p.Join("#dev"))
     ann.raw(), ben.raw()
-    hub.handle(ann.member, p.Users())
+    do(hub, ann.member, p.Users())
     assert ann.lines() == ["* Users in #lobby: ann, ben"]
-    hub.handle(ann.member, p.Rooms())
+    do(hub, ann.member, p.Rooms())
     assert ann.lines() == ["* Rooms: #dev (1), #lobby (2)"]
-    hub.handle(ann.member, p.Help())
+    do(hub, ann.member, p.Help())
     assert ann.lines() == [f"* {line}" for line in p.HELP]
-    hub.handle(ann.member, p.Invalid("Unknown command /x. Try /help."))
+    do(hub, ann.member, p.Invalid("Unknown command /x. Try /help."))
     assert ann.lines() == ["! Unknown command /x. Try /help."]
     assert ben.lines() == []
     assert cat.lines()[-1] == f"{stamp(T0)} * cat joined #dev"
@@ -267,7 +277,7 @@ async def test_users_rooms_help_and_errors_go_only_to_the_asker(hub: Hub) -> Non
 async def test_quit(hub: Hub, reason: str, shown: str) -> None:
     ann, ben = User(hub, "ann"), User(hub, "ben")
     ann.raw(), ben.raw()
-    hub.handle(ann.member, p.Quit(reason))
+    do(hub, ann.member, p.Quit(reason))
     assert ben.lines() == [f"{stamp(T0)} * ann left #lobby ({shown})"]
     assert ann.lines() == ["* Bye!"]
     assert ann.closed  # the writer flushes and hangs up
@@ -291,7 +301,7 @@ async def test_a_slow_consumer_is_evicted_and_nobody_else_notices(hub: Hub) -> N
     slow = User(hub, "slow", queue=10)  # never read from here on
     ann.raw(), ben.raw()
     for i in range(50):
-        hub.handle(ann.member, p.Say(f"line {i}"))
+        do(hub, ann.member, p.Say(f"line {i}"))
     said = [f"{stamp(T0)} <ann> line {i}" for i in range(50)]
     # Its outbox (10 lines: users, joined and 8 messages) filled on line 8.
     left = f"{stamp(T0)} * slow left #lobby (too slow)"
@@ -302,7 +312,7 @@ async def test_a_slow_consumer_is_evicted_and_nobody_else_notices(hub: Hub) -> N
     assert hub.members == 2
     assert len(slow.raw()) == 10
     assert slow.closed
-    hub.handle(ben.member, p.Users())
+    do(hub, ben.member, p.Users())
     assert ben.lines() == ["* Users in #lobby: ann, ben"]
 
 
@@ -312,7 +322,7 @@ async def test_slow_consumers_found_by_a_departure_are_evicted_too(hub: Hub) -> 
     slow2 = User(hub, "slow2", queue=4)
     slow1.raw()
     for text in ("one", "two", "three"):
-        hub.handle(ann.member, p.Say(text))
+        do(hub, ann.member, p.Say(text))
     # slow2 overflows on "three"; its departure notice overflows slow1, which goes too.
     assert (slow1.disconnects, slow2.disconnects) == (1, 1)
     assert hub.members == 1
@@ -362,7 +372,9 @@ async def test_a_whole_room_going_slow_at_once_is_evicted_without_deep_recursion
     ann = User(hub, "ann", queue=1000)
     crowd = [Valve() for _ in range(600)]
     for i, valve in enumerate(crowd):
-        assert isinstance(hub.register(f"u{i}", valve, valve.disconnect), Member)
+        member = hub.register(f"u{i}", valve, valve.disconnect, LINE)
+        assert isinstance(member, Member)
+        hub.join(member, p.LOBBY)
     for valve in crowd:
         valve.shut = True
     # Each eviction's notice finds the rest of the crowd slow too.
@@ -376,7 +388,7 @@ async def test_a_slow_recipient_of_a_private_message_is_evicted(hub: Hub) -> Non
     ann, slow = User(hub, "ann", queue=1000), User(hub, "slow", queue=3)
     ann.raw()
     for _ in range(3):
-        hub.handle(ann.member, p.Msg("slow", "hi"))
+        do(hub, ann.member, p.Msg("slow", "hi"))
     assert slow.disconnects == 1
     assert ann.lines() == [
         f"{stamp(T0)} -> *slow* hi",
@@ -393,3 +405,161 @@ async def test_shutdown_forgets_everyone_without_announcements(hub: Hub) -> None
     assert hub.members == 0
     assert hub.rooms() == {}
     assert ann.lines() == ben.lines() == []
+
+
+class CountingDialect:
+    """A second door's dialect: renders events as their reprs, and counts its renders."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.renders = 0
+
+    def render(self, events: object) -> bytes:
+        self.renders += 1
+        return "".join(f"{event!r}\n" for event in events).encode()  # type: ignore[attr-defined]
+
+
+class Spy(p.LineDialect):
+    """The line dialect, counting its renders."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renders = 0
+
+    def render(self, events: object, /) -> bytes:
+        self.renders += 1
+        return super().render(events)  # type: ignore[arg-type]
+
+
+def _member(
+    hub: Hub, name: str, dialect: object
+) -> tuple[Member, trio.MemoryReceiveChannel[bytes]]:
+    send, receive = trio.open_memory_channel[bytes](100)
+    member = hub.register(name, send, lambda: None, dialect)  # type: ignore[arg-type]
+    assert isinstance(member, Member)
+    return member, receive
+
+
+async def test_a_burst_is_rendered_once_per_dialect_present(hub: Hub) -> None:
+    line, other = Spy(), CountingDialect()
+    members = [_member(hub, f"l{i}", line) for i in range(3)]
+    members += [_member(hub, f"o{i}", other) for i in range(2)]
+    for member, _ in members:
+        hub.join(member, "#big")
+    line.renders = other.renders = 0
+    hub.say(members[0][0], "#big", ["one", "two", "three"])
+    assert (line.renders, other.renders) == (1, 1)
+    # Every member of a dialect got the very same bytes object.
+    last = [drain(receive)[-1] for _, receive in members]
+    assert last[0] is last[1] is last[2]
+    assert last[3] is last[4]
+    assert b"Said(room='#big', seq=" in last[3]
+
+
+def drain(receive: Inbox) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
+async def test_a_member_can_be_in_several_rooms(hub: Hub) -> None:
+    ann, ann_inbox = _member(hub, "ann", LINE)
+    ben = User(hub, "ben")
+    hub.join(ann, "#lobby")
+    hub.join(ann, "#dev")
+    assert list(ann.room_names) == ["#lobby", "#dev"]
+    assert hub.rooms() == {"#lobby": 2, "#dev": 1}
+    drain(ann_inbox), ben.raw()
+    hub.say(ann, "#dev", ["only dev"])
+    hub.say(ann, "#lobby", ["only lobby"])
+    assert ben.lines() == [f"{stamp(T0)} <ann> only lobby"]
+    assert b"".join(drain(ann_inbox)).decode().splitlines() == [
+        f"{stamp(T0)} <ann> only dev",
+        f"{stamp(T0)} <ann> only lobby",
+    ]
+    hub.join(ann, "#dev")
+    assert drain(ann_inbox) == [b"! You are already in #dev\n"]
+    hub.part(ann, "#nowhere", "bye")
+    assert drain(ann_inbox) == [b"! You are not in #nowhere\n"]
+    hub.say(ann, "#nowhere", ["hello?"])
+    assert drain(ann_inbox) == [b"! You are not in #nowhere\n"]
+    hub.part(ann, "#lobby", "bye")
+    assert ben.lines() == [f"{stamp(T0)} * ann left #lobby (bye)"]
+    hub.join(ann, "#lobby")
+    ben.raw()
+    # Leaving the chat announces the departure in every room, once each.
+    hub.leave(ann, "quit")
+    assert ben.lines() == [f"{stamp(T0)} * ann left #lobby (quit)"]
+    assert hub.rooms() == {"#lobby": 1}
+
+
+async def test_the_rooms_a_member_may_be_in_are_limited(clock: Clock) -> None:
+    hub = Hub(history=3, clock=clock, max_rooms_per_member=2)
+    ann, inbox = _member(hub, "ann", LINE)
+    hub.join(ann, "#a")
+    hub.join(ann, "#b")
+    drain(inbox)
+    hub.join(ann, "#c")
+    assert drain(inbox) == [b"! You are in 2 rooms, the most this server allows; leave one first\n"]
+    assert list(ann.room_names) == ["#a", "#b"]
+    hub.part(ann, "#a", "bye")
+    hub.join(ann, "#c")
+    assert list(ann.room_names) == ["#b", "#c"]
+
+
+class Recorder:
+    """A backplane-free way to see the events a room emits: a dialect that keeps them."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def render(self, events: object) -> bytes:
+        self.events.extend(events)  # type: ignore[call-overload]
+        return b"x"
+
+
+async def test_room_events_are_numbered_per_room_and_carry_utc_time(hub: Hub, clock: Clock) -> None:
+    watcher = Recorder()
+    eve, _ = _member(hub, "eve", watcher)
+    hub.join(eve, "#a")
+    hub.join(eve, "#b")
+    ann = User(hub, "ann")
+    do(hub, ann.member, p.Join("#a"))
+    clock.now = T0 + 5
+    do(hub, ann.member, p.Say("hi"))
+    do(hub, ann.member, p.Join("#b"))
+    do(hub, ann.member, p.Me("waves"))
+    do(hub, ann.member, p.Nick("anna"))
+    seen = [
+        (type(e).__name__, e.room, e.seq, e.time)
+        for e in watcher.events
+        if isinstance(e, ev.RoomEvent)  # type: ignore[misc, arg-type]
+    ]
+    assert seen == [
+        ("Joined", "#a", 1, T0),  # eve
+        ("Joined", "#b", 1, T0),
+        ("Joined", "#a", 2, T0),  # ann, from the lobby
+        ("Said", "#a", 3, T0 + 5),
+        ("Left", "#a", 4, T0 + 5),
+        ("Joined", "#b", 2, T0 + 5),
+        ("Acted", "#b", 3, T0 + 5),
+        ("Renamed", "#b", 4, T0 + 5),
+    ]
+
+
+async def test_a_joiner_gets_the_history_in_its_own_dialect(hub: Hub) -> None:
+    ann = User(hub, "ann")
+    do(hub, ann.member, p.Say("hello"))
+    watcher = Recorder()
+    eve, _ = _member(hub, "eve", watcher)
+    hub.join(eve, p.LOBBY)
+    said, users = watcher.events[:2]
+    assert isinstance(said, ev.Said)
+    assert (said.name, said.text, said.seq) == ("ann", "hello", 2)
+    assert users == ev.UserList(p.LOBBY, ("ann", "eve"))

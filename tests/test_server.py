@@ -219,7 +219,11 @@ async def test_shutdown_says_goodbye_then_eof_to_every_client(raw_connect: RawCo
             await ben.send_line("/join #dev")
             await expect(ben, "* Users in #dev: ben", "[T] * ben joined #dev")
             unnamed = await raw_connect(port)
-            await expect(unnamed, *[line.decode().rstrip("\n") for line in server.hub.welcome()])
+            await expect(
+                unnamed,
+                "* Welcome to triochat! 2 users online. Commands start with /, try /help.",
+                "* What is your name?",
+            )
             await expect(ann, "[T] * ben joined #lobby", "[T] * ben left #lobby (joined #dev)")
 
             server.shutdown()
@@ -256,10 +260,11 @@ async def test_the_writer_coalesces_queued_lines_into_one_send() -> None:
             await trio.testing.wait_all_tasks_blocked()
             # The writer is stuck sending the first welcome line; meanwhile the
             # room says a lot.
-            ben = server.hub.register("ben", ben_outbox, lambda: None)
+            ben = server.hub.register("ben", ben_outbox, lambda: None, server.dialect)
             assert not isinstance(ben, str)
+            server.hub.join(ben, p.LOBBY)
             for i in range(50):
-                server.hub.handle(ben, p.Say(f"line {i}"))
+                server.hub.say(ben, p.LOBBY, [f"line {i}"])
             chunks = []
             data = b""
             while not data.endswith(b"line 49\n"):

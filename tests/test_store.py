@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import trio
 from _ops import cli_env, running_server, start_cli
 
 from triochat.client.connection import ChatClient, open_chat_client
+from triochat.core import events as ev, records
 from triochat.protocol import line as p
 from triochat.server.store import SCHEMA_VERSION, StoreConfig, StoreError, open_history_store
 
@@ -21,6 +23,9 @@ async def _client(port: int, name: str) -> ChatClient:
     client = await open_chat_client("127.0.0.1", port)
     await client.register(name)
     return client
+
+
+T0 = 1_700_000_000.0
 
 
 async def _say(client: ChatClient, *texts: str) -> None:
@@ -46,8 +51,11 @@ async def _history(client: ChatClient, count: int | None = None) -> list[str]:
 
 
 def _rows(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        return [line for (line,) in conn.execute("SELECT line FROM messages ORDER BY id")]
+    """The stored events, as the line door shows them."""
+    dialect = p.LineDialect()
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT event FROM messages ORDER BY id").fetchall()
+    return [dialect.line(records.decode_room_event(event)).rstrip("\n") for (event,) in rows]
 
 
 def test_history_command_parses() -> None:
@@ -143,7 +151,7 @@ async def test_a_full_queue_drops_lines_and_counts_them(
     with trio.fail_after(10):
         async with open_history_store(config) as store:
             for i in range(5):  # no checkpoint between: the writer cannot run
-                store.append("#lobby", f"[00:00:00] <ann> {i}\n".encode())
+                store.append(ev.Said("#lobby", i + 1, T0, "ann", str(i)))
             assert store.dropped == 3
             assert "not saved" in caplog.text
             # Joiners still see every line; only the file misses some.
@@ -156,7 +164,7 @@ async def test_graceful_close_commits_everything(tmp_path: Path) -> None:
     with trio.fail_after(10):
         async with open_history_store(config) as store:
             for i in range(50):
-                store.append("#lobby", f"[00:00:00] <ann> {i}\n".encode())
+                store.append(ev.Said("#lobby", i + 1, T0, "ann", str(i)))
             await trio.testing.wait_all_tasks_blocked()
     assert len(_rows(tmp_path / "chat.db")) == 50
 
@@ -182,7 +190,7 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(StoreError, match="schema version 2"):
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}"):
         async with open_history_store(StoreConfig(path=db)):
             pass  # pragma: no cover
 
@@ -240,3 +248,47 @@ async def test_kill_9_loses_at_most_the_last_batch(tmp_path: Path) -> None:
             if proc.returncode is None:  # pragma: no cover
                 proc.kill()
                 await proc.wait()
+
+
+_V1_SCHEMA = """
+CREATE TABLE messages (
+    id   INTEGER PRIMARY KEY,
+    room TEXT NOT NULL,
+    ts   REAL NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX messages_room ON messages (room, id);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+PRAGMA user_version = 1;
+"""
+
+
+async def test_a_version_1_file_is_migrated_to_events(tmp_path: Path) -> None:
+    db = tmp_path / "chat.db"
+    stamp = time.strftime("[%H:%M:%S]", time.localtime(T0))
+    v1_lines = [
+        ("#lobby", f"{stamp} <ann> hello <b>there</b>"),
+        ("#dev", f"{stamp} * ben brews a pot"),
+        ("#lobby", f"{stamp} <ben-2> hi ann"),
+        ("#lobby", "an odd line kept as it was"),
+    ]
+    with closing(sqlite3.connect(db)) as conn:
+        conn.executescript(_V1_SCHEMA)
+        # The row's time is taken a moment after the line was stamped.
+        conn.executemany(
+            "INSERT INTO messages (room, ts, line) VALUES (?, ?, ?)",
+            [(room, T0 + 0.7, line) for room, line in v1_lines],
+        )
+        conn.commit()
+    async with open_history_store(StoreConfig(path=db)) as store:
+        lobby = store.recent("#lobby")
+        assert [type(event) for event in lobby] == [ev.Said, ev.Said, ev.Legacy]
+        assert [event.seq for event in lobby] == [1, 2, 3]
+        assert lobby[0] == ev.Said("#lobby", 1, lobby[0].time, "ann", "hello <b>there</b>")
+        assert store.recent("#dev") == [ev.Acted("#dev", 1, lobby[0].time, "ben", "brews a pot")]
+        fetched = await store.fetch("#lobby", 10)
+    assert fetched == lobby
+    # Rendered again, every migrated line is byte for byte what v1 clients saw.
+    assert _rows(db) == [line for _, line in v1_lines]
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

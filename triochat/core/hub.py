@@ -1,12 +1,18 @@
 """The chat's state: who is here, which rooms exist, what was said lately.
 
 The hub is plain synchronous state owned by the trio run: no method awaits,
-so no other task can observe it half-updated. Each line is formatted and
-encoded once and the same ``bytes`` object is handed to every recipient's
-bounded outbox with ``send_nowait``; consecutive chat lines from one reader
-(:meth:`Hub.say`) go out as one ``bytes`` object, so a burst costs each
-recipient one hand-over, not one per line. A recipient whose outbox is full
-is a slow consumer: it is evicted, and nobody ever waits for it.
+so no other task can observe it half-updated. It emits events
+(:mod:`triochat.core.events`), never bytes: each member has a dialect, and a
+room's members are kept grouped by dialect, so a burst of events is rendered
+once per dialect present and the same ``bytes`` object is handed to every
+member who speaks it, with ``send_nowait`` on its bounded outbox. A room where
+everyone uses the line door therefore costs one render per burst, as before
+events existed. A recipient whose outbox is full is a slow consumer: it is
+evicted, and nobody ever waits for it.
+
+Room events always go out through the backplane: the local one hands them
+straight back to :meth:`Hub.deliver`, a cluster's once they have come back
+from Redis. The hub is the backplane's :class:`~triochat.backplane.Node`.
 """
 
 from __future__ import annotations
@@ -14,19 +20,24 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, Protocol
 
 import trio
 
 from ..backplane import Backplane, LocalBackplane
 from ..protocol import line as p
+from . import events as ev
+from .events import Dialect, RoomEvent
 
 log: Final = logging.getLogger("triochat.hub")
 
+KEPT: Final = frozenset({ev.Said, ev.Acted, ev.TopicSet, ev.Legacy})
+"""The room events kept in history and shown to joiners (not joins, leaves, renames)."""
+
 
 class Outbox(Protocol):
-    """Where a member's outgoing lines go: the send end of a bounded channel."""
+    """Where a member's outgoing bytes go: the send end of a bounded channel."""
 
     def send_nowait(self, value: bytes, /) -> None: ...
 
@@ -34,55 +45,93 @@ class Outbox(Protocol):
 
 
 class Archive(Protocol):
-    """Where a room's history also goes, and comes back from (e.g. a database).
+    """Where a room's kept events also go, and come back from (e.g. a database).
 
     Both calls are synchronous and must be cheap: ``append`` only queues the
-    line for a writer task, and ``recent`` answers from memory.
+    event for a writer task, and ``recent`` answers from memory.
     """
 
-    def append(self, room: str, line: bytes, /) -> None: ...
+    def append(self, event: RoomEvent, /) -> None: ...
 
-    def recent(self, room: str, /) -> Iterable[bytes]: ...
+    def recent(self, room: str, /) -> Iterable[RoomEvent]: ...
 
 
 class Member:
     """A registered user, as the hub sees it."""
 
-    __slots__ = ("disconnect", "hang_up", "key", "name", "outbox", "room")
+    __slots__ = ("dialect", "disconnect", "hang_up", "key", "name", "outbox", "rooms")
 
-    def __init__(self, name: str, outbox: Outbox, disconnect: Callable[[], None]) -> None:
+    def __init__(
+        self, name: str, outbox: Outbox, disconnect: Callable[[], None], dialect: Dialect
+    ) -> None:
         self.name = name
         self.key = p.name_key(name)
-        self.room: Room | None = None
+        self.rooms: dict[str, Room] = {}
+        """The rooms the member is in, in the order it joined them."""
         self.outbox = outbox
+        self.dialect = dialect
         self.disconnect = disconnect
         # Stop reading but let queued lines out (the server sets it); else disconnect.
         self.hang_up: Callable[[], None] | None = None
 
+    @property
+    def room_names(self) -> Iterable[str]:
+        return self.rooms.keys()
+
+    @property
+    def room(self) -> Room | None:
+        """The room a one-room (v1) member is in: the last it joined."""
+        return next(reversed(self.rooms.values()), None)
+
     def __repr__(self) -> str:
-        return f"<Member {self.name} in {self.room.name if self.room else None}>"
+        return f"<Member {self.name} in {', '.join(self.rooms) or 'no room'}>"
+
+
+class _Log:
+    """A room's recent kept events and its sequence counter, on this node."""
+
+    __slots__ = ("events", "seq")
+
+    def __init__(self, keep: int) -> None:
+        self.events: deque[RoomEvent] = deque(maxlen=keep)
+        self.seq = 0
 
 
 class Room:
-    __slots__ = ("history", "members", "name")
+    """A room with members on this node, grouped by dialect for rendering."""
 
-    def __init__(self, name: str, history: int) -> None:
+    __slots__ = ("groups", "log", "members", "name")
+
+    def __init__(self, name: str, log: _Log) -> None:
         self.name = name
-        # A dict keeps join order, which makes fan-out order deterministic.
+        self.log = log
+        # Dicts keep join order, which makes fan-out order deterministic.
         self.members: dict[Member, None] = {}
-        self.history: deque[bytes] = deque(maxlen=history)
+        self.groups: dict[Dialect, dict[Member, None]] = {}
+
+    def add(self, member: Member) -> None:
+        self.members[member] = None
+        self.groups.setdefault(member.dialect, {})[member] = None
+
+    def remove(self, member: Member) -> None:
+        del self.members[member]
+        group = self.groups[member.dialect]
+        del group[member]
+        if not group:
+            del self.groups[member.dialect]
 
 
 class Hub:
     """Names, rooms, membership and history, and the rules that change them.
 
     Args:
-      history: how many recent lines each room keeps for joiners.
-      clock: wall-clock time source, for timestamps (tests inject a fixed one).
+      history: how many recent kept events each room holds for joiners.
+      clock: wall-clock time source, for event times (tests inject a fixed one).
       backplane: what links this hub to other nodes (default: none, one process).
-      archive: also keeps every room line this node sees; without a backplane,
-        a room created here starts with the archive's recent lines (so history
-        survives a restart).
+      archive: also keeps every kept event this node sees; with the local
+        backplane, a room created here starts with the archive's recent events
+        (so history survives a restart).
+      max_rooms_per_member: the most rooms one member can be in at once.
     """
 
     def __init__(
@@ -92,25 +141,26 @@ class Hub:
         clock: Callable[[], float] = time.time,
         backplane: Backplane | None = None,
         archive: Archive | None = None,
+        max_rooms_per_member: int = 50,
     ) -> None:
         self.history = history
+        self.max_rooms_per_member = max_rooms_per_member
         self.backplane: Backplane = backplane or LocalBackplane()
-        # Room lines go through the relay when there is one; otherwise straight out.
-        self._relay: Backplane | None = self.backplane if self.backplane.remote else None
-        # With a relay: this node's copy of every room's history that the cluster
-        # keeps, whether or not a member here is in the room. A room's copy goes
-        # when the cluster drops its history (drop_history).
-        self._histories: dict[str, deque[bytes]] = {}
         self._clock = clock
         self._archive = archive
-        self._stamp = p.Timestamper()
         self._members: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
+        # Every room's log this node keeps: the rooms with members here, and in
+        # a cluster every room whose history the cluster keeps. A log goes when
+        # the room's history does (vacate, drop_history).
+        self._logs: dict[str, _Log] = {}
         self._slow: list[Member] = []
         self._evicting = False
         self.lines_in = 0
         self.lines_out = 0
         self.slow_evictions = 0
+        self.backplane.attach(self)
+        self._publish = self.backplane.publish
 
     # --- queries ---------------------------------------------------------
 
@@ -118,156 +168,223 @@ class Hub:
     def members(self) -> int:
         return len(self._members)
 
+    @property
+    def notice(self) -> str | None:
+        """A line newcomers should read (the backplane's, e.g. the link is down)."""
+        return self.backplane.notice
+
+    def online(self) -> int:
+        """How many users are in the chat (across the cluster)."""
+        return len(self._members) + self.backplane.remote_count()
+
     def rooms(self) -> dict[str, int]:
         """Each room's name and member count (across the cluster, with a backplane)."""
         counts = {r.name: len(r.members) for r in self._rooms.values()}
-        if self._relay is not None:
-            for name, count in self._relay.remote_rooms().items():
-                counts[name] = counts.get(name, 0) + count
+        for name, count in self.backplane.remote_rooms().items():
+            counts[name] = counts.get(name, 0) + count
         return counts
 
-    def hosts(self, room: str) -> bool:
+    def hosts(self, room: str, /) -> bool:
         """Whether a member on this node is in ``room``."""
         held = self._rooms.get(room)
         return held is not None and bool(held.members)
 
     def history_rooms(self) -> list[str]:
-        """The rooms whose recent lines this node keeps in memory, sorted."""
-        return sorted(self._histories if self._relay is not None else self._rooms)
+        """The rooms whose recent events this node keeps in memory, sorted."""
+        return sorted(self._logs)
 
-    def welcome(self) -> list[bytes]:
-        n = len(self._members)
-        notice = None
-        if self._relay is not None:
-            n += sum(self._relay.remote_rooms().values())
-            notice = self._relay.notice
-        online = "1 user" if n == 1 else f"{n} users"
-        return [
-            p.format_info(
-                f"Welcome to triochat! {online} online. Commands start with /, try /help."
-            ).encode(),
-            *([p.format_info(notice).encode()] if notice else []),
-            p.format_info(p.NAME_QUESTION).encode(),
-        ]
+    def local_members(self) -> list[Member]:
+        return list(self._members.values())
 
-    # --- registration ------------------------------------------------------
+    def member(self, name: str) -> Member | None:
+        """The member here called ``name`` (as names compare), if any."""
+        return self._members.get(p.name_key(name))
 
-    def register(self, name: str, outbox: Outbox, disconnect: Callable[[], None]) -> Member | str:
-        """Claim ``name`` and put the new member in the lobby.
-
-        Returns the member, or the text of the error line if the name is
-        invalid or taken. ``disconnect`` is called if the hub evicts the member.
-        """
-        error = self._name_unavailable(name)
-        if error is not None:
-            return error
-        member = Member(name, outbox, disconnect)
-        self._members[member.key] = member
-        log.info("%s registered", name)
-        self._enter(member, p.LOBBY)
-        self._evict_slow()
-        return member
-
-    def _name_unavailable(self, name: str, current: Member | None = None) -> str | None:
+    def name_unavailable(self, name: str, current: Member | None = None) -> str | None:
+        """Why ``name`` cannot be claimed (by ``current``, renaming), or ``None``."""
         error = p.name_error(name)
         if error is not None:
             return error
         key = p.name_key(name)
         holder = self._members.get(key)
-        if (holder is not None and holder is not current) or (
-            self._relay is not None and self._relay.remote_name(key) is not None
-        ):
+        if (holder is not None and holder is not current) or self.backplane.remote_name(
+            key
+        ) is not None:
             return f"Name {name} is taken, choose another"
         return None
 
-    def name_unavailable(self, name: str, current: Member | None = None) -> str | None:
-        """Why ``name`` cannot be claimed (by ``current``, renaming), or ``None``."""
-        return self._name_unavailable(name, current)
+    def recent(self, room: str, count: int) -> list[RoomEvent]:
+        """Up to ``count`` of the room's most recent kept events held here, oldest first."""
+        held = self._logs.get(room)
+        if held is None or count <= 0:
+            return []
+        return list(held.events)[-count:]
 
-    # --- commands ------------------------------------------------------------
+    # --- registration ------------------------------------------------------
 
-    def handle(self, member: Member, command: p.Command) -> None:
-        """Carry out one command from ``member``; ignored once it has left (or was evicted)."""
-        if self._members.get(member.key) is not member:
-            return  # its connection reads on until its last lines are out
-        match command:
-            case p.Say(text):
-                self.say(member, (text,))
-                return
-            case p.Me(text):
-                self._say(member, p.format_event, text)
-            case p.Msg(to, text):
-                self._private(member, to, text)
-            case p.Join(room):
-                self._join(member, room)
-            case p.Nick(name):
-                self._nick(member, name)
-            case p.Users():
-                assert member.room is not None
-                self._tell(member, self._users_line(member.room))
-            case p.Rooms():
-                rooms = ", ".join(
-                    f"{name} ({count})" for name, count in sorted(self.rooms().items())
-                )
-                self._tell(member, p.format_info(f"Rooms: {rooms}"))
-            case p.Help():
-                lines = "".join(p.format_info(line) for line in p.HELP)
-                self._send(member, lines.encode(), len(p.HELP))
-            case p.History(count):
-                assert member.room is not None
-                self.replay(member, member.room.name, self.recent(member.room.name, count))
-            case p.Invalid(message):
-                self._tell(member, p.format_error(message))
-            case p.Quit(reason):
-                self.leave(member, reason or "quit", farewell="Bye!")
-        self.lines_in += 1
-        self._evict_slow()
+    def register(
+        self,
+        name: str,
+        outbox: Outbox,
+        disconnect: Callable[[], None],
+        dialect: Dialect,
+    ) -> Member | str:
+        """Claim ``name`` for a new member, in no room yet.
 
-    def say(self, member: Member, texts: Sequence[str]) -> None:
-        """Chat lines from ``member`` to its room, in order, as one write per recipient."""
+        Returns the member, or the text of the error line if the name is
+        invalid or taken. ``disconnect`` is called if the hub evicts the member.
+        """
+        error = self.name_unavailable(name)
+        if error is not None:
+            return error
+        member = Member(name, outbox, disconnect, dialect)
+        self._members[member.key] = member
+        log.info("%s registered", name)
+        return member
+
+    def is_member(self, member: Member) -> bool:
+        """Whether ``member`` is still in the chat (not left, not evicted)."""
+        return self._members.get(member.key) is member
+
+    # --- what members do -----------------------------------------------------
+
+    def say(self, member: Member, room: Room | str, texts: Sequence[str]) -> None:
+        """Chat lines from ``member`` to ``room``, in order, as one hand-over per recipient."""
         self.lines_in += len(texts)
-        room = member.room
-        if room is None or self._members.get(member.key) is not member:
-            return  # evicted while its burst was being read: it hears nothing more
-        stamp = self._now()
-        lines = [p.format_message(stamp, member.name, text).encode() for text in texts]
-        self._broadcast(room, lines, record=True)
+        held = self._room_of(member, room)
+        if held is None:
+            return
+        log_ = held.log
+        now = self._clock()
+        name, where = member.name, held.name
+        first = log_.seq + 1
+        log_.seq += len(texts)
+        self._publish(
+            [ev.Said(where, seq, now, name, text) for seq, text in enumerate(texts, first)]
+        )
         self._evict_slow()
+
+    def act(self, member: Member, room: Room | str, text: str) -> None:
+        """An action (``/me``) from ``member`` in ``room``."""
+        held = self._room_of(member, room)
+        if held is None:
+            return
+        self._publish([ev.Acted(held.name, self._next(held.log), self._clock(), member.name, text)])
+        self._evict_slow()
+
+    def private(self, member: Member, to: str, text: str) -> None:
+        """A private message from ``member`` to the user called ``to``, wherever it is."""
+        if not self.is_member(member):
+            return
+        key = p.name_key(to)
+        target = self._members.get(key)
+        name = target.name if target is not None else self.backplane.remote_name(key)
+        if name is None:
+            self.tell(member, ev.Error(f"No such user: {to}"))
+            return
+        message = ev.Private(self._clock(), member.name, name, text)
+        echo = ev.Private(message.time, member.name, name, text, echo=True)
+        # In a cluster both go through its channel, so the sender sees its echo
+        # in order with its room lines; the local backplane declines.
+        if self.backplane.publish_private(key, message):
+            self.backplane.publish_private(member.key, echo)
+        elif target is None:
+            self.tell(member, ev.Error(f"No such user: {to}"))
+        else:
+            self.tell(target, message)
+            self.tell(member, echo)
+        self._evict_slow()
+
+    def join(self, member: Member, room: str) -> None:
+        """Put ``member`` in ``room`` (created on demand): it gets the history and the users."""
+        if not self.is_member(member):
+            return
+        if room in member.rooms:
+            self.tell(member, ev.Error(f"You are already in {room}"))
+        elif len(member.rooms) >= self.max_rooms_per_member:
+            self.tell(
+                member,
+                ev.Error(
+                    f"You are in {len(member.rooms)} rooms, the most this server allows;"
+                    " leave one first"
+                ),
+            )
+        else:
+            self._enter(member, room)
+        self._evict_slow()
+
+    def part(self, member: Member, room: str, reason: str) -> None:
+        """Take ``member`` out of ``room``; the room sees ``left #room (reason)``."""
+        if not self.is_member(member):
+            return
+        if room not in member.rooms:
+            self.tell(member, ev.Error(f"You are not in {room}"))
+        else:
+            self._exit(member, room, reason)
+            self.backplane.presence(member.key, member.name, tuple(member.rooms))
+        self._evict_slow()
+
+    def rename(self, member: Member, name: str) -> None:
+        """``member`` is now called ``name``; every room it is in sees the change."""
+        if not self.is_member(member):
+            return
+        name = p.clean_text(name)
+        error = self.name_unavailable(name, current=member)
+        if error is None and name == member.name:
+            error = f"You are already {name}"
+        if error is not None:
+            self.tell(member, ev.Error(error))
+            return
+        old = member.name
+        del self._members[member.key]
+        if member.key != p.name_key(name):
+            self.backplane.presence(member.key, old, None)
+        member.name, member.key = name, p.name_key(name)
+        self._members[member.key] = member
+        log.info("%s is now known as %s", old, name)
+        self.backplane.presence(member.key, name, tuple(member.rooms))
+        now = self._clock()
+        for held in list(member.rooms.values()):
+            self._publish([ev.Renamed(held.name, self._next(held.log), now, old, name)])
+        self._evict_slow()
+
+    def users(self, member: Member, room: Room | str) -> None:
+        """Tell ``member`` who is in ``room``."""
+        held = self._room_of(member, room)
+        if held is not None:
+            self.tell(member, self._user_list(held))
+            self._evict_slow()
+
+    def room_list(self, member: Member) -> None:
+        """Tell ``member`` every room and its size."""
+        if self.is_member(member):
+            self.tell(member, ev.RoomList(tuple(sorted(self.rooms().items()))))
+            self._evict_slow()
+
+    def replay(self, member: Member, room: str, events: Sequence[RoomEvent]) -> None:
+        """Send ``member`` a ``/history`` answer: ``room``'s ``events``, oldest first."""
+        if self.is_member(member):
+            self.tell(member, ev.Replay(room, tuple(events)))
+            self._evict_slow()
 
     def leave(self, member: Member, reason: str, *, farewell: str | None = None) -> None:
-        """Remove ``member`` from the chat; the room sees ``left #room (reason)``.
+        """Remove ``member`` from the chat; each of its rooms sees ``left #room (reason)``.
 
         Idempotent, so every way out of a connection can call it. With
-        ``farewell``, that ``*`` line is the member's last, and its outbox is
+        ``farewell``, that notice is the member's last, and its outbox is
         closed so the writer flushes and hangs up.
         """
-        if self._members.get(member.key) is not member:
+        if not self.is_member(member):
             return
         del self._members[member.key]
         log.info("%s left (%s)", member.name, reason)
-        self._exit(member, f"left {member.room.name if member.room else ''} ({reason})")
+        for room in list(member.rooms):
+            self._exit(member, room, reason)
         self.backplane.presence(member.key, member.name, None)
         if farewell is not None:
-            self._tell(member, p.format_info(farewell))
+            self.tell(member, ev.Notice(farewell))
         member.outbox.close()
         # Whoever could not take the notice goes now, not at the next command.
-        self._evict_slow()
-
-    def recent(self, room: str, count: int) -> list[bytes]:
-        """Up to ``count`` of the room's most recent lines held in memory, oldest first."""
-        held = self._rooms.get(room)
-        if held is None or count <= 0:
-            return []
-        return list(held.history)[-count:]
-
-    def replay(self, member: Member, room: str, lines: list[bytes]) -> None:
-        """Send ``member`` a ``/history`` answer: a header, ``lines``, a footer."""
-        header = p.format_history_header(room, len(lines)).encode()
-        if lines:
-            footer = p.format_history_footer(room).encode()
-            self._send(member, b"".join([header, *lines, footer]), len(lines) + 2)
-        else:
-            self._send(member, header)
         self._evict_slow()
 
     def shutdown(self) -> None:
@@ -276,140 +393,115 @@ class Hub:
         self._rooms.clear()
         self._slow.clear()
 
+    def tell(self, member: Member, *events: ev.Event) -> None:
+        """Events for ``member`` alone, in its dialect, as one hand-over."""
+        self._hand_over(member, member.dialect.render(events), len(events))
+
     # --- the rules ------------------------------------------------------------
 
-    def _say(self, member: Member, fmt: Callable[[str, str, str], str], text: str) -> None:
-        room = member.room
-        assert room is not None
-        self._broadcast(room, [fmt(self._now(), member.name, text).encode()], record=True)
+    def _room_of(self, member: Member, room: Room | str) -> Room | None:
+        """``member``'s room ``room``, or ``None`` (told why) if it is not in it."""
+        if isinstance(room, Room):
+            return room if self.is_member(member) and member.rooms.get(room.name) is room else None
+        held = member.rooms.get(room)
+        if held is None and self.is_member(member):
+            self.tell(member, ev.Error(f"You are not in {room}"))
+        return held if self.is_member(member) else None
 
-    def _private(self, member: Member, to: str, text: str) -> None:
-        key = p.name_key(to)
-        target = self._members.get(key)
-        if self._relay is not None:
-            name = target.name if target is not None else self._relay.remote_name(key)
-            stamp = self._now()
-            # Both lines go through the cluster's channel, so the sender sees its
-            # /msg echo in order with its room lines.
-            if name is not None and self._relay.publish_private(
-                key, p.format_private(stamp, member.name, text).encode()
-            ):
-                echo = p.format_private_echo(stamp, name, text).encode()
-                self._relay.publish_private(member.key, echo)
-                return
-        if target is None:
-            self._tell(member, p.format_error(f"No such user: {to}"))
-            return
-        stamp = self._now()
-        self._send(target, p.format_private(stamp, member.name, text).encode())
-        self._send(member, p.format_private_echo(stamp, target.name, text).encode())
+    @staticmethod
+    def _next(log_: _Log) -> int:
+        log_.seq += 1
+        return log_.seq
 
-    def _join(self, member: Member, room: str) -> None:
-        assert member.room is not None
-        if member.room.name == room:
-            self._tell(member, p.format_error(f"You are already in {room}"))
-            return
-        self._exit(member, f"left {member.room.name} (joined {room})")
-        self._enter(member, room)
-
-    def _nick(self, member: Member, name: str) -> None:
-        name = p.clean_text(name)
-        error = self._name_unavailable(name, current=member)
-        if error is not None:
-            self._tell(member, p.format_error(error))
-            return
-        if name == member.name:
-            self._tell(member, p.format_error(f"You are already {name}"))
-            return
-        old = member.name
-        del self._members[member.key]
-        if self._relay is not None and member.key != p.name_key(name):
-            self._relay.presence(member.key, old, None)
-        member.name, member.key = name, p.name_key(name)
-        self._members[member.key] = member
-        log.info("%s is now known as %s", old, name)
-        assert member.room is not None
-        self.backplane.presence(member.key, name, member.room.name)
-        renamed = p.format_event(self._now(), old, f"is now known as {name}").encode()
-        self._broadcast(member.room, [renamed])
+    def _log(self, room: str) -> _Log:
+        held = self._logs.get(room)
+        if held is None:
+            held = self._logs[room] = _Log(self.history)
+            if self._archive is not None and not self.backplane.remote:
+                held.events.extend(self._archive.recent(room))
+                if held.events:
+                    held.seq = held.events[-1].seq
+        return held
 
     def _enter(self, member: Member, name: str) -> None:
         room = self._rooms.get(name)
         if room is None:
-            room = self._rooms[name] = Room(name, self.history)
-            if self._relay is not None:
-                room.history = self._history(name)
-                if name != p.LOBBY:
-                    self._relay.occupy(name)
-            elif self._archive is not None:
-                room.history.extend(self._archive.recent(name))
-        member.room = room
-        room.members[member] = None
+            room = self._rooms[name] = Room(name, self._log(name))
+            if name != p.LOBBY:
+                self.backplane.occupy(name)
+        room.add(member)
+        member.rooms[name] = room
         # The history and the user list (the joiner included) in one hand-over.
-        users = self._users_line(room).encode()
-        self._send(member, b"".join([*room.history, users]), len(room.history) + 1)
-        self.backplane.presence(member.key, member.name, name)
-        joined = p.format_event(self._now(), member.name, f"joined {name}").encode()
-        self._broadcast(room, [joined])
+        self.tell(member, *room.log.events, self._user_list(room))
+        self.backplane.presence(member.key, member.name, tuple(member.rooms))
+        self._publish([ev.Joined(name, self._next(room.log), self._clock(), member.name)])
 
-    def _exit(self, member: Member, event: str) -> None:
-        room = member.room
-        if room is None:
-            return
-        room.members.pop(member, None)
-        member.room = None
-        if not room.members and room.name != p.LOBBY:
-            del self._rooms[room.name]
-            if self._relay is not None and not self._relay.vacate(room.name):
-                self._histories.pop(room.name, None)
-        self._broadcast(room, [p.format_event(self._now(), member.name, event).encode()])
+    def _exit(self, member: Member, name: str, reason: str) -> None:
+        room = member.rooms.pop(name)
+        room.remove(member)
+        log_ = room.log
+        if not room.members and name != p.LOBBY:
+            del self._rooms[name]
+            if not self.backplane.vacate(name):
+                self._logs.pop(name, None)
+        self._publish([ev.Left(name, self._next(log_), self._clock(), member.name, reason)])
 
-    def _users_line(self, room: Room) -> str:
+    def _user_list(self, room: Room) -> ev.UserList:
         names = [m.name for m in room.members]
-        if self._relay is not None:
-            names.extend(self._relay.remote_users(room.name))
+        names.extend(self.backplane.remote_users(room.name))
         names.sort(key=p.name_key)
-        return p.format_info(f"Users in {room.name}: {', '.join(names)}")
+        return ev.UserList(room.name, tuple(names))
 
     # --- delivery -------------------------------------------------------------
 
-    def _broadcast(self, room: Room, lines: list[bytes], *, record: bool = False) -> None:
-        """Lines for everyone in ``room``, in order: one hand-over each, or via the relay."""
-        if self._relay is not None:
-            relay = self._relay
-            # What the relay takes comes back through deliver(), in the cluster's order.
-            lines = [line for line in lines if not relay.publish_line(room.name, line, record)]
-            if not lines:
-                return
-        if record:
-            room.history.extend(lines)
+    def deliver(self, events: Sequence[RoomEvent], /) -> None:
+        """Room events in the cluster's order (all of one room): to its members here.
+
+        The kept ones go into the room's history (and the archive) first.
+        """
+        name = events[0].room
+        room = self._rooms.get(name)
+        held = room.log if room is not None else self._logs.get(name)
+        kept = [event for event in events if type(event) in KEPT]
+        if kept:
+            if held is None:
+                held = self._log(name)
+            held.events.extend(kept)
             if self._archive is not None:
-                for line in lines:
-                    self._archive.append(room.name, line)
-        self._fanout(room.members, lines[0] if len(lines) == 1 else b"".join(lines), len(lines))
+                for event in kept:
+                    self._archive.append(event)
+        if held is not None and events[-1].seq > held.seq:
+            held.seq = events[-1].seq  # another node numbered them
+        if room is not None:
+            self._fanout(room.groups, events)
 
-    def _now(self) -> str:
-        return self._stamp(self._clock())
+    def _fanout(
+        self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]
+    ) -> None:
+        """Render ``events`` once per dialect and hand the bytes to each member's outbox."""
+        count = len(events)
+        for dialect, members in groups.items():
+            data = dialect.render(events)
+            sent = 0
+            for member in members:
+                try:
+                    member.outbox.send_nowait(data)
+                    sent += 1
+                except trio.WouldBlock:
+                    self._slow.append(member)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    # Its connection is already on the way out and will call leave().
+                    pass
+            self.lines_out += sent * count
 
-    def _tell(self, member: Member, line: str) -> None:
-        self._send(member, line.encode())
-
-    def _send(self, member: Member, data: bytes, lines: int = 1) -> None:
-        self._fanout((member,), data, lines)
-
-    def _fanout(self, members: Iterable[Member], data: bytes, lines: int = 1) -> None:
-        """Hand ``data`` (``lines`` lines) to each member's outbox; note who is too slow."""
-        sent = 0
-        for member in members:
-            try:
-                member.outbox.send_nowait(data)
-                sent += 1
-            except trio.WouldBlock:
-                self._slow.append(member)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                # Its connection is already on the way out and will call leave().
-                pass
-        self.lines_out += sent * lines
+    def _hand_over(self, member: Member, data: bytes, lines: int) -> None:
+        try:
+            member.outbox.send_nowait(data)
+            self.lines_out += lines
+        except trio.WouldBlock:
+            self._slow.append(member)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
 
     def _evict_slow(self) -> None:
         # Iterative: each eviction announces a departure, which can find
@@ -421,56 +513,44 @@ class Hub:
         try:
             while self._slow:
                 member = self._slow.pop()
-                if self._members.get(member.key) is member:
+                if self.is_member(member):
                     self.slow_evictions += 1
                     self.leave(member, "too slow")
                     member.disconnect()
         finally:
             self._evicting = False
 
-    # --- from the backplane ---------------------------------------------------
+    # --- the rest of the Node interface (the backplane calls these) ------------
 
-    def _history(self, room: str) -> deque[bytes]:
-        history = self._histories.get(room)
-        if history is None:
-            history = self._histories[room] = deque(maxlen=self.history)
-        return history
-
-    def deliver(self, room: str, data: bytes, record: bool) -> None:
-        """A room line from the cluster's channel: to this node's members of ``room``."""
-        if record:
-            self._history(room).append(data)
-            if self._archive is not None:
-                self._archive.append(room, data)
-        local = self._rooms.get(room)
-        if local is not None:
-            self._fanout(local.members, data)
-
-    def deliver_private(self, key: str, data: bytes) -> None:
-        """A private line from another node, if its recipient is here."""
+    def deliver_private(self, key: str, event: ev.Private, /) -> None:
+        """A private message (or its echo) from the cluster, if its recipient is here."""
         member = self._members.get(key)
         if member is not None:
-            self._send(member, data)
+            self.tell(member, event)
 
-    def replace_histories(self, histories: dict[str, list[bytes]]) -> None:
-        """Take the cluster's stored history (after (re)connecting), keeping room references.
+    def replace_histories(self, histories: Mapping[str, Sequence[RoomEvent]], /) -> None:
+        """Take the cluster's stored histories (after (re)linking), keeping room references.
 
         A room the cluster no longer keeps is forgotten, unless a member here
         is in it: then its history starts again empty.
         """
-        for name in list(self._histories):
+        for name in list(self._logs):
             if name not in histories and name not in self._rooms:
-                del self._histories[name]
-        for name in set(self._histories) | set(histories):
+                del self._logs[name]
+        for name in set(self._logs) | set(histories):
             self.set_history(name, histories.get(name, ()))
 
-    def set_history(self, room: str, lines: Iterable[bytes]) -> None:
-        """``room``'s history is now ``lines``, oldest first (the cluster restored it)."""
-        history = self._history(room)
-        history.clear()
-        history.extend(lines)
+    def set_history(self, room: str, events: Sequence[RoomEvent], /) -> None:
+        """``room``'s history is now ``events``, oldest first (the cluster restored it)."""
+        held = self._logs.get(room)
+        if held is None:
+            held = self._logs[room] = _Log(self.history)
+        held.events.clear()
+        held.events.extend(events)
+        if held.events and held.events[-1].seq > held.seq:
+            held.seq = held.events[-1].seq
 
-    def drop_history(self, room: str) -> bool:
+    def drop_history(self, room: str, /) -> bool:
         """The cluster dropped ``room``'s history: forget this node's copy.
 
         Returns whether a member here is in the room all the same. The
@@ -479,22 +559,30 @@ class Hub:
         """
         held = self._rooms.get(room)
         if held is None or not held.members:
-            self._histories.pop(room, None)
+            self._logs.pop(room, None)
             return False
-        held.history.clear()
+        held.log.events.clear()
         return True
 
-    def notice_all(self, text: str) -> None:
-        """A ``* `` line to every member on this node."""
-        data = p.format_info(text).encode()
-        self._fanout(list(self._members.values()), data)
+    def announce_left(self, room: str, name: str, reason: str, /) -> None:
+        """A user of another node is gone: ``room`` sees it leave."""
+        held = self._logs.get(room)
+        seq = self._next(held) if held is not None else 0
+        self._publish([ev.Left(room, seq, self._clock(), name, reason)])
 
-    def local_members(self) -> list[Member]:
-        return list(self._members.values())
+    def notice_all(self, text: str, /) -> None:
+        """A server notice to every member on this node."""
+        groups: dict[Dialect, list[Member]] = {}
+        for member in self._members.values():
+            groups.setdefault(member.dialect, []).append(member)
+        self._fanout(groups, [ev.Notice(text)])
 
-    def expel(self, member: Member, error: str, reason: str) -> None:
-        """Tell ``member`` why in an error line, then close its connection."""
-        self._tell(member, p.format_error(error))
+    def expel(self, key: str, error: str, reason: str, /) -> None:
+        """Tell the member holding ``key`` why in an error line, then close its connection."""
+        member = self._members.get(key)
+        if member is None:
+            return
+        self.tell(member, ev.Error(error))
         self.leave(member, reason)
         (member.hang_up or member.disconnect)()
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ..backplane import Backplane, LocalBackplane
+from ..backplane import Backplane, Claim, LocalBackplane
+from ..core import events as ev, oneroom
 from ..core._auth import FailureDelays, password_matches
 from ..core._ratelimit import TokenBucket
 from ..core.hub import Hub, Member
@@ -131,6 +132,8 @@ class ChatServer:
         self.store = store
         self.hub = hub or Hub(history=self.config.history, backplane=self.backplane, archive=store)
         self.ssl_context = ssl_context
+        self.dialect = p.LineDialect()
+        """How the line door renders the hub's events (one for all its members)."""
         self.stats = ServerStats()
         self._flusher = Flusher(self.stats)
         self.password_delays = FailureDelays(
@@ -403,7 +406,7 @@ class _Connection:
         config = self.server.config
         if config.rate:
             self._bucket = TokenBucket(config.rate, config.burst, trio.current_time())
-        self._tell(b"".join(self.server.hub.welcome()))
+        self._tell(self.server.dialect.render(_welcome(self.server.hub)))
         # The registration deadline covers only registration, so a named
         # client carries no timer (nor its cancel scope) for the rest of its life.
         with trio.move_on_after(config.registration_timeout):
@@ -549,19 +552,21 @@ class _Connection:
         else:
             if isinstance(command, p.Quit):
                 self.reason = command.reason or "quit"
-            self.server.hub.handle(member, command)
+            oneroom.handle(self.server.hub, member, command, p.HELP)
         return not isinstance(command, p.Quit)
 
     def _say(self, says: list[str]) -> None:
         if says:
-            if self.member is not None:
-                self.server.hub.say(self.member, says)
+            member = self.member
+            if member is not None and (room := member.room) is not None:
+                self.server.hub.say(member, room, says)
             says.clear()
 
     def _register(self, name: str) -> None:
         if not name:
             return
-        result = self.server.hub.register(name, self.send, self._disconnect)
+        hub = self.server.hub
+        result = hub.register(name, self.send, self._disconnect, self.server.dialect)
         if isinstance(result, str):
             self.server.backplane.unclaim(name)
             self._tell(p.format_error(result))
@@ -569,12 +574,13 @@ class _Connection:
         else:
             self.member = result
             result.hang_up = self.send.close
+            hub.join(result, p.LOBBY)
 
     async def _claim(self, name: str) -> bool:
         """Claim ``name`` across the cluster before the hub sees it; tell the client if not."""
         error = self.server.hub.name_unavailable(name)
         if error is None:
-            error = await self.server.backplane.claim(name)
+            error = _claim_error(name, await self.server.backplane.claim(name))
         if error is not None:
             self._tell(p.format_error(error))
             self._tell(p.format_info(p.NAME_QUESTION))
@@ -588,14 +594,14 @@ class _Connection:
         name = p.clean_text(command.name)
         error = self.server.hub.name_unavailable(name, member)
         if error is None and p.name_key(name) != member.key:
-            error = await self.server.backplane.claim(name)
+            error = _claim_error(name, await self.server.backplane.claim(name))
             if error is None and self.member is not member:  # pragma: no cover - evicted meanwhile
                 self.server.backplane.unclaim(name)
                 return
         if error is not None:
             self._tell(p.format_error(error))
             return
-        self.server.hub.handle(member, command)
+        oneroom.handle(self.server.hub, member, command, p.HELP)
         if member.key != p.name_key(name):
             self.server.backplane.unclaim(name)  # The hub refused it after all.
 
@@ -662,6 +668,25 @@ class _Connection:
             return
         if outbox.closed:
             self.end()  # its last line is out
+
+
+def _welcome(hub: Hub) -> list[ev.Event]:
+    n = hub.online()
+    online = "1 user" if n == 1 else f"{n} users"
+    notice = hub.notice
+    return [
+        ev.Notice(f"Welcome to triochat! {online} online. Commands start with /, try /help."),
+        *([ev.Notice(notice)] if notice else []),
+        ev.Notice(p.NAME_QUESTION),
+    ]
+
+
+def _claim_error(name: str, claim: Claim) -> str | None:
+    if claim is Claim.TAKEN:
+        return f"Name {name} is taken, choose another"
+    if claim is Claim.LINK_DOWN:
+        return "Cannot check that name with the rest of the chat right now; try again"
+    return None
 
 
 async def _say_and_close(stream: trio.abc.Stream, line: str) -> None:

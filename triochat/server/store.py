@@ -1,9 +1,11 @@
 """Persistent history in SQLite: ``triochat serve --db PATH``.
 
-The event loop never waits on the disk. The hub hands each history line to
-:meth:`HistoryStore.append`, which only puts it in a bounded memory channel;
-one writer task takes lines from it and commits them in batches (group
-commit) in a worker thread. Joiners get a room's recent lines from a bounded
+The event loop never waits on the disk. The hub hands each kept event (chat
+lines, actions) to :meth:`HistoryStore.append`, which only puts it in a
+bounded memory channel; one writer task takes them from it and commits them in
+batches (group commit) in a worker thread. Rows hold events as records
+(:mod:`triochat.core.records`), so a joiner on any door gets them in its own
+dialect. Joiners get a room's recent events from a bounded
 in-memory cache, filled from the file at start-up, so entering a room never
 touches the disk; ``/history`` reads older lines through a second connection
 (WAL lets it read while the writer writes).
@@ -18,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sqlite3
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +32,12 @@ from typing import Final
 
 import trio
 
+from ..core import events as ev, records
+from ..core.events import RoomEvent
+
 log: Final = logging.getLogger("triochat.store")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """Kept in ``PRAGMA user_version``; a newer file is refused, an older one migrated."""
 
 _SCHEMA: Final = """
@@ -39,18 +45,75 @@ CREATE TABLE messages (
     id   INTEGER PRIMARY KEY,
     room TEXT NOT NULL,
     ts   REAL NOT NULL,
-    line TEXT NOT NULL  -- as sent to clients, without the newline
+    line TEXT NOT NULL  -- version 1: as sent to clients, without the newline
 );
 CREATE INDEX messages_room ON messages (room, id);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# ``event`` holds a record (triochat.core.records). (No SQL comment here: SQLite
+# keeps an ADD COLUMN's text in the schema, and a trailing comment breaks it.)
+_EVENTS: Final = """
+ALTER TABLE messages ADD COLUMN seq INTEGER;
+ALTER TABLE messages ADD COLUMN event TEXT
+"""
+
+# A version 1 line: "[HH:MM:SS] <name> text" or "[HH:MM:SS] * name text".
+_V1_LINE: Final = re.compile(
+    r"\[(\d\d):(\d\d):(\d\d)\] (?:<(?P<said>[^>\s]+)> |\* (?P<acted>\S+) )(?P<text>.*)", re.DOTALL
+)
+
+
+def _stamped(ts: float, match: re.Match[str]) -> float:
+    """The time a v1 line shows (local ``HH:MM:SS``) on the day it was saved (``ts``).
+
+    The row's own time was taken a moment after the line was stamped, so the
+    line's is the one to keep: rendered again, it shows the same ``HH:MM:SS``.
+    """
+    day = time.localtime(ts)
+    hour, minute, second = (int(match[i]) for i in (1, 2, 3))
+    shown = time.mktime((day.tm_year, day.tm_mon, day.tm_mday, hour, minute, second, 0, 0, -1))
+    return shown - 86400 if shown > ts + 3600 else shown
+
+
+def _events_from_lines(db: sqlite3.Connection) -> None:
+    """Version 1 rows (rendered lines) become events, numbered per room in order.
+
+    Lines that parse become chat lines and actions with their original time;
+    any other line is kept as it was, as a :class:`~triochat.core.events.Legacy` event.
+    """
+    for statement in _EVENTS.split(";"):
+        db.execute(statement)
+    seqs: dict[str, int] = {}
+    rows = db.execute("SELECT id, room, ts, line FROM messages ORDER BY id").fetchall()
+    updates = []
+    for row_id, room, ts, line in rows:
+        seq = seqs[room] = seqs.get(room, 0) + 1
+        event: RoomEvent
+        match = _V1_LINE.fullmatch(line)
+        if match is None:
+            event = ev.Legacy(room, seq, ts, line)
+        elif match["said"] is not None:
+            event = ev.Said(room, seq, _stamped(ts, match), match["said"], match["text"])
+        else:
+            event = ev.Acted(room, seq, _stamped(ts, match), match["acted"], match["text"])
+        updates.append((seq, records.encode(event), row_id))
+    db.executemany("UPDATE messages SET seq = ?, event = ? WHERE id = ?", updates)
+
+
 # Migrations from version N to N + 1, run in order inside one transaction.
-_MIGRATIONS: Final[dict[int, str]] = {0: _SCHEMA}
+_MIGRATIONS: Final[dict[int, str | Callable[[sqlite3.Connection], None]]] = {
+    0: _SCHEMA,
+    1: _events_from_lines,
+}
 
 
-_Recent = list[tuple[str, list[str]]]
-"""Rooms (most recently active first) and their last lines (oldest first)."""
+_Recent = list[tuple[str, list[RoomEvent]]]
+"""Rooms (most recently active first) and their last events (oldest first)."""
+
+
+_Row = tuple[str, float, int, str]
+"""What the writer inserts: room, time, sequence number, record."""
 
 
 class StoreError(Exception):
@@ -63,7 +126,7 @@ class StoreConfig:
 
     path: Path
     history: int = 20
-    """Lines per room kept in memory for joiners (the server's ``--history``)."""
+    """Events per room kept in memory for joiners (the server's ``--history``)."""
     batch_interval: float = 0.05
     """Seconds the writer collects lines before one commit (``--db-batch-interval``)."""
     batch_max: int = 500
@@ -85,8 +148,8 @@ class HistoryStore:
         self._writer = writer
         self._reader = reader
         self._reading = trio.Lock()
-        self._send, self._receive = trio.open_memory_channel[tuple[str, float, str]](config.queue)
-        self._cache: OrderedDict[str, deque[bytes]] = OrderedDict()
+        self._send, self._receive = trio.open_memory_channel[_Row](config.queue)
+        self._cache: OrderedDict[str, deque[RoomEvent]] = OrderedDict()
         self._appended = 0
         self._committed = 0
         self._progress = trio.Event()
@@ -100,11 +163,11 @@ class HistoryStore:
 
     # --- the hub's side (synchronous, never blocks) -----------------------------
 
-    def append(self, room: str, line: bytes) -> None:
-        """Queue ``line`` (said in ``room``) for the writer, and remember it for joiners."""
-        self._cached(room).append(line)
+    def append(self, event: RoomEvent, /) -> None:
+        """Queue ``event`` for the writer, and remember it for joiners."""
+        self._cached(event.room).append(event)
         try:
-            self._send.send_nowait((room, time.time(), line.decode().rstrip("\n")))
+            self._send.send_nowait((event.room, event.time, event.seq, records.encode(event)))
         except trio.WouldBlock:
             self.dropped += 1
             now = time.monotonic()
@@ -122,8 +185,8 @@ class HistoryStore:
             return
         self._appended += 1
 
-    def recent(self, room: str) -> list[bytes]:
-        """The room's last ``history`` lines, from memory."""
+    def recent(self, room: str, /) -> list[RoomEvent]:
+        """The room's last ``history`` events, from memory."""
         lines = self._cache.get(room)
         if lines is None:
             return []
@@ -137,8 +200,8 @@ class HistoryStore:
 
     # --- reading --------------------------------------------------------------
 
-    async def fetch(self, room: str, count: int) -> list[bytes]:
-        """Up to ``count`` of the room's most recent lines, oldest first, from the file.
+    async def fetch(self, room: str, count: int) -> list[RoomEvent]:
+        """Up to ``count`` of the room's most recent events, oldest first, from the file.
 
         Waits first until every line appended so far is committed, so the
         answer includes what was just said.
@@ -146,11 +209,11 @@ class HistoryStore:
         await self.wait_committed()
         async with self._reading:
             rows = await trio.to_thread.run_sync(self._select, room, count)
-        return [f"{line}\n".encode() for (line,) in reversed(rows)]
+        return _decoded(reversed(rows))
 
     def _select(self, room: str, count: int) -> list[tuple[str]]:
         cursor = self._reader.execute(
-            "SELECT line FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?", (room, count)
+            "SELECT event FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?", (room, count)
         )
         return cursor.fetchall()
 
@@ -184,7 +247,7 @@ class HistoryStore:
 
     async def _flush_remaining(self) -> None:
         """Commit whatever is still queued (after the writer task stopped)."""
-        batch: list[tuple[str, float, str]] = []
+        batch: list[_Row] = []
         while True:
             try:
                 batch.append(self._receive.receive_nowait())
@@ -194,7 +257,7 @@ class HistoryStore:
             await self._commit(batch)
         self._receive.close()
 
-    async def _commit(self, batch: list[tuple[str, float, str]]) -> None:
+    async def _commit(self, batch: list[_Row]) -> None:
         started = time.perf_counter()
         try:
             await trio.to_thread.run_sync(self._insert, batch)
@@ -211,17 +274,19 @@ class HistoryStore:
         self._progress.set()
         self._progress = trio.Event()
 
-    def _insert(self, batch: list[tuple[str, float, str]]) -> None:
+    def _insert(self, batch: list[_Row]) -> None:
         # One transaction (one fsync) for the whole batch: the connection is in
         # autocommit mode, where each INSERT would otherwise commit on its own.
         # Leaving the with block commits it, or rolls it back.
         with self._writer as writer:
             writer.execute("BEGIN")
-            writer.executemany("INSERT INTO messages (room, ts, line) VALUES (?, ?, ?)", batch)
+            writer.executemany(
+                "INSERT INTO messages (room, ts, seq, event, line) VALUES (?, ?, ?, ?, '')", batch
+            )
 
     # --- cache ---------------------------------------------------------------------
 
-    def _cached(self, room: str) -> deque[bytes]:
+    def _cached(self, room: str) -> deque[RoomEvent]:
         lines = self._cache.get(room)
         if lines is None:
             lines = self._cache[room] = deque(maxlen=self.config.history)
@@ -233,8 +298,8 @@ class HistoryStore:
 
     def _preload(self, rooms: _Recent) -> None:
         # Least recently active first, so the most active end up most recent.
-        for room, lines in reversed(rooms):
-            self._cached(room).extend(f"{line}\n".encode() for line in lines)
+        for room, events in reversed(rooms):
+            self._cached(room).extend(events)
 
 
 # --- opening -------------------------------------------------------------------
@@ -263,7 +328,11 @@ def _open_sync(config: StoreConfig) -> tuple[sqlite3.Connection, sqlite3.Connect
         writer.execute("BEGIN IMMEDIATE")
         try:
             for step in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[step].split(";"):
+                migration = _MIGRATIONS[step]
+                if callable(migration):
+                    migration(writer)
+                    continue
+                for statement in migration.split(";"):
                     if statement.strip():
                         writer.execute(statement)
             writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -294,11 +363,22 @@ def _load_recent(db: sqlite3.Connection, config: StoreConfig) -> _Recent:
     recent: _Recent = []
     for (room,) in rooms:
         rows = db.execute(
-            "SELECT line FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
+            "SELECT event FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
             (room, config.history),
         ).fetchall()
-        recent.append((room, [line for (line,) in reversed(rows)]))
+        recent.append((room, _decoded(reversed(rows))))
     return recent
+
+
+def _decoded(rows: Iterable[tuple[str]]) -> list[RoomEvent]:
+    """The events of ``rows``; one that cannot be read is logged and skipped."""
+    events = []
+    for (record,) in rows:
+        try:
+            events.append(records.decode_room_event(record))
+        except records.RecordError as exc:
+            log.warning("skipped a history row that cannot be read: %s", exc)
+    return events
 
 
 def _describe(config: StoreConfig, exc: BaseException) -> str:
