@@ -171,7 +171,7 @@ def test_dialects_with_the_same_rendering_capabilities_are_one_dialect() -> None
     assert a.name == b.name == "irc+echo-message+server-time"
     assert a != c
     assert len({a, b, c, plain("d"), plain("e")}) == 3
-    burst = [ev.Said("#a", 1, T, "bob", "hi"), ev.Joined("#a", 2, T, "x")]
+    burst: list[ev.Event] = [ev.Said("#a", 1, T, "bob", "hi"), ev.Joined("#a", 2, T, "x")]
     assert a.render(burst) == b.render(burst)
 
 

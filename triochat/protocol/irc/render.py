@@ -59,19 +59,42 @@ class IRCDialect:
       nick: the member's current name; the door updates it on a rename.
     """
 
-    __slots__ = ("_stamp", "echo", "msgid", "name", "nick", "server", "tags", "time_tag")
+    __slots__ = (
+        "_stamp",
+        "echo",
+        "entering",
+        "msgid",
+        "name",
+        "nick",
+        "server",
+        "tags",
+        "time_tag",
+        "who",
+    )
 
     def __init__(self, server: str, caps: Iterable[str] = (), nick: str = "*") -> None:
-        used = RENDER_CAPS.intersection(caps)
-        self.name: Final = "irc" + "".join(f"+{cap}" for cap in sorted(used))
         self.server = server
         self.nick = nick
+        self.entering: set[str] = set()
+        """Rooms being joined: their user list comes with the member's own JOIN first."""
+        self.who: set[str] = set()
+        """Rooms whose user list is a WHO answer (352/315), not a NAMES one."""
+        self._stamp = line.Timestamper()
+        self.negotiate(caps)
+
+    def negotiate(self, caps: Iterable[str]) -> None:
+        """Render for a client with ``caps``; never once the hub holds this dialect.
+
+        The name, equality and hash follow the capabilities, so they must not
+        change while the dialect is a key in the hub's groups.
+        """
+        used = RENDER_CAPS.intersection(caps)
+        self.name = "irc" + "".join(f"+{cap}" for cap in sorted(used))
         self.time_tag = "server-time" in used or "message-tags" in used
         self.msgid = "message-tags" in used
         self.echo = "echo-message" in used
-        """Whether the client wants its own lines back (the hub may skip them otherwise)."""
+        """Whether the client wants its own lines back."""
         self.tags = self.time_tag or self.msgid
-        self._stamp = line.Timestamper()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IRCDialect) and other.name == self.name
@@ -84,6 +107,13 @@ class IRCDialect:
 
     def render(self, events: Sequence[ev.Event], /) -> bytes:
         out: list[str] = []
+        last = events[-1] if events else None
+        if isinstance(last, ev.UserList) and last.room in self.entering:
+            # The hub's answer to a join, for this member alone: its history
+            # and the user list. IRC wants the JOIN first, then the rest.
+            self.entering.discard(last.room)
+            self._entered(last, events[:-1], out)
+            return "".join(out).encode()
         # One rename or quit can reach a member once per room they share;
         # IRC says it once.
         said: set[tuple[str, str]] = set()
@@ -166,6 +196,12 @@ class IRCDialect:
                 self._texts(out, "NOTICE", self.nick, text, self.server)
             case ev.Error(text=text):
                 self._texts(out, "NOTICE", self.nick, f"Error: {text}", self.server)
+            case ev.UserList(room=room, names=members) if room in self.who:
+                self.who.discard(room)
+                for member in members:
+                    host = self.server
+                    self._numeric(out, "352", room, member, host, host, member, "H", f"0 {member}")
+                self._numeric(out, "315", room, "End of /WHO list")
             case ev.UserList(room=room, names=members):
                 self._names(out, room, members)
             case ev.RoomList(rooms=rooms):
@@ -179,6 +215,23 @@ class IRCDialect:
 
     def _line(self, command: str, params: tuple[str, ...], source: str, event: ev.RoomEvent) -> str:
         return wire.format_message(wire.Message(command, params, source, self._tags(event)))
+
+    def _entered(self, users: ev.UserList, history: Sequence[ev.Event], out: list[str]) -> None:
+        room = users.room
+        out.append(wire.format_message(wire.Message("JOIN", (room,), self._user(self.nick))))
+        topic = None
+        for event in history:
+            if isinstance(event, ev.TopicSet):
+                topic = event
+        if topic is not None:
+            self._numeric(out, "332", room, topic.topic)
+            self._numeric(out, "333", room, self._user(topic.name), str(int(topic.time)))
+        self._names(out, room, users.names)
+        for event in history:
+            if isinstance(event, ev.RoomEvent):
+                self._replayed(event, out)
+            else:  # pragma: no cover (the hub sends only room events before the list)
+                self._event(event, out)
 
     def _names(self, out: list[str], room: str, members: Sequence[str]) -> None:
         head = len(f":{self.server} 353 {self.nick} = {room} :\r\n".encode())

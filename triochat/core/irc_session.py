@@ -1,0 +1,939 @@
+"""The IRC door's rules, sans-IO: IRC registration and commands over the shared session.
+
+An :class:`IRCSession` takes parsed IRC messages (``protocol/irc/wire.py``)
+and turns them into the core's commands, given to the shared
+:class:`~triochat.core.session.Session` (registration, password, name claims,
+joins, renames, quitting) or, for chat lines, to the hub in bursts. What the
+IRC client must be told that is not a hub event (numerics, CAP, PONG) it
+writes to the member's outbox itself, in order with what the hub sends there.
+The effects that need I/O (claim a name, wait out a password delay, fetch
+history, close) come back from every input, as from the session.
+
+Registration follows the Modern IRC documentation: ``CAP LS 302`` / ``REQ`` /
+``END`` (or no CAP at all), ``PASS``, ``NICK`` and ``USER``, in any order; when
+NICK and USER are in and CAP negotiation is over, the nick is given to the
+session (then the password), and on success 001-005, LUSERS and the MOTD go
+out. Capabilities that change how events are written (``server-time``,
+``message-tags``, ``echo-message``) are fixed at registration: the hub groups
+members by dialect, so a later ``CAP REQ`` for one is refused with ``NAK``.
+
+Nothing here does I/O or awaits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from ..backplane.base import Claim
+from ..protocol import line as p
+from ..protocol.irc import names, wire
+from ..protocol.irc.render import RENDER_CAPS, IRCDialect
+from . import commands as c, events as ev
+from ._auth import FailureDelays
+from .hub import Hub, Member, Outbox
+from .session import Close, Output, Rules, Session, State
+
+CAPS: Final = ("echo-message", "message-tags", "multi-prefix", "server-time")
+"""The capabilities offered; ``multi-prefix`` is trivially true (no channel prefixes)."""
+
+USER_MODES: Final = frozenset("iw")
+"""User modes a client may set on itself; they change nothing, clients expect them."""
+
+_ACTION_START: Final = "\x01ACTION "
+
+FramerEvent = wire.Message | wire.InputTooLong | wire.Malformed
+
+
+@dataclass(frozen=True, kw_only=True)
+class IRCRules:
+    """What an IRC session is told about its server."""
+
+    server: str = "triochat"
+    """The server's name: the source of numerics, and every user's host."""
+    network: str = "triochat"
+    version: str = "triochat"
+    created: float = field(default_factory=time.time)
+    motd: tuple[str, ...] = ()
+    """The message of the day, one line each; none: 422."""
+    max_rooms: int = 50
+    """The hub's rooms-per-member limit, for ``CHANLIMIT`` and 405."""
+    max_targets: int = 4
+    """How many targets one PRIVMSG or NOTICE may name (``TARGMAX``)."""
+    session: Rules = field(default_factory=lambda: Rules(one_room=False, arrival_rooms=()))
+
+
+class Aways:
+    """Who is away and why: one per IRC door, shared by its sessions (the hub has no away)."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, str] = {}
+
+    def get(self, name: str) -> str | None:
+        return self.messages.get(p.name_key(name))
+
+
+class IRCOutbox:
+    """A member's outbox as the IRC door hands it to the hub.
+
+    Two things the hub does not know about IRC happen here:
+
+    - Closing it writes ``ERROR :<farewell>`` first, so that every way the hub
+      ends a member (quit, eviction, name conflict) ends as IRC clients expect.
+    - A client that did not negotiate ``echo-message`` shows its own lines
+      itself, but the hub hands a room's burst to everyone in it, the sender
+      included, and its own JOIN also comes with the join's answer. While the
+      session expects such a hand-over (:meth:`expect`), one that consists
+      only of the member's own lines of that kind is dropped. Only then is a
+      hand-over looked at; otherwise it is passed on as it is.
+    """
+
+    __slots__ = ("_expected", "_inner", "farewell")
+
+    def __init__(self, inner: Outbox) -> None:
+        self._inner = inner
+        self._expected: dict[bytes, int] = {}
+        self.farewell = "Closing link"
+
+    def expect(self, prefix: bytes) -> None:
+        """Drop the next hand-over whose every line (tags aside) starts with ``prefix``."""
+        self._expected[prefix] = self._expected.get(prefix, 0) + 1
+
+    def forget(self, prefix: bytes) -> None:
+        """Stop expecting hand-overs of lines starting with ``prefix``."""
+        self._expected.pop(prefix, None)
+
+    def send_nowait(self, value: bytes, /) -> None:
+        if self._expected and self._own(value):
+            return
+        self._inner.send_nowait(value)
+
+    def _own(self, value: bytes) -> bool:
+        lines = value.split(b"\r\n")
+        if lines[-1]:
+            return False
+        del lines[-1]
+        starts = {line.partition(b" ")[2] if line[:1] == b"@" else line for line in lines}
+        for prefix, count in self._expected.items():
+            if lines and all(line.startswith(prefix) for line in starts):
+                if count == 1:
+                    del self._expected[prefix]
+                else:
+                    self._expected[prefix] = count - 1
+                return True
+        return False
+
+    def close(self) -> None:
+        # Full or closed already: it goes without its ERROR.
+        with contextlib.suppress(
+            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+        ):
+            self._inner.send_nowait(wire.serialize(wire.message("ERROR", self.farewell)))
+        self._inner.close()
+
+
+class IRCSession:
+    """One IRC connection's protocol state, registration to QUIT.
+
+    Args:
+      hub: the chat's state.
+      rules: the server's IRC rules (and the shared session rules inside).
+      outbox: where the client's bytes go (the hub gets it wrapped, :class:`IRCOutbox`).
+      disconnect: given to the hub, called if it evicts the member.
+      aways: the door's away messages.
+      address, delays, clock: for the shared session's password delays.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        rules: IRCRules,
+        *,
+        outbox: Outbox,
+        disconnect: Callable[[], None],
+        aways: Aways | None = None,
+        address: str = "",
+        delays: FailureDelays | None = None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.hub = hub
+        self.rules = rules
+        self._disconnect = disconnect
+        self.outbox = IRCOutbox(outbox)
+        self.aways = aways if aways is not None else Aways()
+        self.dialect = IRCDialect(rules.server)
+        self.session: Session[Member] = Session(
+            hub,
+            rules.session,
+            outbox=self.outbox,
+            disconnect=disconnect,
+            dialect=self.dialect,
+            address=address,
+            delays=delays,
+            clock=clock,
+        )
+        self.caps: set[str] = set()
+        self.nick: str | None = None
+        self.user: str | None = None
+        self.password: str | None = None
+        self.user_modes: set[str] = set()
+        self._cap_open = False  # CAP LS or REQ before registration: wait for CAP END
+        self._cap_version = 0
+        self.awaiting_pong = False
+        self.closed = False
+
+    # --- what the I/O layer feeds in ------------------------------------------------
+
+    @property
+    def registered(self) -> bool:
+        return self.session.member is not None and self.session.state is not State.CLOSED
+
+    @property
+    def member(self) -> Member | None:
+        return self.session.member
+
+    def receive(
+        self, events: Iterable[wire.Message | wire.InputTooLong | wire.Malformed]
+    ) -> list[Output]:
+        """What the framer gave, in order; consecutive PRIVMSGs to one channel as one burst."""
+        outputs: list[Output] = []
+        burst: list[str] = []
+        burst_room = ""
+        for event in events:
+            if self.closed or self.session.state is State.CLOSED:
+                break
+            self.awaiting_pong = False
+            room, text = self._chat_line(event)
+            if room is not None and (not burst or room == burst_room):
+                burst.append(text)
+                burst_room = room
+                continue
+            if burst:
+                self._say(burst_room, burst)
+                burst = []
+            if room is not None:
+                burst, burst_room = [text], room
+                continue
+            outputs += self.handle(event)
+        if burst and not self.closed:
+            self._say(burst_room, burst)
+        return outputs
+
+    def handle(self, event: FramerEvent) -> list[Output]:
+        """One message (or framing problem) from the client."""
+        if isinstance(event, wire.InputTooLong):
+            self._numeric("417", "Input line was too long")
+            return []
+        if isinstance(event, wire.Malformed):
+            self._numeric("421", "*", f"Malformed message: {event.reason}")
+            return []
+        handler = _HANDLERS.get(event.command)
+        if handler is None:
+            if not self.registered:
+                self._numeric("451", "You have not registered")
+            else:
+                self._numeric("421", event.command, "Unknown command")
+            return []
+        fn, before_registration = handler
+        if not self.registered and not before_registration:
+            self._numeric("451", "You have not registered")
+            return []
+        return fn(self, event)
+
+    def claim_result(self, claim: Claim) -> list[Output]:
+        """The outcome of a :class:`~triochat.core.session.ClaimName` asked for."""
+        renaming = self.session.state is State.RENAMING
+        old = self.member.name if self.member is not None else None
+        outputs = self._translate(self.session.claim_result(claim))
+        if renaming:
+            self._renamed(old)
+        else:
+            outputs += self._after_register_attempt()
+        return outputs
+
+    def delay_elapsed(self) -> list[Output]:
+        """The wrong password's delay is over."""
+        return self._translate(self.session.delay_elapsed())
+
+    def deadline_passed(self) -> list[Output]:
+        """Registration did not finish in time."""
+        return self._translate(self.session.deadline_passed())
+
+    def fetched(self, room: str, events: Sequence[ev.RoomEvent]) -> list[Output]:
+        """History read from the store, for a join or a CHATHISTORY request."""
+        return self._translate(self.session.fetched(room, events))
+
+    def idle(self) -> list[Output]:
+        """Nothing came from the client for a while: PING it, or give up if it did not answer."""
+        if self.closed:
+            return []
+        if self.awaiting_pong:
+            return self.connection_lost("connection lost")
+        self.awaiting_pong = True
+        self._send(wire.message("PING", self.rules.server))
+        return []
+
+    def connection_lost(self, reason: str) -> list[Output]:
+        """The connection is over (EOF, reset, ping timeout, shutdown); idempotent."""
+        if self.closed:
+            return []
+        self.closed = True
+        self._forget_away()
+        outputs = self._translate(self.session.close(reason))
+        return [*outputs, Close(reason)]
+
+    # --- writing --------------------------------------------------------------------
+
+    @property
+    def _target(self) -> str:
+        return self.nick or "*"
+
+    def _send(self, *messages: wire.Message) -> None:
+        data = b"".join(map(wire.serialize, messages))
+        try:
+            self.outbox.send_nowait(data)
+        except trio.WouldBlock:
+            # A slow consumer, as the hub treats one: it goes, nothing is dropped quietly.
+            member = self.member
+            if member is not None:
+                self.hub.leave(member, "too slow")
+            self._disconnect()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the connection is on its way out
+
+    def _notice(self, text: str) -> None:
+        self._send(wire.message("NOTICE", self._target, text, source=self.rules.server))
+
+    def _numeric(self, code: str, *params: str) -> None:
+        self._send(wire.Message(code, (self._target, *params), self.rules.server))
+
+    def _me(self) -> str:
+        return names.source(self._target, self.rules.server)
+
+    def _translate(self, outputs: Iterable[Output]) -> list[Output]:
+        """The session's outputs: events written in IRC terms, effects passed on."""
+        effects: list[Output] = []
+        for output in outputs:
+            if isinstance(output, ev.Notice):
+                if output.text in (p.NAME_QUESTION, p.PASSWORD_PROMPT):
+                    continue  # IRC asks neither: NICK and PASS come unasked
+                self._send(
+                    wire.message("NOTICE", self._target, output.text, source=self.rules.server)
+                )
+            elif isinstance(output, ev.Error):
+                self._error(output.text)
+            else:
+                if isinstance(output, Close):
+                    self.closed = True
+                    self._forget_away()
+                effects.append(output)
+        return effects
+
+    def _error(self, text: str) -> None:
+        state = self.session.state
+        if text == p.WRONG_PASSWORD:
+            self._numeric("464", "Password incorrect")
+            self._send(wire.message("ERROR", "Closing link: wrong password"))
+        elif state is State.CLOSED and self.session.member is None:
+            self._send(wire.message("ERROR", f"Closing link: {text}"))
+        elif state is State.AWAITING_NAME and self.nick is not None:
+            # The session refused the nick: invalid, or taken (here or elsewhere).
+            code = "432" if names.nick_error(self.nick) else "433"
+            self._numeric(code, self.nick, text)
+        else:
+            self._notice(text)
+
+    # --- registration ---------------------------------------------------------------
+
+    def _after_register_attempt(self) -> list[Output]:
+        if self.registered and self.session.member is not None:
+            self.nick = self.session.member.name
+            self.dialect.nick = self.nick
+            self._welcome()
+        return []
+
+    def _try_register(self) -> list[Output]:
+        session = self.session
+        if (
+            self.nick is None
+            or self.user is None
+            or self._cap_open
+            or session.state is not State.AWAITING_NAME
+        ):
+            return []
+        self.dialect.negotiate(self.caps)
+        self.dialect.nick = self.nick
+        outputs = session.receive_line(self.nick)
+        state: State = session.state  # changed by the call
+        if state is State.AWAITING_PASSWORD:
+            outputs += session.receive_line(self.password or "")
+        effects = self._translate(outputs)
+        return effects + self._after_register_attempt()
+
+    def _welcome(self) -> None:
+        rules = self.rules
+        nick = self._target
+        created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rules.created))
+        self._numeric("001", f"Welcome to the {rules.network} IRC network, {nick}")
+        self._numeric("002", f"Your host is {rules.server}, running version {rules.version}")
+        self._numeric("003", f"This server was created {created}")
+        self._numeric("004", rules.server, rules.version, "".join(sorted(USER_MODES)), "b")
+        for chunk in _chunks(self.isupport(), 12):
+            self._numeric("005", *chunk, "are supported by this server")
+        self._lusers()
+        self._motd()
+
+    def isupport(self) -> list[str]:
+        """The ``005`` tokens."""
+        rules = self.rules
+        return [
+            f"CASEMAPPING={names.CASEMAPPING}",
+            "CHANTYPES=#",
+            f"CHANLIMIT=#:{rules.max_rooms}",
+            f"CHANNELLEN={names.CHANNELLEN}",
+            "CHANMODES=b,,,",
+            f"NICKLEN={names.NICKLEN}",
+            "PREFIX=()",
+            f"NETWORK={rules.network}",
+            f"TARGMAX=PRIVMSG:{rules.max_targets},NOTICE:{rules.max_targets},JOIN:,PART:,"
+            "NAMES:1,WHOIS:1,ISON:,USERHOST:5",
+            f"MAXTARGETS={rules.max_targets}",
+            "AWAYLEN=200",
+            "UTF8ONLY",
+        ]
+
+    def _lusers(self) -> None:
+        online = self.hub.online()
+        self._numeric("251", f"There are {online} users and 0 invisible on 1 servers")
+        self._numeric("255", f"I have {online} clients and 1 servers")
+
+    def _motd(self) -> None:
+        if not self.rules.motd:
+            self._numeric("422", "MOTD File is missing")
+            return
+        self._numeric("375", f"- {self.rules.server} Message of the day - ")
+        for text in self.rules.motd:
+            self._numeric("372", f"- {text}")
+        self._numeric("376", "End of /MOTD command")
+
+    # --- chat lines -----------------------------------------------------------------
+
+    def _chat_line(self, event: FramerEvent) -> tuple[str | None, str]:
+        """A PRIVMSG or NOTICE to one channel the member is in, as ``(room, text)``."""
+        if (
+            not isinstance(event, wire.Message)
+            or event.command not in ("PRIVMSG", "NOTICE")
+            or len(event.params) != 2
+            or not self.registered
+        ):
+            return None, ""
+        target, text = event.params
+        member = self.member
+        if member is None or target.lower() not in member.rooms or "\x01" in text:
+            return None, ""
+        text = wire.clean_text(text)
+        if not text.strip():
+            return None, ""
+        return target.lower(), text
+
+    def _say(self, room: str, texts: list[str]) -> None:
+        member = self.member
+        if member is None or not self.hub.is_member(member):
+            return
+        with self._own_lines(f":{self._me()} PRIVMSG {room} :"):
+            self.hub.say(member, room, texts)
+
+    @contextlib.contextmanager
+    def _own_lines(self, prefix: str) -> Iterator[None]:
+        """Around a hub call that hands the member its own lines, which it does not want."""
+        if self.dialect.echo:
+            yield
+            return
+        self.outbox.expect(prefix.encode())
+        try:
+            yield
+        finally:
+            # With the local backplane the hand-over happened during the call; one
+            # still expected never comes. In a cluster it comes back later.
+            if not self.hub.backplane.remote:
+                self.outbox.forget(prefix.encode())
+
+    def _renamed(self, old: str | None) -> None:
+        member = self.member
+        if member is None or old is None or member.name == old:
+            return
+        self.nick = member.name
+        self.dialect.nick = member.name
+        away = self.aways.messages.pop(p.name_key(old), None)
+        if away is not None:
+            self.aways.messages[member.key] = away
+        if not member.rooms:
+            # No room saw the rename, so no NICK came back: the client needs one.
+            self._send(
+                wire.message("NICK", member.name, source=names.source(old, self.rules.server))
+            )
+
+    def _forget_away(self) -> None:
+        member = self.member
+        if member is not None:
+            self.aways.messages.pop(member.key, None)
+
+
+# --- the commands ---------------------------------------------------------------
+
+Handler = Callable[[IRCSession, wire.Message], list[Output]]
+
+
+def _need(session: IRCSession, msg: wire.Message, count: int) -> bool:
+    """Whether ``msg`` has ``count`` parameters; otherwise a 461 is sent."""
+    if len(msg.params) >= count and all(msg.params[:count]):
+        return True
+    session._numeric("461", msg.command, "Not enough parameters")
+    return False
+
+
+def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    sub = msg.params[0].upper()
+    me = session._target
+    server = session.rules.server
+    if sub == "LS":
+        if not session.registered:
+            session._cap_open = True
+        if len(msg.params) > 1 and msg.params[1].isdecimal():
+            session._cap_version = int(msg.params[1])
+        session._send(wire.message("CAP", me, "LS", " ".join(CAPS), source=server))
+    elif sub == "LIST":
+        session._send(
+            wire.message("CAP", me, "LIST", " ".join(sorted(session.caps)), source=server)
+        )
+    elif sub == "REQ":
+        if not session.registered:
+            session._cap_open = True
+        asked = msg.params[1] if len(msg.params) > 1 else ""
+        wanted = asked.split()
+        adding = {cap for cap in wanted if not cap.startswith("-")}
+        removing = {cap[1:] for cap in wanted if cap.startswith("-")}
+        fixed = session.registered and bool((adding | removing) & RENDER_CAPS)
+        if not wanted or not adding | removing <= set(CAPS) or fixed:
+            session._send(wire.message("CAP", me, "NAK", asked, source=server))
+        else:
+            session.caps = (session.caps | adding) - removing
+            session._send(wire.message("CAP", me, "ACK", asked, source=server))
+    elif sub == "END":
+        if not session.registered:
+            session._cap_open = False
+            return session._try_register()
+    else:
+        session._numeric("410", msg.params[0], "Invalid CAP command")
+    return []
+
+
+def _pass(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if session.registered or session.session.state is not State.AWAITING_NAME:
+        session._numeric("462", "You may not reregister")
+    elif _need(session, msg, 1):
+        session.password = msg.params[0]
+    return []
+
+
+def _nick(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not msg.params or not msg.params[0]:
+        session._numeric("431", "No nickname given")
+        return []
+    nick = msg.params[0]
+    error = names.nick_error(nick)
+    if error is not None:
+        session._numeric("432", nick, error)
+        return []
+    member = session.member
+    if member is None:
+        if session.hub.name_unavailable(nick) is not None:
+            session._numeric("433", nick, "Nickname is already in use")
+            return []
+        session.nick = nick
+        return session._try_register()
+    if nick == member.name:
+        return []
+    if session.hub.name_unavailable(nick, member) is not None:
+        session._numeric("433", nick, "Nickname is already in use")
+        return []
+    if session.session.state is not State.CHATTING:
+        session._numeric("400", "NICK", "A name change is already under way")
+        return []
+    old = member.name
+    outputs = session._translate(session.session.command(c.Nick(nick)))
+    session._renamed(old)
+    return outputs
+
+
+def _user(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if session.registered or session.user is not None:
+        session._numeric("462", "You may not reregister")
+        return []
+    if not _need(session, msg, 4):
+        return []
+    session.user = msg.params[0]
+    return session._try_register()
+
+
+def _ping(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    server = session.rules.server
+    session._send(wire.message("PONG", server, msg.params[0], source=server))
+    return []
+
+
+def _pong(session: IRCSession, msg: wire.Message) -> list[Output]:
+    session.awaiting_pong = False
+    return []
+
+
+def _quit(session: IRCSession, msg: wire.Message) -> list[Output]:
+    reason = wire.clean_text(msg.params[0]).strip() if msg.params else ""
+    session.outbox.farewell = f"Closing link: {session._target} (Quit: {reason or 'quit'})"
+    if not session.registered:
+        session.closed = True
+        session._send(wire.message("ERROR", session.outbox.farewell))
+        outputs = session._translate(session.session.close("quit"))
+        return [*outputs, Close("quit")]
+    session._forget_away()
+    return session._translate(session.session.command(c.Quit(reason)))
+
+
+def _join(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    member = session.member
+    assert member is not None
+    if msg.params[0] == "0":
+        return _part_rooms(session, list(member.rooms), "")
+    outputs: list[Output] = []
+    for name in msg.params[0].split(","):
+        room = names.channel(name)
+        if room is None:
+            session._numeric("403", name or "*", f"No such channel: {p.ROOM_RULES}")
+            continue
+        if room in member.rooms:
+            continue  # IRC servers ignore a JOIN to a channel one is in
+        if len(member.rooms) >= session.rules.max_rooms:
+            session._numeric("405", name, "You have joined too many channels")
+            continue
+        session.dialect.entering.add(room)
+        with session._own_lines(f":{session._me()} JOIN {room}"):
+            outputs += session._translate(session.session.command(c.Join(room)))
+        session.dialect.entering.discard(room)
+    return outputs
+
+
+def _part_rooms(session: IRCSession, rooms: list[str], reason: str) -> list[Output]:
+    outputs: list[Output] = []
+    member = session.member
+    assert member is not None
+    for name in rooms:
+        room = names.channel(name)
+        if room is None:
+            session._numeric("403", name or "*", "No such channel")
+        elif room not in member.rooms:
+            session._numeric("442", name, "You're not on that channel")
+        else:
+            outputs += session._translate(session.session.command(c.Part(room, reason)))
+            if room not in member.rooms:
+                # The hub tells the room, which the member has already left.
+                params = (room, reason) if reason else (room,)
+                session._send(wire.Message("PART", params, session._me()))
+    return outputs
+
+
+def _part(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    reason = wire.clean_text(msg.params[1]).strip() if len(msg.params) > 1 else ""
+    return _part_rooms(session, msg.params[0].split(","), reason)
+
+
+def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
+    notice = msg.command == "NOTICE"
+    if not msg.params or not msg.params[0]:
+        if not notice:
+            session._numeric("411", f"No recipient given ({msg.command})")
+        return []
+    if len(msg.params) < 2 or not msg.params[1]:
+        if not notice:
+            session._numeric("412", "No text to send")
+        return []
+    targets, raw = msg.params[0].split(","), msg.params[1]
+    member = session.member
+    assert member is not None
+    action = raw.startswith(_ACTION_START)
+    if "\x01" in raw and not action:
+        if not notice:
+            session._send(
+                wire.message(
+                    "NOTICE",
+                    session._target,
+                    "CTCP other than ACTION is not supported here",
+                    source=session.rules.server,
+                )
+            )
+        return []
+    text = wire.clean_text(raw[len(_ACTION_START) :].rstrip("\x01") if action else raw)
+    if not text.strip():
+        if not notice:
+            session._numeric("412", "No text to send")
+        return []
+    for target in targets[: session.rules.max_targets]:
+        if target.startswith("#"):
+            room = target.lower()
+            if room not in member.rooms:
+                if not notice:
+                    code = "404" if names.channel(target) else "403"
+                    session._numeric(code, target, "Cannot send to channel (join it first)")
+                continue
+            if action:
+                with session._own_lines(f":{session._me()} PRIVMSG {room} :"):
+                    session._translate(session.session.command(c.Me(text, room)))
+            else:
+                session._say(room, [text])
+        elif names.nick_error(target) is not None or session.hub.name_unavailable(target) is None:
+            if not notice:
+                session._numeric("401", target, "No such nick")
+        else:
+            # A private action reaches the line door as text, which has no
+            # private /me; CTCP's \x01 would be a control character there.
+            private = f"* {text}" if action else text
+            session._translate(session.session.command(c.Msg(target, private)))
+            away = session.aways.get(target)
+            if away is not None and not notice:
+                session._numeric("301", target, away)
+    return []
+
+
+def _names(session: IRCSession, msg: wire.Message) -> list[Output]:
+    member = session.member
+    assert member is not None
+    rooms = msg.params[0].split(",") if msg.params and msg.params[0] else []
+    for name in rooms:
+        room = name.lower()
+        if room in member.rooms:
+            session.hub.users(member, room)
+        else:
+            session._numeric("366", name, "End of /NAMES list")
+    if not rooms:
+        session._numeric("366", "*", "End of /NAMES list")
+    return []
+
+
+def _who(session: IRCSession, msg: wire.Message) -> list[Output]:
+    member = session.member
+    assert member is not None
+    mask = msg.params[0] if msg.params and msg.params[0] else "*"
+    server = session.rules.server
+    room = mask.lower()
+    if room in member.rooms:
+        session.dialect.who.add(room)
+        session.hub.users(member, room)
+        session.dialect.who.discard(room)
+        return []
+    if names.nick_error(mask) is None and session.hub.name_unavailable(mask) is not None:
+        held = session.hub.member(mask)
+        nick = held.name if held is not None else mask
+        flags = "G" if session.aways.get(nick) else "H"
+        session._numeric("352", "*", nick, server, server, nick, flags, f"0 {nick}")
+    session._numeric("315", mask, "End of /WHO list")
+    return []
+
+
+def _whois(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not msg.params or not msg.params[-1]:
+        session._numeric("431", "No nickname given")
+        return []
+    server = session.rules.server
+    target = msg.params[-1].split(",")[0]
+    if names.nick_error(target) is not None or session.hub.name_unavailable(target) is None:
+        session._numeric("401", target, "No such nick")
+        session._numeric("318", target, "End of /WHOIS list")
+        return []
+    held = session.hub.member(target)
+    nick = held.name if held is not None else target
+    session._numeric("311", nick, nick, server, "*", nick)
+    if held is not None and held.rooms:
+        session._numeric("319", nick, " ".join(held.rooms))
+    session._numeric("312", nick, server, "triochat")
+    away = session.aways.get(nick)
+    if away is not None:
+        session._numeric("301", nick, away)
+    session._numeric("318", nick, "End of /WHOIS list")
+    return []
+
+
+def _list(session: IRCSession, msg: wire.Message) -> list[Output]:
+    member = session.member
+    assert member is not None
+    session.hub.room_list(member)
+    return []
+
+
+def _topic(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    member = session.member
+    assert member is not None
+    name = msg.params[0]
+    room = name.lower()
+    if room not in member.rooms:
+        session._numeric("442", name, "You're not on that channel")
+        return []
+    if len(msg.params) > 1:
+        session._numeric("482", name, "Setting a topic is not supported on this server yet")
+        return []
+    topic = None
+    for event in session.hub.recent(room, session.hub.history):
+        if isinstance(event, ev.TopicSet):
+            topic = event
+    if topic is None:
+        session._numeric("331", room, "No topic is set")
+    else:
+        session._numeric("332", room, topic.topic)
+        session._numeric(
+            "333", room, names.source(topic.name, session.rules.server), str(int(topic.time))
+        )
+    return []
+
+
+def _mode(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    member = session.member
+    assert member is not None
+    target = msg.params[0]
+    if target.startswith("#"):
+        room = names.channel(target)
+        if room is None:
+            session._numeric("403", target, "No such channel")
+        elif len(msg.params) == 1:
+            session._numeric("324", room, "+nt")
+        elif msg.params[1].lstrip("+") in ("b", "") and len(msg.params) == 2:
+            session._numeric("368", room, "End of channel ban list")
+        elif room not in member.rooms:
+            session._numeric("442", target, "You're not on that channel")
+        else:
+            session._numeric("482", room, "You're not a channel operator (no one is, here)")
+        return []
+    if p.name_key(target) != member.key:
+        session._numeric("502", "Cannot change mode for other users")
+        return []
+    if len(msg.params) == 1:
+        session._numeric("221", "+" + "".join(sorted(session.user_modes)))
+        return []
+    changes = msg.params[1]
+    adding = True
+    applied = ""
+    unknown = False
+    for char in changes:
+        if char in "+-":
+            adding = char == "+"
+            applied += char
+        elif char in USER_MODES:
+            if adding:
+                session.user_modes.add(char)
+            else:
+                session.user_modes.discard(char)
+            applied += char
+        else:
+            unknown = True
+    if unknown:
+        session._numeric("501", "Unknown MODE flag")
+    if applied.strip("+-"):
+        session._send(wire.message("MODE", session._target, applied, source=session._me()))
+    return []
+
+
+def _away(session: IRCSession, msg: wire.Message) -> list[Output]:
+    member = session.member
+    assert member is not None
+    text = wire.clean_text(msg.params[0]).strip()[:200] if msg.params else ""
+    if text:
+        session.aways.messages[member.key] = text
+        session._numeric("306", "You have been marked as being away")
+    else:
+        session.aways.messages.pop(member.key, None)
+        session._numeric("305", "You are no longer marked as being away")
+    return []
+
+
+def _online(session: IRCSession, nick: str) -> str | None:
+    """``nick`` as the chat spells it if someone holds it, else ``None``."""
+    if names.nick_error(nick) is not None or session.hub.name_unavailable(nick) is None:
+        return None
+    held = session.hub.member(nick)
+    return held.name if held is not None else nick
+
+
+def _ison(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    held = [_online(session, nick) for nick in " ".join(msg.params).split()]
+    session._numeric("303", " ".join(nick for nick in held if nick))
+    return []
+
+
+def _userhost(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    replies = []
+    for nick in " ".join(msg.params).split()[:5]:
+        held = _online(session, nick)
+        if held is not None:
+            away = "-" if session.aways.get(held) else "+"
+            replies.append(f"{held}={away}{held}@{session.rules.server}")
+    session._numeric("302", " ".join(replies))
+    return []
+
+
+def _lusers(session: IRCSession, msg: wire.Message) -> list[Output]:
+    session._lusers()
+    return []
+
+
+def _motd(session: IRCSession, msg: wire.Message) -> list[Output]:
+    session._motd()
+    return []
+
+
+def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+_HANDLERS: Final[dict[str, tuple[Handler, bool]]] = {
+    # command: (handler, allowed before registration)
+    "CAP": (_cap, True),
+    "PASS": (_pass, True),
+    "NICK": (_nick, True),
+    "USER": (_user, True),
+    "PING": (_ping, True),
+    "PONG": (_pong, True),
+    "QUIT": (_quit, True),
+    "JOIN": (_join, False),
+    "PART": (_part, False),
+    "PRIVMSG": (_privmsg, False),
+    "NOTICE": (_privmsg, False),
+    "NAMES": (_names, False),
+    "WHO": (_who, False),
+    "WHOIS": (_whois, False),
+    "LIST": (_list, False),
+    "TOPIC": (_topic, False),
+    "MODE": (_mode, False),
+    "AWAY": (_away, False),
+    "ISON": (_ison, False),
+    "USERHOST": (_userhost, False),
+    "LUSERS": (_lusers, False),
+    "MOTD": (_motd, False),
+}
