@@ -563,3 +563,94 @@ async def test_a_joiner_gets_the_history_in_its_own_dialect(hub: Hub) -> None:
     assert isinstance(said, ev.Said)
     assert (said.name, said.text, said.seq) == ("ann", "hello", 2)
     assert users == ev.UserList(p.LOBBY, ("ann", "eve"))
+
+
+def _crowd(hub: Hub, count: int, room: str = "#big") -> list[User]:
+    users = [User(hub, f"u{i:03}", queue=1000) for i in range(count)]
+    for user in users:
+        do(hub, user.member, p.Join(room))
+    for user in users:
+        user.raw()
+    return users
+
+
+async def test_a_room_at_the_quiet_threshold_still_announces_each_join(clock: Clock) -> None:
+    hub = Hub(history=3, clock=clock, quiet_above=5)
+    watcher, *_ = _crowd(hub, 4)
+    ann = User(hub, "ann")
+    do(hub, ann.member, p.Join("#big"))  # the 5th member: not past 5
+    assert watcher.lines() == [f"{stamp(T0)} * ann joined #big"]
+    do(hub, ann.member, p.Nick("anna"))
+    assert watcher.lines() == [f"{stamp(T0)} * ann is now known as anna"]
+    do(hub, ann.member, p.Quit(""))
+    assert watcher.lines() == [f"{stamp(T0)} * anna left #big (quit)"]
+
+
+async def test_past_the_quiet_threshold_a_room_sends_summaries(clock: Clock) -> None:
+    hub = Hub(history=3, clock=clock, quiet_above=5, presence_interval=30)
+    watcher, *_ = _crowd(hub, 5)
+    ann, ben = User(hub, "ann"), User(hub, "ben")
+    ann.raw()
+    do(hub, ann.member, p.Join("#big"))  # the 6th member: past 5
+    # The joiner still sees the room (all of it: it is small enough to list) and its join.
+    assert ann.lines() == [
+        "* Users in #big: ann, u000, u001, u002, u003, u004",
+        f"{stamp(T0)} * ann joined #big",
+    ]
+    do(hub, ben.member, p.Join("#big"))
+    do(hub, ann.member, p.Nick("anna"))
+    assert ann.lines() == [f"{stamp(T0)} * ann is now known as anna"]
+    do(hub, ben.member, p.Quit("bye"))
+    do(hub, watcher.member, p.Say("still talking"))
+    assert watcher.lines() == [f"{stamp(T0)} <u000> still talking"]
+    ann.raw()
+    hub.summarize_presence()
+    summary = "* 2 joined and 1 left #big in the last 30 s"
+    assert watcher.lines() == ann.lines() == [summary]
+    hub.summarize_presence()  # nothing new: nothing said
+    assert watcher.lines() == []
+    # Private messages still name the user.
+    do(hub, ann.member, p.Msg("u000", "psst"))
+    assert watcher.lines() == [f"{stamp(T0)} *anna* psst"]
+
+
+async def test_users_of_a_big_room_gives_the_count_and_all_gives_every_name(
+    clock: Clock,
+) -> None:
+    hub = Hub(history=3, clock=clock, quiet_above=10)
+    watcher, *_ = _crowd(hub, 120)
+    do(hub, watcher.member, p.Users())
+    (line,) = watcher.lines()
+    assert line.startswith("* Users in #big (120): u000, u001, ")
+    assert line.endswith(", u049, and 70 more (/users all lists everyone)")
+    do(hub, watcher.member, p.Users(everyone=True))
+    lines = watcher.lines()
+    assert len(lines) == 3
+    names = [name for line in lines for name in line.split(": ", 1)[1].split(", ")]
+    assert names == [f"u{i:03}" for i in range(120)]
+
+
+async def test_a_kick_is_announced_by_name_even_in_a_big_room(clock: Clock) -> None:
+    hub = Hub(history=3, clock=clock, quiet_above=2)
+    watcher, victim, _ = _crowd(hub, 3)
+    hub.part(victim.member, "#big", "kicked by op: spam")
+    assert watcher.lines() == [f"{stamp(T0)} * u001 left #big (kicked by op: spam)"]
+
+
+async def test_users_all_parses() -> None:
+    assert p.parse_command("/users all") == p.Users(everyone=True)
+    assert p.parse_command("/who") == p.Users()
+
+
+async def test_the_user_list_is_sorted_as_people_read_names(hub: Hub) -> None:
+    # Sorted by the case-folded name, not by the look-alike key (rn looks like m).
+    users = [User(hub, name) for name in ("nina", "Mia", "zed")]
+    do(hub, users[0].member, p.Users())
+    assert users[0].lines()[-1] == "* Users in #lobby: Mia, nina, zed"
+
+
+async def test_an_ascii_name_policy_refuses_other_letters(clock: Clock) -> None:
+    hub = Hub(history=3, clock=clock, names="ascii")
+    send, _ = trio.open_memory_channel[bytes](10)
+    assert hub.register("zoë", send, lambda: None, LINE) == p.name_error("zoë", "ascii")
+    assert isinstance(hub.register("zoe", send, lambda: None, LINE), Member)

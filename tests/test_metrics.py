@@ -12,11 +12,11 @@ from triochat.client.connection import open_chat_client
 from triochat.server.metrics import serve_metrics
 
 
-async def _get(port: int, path: str = "/metrics") -> tuple[str, str]:
-    """A minimal HTTP/1.0 GET; returns the status line and the body."""
+async def _get(port: int, path: str = "/metrics", method: str = "GET") -> tuple[str, str]:
+    """A minimal HTTP/1.0 request; returns the status line and the body."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
+        await stream.send_all(f"{method} {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
         data = b""
         while chunk := await stream.receive_some(65536):
             data += chunk
@@ -89,6 +89,10 @@ async def test_other_paths_and_methods(nursery: trio.Nursery) -> None:
             status, body = await _get(port, "/")
             assert status == "HTTP/1.0 200 OK"
             assert "triochat_history" not in body  # no store, no history metrics
+            # Anything but GET gets a 400, as docs/operations.md says; HEAD included.
+            for method in ("HEAD", "POST", "PUT", "get"):
+                status, body = await _get(port, "/metrics", method)
+                assert (status, body) == ("HTTP/1.0 400 Bad Request", "GET /metrics\n")
             # A client that sends garbage gets a 400, and the endpoint carries on.
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(b"\x16\x03\x01garbage\r\n\r\n")

@@ -182,43 +182,162 @@ def test_framer_rejects_a_zero_limit() -> None:
 
 # --- clean_text ---------------------------------------------------------------
 
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def is_control(c: str) -> bool:
+    """What clean_text must never let through: C0, DEL, C1, bidi embeddings/overrides/isolates."""
+    return ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in BIDI_CONTROLS
+
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
     [
         ("plain text", "plain text"),
-        ("\x1b[31mred\x1b[0m", "[31mred[0m"),
+        ("\x1b[31mred\x1b[0m", "red"),
+        ("\x1b[1;38;5;196mbold\x1b[m", "bold"),
+        ("\x1b[?25l hidden cursor", " hidden cursor"),
+        ("\x9b2Jcleared \x9b31m", "cleared "),
+        ("\x1b]0;owned\x07title", "title"),
+        ("\x1b]8;;https://evil.example\x1b\\link\x1b]8;;\x1b\\", "link"),
+        ("\x9d0;owned\x9cosc", "osc"),
+        ("\x1bPq#0;2;0;0;0\x1b\\dcs", "dcs"),
+        ("\x1b(Bcharset \x1b7saved\x1b8 \x1bcreset", "charset saved reset"),
+        ("\x1b]0;no terminator", "0;no terminator"),  # nothing hidden
+        ("\x1b[", ""),
+        ("end\x1b", "end"),
         ("bell\x07 nul\x00 del\x7f", "bell nul del"),
-        ("csi\x9b2J c1\x80\x9f", "csi2J c1"),
+        ("c1\x80\x9f", "c1"),
         ("a\tb", "a b"),
         ("\r\n\x0b\x0c", ""),
         ("é ü 漢字 🙂 \xa0", "é ü 漢字 🙂 \xa0"),
+        ("evil\u202emoc.elgoog", "evilmoc.elgoog"),
+        ("\u2066isolated\u2069 \u202aembedded\u202c", "isolated embedded"),
+        (
+            "\u200fRLM and \u200dZWJ: 👨\u200d👩\u200d👧 stay",
+            "\u200fRLM and \u200dZWJ: 👨\u200d👩\u200d👧 stay",
+        ),
     ],
 )
-def test_clean_text_removes_c0_c1_and_esc(raw: str, clean: str) -> None:
+def test_clean_text_removes_escape_sequences_and_controls(raw: str, clean: str) -> None:
     assert p.clean_text(raw) == clean
 
 
-@given(st.text())
-def test_clean_text_fast_path_agrees_with_the_rule(text: str) -> None:
-    controls = {c for c in range(0x20)} | {c for c in range(0x7F, 0xA0)}
-    expected = "".join(" " if c == "\t" else c for c in text if ord(c) not in controls - {9})
-    assert p.clean_text(text) == expected
+# Text with no control at all, and whole escape sequences to put between it.
+plain_text = st.text(
+    st.characters(exclude_categories=("Cc", "Cs"), exclude_characters=BIDI_CONTROLS)
+)
+
+
+def _bytes_in(lo: int, hi: int) -> st.SearchStrategy[str]:
+    return st.characters(min_codepoint=lo, max_codepoint=hi)
+
+
+csi = st.tuples(
+    st.sampled_from(["\x1b[", "\x9b"]),
+    st.text(_bytes_in(0x30, 0x3F), max_size=6),
+    st.text(_bytes_in(0x20, 0x2F), max_size=2),
+    _bytes_in(0x40, 0x7E),
+).map("".join)
+control_string = st.tuples(
+    st.sampled_from(
+        ["\x1b]", "\x1bP", "\x1bX", "\x1b^", "\x1b_", "\x90", "\x98", "\x9d", "\x9e", "\x9f"]
+    ),
+    st.text(
+        st.characters(exclude_categories=("Cs",)).filter(
+            lambda c: c != "\x07" and c != "\x1b" and not 0x80 <= ord(c) < 0xA0
+        ),
+        max_size=10,
+    ),
+    st.sampled_from(["\x07", "\x1b\\", "\x9c"]),
+).map("".join)
+other_escape = st.tuples(
+    st.just("\x1b"),
+    st.text(_bytes_in(0x20, 0x2F), max_size=2),
+    _bytes_in(0x30, 0x7E).filter(lambda c: c not in "[]PX^_"),
+).map("".join)
+escape_sequence = csi | control_string | other_escape
+
+
+@given(st.lists(st.tuples(plain_text, escape_sequence)), plain_text)
+def test_clean_text_removes_whole_escape_sequences(
+    pieces: list[tuple[str, str]], last: str
+) -> None:
+    text = "".join(chunk + sequence for chunk, sequence in pieces) + last
+    assert p.clean_text(text) == "".join(chunk for chunk, _ in pieces) + last
+
+
+@given(plain_text)
+def test_clean_text_leaves_text_without_controls_unchanged(text: str) -> None:
+    assert p.clean_text(text) == text
+
+
+@given(
+    st.text(
+        st.sampled_from(
+            [
+                "\x1b",
+                "\x9b",
+                "\x9c",
+                "\x9d",
+                "\x90",
+                "\x07",
+                "[",
+                "]",
+                "\\",
+                "1",
+                ";",
+                "m",
+                "a",
+                "\t",
+            ]
+        )
+        | st.sampled_from(BIDI_CONTROLS)
+        | st.characters(max_codepoint=0xFF)
+        | st.characters()
+    )
+)
+def test_clean_text_lets_no_control_through(text: str) -> None:
+    cleaned = p.clean_text(text)
+    assert not any(map(is_control, cleaned))
+    assert len(cleaned) <= len(text)
 
 
 def test_clean_text_leaves_no_control_character() -> None:
-    everything = "".join(map(chr, range(0x100)))
+    everything = "".join(map(chr, range(0x100))) + BIDI_CONTROLS
     cleaned = p.clean_text(everything)
-    assert all(not (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0) for c in cleaned)
+    assert not any(map(is_control, cleaned))
     assert cleaned.startswith(" ")  # the tab
     assert len(cleaned) == 0x100 - 0x20 - 0x21 + 1
+
+
+def test_clean_text_is_linear_on_a_line_of_introducers() -> None:
+    # Each unterminated string stops at the next control: no quadratic rescans.
+    for text in ("\x1b]" * 2048, "\x9d\x90" * 2048, "\x1b]" + "a" * 4000, "\x1b[" + "1" * 4000):
+        assert not any(map(is_control, p.clean_text(text)))
 
 
 # --- names and rooms -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "name", ["a", "ann", "Ann_B-2", "Zoë", "Łukasz", "Ўладзімір", "李小龍", "x" * 24, "_-_", "42"]
+    "name",
+    [
+        "a",
+        "ann",
+        "Ann_B-2",
+        "Zoë",
+        "Łukasz",
+        "Ўладзімір",
+        "李小龍",
+        "山田たろう",  # Han with Hiragana: one writing system
+        "김철수",
+        "Ελένη",
+        "x" * 24,
+        "_-_",
+        "42",
+        "ann-2_b",
+    ],
 )
 def test_valid_names(name: str) -> None:
     assert p.name_error(name) is None
@@ -235,11 +354,99 @@ def test_invalid_names(name: str) -> None:
     assert "1 to 24" in error
 
 
+@pytest.mark.parametrize(
+    ("name", "scripts"),
+    [
+        ("\u0430nn", ("Cyrillic", "Latin")),  # Cyrillic a, Latin nn
+        ("p\u0430ypal", ("Latin", "Cyrillic")),
+        ("\u0391lice", ("Greek", "Latin")),  # Greek capital alpha
+        ("ann\u0661", ("Latin", "Arabic")),  # Arabic-Indic digit one
+        ("Ўлад\u0456mir", ("Cyrillic", "Latin")),
+    ],
+)
+def test_mixed_script_names_are_refused(name: str, scripts: tuple[str, str]) -> None:
+    error = p.name_error(name)
+    assert error == (
+        f"Invalid name {name!r}: it mixes {scripts[0]} and {scripts[1]} characters; "
+        "a name is written in one script (digits, _ and - go with any)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("a\u200bb", "U+200B"),  # zero width space
+        ("ann\u200d", "U+200D"),  # zero width joiner
+        ("\u202eann", "U+202E"),  # right-to-left override
+        ("an\u2066n\u2069", "U+2066"),  # left-to-right isolate
+        ("ann\u2060", "U+2060"),  # word joiner
+        ("ann\ufeff", "U+FEFF"),
+        ("\u3164", "U+3164"),  # HANGUL FILLER: a letter to \w, and blank
+        ("\u115f\u115f", "U+115F"),
+        ("ann\u00ad", "U+00AD"),  # soft hyphen
+    ],
+)
+def test_invisible_characters_in_names_are_refused(name: str, code: str) -> None:
+    for policy in p.NAME_POLICIES:
+        error = p.name_error(name, policy)
+        assert error is not None
+        assert error.startswith(f"Invalid name {name!r}: {code} (")
+        assert "is invisible or changes the text's direction" in error
+
+
+def test_ascii_policy() -> None:
+    assert p.NAME_POLICIES == ("unicode", "ascii")
+    for name in ("ann", "Ann_B-2", "x" * 24, "42", "_-_"):
+        assert p.name_error(name, "ascii") is None
+    for name in (
+        "Zoë",
+        "李小龍",
+        "Ўладзімір",
+        "\u0430nn",
+        "\uff41\uff4e\uff4e",
+        "",
+        "x" * 25,
+        "a b",
+        "ann\u0661",
+    ):
+        assert p.name_error(name, "ascii") == f"Invalid name {name!r}: {p.ASCII_NAME_RULES}"
+    assert p.name_error("Zoë") is None  # the default is Unicode
+
+
 def test_name_key_is_case_insensitive() -> None:
     assert p.name_key("Ann") == p.name_key("ANN") == p.name_key("ann")
     assert p.name_key("STRASSE") == p.name_key("straße")
     assert p.name_key("Zoë") == p.name_key("ZOË")
     assert p.name_key("ann") != p.name_key("anne")
+
+
+@pytest.mark.parametrize(
+    ("name", "twin"),
+    [
+        ("\u0430nn", "ann"),  # Cyrillic a
+        ("\u0430\u0441\u0435", "ace"),  # all Cyrillic, so not mixed: still the same name
+        ("\u0410\u0421\u0415", "ace"),  # their capitals
+        ("\u03bf\u03c1\u03b1", "opa"),  # Greek omicron rho alpha
+        ("\uff41\uff4e\uff4e", "ann"),  # fullwidth
+        ("b0b", "bob"),
+        ("ann1", "annl"),
+        ("mia", "rnia"),
+        ("\u0251nn", "ann"),  # Latin alpha
+    ],
+)
+def test_names_that_look_alike_have_one_key(name: str, twin: str) -> None:
+    assert p.name_key(name) == p.name_key(twin)
+
+
+def test_names_that_differ_keep_their_keys_apart() -> None:
+    names = ["ann", "anne", "ben", "Zoë", "Zoe", "李小龍", "Ўладзімір", "my-bot", "my_bot", "ian"]
+    assert len({p.name_key(n) for n in names}) == len(names)
+
+
+def test_name_sort_key_orders_as_written_case_insensitively() -> None:
+    names = ["mia", "Ann", "ria", "ben"]
+    assert sorted(names, key=p.name_sort_key) == ["Ann", "ben", "mia", "ria"]
+    assert p.name_sort_key("STRASSE") == p.name_sort_key("straße")
 
 
 @pytest.mark.parametrize(
@@ -288,6 +495,9 @@ def test_normalize_room_rejects(raw: str) -> None:
         ("/quit", p.Quit("")),
         ("/quit going home", p.Quit("going home")),
         ("/exit  bye ", p.Quit("bye")),
+        ("/history", p.History(p.HISTORY_DEFAULT)),
+        ("/history 1", p.History(1)),
+        ("/history 500", p.History(500)),
     ],
 )
 def test_parse_command(line: str, command: p.Command) -> None:
@@ -307,7 +517,12 @@ def test_parse_command(line: str, command: p.Command) -> None:
         ("/join #a #b", "Usage: /join #ROOM"),
         ("/join #bad.room", "Invalid room '#bad.room': " + p.ROOM_RULES),
         ("/nick", "Usage: /nick NAME"),
-        ("/nick two words", "Usage: /nick NAME"),
+        ("/nick two words", f"Invalid name 'two words': {p.NAME_RULES}"),
+        ("/nick a b", f"Invalid name 'a b': {p.NAME_RULES}"),
+        ("/history 0", "Usage: /history [N], N from 1 to 500"),
+        ("/history 501", "Usage: /history [N], N from 1 to 500"),
+        ("/history 100000", "Usage: /history [N], N from 1 to 500"),
+        ("/history ten", "Usage: /history [N], N from 1 to 500"),
         ("/dance", "Unknown command /dance. Try /help."),
         ("/DANCE now", "Unknown command /dance. Try /help."),
         ("/", "Unknown command /. Try /help."),

@@ -663,33 +663,36 @@ async def test_ansi_escapes_in_names_and_text_are_removed(
     evil = await raw_connect(port)
     await expect(evil, "* Welcome to triochat! 1 user online. Commands start with /, try /help.")
     await expect(evil, "* What is your name?")
-    await evil.stream.send_all(b"\x1b[31mred\n")  # ESC removed: "[31mred" is no name
-    await expect(evil, f"! Invalid name '[31mred': {p.NAME_RULES}", "* What is your name?")
-    await evil.stream.send_all(b"e\x1bv\x07i\xc2\x9bl\n")
+    await evil.stream.send_all(b"\x1b[31m<red>\x1b[0m\n")  # the whole sequence goes
+    await expect(evil, f"! Invalid name '<red>': {p.NAME_RULES}", "* What is your name?")
+    await evil.stream.send_all(b"e\x1b[1mv\x07i\xc2\x9b0ml\n")
     await expect(evil, "* Users in #lobby: ben, evil", "[T] * evil joined #lobby")
     csi = "\x9b".encode()
     lines = [
         b"\x1b[2J\x1b]0;owned\x07clear\tscreen\x1b[0m",
         b"/me \x1b[5mblinks" + csi + b"1m",
         b"/msg ben \x1b[8mhidden\x1bc",
+        b"/nick e\x1b[1m vil2",
         b"/nick e\x1b[1mvil2",
-        b"/nick ev\x1bil2",
+        b"/nick ev\x1b(il3",
         b"/quit \x1b[31mbye\x08\x08\x08",
     ]
     await evil.stream.send_all(b"\n".join(lines) + b"\n")
     to_evil = await receive_all(evil)
-    to_ben = await receive_until(ben, "[T] * evil2 left #lobby ([31mbye)")
+    to_ben = await receive_until(ben, "[T] * evl3 left #lobby (bye)")
     for line in to_evil + to_ben:
         assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), line
+        assert "[" not in line.partition("] ")[2], line  # no sequence's remains
     assert to_ben == [
         "[T] * evil joined #lobby",
-        "[T] <evil> [2J]0;ownedclear screen[0m",
-        "[T] * evil [5mblinks1m",
-        "[T] *evil* [8mhiddenc",
+        "[T] <evil> clear screen",
+        "[T] * evil blinks",
+        "[T] *evil* hidden",
         "[T] * evil is now known as evil2",
-        "[T] * evil2 left #lobby ([31mbye)",
+        "[T] * evil2 is now known as evl3",
+        "[T] * evl3 left #lobby (bye)",
     ]
-    assert f"! Invalid name 'e[1mvil2': {p.NAME_RULES}" in to_evil
+    assert f"! Invalid name 'e vil2': {p.NAME_RULES}" in to_evil
     assert to_evil[-1] == "* Bye!"
 
 

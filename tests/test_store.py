@@ -61,8 +61,8 @@ def _rows(db: Path) -> list[str]:
 def test_history_command_parses() -> None:
     assert p.parse_command("/history") == p.History(p.HISTORY_DEFAULT)
     assert p.parse_command("/history 7") == p.History(7)
-    assert p.parse_command("/history 100000") == p.History(p.HISTORY_MAX)
-    for bad in ("/history 0", "/history -3", "/history lots"):
+    assert p.parse_command(f"/history {p.HISTORY_MAX}") == p.History(p.HISTORY_MAX)
+    for bad in ("/history 0", "/history -3", "/history lots", f"/history {p.HISTORY_MAX + 1}"):
         assert isinstance(p.parse_command(bad), p.Invalid)
     assert any("/history" in line for line in p.HELP)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
 
@@ -159,4 +160,44 @@ async def test_refusals_reach_a_tls_client_over_tls(
             with pytest.raises(ConnectionClosed):
                 await extra.receive_line()
             await extra.aclose()
+            await ann.aclose()
+
+
+def _read_to_the_end(port: int, ca_file: Path, send: bytes) -> tuple[bytes, str]:
+    """A blocking stdlib TLS client, as strict as ``openssl s_client`` about its end.
+
+    Returns what it read and how the stream ended: ``"close_notify"`` for a clean
+    TLS end, else the error (a bare TCP close is an ``SSLEOFError``).
+    """
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False) as tls,
+    ):
+        tls.sendall(send)
+        data = b""
+        try:
+            while chunk := tls.recv(65536):
+                data += chunk
+        except ssl.SSLError as error:
+            return data, repr(error)
+        return data, "close_notify"
+
+
+async def test_the_server_ends_tls_with_close_notify(
+    server_context: ssl.SSLContext, ca_file: Path
+) -> None:
+    with trio.fail_after(10):
+        async with running_server(ssl_context=server_context, max_per_address=1) as (_, port):
+            data, end = await trio.to_thread.run_sync(
+                _read_to_the_end, port, ca_file, b"ann\n/quit\n"
+            )
+            assert data.endswith(b"* Bye!\n")
+            assert end == "close_notify"
+            # A refusal over TLS ends cleanly too.
+            ann = await open_chat_client("127.0.0.1", port, ca=ca_file)
+            await ann.register("ann")
+            data, end = await trio.to_thread.run_sync(_read_to_the_end, port, ca_file, b"")
+            assert data == b"! Too many connections from your address\n"
+            assert end == "close_notify"
             await ann.aclose()

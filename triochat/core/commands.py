@@ -39,7 +39,10 @@ class Msg:
 
 @dataclass(frozen=True, slots=True)
 class Users:
+    """Who is in a room; in a big room only the first names, unless ``everyone``."""
+
     room: str | None = None
+    everyone: bool = False
 
 
 @dataclass(frozen=True, slots=True)

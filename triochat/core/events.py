@@ -8,6 +8,11 @@ time as a UTC instant (seconds since the epoch), so any dialect can show the
 time its own way and history can be replayed to a joiner on any door.
 
 Nothing here imports trio or does I/O.
+
+Events are values: nobody changes one once it is made (history, every door
+and the backplane share the same objects). They are not ``frozen``
+dataclasses only because freezing makes each one four times dearer to build
+(0.5 µs against 0.11 µs), and a chat line's event is built on the hot path.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Protocol
 # --- Room events: numbered, kept in history --------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _InRoom:
     """Something that happened in ``room``: its ``seq``-th event, at ``time`` (UTC)."""
 
@@ -28,7 +33,7 @@ class _InRoom:
     time: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Said(_InRoom):
     """A chat line."""
 
@@ -36,7 +41,7 @@ class Said(_InRoom):
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Acted(_InRoom):
     """An action (``/me``)."""
 
@@ -44,12 +49,12 @@ class Acted(_InRoom):
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Joined(_InRoom):
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Left(_InRoom):
     """``name`` left ``room``; ``reason`` is theirs (``quit``, ``bye``) or the server's.
 
@@ -61,33 +66,46 @@ class Left(_InRoom):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Renamed(_InRoom):
     old: str
     new: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TopicSet(_InRoom):
     name: str
     topic: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class Presence(_InRoom):
+    """A big room's joins and leaves of the last ``seconds``, told at once instead of each.
+
+    Rooms past the server's ``quiet_above`` members announce no single join,
+    leave or rename (ergo's users saw a channel of 2,000 slow a server that way).
+    """
+
+    joined: int
+    left: int
+    seconds: float
+
+
+@dataclass(slots=True)
 class Legacy(_InRoom):
     """A history line kept from before events (a v1 ``--db`` file), as it was sent."""
 
     line: str
 
 
-RoomEvent = Said | Acted | Joined | Left | Renamed | TopicSet | Legacy
+RoomEvent = Said | Acted | Joined | Left | Renamed | TopicSet | Presence | Legacy
 """The events numbered in a room's sequence and kept in its history."""
 
 
 # --- Events for one member ---------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Private:
     """A private message; ``echo`` is the copy its sender sees."""
 
@@ -98,36 +116,43 @@ class Private:
     echo: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Notice:
     """A line from the server to read (``*`` on the line door)."""
 
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Error:
     """Something the member asked for could not be done (``!`` on the line door)."""
 
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserList:
-    """Who is in ``room``, sorted as names compare; ``names`` includes the asker."""
+    """Who is in ``room``, sorted as names compare; ``names`` includes the asker.
+
+    In a big room ``names`` may be only the first of ``total``.
+    """
 
     room: str
     names: tuple[str, ...]
+    total: int = 0
+
+    def __post_init__(self) -> None:
+        self.total = max(self.total, len(self.names))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RoomList:
     """Every room and its member count (across the cluster), sorted by name."""
 
     rooms: tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Replay:
     """A ``/history`` answer: up to the asked number of ``room``'s events, oldest first."""
 

@@ -36,6 +36,13 @@ KEPT: Final = frozenset({ev.Said, ev.Acted, ev.TopicSet, ev.Legacy})
 """The room events kept in history and shown to joiners (not joins, leaves, renames)."""
 
 
+USERS_SHOWN: Final = 50
+"""Names listed per user list of a big room (``/users all`` sends as many lists as it takes)."""
+
+NAMED_REASONS: Final = ("kicked", "banned")
+"""Departures every big room still announces by name."""
+
+
 class Outbox(Protocol):
     """Where a member's outgoing bytes go: the send end of a bounded channel."""
 
@@ -100,11 +107,14 @@ class _Log:
 class Room:
     """A room with members on this node, grouped by dialect for rendering."""
 
-    __slots__ = ("groups", "log", "members", "name")
+    __slots__ = ("groups", "joined", "left", "log", "members", "name")
 
     def __init__(self, name: str, log: _Log) -> None:
         self.name = name
         self.log = log
+        # Joins and leaves not yet told, while the room is too big to tell each.
+        self.joined = 0
+        self.left = 0
         # Dicts keep join order, which makes fan-out order deterministic.
         self.members: dict[Member, None] = {}
         self.groups: dict[Dialect, dict[Member, None]] = {}
@@ -132,6 +142,11 @@ class Hub:
         backplane, a room created here starts with the archive's recent events
         (so history survives a restart).
       max_rooms_per_member: the most rooms one member can be in at once.
+      quiet_above: past this many members a room announces no single join,
+        leave or rename, only a summary each ``presence_interval`` seconds
+        (:meth:`summarize_presence`); 0 (the default here) never.
+      presence_interval: the seconds a summary covers.
+      names: the name policy (``"unicode"``, or ``"ascii"`` for ASCII names only).
     """
 
     def __init__(
@@ -142,9 +157,15 @@ class Hub:
         backplane: Backplane | None = None,
         archive: Archive | None = None,
         max_rooms_per_member: int = 50,
+        quiet_above: int = 0,
+        presence_interval: float = 30.0,
+        names: p.NamePolicy = "unicode",
     ) -> None:
+        self.names: p.NamePolicy = names
         self.history = history
         self.max_rooms_per_member = max_rooms_per_member
+        self.quiet_above = quiet_above
+        self.presence_interval = presence_interval
         self.backplane: Backplane = backplane or LocalBackplane()
         self._clock = clock
         self._archive = archive
@@ -202,7 +223,7 @@ class Hub:
 
     def name_unavailable(self, name: str, current: Member | None = None) -> str | None:
         """Why ``name`` cannot be claimed (by ``current``, renaming), or ``None``."""
-        error = p.name_error(name)
+        error = p.name_error(name, self.names)
         if error is not None:
             return error
         key = p.name_key(name)
@@ -344,16 +365,42 @@ class Hub:
         log.info("%s is now known as %s", old, name)
         self.backplane.presence(member.key, name, tuple(member.rooms))
         now = self._clock()
+        told = False
         for held in list(member.rooms.values()):
-            self._publish([ev.Renamed(held.name, self._next(held.log), now, old, name)])
+            if self._quiet(held):
+                if not told:  # the renamed member still sees that it worked
+                    self.tell(member, ev.Renamed(held.name, 0, now, old, name))
+                    told = True
+            else:
+                self._publish([ev.Renamed(held.name, self._next(held.log), now, old, name)])
         self._evict_slow()
 
-    def users(self, member: Member, room: Room | str) -> None:
-        """Tell ``member`` who is in ``room``."""
+    def users(self, member: Member, room: Room | str, *, everyone: bool = False) -> None:
+        """Tell ``member`` who is in ``room``: in a big room the first names, or ``everyone``."""
         held = self._room_of(member, room)
-        if held is not None:
+        if held is None:
+            return
+        if not everyone:
             self.tell(member, self._user_list(held))
-            self._evict_slow()
+        else:
+            names = self._names(held)
+            pages = range(0, len(names), USERS_SHOWN) if names else range(1)
+            lists = [ev.UserList(held.name, tuple(names[i : i + USERS_SHOWN])) for i in pages]
+            self.tell(member, *lists)
+        self._evict_slow()
+
+    def summarize_presence(self) -> None:
+        """Tell each big room of the joins and leaves since the last summary (call it every
+        ``presence_interval`` seconds)."""
+        now = self._clock()
+        for room in list(self._rooms.values()):
+            if room.joined or room.left:
+                joined, left, room.joined, room.left = room.joined, room.left, 0, 0
+                seq = self._next(room.log)
+                self._publish(
+                    [ev.Presence(room.name, seq, now, joined, left, self.presence_interval)]
+                )
+        self._evict_slow()
 
     def room_list(self, member: Member) -> None:
         """Tell ``member`` every room and its size."""
@@ -423,6 +470,14 @@ class Hub:
                     held.seq = held.events[-1].seq
         return held
 
+    def _quiet(self, room: Room) -> bool:
+        """Whether ``room`` is past ``quiet_above`` members (across the cluster)."""
+        limit = self.quiet_above
+        if not limit:
+            return False
+        count = len(room.members)
+        return count > limit or count + self.backplane.remote_rooms().get(room.name, 0) > limit
+
     def _enter(self, member: Member, name: str) -> None:
         room = self._rooms.get(name)
         if room is None:
@@ -431,25 +486,42 @@ class Hub:
                 self.backplane.occupy(name)
         room.add(member)
         member.rooms[name] = room
+        self.backplane.presence(member.key, member.name, tuple(member.rooms))
+        if self._quiet(room):
+            room.joined += 1
+            # The joiner alone sees its join: unnumbered, it is not the room's event.
+            joined = ev.Joined(name, 0, self._clock(), member.name)
+            self.tell(member, *room.log.events, self._user_list(room), joined)
+            return
         # The history and the user list (the joiner included) in one hand-over.
         self.tell(member, *room.log.events, self._user_list(room))
-        self.backplane.presence(member.key, member.name, tuple(member.rooms))
         self._publish([ev.Joined(name, self._next(room.log), self._clock(), member.name)])
 
     def _exit(self, member: Member, name: str, reason: str) -> None:
         room = member.rooms.pop(name)
+        quiet = self._quiet(room) and not reason.startswith(NAMED_REASONS)
         room.remove(member)
         log_ = room.log
         if not room.members and name != p.LOBBY:
             del self._rooms[name]
             if not self.backplane.vacate(name):
                 self._logs.pop(name, None)
-        self._publish([ev.Left(name, self._next(log_), self._clock(), member.name, reason)])
+        if quiet:
+            room.left += 1
+        else:
+            self._publish([ev.Left(name, self._next(log_), self._clock(), member.name, reason)])
 
-    def _user_list(self, room: Room) -> ev.UserList:
+    def _names(self, room: Room) -> list[str]:
         names = [m.name for m in room.members]
         names.extend(self.backplane.remote_users(room.name))
-        names.sort(key=p.name_key)
+        names.sort(key=p.name_sort_key)
+        return names
+
+    def _user_list(self, room: Room) -> ev.UserList:
+        """The room's users; past ``quiet_above``, the first ``USERS_SHOWN`` and the count."""
+        names = self._names(room)
+        if self.quiet_above and len(names) > self.quiet_above:
+            return ev.UserList(room.name, tuple(names[:USERS_SHOWN]), len(names))
         return ev.UserList(room.name, tuple(names))
 
     # --- delivery -------------------------------------------------------------

@@ -48,8 +48,8 @@ def handle(hub: Hub, member: Member, command: Command, help_lines: tuple[str, ..
                 hub.join(member, name)
         case Nick(name):
             hub.rename(member, name)
-        case Users():
-            hub.users(member, room)
+        case Users(everyone=everyone):
+            hub.users(member, room, everyone=everyone)
         case Rooms():
             hub.room_list(member)
         case History(count):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -35,9 +34,20 @@ from ..core.commands import (
     Users as Users,
 )
 
+# So are the name rules: the hub and the backplane compare names by their key.
+from ..core.names import (
+    ASCII_NAME_RULES as ASCII_NAME_RULES,
+    NAME_MAX as NAME_MAX,
+    NAME_POLICIES as NAME_POLICIES,
+    NAME_RULES as NAME_RULES,
+    NamePolicy as NamePolicy,
+    name_error as name_error,
+    name_key as name_key,
+    name_sort_key as name_sort_key,
+)
+
 DEFAULT_MAX_LINE: Final = 4096
 LOBBY: Final = "#lobby"
-NAME_MAX: Final = 24
 ROOM_MAX: Final = 32
 HISTORY_DEFAULT: Final = 50
 HISTORY_MAX: Final = 500
@@ -45,12 +55,10 @@ PASSWORD_PROMPT: Final = "Password:"
 WRONG_PASSWORD: Final = "Wrong password"
 TLS_REQUIRED: Final = "This server speaks TLS only: connect with TLS (triochat join --tls)"
 
-NAME_RULES: Final = f"a name is 1 to {NAME_MAX} letters, digits, _ or -"
 ROOM_RULES: Final = f"a room is # followed by 1 to {ROOM_MAX} letters, digits, _ or -"
 NAME_QUESTION: Final = "What is your name?"
 
 # \w is Unicode-aware: letters and digits of any script, plus "_".
-_NAME_RE: Final = re.compile(rf"[\w-]{{1,{NAME_MAX}}}")
 _ROOM_RE: Final = re.compile(rf"#[\w-]{{1,{ROOM_MAX}}}")
 
 
@@ -179,31 +187,35 @@ class LineFramer:
 
 # --- Cleaning and validation -------------------------------------------------
 
-# C0 and C1 controls and DEL; ESC included, so no terminal escape sequence
-# survives. Tab becomes a space rather than gluing words together.
+# Terminal escape sequences (ECMA-48), removed whole so no "[31m" is left
+# behind: CSI (ESC [ or U+009B, parameters, intermediates, a final byte); the
+# control strings OSC, DCS, SOS, PM and APC up to their BEL or ST (an
+# unterminated one loses only its introducer: nothing is hidden); and any
+# other ESC sequence (ESC, intermediates, a final byte). The quantifiers are
+# possessive and a string stops at the next control, so a line full of
+# introducers costs linear time.
+_ESCAPE_SEQUENCE: Final = re.compile(
+    r"(?:\x1b\[|\x9b)[\x30-\x3f]*+[\x20-\x2f]*+[\x40-\x7e]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x80-\x9f]*+(?:\x07|\x1b\\|\x9c)"
+    r"|\x1b[\x20-\x2f]*+[\x30-\x7e]?"
+)
+
+# C0 and C1 controls and DEL, left over once the sequences are gone; tab
+# becomes a space rather than gluing words together. The bidirectional
+# embeddings, overrides and isolates (U+202A-202E, U+2066-2069) go too: one
+# could reorder the rest of a line on another user's screen.
 _CONTROLS: Final[dict[int, str | None]] = {
-    c: None for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]
+    c: None for c in [*range(0x00, 0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F)]
 }
+_CONTROLS.update((c, None) for c in range(0x2066, 0x206A))
 _CONTROLS[0x09] = " "
 
 
 def clean_text(text: str) -> str:
-    """Remove C0/C1 control characters (tab becomes a space)."""
+    """Remove terminal escape sequences, C0/C1 controls and bidi overrides (tab: a space)."""
     if text.isprintable():  # the usual case, checked in C: no controls in it
         return text
-    return text.translate(_CONTROLS)
-
-
-def name_error(name: str) -> str | None:
-    """Return why ``name`` is not a valid user name, or ``None`` if it is."""
-    if _NAME_RE.fullmatch(name) is None:
-        return f"Invalid name {name!r}: {NAME_RULES}"
-    return None
-
-
-def name_key(name: str) -> str:
-    """The form under which names are compared: case-insensitive, NFKC."""
-    return unicodedata.normalize("NFKC", name).casefold()
+    return _ESCAPE_SEQUENCE.sub("", text).translate(_CONTROLS)
 
 
 def normalize_room(room: str) -> str | None:
@@ -224,7 +236,7 @@ HELP: Final = (
     "  /msg NAME TEXT     a private message (alias /whisper)",
     "  /join #ROOM        leave your room and join #ROOM (created on demand)",
     "  /nick NAME         change your name",
-    "  /users             who is in your room (aliases /who, /names)",
+    "  /users [all]       who is in your room (aliases /who, /names)",
     "  /rooms             the rooms and their sizes (alias /list)",
     f"  /history [N]       replay N older lines of your room (max {HISTORY_MAX})",
     "  /quit [REASON]     leave the chat (alias /exit)",
@@ -273,11 +285,13 @@ def parse_command(line: str) -> Command | None:
             return Invalid(f"Invalid room {rest!r}: {ROOM_RULES}")
         return Join(room)
     if verb == "nick":
-        if not rest or " " in rest:
+        if not rest:
             return _usage("/nick NAME")
+        if " " in rest:  # a name with a space in it: the registration's answer
+            return Invalid(name_error(rest) or f"Invalid name {rest!r}: {NAME_RULES}")
         return Nick(rest)
     if verb in ("users", "who", "names"):
-        return Users()
+        return Users(everyone=rest.lower() == "all")
     if verb in ("rooms", "list"):
         return Rooms()
     if verb == "help":
@@ -285,9 +299,9 @@ def parse_command(line: str) -> Command | None:
     if verb == "history":
         if not rest:
             return History(HISTORY_DEFAULT)
-        if not rest.isdecimal() or int(rest) < 1:
+        if not rest.isdecimal() or not 1 <= int(rest) <= HISTORY_MAX:
             return _usage(f"/history [N], N from 1 to {HISTORY_MAX}")
-        return History(min(int(rest), HISTORY_MAX))
+        return History(int(rest))
     if verb in ("quit", "exit"):
         return Quit(rest)
     return Invalid(f"Unknown command /{verb}. Try /help.")
@@ -365,9 +379,16 @@ class LineDialect:
         self._stamp = Timestamper()
 
     def render(self, events: Sequence[ev.Event], /) -> bytes:
-        if len(events) == 1:
-            return self.line(events[0]).encode()
-        return "".join(map(self.line, events)).encode()
+        stamp, said, line = self._stamp, ev.Said, self.line
+        # Chat lines are nearly all of it: they skip the match below.
+        return "".join(
+            [
+                f"{stamp(event.time)} <{event.name}> {event.text}\n"
+                if type(event) is said
+                else line(event)
+                for event in events
+            ]
+        ).encode()
 
     def line(self, event: ev.Event) -> str:
         """One event's text, ending in a newline (a few events take several lines)."""
@@ -395,8 +416,15 @@ class LineDialect:
                 return format_info(text)
             case ev.Error(text=text):
                 return format_error(text)
+            case ev.UserList(room=room, names=names, total=total) if total > len(names):
+                more = f", and {total - len(names)} more (/users all lists everyone)"
+                return format_info(f"Users in {room} ({total}): {', '.join(names)}{more}")
             case ev.UserList(room=room, names=names):
                 return format_info(f"Users in {room}: {', '.join(names)}")
+            case ev.Presence(room=room, joined=joined, left=left, seconds=seconds):
+                return format_info(
+                    f"{joined} joined and {left} left {room} in the last {seconds:g} s"
+                )
             case ev.RoomList(rooms=rooms):
                 listed = ", ".join(f"{name} ({count})" for name, count in rooms)
                 return format_info(f"Rooms: {listed}")

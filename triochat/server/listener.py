@@ -38,6 +38,8 @@ RECEIVE_SIZE: Final = 65536
 SHUTDOWN_LINE: Final = "Server is shutting down. Bye!"
 BATCH_LINES: Final = 256
 """Most lines of one client's burst handled before other clients get a turn."""
+TLS_CLOSE_TIMEOUT: Final = 0.5
+"""Seconds to send a TLS close_notify; only a peer that stopped reading takes this long."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +50,15 @@ class ServerConfig:
     port: int = 7007
     max_line: int = p.DEFAULT_MAX_LINE
     history: int = 20
+    max_rooms_per_member: int = 50
+    """The most rooms one member can be in at once (doors where members join several)."""
+    quiet_above: int = 200
+    """Past this many members a room announces joins, leaves and renames only as a summary;
+    0 turns it off."""
+    presence_interval: float = 30.0
+    """Seconds between a big room's summaries of joins and leaves."""
+    names: p.NamePolicy = "unicode"
+    """Which names people may take: ``unicode`` (one script, no look-alikes) or ``ascii``."""
     max_clients: int = 10_000
     rate: float = 20.0
     """Lines a second each client may send on average; 0 turns flood control off."""
@@ -74,13 +85,17 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.send_queue <= self.history + 8:
             raise ValueError("send_queue must exceed history by more than 8 lines")
-        for field in ("max_line", "max_clients", "send_queue", "burst"):
+        for field in ("max_line", "max_clients", "send_queue", "burst", "max_rooms_per_member"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1")
         if self.history < 0 or self.rate < 0 or self.registration_timeout <= 0:
             raise ValueError("history and rate must be >= 0, registration_timeout > 0")
-        if self.max_per_address < 0:
-            raise ValueError("max_per_address must be >= 0 (0: no limit)")
+        if self.max_per_address < 0 or self.quiet_above < 0:
+            raise ValueError("max_per_address and quiet_above must be >= 0 (0: no limit)")
+        if not self.presence_interval > 0:
+            raise ValueError("presence_interval must be > 0")
+        if self.names not in p.NAME_POLICIES:
+            raise ValueError(f"names must be one of {', '.join(p.NAME_POLICIES)}")
         if self.password == "":
             raise ValueError("password must not be empty (None: no password)")
         if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
@@ -130,7 +145,15 @@ class ChatServer:
         self.config = config or ServerConfig()
         self.backplane = backplane or (hub.backplane if hub else LocalBackplane())
         self.store = store
-        self.hub = hub or Hub(history=self.config.history, backplane=self.backplane, archive=store)
+        self.hub = hub or Hub(
+            history=self.config.history,
+            backplane=self.backplane,
+            archive=store,
+            max_rooms_per_member=self.config.max_rooms_per_member,
+            quiet_above=self.config.quiet_above,
+            presence_interval=self.config.presence_interval,
+            names=self.config.names,
+        )
         self.ssl_context = ssl_context
         self.dialect = p.LineDialect()
         """How the line door renders the hub's events (one for all its members)."""
@@ -172,7 +195,7 @@ class ChatServer:
             return
         async with trio.open_nursery() as nursery:
             # Linked (or trying to be, with Redis down) before the first client arrives.
-            await nursery.start(self.backplane.run, self.hub)
+            await nursery.start(self.backplane.run)
             await self._serve_listeners(listeners, task_status=task_status)
             await self.backplane.leave_cluster()
             nursery.cancel_scope.cancel()
@@ -185,6 +208,8 @@ class ChatServer:
     ) -> None:
         async with trio.open_nursery() as flushing:
             flushing.start_soon(self._flusher.run)
+            if self.config.quiet_above:
+                flushing.start_soon(self._summarize_presence)
             await self._serve_connections(listeners, task_status=task_status)
             flushing.cancel_scope.cancel()
 
@@ -212,6 +237,12 @@ class ChatServer:
             log.info("shutting down: %d connections", len(self._connections))
             self._close_all(SHUTDOWN_LINE)
             handlers.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace
+
+    async def _summarize_presence(self) -> None:
+        """Tell big rooms of their joins and leaves, every ``presence_interval`` seconds."""
+        while True:
+            await trio.sleep(self.config.presence_interval)
+            self.hub.summarize_presence()
 
     def shutdown(self) -> None:
         """Stop accepting, tell every client, and give them ``shutdown_grace`` to read it."""
@@ -374,7 +405,7 @@ class _Connection:
         finally:
             self._leave()
             self.send.stop()  # before the socket (and so its number) is released
-            await trio.aclose_forcefully(self.stream)
+            await _close(self.stream)
             log.info("%s closed (%s)", self.peer, self.reason)
 
     def _leave(self) -> None:
@@ -694,6 +725,23 @@ async def _say_and_close(stream: trio.abc.Stream, line: str) -> None:
     with trio.move_on_after(1):
         with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(line.encode())
+    await _close(stream)
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` at once; a TLS one first sends close_notify, in a short time.
+
+    Without close_notify a TLS client cannot tell the server's goodbye from a
+    cut connection (``openssl s_client``: "unexpected eof").
+    """
+    if isinstance(stream, trio.SSLStream):
+        # Cleanup: shielded from the connection's cancellation, bounded by its own.
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(TLS_CLOSE_TIMEOUT),
+            suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await stream.aclose()
     await trio.aclose_forcefully(stream)
 
 

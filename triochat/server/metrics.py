@@ -130,15 +130,13 @@ async def handle_scrape(
                     if len(head) > MAX_REQUEST:
                         break
                 request = head.split(b"\n", 1)[0].decode("latin-1").split()
-                if len(request) < 2 or request[0] not in ("GET", "HEAD"):
+                if len(request) < 2 or request[0] != "GET":
                     answer = _response("400 Bad Request", "text/plain", b"GET /metrics\n")
                 elif request[1].split("?")[0] not in ("/metrics", "/"):
                     answer = _response("404 Not Found", "text/plain", b"try /metrics\n")
                 else:
                     body = generate_latest(registry)
                     answer = _response("200 OK", CONTENT_TYPE_LATEST, body)
-                    if request[0] == "HEAD":
-                        answer = answer[: len(answer) - len(body)]
                 await stream.send_all(answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
