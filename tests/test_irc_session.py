@@ -273,15 +273,36 @@ def test_join_gets_join_then_names_then_history_and_no_second_join(hub: Hub) -> 
     got = zoe("JOIN #A")
     assert [(m.command, m.params) for m in got] == [
         ("JOIN", ("#a",)),
-        ("353", ("zoe", "=", "#a", "bob zoe")),
-        ("366", ("zoe", "#a", "End of /NAMES list")),
         ("PRIVMSG", ("#a", "before you came")),
         ("PRIVMSG", ("#a", "\x01ACTION waves\x01")),
+        ("353", ("zoe", "=", "#a", "bob zoe")),
+        ("366", ("zoe", "#a", "End of /NAMES list")),
     ]
     assert got[0].source == f"zoe!zoe@{SERVER}"
-    assert got[3].tag("time") == "2023-11-14T22:13:20.000Z"
+    assert got[1].tag("time") == "2023-11-14T22:13:20.000Z"
     assert bob.lines() == ["* zoe joined #a"]
     assert zoe("JOIN #a") == []  # already there: ignored, as IRC servers do
+
+
+def test_a_big_room_lists_every_name_on_join_in_pages_with_one_366() -> None:
+    hub = Hub(history=10, clock=Clock(), quiet_above=3)
+    users = [LineUser(hub, f"user{i:02d}") for i in range(60)]
+    zoe = register(hub, "zoe")
+    got = zoe("JOIN #a")
+    assert cmds(got)[0] == "JOIN"
+    assert cmds(got)[-1] == "366"
+    assert cmds(got).count("366") == 1
+    listed = [name for m in by(got, "353") for name in m.params[3].split()]
+    assert sorted(listed) == sorted([u.member.name for u in users] + ["zoe"])
+    who = zoe("WHO #a")
+    assert len(by(who, "352")) == 61
+    assert cmds(who).count("315") == 1
+    hub.summarize_presence()
+    [summary] = zoe.read()
+    assert summary.command == "NOTICE"
+    assert summary.params[0] == "#a"
+    assert summary.params[1].endswith("joined and 0 left #a in the last 30 s")
+    assert users[0].lines()[-1] == summary.params[1]
 
 
 def test_irssi_hexchat_and_weechat_after_join_queries_are_all_answered(hub: Hub) -> None:

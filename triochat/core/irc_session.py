@@ -97,16 +97,26 @@ class IRCOutbox:
 
     def __init__(self, inner: Outbox) -> None:
         self._inner = inner
-        self._expected: dict[bytes, int] = {}
+        # A line's start -> [matching hand-overs to let through, then to drop].
+        self._expected: dict[bytes, list[int]] = {}
         self.farewell = "Closing link"
 
-    def expect(self, prefix: bytes) -> None:
-        """Drop the next hand-over whose every line (tags aside) starts with ``prefix``."""
-        self._expected[prefix] = self._expected.get(prefix, 0) + 1
+    def expect(self, start: bytes, *, after: int = 0) -> None:
+        """Drop a hand-over whose every line (tags aside) starts with ``start``.
 
-    def forget(self, prefix: bytes) -> None:
-        """Stop expecting hand-overs of lines starting with ``prefix``."""
-        self._expected.pop(prefix, None)
+        With ``after``, that many such hand-overs pass first, and an earlier
+        expectation for ``start`` is replaced rather than added to. A ``start``
+        that does not end in ``:`` must be the whole line.
+        """
+        entry = self._expected.setdefault(start, [0, 0])
+        if after:
+            entry[:] = [after, 1]
+        else:
+            entry[1] += 1
+
+    def forget(self, start: bytes) -> None:
+        """Stop expecting hand-overs of lines starting with ``start``."""
+        self._expected.pop(start, None)
 
     def send_nowait(self, value: bytes, /) -> None:
         if self._expected and self._own(value):
@@ -115,17 +125,27 @@ class IRCOutbox:
 
     def _own(self, value: bytes) -> bool:
         lines = value.split(b"\r\n")
-        if lines[-1]:
+        if len(lines) < 2 or lines[-1]:
             return False
         del lines[-1]
-        starts = {line.partition(b" ")[2] if line[:1] == b"@" else line for line in lines}
-        for prefix, count in self._expected.items():
-            if lines and all(line.startswith(prefix) for line in starts):
-                if count == 1:
-                    del self._expected[prefix]
-                else:
-                    self._expected[prefix] = count - 1
-                return True
+        bare = [line.partition(b" ")[2] if line[:1] == b"@" else line for line in lines]
+        for start, entry in self._expected.items():
+            whole = not start.endswith(b":")
+
+            def match(line: bytes, start: bytes = start, whole: bool = whole) -> bool:
+                return line == start if whole else line.startswith(start)
+
+            if not match(bare[0]):
+                continue
+            if entry[0]:  # one to let through: it starts with the line, that is enough
+                entry[0] -= 1
+                return False
+            if not all(map(match, bare)):
+                continue
+            entry[1] -= 1
+            if not entry[1]:
+                del self._expected[start]
+            return True
         return False
 
     def close(self) -> None:
@@ -343,8 +363,7 @@ class IRCSession:
             self._send(wire.message("ERROR", f"Closing link: {text}"))
         elif state is State.AWAITING_NAME and self.nick is not None:
             # The session refused the nick: invalid, or taken (here or elsewhere).
-            code = "432" if names.nick_error(self.nick) else "433"
-            self._numeric(code, self.nick, text)
+            self._numeric(_nick_code(self.hub, self.nick), self.nick, text)
         else:
             self._notice(text)
 
@@ -449,12 +468,15 @@ class IRCSession:
             self.hub.say(member, room, texts)
 
     @contextlib.contextmanager
-    def _own_lines(self, prefix: str) -> Iterator[None]:
-        """Around a hub call that hands the member its own lines, which it does not want."""
-        if self.dialect.echo:
+    def _own_lines(self, prefix: str, *, after: int = 0) -> Iterator[None]:
+        """Around a hub call that hands the member its own lines, which it does not want.
+
+        ``after``: how many such hand-overs it does want first (see :meth:`IRCOutbox.expect`).
+        """
+        if self.dialect.echo and not after:
             yield
             return
-        self.outbox.expect(prefix.encode())
+        self.outbox.expect(prefix.encode(), after=after)
         try:
             yield
         finally:
@@ -553,17 +575,16 @@ def _nick(session: IRCSession, msg: wire.Message) -> list[Output]:
         session._numeric("432", nick, error)
         return []
     member = session.member
+    if member is not None and nick == member.name:
+        return []
+    problem = session.hub.name_unavailable(nick, member)
+    if problem is not None:
+        code = _nick_code(session.hub, nick)
+        session._numeric(code, nick, problem if code == "432" else "Nickname is already in use")
+        return []
     if member is None:
-        if session.hub.name_unavailable(nick) is not None:
-            session._numeric("433", nick, "Nickname is already in use")
-            return []
         session.nick = nick
         return session._try_register()
-    if nick == member.name:
-        return []
-    if session.hub.name_unavailable(nick, member) is not None:
-        session._numeric("433", nick, "Nickname is already in use")
-        return []
     if session.session.state is not State.CHATTING:
         session._numeric("400", "NICK", "A name change is already under way")
         return []
@@ -571,6 +592,11 @@ def _nick(session: IRCSession, msg: wire.Message) -> list[Output]:
     outputs = session._translate(session.session.command(c.Nick(nick)))
     session._renamed(old)
     return outputs
+
+
+def _nick_code(hub: Hub, nick: str) -> str:
+    """``432`` if the server's name policy refuses ``nick``, else ``433`` (it is taken)."""
+    return "432" if p.name_error(nick, hub.names) is not None else "433"
 
 
 def _user(session: IRCSession, msg: wire.Message) -> list[Output]:
@@ -627,9 +653,12 @@ def _join(session: IRCSession, msg: wire.Message) -> list[Output]:
             session._numeric("405", name, "You have joined too many channels")
             continue
         session.dialect.entering.add(room)
-        with session._own_lines(f":{session._me()} JOIN {room}"):
+        # The join's answer brings the JOIN first; the room's JOIN after it is a copy.
+        with session._own_lines(f":{session._me()} JOIN {room}", after=1):
             outputs += session._translate(session.session.command(c.Join(room)))
         session.dialect.entering.discard(room)
+        if room in member.rooms:
+            session.hub.users(member, room, everyone=True)
     return outputs
 
 
@@ -723,7 +752,7 @@ def _names(session: IRCSession, msg: wire.Message) -> list[Output]:
     for name in rooms:
         room = name.lower()
         if room in member.rooms:
-            session.hub.users(member, room)
+            session.hub.users(member, room, everyone=True)
         else:
             session._numeric("366", name, "End of /NAMES list")
     if not rooms:
@@ -739,7 +768,7 @@ def _who(session: IRCSession, msg: wire.Message) -> list[Output]:
     room = mask.lower()
     if room in member.rooms:
         session.dialect.who.add(room)
-        session.hub.users(member, room)
+        session.hub.users(member, room, everyone=True)
         session.dialect.who.discard(room)
         return []
     if names.nick_error(mask) is None and session.hub.name_unavailable(mask) is not None:

@@ -107,17 +107,30 @@ class IRCDialect:
 
     def render(self, events: Sequence[ev.Event], /) -> bytes:
         out: list[str] = []
-        last = events[-1] if events else None
-        if isinstance(last, ev.UserList) and last.room in self.entering:
-            # The hub's answer to a join, for this member alone: its history
-            # and the user list. IRC wants the JOIN first, then the rest.
-            self.entering.discard(last.room)
-            self._entered(last, events[:-1], out)
-            return "".join(out).encode()
+        if self.entering:
+            # The hub's answer to a join, for this member alone: the history,
+            # the user list (and, in a big room, the join). IRC wants the JOIN
+            # first, then the history; the door asks for every name after.
+            for i, event in enumerate(events):
+                if isinstance(event, ev.UserList) and event.room in self.entering:
+                    self.entering.discard(event.room)
+                    self._entered(event, events[:i], out)
+                    rest = [
+                        e
+                        for e in events[i + 1 :]
+                        if not (isinstance(e, ev.Joined) and e.room == event.room)
+                    ]
+                    return ("".join(out) + self.render(rest).decode()).encode()
         # One rename or quit can reach a member once per room they share;
         # IRC says it once.
         said: set[tuple[str, str]] = set()
-        for event in events:
+        for i, event in enumerate(events):
+            if isinstance(event, ev.UserList):
+                # A big room's list comes in pages: one 366 (or 315) after the last.
+                following = events[i + 1] if i + 1 < len(events) else None
+                more = isinstance(following, ev.UserList) and following.room == event.room
+                self._user_list(event, out, last=not more)
+                continue
             match event:
                 case ev.Renamed(old=old):
                     if ("nick", old) in said:
@@ -196,14 +209,11 @@ class IRCDialect:
                 self._texts(out, "NOTICE", self.nick, text, self.server)
             case ev.Error(text=text):
                 self._texts(out, "NOTICE", self.nick, f"Error: {text}", self.server)
-            case ev.UserList(room=room, names=members) if room in self.who:
-                self.who.discard(room)
-                for member in members:
-                    host = self.server
-                    self._numeric(out, "352", room, member, host, host, member, "H", f"0 {member}")
-                self._numeric(out, "315", room, "End of /WHO list")
-            case ev.UserList(room=room, names=members):
-                self._names(out, room, members)
+            case ev.UserList():
+                self._user_list(event, out, last=True)
+            case ev.Presence(room=room):
+                text = f"* {_presence(event)}"
+                self._texts(out, "NOTICE", room, text, self.server, self._tags(event))
             case ev.RoomList(rooms=rooms):
                 self._numeric(out, "321", "Channel", "Users  Name")
                 for room, count in rooms:
@@ -216,7 +226,20 @@ class IRCDialect:
     def _line(self, command: str, params: tuple[str, ...], source: str, event: ev.RoomEvent) -> str:
         return wire.format_message(wire.Message(command, params, source, self._tags(event)))
 
+    def _user_list(self, users: ev.UserList, out: list[str], *, last: bool) -> None:
+        room, members = users.room, users.names
+        if room in self.who:
+            host = self.server
+            for member in members:
+                self._numeric(out, "352", room, member, host, host, member, "H", f"0 {member}")
+            if last:
+                self.who.discard(room)
+                self._numeric(out, "315", room, "End of /WHO list")
+            return
+        self._names(out, room, members, end=last)
+
     def _entered(self, users: ev.UserList, history: Sequence[ev.Event], out: list[str]) -> None:
+        """JOIN, the topic and the history; the door asks for every name next."""
         room = users.room
         out.append(wire.format_message(wire.Message("JOIN", (room,), self._user(self.nick))))
         topic = None
@@ -226,14 +249,15 @@ class IRCDialect:
         if topic is not None:
             self._numeric(out, "332", room, topic.topic)
             self._numeric(out, "333", room, self._user(topic.name), str(int(topic.time)))
-        self._names(out, room, users.names)
         for event in history:
             if isinstance(event, ev.RoomEvent):
                 self._replayed(event, out)
             else:  # pragma: no cover (the hub sends only room events before the list)
                 self._event(event, out)
 
-    def _names(self, out: list[str], room: str, members: Sequence[str]) -> None:
+    def _names(
+        self, out: list[str], room: str, members: Sequence[str], *, end: bool = True
+    ) -> None:
         head = len(f":{self.server} 353 {self.nick} = {room} :\r\n".encode())
         batch: list[str] = []
         size = head
@@ -246,7 +270,8 @@ class IRCDialect:
             size += width
         if batch:
             self._numeric(out, "353", "=", room, " ".join(batch))
-        self._numeric(out, "366", room, "End of /NAMES list")
+        if end:
+            self._numeric(out, "366", room, "End of /NAMES list")
 
     def _replayed(self, event: ev.RoomEvent, out: list[str]) -> None:
         if isinstance(event, ev.Said | ev.Acted):
@@ -267,6 +292,8 @@ class IRCDialect:
                 told = f"{old} is now known as {new}"
             case ev.TopicSet(name=name, topic=topic):
                 told = f"{name} set the topic: {topic}"
+            case ev.Presence():
+                told = _presence(event)
             case ev.Legacy(line=text):
                 told = text
             case _:  # pragma: no cover (the room events are all above)
@@ -276,3 +303,9 @@ class IRCDialect:
         elif not isinstance(event, ev.Legacy):
             told = f"* {told}"
         self._texts(out, "NOTICE", event.room, told, self.server, self._tags(event))
+
+
+def _presence(event: ev.Presence) -> str:
+    return (
+        f"{event.joined} joined and {event.left} left {event.room} in the last {event.seconds:g} s"
+    )
