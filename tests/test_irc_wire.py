@@ -278,7 +278,8 @@ def test_invalid_utf8_becomes_replacement_characters_not_lost() -> None:
 def test_formatting_codes_pass_but_terminal_escapes_do_not() -> None:
     text = "\x02bold\x02 \x0304,12red\x03 \x1ditalic\x1d\x1f_\x1f\x16r\x16\x11m\x0f \x1e-\x1e"
     assert irc.clean_text(text) == text
-    assert irc.clean_text("a\x1b[2Jb\x9b31mc\x07d\x08e\x0ef\x7fg") == "a[2Jb31mcdefg"
+    assert irc.clean_text("a\x1b[2Jb\x9b31mc\x07d\x08e\x0ef\x7fg") == "abcdefg"
+    assert irc.clean_text("x\x1b]0;title\x07y\u202eevil") == "xyevil"
     assert irc.clean_text("tab\there") == "tab here"
     assert irc.clean_text("plain") == "plain"
 

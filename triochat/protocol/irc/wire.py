@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from ..line import _ESCAPE_SEQUENCE  # the line door's rule, shared
+
 # A client's line: 512 bytes including the CR LF, plus 8191 bytes of tags
 # including the leading "@" and the space after them (IRCv3 message-tags).
 MAX_LINE: Final = 512
@@ -345,16 +347,28 @@ FORMATTING: Final = "\x02\x03\x04\x0f\x11\x16\x1d\x1e\x1f"
 """IRC's formatting codes (bold, colour, hex colour, reset, monospace, reverse,
 italic, strikethrough, underline): they pass, as IRC clients expect."""
 
-# Every other C0 control, DEL and the C1 controls go: ESC and CSI (0x9B) start
-# terminal escape sequences, which must never reach a line-door user's terminal.
+# Every other C0 control, DEL and the C1 controls go, after the terminal escape
+# sequences they start are removed whole (the line door's rule, protocol.md), and
+# so do the bidirectional overrides, which could reorder another user's line.
 _IRC_CONTROLS: Final[dict[int, str | None]] = {
-    c: None for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)] if chr(c) not in FORMATTING
+    c: None
+    for c in [
+        *range(0x00, 0x20),
+        *range(0x7F, 0xA0),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ]
+    if chr(c) not in FORMATTING
 }
+_IRC_CONTROLS.update((c, None) for c in range(0x2066, 0x206A))
 _IRC_CONTROLS[0x09] = " "
 
 
 def clean_text(text: str) -> str:
-    """``text`` with control characters removed, IRC formatting codes kept (tab: a space)."""
+    """``text`` without escape sequences and control characters, IRC formatting kept.
+
+    A tab becomes a space.
+    """
     if text.isprintable():
         return text
-    return text.translate(_IRC_CONTROLS)
+    return _ESCAPE_SEQUENCE.sub("", text).translate(_IRC_CONTROLS)
