@@ -143,10 +143,10 @@ def test_registration_without_cap_gets_the_welcome_burst(hub: Hub) -> None:
     client = Client(hub)
     assert client("NICK zoë") == []
     got = client("USER zoe 0 * :Zoë")
-    assert cmds(got) == ["001", "002", "003", "004", "005", "251", "255", "422"]
+    assert cmds(got) == ["001", "002", "003", "004", "005", "005", "251", "255", "422"]
     assert all(m.params[0] == "zoë" and m.source == SERVER for m in got)
     assert "zoë" in got[0].params[1]
-    tokens = got[4].params[1:-1]
+    tokens = [token for m in by(got, "005") for token in m.params[1:-1]]
     for token in [
         "CASEMAPPING=rfc8265",
         "CHANTYPES=#",
@@ -157,6 +157,8 @@ def test_registration_without_cap_gets_the_welcome_burst(hub: Hub) -> None:
         "CHANMODES=b,,,",
         "CHANLIMIT=#:3",
         "UTF8ONLY",
+        "CHATHISTORY=100",
+        "MSGREFTYPES=msgid,timestamp",
     ]:
         assert token in tokens
     assert any(t.startswith("TARGMAX=PRIVMSG:4") for t in tokens)
@@ -173,6 +175,8 @@ def test_cap_negotiation_holds_registration_until_cap_end(hub: Hub) -> None:
         "message-tags",
         "echo-message",
         "multi-prefix",
+        "batch",
+        "draft/chathistory",
     }
     assert client("NICK bob", "USER b 0 * :B") == []
     [ack] = client("CAP REQ :server-time echo-message")
@@ -541,3 +545,80 @@ def test_a_burst_of_lines_to_one_channel_is_one_hand_over(hub: Hub) -> None:
     zoe("PRIVMSG #a :one", "PRIVMSG #a :two", "PRIVMSG #a :three")
     [burst] = [bob.inbox.receive_nowait()]
     assert burst.count(b"\n") == 3
+
+
+# --- CHATHISTORY --------------------------------------------------------------------
+
+
+def history_client(hub: Hub) -> tuple[Client, LineUser]:
+    bob = LineUser(hub, "bob")
+    for i in range(1, 9):
+        hub.say(bob.member, "#a", [f"line {i}"])
+    zoe = register(hub, "zoe", caps="batch server-time message-tags draft/chathistory")
+    got = zoe("JOIN #a")
+    # A client that reads history itself gets none with its JOIN.
+    assert not by(got, "PRIVMSG")
+    return zoe, bob
+
+
+def texts(got: list[irc.Message]) -> list[str]:
+    return [m.params[1] for m in got if m.command == "PRIVMSG"]
+
+
+def test_chathistory_latest_before_after_around_between(hub: Hub) -> None:
+    zoe, _ = history_client(hub)
+    got = zoe("CHATHISTORY LATEST #a * 3")
+    assert cmds(got) == ["BATCH", "PRIVMSG", "PRIVMSG", "PRIVMSG", "BATCH"]
+    start, *lines, end = got
+    assert start.params[0].startswith("+")
+    assert start.params[1:] == ("chathistory", "#a")
+    assert end.params == ("-" + start.params[0][1:],)
+    assert all(m.tag("batch") == start.params[0][1:] for m in lines)
+    assert texts(got) == ["line 6", "line 7", "line 8"]
+    six = lines[0].tag("msgid")
+    assert six is not None
+    ref = f"msgid={six}"  # "line 6"
+    assert texts(zoe(f"CHATHISTORY BEFORE #a {ref} 2")) == ["line 4", "line 5"]
+    assert texts(zoe(f"CHATHISTORY AFTER #a {ref} 5")) == ["line 7", "line 8"]
+    assert texts(zoe(f"CHATHISTORY LATEST #a {ref} 5")) == ["line 7", "line 8"]
+    assert texts(zoe(f"CHATHISTORY AROUND #a {ref} 3")) == ["line 5", "line 6", "line 7"]
+    first = zoe("CHATHISTORY LATEST #a * 8")[1].tag("msgid")
+    assert texts(zoe(f"CHATHISTORY BETWEEN #a msgid={first} {ref} 10")) == [
+        "line 2",
+        "line 3",
+        "line 4",
+        "line 5",
+    ]
+    assert texts(zoe(f"CHATHISTORY BETWEEN #a {ref} msgid={first} 2")) == ["line 4", "line 5"]
+
+
+def test_chathistory_by_timestamp_and_its_errors(hub: Hub) -> None:
+    zoe, _ = history_client(hub)
+    # Every line was said at the hub clock's one instant.
+    stamp = zoe("CHATHISTORY LATEST #a * 1")[1].tag("time")
+    assert stamp == "2023-11-14T22:13:20.000Z"
+    assert len(texts(zoe(f"CHATHISTORY BEFORE #a timestamp={stamp} 10"))) == 0
+    assert len(texts(zoe("CHATHISTORY AFTER #a timestamp=2023-11-14T22:13:19.5Z 10"))) == 8
+    for bad in [
+        "CHATHISTORY LATEST #b * 5",
+        "CHATHISTORY BEFORE #a * 5",
+        "CHATHISTORY LATEST #a * x",
+        "CHATHISTORY LATEST #a nonsense 5",
+        "CHATHISTORY SIDEWAYS #a * 5",
+        "CHATHISTORY LATEST #a",
+    ]:
+        [fail] = zoe(bad)
+        assert (fail.command, fail.params[0]) == ("FAIL", "CHATHISTORY"), bad
+
+
+def test_chathistory_from_the_store_is_an_effect_and_its_answer() -> None:
+    hub = Hub(history=10, clock=Clock())
+    bob = LineUser(hub, "bob")
+    hub.say(bob.member, "#a", ["kept"])
+    zoe = register(hub, "zoe", caps="batch draft/chathistory", rules_=rules(store_history=True))
+    zoe("JOIN #a")
+    assert zoe("CHATHISTORY LATEST #a * 5") == []
+    assert isinstance(zoe.effects[-1], s.FetchHistory)
+    assert zoe.effects[-1].room == "#a"
+    assert zoe.irc.fetched("#a", hub.recent("#a", 10)) == []
+    assert texts(zoe.read()) == ["kept"]

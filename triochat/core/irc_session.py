@@ -32,14 +32,21 @@ import trio
 
 from ..backplane.base import Claim
 from ..protocol import line as p
-from ..protocol.irc import names, wire
+from ..protocol.irc import history, names, wire
 from ..protocol.irc.render import RENDER_CAPS, IRCDialect
 from . import commands as c, events as ev
 from ._auth import FailureDelays
 from .hub import Hub, Member, Outbox
-from .session import Close, Output, Rules, Session, State
+from .session import Close, FetchHistory, Output, Rules, Session, State
 
-CAPS: Final = ("echo-message", "message-tags", "multi-prefix", "server-time")
+CAPS: Final = (
+    "batch",
+    "draft/chathistory",
+    "echo-message",
+    "message-tags",
+    "multi-prefix",
+    "server-time",
+)
 """The capabilities offered; ``multi-prefix`` is trivially true (no channel prefixes)."""
 
 USER_MODES: Final = frozenset("iw")
@@ -65,6 +72,8 @@ class IRCRules:
     """The hub's rooms-per-member limit, for ``CHANLIMIT`` and 405."""
     max_targets: int = 4
     """How many targets one PRIVMSG or NOTICE may name (``TARGMAX``)."""
+    chathistory: int = 100
+    """The most messages one ``CHATHISTORY`` answer carries (``CHATHISTORY=`` in 005)."""
     session: Rules = field(default_factory=lambda: Rules(one_room=False, arrival_rooms=()))
 
 
@@ -206,6 +215,8 @@ class IRCSession:
         self._cap_version = 0
         self.awaiting_pong = False
         self.closed = False
+        self._history_request: HistoryRequest | None = None
+        self._batches = 0
 
     # --- what the I/O layer feeds in ------------------------------------------------
 
@@ -285,8 +296,21 @@ class IRCSession:
         return self._translate(self.session.deadline_passed())
 
     def fetched(self, room: str, events: Sequence[ev.RoomEvent]) -> list[Output]:
-        """History read from the store, for a join or a CHATHISTORY request."""
+        """History read from the store, for a ``/history``-like request or CHATHISTORY."""
+        request = self._history_request
+        if request is not None:
+            self._history_request = None
+            self._answer_history(request, events)
+            return []
         return self._translate(self.session.fetched(room, events))
+
+    def _answer_history(self, request: HistoryRequest, events: Sequence[ev.RoomEvent]) -> None:
+        member = self.member
+        if member is None or request.room not in member.rooms:
+            return
+        self._batches += 1
+        chosen = history.select(events, request.query)
+        self._send_bytes(self.dialect.history_batch(request.target, chosen, f"h{self._batches}"))
 
     def idle(self) -> list[Output]:
         """Nothing came from the client for a while: PING it, or give up if it did not answer."""
@@ -314,7 +338,9 @@ class IRCSession:
         return self.nick or "*"
 
     def _send(self, *messages: wire.Message) -> None:
-        data = b"".join(map(wire.serialize, messages))
+        self._send_bytes(b"".join(map(wire.serialize, messages)))
+
+    def _send_bytes(self, data: bytes) -> None:
         try:
             self.outbox.send_nowait(data)
         except trio.WouldBlock:
@@ -386,6 +412,7 @@ class IRCSession:
         ):
             return []
         self.dialect.negotiate(self.caps)
+        self.dialect.history_on_join = "draft/chathistory" not in self.caps
         self.dialect.nick = self.nick
         outputs = session.receive_line(self.nick)
         state: State = session.state  # changed by the call
@@ -424,6 +451,8 @@ class IRCSession:
             f"MAXTARGETS={rules.max_targets}",
             "AWAYLEN=200",
             "UTF8ONLY",
+            f"CHATHISTORY={rules.chathistory}",
+            "MSGREFTYPES=msgid,timestamp",
         ]
 
     def _lusers(self) -> None:
@@ -937,6 +966,44 @@ def _motd(session: IRCSession, msg: wire.Message) -> list[Output]:
     return []
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """A ``CHATHISTORY`` request waiting for the store's events."""
+
+    target: str
+    room: str
+    query: history.Query
+
+
+def _fail(session: IRCSession, code: str, *context: str) -> None:
+    session._send(wire.message("FAIL", "CHATHISTORY", code, *context, source=session.rules.server))
+
+
+def _chathistory(session: IRCSession, msg: wire.Message) -> list[Output]:
+    member = session.member
+    assert member is not None
+    params = msg.params
+    if len(params) < 3:
+        _fail(session, "NEED_MORE_PARAMS", "Missing parameters")
+        return []
+    target = params[1]
+    room = target.lower()
+    if room not in member.rooms:
+        _fail(session, "INVALID_TARGET", params[0], target, "Join the channel to read its history")
+        return []
+    query = history.parse(params[0], params[2:], session.rules.chathistory)
+    if isinstance(query, str):
+        _fail(session, "INVALID_PARAMS", params[0], query)
+        return []
+    request = HistoryRequest(target, room, query)
+    rules = session.rules.session
+    if rules.store_history:
+        session._history_request = request
+        return [FetchHistory(room, rules.history_limit)]
+    session._answer_history(request, session.hub.recent(room, session.hub.history))
+    return []
+
+
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -965,4 +1032,5 @@ _HANDLERS: Final[dict[str, tuple[Handler, bool]]] = {
     "USERHOST": (_userhost, False),
     "LUSERS": (_lusers, False),
     "MOTD": (_motd, False),
+    "CHATHISTORY": (_chathistory, False),
 }

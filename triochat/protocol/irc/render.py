@@ -44,6 +44,11 @@ RENDER_CAPS: Final = frozenset({"server-time", "message-tags", "echo-message"})
 _ACTION: Final = "\x01ACTION {}\x01"
 
 
+def msgid(event: ev.RoomEvent) -> str:
+    """The ``msgid`` tag of a room event: its room and sequence number, ``#room/42``."""
+    return f"{event.room}/{event.seq}"
+
+
 def server_time(when: float) -> str:
     """``when`` as the ``server-time`` tag writes it: ``2026-12-01T20:05:09.123Z``."""
     millis = int(when * 1000) % 1000
@@ -63,6 +68,7 @@ class IRCDialect:
         "_stamp",
         "echo",
         "entering",
+        "history_on_join",
         "msgid",
         "name",
         "nick",
@@ -79,6 +85,9 @@ class IRCDialect:
         """Rooms being joined: their user list comes with the member's own JOIN first."""
         self.who: set[str] = set()
         """Rooms whose user list is a WHO answer (352/315), not a NAMES one."""
+        self.history_on_join = True
+        """Whether a join brings the room's history (not for ``draft/chathistory`` clients,
+        which ask for it themselves). It changes only this member's own events."""
         self._stamp = line.Timestamper()
         self.negotiate(caps)
 
@@ -152,7 +161,7 @@ class IRCDialect:
         if self.time_tag:
             tags.append(("time", server_time(event.time)))
         if self.msgid and isinstance(event, ev.RoomEvent):
-            tags.append(("msgid", f"{event.room}/{event.seq}"))
+            tags.append(("msgid", msgid(event)))
         return tuple(tags)
 
     def _texts(
@@ -249,11 +258,35 @@ class IRCDialect:
         if topic is not None:
             self._numeric(out, "332", room, topic.topic)
             self._numeric(out, "333", room, self._user(topic.name), str(int(topic.time)))
+        if not self.history_on_join:
+            return
         for event in history:
             if isinstance(event, ev.RoomEvent):
                 self._replayed(event, out)
             else:  # pragma: no cover (the hub sends only room events before the list)
                 self._event(event, out)
+
+    def history_batch(self, target: str, events: Sequence[ev.RoomEvent], ref: str) -> bytes:
+        """A ``CHATHISTORY`` answer: ``events`` in a ``chathistory`` batch called ``ref``.
+
+        Only chat lines and actions are sent (the ``draft/event-playback`` kinds
+        are not offered), each with its own time, msgid and the batch tag.
+        """
+        server = self.server
+        out = [
+            wire.format_message(
+                wire.message("BATCH", f"+{ref}", "chathistory", target, source=server)
+            )
+        ]
+        batch = ("batch", ref)
+        for event in events:
+            if isinstance(event, ev.Said | ev.Acted):
+                tags = (batch, ("time", server_time(event.time)), ("msgid", msgid(event)))
+                source = self._user(event.name)
+                action = isinstance(event, ev.Acted)
+                self._texts(out, "PRIVMSG", target, event.text, source, tags, action=action)
+        out.append(wire.format_message(wire.message("BATCH", f"-{ref}", source=server)))
+        return "".join(out).encode()
 
     def _names(
         self, out: list[str], room: str, members: Sequence[str], *, end: bool = True
