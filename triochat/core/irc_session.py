@@ -54,8 +54,6 @@ USER_MODES: Final = frozenset("iw")
 
 _ACTION_START: Final = "\x01ACTION "
 
-FramerEvent = wire.Message | wire.InputTooLong | wire.Malformed
-
 
 @dataclass(frozen=True, kw_only=True)
 class IRCRules:
@@ -108,7 +106,8 @@ class IRCOutbox:
         self._inner = inner
         # A line's start -> [matching hand-overs to let through, then to drop].
         self._expected: dict[bytes, list[int]] = {}
-        self.farewell = "Closing link"
+        self.farewell: str | None = "Closing link"
+        """The ``ERROR`` text closing sends; ``None`` once an ERROR has gone out."""
 
     def expect(self, start: bytes, *, after: int = 0) -> None:
         """Drop a hand-over whose every line (tags aside) starts with ``start``.
@@ -158,11 +157,13 @@ class IRCOutbox:
         return False
 
     def close(self) -> None:
-        # Full or closed already: it goes without its ERROR.
-        with contextlib.suppress(
-            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
-        ):
-            self._inner.send_nowait(wire.serialize(wire.message("ERROR", self.farewell)))
+        if self.farewell is not None:
+            # Full or closed already: it goes without its ERROR.
+            with contextlib.suppress(
+                trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+            ):
+                self._inner.send_nowait(wire.serialize(wire.message("ERROR", self.farewell)))
+            self.farewell = None
         self._inner.close()
 
 
@@ -255,7 +256,7 @@ class IRCSession:
             self._say(burst_room, burst)
         return outputs
 
-    def handle(self, event: FramerEvent) -> list[Output]:
+    def handle(self, event: wire.Received) -> list[Output]:
         """One message (or framing problem) from the client."""
         if isinstance(event, wire.InputTooLong):
             self._numeric("417", "Input line was too long")
@@ -338,6 +339,8 @@ class IRCSession:
         return self.nick or "*"
 
     def _send(self, *messages: wire.Message) -> None:
+        if any(m.command == "ERROR" for m in messages):
+            self.outbox.farewell = None  # one ERROR, the last line
         self._send_bytes(b"".join(map(wire.serialize, messages)))
 
     def _send_bytes(self, data: bytes) -> None:
@@ -471,7 +474,7 @@ class IRCSession:
 
     # --- chat lines -----------------------------------------------------------------
 
-    def _chat_line(self, event: FramerEvent) -> tuple[str | None, str]:
+    def _chat_line(self, event: wire.Received) -> tuple[str | None, str]:
         """A PRIVMSG or NOTICE to one channel the member is in, as ``(room, text)``."""
         if (
             not isinstance(event, wire.Message)
@@ -653,10 +656,11 @@ def _pong(session: IRCSession, msg: wire.Message) -> list[Output]:
 
 def _quit(session: IRCSession, msg: wire.Message) -> list[Output]:
     reason = wire.clean_text(msg.params[0]).strip() if msg.params else ""
-    session.outbox.farewell = f"Closing link: {session._target} (Quit: {reason or 'quit'})"
+    farewell = f"Closing link: {session._target} (Quit: {reason or 'quit'})"
+    session.outbox.farewell = farewell
     if not session.registered:
         session.closed = True
-        session._send(wire.message("ERROR", session.outbox.farewell))
+        session._send(wire.message("ERROR", farewell))
         outputs = session._translate(session.session.close("quit"))
         return [*outputs, Close("quit")]
     session._forget_away()

@@ -224,7 +224,9 @@ class _NeedData:
 NEED_DATA: Final = _NeedData()
 """Returned by :meth:`IRCFramer.next_event` when more bytes are needed."""
 
-FramerEvent = Message | InputTooLong | Malformed | _NeedData
+Received = Message | InputTooLong | Malformed
+"""What the framer gives: a message, or a line it could not take."""
+FramerEvent = Received | _NeedData
 
 
 def decode(raw: bytes) -> str:
@@ -288,9 +290,9 @@ class IRCFramer:
             if event is not None:
                 return event
 
-    def events(self) -> list[Message | InputTooLong | Malformed]:
+    def events(self) -> list[Received]:
         """Every event complete so far, in order (empty when more bytes are needed)."""
-        found: list[Message | InputTooLong | Malformed] = []
+        found: list[Received] = []
         while not isinstance(event := self.next_event(), _NeedData):
             found.append(event)
         return found
