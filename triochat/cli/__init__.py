@@ -29,6 +29,7 @@ from ..protocol import line as protocol
 from ..server.listener import ChatServer, ServerConfig, format_address
 
 if TYPE_CHECKING:
+    from ..server.irc import IRCConfig
     from ..server.store import StoreConfig
 
 log = logging.getLogger("triochat")
@@ -297,6 +298,35 @@ def _raise_fd_limit(max_clients: int) -> int:
     help="Address for the metrics endpoint.",
 )
 @click.option(
+    "--irc-port",
+    envvar="TRIOCHAT_IRC_PORT",
+    type=click.IntRange(0, 65535),
+    help="Also serve IRC clients (irssi, WeeChat, HexChat) on this port (0 picks one); "
+    "see docs/irc.md.",
+)
+@click.option(
+    "--irc-name",
+    default="triochat",
+    show_default=True,
+    envvar="TRIOCHAT_IRC_NAME",
+    help="The server's name on IRC (also every user's host). With --irc-port.",
+)
+@click.option(
+    "--irc-motd",
+    envvar="TRIOCHAT_IRC_MOTD",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A UTF-8 file whose lines are the IRC message of the day. With --irc-port.",
+)
+@click.option(
+    "--irc-ping",
+    default=120.0,
+    show_default=True,
+    envvar="TRIOCHAT_IRC_PING",
+    type=_Range(min=1),
+    help="Seconds of silence before an IRC client is PINGed; as long again without an "
+    "answer and it is dropped. With --irc-port.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -329,6 +359,10 @@ def serve(
     max_per_address: int,
     metrics_port: int | None,
     metrics_host: str,
+    irc_port: int | None,
+    irc_name: str,
+    irc_motd: Path | None,
+    irc_ping: float,
     log_level: str,
 ) -> None:
     """Run a chat server until SIGINT or SIGTERM.
@@ -377,11 +411,33 @@ def serve(
         backplane = _backplane(
             redis_url, cluster=cluster, history=history, heartbeat=heartbeat, node_ttl=node_ttl
         )
+    irc = _irc_config(irc_port, name=irc_name, motd=irc_motd, ping_interval=irc_ping)
     try:
-        trio.run(_serve, config, backplane, store_config, ssl_context, metrics)
+        trio.run(_serve, config, backplane, store_config, ssl_context, metrics, irc)
     except OSError as exc:
         reason = exc.strerror or exc
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def _irc_config(port: int | None, *, motd: Path | None, **settings: Any) -> IRCConfig | None:
+    """The IRC door's settings, or ``None`` without ``--irc-port`` (then it is not loaded)."""
+    if port is None:
+        _refuse_without("--irc-port", lambda name: name.startswith("irc_"))
+        return None
+    from ..server.irc import IRCConfig
+
+    lines: tuple[str, ...] = ()
+    if motd is not None:
+        try:
+            lines = tuple(motd.read_text(encoding="utf-8").splitlines())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(
+                f"cannot read {motd}: {exc}", param_hint="--irc-motd"
+            ) from None
+    try:
+        return IRCConfig(port=port, motd=lines, **settings)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--irc-name") from None
 
 
 def _store_config(db: Path | None, **settings: Any) -> StoreConfig | None:
@@ -444,6 +500,7 @@ async def _serve(
     store_config: StoreConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
     metrics: tuple[str, int] | None = None,
+    irc: IRCConfig | None = None,
 ) -> None:
     # Enter the signal receiver before listening, so a signal never lands as
     # a KeyboardInterrupt in the middle of start-up.
@@ -453,6 +510,7 @@ async def _serve(
         # exception group.
         listeners = await trio.open_tcp_listeners(config.port, host=config.host)
         metrics_listeners = [] if metrics is None else await _listen_metrics(*metrics)
+        irc_listeners = [] if irc is None else await _listen_irc(config.host, irc.port)
         async with AsyncExitStack() as stack:
             store = None
             if store_config is not None:
@@ -475,11 +533,26 @@ async def _serve(
                     await nursery.start(server.serve_listeners, listeners)
                     for listener in listeners:
                         print(f"triochat listening on {format_address(listener)}", flush=True)
+                    if irc is not None:
+                        from ..server.irc import IRCDoor
+
+                        await nursery.start(IRCDoor(server, irc).serve_listeners, irc_listeners)
+                        for listener in irc_listeners:
+                            address = format_address(listener)
+                            print(f"triochat irc listening on {address}", flush=True)
                     async for signum in signals:
                         log.info("received %s", signal.Signals(signum).name)
                         server.shutdown()
                         break
                 extras.cancel_scope.cancel()
+
+
+async def _listen_irc(host: str, port: int) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise click.ClickException(f"cannot listen for IRC on {host}:{port}: {reason}") from None
 
 
 async def _listen_metrics(host: str, port: int) -> list[trio.SocketListener]:
