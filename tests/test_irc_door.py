@@ -7,12 +7,15 @@ are the real :class:`~triochat.client.connection.ChatClient`.
 
 from __future__ import annotations
 
+import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from triochat import ChatServer, ServerConfig
 from triochat.client.connection import ChatClient, open_chat_client
@@ -47,9 +50,25 @@ class RawIRC:
         self.framer = irc.IRCFramer(max_line=100_000, max_tags=100_000)
         self.seen: list[irc.Message] = []
         self._pending: list[irc.Message] = []
+        self._pending_events: list[irc.Received] = []
 
     async def send(self, *lines: str) -> None:
         await self.stream.send_all("".join(f"{line}\r\n" for line in lines).encode())
+
+    async def next_event(self) -> irc.Received | None:
+        """The next thing the framer found, message or not; ``None`` once closed."""
+        while not self._pending_events:
+            self._pending_events.extend(self.framer.events())
+            if self._pending_events:
+                break
+            try:
+                data = await self.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return None
+            if not data:
+                return None
+            self.framer.receive_data(data)
+        return self._pending_events.pop(0)
 
     async def next(self) -> irc.Message | None:
         """The next message, or ``None`` once the server closed the connection."""
@@ -290,3 +309,85 @@ async def test_an_idle_client_is_pinged_and_a_silent_one_dropped(
     await line_until(bob, "* zoe left #lobby (connection lost)", within=100)
     rest = await zoe.closed()
     assert rest[-1].command == "ERROR"
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context and a client context that trusts it (trustme)."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+async def test_tls_with_the_servers_certificate(
+    nursery: trio.Nursery, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, client_context = tls
+    server = ChatServer(ServerConfig(port=0, rate=0), ssl_context=server_context)
+    await nursery.start(server.serve)
+    door = IRCDoor(server, IRCConfig(port=0, name="irc.test"))
+    [listener] = await nursery.start(door.serve)
+    port = listener.socket.getsockname()[1]
+    stream = trio.SSLStream(
+        await trio.open_tcp_stream("127.0.0.1", port), client_context, server_hostname="127.0.0.1"
+    )
+    _OPEN.append(stream)
+    client = RawIRC(stream)  # type: ignore[arg-type]
+    await client.send("NICK zoe", "USER u 0 * :x")
+    welcome = await client.until("001")
+    assert welcome.params[0] == "zoe"
+    # A plain-text client is told (in the line door's words, for now) and closed.
+    plain = RawIRC(await trio.open_tcp_stream("127.0.0.1", port))
+    _OPEN.append(plain.stream)
+    await plain.send("NICK ann", "USER u 0 * :x")
+    with trio.fail_after(10):
+        while (event := await plain.next_event()) is not None:
+            assert not isinstance(event, irc.Message) or event.command != "001"
+    assert server.stats.tls_handshake_failures == 1
+
+
+async def test_a_client_that_does_not_read_is_evicted_as_too_slow(start: Start) -> None:
+    server, line_port, irc_port = await start(rate=0, history=0, send_queue=32)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", irc_port))
+    slow = RawIRC(trio.SocketStream(sock))
+    _OPEN.append(slow.stream)
+    await slow.send("NICK slow", "USER u 0 * :x", "JOIN #lobby")  # and never reads again
+    zoe = await irc_client(irc_port, "zoe")
+    await zoe.send("JOIN #lobby")
+    await zoe.until("JOIN", "#lobby")
+    bob = await line_client(line_port, "bob")
+    text = "x" * 400
+    with trio.fail_after(30):
+        for i in range(400):
+            await bob.send_line(f"{i} {text}")
+            got = await zoe.until("PRIVMSG", "#lobby")
+            assert got.params[1] == f"{i} {text}"
+            if server.hub.slow_evictions:
+                break
+    gone = await zoe.until("QUIT")
+    assert (gone.source, gone.params) == ("slow!slow@irc.test", ("too slow",))
+
+
+async def test_a_client_that_never_registers_is_closed_after_the_timeout(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    _, _, irc_port = await start(rate=0, registration_timeout=5)
+    client = await irc_client(irc_port)
+    await client.send("NICK zoe")  # and no USER
+    [error] = await client.closed()
+    assert error.command == "ERROR"
+    assert "5 s" in error.params[0]
+
+
+async def test_max_clients_counts_both_doors(start: Start) -> None:
+    _, line_port, irc_port = await start(rate=0, max_clients=2)
+    await line_client(line_port, "bob")
+    await irc_client(irc_port, "zoe")
+    third = await irc_client(irc_port)
+    [error] = await third.closed()
+    assert (error.command, error.params) == ("ERROR", ("Server full, try again later",))

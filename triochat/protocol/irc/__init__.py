@@ -15,6 +15,7 @@ from .wire import (
     Malformed as Malformed,
     MalformedMessage as MalformedMessage,
     Message as Message,
+    Received as Received,
     clean_text as clean_text,
     format_message as format_message,
     message as message,
