@@ -278,3 +278,15 @@ def test_cli_rejects_names_the_server_would(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["bot", "--script", "-", "--name", "bad name"], input="hi\n")
     assert result.exit_code == 2
     assert "'bad name'" in result.output
+
+
+def test_echoes_and_renames_are_seen_with_a_dated_stamp_too() -> None:
+    from triochat.client.bot import _Bot, _Counters
+
+    counters = _Counters()
+    bot = _Bot("my-bot", [], BotConfig(), counters)
+    bot._sent_at.append(1.0)
+    bot._observe("[2026-12-01 12:00:00] <my-bot> hi", 1.5)
+    assert counters.latencies == [0.5]
+    bot._observe("[2026-12-01 12:00:01] * my-bot is now known as my-bot2", 2.0)
+    assert bot.name == "my-bot2"

@@ -34,8 +34,10 @@ from redis_support import (
 )
 
 from triochat import ChatServer, ServerConfig
-from triochat.backplane.redis import LINK_DOWN, LINK_UP, RedisBackplane, RedisOptions
+from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.client.connection import ChatClient, ConnectionClosed, NameRejected, open_chat_client
+from triochat.core.events import Said
+from triochat.core.hub import LINK_DOWN, LINK_UP
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -246,7 +248,7 @@ async def test_a_rooms_history_goes_with_its_last_member_anywhere(
     await ann.send_line("/join #other")
     await expect(ben, "* ann left #tmp (joined #other)")
     assert isinstance(server_b.backplane, RedisBackplane)
-    kept = {"history:#tmp": set(), "holders:#tmp": {server_b.backplane.node}, "rooms": {"#tmp"}}
+    kept = {"history:#tmp": set(), "holders:#tmp": {server_b.backplane.node_id}, "rooms": {"#tmp"}}
     await room_keys_become(redis_url, cluster, "#tmp", kept)
     assert server_a.hub.history_rooms() == ["#lobby", "#other", "#tmp"]
     assert server_b.hub.history_rooms() == ["#lobby", "#tmp"]
@@ -284,18 +286,20 @@ async def test_a_join_that_races_the_drop_keeps_the_history(
     # Redis only after node A's last member has left and A has dropped the history.
     backplane_b = server_b.backplane
     assert isinstance(backplane_b, RedisBackplane)
-    async with backplane_b._publish_lock:
+    async with backplane_b.publisher.lock:
         await ben.send_line("/join #tmp")
         await expect(ben, "* Users in #tmp: ann, ben")
         await ann.send_line("/join #lobby")
         await wait_until(lambda: "#tmp" not in server_a.hub.history_rooms())
         await wait_until(lambda: not server_b.hub.recent("#tmp", 5))  # B has seen the drop.
     # Ben was in the room all along, so node B undoes the drop, everywhere.
-    kept = {"history:#tmp": set(), "holders:#tmp": {backplane_b.node}, "rooms": {"#tmp"}}
+    kept = {"history:#tmp": set(), "holders:#tmp": {backplane_b.node_id}, "rooms": {"#tmp"}}
     await room_keys_become(redis_url, cluster, "#tmp", kept)
     for server in (server_a, server_b):
         await wait_until(lambda server=server: server.hub.history_rooms()[-1] == "#tmp")
-    assert server_b.hub.recent("#tmp", 5)[0].endswith(b"<ann> worth keeping\n")
+    first = server_b.hub.recent("#tmp", 5)[0]
+    assert isinstance(first, Said)
+    assert (first.name, first.text) == ("ann", "worth keeping")
     cat = await join(port_a, "cat")
     await cat.send_line("/join #tmp")
     await expect(cat, "<ann> worth keeping")

@@ -11,7 +11,6 @@ from triochat.core import events as ev, oneroom
 from triochat.core.hub import Hub, Member
 from triochat.protocol import line as p
 
-LINE = p.LineDialect()
 Inbox = trio.MemoryReceiveChannel[bytes]
 
 
@@ -75,9 +74,15 @@ class User:
         raise AssertionError("unread lines left")
 
 
+CLOCK = Clock()
+LINE = p.LineDialect(clock=CLOCK)
+"""The line door's dialect; its "today" is the test's clock."""
+
+
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    CLOCK.now = T0
+    return CLOCK
 
 
 @pytest.fixture
@@ -133,11 +138,20 @@ async def test_joiners_get_the_history_with_original_timestamps(hub: Hub, clock:
         do(hub, ann.member, p.Say(f"line {i}") if i != 4 else p.Me("waves"))
     clock.now = T0 + 7200
     ben = User(hub, "ben")
-    # history=3: the last three lines, as first said; events are not history.
+    # history=3: the last three lines, as first said (with their date if that was not
+    # today); events are not history.
+    today = T0 + 7200
+
+    def shown(when: float) -> str:
+        same_day = time.localtime(when)[:3] == time.localtime(today)[:3]
+        return time.strftime(
+            "[%H:%M:%S]" if same_day else "[%Y-%m-%d %H:%M:%S]", time.localtime(when)
+        )
+
     assert ben.lines() == [
-        f"{stamp(T0 + 122)} <ann> line 2",
-        f"{stamp(T0 + 183)} <ann> line 3",
-        f"{stamp(T0 + 244)} * ann waves",
+        f"{shown(T0 + 122)} <ann> line 2",
+        f"{shown(T0 + 183)} <ann> line 3",
+        f"{shown(T0 + 244)} * ann waves",
         "* Users in #lobby: ann, ben",
         f"{stamp(T0 + 7200)} * ben joined #lobby",
     ]

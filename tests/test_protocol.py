@@ -8,6 +8,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from triochat.core import events as ev
 from triochat.protocol import line as p
 
 # --- LineFramer ----------------------------------------------------------------
@@ -569,9 +570,21 @@ def test_format_lines() -> None:
 
 
 def test_timestamper_uses_local_time() -> None:
-    stamper = p.Timestamper()
     when = 1_700_000_000.75
+    stamper = p.Timestamper(clock=lambda: when)  # today
     expected = time.strftime("[%H:%M:%S]", time.localtime(when))
     assert stamper(when) == expected
     assert stamper(when + 0.2) == expected  # same second, cached
     assert stamper(when + 1) == time.strftime("[%H:%M:%S]", time.localtime(when + 1))
+
+
+def test_a_time_on_another_day_shows_its_date() -> None:
+    now = 1_700_000_000.0
+    stamp = p.Timestamper(clock=lambda: now)
+    assert stamp(now) == time.strftime("[%H:%M:%S]", time.localtime(now))
+    yesterday = now - 86_400
+    assert stamp(yesterday) == time.strftime("[%Y-%m-%d %H:%M:%S]", time.localtime(yesterday))
+    line = p.LineDialect(clock=lambda: now).render([ev.Said("#a", 1, yesterday, "ann", "hi")])
+    assert (
+        line == time.strftime("[%Y-%m-%d %H:%M:%S] <ann> hi\n", time.localtime(yesterday)).encode()
+    )

@@ -51,8 +51,8 @@ async def _history(client: ChatClient, count: int | None = None) -> list[str]:
 
 
 def _rows(db: Path) -> list[str]:
-    """The stored events, as the line door shows them."""
-    dialect = p.LineDialect()
+    """The stored events, as the line door shows them on the day they were said."""
+    dialect = p.LineDialect(clock=lambda: T0)
     with closing(sqlite3.connect(db)) as conn:
         rows = conn.execute("SELECT event FROM messages ORDER BY id").fetchall()
     return [dialect.line(records.decode_room_event(event)).rstrip("\n") for (event,) in rows]

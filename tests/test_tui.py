@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 import trio
 from conftest import Connect, StartServer
@@ -212,4 +214,160 @@ async def test_a_session_the_server_hangs_up_on_at_registration_ends_with_why(
     with trio.fail_after(10):
         assert await _interactive_session(client, config, screen) == "wrong password"
     assert screen.finished
-    assert "! wrong password" in rendered(screen)
+    view = rendered(screen, (100, 8))
+    assert "! Wrong password: the server closed the connection" in view
+    # Not as if the user had joined: no room, no user count, but what happened.
+    assert "#lobby" not in view[-2]
+    assert "users" not in view[-2]
+    assert "127.0.0.1" in view[-2]
+    assert "│ wrong password │" in view[-2]
+    assert "press any key" in view[-2]
+
+
+def test_a_resize_keeps_the_newest_line_in_view() -> None:
+    screen = make_screen()
+    for i in range(30):
+        screen.add_line(f"[00:00:00] <ben> line {i}")
+    rendered(screen, (120, 35))
+    screen.add_line("[00:00:00] <ben> " + " ".join(f"w{i}" for i in range(40)) + " END|")
+    for size in [(120, 35), (30, 8), (60, 10), (30, 8), (120, 35)]:
+        view = rendered(screen, size)
+        assert "END|" in "\n".join(view), size
+        assert "more below" not in view[-2]
+
+
+def test_a_resize_while_scrolled_up_says_more_below_even_when_narrow() -> None:
+    screen = make_screen()
+    for i in range(30):
+        screen.add_line(f"[00:00:00] <ben> line {i}")
+    rendered(screen, (60, 10))
+    press(screen, "page up")
+    view = rendered(screen, (30, 8))
+    assert "line 29" not in "\n".join(view)
+    assert view[-2].startswith(" -- more below --")
+
+
+def test_a_line_taller_than_the_pane_shows_its_end() -> None:
+    screen = make_screen()
+    rendered(screen, (80, 24))
+    screen.add_line("[00:00:00] <ben> " + "".join(f"{i:04d}." for i in range(1000)))
+    view = rendered(screen, (80, 24))
+    assert view[-3].endswith("0999.")
+    assert "more below" not in view[-2]
+
+
+def test_a_line_over_the_limit_stays_in_the_input_line() -> None:
+    screen = ChatScreen("h:1", RoomState("ann"), max_line=10)
+    screen.chatting()
+    type_text(screen, "é" * 6)  # 12 bytes of UTF-8
+    press(screen, "enter")
+    view = rendered(screen, (80, 8))
+    assert "! Not sent: the line is 12 bytes, the server takes 10" in view
+    assert view[-1] == "> éééééé"
+    press(screen, "backspace")
+    press(screen, "enter")
+    assert screen._actions.receive_nowait() == "ééééé"
+
+
+def test_the_server_s_own_limit_is_learnt() -> None:
+    screen = make_screen()
+    screen.add_line("! Line too long (limit 100 bytes); it was discarded")
+    assert screen.max_line == 100
+
+
+def test_a_batch_of_keys_is_one_insertion_and_a_bracketed_paste_waits_for_enter() -> None:
+    screen = make_screen()
+    rendered(screen)
+    inserted: list[str] = []
+    original = screen.input.insert_text
+
+    def spy(text: str) -> None:
+        inserted.append(text)
+        original(text)
+
+    screen.input.insert_text = spy  # type: ignore[method-assign]
+    left = screen.handle_input([*"hello ", "begin paste", *"a", "enter", *"b", "end paste"], [])
+    assert left == []
+    assert inserted == ["hello a b"]
+    assert rendered(screen)[-1] == "> hello a b"
+    assert screen.handle_input(["window resize"], []) == ["window resize"]
+    screen.handle_input(["enter"], [])
+    assert screen._actions.receive_nowait() == "hello a b"
+
+
+def test_readline_keys() -> None:
+    screen = make_screen()
+    type_text(screen, "one two three")
+    press(screen, "ctrl a")
+    type_text(screen, ">")
+    press(screen, "ctrl e")
+    type_text(screen, "<")
+    assert rendered(screen)[-1] == "> >one two three<"
+    press(screen, "meta b", "meta b")
+    press(screen, "ctrl k")
+    assert screen.input.edit_text == ">one "
+    press(screen, "meta b", "meta f")
+    type_text(screen, "!")
+    assert screen.input.edit_text == ">one! "
+    press(screen, "ctrl w")
+    assert screen.input.edit_text == " "
+    type_text(screen, "keep this")
+    press(screen, "meta b", "ctrl u")
+    assert rendered(screen)[-1] == "> this"
+
+
+def test_tab_completes_names_rooms_and_commands() -> None:
+    screen = make_screen()
+    screen.add_line("* Users in #lobby: ann, ben, bernard")
+    screen.add_line("* Rooms: #lobby (3), #den (1)")
+    type_text(screen, "/jo")
+    press(screen, "tab")
+    assert screen.input.edit_text == "/join "
+    type_text(screen, "#d")
+    press(screen, "tab")
+    assert screen.input.edit_text == "/join #den "
+    press(screen, "ctrl u")
+    type_text(screen, "hi b")
+    press(screen, "tab")  # ben and bernard share "be"
+    assert rendered(screen, (80, 8))[-1] == "> hi be"
+    press(screen, "tab")  # no longer prefix: cycle
+    assert rendered(screen, (80, 8))[-1] == "> hi ben"
+    assert "tab: ben bernard" in rendered(screen, (80, 8))[-2]
+    press(screen, "tab")
+    assert rendered(screen, (80, 8))[-1] == "> hi bernard"
+    press(screen, "ctrl u")
+    type_text(screen, "say /jo")
+    press(screen, "tab")  # a command only as the first word
+    assert rendered(screen, (80, 8))[-1] == "> say /jo"
+
+
+def test_a_day_separator_when_the_date_changes() -> None:
+    days = iter(
+        [datetime.date(2026, 11, 30), datetime.date(2026, 11, 30), datetime.date(2026, 12, 1)]
+    )
+    screen = ChatScreen("h:1", RoomState("ann"), today=lambda: next(days))
+    screen.chatting()
+    screen.add_line("* Users in #lobby: ann")  # no stamp: no separator
+    screen.add_line("[23:59:58] <ben> late")
+    screen.add_line("[23:59:59] <ben> later")
+    screen.add_line("[00:00:01] <ben> tomorrow")
+    screen.add_line("[2026-11-29 12:00:00] <ben> a dated line")  # a server that sends dates
+    view = [row for row in rendered(screen, (60, 10)) if row]
+    assert view[:7] == [
+        "* Users in #lobby: ann",
+        "── Monday 30 November 2026 ──",
+        "[23:59:58] <ben> late",
+        "[23:59:59] <ben> later",
+        "── Tuesday 1 December 2026 ──",
+        "[00:00:01] <ben> tomorrow",
+        "── Sunday 29 November 2026 ──",
+    ]
+
+
+def test_the_transcript_is_the_last_screenful() -> None:
+    screen = make_screen()
+    for i in range(30):
+        screen.add_line(f"[00:00:00] <ben> line {i}")
+    assert screen.transcript(5, 80) == [f"[00:00:00] <ben> line {i}" for i in range(25, 30)]
+    screen.add_line("[00:00:00] <ben> " + "word " * 20)  # two rows at 80 columns
+    assert len(screen.transcript(5, 80)) == 4

@@ -1,8 +1,12 @@
 """Backplanes: what links one server's hub to the other nodes of a cluster.
 
-:class:`LocalBackplane` (the default) links nothing. ``RedisBackplane``
-(:mod:`triochat.backplane.redis`, needs the ``redis`` extra) makes several
-``triochat serve`` nodes one chat through Redis.
+The seam is two small interfaces (:mod:`.base`): a hub publishes through its
+:class:`Backplane`, and a backplane delivers into a :class:`Node`.
+:class:`LocalBackplane` (the default) is a loopback that links nothing.
+``RedisBackplane`` (:mod:`triochat.backplane.redis`, needs the ``redis``
+extra) makes several ``triochat serve`` nodes one chat through Redis, and
+``MemoryCluster`` (:mod:`triochat.backplane.memory`) does the same in one
+process, for tests.
 """
 
 from __future__ import annotations

@@ -85,12 +85,13 @@ class Node(Protocol):
         """A user of another node is gone (its node died or shut down): tell ``room``."""
         ...
 
-    def expel(self, key: str, error: str, reason: str, /) -> None:
-        """Tell the member here holding ``key`` why (``error``), then disconnect it."""
+    def name_conflict(self, key: str, /) -> None:
+        """The name of the member here holding ``key`` was taken elsewhere while the link
+        was down: tell it so, and disconnect it."""
         ...
 
-    def notice_all(self, text: str, /) -> None:
-        """A server notice to every member here (e.g. the link went down)."""
+    def link_changed(self, up: bool, /) -> None:
+        """The link to the rest of the chat went down (or came back): tell everyone here."""
         ...
 
     def flush(self) -> None:
@@ -108,8 +109,8 @@ class Backplane(Protocol):
     remote: bool
 
     @property
-    def notice(self) -> str | None:
-        """A line newcomers should read (e.g. that the link is down), if any."""
+    def link_down(self) -> bool:
+        """Whether the link to the rest of the chat is down (newcomers are told)."""
         ...
 
     def attach(self, node: Node, /) -> None:

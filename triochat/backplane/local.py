@@ -19,7 +19,7 @@ class LocalBackplane:
     """No other nodes: every query is empty and every claim succeeds at once."""
 
     remote = False
-    notice = None
+    link_down = False
 
     def __init__(self) -> None:
         self._node: Node | None = None

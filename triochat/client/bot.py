@@ -33,9 +33,11 @@ from .connection import (
     WrongPassword,
 )
 
-# "[HH:MM:SS] <NAME> text": a chat line; the group is the sender.
-_CHAT_RE: Final = re.compile(r"\[\d\d:\d\d:\d\d\] <([^>\s]+)> ")
-_RENAME_RE: Final = re.compile(r"\[\d\d:\d\d:\d\d\] \* (\S+) is now known as (\S+)$")
+# "[HH:MM:SS] <NAME> text": a chat line; the group is the sender. A server may
+# put the date in the stamp ([YYYY-MM-DD HH:MM:SS]).
+_STAMP: Final = r"\[(?:\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\]"
+_CHAT_RE: Final = re.compile(rf"{_STAMP} <([^>\s]+)> ")
+_RENAME_RE: Final = re.compile(rf"{_STAMP} \* (\S+) is now known as (\S+)$")
 
 
 @dataclass(frozen=True, kw_only=True)

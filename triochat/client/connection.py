@@ -235,13 +235,18 @@ async def open_chat_client(
             await secure.do_handshake()
     except (trio.TooSlowError, trio.BrokenResourceError) as exc:
         await trio.aclose_forcefully(stream)
+        hint = "does the server use TLS?"
         if isinstance(exc, trio.TooSlowError):
             reason = "timed out"
         else:
             reason = str(exc.__cause__ or exc) or "connection closed"
-        raise ConnectFailed(
-            f"TLS handshake with {host}:{port} failed: {reason} (does the server use TLS?)"
-        ) from None
+            if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+                # The server does speak TLS: its certificate is what failed.
+                hint = (
+                    "the server's certificate did not verify: give --ca FILE to trust "
+                    "the CA that signed it, or --insecure to skip the check"
+                )
+        raise ConnectFailed(f"TLS handshake with {host}:{port} failed: {reason} ({hint})") from None
     return ChatClient(secure)
 
 

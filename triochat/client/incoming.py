@@ -8,6 +8,7 @@ the status line shows. Nothing here does I/O.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import re
 from dataclasses import dataclass, field
@@ -15,7 +16,10 @@ from typing import Final
 
 from ..protocol import line as p
 
-_STAMPED: Final = re.compile(r"(\[\d\d:\d\d:\d\d\]) (.*)", re.DOTALL)
+# A server may put the date in the stamp ([YYYY-MM-DD HH:MM:SS]); v1 sends the time only.
+_STAMPED: Final = re.compile(r"(\[(?:\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\]) (.*)", re.DOTALL)
+_STAMP_DATE: Final = re.compile(r"\[(\d{4})-(\d\d)-(\d\d) ")
+_ROOM_NAMES: Final = re.compile(r"#[\w-]+")
 _USERS: Final = re.compile(r"Users in (#\S+): (.*)", re.DOTALL)
 _LEFT: Final = re.compile(r"left (#\S+)( \(.*\))?", re.DOTALL)
 _RENAMED: Final = "is now known as "
@@ -41,6 +45,17 @@ class Incoming:
     text: str
     stamp: str = ""
     name: str = ""
+
+    @property
+    def date(self) -> datetime.date | None:
+        """The date in the stamp, if the server sent one (v1 sends only the time)."""
+        match = _STAMP_DATE.match(self.stamp)
+        if match is None:
+            return None
+        try:
+            return datetime.date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError:
+            return None
 
 
 def parse_line(line: str) -> Incoming:
@@ -84,6 +99,7 @@ class RoomState:
     name: str
     room: str = p.LOBBY
     members: dict[str, str] = field(default_factory=dict)  # name_key -> name
+    rooms: set[str] = field(default_factory=lambda: {p.LOBBY})  # every room a line named
 
     @property
     def user_count(self) -> int:
@@ -99,6 +115,8 @@ class RoomState:
 
     def update(self, line: Incoming) -> None:
         """Follow one server line."""
+        if line.kind in (Kind.INFO, Kind.EVENT):
+            self.rooms.update(room.lower() for room in _ROOM_NAMES.findall(line.text))
         if line.kind is Kind.INFO:
             match = _USERS.fullmatch(line.text)
             if match is not None:

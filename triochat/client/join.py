@@ -38,13 +38,16 @@ EXIT_OK: Final = 0
 EXIT_CLOSED: Final = 1  # the server closed the connection, or it broke
 EXIT_CONNECT: Final = 3  # the server could not be reached
 EXIT_NAME: Final = 4  # the name was rejected (line mode)
-EXIT_PASSWORD: Final = 5  # the password was missing or wrong (line mode)
+EXIT_PASSWORD: Final = 5  # the password was missing (line mode) or wrong
 
 # A longer stdin line is skipped with a warning rather than buffered without
 # bound (the server's own limit is smaller and answered with a ``!`` line).
 STDIN_MAX_LINE: Final = 1 << 20
 
 _QUIT_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_NAME_QUESTION: Final = p.format_info(p.NAME_QUESTION).rstrip("\n")
+WRONG_PASSWORD: Final = "wrong password"
+_WELCOME_WAIT: Final = 10.0  # seconds for the greeting, before the UI asks for a name anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,10 @@ class JoinConfig:
     room: str = p.LOBBY
     quit_timeout: float = 5.0
     scrollback: int = 5000
+    max_line: int = p.DEFAULT_MAX_LINE
+    """The server's line limit in bytes: the terminal UI refuses a longer line before sending."""
+    keep_transcript: int | None = None
+    """Lines of the chat the terminal UI prints on exit: None for the last screenful, 0 for none."""
 
 
 class JoinError(Exception):
@@ -278,25 +285,53 @@ async def run_interactive(config: JoinConfig) -> int:
     """Chat in a full-screen terminal UI; return the exit code."""
     async with await _connect(config) as client:
         state = RoomState(config.name or "")
-        screen = ChatScreen(config.connection.server, state, scrollback=config.scrollback)
+        screen = ChatScreen(
+            config.connection.server,
+            state,
+            scrollback=config.scrollback,
+            max_line=config.max_line,
+        )
         event_loop = urwid.TrioEventLoop()
-        main_loop = urwid.MainLoop(screen.root, PALETTE, event_loop=event_loop, handle_mouse=False)
+        main_loop = urwid.MainLoop(
+            screen.root,
+            PALETTE,
+            event_loop=event_loop,
+            handle_mouse=False,
+            input_filter=screen.handle_input,
+        )
         error: str | None = None
         # Listening before the screen starts, so no signal can kill the
         # process with the terminal left in cbreak mode.
-        with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals, main_loop.start():
-            # Ctrl-C is a key here (it quits politely); signals from elsewhere do the same.
-            main_loop.screen.tty_signal_keys(intr="undefined")  # type: ignore[attr-defined]
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(event_loop.run_async)
-                nursery.start_soon(_quit_on_signals_ui, screen, signals)
-                error = await _interactive_session(client, config, screen)
-                if error is not None:
-                    await screen.any_key.wait()
-                nursery.cancel_scope.cancel()
+        with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
+            try:
+                with main_loop.start():
+                    # Ctrl-C is a key here (it quits politely); signals from elsewhere do the same.
+                    main_loop.screen.tty_signal_keys(intr="undefined")  # type: ignore[attr-defined]
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(event_loop.run_async)
+                        nursery.start_soon(_quit_on_signals_ui, screen, signals)
+                        error = await _interactive_session(client, config, screen)
+                        if error is not None:
+                            await screen.any_key.wait()
+                        nursery.cancel_scope.cancel()
+            finally:
+                # The alternate screen is gone with the UI: leave the last lines on the normal one.
+                _print_transcript(screen, config.keep_transcript)
+        if error == WRONG_PASSWORD:
+            raise JoinError(error, EXIT_PASSWORD)
         if error is not None:
             raise JoinError(error, EXIT_CLOSED)
         return EXIT_OK
+
+
+def _print_transcript(screen: ChatScreen, keep: int | None) -> None:
+    cols, rows = screen.size or (80, 24)
+    # None: the pane's height (the window less the status and input lines).
+    lines = screen.transcript(max(rows - 2, 1), cols) if keep is None else screen.last_lines(keep)
+    if lines:
+        with contextlib.suppress(OSError):
+            sys.stdout.write("".join(line + "\n" for line in lines))
+            sys.stdout.flush()
 
 
 async def _quit_on_signals_ui(screen: ChatScreen, signals: AsyncIterator[int]) -> None:
@@ -312,8 +347,24 @@ class _QuitAtPassword(Exception):
     pass
 
 
+async def _read_welcome(client: ChatClient) -> None:
+    """Read the server's greeting up to its name question into ``client.welcome``.
+
+    So the terminal UI shows the welcome before it asks for a name.
+    """
+    while True:
+        line = await client.receive_line()
+        client.welcome.append(line)
+        if line == _NAME_QUESTION or not line.startswith("* "):
+            return
+
+
 async def _register_interactive(
-    client: ChatClient, screen: ChatScreen, name: str, password: str | None = None
+    client: ChatClient,
+    screen: ChatScreen,
+    name: str,
+    password: str | None = None,
+    room: str = p.LOBBY,
 ) -> bool:
     """Register, asking again in the UI while the name is refused; False if the user quit.
 
@@ -332,6 +383,10 @@ async def _register_interactive(
         screen.registering(name)
         return action
 
+    if not name:
+        with trio.move_on_after(_WELCOME_WAIT):  # a server that never asks is not waited for
+            await _read_welcome(client)
+        _show_welcome(screen, client.welcome)
     while True:
         if not name:
             screen.ask_name()
@@ -348,7 +403,7 @@ async def _register_interactive(
         except _QuitAtPassword:
             return False
         except WrongPassword:
-            raise ConnectionClosed("wrong password") from None
+            raise ConnectionClosed(WRONG_PASSWORD) from None
         except NameRejected as exc:
             _show_welcome(screen, client.welcome[shown:])
             screen.add_markup([("error", f"! {exc}")])
@@ -358,15 +413,20 @@ async def _register_interactive(
         screen.state.name = client.name or name
         screen.chatting()
         _show_welcome(screen, client.welcome[shown:])
+        # Another room was asked for: the lobby's history and join are followed, not shown.
+        lobby = room == p.LOBBY
+        if not lobby:
+            screen.entering(room)
         for line in lines:
-            screen.add_line(line)
+            screen.add_line(line, show=lobby)
         return True
 
 
 def _show_welcome(screen: ChatScreen, lines: list[str]) -> None:
-    # The last welcome line asks for a name (protocol v1); the UI asks itself.
-    for line in lines[:-1]:
-        screen.add_line(line)
+    # The name question is not shown: the UI asks itself, in the input line.
+    for line in lines:
+        if line != _NAME_QUESTION:
+            screen.add_line(line)
 
 
 async def _interactive_session(
@@ -402,7 +462,7 @@ async def _interactive_session(
         nursery.start_soon(force_quit)
         try:
             registered = await _register_interactive(
-                client, screen, config.name or "", config.connection.password
+                client, screen, config.name or "", config.connection.password, config.room
             )
         except ConnectionClosed as exc:
             ending.error = str(exc)
@@ -412,6 +472,8 @@ async def _interactive_session(
         else:
             nursery.start_soon(ending.receive, show, nursery.cancel_scope)
             nursery.start_soon(_guard_send, send)
-    if ending.error is not None:
+    if ending.error == WRONG_PASSWORD:
+        screen.finish("Wrong password: the server closed the connection", state=WRONG_PASSWORD)
+    elif ending.error is not None:
         screen.finish(ending.error)
     return ending.error

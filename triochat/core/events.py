@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 # --- Room events: numbered, kept in history --------------------------------
 
@@ -99,7 +99,20 @@ class Legacy(_InRoom):
 
 
 RoomEvent = Said | Acted | Joined | Left | Renamed | TopicSet | Presence | Legacy
-"""The events numbered in a room's sequence and kept in its history."""
+"""The events numbered in a room's sequence."""
+
+KEPT: Final[frozenset[type[RoomEvent]]] = frozenset({Said, Acted, TopicSet, Legacy})
+"""The room events that go into history and are shown to joiners: chat lines, actions,
+topics (and lines kept from before events), not joins, leaves, renames or summaries.
+
+One rule for every copy of a history: the hub's, the SQLite archive's, and the one a
+backplane keeps for the cluster (Redis lists are capped by count, so they must hold
+the same events as the hub's)."""
+
+
+def kept_in_history(event: RoomEvent) -> bool:
+    """Whether ``event`` goes into its room's history (:data:`KEPT`)."""
+    return type(event) in KEPT
 
 
 # --- Events for one member ---------------------------------------------------

@@ -32,9 +32,16 @@ from .events import Dialect, RoomEvent
 
 log: Final = logging.getLogger("triochat.hub")
 
-KEPT: Final = frozenset({ev.Said, ev.Acted, ev.TopicSet, ev.Legacy})
-"""The room events kept in history and shown to joiners (not joins, leaves, renames)."""
 
+LINK_DOWN: Final = (
+    "The link to the rest of the chat is down: you can keep talking with users on this "
+    "server; reconnecting."
+)
+LINK_UP: Final = "The link to the rest of the chat is back."
+NAME_CONFLICT: Final = (
+    "Your name {name} was taken on another server while the link was down; "
+    "reconnect with another name"
+)
 
 USERS_SHOWN: Final = 50
 """Names listed per user list of a big room (``/users all`` sends as many lists as it takes)."""
@@ -191,8 +198,8 @@ class Hub:
 
     @property
     def notice(self) -> str | None:
-        """A line newcomers should read (the backplane's, e.g. the link is down)."""
-        return self.backplane.notice
+        """A line newcomers should read (that the link to the rest of the chat is down)."""
+        return LINK_DOWN if self.backplane.link_down else None
 
     def online(self) -> int:
         """How many users are in the chat (across the cluster)."""
@@ -534,7 +541,7 @@ class Hub:
         name = events[0].room
         room = self._rooms.get(name)
         held = room.log if room is not None else self._logs.get(name)
-        kept = [event for event in events if type(event) in KEPT]
+        kept = [event for event in events if type(event) in ev.KEPT]
         if kept:
             if held is None:
                 held = self._log(name)
@@ -642,20 +649,20 @@ class Hub:
         seq = self._next(held) if held is not None else 0
         self._publish([ev.Left(room, seq, self._clock(), name, reason)])
 
-    def notice_all(self, text: str, /) -> None:
-        """A server notice to every member on this node."""
+    def link_changed(self, up: bool, /) -> None:
+        """The link to the rest of the chat went down or came back: everyone here hears."""
         groups: dict[Dialect, list[Member]] = {}
         for member in self._members.values():
             groups.setdefault(member.dialect, []).append(member)
-        self._fanout(groups, [ev.Notice(text)])
+        self._fanout(groups, [ev.Notice(LINK_UP if up else LINK_DOWN)])
 
-    def expel(self, key: str, error: str, reason: str, /) -> None:
-        """Tell the member holding ``key`` why in an error line, then close its connection."""
+    def name_conflict(self, key: str, /) -> None:
+        """The member holding ``key`` lost its name to another node: tell it, then close."""
         member = self._members.get(key)
         if member is None:
             return
-        self.tell(member, ev.Error(error))
-        self.leave(member, reason)
+        self.tell(member, ev.Error(NAME_CONFLICT.format(name=member.name)))
+        self.leave(member, "name conflict")
         (member.hang_up or member.disconnect)()
 
     def flush(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -311,9 +311,14 @@ def parse_command(line: str) -> Command | None:
 
 
 class Timestamper:
-    """Formats ``[HH:MM:SS]`` in the server's local time, once per second at most."""
+    """Formats ``[HH:MM:SS]`` in the server's local time, once per second at most.
 
-    def __init__(self) -> None:
+    A time on another day than today (``clock``'s) gets the date too,
+    ``[YYYY-MM-DD HH:MM:SS]``, so yesterday's history does not pass for today's.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._second = -1
         self._stamp = ""
 
@@ -321,7 +326,11 @@ class Timestamper:
         second = int(when)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("[%H:%M:%S]", time.localtime(second))
+            shown = time.localtime(second)
+            if shown[:3] == time.localtime(self._clock())[:3]:
+                self._stamp = time.strftime("[%H:%M:%S]", shown)
+            else:
+                self._stamp = time.strftime("[%Y-%m-%d %H:%M:%S]", shown)
         return self._stamp
 
 
@@ -375,8 +384,8 @@ class LineDialect:
 
     name: Final = "line"
 
-    def __init__(self) -> None:
-        self._stamp = Timestamper()
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._stamp = Timestamper(clock)
 
     def render(self, events: Sequence[ev.Event], /) -> bytes:
         stamp, said, line = self._stamp, ev.Said, self.line

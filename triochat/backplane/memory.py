@@ -1,0 +1,257 @@
+"""A cluster in one process: several hubs on one fake channel, for tests of the cluster rules.
+
+:class:`MemoryCluster` plays Redis's part: it hands out one
+:class:`MemoryBackplane` per node, keeps the names, presence, holds and
+histories, and delivers every published batch to every node in one order,
+each node taking its own copy in its backplane's :meth:`~MemoryBackplane.run`
+task, as it would from Redis's channel (the publishing node included). So
+two real hubs can be tested as one chat without Redis, under trio's
+``autojump_clock``; real Redis stays for the transport's own tests.
+
+It has no link to lose: what it shows is what the cluster promises when the
+link is up (one order, unique names, shared history that goes with its last
+member anywhere, a dead node's users announced as gone).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from ..core.events import Private, RoomEvent, kept_in_history
+from ..core.names import name_key
+from ..protocol.line import LOBBY
+from .base import BackplaneError, Claim, Node
+
+
+@dataclass(frozen=True, slots=True)
+class _Events:
+    events: tuple[RoomEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    key: str
+    event: Private
+
+
+@dataclass(frozen=True, slots=True)
+class _Drop:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class _History:
+    room: str
+    events: tuple[RoomEvent, ...]
+
+
+_Record = _Events | _Direct | _Drop | _History
+
+
+@dataclass(slots=True)
+class _User:
+    backplane: MemoryBackplane
+    name: str
+    rooms: tuple[str, ...]
+
+
+class MemoryCluster:
+    """The shared state of a cluster of :class:`MemoryBackplane` nodes.
+
+    Args:
+      history: events each room keeps for the cluster (as Redis keeps them).
+      backlog: records a node may have waiting before the cluster refuses
+        more (a test that lets a node's ``run`` stall for that long is broken).
+    """
+
+    def __init__(self, *, history: int = 20, backlog: int = 10_000) -> None:
+        self.history = history
+        self.backlog = backlog
+        self.nodes: list[MemoryBackplane] = []
+        self.names: dict[str, MemoryBackplane] = {}
+        """Name key -> the node that claimed it."""
+        self.users: dict[str, _User] = {}
+        """Name key -> where that user is."""
+        self.holders: dict[str, set[MemoryBackplane]] = {}
+        self.histories: dict[str, deque[RoomEvent]] = {}
+        self._dropped: dict[str, list[RoomEvent]] = {}
+
+    def backplane(self) -> MemoryBackplane:
+        """A new node's backplane."""
+        backplane = MemoryBackplane(self)
+        self.nodes.append(backplane)
+        return backplane
+
+    def _broadcast(self, record: _Record) -> None:
+        for node in self.nodes:
+            try:
+                node._inbox.send_nowait(record)
+            except trio.WouldBlock:
+                raise BackplaneError(f"a node fell {self.backlog} records behind") from None
+
+    def _publish(self, events: tuple[RoomEvent, ...]) -> None:
+        for event in events:
+            if kept_in_history(event) and self.history:
+                history = self.histories.get(event.room)
+                if history is None:
+                    history = self.histories[event.room] = deque(maxlen=self.history)
+                history.append(event)
+        self._broadcast(_Events(events))
+
+    def _release(self, backplane: MemoryBackplane, room: str) -> None:
+        holders = self.holders.get(room, set())
+        holders.discard(backplane)
+        if holders:
+            return
+        self.holders.pop(room, None)
+        self._dropped[room] = list(self.histories.pop(room, ()))
+        self._broadcast(_Drop(room))
+
+    def _undo(self, backplane: MemoryBackplane, room: str) -> None:
+        """A drop overtook ``backplane``'s join of ``room``: restore the history everywhere."""
+        self.holders.setdefault(room, set()).add(backplane)
+        history = deque(self._dropped.pop(room, ()), maxlen=self.history)
+        history.extend(self.histories.get(room, ()))
+        self.histories[room] = history
+        self._broadcast(_History(room, tuple(history)))
+
+    def _remove(self, backplane: MemoryBackplane, reason: str) -> None:
+        """``backplane``'s node is gone: its own hub (shutting down) or a survivor's
+        announces its users, then the cluster forgets them, their names and holds."""
+        if backplane not in self.nodes:
+            return
+        gone = [(key, u) for key, u in self.users.items() if u.backplane is backplane]
+        announcer = backplane if reason == "server shutdown" else self._survivor(backplane)
+        if announcer is not None:
+            for _, user in gone:
+                for room in user.rooms:
+                    announcer.node.announce_left(room, user.name, reason)
+        self.nodes.remove(backplane)
+        for key, _ in gone:
+            del self.users[key]
+        for key in [k for k, owner in self.names.items() if owner is backplane]:
+            del self.names[key]
+        for room in [r for r, holders in self.holders.items() if backplane in holders]:
+            self._release(backplane, room)
+
+    def _survivor(self, backplane: MemoryBackplane) -> MemoryBackplane | None:
+        return next((n for n in self.nodes if n is not backplane and n._node), None)
+
+
+class MemoryBackplane:
+    """One node's backplane in a :class:`MemoryCluster` (see :meth:`MemoryCluster.backplane`)."""
+
+    remote = True
+    link_down = False
+
+    def __init__(self, cluster: MemoryCluster) -> None:
+        self.cluster = cluster
+        self._node: Node | None = None
+        self._inbox, self._outbox = trio.open_memory_channel[_Record](cluster.backlog)
+
+    @property
+    def node(self) -> Node:
+        if self._node is None:
+            raise RuntimeError("no node attached to this backplane")
+        return self._node
+
+    def attach(self, node: Node, /) -> None:
+        self._node = node
+
+    def publish(self, events: Sequence[RoomEvent], /) -> None:
+        self.cluster._publish(tuple(events))
+
+    def publish_private(self, key: str, event: Private, /) -> bool:
+        self.cluster._broadcast(_Direct(key, event))
+        return True
+
+    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
+        cluster = self.cluster
+        if rooms is None:
+            user = cluster.users.get(key)
+            if user is not None and user.backplane is self:
+                del cluster.users[key]
+            if cluster.names.get(key) is self:
+                del cluster.names[key]
+        else:
+            cluster.users[key] = _User(self, name, tuple(rooms))
+            cluster.names[key] = self
+
+    def occupy(self, room: str, /) -> None:
+        self.cluster.holders.setdefault(room, set()).add(self)
+
+    def vacate(self, room: str, /) -> bool:
+        self.cluster._release(self, room)
+        return True
+
+    def _others(self) -> Iterable[_User]:
+        return (u for u in self.cluster.users.values() if u.backplane is not self)
+
+    def remote_name(self, key: str, /) -> str | None:
+        user = self.cluster.users.get(key)
+        return user.name if user is not None and user.backplane is not self else None
+
+    def remote_users(self, room: str, /) -> list[str]:
+        return [u.name for u in self._others() if room in u.rooms]
+
+    def remote_rooms(self) -> dict[str, int]:
+        return dict(Counter(room for u in self._others() for room in u.rooms))
+
+    def remote_count(self) -> int:
+        return sum(1 for _ in self._others())
+
+    async def claim(self, name: str, /) -> Claim:
+        await trio.lowlevel.checkpoint()  # A round trip, as far as the caller can tell.
+        key = name_key(name)
+        if key in self.cluster.names:
+            return Claim.TAKEN
+        self.cluster.names[key] = self
+        return Claim.CLAIMED
+
+    def unclaim(self, name: str, /) -> None:
+        key = name_key(name)
+        if self.cluster.names.get(key) is self and key not in self.cluster.users:
+            del self.cluster.names[key]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Take this node's copy of the channel, batch by batch, until cancelled."""
+        node = self.node
+        node.replace_histories({room: list(h) for room, h in self.cluster.histories.items()})
+        task_status.started()
+        while True:
+            records = [await self._outbox.receive()]
+            while True:
+                try:
+                    records.append(self._outbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            for record in records:
+                self._take(node, record)
+            node.flush()
+
+    def _take(self, node: Node, record: _Record) -> None:
+        if self not in self.cluster.nodes:
+            return  # Dead: it hears nothing more.
+        match record:
+            case _Events(events):
+                node.deliver(events)
+            case _Direct(key, event):
+                node.deliver_private(key, event)
+            case _Drop(room):
+                if node.drop_history(room) and room != LOBBY:
+                    self.cluster._undo(self, room)
+            case _History(room, events):
+                node.set_history(room, events)
+
+    def crash(self) -> None:
+        """This node dies: the others drop it, and a survivor's hub announces its users gone."""
+        self.cluster._remove(self, "connection lost")
+
+    async def leave_cluster(self) -> None:
+        """On shutdown: this node's hub announces its users gone, and the cluster forgets it."""
+        await trio.lowlevel.checkpoint()
+        self.cluster._remove(self, "server shutdown")

@@ -1,0 +1,424 @@
+"""The Redis backplane: the :class:`~triochat.backplane.base.Backplane` of a cluster node.
+
+It ties the parts together: what the hub calls (synchronous, never waits)
+goes to the :class:`.Publisher`'s queue or is answered from the
+:class:`.Replica`; name claims are :class:`.Claims`; the link loop
+(:func:`.link.keep_linked`) runs one *session* after another, and a session
+subscribes, takes a snapshot, and then runs the publisher, the heartbeat and
+the subscriber until the link fails. What comes back from the channel goes
+to the :class:`~triochat.backplane.base.Node` it serves, never to a hub class.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, get_args
+
+import coredis
+import trio
+from coredis.retry import NoRetryPolicy
+
+from ...core.events import Legacy, Private, RoomEvent
+from ...protocol.line import LOBBY
+from ..base import BackplaneError, Claim, Node
+from . import scripts
+from .claims import Claims
+from .keys import Keys
+from .link import LINK_ERRORS, connect, describe, keep_linked, log, quiet_coredis
+from .options import RedisOptions
+from .publisher import Events, Item, Publisher, Rehold, Release, Room, Sweep, Undo
+from .replica import Replica
+from .wire import (
+    Direct,
+    Drop,
+    History,
+    Whereabouts,
+    WireError,
+    decode_batch,
+    decode_event,
+    decode_presence,
+    presence_prefix,
+)
+
+_LEAVE_TIMEOUT: Final = 0.5
+
+_Gone = tuple[str, str, tuple[str, ...]]
+"""A user removed from Redis: key, name, rooms."""
+
+
+class RedisBackplane:
+    """The Redis backplane; the hub attaches itself, the server runs :meth:`run`."""
+
+    remote = True
+
+    def __init__(self, options: RedisOptions) -> None:
+        self.options = options
+        self.node_id = uuid.uuid4().hex[:12]
+        self.keys = Keys(options.cluster)
+        self.publisher = Publisher(self.node_id, self.keys, options)
+        self._claims = Claims(self.node_id, self.keys, options.timeout, self._queue_release)
+        self._replica = Replica(self.node_id)
+        self._seen: dict[str, int] = {}
+        """The number of the last batch taken from each node."""
+        self._client: coredis.Redis[bytes] | None = None
+        self._node: Node | None = None
+        self._leaving: list[Item] | None = None
+        """While leaving the cluster: the hub's last events, written by leave_cluster()."""
+        self.linked = False
+        self._down = False
+        # The heartbeat task's scope: leaving the cluster stops it first.
+        self._beating = trio.CancelScope()
+        self.link_changes = 0
+        """How often the link went down or came back (tests and metrics read it)."""
+        quiet_coredis()
+
+    @property
+    def node(self) -> Node:
+        if self._node is None:
+            raise RuntimeError("no node attached to this backplane")
+        return self._node
+
+    # --- what the hub calls (synchronous, never waits) -------------------------
+
+    @property
+    def link_down(self) -> bool:
+        return self._down
+
+    def attach(self, node: Node, /) -> None:
+        self._node = node
+
+    def publish(self, events: Sequence[RoomEvent], /) -> None:
+        item = Events(tuple(events))
+        if self._leaving is not None:
+            self._leaving.append(item)
+        elif not (self.linked and self.publisher.queue(item)):
+            self.node.deliver(events)  # Here alone, rather than lost.
+
+    def publish_private(self, key: str, event: Private, /) -> bool:
+        return self.linked and self.publisher.queue(Direct(key, event))
+
+    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
+        if self.linked:
+            entry = Whereabouts(self.node_id, key, name, None if rooms is None else tuple(rooms))
+            self.publisher.queue(entry)
+        # Else rewritten from the hub's state when the link is back.
+        if rooms is None:
+            self._claims.drop(key, self.linked)  # The name's release, after the presence.
+
+    def _queue_release(self, key: str, token: str) -> None:
+        self.publisher.queue(Release(key, token))
+
+    def occupy(self, room: str, /) -> None:
+        if self.linked:
+            self.publisher.queue_room(Room(room))
+
+    def vacate(self, room: str, /) -> bool:
+        if not self.linked:
+            return False  # Histories are re-read from Redis when the link is back.
+        self.publisher.queue_room(Room(room))
+        return True
+
+    def remote_name(self, key: str, /) -> str | None:
+        return self._replica.name(key)
+
+    def remote_users(self, room: str, /) -> list[str]:
+        return self._replica.users(room)
+
+    def remote_rooms(self) -> dict[str, int]:
+        return self._replica.rooms()
+
+    def remote_count(self) -> int:
+        return len(self._replica)
+
+    # --- name claims (awaited by the session before it calls the hub) ----------
+
+    async def claim(self, name: str, /) -> Claim:
+        return await self._claims.claim(self._client if self.linked else None, name)
+
+    def unclaim(self, name: str, /) -> None:
+        self._claims.unclaim(name, self.linked)
+
+    # --- the link ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the link up until cancelled. ``started`` after the first attempt, up or not."""
+        self.node  # noqa: B018 - fail now, not at the first delivery, if nothing is attached.
+        await keep_linked(self.options, self._session, self._link_lost, task_status=task_status)
+
+    async def _session(self, linked: Callable[[], None]) -> None:
+        node, keys, timeout = self.node, self.keys, self.options.timeout
+        async with (
+            connect(self.options) as client,
+            client.pubsub(retry_policy=NoRetryPolicy(), ignore_subscribe_messages=True) as pubsub,
+        ):
+            with trio.fail_after(timeout):
+                await pubsub.subscribe(keys.channel)
+                # Our holds stay (the others must not drop our rooms meanwhile);
+                # Rehold below rewrites them.
+                stale, _ = await self._reap(client, self.node_id, force=True)
+                await self._beat(client)
+            conflicts = await self._claims.reclaim(client, node)
+            with trio.fail_after(timeout):
+                snapshot: Any = await scripts.SNAPSHOT(
+                    keys=[keys.presence, keys.seqs, keys.rooms],
+                    args=[keys.history_prefix],
+                    client=client,
+                )
+            stored = self._apply_snapshot(node, snapshot)
+            self._client = client
+            self.linked = True
+            # First our holds, then a check of every stored room: a room nobody
+            # holds (left by a crash, or by an older version) loses its history.
+            self.publisher.queue(Rehold())
+            if rooms := tuple(room for room in stored if room != LOBBY):
+                self.publisher.queue(Sweep(rooms))
+            self.link_changes += 1
+            log.info("linked to Redis as node %s (cluster %s)", self.node_id, keys.cluster)
+            # Leavers during the outage, then this node's users, as the cluster should see them.
+            local = {m.key for m in node.local_members()}
+            self._announce_gone(self.node_id, [g for g in stale if g[0] not in local])
+            for member in node.local_members():
+                entry = Whereabouts(self.node_id, member.key, member.name, tuple(member.room_names))
+                self.publisher.queue(entry)
+            for member in conflicts:
+                node.name_conflict(member.key)
+            if self._down:
+                self._down = False
+                node.link_changed(True)
+            node.flush()
+            linked()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.publisher.run, client, node)
+                nursery.start_soon(self._heartbeat, client)
+                await self._subscriber(node, pubsub)
+                raise BackplaneError("subscription ended")
+
+    def _link_lost(self, was_linked: bool) -> None:
+        node = self.node
+        self.linked = False
+        self._down = True
+        self._client = None
+        self._replica.clear()
+        # Whatever did not reach Redis is delivered here, so nothing said is lost.
+        for item in self.publisher.take_unsent():
+            if isinstance(item, Events):
+                node.deliver(item.events)
+            elif isinstance(item, Direct):
+                node.deliver_private(item.key, item.event)
+        if was_linked:
+            self.link_changes += 1
+            node.link_changed(False)
+        node.flush()
+
+    def _apply_snapshot(self, node: Node, snapshot: Any) -> list[str]:
+        """Take the snapshot's presence, batch numbers and histories; return its rooms."""
+        presence, seqs, histories = snapshot
+        entries = []
+        for key, value in _pairs(presence):
+            try:
+                entries.append((_text(key), *decode_presence(value)))
+            except WireError as exc:
+                log.warning("ignoring a malformed presence entry for %s: %s", _text(key), exc)
+        self._replica.load(entries)
+        self._seen = {_text(n): int(seq) for n, seq in _pairs(seqs)}
+        log.debug("snapshot: %d remote users, batches seen %s", len(self._replica), self._seen)
+        stored: dict[str, list[RoomEvent]] = {}
+        for i in range(0, len(histories), 2):
+            room = _text(histories[i])
+            stored[room] = _decode_history(room, reversed(histories[i + 1]))
+        node.replace_histories(stored)
+        return list(stored)
+
+    async def _subscriber(self, node: Node, pubsub: Any) -> None:
+        async for message in pubsub:
+            if message["type"] != "message":
+                continue
+            try:
+                origin, seq, records = decode_batch(message["data"])
+            except WireError as exc:
+                log.warning("ignoring a malformed batch: %s", exc)
+                continue
+            last = self._seen.get(origin, 0)
+            log.debug("batch %s/%d (last seen %d): %d records", origin, seq, last, len(records))
+            if seq <= last:
+                continue  # Already in the snapshot.
+            if last and seq != last + 1:
+                log.warning("missed %d batches from node %s", seq - last - 1, origin)
+            self._seen[origin] = seq
+            self._take(node, records)
+            node.flush()
+
+    def _take(self, node: Node, records: Sequence[Any]) -> None:
+        """Hand a batch's records to the node, each run of one room's events in one call."""
+        run: list[RoomEvent] = []
+        for record in records:
+            if run and not (isinstance(record, _ROOM_EVENTS) and record.room == run[0].room):
+                node.deliver(run)
+                run = []
+            if isinstance(record, _ROOM_EVENTS):
+                run.append(record)
+            elif isinstance(record, Direct):
+                node.deliver_private(record.key, record.event)
+            elif isinstance(record, Drop):
+                if node.drop_history(record.room):
+                    # A member here joined before its hold reached Redis: hold the
+                    # room (again, if a reap took our hold) and undo the drop.
+                    self.publisher.forget_hold(record.room)
+                    self.publisher.queue_room(Room(record.room))
+                    self.publisher.queue_room(Undo(record.room))
+            elif isinstance(record, History):
+                node.set_history(record.room, record.events)
+            elif isinstance(record, Whereabouts):
+                self._replica.apply(record)
+        if run:
+            node.deliver(run)
+
+    # --- heartbeat, and the nodes that have none ---------------------------------
+
+    async def _heartbeat(self, client: coredis.Redis[bytes]) -> None:
+        with trio.CancelScope() as self._beating:
+            while True:
+                await trio.sleep(self.options.heartbeat)
+                await self._heartbeat_once(client)
+
+    async def _heartbeat_once(self, client: coredis.Redis[bytes]) -> None:
+        """Say this node is alive, and reap the nodes that are not."""
+        keys = self.keys
+        with trio.fail_after(self.options.timeout):
+            await self._beat(client)
+            for raw in await client.smembers(keys.nodes):
+                other = raw.decode()
+                if other != self.node_id and not await client.exists([keys.alive(other)]):
+                    gone, rooms = await self._reap(client, other, release=True)
+                    for _, name, in_rooms in gone:
+                        log.info("node %s is gone: %s left %s", other, name, ", ".join(in_rooms))
+                    self._announce_gone(other, gone)
+                    if rooms:
+                        self.publisher.queue(Sweep(tuple(rooms)))
+
+    async def _beat(self, client: coredis.Redis[bytes]) -> None:
+        keys = self.keys
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set(keys.alive(self.node_id), b"1", px=int(self.options.node_ttl * 1000))
+            pipe.sadd(keys.nodes, [self.node_id])
+
+    async def _reap(
+        self,
+        client: coredis.Redis[bytes],
+        node_id: str,
+        *,
+        force: bool = False,
+        release: bool = False,
+    ) -> tuple[list[_Gone], list[str]]:
+        """Remove ``node_id``'s users from Redis; return them, and (with ``release``, which
+        lets its holds go too) the rooms it held."""
+        keys = self.keys
+        result: Any = await scripts.REAP(
+            keys=[keys.presence, keys.nodes, keys.seqs, keys.held(node_id)],
+            args=[
+                node_id,
+                keys.name_prefix,
+                keys.alive(node_id),
+                "1" if force else "0",
+                "1" if release else "0",
+                keys.holders_prefix,
+                presence_prefix(node_id),
+            ],
+            client=client,
+        )
+        entries, rooms = result
+        gone = []
+        for key, value in _pairs(entries):
+            try:
+                _, name, in_rooms = decode_presence(value)
+            except WireError as exc:
+                log.warning("ignoring a malformed presence entry for %s: %s", _text(key), exc)
+                continue
+            gone.append((_text(key), name, in_rooms))
+        return gone, [_text(room) for room in rooms]
+
+    def _announce_gone(
+        self, node_id: str, gone: Iterable[_Gone], reason: str = "connection lost"
+    ) -> None:
+        """Tell the cluster that ``node_id``'s users ``gone`` left: their presence ends, and the
+        hub here announces each one's leaving of each room (the cluster's order applies)."""
+        node = self.node
+        for key, name, rooms in gone:
+            self.publisher.queue(Whereabouts(node_id, key, name, None))
+            for room in rooms:
+                node.announce_left(room, name, reason)
+
+    async def leave_cluster(self) -> None:
+        """On shutdown: this node's users leave every room, and its keys go."""
+        client = self._client
+        if not self.linked or client is None:
+            return
+        self.linked = False
+        # A beat landing after the keys below are gone would put this node back
+        # in the cluster's list for good (nobody is left to reap it).
+        self._beating.cancel()
+        # Bounded tightly: the server must exit within 3 s of SIGTERM, Redis or not;
+        # if this is cut short, the others reap this node after node_ttl instead.
+        try:
+            with trio.move_on_after(_LEAVE_TIMEOUT, shield=True):
+                await self._leave(client)
+        except* LINK_ERRORS as group:
+            log.warning(
+                "could not leave the cluster cleanly (%s): the others reap this node instead",
+                describe(group),
+            )
+            log.debug("the failure", exc_info=group)
+
+    async def _leave(self, client: coredis.Redis[bytes]) -> None:
+        keys = self.keys
+        await client.delete([keys.alive(self.node_id)])
+        gone, rooms = await self._reap(client, self.node_id, force=True, release=True)
+        # What the hub says now (each user's Left) is written below, not queued.
+        items: list[Item] = []
+        self._leaving = items
+        try:
+            for key, name, in_rooms in gone:
+                items.append(Whereabouts(self.node_id, key, name, None))
+                for room in in_rooms:
+                    self.node.announce_left(room, name, "server shutdown")
+        finally:
+            self._leaving = None
+        if rooms:
+            items.append(Sweep(tuple(rooms)))
+        await self.publisher.write(client, self.node, items)
+        await client.hdel(keys.seqs, [self.node_id])
+        await client.srem(keys.nodes, [self.node_id])
+
+
+_ROOM_EVENTS: Final = get_args(RoomEvent)
+
+
+def _decode_history(room: str, raw: Iterable[bytes]) -> list[RoomEvent]:
+    """A history list's events, oldest first.
+
+    A list written by a version before events holds v1 lines: each becomes a
+    :class:`~triochat.core.events.Legacy` event, shown as it was.
+    """
+    events: list[RoomEvent] = []
+    for entry in raw:
+        try:
+            events.append(decode_event(entry))
+        except WireError as exc:
+            if entry.startswith(b'["'):
+                log.warning("ignoring a malformed history entry of %s: %s", room, exc)
+            else:
+                line = entry.decode(errors="replace").rstrip("\n")
+                events.append(Legacy(room, len(events) + 1, 0.0, line))
+    return events
+
+
+def _pairs(flat: Any) -> Iterable[tuple[Any, Any]]:
+    """A flat HGETALL-style reply (or a dict) as ``(field, value)`` pairs."""
+    if isinstance(flat, Mapping):
+        return flat.items()
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

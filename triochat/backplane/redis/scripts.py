@@ -1,0 +1,182 @@
+"""The Lua scripts a node runs in Redis, each loaded once and run by its SHA (EVALSHA).
+
+coredis's :class:`~coredis.commands.script.Script` sends ``EVALSHA`` and, on
+``NOSCRIPT`` (the script cache is empty after a Redis restart), loads the
+script and retries once; in a pipeline it checks the cache before the
+transaction. So the script's text crosses the network once per Redis
+process, not once per call.
+
+Every script that may publish a batch takes the same first four arguments:
+ARGV[1] the node, ARGV[2] the batch's number, ARGV[3] the channel, ARGV[4]
+the batch's header line (see :mod:`.wire`).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from coredis.commands.script import Script
+
+# Claim KEYS[1] for ARGV[1] (a NODE:SERIAL token) unless a live node holds it; return the
+# holder's token, or false. ARGV[2]: alive-key prefix; ARGV[3]: our node;
+# ARGV[4] '1': take over our own stale token.
+CLAIM: Final = Script[bytes](
+    None,
+    """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then
+  local node = string.match(cur, '^[^:]+')
+  local ours = node == ARGV[3] and ARGV[4] == '1'
+  if redis.call('EXISTS', ARGV[2] .. node) == 1 and not ours then
+    return cur
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return false
+""",
+)
+
+# Give back the claim on KEYS[1] if it is still ARGV[1]'s.
+RELEASE: Final = Script[bytes](
+    None,
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+""",
+)
+
+# Remove node ARGV[1]'s presence, names and bookkeeping; return its presence entries and,
+# with ARGV[5] '1', the rooms it held, whose holds go too.
+# KEYS: presence hash, nodes set, seqs hash, its held set. ARGV[2]: name-key prefix;
+# ARGV[3]: its alive key; ARGV[4] '1': even if it is alive (our own shutdown or
+# restart); ARGV[6]: holders prefix; ARGV[7]: how its presence entries start.
+REAP: Final = Script[bytes](
+    None,
+    """
+if ARGV[4] ~= '1' and redis.call('EXISTS', ARGV[3]) == 1 then return {{}, {}} end
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+local prefix = ARGV[7]
+local owner_prefix = ARGV[1] .. ':'
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  if string.sub(v, 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[1], all[i])
+    local nk = ARGV[2] .. all[i]
+    local owner = redis.call('GET', nk)
+    if owner and string.sub(owner, 1, #owner_prefix) == owner_prefix then
+      redis.call('DEL', nk)
+    end
+    out[#out + 1] = all[i]
+    out[#out + 1] = v
+  end
+end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+local rooms = {}
+if ARGV[5] == '1' then
+  rooms = redis.call('SMEMBERS', KEYS[4])
+  for _, room in ipairs(rooms) do redis.call('SREM', ARGV[6] .. room, ARGV[1]) end
+  redis.call('DEL', KEYS[4])
+end
+return {out, rooms}
+""",
+)
+
+# Make node ARGV[1]'s holds exactly the rooms ARGV[3...]; return the rooms it let go.
+# KEYS: its held set. ARGV[2]: holders prefix.
+REHOLD: Final = Script[bytes](
+    None,
+    """
+local now = {}
+for i = 3, #ARGV do now[ARGV[i]] = true end
+local released = {}
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not now[room] then
+    redis.call('SREM', KEYS[1], room)
+    redis.call('SREM', ARGV[2] .. room, ARGV[1])
+    released[#released + 1] = room
+  end
+end
+for i = 3, #ARGV do
+  redis.call('SADD', KEYS[1], ARGV[i])
+  redis.call('SADD', ARGV[2] .. ARGV[i], ARGV[1])
+end
+return released
+""",
+)
+
+# With ARGV[9] '1', release node ARGV[1]'s hold on each room first. Then drop the history
+# of each room that no node holds: it moves to dropped:ROOM (in front of what is left of
+# an earlier drop) for ARGV[8] ms, so that a join that raced the drop can undo it. If any
+# room went, publish one batch of their D records. Returns 1 if it published.
+# KEYS: rooms set, seqs hash, node's held set. ARGV[5], [6], [7]: history, holders and
+# dropped prefixes; [10]: history length; from [11]: ROOM, D record pairs.
+DROP: Final = Script[bytes](
+    None,
+    r"""
+local batch = {ARGV[4]}
+for i = 11, #ARGV, 2 do
+  local room = ARGV[i]
+  local holders = ARGV[6] .. room
+  if ARGV[9] == '1' then
+    redis.call('SREM', KEYS[3], room)
+    redis.call('SREM', holders, ARGV[1])
+  end
+  if redis.call('EXISTS', holders) == 0 then
+    local history, dropped = ARGV[5] .. room, ARGV[7] .. room
+    if redis.call('EXISTS', history) == 1 then
+      local older = redis.call('LRANGE', dropped, 0, -1)
+      redis.call('RENAME', history, dropped)
+      for _, event in ipairs(older) do redis.call('RPUSH', dropped, event) end
+      redis.call('LTRIM', dropped, 0, tonumber(ARGV[10]) - 1)
+      redis.call('PEXPIRE', dropped, ARGV[8])
+    end
+    redis.call('SREM', KEYS[1], room)
+    batch[#batch + 1] = ARGV[i + 1]
+  end
+end
+if #batch == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], table.concat(batch))
+return 1
+""",
+)
+
+# Put ROOM's dropped events (KEYS[4]) back behind any said since (KEYS[3]), and publish
+# the result as one H record: ARGV[7] (its start, up to the first event), the events
+# oldest first joined by commas, and the record's end. Returns 1 if it published
+# (0: nothing was kept, or it expired). KEYS[1], [2]: rooms set, seqs hash.
+# ARGV[5]: room; [6]: history length.
+UNDO: Final = Script[bytes](
+    None,
+    r"""
+local older = redis.call('LRANGE', KEYS[4], 0, -1)
+if #older == 0 then return 0 end
+for _, event in ipairs(older) do redis.call('RPUSH', KEYS[3], event) end
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+redis.call('DEL', KEYS[4])
+redis.call('SADD', KEYS[1], ARGV[5])
+local stored = redis.call('LRANGE', KEYS[3], 0, -1)
+local events = {}
+for i = #stored, 1, -1 do events[#events + 1] = stored[i] end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. ARGV[7] .. table.concat(events, ',') .. ']]\n')
+return 1
+""",
+)
+
+# Presence, batch numbers and every room's history, in one atomic read.
+# KEYS: presence hash, seqs hash, rooms set. ARGV[1]: history prefix.
+SNAPSHOT: Final = Script[bytes](
+    None,
+    """
+local rooms = redis.call('SMEMBERS', KEYS[3])
+local h = {}
+for _, r in ipairs(rooms) do
+  h[#h + 1] = r
+  h[#h + 1] = redis.call('LRANGE', ARGV[1] .. r, 0, -1)
+end
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), h}
+""",
+)

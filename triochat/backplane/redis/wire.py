@@ -1,0 +1,225 @@
+"""What nodes say to each other on the cluster's channel (sans-IO).
+
+One pub/sub message is a batch: a header line ``NODE<TAB>SEQ``, then one
+record a line, each a compact JSON array whose first item is its kind.
+JSON escapes every control character, so a record never holds a newline,
+and newlines frame it. Room events travel as the hub made them, ``seq`` and
+``time`` included, as the event records of :mod:`triochat.core.records`
+(the ones SQLite keeps too): ``["Said", ROOM, SEQ, TIME, NAME, TEXT]``,
+``["Joined", ROOM, SEQ, TIME, NAME]``, ... The cluster's own records:
+
+``["M", KEY, PRIVATE]``
+    a private message (a ``Private`` event record) for the user holding KEY
+``["P", NODE, KEY, NAME, [ROOM, ...] | null]``
+    a user's presence on NODE; ``null``: gone, its name released
+``["D", ROOM]``
+    ROOM's history was dropped: no node has a member in it any more
+``["H", ROOM, [EVENT, ...]]``
+    ROOM's history is now exactly these events, oldest first (a drop was undone)
+
+A room's history in Redis is a list of event records (:func:`encode_event`).
+Redis itself publishes the last two kinds, from the Lua scripts in
+:mod:`.scripts`, because only Redis knows whether a drop happened; the undo
+script builds an ``H`` record by joining the stored events with commas
+behind :func:`history_prefix`.
+
+``SEQ`` in the header counts each node's batches from 1, so a receiver can
+skip batches it already has (from a snapshot) and notice ones it missed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ...core import records
+from ...core.events import Private, RoomEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """A private message for the user holding ``key``, on whichever node it is."""
+
+    key: str
+    event: Private
+
+
+@dataclass(frozen=True, slots=True)
+class Whereabouts:
+    """Which rooms a user of ``node`` is in (``P``), not a room's presence summary."""
+
+    node: str
+    key: str
+    name: str
+    rooms: tuple[str, ...] | None
+    """The rooms the user is in; ``None``: gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    room: str
+    events: tuple[RoomEvent, ...]
+    """Oldest first."""
+
+
+Record = RoomEvent | Direct | Whereabouts | Drop | History
+
+
+class WireError(ValueError):
+    """A batch or record that does not parse (another program on our channel, or a bug)."""
+
+
+def _dumps(value: object) -> bytes:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    # Text is cleaned before the hub sees it; a lone surrogate still must not crash a node.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def encode_event(event: RoomEvent | Private) -> bytes:
+    """An event's record, as a history list stores it (no newline)."""
+    return records.encode(event).encode("utf-8", "surrogatepass")
+
+
+def encode_record(record: Record) -> bytes:
+    """One record as its line, newline included."""
+    match record:
+        case Direct(key, event):
+            return b'["M",' + _dumps(key) + b"," + encode_event(event) + b"]\n"
+        case Whereabouts(node, key, name, rooms):
+            return _dumps(["P", node, key, name, None if rooms is None else list(rooms)]) + b"\n"
+        case Drop(room):
+            return _dumps(["D", room]) + b"\n"
+        case History(room, events):
+            return history_prefix(room) + b",".join(map(encode_event, events)) + b"]]\n"
+        case _:
+            return encode_event(record) + b"\n"
+
+
+def encode_presence(node: str, name: str, rooms: Sequence[str]) -> bytes:
+    """A user's entry in the presence hash: ``[NODE, NAME, [ROOM, ...]]``."""
+    return _dumps([node, name, list(rooms)])
+
+
+def presence_prefix(node: str) -> bytes:
+    """How every presence entry of ``node`` starts (for the reap script)."""
+    return b"[" + _dumps(node) + b","
+
+
+def decode_presence(raw: bytes) -> tuple[str, str, tuple[str, ...]]:
+    """``(node, name, rooms)`` from a presence entry; raises :class:`WireError` if malformed."""
+    items = _loads(raw)
+    if not isinstance(items, list) or len(items) != 3:
+        raise WireError(f"a presence entry is [node, name, rooms], not {items!r:.80}")
+    node, name, rooms = items
+    return _str(node), _str(name), _strs(rooms)
+
+
+def history_prefix(room: str) -> bytes:
+    """The start of ``room``'s ``H`` record, up to its first event (for the undo script)."""
+    return b'["H",' + _dumps(room) + b",["
+
+
+def encode_batch(node: str, seq: int, lines: Sequence[bytes]) -> bytes:
+    """A batch: the header and the already encoded records (``lines``)."""
+    return b"".join([f"{node}\t{seq}\n".encode(), *lines])
+
+
+def decode_batch(payload: bytes) -> tuple[str, int, list[Record]]:
+    """``(node, seq, records)`` from a batch; raises :class:`WireError` if malformed."""
+    header, _, body = payload.partition(b"\n")
+    try:
+        node, seq = header.decode().split("\t")
+        number = int(seq)
+    except ValueError as exc:  # UnicodeDecodeError is one.
+        raise WireError(f"malformed batch header {header[:80]!r}: {exc}") from None
+    return node, number, [_record(raw) for raw in body.split(b"\n") if raw]
+
+
+def decode_event(raw: bytes | str) -> RoomEvent:
+    """A room event from its record; raises :class:`WireError` if malformed."""
+    try:
+        text = raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else raw
+        return records.decode_room_event(text)
+    except (records.RecordError, UnicodeDecodeError) as exc:
+        raise WireError(f"malformed event record {raw[:80]!r}: {exc}") from None
+
+
+_CLUSTER_KINDS: Final = (b'["M",', b'["P",', b'["D",', b'["H",')
+
+
+def _record(raw: bytes) -> Record:
+    if not raw.startswith(_CLUSTER_KINDS):
+        return decode_event(raw)
+    items = _loads(raw)
+    if not isinstance(items, list) or not items:
+        raise WireError(f"a record is a non-empty array, not {items!r:.80}")
+    kind = items[0]
+    if kind == "M":
+        _, key, event = _fields(items, 3)
+        private = _decode_json_record(event)
+        if not isinstance(private, Private):
+            raise WireError(f"an M record holds a private message, not {private!r:.80}")
+        return Direct(_str(key), private)
+    if kind == "P":
+        _, node, key, name, rooms = _fields(items, 5)
+        return Whereabouts(
+            _str(node), _str(key), _str(name), None if rooms is None else _strs(rooms)
+        )
+    if kind == "D":
+        _, room = _fields(items, 2)
+        return Drop(_str(room))
+    _, room, events = _fields(items, 3)
+    if not isinstance(events, list):
+        raise WireError(f"an H record's events are an array, not {events!r:.80}")
+    return History(_str(room), tuple(_room_event(e) for e in events))
+
+
+def _decode_json_record(items: Any) -> RoomEvent | Private:
+    """An event record found inside another record (already parsed, so dumped again)."""
+    try:
+        return records.decode(json.dumps(items, ensure_ascii=False))
+    except records.RecordError as exc:
+        raise WireError(f"malformed event record {items!r:.80}: {exc}") from None
+
+
+def _room_event(items: Any) -> RoomEvent:
+    event = _decode_json_record(items)
+    if isinstance(event, Private):
+        raise WireError("a private message where a room event was expected")
+    return event
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8", "surrogatepass"), parse_constant=_no_constant)
+    except ValueError as exc:
+        raise WireError(f"malformed record {raw[:80]!r}: {exc}") from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number here")
+
+
+def _fields(items: list[Any], count: int) -> list[Any]:
+    if len(items) != count:
+        raise WireError(f"a {items[0]!r:.10} record has {count} items, not {len(items)}")
+    return items
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise WireError(f"expected a string, not {value!r:.80}")
+    return value
+
+
+def _strs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise WireError(f"expected an array of strings, not {value!r:.80}")
+    return tuple(_str(v) for v in value)
