@@ -323,7 +323,9 @@ class IRCConnection:
             events = await self._next_events()
             if events is None or self.send.closed:
                 return False
-            for event in events:
+            for i, event in enumerate(events):
+                if delay := self._flood_delay():
+                    await trio.sleep(delay)
                 if not await self._carry_out(irc.receive([event])):
                     return False
                 if irc.registered:
@@ -331,8 +333,7 @@ class IRCConnection:
                     assert member is not None
                     member.hang_up = self._hang_up
                     # What came after the registration in the same read is a chat matter.
-                    rest = events[events.index(event) + 1 :]
-                    return await self._handle(rest)
+                    return await self._handle(events[i + 1 :])
 
     # --- reading --------------------------------------------------------------------
 
