@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from hypothesis import given, settings, strategies as st
 
 from triochat.backplane import Claim
 from triochat.core import session as s
@@ -622,3 +623,68 @@ def test_chathistory_from_the_store_is_an_effect_and_its_answer() -> None:
     assert zoe.effects[-1].room == "#a"
     assert zoe.irc.fetched("#a", hub.recent("#a", 10)) == []
     assert texts(zoe.read()) == ["kept"]
+
+
+# --- anything a client may send ------------------------------------------------------
+
+_verbs = st.sampled_from(
+    [
+        "CAP",
+        "PASS",
+        "NICK",
+        "USER",
+        "PING",
+        "PONG",
+        "QUIT",
+        "JOIN",
+        "PART",
+        "PRIVMSG",
+        "NOTICE",
+        "NAMES",
+        "WHO",
+        "WHOIS",
+        "LIST",
+        "TOPIC",
+        "MODE",
+        "AWAY",
+        "ISON",
+        "USERHOST",
+        "LUSERS",
+        "MOTD",
+        "CHATHISTORY",
+        "FOO",
+        "001",
+    ]
+)
+_words = st.sampled_from(
+    ["#a", "#b", "#A", "0", "*", "bob", "zoe", "[x]", "", ",", "#a,#b", "+i", "-i", "+o", "b",
+     "LS", "REQ", "END", "LIST", "302", "server-time", "LATEST", "BEFORE", "msgid=#a/1",
+     "timestamp=2023-11-14T22:13:20.000Z", "5", "\x01ACTION x\x01", "\x01VERSION\x01",
+     "x" * 30, "zoë", "-", "#"]
+)  # fmt: skip
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    st.booleans(),
+    st.lists(st.tuples(_verbs, st.lists(_words, max_size=4)), max_size=30),
+)
+def test_no_sequence_of_messages_breaks_the_session(
+    registered: bool, script: list[tuple[str, list[str]]]
+) -> None:
+    hub = Hub(history=10, clock=Clock(), max_rooms_per_member=3)
+    bob = LineUser(hub, "bob")
+    hub.say(bob.member, "#a", ["hi"])
+    client = register(hub, "zoe") if registered else Client(hub)
+    for verb, words in script:
+        params = [w for w in words[:-1] if w and " " not in w and not w.startswith(":")]
+        last = f" :{words[-1]}" if words else ""
+        for msg in client(" ".join([verb, *params]) + last):  # every line written parses
+            assert msg.command
+        if client.irc.closed:
+            break
+    client.irc.connection_lost("connection lost")
+    assert client.irc.closed
+    nick = client.irc.nick
+    assert nick is None or hub.member(nick) is None  # whatever happened, it left
+    assert [m.name for m in hub.local_members()] == ["bob"]
