@@ -212,11 +212,11 @@ class IRCSession:
         self.user: str | None = None
         self.password: str | None = None
         self.user_modes: set[str] = set()
-        self._cap_open = False  # CAP LS or REQ before registration: wait for CAP END
-        self._cap_version = 0
+        self.cap_open = False  # CAP LS or REQ before registration: wait for CAP END
+        self.cap_version = 0
         self.awaiting_pong = False
         self.closed = False
-        self._history_request: HistoryRequest | None = None
+        self.history_request: HistoryRequest | None = None
         self._batches = 0
 
     # --- what the I/O layer feeds in ------------------------------------------------
@@ -246,34 +246,34 @@ class IRCSession:
                 burst_room = room
                 continue
             if burst:
-                self._say(burst_room, burst)
+                self.say(burst_room, burst)
                 burst = []
             if room is not None:
                 burst, burst_room = [text], room
                 continue
             outputs += self.handle(event)
         if burst and not self.closed:
-            self._say(burst_room, burst)
+            self.say(burst_room, burst)
         return outputs
 
     def handle(self, event: wire.Received) -> list[Output]:
         """One message (or framing problem) from the client."""
         if isinstance(event, wire.InputTooLong):
-            self._numeric("417", "Input line was too long")
+            self.numeric("417", "Input line was too long")
             return []
         if isinstance(event, wire.Malformed):
-            self._numeric("421", "*", f"Malformed message: {event.reason}")
+            self.numeric("421", "*", f"Malformed message: {event.reason}")
             return []
         handler = _HANDLERS.get(event.command)
         if handler is None:
             if not self.registered:
-                self._numeric("451", "You have not registered")
+                self.numeric("451", "You have not registered")
             else:
-                self._numeric("421", event.command, "Unknown command")
+                self.numeric("421", event.command, "Unknown command")
             return []
         fn, before_registration = handler
         if not self.registered and not before_registration:
-            self._numeric("451", "You have not registered")
+            self.numeric("451", "You have not registered")
             return []
         return fn(self, event)
 
@@ -281,37 +281,37 @@ class IRCSession:
         """The outcome of a :class:`~triochat.core.session.ClaimName` asked for."""
         renaming = self.session.state is State.RENAMING
         old = self.member.name if self.member is not None else None
-        outputs = self._translate(self.session.claim_result(claim))
+        outputs = self.translate(self.session.claim_result(claim))
         if renaming:
-            self._renamed(old)
+            self.renamed(old)
         else:
             outputs += self._after_register_attempt()
         return outputs
 
     def delay_elapsed(self) -> list[Output]:
         """The wrong password's delay is over."""
-        return self._translate(self.session.delay_elapsed())
+        return self.translate(self.session.delay_elapsed())
 
     def deadline_passed(self) -> list[Output]:
         """Registration did not finish in time."""
-        return self._translate(self.session.deadline_passed())
+        return self.translate(self.session.deadline_passed())
 
     def fetched(self, room: str, events: Sequence[ev.RoomEvent]) -> list[Output]:
         """History read from the store, for a ``/history``-like request or CHATHISTORY."""
-        request = self._history_request
+        request = self.history_request
         if request is not None:
-            self._history_request = None
-            self._answer_history(request, events)
+            self.history_request = None
+            self.answer_history(request, events)
             return []
-        return self._translate(self.session.fetched(room, events))
+        return self.translate(self.session.fetched(room, events))
 
-    def _answer_history(self, request: HistoryRequest, events: Sequence[ev.RoomEvent]) -> None:
+    def answer_history(self, request: HistoryRequest, events: Sequence[ev.RoomEvent]) -> None:
         member = self.member
         if member is None or request.room not in member.rooms:
             return
         self._batches += 1
         chosen = history.select(events, request.query)
-        self._send_bytes(self.dialect.history_batch(request.target, chosen, f"h{self._batches}"))
+        self.send_bytes(self.dialect.history_batch(request.target, chosen, f"h{self._batches}"))
 
     def idle(self) -> list[Output]:
         """Nothing came from the client for a while: PING it, or give up if it did not answer."""
@@ -320,7 +320,7 @@ class IRCSession:
         if self.awaiting_pong:
             return self.connection_lost("connection lost")
         self.awaiting_pong = True
-        self._send(wire.message("PING", self.rules.server))
+        self.send(wire.message("PING", self.rules.server))
         return []
 
     def connection_lost(self, reason: str) -> list[Output]:
@@ -328,22 +328,22 @@ class IRCSession:
         if self.closed:
             return []
         self.closed = True
-        self._forget_away()
-        outputs = self._translate(self.session.close(reason))
+        self.forget_away()
+        outputs = self.translate(self.session.close(reason))
         return [*outputs, Close(reason)]
 
     # --- writing --------------------------------------------------------------------
 
     @property
-    def _target(self) -> str:
+    def target(self) -> str:
         return self.nick or "*"
 
-    def _send(self, *messages: wire.Message) -> None:
+    def send(self, *messages: wire.Message) -> None:
         if any(m.command == "ERROR" for m in messages):
             self.outbox.farewell = None  # one ERROR, the last line
-        self._send_bytes(b"".join(map(wire.serialize, messages)))
+        self.send_bytes(b"".join(map(wire.serialize, messages)))
 
-    def _send_bytes(self, data: bytes) -> None:
+    def send_bytes(self, data: bytes) -> None:
         try:
             self.outbox.send_nowait(data)
         except trio.WouldBlock:
@@ -355,46 +355,49 @@ class IRCSession:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the connection is on its way out
 
-    def _notice(self, text: str) -> None:
-        self._send(wire.message("NOTICE", self._target, text, source=self.rules.server))
+    def notice(self, text: str) -> None:
+        self.send(wire.message("NOTICE", self.target, text, source=self.rules.server))
 
-    def _numeric(self, code: str, *params: str) -> None:
-        self._send(wire.Message(code, (self._target, *params), self.rules.server))
+    def numeric(self, code: str, *params: str) -> None:
+        """``:server CODE nick PARAMS``; the middle ones may echo the client, so are made tokens."""
+        *middle, last = (self.target, *params)
+        safe = (*map(wire.token, middle), last)
+        self.send(wire.Message(code, safe, self.rules.server))
 
-    def _me(self) -> str:
-        return names.source(self._target, self.rules.server)
+    def me(self) -> str:
+        return names.source(self.target, self.rules.server)
 
-    def _translate(self, outputs: Iterable[Output]) -> list[Output]:
+    def translate(self, outputs: Iterable[Output]) -> list[Output]:
         """The session's outputs: events written in IRC terms, effects passed on."""
         effects: list[Output] = []
         for output in outputs:
             if isinstance(output, ev.Notice):
                 if output.text in (p.NAME_QUESTION, p.PASSWORD_PROMPT):
                     continue  # IRC asks neither: NICK and PASS come unasked
-                self._send(
-                    wire.message("NOTICE", self._target, output.text, source=self.rules.server)
+                self.send(
+                    wire.message("NOTICE", self.target, output.text, source=self.rules.server)
                 )
             elif isinstance(output, ev.Error):
                 self._error(output.text)
             else:
                 if isinstance(output, Close):
                     self.closed = True
-                    self._forget_away()
+                    self.forget_away()
                 effects.append(output)
         return effects
 
     def _error(self, text: str) -> None:
         state = self.session.state
         if text == p.WRONG_PASSWORD:
-            self._numeric("464", "Password incorrect")
-            self._send(wire.message("ERROR", "Closing link: wrong password"))
+            self.numeric("464", "Password incorrect")
+            self.send(wire.message("ERROR", "Closing link: wrong password"))
         elif state is State.CLOSED and self.session.member is None:
-            self._send(wire.message("ERROR", f"Closing link: {text}"))
+            self.send(wire.message("ERROR", f"Closing link: {text}"))
         elif state is State.AWAITING_NAME and self.nick is not None:
             # The session refused the nick: invalid, or taken (here or elsewhere).
-            self._numeric(_nick_code(self.hub, self.nick), self.nick, text)
+            self.numeric(_nick_code(self.hub, self.nick), self.nick, text)
         else:
-            self._notice(text)
+            self.notice(text)
 
     # --- registration ---------------------------------------------------------------
 
@@ -405,12 +408,12 @@ class IRCSession:
             self._welcome()
         return []
 
-    def _try_register(self) -> list[Output]:
+    def try_register(self) -> list[Output]:
         session = self.session
         if (
             self.nick is None
             or self.user is None
-            or self._cap_open
+            or self.cap_open
             or session.state is not State.AWAITING_NAME
         ):
             return []
@@ -421,21 +424,21 @@ class IRCSession:
         state: State = session.state  # changed by the call
         if state is State.AWAITING_PASSWORD:
             outputs += session.receive_line(self.password or "")
-        effects = self._translate(outputs)
+        effects = self.translate(outputs)
         return effects + self._after_register_attempt()
 
     def _welcome(self) -> None:
         rules = self.rules
-        nick = self._target
+        nick = self.target
         created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rules.created))
-        self._numeric("001", f"Welcome to the {rules.network} IRC network, {nick}")
-        self._numeric("002", f"Your host is {rules.server}, running version {rules.version}")
-        self._numeric("003", f"This server was created {created}")
-        self._numeric("004", rules.server, rules.version, "".join(sorted(USER_MODES)), "b")
+        self.numeric("001", f"Welcome to the {rules.network} IRC network, {nick}")
+        self.numeric("002", f"Your host is {rules.server}, running version {rules.version}")
+        self.numeric("003", f"This server was created {created}")
+        self.numeric("004", rules.server, rules.version, "".join(sorted(USER_MODES)), "b")
         for chunk in _chunks(self.isupport(), 12):
-            self._numeric("005", *chunk, "are supported by this server")
-        self._lusers()
-        self._motd()
+            self.numeric("005", *chunk, "are supported by this server")
+        self.lusers()
+        self.motd()
 
     def isupport(self) -> list[str]:
         """The ``005`` tokens."""
@@ -458,19 +461,19 @@ class IRCSession:
             "MSGREFTYPES=msgid,timestamp",
         ]
 
-    def _lusers(self) -> None:
+    def lusers(self) -> None:
         online = self.hub.online()
-        self._numeric("251", f"There are {online} users and 0 invisible on 1 servers")
-        self._numeric("255", f"I have {online} clients and 1 servers")
+        self.numeric("251", f"There are {online} users and 0 invisible on 1 servers")
+        self.numeric("255", f"I have {online} clients and 1 servers")
 
-    def _motd(self) -> None:
+    def motd(self) -> None:
         if not self.rules.motd:
-            self._numeric("422", "MOTD File is missing")
+            self.numeric("422", "MOTD File is missing")
             return
-        self._numeric("375", f"- {self.rules.server} Message of the day - ")
+        self.numeric("375", f"- {self.rules.server} Message of the day - ")
         for text in self.rules.motd:
-            self._numeric("372", f"- {text}")
-        self._numeric("376", "End of /MOTD command")
+            self.numeric("372", f"- {text}")
+        self.numeric("376", "End of /MOTD command")
 
     # --- chat lines -----------------------------------------------------------------
 
@@ -492,15 +495,15 @@ class IRCSession:
             return None, ""
         return target.lower(), text
 
-    def _say(self, room: str, texts: list[str]) -> None:
+    def say(self, room: str, texts: list[str]) -> None:
         member = self.member
         if member is None or not self.hub.is_member(member):
             return
-        with self._own_lines(f":{self._me()} PRIVMSG {room} :"):
+        with self.own_lines(f":{self.me()} PRIVMSG {room} :"):
             self.hub.say(member, room, texts)
 
     @contextlib.contextmanager
-    def _own_lines(self, prefix: str, *, after: int = 0) -> Iterator[None]:
+    def own_lines(self, prefix: str, *, after: int = 0) -> Iterator[None]:
         """Around a hub call that hands the member its own lines, which it does not want.
 
         ``after``: how many such hand-overs it does want first (see :meth:`IRCOutbox.expect`).
@@ -517,7 +520,7 @@ class IRCSession:
             if not self.hub.backplane.remote:
                 self.outbox.forget(prefix.encode())
 
-    def _renamed(self, old: str | None) -> None:
+    def renamed(self, old: str | None) -> None:
         member = self.member
         if member is None or old is None or member.name == old:
             return
@@ -528,11 +531,11 @@ class IRCSession:
             self.aways.messages[member.key] = away
         if not member.rooms:
             # No room saw the rename, so no NICK came back: the client needs one.
-            self._send(
+            self.send(
                 wire.message("NICK", member.name, source=names.source(old, self.rules.server))
             )
 
-    def _forget_away(self) -> None:
+    def forget_away(self) -> None:
         member = self.member
         if member is not None:
             self.aways.messages.pop(member.key, None)
@@ -547,7 +550,7 @@ def _need(session: IRCSession, msg: wire.Message, count: int) -> bool:
     """Whether ``msg`` has ``count`` parameters; otherwise a 461 is sent."""
     if len(msg.params) >= count and all(msg.params[:count]):
         return True
-    session._numeric("461", msg.command, "Not enough parameters")
+    session.numeric("461", msg.command, "Not enough parameters")
     return False
 
 
@@ -555,43 +558,41 @@ def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
     if not _need(session, msg, 1):
         return []
     sub = msg.params[0].upper()
-    me = session._target
+    me = session.target
     server = session.rules.server
     if sub == "LS":
         if not session.registered:
-            session._cap_open = True
+            session.cap_open = True
         if len(msg.params) > 1 and msg.params[1].isdecimal():
-            session._cap_version = int(msg.params[1])
-        session._send(wire.message("CAP", me, "LS", " ".join(CAPS), source=server))
+            session.cap_version = int(msg.params[1])
+        session.send(wire.message("CAP", me, "LS", " ".join(CAPS), source=server))
     elif sub == "LIST":
-        session._send(
-            wire.message("CAP", me, "LIST", " ".join(sorted(session.caps)), source=server)
-        )
+        session.send(wire.message("CAP", me, "LIST", " ".join(sorted(session.caps)), source=server))
     elif sub == "REQ":
         if not session.registered:
-            session._cap_open = True
+            session.cap_open = True
         asked = msg.params[1] if len(msg.params) > 1 else ""
         wanted = asked.split()
         adding = {cap for cap in wanted if not cap.startswith("-")}
         removing = {cap[1:] for cap in wanted if cap.startswith("-")}
         fixed = session.registered and bool((adding | removing) & RENDER_CAPS)
         if not wanted or not adding | removing <= set(CAPS) or fixed:
-            session._send(wire.message("CAP", me, "NAK", asked, source=server))
+            session.send(wire.message("CAP", me, "NAK", asked, source=server))
         else:
             session.caps = (session.caps | adding) - removing
-            session._send(wire.message("CAP", me, "ACK", asked, source=server))
+            session.send(wire.message("CAP", me, "ACK", asked, source=server))
     elif sub == "END":
         if not session.registered:
-            session._cap_open = False
-            return session._try_register()
+            session.cap_open = False
+            return session.try_register()
     else:
-        session._numeric("410", msg.params[0], "Invalid CAP command")
+        session.numeric("410", msg.params[0], "Invalid CAP command")
     return []
 
 
 def _pass(session: IRCSession, msg: wire.Message) -> list[Output]:
     if session.registered or session.session.state is not State.AWAITING_NAME:
-        session._numeric("462", "You may not reregister")
+        session.numeric("462", "You may not reregister")
     elif _need(session, msg, 1):
         session.password = msg.params[0]
     return []
@@ -599,12 +600,12 @@ def _pass(session: IRCSession, msg: wire.Message) -> list[Output]:
 
 def _nick(session: IRCSession, msg: wire.Message) -> list[Output]:
     if not msg.params or not msg.params[0]:
-        session._numeric("431", "No nickname given")
+        session.numeric("431", "No nickname given")
         return []
     nick = msg.params[0]
     error = names.nick_error(nick)
     if error is not None:
-        session._numeric("432", nick, error)
+        session.numeric("432", nick, error)
         return []
     member = session.member
     if member is not None and nick == member.name:
@@ -612,17 +613,17 @@ def _nick(session: IRCSession, msg: wire.Message) -> list[Output]:
     problem = session.hub.name_unavailable(nick, member)
     if problem is not None:
         code = _nick_code(session.hub, nick)
-        session._numeric(code, nick, problem if code == "432" else "Nickname is already in use")
+        session.numeric(code, nick, problem if code == "432" else "Nickname is already in use")
         return []
     if member is None:
         session.nick = nick
-        return session._try_register()
+        return session.try_register()
     if session.session.state is not State.CHATTING:
-        session._numeric("400", "NICK", "A name change is already under way")
+        session.numeric("400", "NICK", "A name change is already under way")
         return []
     old = member.name
-    outputs = session._translate(session.session.command(c.Nick(nick)))
-    session._renamed(old)
+    outputs = session.translate(session.session.command(c.Nick(nick)))
+    session.renamed(old)
     return outputs
 
 
@@ -633,19 +634,19 @@ def _nick_code(hub: Hub, nick: str) -> str:
 
 def _user(session: IRCSession, msg: wire.Message) -> list[Output]:
     if session.registered or session.user is not None:
-        session._numeric("462", "You may not reregister")
+        session.numeric("462", "You may not reregister")
         return []
     if not _need(session, msg, 4):
         return []
     session.user = msg.params[0]
-    return session._try_register()
+    return session.try_register()
 
 
 def _ping(session: IRCSession, msg: wire.Message) -> list[Output]:
     if not _need(session, msg, 1):
         return []
     server = session.rules.server
-    session._send(wire.message("PONG", server, msg.params[0], source=server))
+    session.send(wire.message("PONG", server, msg.params[0], source=server))
     return []
 
 
@@ -656,15 +657,15 @@ def _pong(session: IRCSession, msg: wire.Message) -> list[Output]:
 
 def _quit(session: IRCSession, msg: wire.Message) -> list[Output]:
     reason = wire.clean_text(msg.params[0]).strip() if msg.params else ""
-    farewell = f"Closing link: {session._target} (Quit: {reason or 'quit'})"
+    farewell = f"Closing link: {session.target} (Quit: {reason or 'quit'})"
     session.outbox.farewell = farewell
     if not session.registered:
         session.closed = True
-        session._send(wire.message("ERROR", farewell))
-        outputs = session._translate(session.session.close("quit"))
+        session.send(wire.message("ERROR", farewell))
+        outputs = session.translate(session.session.close("quit"))
         return [*outputs, Close("quit")]
-    session._forget_away()
-    return session._translate(session.session.command(c.Quit(reason)))
+    session.forget_away()
+    return session.translate(session.session.command(c.Quit(reason)))
 
 
 def _join(session: IRCSession, msg: wire.Message) -> list[Output]:
@@ -678,17 +679,17 @@ def _join(session: IRCSession, msg: wire.Message) -> list[Output]:
     for name in msg.params[0].split(","):
         room = names.channel(name)
         if room is None:
-            session._numeric("403", name or "*", f"No such channel: {p.ROOM_RULES}")
+            session.numeric("403", name or "*", f"No such channel: {p.ROOM_RULES}")
             continue
         if room in member.rooms:
             continue  # IRC servers ignore a JOIN to a channel one is in
         if len(member.rooms) >= session.rules.max_rooms:
-            session._numeric("405", name, "You have joined too many channels")
+            session.numeric("405", name, "You have joined too many channels")
             continue
         session.dialect.entering.add(room)
         # The join's answer brings the JOIN first; the room's JOIN after it is a copy.
-        with session._own_lines(f":{session._me()} JOIN {room}", after=1):
-            outputs += session._translate(session.session.command(c.Join(room)))
+        with session.own_lines(f":{session.me()} JOIN {room}", after=1):
+            outputs += session.translate(session.session.command(c.Join(room)))
         session.dialect.entering.discard(room)
         if room in member.rooms:
             session.hub.users(member, room, everyone=True)
@@ -702,15 +703,15 @@ def _part_rooms(session: IRCSession, rooms: list[str], reason: str) -> list[Outp
     for name in rooms:
         room = names.channel(name)
         if room is None:
-            session._numeric("403", name or "*", "No such channel")
+            session.numeric("403", name or "*", "No such channel")
         elif room not in member.rooms:
-            session._numeric("442", name, "You're not on that channel")
+            session.numeric("442", name, "You're not on that channel")
         else:
-            outputs += session._translate(session.session.command(c.Part(room, reason)))
+            outputs += session.translate(session.session.command(c.Part(room, reason)))
             if room not in member.rooms:
                 # The hub tells the room, which the member has already left.
                 params = (room, reason) if reason else (room,)
-                session._send(wire.Message("PART", params, session._me()))
+                session.send(wire.Message("PART", params, session.me()))
     return outputs
 
 
@@ -725,11 +726,11 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
     notice = msg.command == "NOTICE"
     if not msg.params or not msg.params[0]:
         if not notice:
-            session._numeric("411", f"No recipient given ({msg.command})")
+            session.numeric("411", f"No recipient given ({msg.command})")
         return []
     if len(msg.params) < 2 or not msg.params[1]:
         if not notice:
-            session._numeric("412", "No text to send")
+            session.numeric("412", "No text to send")
         return []
     targets, raw = msg.params[0].split(","), msg.params[1]
     member = session.member
@@ -737,10 +738,10 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
     action = raw.startswith(_ACTION_START)
     if "\x01" in raw and not action:
         if not notice:
-            session._send(
+            session.send(
                 wire.message(
                     "NOTICE",
-                    session._target,
+                    session.target,
                     "CTCP other than ACTION is not supported here",
                     source=session.rules.server,
                 )
@@ -749,7 +750,7 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
     text = wire.clean_text(raw[len(_ACTION_START) :].rstrip("\x01") if action else raw)
     if not text.strip():
         if not notice:
-            session._numeric("412", "No text to send")
+            session.numeric("412", "No text to send")
         return []
     for target in targets[: session.rules.max_targets]:
         if target.startswith("#"):
@@ -757,24 +758,24 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
             if room not in member.rooms:
                 if not notice:
                     code = "404" if names.channel(target) else "403"
-                    session._numeric(code, target, "Cannot send to channel (join it first)")
+                    session.numeric(code, target, "Cannot send to channel (join it first)")
                 continue
             if action:
-                with session._own_lines(f":{session._me()} PRIVMSG {room} :"):
-                    session._translate(session.session.command(c.Me(text, room)))
+                with session.own_lines(f":{session.me()} PRIVMSG {room} :"):
+                    session.translate(session.session.command(c.Me(text, room)))
             else:
-                session._say(room, [text])
+                session.say(room, [text])
         elif names.nick_error(target) is not None or session.hub.name_unavailable(target) is None:
             if not notice:
-                session._numeric("401", target, "No such nick")
+                session.numeric("401", target, "No such nick")
         else:
             # A private action reaches the line door as text, which has no
             # private /me; CTCP's \x01 would be a control character there.
             private = f"* {text}" if action else text
-            session._translate(session.session.command(c.Msg(target, private)))
+            session.translate(session.session.command(c.Msg(target, private)))
             away = session.aways.get(target)
             if away is not None and not notice:
-                session._numeric("301", target, away)
+                session.numeric("301", target, away)
     return []
 
 
@@ -787,9 +788,9 @@ def _names(session: IRCSession, msg: wire.Message) -> list[Output]:
         if room in member.rooms:
             session.hub.users(member, room, everyone=True)
         else:
-            session._numeric("366", name, "End of /NAMES list")
+            session.numeric("366", name, "End of /NAMES list")
     if not rooms:
-        session._numeric("366", "*", "End of /NAMES list")
+        session.numeric("366", "*", "End of /NAMES list")
     return []
 
 
@@ -808,31 +809,31 @@ def _who(session: IRCSession, msg: wire.Message) -> list[Output]:
         held = session.hub.member(mask)
         nick = held.name if held is not None else mask
         flags = "G" if session.aways.get(nick) else "H"
-        session._numeric("352", "*", nick, server, server, nick, flags, f"0 {nick}")
-    session._numeric("315", mask, "End of /WHO list")
+        session.numeric("352", "*", nick, server, server, nick, flags, f"0 {nick}")
+    session.numeric("315", mask, "End of /WHO list")
     return []
 
 
 def _whois(session: IRCSession, msg: wire.Message) -> list[Output]:
     if not msg.params or not msg.params[-1]:
-        session._numeric("431", "No nickname given")
+        session.numeric("431", "No nickname given")
         return []
     server = session.rules.server
     target = msg.params[-1].split(",")[0]
     if names.nick_error(target) is not None or session.hub.name_unavailable(target) is None:
-        session._numeric("401", target, "No such nick")
-        session._numeric("318", target, "End of /WHOIS list")
+        session.numeric("401", target, "No such nick")
+        session.numeric("318", target, "End of /WHOIS list")
         return []
     held = session.hub.member(target)
     nick = held.name if held is not None else target
-    session._numeric("311", nick, nick, server, "*", nick)
+    session.numeric("311", nick, nick, server, "*", nick)
     if held is not None and held.rooms:
-        session._numeric("319", nick, " ".join(held.rooms))
-    session._numeric("312", nick, server, "triochat")
+        session.numeric("319", nick, " ".join(held.rooms))
+    session.numeric("312", nick, server, "triochat")
     away = session.aways.get(nick)
     if away is not None:
-        session._numeric("301", nick, away)
-    session._numeric("318", nick, "End of /WHOIS list")
+        session.numeric("301", nick, away)
+    session.numeric("318", nick, "End of /WHOIS list")
     return []
 
 
@@ -851,20 +852,20 @@ def _topic(session: IRCSession, msg: wire.Message) -> list[Output]:
     name = msg.params[0]
     room = name.lower()
     if room not in member.rooms:
-        session._numeric("442", name, "You're not on that channel")
+        session.numeric("442", name, "You're not on that channel")
         return []
     if len(msg.params) > 1:
-        session._numeric("482", name, "Setting a topic is not supported on this server yet")
+        session.numeric("482", name, "Setting a topic is not supported on this server yet")
         return []
     topic = None
     for event in session.hub.recent(room, session.hub.history):
         if isinstance(event, ev.TopicSet):
             topic = event
     if topic is None:
-        session._numeric("331", room, "No topic is set")
+        session.numeric("331", room, "No topic is set")
     else:
-        session._numeric("332", room, topic.topic)
-        session._numeric(
+        session.numeric("332", room, topic.topic)
+        session.numeric(
             "333", room, names.source(topic.name, session.rules.server), str(int(topic.time))
         )
     return []
@@ -879,21 +880,21 @@ def _mode(session: IRCSession, msg: wire.Message) -> list[Output]:
     if target.startswith("#"):
         room = names.channel(target)
         if room is None:
-            session._numeric("403", target, "No such channel")
+            session.numeric("403", target, "No such channel")
         elif len(msg.params) == 1:
-            session._numeric("324", room, "+nt")
+            session.numeric("324", room, "+nt")
         elif msg.params[1].lstrip("+") in ("b", "") and len(msg.params) == 2:
-            session._numeric("368", room, "End of channel ban list")
+            session.numeric("368", room, "End of channel ban list")
         elif room not in member.rooms:
-            session._numeric("442", target, "You're not on that channel")
+            session.numeric("442", target, "You're not on that channel")
         else:
-            session._numeric("482", room, "You're not a channel operator (no one is, here)")
+            session.numeric("482", room, "You're not a channel operator (no one is, here)")
         return []
     if p.name_key(target) != member.key:
-        session._numeric("502", "Cannot change mode for other users")
+        session.numeric("502", "Cannot change mode for other users")
         return []
     if len(msg.params) == 1:
-        session._numeric("221", "+" + "".join(sorted(session.user_modes)))
+        session.numeric("221", "+" + "".join(sorted(session.user_modes)))
         return []
     changes = msg.params[1]
     adding = True
@@ -912,9 +913,9 @@ def _mode(session: IRCSession, msg: wire.Message) -> list[Output]:
         else:
             unknown = True
     if unknown:
-        session._numeric("501", "Unknown MODE flag")
+        session.numeric("501", "Unknown MODE flag")
     if applied.strip("+-"):
-        session._send(wire.message("MODE", session._target, applied, source=session._me()))
+        session.send(wire.message("MODE", session.target, applied, source=session.me()))
     return []
 
 
@@ -924,10 +925,10 @@ def _away(session: IRCSession, msg: wire.Message) -> list[Output]:
     text = wire.clean_text(msg.params[0]).strip()[:200] if msg.params else ""
     if text:
         session.aways.messages[member.key] = text
-        session._numeric("306", "You have been marked as being away")
+        session.numeric("306", "You have been marked as being away")
     else:
         session.aways.messages.pop(member.key, None)
-        session._numeric("305", "You are no longer marked as being away")
+        session.numeric("305", "You are no longer marked as being away")
     return []
 
 
@@ -943,7 +944,7 @@ def _ison(session: IRCSession, msg: wire.Message) -> list[Output]:
     if not _need(session, msg, 1):
         return []
     held = [_online(session, nick) for nick in " ".join(msg.params).split()]
-    session._numeric("303", " ".join(nick for nick in held if nick))
+    session.numeric("303", " ".join(nick for nick in held if nick))
     return []
 
 
@@ -956,17 +957,17 @@ def _userhost(session: IRCSession, msg: wire.Message) -> list[Output]:
         if held is not None:
             away = "-" if session.aways.get(held) else "+"
             replies.append(f"{held}={away}{held}@{session.rules.server}")
-    session._numeric("302", " ".join(replies))
+    session.numeric("302", " ".join(replies))
     return []
 
 
 def _lusers(session: IRCSession, msg: wire.Message) -> list[Output]:
-    session._lusers()
+    session.lusers()
     return []
 
 
 def _motd(session: IRCSession, msg: wire.Message) -> list[Output]:
-    session._motd()
+    session.motd()
     return []
 
 
@@ -980,7 +981,9 @@ class HistoryRequest:
 
 
 def _fail(session: IRCSession, code: str, *context: str) -> None:
-    session._send(wire.message("FAIL", "CHATHISTORY", code, *context, source=session.rules.server))
+    *middle, text = context
+    safe = (*map(wire.token, middle), text)
+    session.send(wire.message("FAIL", "CHATHISTORY", code, *safe, source=session.rules.server))
 
 
 def _chathistory(session: IRCSession, msg: wire.Message) -> list[Output]:
@@ -1002,9 +1005,9 @@ def _chathistory(session: IRCSession, msg: wire.Message) -> list[Output]:
     request = HistoryRequest(target, room, query)
     rules = session.rules.session
     if rules.store_history:
-        session._history_request = request
+        session.history_request = request
         return [FetchHistory(room, rules.history_limit)]
-    session._answer_history(request, session.hub.recent(room, session.hub.history))
+    session.answer_history(request, session.hub.recent(room, session.hub.history))
     return []
 
 

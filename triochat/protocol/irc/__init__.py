@@ -23,4 +23,5 @@ from .wire import (
     scrub as scrub,
     serialize as serialize,
     split_utf8 as split_utf8,
+    token as token,
 )

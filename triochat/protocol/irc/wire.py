@@ -150,6 +150,16 @@ def scrub(text: str) -> str:
     return text
 
 
+def token(text: str) -> str:
+    """``text`` fit to be a middle parameter: up to its first space, never empty or ``:``-led.
+
+    For echoing what a client sent (a nick, a channel) in a reply: whatever it
+    was, the reply keeps its shape.
+    """
+    word = scrub(text).split(" ", 1)[0].lstrip(":")
+    return word or "*"
+
+
 def serialize(msg: Message) -> bytes:
     """The bytes of ``msg``, ending in CR LF.
 
