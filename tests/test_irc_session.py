@@ -688,3 +688,38 @@ def test_no_sequence_of_messages_breaks_the_session(
     nick = client.irc.nick
     assert nick is None or hub.member(nick) is None  # whatever happened, it left
     assert [m.name for m in hub.local_members()] == ["bob"]
+
+
+def test_the_outbox_takes_out_exactly_the_expected_own_lines() -> None:
+    from triochat.core.irc_session import IRCOutbox
+
+    sent: list[bytes] = []
+
+    class Inner:
+        def send_nowait(self, value: bytes) -> None:
+            sent.append(value)
+
+        def close(self) -> None:
+            sent.append(b"<closed>")
+
+    outbox = IRCOutbox(Inner())
+    me = b":zoe!zoe@h PRIVMSG #a :"
+    outbox.expect(me, 3)
+    other = b":bob!bob@h PRIVMSG #a :hi\r\n"
+    # Own lines mixed with others', over two hand-overs (as from a cluster).
+    outbox.send_nowait(me + b"one\r\n" + other + b"@time=x " + me + b"two\r\n")
+    outbox.send_nowait(b"@batch=h1 " + me + b"history\r\n" + me + b"three\r\n")
+    outbox.send_nowait(me + b"four\r\n")  # no longer expected: passes
+    assert sent == [other, b"@batch=h1 " + me + b"history\r\n", me + b"four\r\n"]
+    # A JOIN: the first passes (the join's own answer), the copy is taken out.
+    join = b":zoe!zoe@h JOIN #a"
+    outbox.expect(join, after=1)
+    outbox.send_nowait(join + b"\r\n" + other)
+    outbox.send_nowait(b"@time=y " + join + b"\r\n")
+    outbox.send_nowait(join + b"ed\r\n")  # another line: only whole lines match
+    assert sent[3:] == [join + b"\r\n" + other, join + b"ed\r\n"]
+    outbox.close()
+    assert sent[-2:] == [b"ERROR :Closing link\r\n", b"<closed>"]
+    outbox.close()
+    assert sent[-1] == b"<closed>"
+    assert sent.count(b"ERROR :Closing link\r\n") == 1

@@ -256,7 +256,9 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
                     session.numeric(code, target, "Cannot send to channel (join it first)")
                 continue
             if action:
-                with session.own_lines(f":{session.me()} PRIVMSG {room} :"):
+                me = session.me()
+                count = session.dialect.text_lines(room, text, me, action=True)
+                with session.own_lines(f":{me} PRIVMSG {room} :", count):
                     session.translate(session.session.command(c.Me(text, room)))
             else:
                 session.say(room, [text])

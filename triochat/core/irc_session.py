@@ -80,61 +80,72 @@ class IRCOutbox:
     - A client that did not negotiate ``echo-message`` shows its own lines
       itself, but the hub hands a room's burst to everyone in it, the sender
       included, and its own JOIN also comes with the join's answer. While the
-      session expects such a hand-over (:meth:`expect`), one that consists
-      only of the member's own lines of that kind is dropped. Only then is a
-      hand-over looked at; otherwise it is passed on as it is.
+      session expects such lines (:meth:`expect`), the member's own lines of
+      that kind are taken out of what is handed over, as many as expected; in
+      a cluster they come back from Redis later, in as many hand-overs as it
+      takes. Only then is a hand-over looked at, line by line; otherwise it is
+      passed on as it is.
     """
 
     __slots__ = ("_expected", "_inner", "farewell")
 
     def __init__(self, inner: Outbox) -> None:
         self._inner = inner
-        # A line's start -> [matching hand-overs to let through, then to drop].
+        # A line's start -> [matching lines to let through, then to take out].
         self._expected: dict[bytes, list[int]] = {}
         self.farewell: str | None = "Closing link"
         """The ``ERROR`` text closing sends; ``None`` once an ERROR has gone out."""
 
-    def expect(self, start: bytes, *, after: int = 0) -> None:
-        """Drop a hand-over whose every line (tags aside) starts with ``start``.
+    def expect(self, start: bytes, lines: int = 1, *, after: int = 0) -> None:
+        """Take out the next ``lines`` lines (tags aside) that start with ``start``.
 
-        With ``after``, that many such hand-overs pass first, and an earlier
+        With ``after``, that many such lines pass first, and an earlier
         expectation for ``start`` is replaced rather than added to. A ``start``
-        that does not end in ``:`` must be the whole line.
+        that does not end in ``:`` must be the whole line. Lines in a batch
+        (a ``CHATHISTORY`` answer) are history, never taken out.
         """
         entry = self._expected.setdefault(start, [0, 0])
         if after:
-            entry[:] = [after, 1]
+            entry[:] = [after, lines]
         else:
-            entry[1] += 1
+            entry[1] += lines
 
     def forget(self, start: bytes) -> None:
-        """Stop expecting hand-overs of lines starting with ``start``."""
+        """Stop expecting lines starting with ``start``."""
         self._expected.pop(start, None)
 
     def send_nowait(self, value: bytes, /) -> None:
-        if self._expected and self._own(value):
-            return
+        if self._expected:
+            value = self._without_own(value)
+            if not value:
+                return
         self._inner.send_nowait(value)
 
-    def _own(self, value: bytes) -> bool:
+    def _without_own(self, value: bytes) -> bytes:
         lines = value.split(b"\r\n")
-        if len(lines) < 2 or lines[-1]:
-            return False
-        del lines[-1]
-        bare = [line.partition(b" ")[2] if line[:1] == b"@" else line for line in lines]
+        kept: list[bytes] = []
+        for line in lines[:-1]:
+            if line[:1] == b"@":
+                tags, _, bare = line.partition(b" ")
+                if b"batch=" in tags:
+                    kept.append(line)
+                    continue
+            else:
+                bare = line
+            if not self._take(bare):
+                kept.append(line)
+        if len(kept) == len(lines) - 1:
+            return value
+        return b"".join(line + b"\r\n" for line in kept) + lines[-1]
+
+    def _take(self, line: bytes) -> bool:
+        """Whether ``line`` is one of the member's own lines to take out."""
         for start, entry in self._expected.items():
-            whole = not start.endswith(b":")
-
-            def match(line: bytes, start: bytes = start, whole: bool = whole) -> bool:
-                return line == start if whole else line.startswith(start)
-
-            if not match(bare[0]):
+            if not (line.startswith(start) if start.endswith(b":") else line == start):
                 continue
-            if entry[0]:  # one to let through: it starts with the line, that is enough
+            if entry[0]:
                 entry[0] -= 1
                 return False
-            if not all(map(match, bare)):
-                continue
             entry[1] -= 1
             if not entry[1]:
                 del self._expected[start]
@@ -484,19 +495,21 @@ class IRCSession:
         member = self.member
         if member is None or not self.hub.is_member(member):
             return
-        with self.own_lines(f":{self.me()} PRIVMSG {room} :"):
+        me = self.me()
+        count = sum(self.dialect.text_lines(room, text, me) for text in texts)
+        with self.own_lines(f":{me} PRIVMSG {room} :", count):
             self.hub.say(member, room, texts)
 
     @contextlib.contextmanager
-    def own_lines(self, prefix: str, *, after: int = 0) -> Iterator[None]:
-        """Around a hub call that hands the member its own lines, which it does not want.
+    def own_lines(self, prefix: str, lines: int = 1, *, after: int = 0) -> Iterator[None]:
+        """Around a hub call that hands the member ``lines`` of its own, which it does not want.
 
-        ``after``: how many such hand-overs it does want first (see :meth:`IRCOutbox.expect`).
+        ``after``: how many such lines it does want first (see :meth:`IRCOutbox.expect`).
         """
         if self.dialect.echo and not after:
             yield
             return
-        self.outbox.expect(prefix.encode(), after=after)
+        self.outbox.expect(prefix.encode(), lines, after=after)
         try:
             yield
         finally:

@@ -175,13 +175,13 @@ class IRCDialect:
         action: bool = False,
     ) -> None:
         """``command target :text``, as several lines if the text is too long for one."""
-        # The 512 bytes count ":source COMMAND target :" and the CR LF; tags do not.
-        room = wire.MAX_LINE - len(f":{source} {command} {target} :\r\n".encode())
-        if action:
-            room -= len(_ACTION.format(""))
-        for piece in wire.split_utf8(text, max(room, 16)):
+        for piece in wire.split_utf8(text, _budget(command, target, source, action)):
             params = (target, _ACTION.format(piece) if action else piece)
             out.append(wire.format_message(wire.Message(command, params, source, tags)))
+
+    def text_lines(self, target: str, text: str, source: str, *, action: bool = False) -> int:
+        """How many PRIVMSG lines ``text`` from ``source`` to ``target`` is written as."""
+        return len(wire.split_utf8(text, _budget("PRIVMSG", target, source, action)))
 
     def _numeric(self, out: list[str], code: str, *params: str) -> None:
         out.append(wire.format_message(wire.Message(code, (self.nick, *params), self.server)))
@@ -342,3 +342,14 @@ def _presence(event: ev.Presence) -> str:
     return (
         f"{event.joined} joined and {event.left} left {event.room} in the last {event.seconds:g} s"
     )
+
+
+def _budget(command: str, target: str, source: str, action: bool) -> int:
+    """The bytes of text that fit in one line: 512 less ``:source COMMAND target :`` and CR LF.
+
+    Tags do not count (they have their own 8191 bytes).
+    """
+    room = wire.MAX_LINE - len(f":{source} {command} {target} :\r\n".encode())
+    if action:
+        room -= len(_ACTION.format(""))
+    return max(room, 16)
