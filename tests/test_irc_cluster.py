@@ -98,3 +98,15 @@ async def test_a_second_message_is_not_mistaken_for_the_echo(node: Node) -> None
     await ben.send("PRIVMSG #lobby :from ben")
     got = await zoe.until("PRIVMSG", "#lobby")
     assert got.params[1] == "from ben"
+
+
+async def test_messages_behind_a_cluster_name_claim_are_handled_after_it(node: Node) -> None:
+    line_a, irc_a = await node()
+    ann = await line_client(line_a, "ann")
+    zoe = await irc_client(irc_a, "zoe")
+    await zoe.send("NICK zed", "JOIN #lobby", "PRIVMSG #lobby :renamed and here")
+    nick = await zoe.until("NICK")
+    assert nick.params == ("zed",)
+    await zoe.until("JOIN", "#lobby")
+    await line_until(ann, "* zed joined #lobby")
+    await line_until(ann, "<zed> renamed and here")

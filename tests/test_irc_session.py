@@ -95,12 +95,15 @@ class Client:
         return False
 
 
-def register(hub: Hub, nick: str, *, caps: str = "", **kw: object) -> Client:
+def register(hub: Hub, nick: str, *, caps: str = "", claimed: bool = False, **kw: object) -> Client:
     client = Client(hub, **kw)  # type: ignore[arg-type]
     if caps:
         client("CAP LS 302", f"CAP REQ :{caps}", f"NICK {nick}", "USER u 0 * :Real", "CAP END")
     else:
         client(f"NICK {nick}", "USER u 0 * :Real")
+    if claimed:  # a cluster's claim, granted
+        client.irc.claim_result(Claim.CLAIMED)
+        client.read()
     assert client.irc.registered
     return client
 
@@ -723,3 +726,18 @@ def test_the_outbox_takes_out_exactly_the_expected_own_lines() -> None:
     outbox.close()
     assert sent[-1] == b"<closed>"
     assert sent.count(b"ERROR :Closing link\r\n") == 1
+
+
+def test_messages_after_a_name_claim_wait_for_its_outcome(hub: Hub) -> None:
+    client = register(hub, "zoe", rules_=rules(claim_names=True), claimed=True)
+    assert client("NICK zed", "JOIN #a", "PRIVMSG #a :after") == []
+    assert client.effects[-1] == s.ClaimName("zed")
+    assert [type(m) for m in client.irc.pending] == [irc.Message, irc.Message]
+    assert client.irc.claim_result(Claim.CLAIMED) == []
+    [nick] = client.read()
+    assert (nick.command, nick.params) == ("NICK", ("zed",))  # in no room: the door says it
+    assert client.irc.resume() == []
+    got = client.read()
+    assert [m.command for m in got][:1] == ["JOIN"]
+    assert got[0].source == f"zed!zed@{SERVER}"
+    assert not client.irc.pending

@@ -26,6 +26,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import trio
 
@@ -37,7 +38,10 @@ from . import events as ev
 from ._auth import FailureDelays
 from .hub import Hub, Member, Outbox
 from .irc_commands import HANDLERS, USER_MODES, HistoryRequest, nick_code
-from .session import Close, Output, Rules, Session, State
+from .session import ClaimName, Close, FetchHistory, Output, Rules, Session, State, Wait
+
+_AWAITED: Final = (ClaimName, FetchHistory, Wait)
+"""Effects the door awaits before the client's next message may be handled."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,6 +217,8 @@ class IRCSession:
         self.awaiting_pong = False
         self.closed = False
         self.history_request: HistoryRequest | None = None
+        self.pending: list[wire.Received] = []
+        """Messages read but not yet handled: they came after one whose effect is awaited."""
         self._batches = 0
 
     # --- what the I/O layer feeds in ------------------------------------------------
@@ -225,14 +231,19 @@ class IRCSession:
     def member(self) -> Member | None:
         return self.session.member
 
-    def receive(
-        self, events: Iterable[wire.Message | wire.InputTooLong | wire.Malformed]
-    ) -> list[Output]:
-        """What the framer gave, in order; consecutive PRIVMSGs to one channel as one burst."""
+    def receive(self, events: Iterable[wire.Received]) -> list[Output]:
+        """What the framer gave, in order; consecutive PRIVMSGs to one channel as one burst.
+
+        A message whose effect must be awaited (a name claim, the store's
+        history) ends the call: the messages after it wait in :attr:`pending`
+        until the door has carried the effect out and calls :meth:`resume`.
+        """
         outputs: list[Output] = []
         burst: list[str] = []
         burst_room = ""
-        for event in events:
+        queue = [*self.pending, *events]
+        self.pending = []
+        for i, event in enumerate(queue):
             if self.closed or self.session.state is State.CLOSED:
                 break
             self.awaiting_pong = False
@@ -248,9 +259,16 @@ class IRCSession:
                 burst, burst_room = [text], room
                 continue
             outputs += self.handle(event)
+            if any(isinstance(o, _AWAITED) for o in outputs):
+                self.pending = queue[i + 1 :]
+                break
         if burst and not self.closed:
             self.say(burst_room, burst)
         return outputs
+
+    def resume(self) -> list[Output]:
+        """Go on with the messages that waited for an effect (see :meth:`receive`)."""
+        return self.receive(())
 
     def handle(self, event: wire.Received) -> list[Output]:
         """One message (or framing problem) from the client."""

@@ -381,7 +381,7 @@ class IRCConnection:
                 return False
             delay = self._flood_delay()
             if delay or len(run) >= BATCH_MESSAGES:
-                if not await self._carry_out(irc.receive(run)):
+                if not await self._receive_run(run):
                     return False
                 run = []
                 if delay:
@@ -389,7 +389,15 @@ class IRCConnection:
                 else:
                     await trio.lowlevel.checkpoint()
             run.append(event)
-        return await self._carry_out(irc.receive(run)) if run else not irc.closed
+        return await self._receive_run(run) if run else not irc.closed
+
+    async def _receive_run(self, run: list[wire.Received]) -> bool:
+        """Hand ``run`` to the session, and what waited behind an awaited effect after it."""
+        irc = self.irc
+        going = await self._carry_out(irc.receive(run))
+        while going and irc.pending:
+            going = await self._carry_out(irc.resume())
+        return going
 
     # --- writing, and the end -------------------------------------------------------
 
