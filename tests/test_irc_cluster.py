@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+from irc_support import RawIRC, close_clients, irc_client, line_client, line_until
 from redis_support import (
     FAST,
     TEST_REDIS,
@@ -20,13 +21,14 @@ from redis_support import (
     unavailable,
     unique_cluster,
 )
-from test_irc_door import RawIRC, irc_client, line_client, line_until
 
 from triochat import ChatServer, ServerConfig
 from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.server.irc import IRCConfig, IRCDoor
 
 Node = Callable[..., Awaitable[tuple[int, int]]]
+
+_close_clients = pytest.fixture(autouse=True)(close_clients)
 
 
 @pytest.fixture(scope="session")

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 import trustme
+from irc_support import RawIRC, close_clients, irc_client, line_client, line_until, opened
 
 from triochat import ChatServer, ServerConfig
-from triochat.client.connection import ChatClient, open_chat_client
+from triochat.client.connection import open_chat_client
 from triochat.protocol import irc
 from triochat.server.irc import IRCConfig, IRCDoor
 
 Start = Callable[..., Awaitable[tuple[ChatServer, int, int]]]
+
+_close_clients = pytest.fixture(autouse=True)(close_clients)
 
 
 @pytest.fixture
@@ -40,108 +43,6 @@ async def start(nursery: trio.Nursery) -> Start:
         return server, line[0].socket.getsockname()[1], listeners[0].socket.getsockname()[1]
 
     return start
-
-
-class RawIRC:
-    """An IRC client on a raw socket: lines out, parsed messages in."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.framer = irc.IRCFramer(max_line=100_000, max_tags=100_000)
-        self.seen: list[irc.Message] = []
-        self._pending: list[irc.Message] = []
-        self._pending_events: list[irc.Received] = []
-
-    async def send(self, *lines: str) -> None:
-        await self.stream.send_all("".join(f"{line}\r\n" for line in lines).encode())
-
-    async def next_event(self) -> irc.Received | None:
-        """The next thing the framer found, message or not; ``None`` once closed."""
-        while not self._pending_events:
-            self._pending_events.extend(self.framer.events())
-            if self._pending_events:
-                break
-            try:
-                data = await self.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return None
-            if not data:
-                return None
-            self.framer.receive_data(data)
-        return self._pending_events.pop(0)
-
-    async def next(self) -> irc.Message | None:
-        """The next message, or ``None`` once the server closed the connection."""
-        while True:
-            if self._pending:
-                msg = self._pending.pop(0)
-                self.seen.append(msg)
-                return msg
-            for event in self.framer.events():
-                assert isinstance(event, irc.Message), event
-                self._pending.append(event)
-            if self._pending:
-                continue
-            try:
-                data = await self.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return None
-            if not data:
-                return None
-            self.framer.receive_data(data)
-
-    async def until(self, command: str, *params: str, within: float = 10) -> irc.Message:
-        """Read until a ``command`` message whose parameters start with ``params``."""
-        with trio.fail_after(within):
-            while True:
-                msg = await self.next()
-                assert msg is not None, f"closed before {command} {params}"
-                if msg.command == command and msg.params[: len(params)] == params:
-                    return msg
-
-    async def closed(self) -> list[irc.Message]:
-        """Everything until the server closes the connection."""
-        got = []
-        with trio.fail_after(10):
-            while (msg := await self.next()) is not None:
-                got.append(msg)
-        return got
-
-
-_OPEN: list[trio.abc.AsyncResource | ChatClient] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients() -> AsyncIterator[None]:
-    """Every client a test opened is closed after it, whatever happened."""
-    yield
-    while _OPEN:
-        await _OPEN.pop().aclose()
-
-
-async def irc_client(port: int, nick: str | None = None, *lines: str) -> RawIRC:
-    client = RawIRC(await trio.open_tcp_stream("127.0.0.1", port))
-    _OPEN.append(client.stream)
-    if nick is not None:
-        await client.send(*lines, f"NICK {nick}", "USER u 0 * :Real")
-        await client.until("001")
-        await client.until("422")
-    return client
-
-
-async def line_client(port: int, name: str) -> ChatClient:
-    client = await open_chat_client("127.0.0.1", port)
-    _OPEN.append(client)
-    await client.register(name)
-    return client
-
-
-async def line_until(client: ChatClient, ending: str, within: float = 10) -> str:
-    with trio.fail_after(within):
-        while True:
-            line = await client.receive_line()
-            if line.endswith(ending):
-                return line
 
 
 async def test_an_irc_user_and_an_nc_user_chat_in_one_room(start: Start) -> None:
@@ -265,7 +166,7 @@ async def test_max_per_address_counts_irc_connections(start: Start) -> None:
     assert error.command == "ERROR"
     assert "Too many connections" in error.params[0]
     line = await open_chat_client("127.0.0.1", line_port)
-    _OPEN.append(line)
+    opened(line)
     with trio.fail_after(10):
         assert "Too many connections" in await line.receive_line()
     await first.stream.aclose()
@@ -334,14 +235,14 @@ async def test_tls_with_the_servers_certificate(
     stream = trio.SSLStream(
         await trio.open_tcp_stream("127.0.0.1", port), client_context, server_hostname="127.0.0.1"
     )
-    _OPEN.append(stream)
+    opened(stream)
     client = RawIRC(stream)  # type: ignore[arg-type]
     await client.send("NICK zoe", "USER u 0 * :x")
     welcome = await client.until("001")
     assert welcome.params[0] == "zoe"
     # A plain-text client is told (in the line door's words, for now) and closed.
     plain = RawIRC(await trio.open_tcp_stream("127.0.0.1", port))
-    _OPEN.append(plain.stream)
+    opened(plain.stream)
     await plain.send("NICK ann", "USER u 0 * :x")
     with trio.fail_after(10):
         while (event := await plain.next_event()) is not None:
@@ -355,7 +256,7 @@ async def test_a_client_that_does_not_read_is_evicted_as_too_slow(start: Start) 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect(("127.0.0.1", irc_port))
     slow = RawIRC(trio.SocketStream(sock))
-    _OPEN.append(slow.stream)
+    opened(slow.stream)
     await slow.send("NICK slow", "USER u 0 * :x", "JOIN #lobby")  # and never reads again
     zoe = await irc_client(irc_port, "zoe")
     await zoe.send("JOIN #lobby")
