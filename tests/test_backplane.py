@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import trio
+from _v1 import LineUser
 
 from triochat.backplane import Claim, LocalBackplane
-from triochat.core import events as ev, oneroom
+from triochat.core import events as ev
 from triochat.core.hub import Hub, Member
 from triochat.protocol import line as p
 
@@ -102,7 +103,7 @@ class FakeBackplane:
     """A linked backplane that records what the hub hands it and delivers nothing itself."""
 
     remote = True
-    notice = None
+    link_down = False
 
     def __init__(self) -> None:
         self.published: list[Sequence[ev.RoomEvent]] = []
@@ -152,12 +153,13 @@ class FakeBackplane:
         raise AssertionError("the hub never unclaims")
 
 
+_USERS: dict[Member, LineUser] = {}
+
+
 def _member(hub: Hub, name: str) -> tuple[Member, trio.MemoryReceiveChannel[bytes]]:
-    send, receive = trio.open_memory_channel[bytes](100)
-    member = hub.register(name, send, lambda: None, LINE)
-    assert isinstance(member, Member), member
-    hub.join(member, p.LOBBY)
-    return member, receive
+    user = LineUser(hub, name, LINE)
+    _USERS[user.member] = user
+    return user.member, user.inbox
 
 
 def _drain(receive: trio.MemoryReceiveChannel[bytes]) -> list[str]:
@@ -170,7 +172,8 @@ def _drain(receive: trio.MemoryReceiveChannel[bytes]) -> list[str]:
 
 
 def _do(hub: Hub, member: Member, command: p.Command) -> None:
-    oneroom.handle(hub, member, command, p.HELP)
+    assert _USERS[member].hub is hub
+    _USERS[member].do(command)
 
 
 def test_a_hub_publishes_room_events_and_shows_them_only_when_delivered() -> None:

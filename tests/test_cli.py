@@ -18,10 +18,10 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from triochat import cli
-from triochat.cli import main
+from triochat.cli import main, serve as serve_cli
 from triochat.client.connection import ChatClient, ConnectionClosed, open_chat_client
 from triochat.server.listener import SHUTDOWN_LINE
+from triochat.server.run import ServeConfig
 from triochat.server.store import StoreConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -364,12 +364,10 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[StoreConfig | None]:
     """Stub out the server: each ``serve`` run records the StoreConfig it would use."""
     configs: list[StoreConfig | None] = []
 
-    async def record(
-        _config: object, _backplane: object, store: StoreConfig | None, *_: object
-    ) -> None:
-        configs.append(store)
+    async def record(config: ServeConfig) -> None:
+        configs.append(config.store)
 
-    monkeypatch.setattr(cli, "_serve", record)
+    monkeypatch.setattr(serve_cli, "_serve", record)
     return configs
 
 
@@ -466,3 +464,34 @@ def test_help_lists_every_option() -> None:
     top = CliRunner().invoke(main, ["--help"])
     assert top.exit_code == 0
     assert "serve" in top.output
+
+
+async def test_start_up_logs_what_is_on_beside_the_unchanged_listening_line(
+    start_serve: StartServe, tmp_path: Path
+) -> None:
+    # start_serve checks that stdout's first line is exactly the listening line.
+    db = tmp_path / "chat.db"
+    serve = await start_serve("--db", str(db), env={"TRIOCHAT_PASSWORD": "sesame"})
+    with trio.fail_after(WAIT):
+        while b"serving with" not in serve.stderr:  # noqa: ASYNC110 - the log arrives when it does
+            await trio.sleep(0.01)
+    sent = serve.signal(signal.SIGTERM)
+    assert await serve.exit_code(deadline=sent + 3) == 0
+    stderr = serve.stderr.decode()
+    assert (
+        f"triochat: serving with TLS off, password required, history in {db}, "
+        "no Redis (single node), no metrics\n"
+    ) in stderr
+    assert "sesame" not in stderr
+
+
+def test_a_certificate_without_a_key_is_a_one_line_error(tmp_path: Path) -> None:
+    import trustme
+
+    cert = tmp_path / "cert.pem"
+    trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(cert))
+    result = CliRunner().invoke(
+        main, ["serve", "--port", "0", "--tls-cert", str(cert)], env={"TRIOCHAT_TLS_KEY": None}
+    )
+    assert result.exit_code == 1
+    assert result.output == f"Error: no private key in {cert}; give --tls-key\n"

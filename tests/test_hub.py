@@ -6,17 +6,13 @@ import time
 
 import pytest
 import trio
+from _v1 import LineUser
 
-from triochat.core import events as ev, oneroom
+from triochat.core import events as ev
 from triochat.core.hub import Hub, Member
 from triochat.protocol import line as p
 
 Inbox = trio.MemoryReceiveChannel[bytes]
-
-
-def do(hub: Hub, member: Member, command: p.Command) -> None:
-    """A v1 client's command."""
-    oneroom.handle(hub, member, command, p.HELP)
 
 
 T0 = 1_700_000_000.0
@@ -36,19 +32,12 @@ class Clock:
         return self.now
 
 
-class User:
-    """One registered member and the receive end of its outbox."""
+class User(LineUser):
+    """One registered v1 member and the receive end of its outbox."""
 
     def __init__(self, hub: Hub, name: str, queue: int = 100) -> None:
-        self.send, self.receive = trio.open_memory_channel[bytes](queue)
-        self.disconnects = 0
-        result = hub.register(name, self.send, self.disconnect, LINE)
-        assert isinstance(result, Member), result
-        hub.join(result, p.LOBBY)
-        self.member = result
-
-    def disconnect(self) -> None:
-        self.disconnects += 1
+        super().__init__(hub, name, LINE, queue)
+        self.receive = self.inbox
 
     def raw(self) -> list[bytes]:
         """Everything queued for this user so far."""
@@ -135,7 +124,7 @@ async def test_joiners_get_the_history_with_original_timestamps(hub: Hub, clock:
     ann = User(hub, "ann")
     for i in range(5):
         clock.now = T0 + 61 * i
-        do(hub, ann.member, p.Say(f"line {i}") if i != 4 else p.Me("waves"))
+        ann.do(p.Say(f"line {i}") if i != 4 else p.Me("waves"))
     clock.now = T0 + 7200
     ben = User(hub, "ben")
     # history=3: the last three lines, as first said (with their date if that was not
@@ -160,15 +149,15 @@ async def test_joiners_get_the_history_with_original_timestamps(hub: Hub, clock:
 
 async def test_say_reaches_everyone_in_the_room_including_the_sender(hub: Hub) -> None:
     ann, ben, cat = User(hub, "ann"), User(hub, "ben"), User(hub, "cat")
-    do(hub, cat.member, p.Join("#dev"))
+    cat.do(p.Join("#dev"))
     for user in (ann, ben, cat):
         user.raw()
-    do(hub, ann.member, p.Say("hello  there"))
+    ann.do(p.Say("hello  there"))
     a, b = ann.raw(), ben.raw()
     assert a == b == [f"{stamp(T0)} <ann> hello  there\n".encode()]
     assert a[0] is b[0]  # formatted and encoded once for everyone
     assert cat.raw() == []  # another room
-    do(hub, ann.member, p.Me("waves"))
+    ann.do(p.Me("waves"))
     assert ann.lines() == ben.lines() == [f"{stamp(T0)} * ann waves"]
 
 
@@ -200,32 +189,32 @@ async def test_commands_from_a_member_who_left_are_ignored(hub: Hub, command: p.
     ann, ben = User(hub, "ann"), User(hub, "ben")
     hub.leave(ann.member, "kicked")
     ann.raw(), ben.raw()
-    do(hub, ann.member, command)
+    ann.do(command)
     assert ann.raw() == ben.raw() == []
     assert hub.rooms() == {"#lobby": 1}
 
 
 async def test_private_messages(hub: Hub) -> None:
     ann, ben, cat = User(hub, "ann"), User(hub, "Ben"), User(hub, "cat")
-    do(hub, ben.member, p.Join("#elsewhere"))
+    ben.do(p.Join("#elsewhere"))
     for user in (ann, ben, cat):
         user.raw()
-    do(hub, ann.member, p.Msg("BEN", "psst"))
+    ann.do(p.Msg("BEN", "psst"))
     assert ben.lines() == [f"{stamp(T0)} *ann* psst"]
     assert ann.lines() == [f"{stamp(T0)} -> *Ben* psst"]
     assert cat.lines() == []
-    do(hub, ann.member, p.Msg("zed", "hello?"))
+    ann.do(p.Msg("zed", "hello?"))
     assert ann.lines() == ["! No such user: zed"]
 
 
 async def test_join_moves_between_rooms(hub: Hub, clock: Clock) -> None:
     ann, ben, cat = User(hub, "ann"), User(hub, "ben"), User(hub, "cat")
-    do(hub, cat.member, p.Join("#dev"))
-    do(hub, cat.member, p.Say("in dev"))
+    cat.do(p.Join("#dev"))
+    cat.do(p.Say("in dev"))
     for user in (ann, ben, cat):
         user.raw()
     clock.now = T0 + 10
-    do(hub, ann.member, p.Join("#dev"))
+    ann.do(p.Join("#dev"))
     assert ben.lines() == [f"{stamp(T0 + 10)} * ann left #lobby (joined #dev)"]
     assert ann.lines() == [
         f"{stamp(T0)} <cat> in dev",
@@ -235,35 +224,35 @@ async def test_join_moves_between_rooms(hub: Hub, clock: Clock) -> None:
     assert cat.lines() == [f"{stamp(T0 + 10)} * ann joined #dev"]
     assert hub.rooms() == {"#lobby": 1, "#dev": 2}
 
-    do(hub, ann.member, p.Join("#dev"))
+    ann.do(p.Join("#dev"))
     assert ann.lines() == ["! You are already in #dev"]
 
     # An empty room goes away (and its history with it); the lobby stays.
-    do(hub, ann.member, p.Join("#lobby"))
-    do(hub, cat.member, p.Join("#lobby"))
+    ann.do(p.Join("#lobby"))
+    cat.do(p.Join("#lobby"))
     assert hub.rooms() == {"#lobby": 3}
-    do(hub, ann.member, p.Join("#dev"))
+    ann.do(p.Join("#dev"))
     assert ann.lines()[-2:] == ["* Users in #dev: ann", f"{stamp(T0 + 10)} * ann joined #dev"]
-    do(hub, ben.member, p.Join("#x"))
-    do(hub, cat.member, p.Join("#x"))
+    ben.do(p.Join("#x"))
+    cat.do(p.Join("#x"))
     assert hub.rooms() == {"#lobby": 0, "#dev": 1, "#x": 2}
 
 
 async def test_nick(hub: Hub) -> None:
     ann, ben = User(hub, "ann"), User(hub, "ben")
     ann.raw(), ben.raw()
-    do(hub, ann.member, p.Nick("Anna"))
+    ann.do(p.Nick("Anna"))
     assert ann.lines() == ben.lines() == [f"{stamp(T0)} * ann is now known as Anna"]
-    do(hub, ben.member, p.Nick("ANNA"))
+    ben.do(p.Nick("ANNA"))
     assert ben.lines() == ["! Name ANNA is taken, choose another"]
-    do(hub, ben.member, p.Nick("b<e>n"))
+    ben.do(p.Nick("b<e>n"))
     assert ben.lines() == [f"! {p.name_error('b<e>n')}"]
-    do(hub, ann.member, p.Nick("Anna"))
+    ann.do(p.Nick("Anna"))
     assert ann.lines() == ["! You are already Anna"]
-    do(hub, ann.member, p.Nick("ANNA"))  # a change of case is a rename
+    ann.do(p.Nick("ANNA"))  # a change of case is a rename
     assert ben.lines() == [f"{stamp(T0)} * Anna is now known as ANNA"]
     ann.raw()
-    do(hub, ben.member, p.Users())
+    ben.do(p.Users())
     assert ben.lines() == ["* Users in #lobby: ANNA, ben"]
     # The old name is free again, the new one is taken.
     send, _ = trio.open_memory_channel[bytes](100)
@@ -273,15 +262,15 @@ async def test_nick(hub: Hub) -> None:
 
 async def test_users_rooms_help_and_errors_go_only_to_the_asker(hub: Hub) -> None:
     ann, ben, cat = User(hub, "ann"), User(hub, "ben"), User(hub, "cat")
-    do(hub, cat.member, p.Join("#dev"))
+    cat.do(p.Join("#dev"))
     ann.raw(), ben.raw()
-    do(hub, ann.member, p.Users())
+    ann.do(p.Users())
     assert ann.lines() == ["* Users in #lobby: ann, ben"]
-    do(hub, ann.member, p.Rooms())
+    ann.do(p.Rooms())
     assert ann.lines() == ["* Rooms: #dev (1), #lobby (2)"]
-    do(hub, ann.member, p.Help())
+    ann.do(p.Help())
     assert ann.lines() == [f"* {line}" for line in p.HELP]
-    do(hub, ann.member, p.Invalid("Unknown command /x. Try /help."))
+    ann.do(p.Invalid("Unknown command /x. Try /help."))
     assert ann.lines() == ["! Unknown command /x. Try /help."]
     assert ben.lines() == []
     assert cat.lines()[-1] == f"{stamp(T0)} * cat joined #dev"
@@ -291,7 +280,7 @@ async def test_users_rooms_help_and_errors_go_only_to_the_asker(hub: Hub) -> Non
 async def test_quit(hub: Hub, reason: str, shown: str) -> None:
     ann, ben = User(hub, "ann"), User(hub, "ben")
     ann.raw(), ben.raw()
-    do(hub, ann.member, p.Quit(reason))
+    ann.do(p.Quit(reason))
     assert ben.lines() == [f"{stamp(T0)} * ann left #lobby ({shown})"]
     assert ann.lines() == ["* Bye!"]
     assert ann.closed  # the writer flushes and hangs up
@@ -315,7 +304,7 @@ async def test_a_slow_consumer_is_evicted_and_nobody_else_notices(hub: Hub) -> N
     slow = User(hub, "slow", queue=10)  # never read from here on
     ann.raw(), ben.raw()
     for i in range(50):
-        do(hub, ann.member, p.Say(f"line {i}"))
+        ann.do(p.Say(f"line {i}"))
     said = [f"{stamp(T0)} <ann> line {i}" for i in range(50)]
     # Its outbox (10 lines: users, joined and 8 messages) filled on line 8.
     left = f"{stamp(T0)} * slow left #lobby (too slow)"
@@ -326,7 +315,7 @@ async def test_a_slow_consumer_is_evicted_and_nobody_else_notices(hub: Hub) -> N
     assert hub.members == 2
     assert len(slow.raw()) == 10
     assert slow.closed
-    do(hub, ben.member, p.Users())
+    ben.do(p.Users())
     assert ben.lines() == ["* Users in #lobby: ann, ben"]
 
 
@@ -336,7 +325,7 @@ async def test_slow_consumers_found_by_a_departure_are_evicted_too(hub: Hub) -> 
     slow2 = User(hub, "slow2", queue=4)
     slow1.raw()
     for text in ("one", "two", "three"):
-        do(hub, ann.member, p.Say(text))
+        ann.do(p.Say(text))
     # slow2 overflows on "three"; its departure notice overflows slow1, which goes too.
     assert (slow1.disconnects, slow2.disconnects) == (1, 1)
     assert hub.members == 1
@@ -402,7 +391,7 @@ async def test_a_slow_recipient_of_a_private_message_is_evicted(hub: Hub) -> Non
     ann, slow = User(hub, "ann", queue=1000), User(hub, "slow", queue=3)
     ann.raw()
     for _ in range(3):
-        do(hub, ann.member, p.Msg("slow", "hi"))
+        ann.do(p.Msg("slow", "hi"))
     assert slow.disconnects == 1
     assert ann.lines() == [
         f"{stamp(T0)} -> *slow* hi",
@@ -544,12 +533,12 @@ async def test_room_events_are_numbered_per_room_and_carry_utc_time(hub: Hub, cl
     hub.join(eve, "#a")
     hub.join(eve, "#b")
     ann = User(hub, "ann")
-    do(hub, ann.member, p.Join("#a"))
+    ann.do(p.Join("#a"))
     clock.now = T0 + 5
-    do(hub, ann.member, p.Say("hi"))
-    do(hub, ann.member, p.Join("#b"))
-    do(hub, ann.member, p.Me("waves"))
-    do(hub, ann.member, p.Nick("anna"))
+    ann.do(p.Say("hi"))
+    ann.do(p.Join("#b"))
+    ann.do(p.Me("waves"))
+    ann.do(p.Nick("anna"))
     seen = [
         (type(e).__name__, e.room, e.seq, e.time)
         for e in watcher.events
@@ -569,7 +558,7 @@ async def test_room_events_are_numbered_per_room_and_carry_utc_time(hub: Hub, cl
 
 async def test_a_joiner_gets_the_history_in_its_own_dialect(hub: Hub) -> None:
     ann = User(hub, "ann")
-    do(hub, ann.member, p.Say("hello"))
+    ann.do(p.Say("hello"))
     watcher = Recorder()
     eve, _ = _member(hub, "eve", watcher)
     hub.join(eve, p.LOBBY)
@@ -582,7 +571,7 @@ async def test_a_joiner_gets_the_history_in_its_own_dialect(hub: Hub) -> None:
 def _crowd(hub: Hub, count: int, room: str = "#big") -> list[User]:
     users = [User(hub, f"u{i:03}", queue=1000) for i in range(count)]
     for user in users:
-        do(hub, user.member, p.Join(room))
+        user.do(p.Join(room))
     for user in users:
         user.raw()
     return users
@@ -592,11 +581,11 @@ async def test_a_room_at_the_quiet_threshold_still_announces_each_join(clock: Cl
     hub = Hub(history=3, clock=clock, quiet_above=5)
     watcher, *_ = _crowd(hub, 4)
     ann = User(hub, "ann")
-    do(hub, ann.member, p.Join("#big"))  # the 5th member: not past 5
+    ann.do(p.Join("#big"))  # the 5th member: not past 5
     assert watcher.lines() == [f"{stamp(T0)} * ann joined #big"]
-    do(hub, ann.member, p.Nick("anna"))
+    ann.do(p.Nick("anna"))
     assert watcher.lines() == [f"{stamp(T0)} * ann is now known as anna"]
-    do(hub, ann.member, p.Quit(""))
+    ann.do(p.Quit(""))
     assert watcher.lines() == [f"{stamp(T0)} * anna left #big (quit)"]
 
 
@@ -605,17 +594,17 @@ async def test_past_the_quiet_threshold_a_room_sends_summaries(clock: Clock) -> 
     watcher, *_ = _crowd(hub, 5)
     ann, ben = User(hub, "ann"), User(hub, "ben")
     ann.raw()
-    do(hub, ann.member, p.Join("#big"))  # the 6th member: past 5
+    ann.do(p.Join("#big"))  # the 6th member: past 5
     # The joiner still sees the room (all of it: it is small enough to list) and its join.
     assert ann.lines() == [
         "* Users in #big: ann, u000, u001, u002, u003, u004",
         f"{stamp(T0)} * ann joined #big",
     ]
-    do(hub, ben.member, p.Join("#big"))
-    do(hub, ann.member, p.Nick("anna"))
+    ben.do(p.Join("#big"))
+    ann.do(p.Nick("anna"))
     assert ann.lines() == [f"{stamp(T0)} * ann is now known as anna"]
-    do(hub, ben.member, p.Quit("bye"))
-    do(hub, watcher.member, p.Say("still talking"))
+    ben.do(p.Quit("bye"))
+    watcher.do(p.Say("still talking"))
     assert watcher.lines() == [f"{stamp(T0)} <u000> still talking"]
     ann.raw()
     hub.summarize_presence()
@@ -624,7 +613,7 @@ async def test_past_the_quiet_threshold_a_room_sends_summaries(clock: Clock) -> 
     hub.summarize_presence()  # nothing new: nothing said
     assert watcher.lines() == []
     # Private messages still name the user.
-    do(hub, ann.member, p.Msg("u000", "psst"))
+    ann.do(p.Msg("u000", "psst"))
     assert watcher.lines() == [f"{stamp(T0)} *anna* psst"]
 
 
@@ -633,11 +622,11 @@ async def test_users_of_a_big_room_gives_the_count_and_all_gives_every_name(
 ) -> None:
     hub = Hub(history=3, clock=clock, quiet_above=10)
     watcher, *_ = _crowd(hub, 120)
-    do(hub, watcher.member, p.Users())
+    watcher.do(p.Users())
     (line,) = watcher.lines()
     assert line.startswith("* Users in #big (120): u000, u001, ")
     assert line.endswith(", u049, and 70 more (/users all lists everyone)")
-    do(hub, watcher.member, p.Users(everyone=True))
+    watcher.do(p.Users(everyone=True))
     lines = watcher.lines()
     assert len(lines) == 3
     names = [name for line in lines for name in line.split(": ", 1)[1].split(", ")]
@@ -659,7 +648,7 @@ async def test_users_all_parses() -> None:
 async def test_the_user_list_is_sorted_as_people_read_names(hub: Hub) -> None:
     # Sorted by the case-folded name, not by the look-alike key (rn looks like m).
     users = [User(hub, name) for name in ("nina", "Mia", "zed")]
-    do(hub, users[0].member, p.Users())
+    users[0].do(p.Users())
     assert users[0].lines()[-1] == "* Users in #lobby: Mia, nina, zed"
 
 

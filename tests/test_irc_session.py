@@ -424,15 +424,15 @@ def test_part_join_zero_and_their_errors(hub: Hub) -> None:
 
 
 def test_a_line_user_moving_rooms_is_a_part_and_a_join(hub: Hub) -> None:
-    from triochat.core import oneroom
+    from _v1 import LineUser as V1User
 
-    bob = LineUser(hub, "bob")
+    bob = V1User(hub, "bob", p.LineDialect())
     zoe = register(hub, "zoe")
-    zoe("JOIN #a,#b")
-    oneroom.handle(hub, bob.member, p.Join("#b"), p.HELP)
+    zoe("JOIN #lobby,#b")
+    bob.do(p.Join("#b"))  # a v1 client has one room: it moves
     got = zoe.read()
     assert [(m.command, m.params) for m in got] == [
-        ("PART", ("#a", "joined #b")),
+        ("PART", ("#lobby", "joined #b")),
         ("JOIN", ("#b",)),
     ]
 

@@ -13,25 +13,20 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
+from _v1 import LineUser
 
 from triochat.backplane import Claim
 from triochat.backplane.memory import MemoryBackplane, MemoryCluster
-from triochat.core import events as ev, oneroom
-from triochat.core.hub import Hub, Member
+from triochat.core import events as ev
+from triochat.core.hub import Hub
 from triochat.protocol import line as p
 
 LINE = p.LineDialect()
 T0 = 1_700_000_000.0
 
 
-class User:
+class User(LineUser):
     """A v1 member of one node's hub, and what it has been sent."""
-
-    def __init__(self, hub: Hub, member: Member, inbox: trio.MemoryReceiveChannel[bytes]) -> None:
-        self.hub, self.member, self.inbox = hub, member, inbox
-
-    def do(self, command: p.Command) -> None:
-        oneroom.handle(self.hub, self.member, command, p.HELP)
 
     def say(self, *texts: str) -> None:
         room = self.member.room
@@ -59,11 +54,7 @@ class Node:
 
     async def join(self, name: str) -> User:
         assert await self.backplane.claim(name) is Claim.CLAIMED
-        send, receive = trio.open_memory_channel[bytes](100)
-        member = self.hub.register(name, send, lambda: None, LINE)
-        assert isinstance(member, Member), member
-        self.hub.join(member, p.LOBBY)
-        return User(self.hub, member, receive)
+        return User(self.hub, name, LINE)
 
 
 async def settle() -> None:

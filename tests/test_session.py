@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import trio.testing
 
+from triochat import ServerConfig
 from triochat.backplane import Claim
 from triochat.core import commands as c, session as s
 from triochat.core._auth import FailureDelays
-from triochat.core.events import Error, Event, Notice, RoomEvent, Said
+from triochat.core.events import Error, Notice, RoomEvent, Said
 from triochat.protocol import line as p
 
 WELCOME = "Welcome to triochat! 0 users online. Commands start with /, try /help."
@@ -93,8 +94,8 @@ class FakeHub:
             member.name, member.key = name, p.name_key(name)
             self.members[member.key] = member
 
-    def users(self, member: FakeMember, room: str) -> None:
-        self.calls.append(("users", member.name, room))
+    def users(self, member: FakeMember, room: str, *, everyone: bool = False) -> None:
+        self.calls.append(("users", member.name, room, *(["all"] if everyone else [])))
 
     def room_list(self, member: FakeMember) -> None:
         self.calls.append(("rooms", member.name))
@@ -124,15 +125,15 @@ class Pair:
     ) -> None:
         self.hub = hub or FakeHub()
         self.clock = clock or trio.testing.MockClock()
-        self.session: s.Session[FakeMember] = s.Session(
-            self.hub,
-            s.Rules(**rules),
-            outbox=_NoOutbox(),
-            disconnect=lambda: None,
+        door = s.Door(
+            hub=self.hub,
+            rules=s.Rules(**rules),
             dialect=p.LineDialect(),
-            address=address,
-            delays=delays,
+            delays=delays if delays is not None else FailureDelays(),
             clock=self.clock.current_time,
+        )
+        self.session: s.Session[FakeMember] = s.Session(
+            door, outbox=_NoOutbox(), disconnect=lambda: None, address=address
         )
         self.welcome = self.session.start()
 
@@ -409,18 +410,27 @@ def chatting(**rules: Any) -> Pair:
 
 def test_commands_without_a_room_go_to_the_current_room() -> None:
     pair = chatting()
-    for line in ("//slash", "/me waves", "/users", "/msg ben hi", "/rooms", "/history 2"):
+    for line in (
+        "//slash",
+        "/me waves",
+        "/users",
+        "/users all",
+        "/msg ben hi",
+        "/rooms",
+        "/history 2",
+    ):
         assert pair.command(line) == []
     assert pair.hub.calls == [
         ("say", "ann", "#lobby", ("/slash",)),
         ("act", "ann", "#lobby", "waves"),
         ("users", "ann", "#lobby"),
+        ("users", "ann", "#lobby", "all"),
         ("private", "ann", "ben", "hi"),
         ("rooms", "ann"),
         ("replay", "ann", "#lobby", ()),
     ]
     # say() counts its own lines; the session counts each other command once.
-    assert pair.hub.lines_in == 6
+    assert pair.hub.lines_in == 7
 
 
 def test_a_one_room_join_parts_the_old_room_then_joins_the_new_one() -> None:
@@ -471,7 +481,7 @@ def test_help_and_invalid_commands_answer_the_member() -> None:
 
 
 def test_history_from_memory_is_capped_and_from_the_store_is_fetched() -> None:
-    said = [Said("#lobby", i, 0.0, "ben", str(i)) for i in range(1, 6)]
+    said: list[RoomEvent] = [Said("#lobby", i, 0.0, "ben", str(i)) for i in range(1, 6)]
     pair = chatting(history_limit=3)
     pair.hub.history["#lobby"] = said
     pair.command("/history 50")
@@ -507,7 +517,7 @@ def test_quit_leaves_with_a_farewell_and_closes() -> None:
 
 def test_nick_without_a_cluster_goes_to_the_hub() -> None:
     pair = chatting()
-    assert pair.command("/nick a\x1bnn2") == []
+    assert pair.command("/nick a\x07nn2") == []
     assert pair.hub.calls == [("rename", "ann", "ann2")]
 
 
@@ -603,7 +613,10 @@ def test_the_table_names_every_state_and_closed_is_a_dead_end() -> None:
     assert {t for ts in s.TRANSITIONS[s.State.CLOSED].values() for t in ts} == {s.State.CLOSED}
 
 
-def test_events_of_keeps_only_what_the_client_sees() -> None:
-    outputs: list[s.Output] = [Notice("a"), s.Wait(1), Error("b"), s.Close("x")]
-    seen: list[Event] = s.events_of(outputs)
-    assert seen == [Notice("a"), Error("b")]
+@pytest.mark.parametrize("password", ["/help", "/QUIT now", "/exit", "\x07/help"])
+def test_a_password_that_would_be_a_command_is_refused_at_start_up(password: str) -> None:
+    assert s.answered_before_registration(password)
+    with pytest.raises(ValueError, match="/help, /quit or /exit"):
+        ServerConfig(password=password)
+    ServerConfig(password=f"x{password}")
+    ServerConfig(password="/helpful")

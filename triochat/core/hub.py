@@ -85,8 +85,9 @@ class Member:
         self.outbox = outbox
         self.dialect = dialect
         self.disconnect = disconnect
-        # Stop reading but let queued lines out (the server sets it); else disconnect.
-        self.hang_up: Callable[[], None] | None = None
+        # Stop reading but let queued lines out, given why (the server sets it);
+        # else disconnect.
+        self.hang_up: Callable[[str], None] | None = None
 
     @property
     def room_names(self) -> Iterable[str]:
@@ -663,7 +664,10 @@ class Hub:
             return
         self.tell(member, ev.Error(NAME_CONFLICT.format(name=member.name)))
         self.leave(member, "name conflict")
-        (member.hang_up or member.disconnect)()
+        if member.hang_up is not None:
+            member.hang_up("name conflict")
+        else:
+            member.disconnect()
 
     def flush(self) -> None:
         """Evict members found slow while delivering."""

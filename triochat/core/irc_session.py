@@ -38,7 +38,7 @@ from . import events as ev
 from ._auth import FailureDelays
 from .hub import Hub, Member, Outbox
 from .irc_commands import HANDLERS, USER_MODES, HistoryRequest, nick_code
-from .session import ClaimName, Close, FetchHistory, Output, Rules, Session, State, Wait
+from .session import ClaimName, Close, Door, FetchHistory, Output, Rules, Session, State, Wait
 
 _AWAITED: Final = (ClaimName, FetchHistory, Wait)
 """Effects the door awaits before the client's next message may be handled."""
@@ -197,15 +197,17 @@ class IRCSession:
         self.outbox = IRCOutbox(outbox)
         self.aways = aways if aways is not None else Aways()
         self.dialect = IRCDialect(rules.server)
-        self.session: Session[Member] = Session(
-            hub,
-            rules.session,
-            outbox=self.outbox,
-            disconnect=disconnect,
+        # A door of its own: the shared session takes the dialect from its door,
+        # and an IRC connection's dialect is its own (its nick, its capabilities).
+        door: Door[Member] = Door(
+            hub=hub,
+            rules=rules.session,
             dialect=self.dialect,
-            address=address,
-            delays=delays,
+            delays=delays if delays is not None else FailureDelays(),
             clock=clock,
+        )
+        self.session: Session[Member] = Session(
+            door, outbox=self.outbox, disconnect=disconnect, address=address
         )
         self.caps: set[str] = set()
         self.nick: str | None = None

@@ -16,13 +16,13 @@ lines do not come through here: a chatting door hands them to
 :meth:`Hub.say <triochat.core.hub.Hub.say>` in bursts (the hot path,
 ``docs/design.md``), in :attr:`Session.room`.
 
-Nothing here imports trio or does I/O; time comes from the ``clock`` given.
+Nothing here awaits or does I/O; the time comes from the door's ``clock``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar
 
@@ -153,6 +153,8 @@ class Close:
 
 
 Effect = ClaimName | Unclaim | Wait | FetchHistory | Close
+EFFECTS: Final = (ClaimName, Unclaim, Wait, FetchHistory, Close)
+"""The effect classes, to tell effects from events (``isinstance(output, EFFECTS)``)."""
 Output = Event | Effect
 """What an input gives back, in order: events for the client, effects for the I/O layer."""
 
@@ -212,7 +214,7 @@ class SessionHub(Protocol[M]):
 
     def rename(self, member: M, name: str, /) -> None: ...
 
-    def users(self, member: M, room: str, /) -> None: ...
+    def users(self, member: M, room: str, /, *, everyone: bool = False) -> None: ...
 
     def room_list(self, member: M, /) -> None: ...
 
@@ -246,6 +248,11 @@ def pacing_text(rate: float) -> str:
     return f"Slow down: your lines are being paced ({rate:g} per second)"
 
 
+def answered_before_registration(line: str) -> bool:
+    """Whether ``line``, given for a name or the password, is a command (``/help``, ``/quit``)."""
+    return isinstance(p.parse_command(p.clean_text(line)), c.Help | c.Quit)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Rules:
     """What a session is told about its server: the registration and command rules."""
@@ -269,23 +276,32 @@ class Rules:
 # --- The session ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Door(Generic[M]):
+    """What every session of one door shares (one per door, not per connection)."""
+
+    hub: SessionHub[M]
+    rules: Rules
+    dialect: Dialect
+    """How the door renders events; given to the hub with each member."""
+    delays: FailureDelays
+    """The server's password failure delays, per address, shared by all its doors."""
+    clock: Callable[[], float]
+    """The time, for the delays (the door's clock: ``trio.current_time``)."""
+
+
 class Session(Generic[M]):
     """One connection's member: its registration, then its commands.
 
     Args:
-      hub: the chat's state.
-      rules: the server's rules for sessions.
-      outbox, disconnect, dialect: given to the hub when the member registers.
+      door: what the door's sessions share.
+      outbox, disconnect: the connection's, given to the hub when the member registers.
       address: the client's address, the key for the password failure delays.
-      delays: the server's password failure delays (shared by its sessions).
-      clock: the time, for the delays (the door's clock: ``trio.current_time``).
     """
 
     __slots__ = (
-        "_clock",
-        "_delays",
-        "_dialect",
         "_disconnect",
+        "_door",
         "_hub",
         "_input",
         "_outbox",
@@ -295,38 +311,34 @@ class Session(Generic[M]):
         "authenticated",
         "member",
         "room",
-        "rules",
         "state",
     )
 
     def __init__(
         self,
-        hub: SessionHub[M],
-        rules: Rules,
+        door: Door[M],
         *,
         outbox: Outbox,
         disconnect: Callable[[], None],
-        dialect: Dialect,
         address: str = "",
-        delays: FailureDelays | None = None,
-        clock: Callable[[], float],
     ) -> None:
-        self._hub = hub
-        self.rules = rules
+        self._door = door
+        self._hub = door.hub
         self._outbox = outbox
         self._disconnect = disconnect
-        self._dialect = dialect
         self.address = address
-        self._delays = delays if delays is not None else FailureDelays()
-        self._clock = clock
         self.state = State.AWAITING_NAME
-        self._input = Input.CLOSE
+        self._input = Input.CLOSE  # the input being handled; set by every one first
         self.member: M | None = None
         self.room: str | None = None
         """The member's current room: the one room on a one-room door, else the last joined."""
-        self.authenticated = rules.password is None
+        self.authenticated = door.rules.password is None
         self._pending: str | None = None  # the name given, or being claimed
         self._started = False
+
+    @property
+    def rules(self) -> Rules:
+        return self._door.rules
 
     def __repr__(self) -> str:
         name = self.member.name if self.member is not None else self._pending
@@ -458,10 +470,10 @@ class Session(Generic[M]):
                 self._follow(member)
             case c.Nick(name):
                 return self._nick(member, p.clean_text(name))
-            case c.Users(room):
+            case c.Users(room, everyone):
                 if (room := self._room(room)) is None:
                     return self._stay([Error(NO_ROOM)])
-                hub.users(member, room)
+                hub.users(member, room, everyone=everyone)
             case c.Rooms():
                 hub.room_list(member)
             case c.Help():
@@ -527,9 +539,9 @@ class Session(Generic[M]):
         if not password_matches(given, password):
             self._to(State.REFUSING)
             # The verdict waits, so guessing fast on one connection gains nothing.
-            return [Wait(self._delays.fail(self.address, self._clock()))]
+            return [Wait(self._door.delays.fail(self.address, self._door.clock()))]
         self.authenticated = True
-        self._delays.succeed(self.address)
+        self._door.delays.succeed(self.address)
         name = self._pending
         assert name is not None
         self._pending = None
@@ -550,7 +562,7 @@ class Session(Generic[M]):
         return [ClaimName(name)]
 
     def _register(self, name: str, *, claimed: bool) -> list[Output]:
-        result = self._hub.register(name, self._outbox, self._disconnect, self._dialect)
+        result = self._hub.register(name, self._outbox, self._disconnect, self._door.dialect)
         if isinstance(result, str):
             self._to(State.AWAITING_NAME)
             return [*([Unclaim(name)] if claimed else []), Error(result), Notice(p.NAME_QUESTION)]
@@ -593,9 +605,3 @@ class Session(Generic[M]):
 
 def _claim_error(claim: Claim, name: str) -> str:
     return TAKEN.format(name) if claim is Claim.TAKEN else LINK_DOWN
-
-
-def events_of(outputs: Iterable[Output]) -> list[Event]:
-    """The events among ``outputs`` (for doors and tests that only want what the client sees)."""
-    effects = (ClaimName, Unclaim, Wait, FetchHistory, Close)
-    return [o for o in outputs if not isinstance(o, effects)]

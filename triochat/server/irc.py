@@ -31,13 +31,8 @@ from ..core._ratelimit import TokenBucket
 from ..core.irc_session import Aways, IRCRules, IRCSession
 from ..protocol import line as p
 from ..protocol.irc import wire
-from .listener import (
-    _close,
-    _enable_keepalive,
-    _peer,
-    _peer_host,
-    format_address,
-)
+from .connection import close_stream, peer_host, peer_name
+from .listener import _enable_keepalive, format_address
 from .outbox import Outbox
 
 if TYPE_CHECKING:
@@ -148,7 +143,7 @@ class IRCDoor:
         if isinstance(stream, trio.SocketStream):
             _enable_keepalive(stream)
         limit = server.config.max_per_address
-        address = _peer_host(stream)
+        address = peer_host(stream)
         if limit and server._per_address.get(address, 0) >= limit:
             server.stats.refused_per_address += 1
             log.warning("refused an IRC connection from %s: %d already open", address, limit)
@@ -167,7 +162,7 @@ class IRCDoor:
             stream = trio.SSLStream(stream, self.server.ssl_context, server_side=True)
         with trio.move_on_after(1), suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(wire.serialize(wire.message("ERROR", text)))
-        await _close(stream)
+        await close_stream(stream)
 
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
         server = self.server
@@ -226,14 +221,14 @@ class IRCConnection:
         self._bucket: TokenBucket | None = None
         self._paced_until = -math.inf
         self.reason = "connection lost"
-        self.peer = _peer(stream)
+        self.peer = peer_name(stream)
         self.irc = IRCSession(
             server.hub,
             door.rules,
             outbox=self.send,
             disconnect=self._disconnect,
             aways=door.aways,
-            address=_peer_host(stream) if config.password is not None else "",
+            address=peer_host(stream) if config.password is not None else "",
             delays=server.password_delays,
             clock=trio.current_time,
         )
@@ -258,7 +253,7 @@ class IRCConnection:
         finally:
             self._leave()
             self.send.stop()
-            await _close(self.stream)
+            await close_stream(self.stream)
             log.info("%s closed (%s)", self.peer, self.reason)
 
     def _leave(self) -> None:

@@ -1,11 +1,10 @@
 """The TCP server: listeners, one task per connection, graceful shutdown.
 
-Each connection's task reads (and runs the hub's rules for each line). Lines
-for the client wait in its bounded outbox until the server's one flusher task
-writes them to the socket, one write per client per round (``_outbox.py``);
-what the kernel will not take is sent by a writer task in the same
-per-connection nursery, started when needed. Whatever ends the connection,
-cleanup happens in one place: the ``finally`` of :meth:`_Connection.run`.
+Each accepted stream (after its TLS handshake, within the per-address and
+server-wide limits) gets a :class:`~triochat.server.connection.Connection`
+task in the handlers nursery: the reader that drives its session. Lines for
+the client wait in its bounded outbox until the server's one flusher task
+writes them to the socket, one write per client per round (``outbox.py``).
 """
 
 from __future__ import annotations
@@ -20,13 +19,13 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ..backplane import Backplane, Claim, LocalBackplane
-from ..core import events as ev, oneroom
-from ..core._auth import FailureDelays, password_matches
-from ..core._ratelimit import TokenBucket
+from ..backplane import Backplane, LocalBackplane
+from ..core._auth import FailureDelays
 from ..core.hub import Hub, Member
+from ..core.session import Door, Rules, answered_before_registration
 from ..protocol import line as p
-from .outbox import Flusher, Outbox
+from .connection import Connection, close_stream, peer_host, peer_name
+from .outbox import Flusher
 from .stats import ServerStats
 
 if TYPE_CHECKING:
@@ -34,12 +33,7 @@ if TYPE_CHECKING:
 
 log: Final = logging.getLogger("triochat.server")
 
-RECEIVE_SIZE: Final = 65536
 SHUTDOWN_LINE: Final = "Server is shutting down. Bye!"
-BATCH_LINES: Final = 256
-"""Most lines of one client's burst handled before other clients get a turn."""
-TLS_CLOSE_TIMEOUT: Final = 0.5
-"""Seconds to send a TLS close_notify; only a peer that stopped reading takes this long."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +92,8 @@ class ServerConfig:
             raise ValueError(f"names must be one of {', '.join(p.NAME_POLICIES)}")
         if self.password == "":
             raise ValueError("password must not be empty (None: no password)")
+        if self.password is not None and answered_before_registration(self.password):
+            raise ValueError("password must not start with /help, /quit or /exit")
         if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
             raise ValueError("tls_handshake_timeout must be > 0, password_delay >= 0")
 
@@ -162,7 +158,22 @@ class ChatServer:
         self.password_delays = FailureDelays(
             base=self.config.password_delay, cap=self.config.password_delay_max
         )
-        self._connections: set[_Connection] = set()
+        self.door: Door[Member] = Door(
+            hub=self.hub,
+            rules=Rules(
+                password=self.config.password,
+                registration_timeout=self.config.registration_timeout,
+                claim_names=self.backplane.remote,
+                store_history=store is not None,
+                # Never more than half an outbox, or the asker becomes a slow consumer.
+                history_limit=min(p.HISTORY_MAX, self.config.send_queue // 2),
+            ),
+            dialect=self.dialect,
+            delays=self.password_delays,
+            clock=trio.current_time,
+        )
+        """What the line door's sessions share."""
+        self._connections: set[Connection] = set()
         self._per_address: dict[str, int] = {}
         self._handshaking = 0
         self._shutdown = trio.Event()
@@ -256,7 +267,7 @@ class ChatServer:
         if not limit:
             await self._handle_stream(stream)
             return
-        address = _peer_host(stream)
+        address = peer_host(stream)
         if self._per_address.get(address, 0) >= limit:
             self.stats.refused_per_address += 1
             log.warning("refused a connection from %s: %d already open", address, limit)
@@ -300,7 +311,7 @@ class ChatServer:
                 await _say_and_close(secure, goodbye)
                 return
             stream = secure
-        connection = _Connection(self, stream)
+        connection = Connection(self, stream)
         self._connections.add(connection)
         try:
             await connection.run()
@@ -337,7 +348,7 @@ class ChatServer:
         finally:
             self._handshaking -= 1
         self.stats.tls_handshake_failures += 1
-        log.info("TLS handshake with %s failed: %s", _peer(stream), reason)
+        log.info("TLS handshake with %s failed: %s", peer_name(stream), reason)
         await trio.aclose_forcefully(stream)
         return None
 
@@ -353,396 +364,12 @@ def format_address(listener: trio.SocketListener) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class _Connection:
-    """One client: its stream, its outbox, and the reader (and writer) that serve it."""
-
-    # Slots: thousands of these live at once (docs/benchmarks.md, memory per client).
-    __slots__ = (
-        "_bucket",
-        "_framer",
-        "_nursery",
-        "authenticated",
-        "member",
-        "peer",
-        "pending_name",
-        "reason",
-        "send",
-        "server",
-        "stream",
-    )
-
-    def __init__(self, server: ChatServer, stream: trio.abc.Stream) -> None:
-        self.server = server
-        self.stream = stream
-        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        self.send = Outbox(self, server._flusher, server.config.send_queue, fd)
-        self.member: Member | None = None
-        self._nursery: trio.Nursery | None = None  # the connection's, once it runs
-        self._framer = p.LineFramer(server.config.max_line)
-        self._bucket: TokenBucket | None = None
-        self.reason = "connection lost"
-        self.peer = _peer(stream)
-        self.authenticated = False
-        self.pending_name: str | None = None
-
-    async def run(self) -> None:
-        log.info("connection from %s", self.peer)
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                # Two steps rather than one reader coroutine: one frame fewer
-                # per idle client.
-                if await self._register_in_time():
-                    await self._chat()
-                # Whatever stopped the reader, the room hears of it now, and
-                # what is queued goes out, within the linger time.
-                self._leave()
-                self.send.flush()
-                nursery.cancel_scope.deadline = min(
-                    nursery.cancel_scope.deadline,
-                    trio.current_time() + self.server.config.linger,
-                )
-        finally:
-            self._leave()
-            self.send.stop()  # before the socket (and so its number) is released
-            await _close(self.stream)
-            log.info("%s closed (%s)", self.peer, self.reason)
-
-    def _leave(self) -> None:
-        if self.member is not None:
-            self.server.hub.leave(self.member, self.reason)
-        self.send.close()
-
-    def close_with(self, data: bytes) -> None:
-        """Send a last line and hang up once it is out (see :meth:`Outbox.close`)."""
-        self.reason = "server shutdown"
-        with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self.send.send_nowait(data)
-        self.send.close()
-
-    def _disconnect(self) -> None:
-        self.reason = "too slow"
-        self.end()
-
-    def _tell(self, line: str | bytes) -> None:
-        try:
-            self.send.send_nowait(line.encode() if isinstance(line, str) else line)
-        except trio.WouldBlock:
-            self._disconnect()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-
-    async def _register_in_time(self) -> bool:
-        """Welcome the client and read until it is named (True), gone or out of time."""
-        config = self.server.config
-        if config.rate:
-            self._bucket = TokenBucket(config.rate, config.burst, trio.current_time())
-        self._tell(self.server.dialect.render(_welcome(self.server.hub)))
-        # The registration deadline covers only registration, so a named
-        # client carries no timer (nor its cancel scope) for the rest of its life.
-        with trio.move_on_after(config.registration_timeout):
-            return await self._registration()
-        self.reason = "no name given"
-        self._tell(
-            p.format_error(f"No name given within {config.registration_timeout:g} s, closing")
-        )
-        return False
-
-    async def _receive(self) -> bool:
-        """Feed the framer the client's next bytes; False at EOF or if the stream broke."""
-        try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        if not data:
-            return False
-        self._framer.receive_data(data)
-        return True
-
-    def _flood_delay(self) -> float:
-        """Flood control: how long to wait before the next line (nothing is dropped)."""
-        if self._bucket is None:
-            return 0.0
-        delay = self._bucket.take(trio.current_time())
-        if delay:
-            self.server.stats.flood_delays += 1
-        return delay
-
-    def _too_long(self, event: p.LineTooLong) -> None:
-        self._tell(p.format_error(f"Line too long (limit {event.limit} bytes); it was discarded"))
-        if self.member is None:
-            self._tell(p.format_info(p.NAME_QUESTION))
-
-    async def _next_event(self) -> p.Line | None:
-        """The client's next line before it is named, paced by flood control; None at EOF."""
-        while True:
-            event = self._framer.next_event()
-            if event is p.NEED_DATA:
-                if not await self._receive():
-                    return None
-                continue
-            if delay := self._flood_delay():
-                await trio.sleep(delay)
-            if isinstance(event, p.LineTooLong):
-                self._too_long(event)
-                continue
-            assert isinstance(event, p.Line)
-            return event
-
-    async def _registration(self) -> bool:
-        """Read lines until the client is named (True) or gone (False)."""
-        config = self.server.config
-        while (event := await self._next_event()) is not None:
-            if self.send.closed:
-                return False  # shutting down: its goodbye is on the way
-            if self.pending_name is not None:
-                if not await self._check_password(event.text):
-                    return False
-                text = self.pending_name
-                self.pending_name = None
-            else:
-                text = p.clean_text(event.text)
-            if isinstance(p.parse_command(text), p.Quit):
-                self.reason = "quit"
-                self._tell(p.format_info("Bye!"))
-                return False
-            name = text.strip()
-            if name and config.password is not None and not self.authenticated:
-                # Ask before saying anything about the name, so strangers
-                # learn nothing (not even who is online).
-                self.pending_name = name
-                self._tell(p.format_info(p.PASSWORD_PROMPT))
-                continue
-            if name and self.server.backplane.remote and not await self._claim(name):
-                continue
-            self._register(name)
-            if self.member is not None:
-                return True
-        return False
-
-    async def _chat(self) -> None:
-        """Carry out the named client's lines until it quits, goes, or is evicted.
-
-        Chat lines are collected and handed to the hub together before any
-        wait and before any command, so a burst reaches each recipient in one
-        write, in the order it was sent.
-        """
-        framer = self._framer
-        bucket = self._bucket
-        clean_text, chat_text = p.clean_text, p.chat_text  # the per-line path
-        # Yield every so many lines of a burst, so other clients get their
-        # turn. Only what a recipient's kernel would not take at once stays in
-        # its outbox, so even several clients flooding together do not fill
-        # the outbox of a reader that keeps up.
-        every = max(1, min(BATCH_LINES, self.server.config.send_queue // 4))
-        handled = 0
-        says: list[str] = []
-        # If this client is evicted (by the hub, while it handles our lines or
-        # another client's), its scope is cancelled: the next wait raises,
-        # and the hub ignores whatever we hand it meanwhile.
-        while True:
-            events = framer.events()
-            if not events:
-                self._say(says)
-                if not await self._receive():
-                    return
-                continue
-            for event in events:
-                handled += 1
-                if handled == every:
-                    handled = 0
-                    self._say(says)
-                    await trio.lowlevel.checkpoint()
-                if bucket is not None and (delay := self._flood_delay()):
-                    self._say(says)
-                    await trio.sleep(delay)
-                if not isinstance(event, str):
-                    self._say(says)
-                    self._too_long(event)
-                    continue
-                text = clean_text(event)
-                chat = chat_text(text)
-                if chat is not None:
-                    says.append(chat)
-                    continue
-                self._say(says)  # before anything else this client asked for
-                command = p.parse_command(text)
-                if command is not None and not await self._command(command):
-                    return
-            self._say(says)
-
-    async def _command(self, command: p.Command) -> bool:
-        """Carry out one command; False if the client quit (or was evicted meanwhile)."""
-        member = self.member
-        if member is None or self._ended:
-            return False
-        if isinstance(command, p.History) and self.server.store is not None:
-            await self._history(self.server.store, command.count)
-        elif isinstance(command, p.Nick) and self.server.backplane.remote:
-            await self._nick(command)
-        else:
-            if isinstance(command, p.Quit):
-                self.reason = command.reason or "quit"
-            oneroom.handle(self.server.hub, member, command, p.HELP)
-        return not isinstance(command, p.Quit)
-
-    def _say(self, says: list[str]) -> None:
-        if says:
-            member = self.member
-            if member is not None and (room := member.room) is not None:
-                self.server.hub.say(member, room, says)
-            says.clear()
-
-    def _register(self, name: str) -> None:
-        if not name:
-            return
-        hub = self.server.hub
-        result = hub.register(name, self.send, self._disconnect, self.server.dialect)
-        if isinstance(result, str):
-            self.server.backplane.unclaim(name)
-            self._tell(p.format_error(result))
-            self._tell(p.format_info(p.NAME_QUESTION))
-        else:
-            self.member = result
-            result.hang_up = self.send.close
-            hub.join(result, p.LOBBY)
-
-    async def _claim(self, name: str) -> bool:
-        """Claim ``name`` across the cluster before the hub sees it; tell the client if not."""
-        error = self.server.hub.name_unavailable(name)
-        if error is None:
-            error = _claim_error(name, await self.server.backplane.claim(name))
-        if error is not None:
-            self._tell(p.format_error(error))
-            self._tell(p.format_info(p.NAME_QUESTION))
-            return False
-        return True
-
-    async def _nick(self, command: p.Nick) -> None:
-        """``/nick`` with a backplane: claim the new name cluster-wide, then rename."""
-        member = self.member
-        assert member is not None
-        name = p.clean_text(command.name)
-        error = self.server.hub.name_unavailable(name, member)
-        if error is None and p.name_key(name) != member.key:
-            error = _claim_error(name, await self.server.backplane.claim(name))
-            if error is None and self.member is not member:  # pragma: no cover - evicted meanwhile
-                self.server.backplane.unclaim(name)
-                return
-        if error is not None:
-            self._tell(p.format_error(error))
-            return
-        oneroom.handle(self.server.hub, member, command, p.HELP)
-        if member.key != p.name_key(name):
-            self.server.backplane.unclaim(name)  # The hub refused it after all.
-
-    async def _check_password(self, given: str) -> bool:
-        """Let the client in, or answer ``! Wrong password`` after a growing delay."""
-        config = self.server.config
-        assert config.password is not None
-        address = _peer_host(self.stream)
-        if password_matches(given, config.password):
-            self.authenticated = True
-            self.server.password_delays.succeed(address)
-            return True
-        self.server.stats.wrong_passwords += 1
-        delay = self.server.password_delays.fail(address, trio.current_time())
-        log.warning("wrong password from %s (next answer in %g s)", self.peer, delay)
-        # The verdict waits, so guessing fast on one connection gains nothing.
-        await trio.sleep(delay)
-        self.reason = "wrong password"
-        self._tell(p.format_error(p.WRONG_PASSWORD))
-        return False
-
-    async def _history(self, store: HistoryStore, count: int) -> None:
-        """Answer ``/history N`` from the database (the hub answers it from memory otherwise)."""
-        member = self.member
-        assert member is not None
-        assert member.room is not None
-        room = member.room.name
-        # Never queue more than half an outbox, or the asker becomes a slow consumer.
-        count = min(count, self.server.config.send_queue // 2)
-        lines = await store.fetch(room, count)
-        if self.member is member and member.room is not None:
-            self.server.hub.lines_in += 1
-            self.server.hub.replay(member, room, lines)
-
-    def end(self) -> None:
-        """End the connection now: its last line is out, or it was evicted or broke."""
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-
-    @property
-    def _ended(self) -> bool:
-        return self._nursery is not None and self._nursery.cancel_scope.cancel_called
-
-    def start_writer(self) -> None:
-        """Start the task that waits until the kernel takes the outbox's backlog."""
-        if self._nursery is None:
-            raise trio.BrokenResourceError("the connection is not open")
-        try:
-            self._nursery.start_soon(self._writer)
-        except RuntimeError as exc:  # the nursery is closed: the connection is over
-            raise trio.BrokenResourceError from exc
-
-    async def _writer(self) -> None:
-        outbox = self.send
-        stats = self.server.stats
-        try:
-            # One write for everything queued since the last one.
-            while (data := outbox.take()) is not None:
-                stats.bytes_out += len(data)
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            outbox.stop()
-            self.end()
-            return
-        if outbox.closed:
-            self.end()  # its last line is out
-
-
-def _welcome(hub: Hub) -> list[ev.Event]:
-    n = hub.online()
-    online = "1 user" if n == 1 else f"{n} users"
-    notice = hub.notice
-    return [
-        ev.Notice(f"Welcome to triochat! {online} online. Commands start with /, try /help."),
-        *([ev.Notice(notice)] if notice else []),
-        ev.Notice(p.NAME_QUESTION),
-    ]
-
-
-def _claim_error(name: str, claim: Claim) -> str | None:
-    if claim is Claim.TAKEN:
-        return f"Name {name} is taken, choose another"
-    if claim is Claim.LINK_DOWN:
-        return "Cannot check that name with the rest of the chat right now; try again"
-    return None
-
-
 async def _say_and_close(stream: trio.abc.Stream, line: str) -> None:
     """Send ``line`` within 1 s (the client may not read), then hang up."""
     with trio.move_on_after(1):
         with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(line.encode())
-    await _close(stream)
-
-
-async def _close(stream: trio.abc.Stream) -> None:
-    """Close ``stream`` at once; a TLS one first sends close_notify, in a short time.
-
-    Without close_notify a TLS client cannot tell the server's goodbye from a
-    cut connection (``openssl s_client``: "unexpected eof").
-    """
-    if isinstance(stream, trio.SSLStream):
-        # Cleanup: shielded from the connection's cancellation, bounded by its own.
-        with (
-            trio.CancelScope(shield=True),
-            trio.move_on_after(TLS_CLOSE_TIMEOUT),
-            suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-        ):
-            await stream.aclose()
-    await trio.aclose_forcefully(stream)
+    await close_stream(stream)
 
 
 async def _starts_tls(stream: trio.abc.Stream) -> bool:
@@ -754,27 +381,3 @@ async def _starts_tls(stream: trio.abc.Stream) -> bool:
     except OSError:
         return True  # let the handshake report it
     return first in (b"", b"\x16")
-
-
-def _peer_host(stream: trio.abc.Stream) -> str:
-    """The peer's IP address, the key for per-address limits ("" if unknown)."""
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
-        try:
-            return str(stream.socket.getpeername()[0])
-        except OSError:
-            return ""
-    return ""
-
-
-def _peer(stream: trio.abc.Stream) -> str:
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
-        try:
-            host, port = stream.socket.getpeername()[:2]
-        except OSError:
-            return "?"
-        return f"{host}:{port}"
-    return repr(stream)

@@ -13,7 +13,9 @@ touches the disk; ``/history`` reads older lines through a second connection
 Durability: a line is on disk once its batch commits, at most
 ``batch_interval`` seconds after it was said (plus the commit itself). A
 ``kill -9`` loses at most the lines not yet committed: the batch being
-collected or written. A graceful shutdown commits everything.
+collected or written. A graceful shutdown commits everything, unless the
+disk is stuck for longer than ``flush_timeout``: what is left is then logged
+as not saved rather than holding up the exit.
 """
 
 from __future__ import annotations
@@ -136,6 +138,10 @@ class StoreConfig:
     cache_rooms: int = 1000
     """Rooms whose recent lines are kept in memory; others start empty until spoken in
     (``--db-cache-rooms``)."""
+    flush_timeout: float = 1.0
+    """Seconds a shutdown waits for queued lines to be committed; what is left then is
+    logged as not saved, so a stuck disk cannot hold the exit (``--db-flush-timeout``).
+    After the clients' 2 s shutdown grace this keeps the exit within 3 s."""
 
 
 class HistoryStore:
@@ -154,6 +160,9 @@ class HistoryStore:
         self._committed = 0
         self._progress = trio.Event()
         self._last_drop_log = -math.inf
+        # Once shutdown starts, no commit may outlast this deadline (trio time).
+        self._flush_deadline = math.inf
+        self._committing: trio.CancelScope | None = None
         # Statistics, for metrics.
         self.batches = 0
         self.rows = 0
@@ -241,9 +250,20 @@ class HistoryStore:
                         batch.append(self._receive.receive_nowait())
                     except trio.WouldBlock:
                         batch.append(await self._receive.receive())
-            # Cancellation (shutdown) must not lose a batch already taken.
-            with trio.CancelScope(shield=True):
+            # Cancellation must not lose a batch already taken; only the flush deadline
+            # (set at shutdown) may cut the commit short.
+            with trio.CancelScope(shield=True, deadline=self._flush_deadline) as scope:
+                self._committing = scope
                 await self._commit(batch)
+            self._committing = None
+
+    def _start_shutdown(self, writer_scope: trio.CancelScope) -> None:
+        """Take no more lines, and give the writer until the flush deadline to commit."""
+        self._send.close()
+        self._flush_deadline = trio.current_time() + self.config.flush_timeout
+        writer_scope.deadline = self._flush_deadline
+        if self._committing is not None:
+            self._committing.deadline = self._flush_deadline
 
     async def _flush_remaining(self) -> None:
         """Commit whatever is still queued (after the writer task stopped)."""
@@ -260,7 +280,9 @@ class HistoryStore:
     async def _commit(self, batch: list[_Row]) -> None:
         started = time.perf_counter()
         try:
-            await trio.to_thread.run_sync(self._insert, batch)
+            # Abandoned only at the flush deadline: the thread then finishes (or not)
+            # on its own, and its lines are counted as not saved.
+            await trio.to_thread.run_sync(self._insert, batch, abandon_on_cancel=True)
         except sqlite3.Error as exc:
             self.dropped += len(batch)
             log.error("could not save %d history lines: %s", len(batch), exc)
@@ -408,12 +430,25 @@ async def open_history_store(config: StoreConfig) -> AsyncIterator[HistoryStore]
             try:
                 yield store
             finally:
-                # Let the writer drain what is queued, then stop.
-                store._send.close()
+                # Let the writer drain what is queued, until the flush deadline.
+                store._start_shutdown(nursery.cancel_scope)
     finally:
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True, deadline=store._flush_deadline):
             await store._flush_remaining()
-            await trio.to_thread.run_sync(_close, writer, reader)
+        unsaved = store.pending
+        if unsaved:
+            # A commit may still be running in its abandoned thread: leave the
+            # connections to the process's exit rather than close them under it.
+            store.dropped += unsaved
+            log.warning(
+                "history database: %d lines not saved: not committed within"
+                " --db-flush-timeout %g s",
+                unsaved,
+                config.flush_timeout,
+            )
+        else:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_close, writer, reader)
         log.info("history database closed: %d lines saved, %d lost", store.rows, store.dropped)
 
 

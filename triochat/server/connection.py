@@ -1,0 +1,396 @@
+"""One line-door client: the thin I/O driver of its session.
+
+The connection reads, frames (:class:`~triochat.protocol.line.LineFramer`),
+feeds the :class:`~triochat.core.session.Session` and carries out what it
+asks (claim a name in the cluster, wait out a wrong password's delay, fetch
+history from the store, close), and renders the session's events into the
+client's outbox. Once the client is named, plain chat lines skip the session:
+the reader collects consecutive ones and hands them to the hub in one call
+(the hot path, ``docs/design.md``); only commands go through the session.
+
+Whatever ends the connection, cleanup happens in one place: the ``finally`` of
+:meth:`Connection.run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import suppress
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ..core import session as s
+from ..core._ratelimit import TokenBucket
+from ..core.events import Event, Notice
+from ..protocol import line as p
+from .outbox import Outbox
+
+if TYPE_CHECKING:
+    from ..core.hub import Member
+    from .listener import ChatServer
+
+log: Final = logging.getLogger("triochat.server")
+
+RECEIVE_SIZE: Final = 65536
+BATCH_LINES: Final = 256
+"""Most lines of one client's burst handled before other clients get a turn."""
+TLS_CLOSE_TIMEOUT: Final = 0.5
+"""Seconds to send a TLS close_notify; only a peer that stopped reading takes this long."""
+
+_NEVER: Final = -math.inf
+
+
+class Connection:
+    """One client: its stream, outbox and session, and the reader (and writer) serving it."""
+
+    # Slots: thousands of these live at once (docs/benchmarks.md, memory per client).
+    __slots__ = (
+        "_bucket",
+        "_framer",
+        "_nursery",
+        "_paced_until",
+        "peer",
+        "reason",
+        "send",
+        "server",
+        "session",
+        "stream",
+    )
+
+    def __init__(self, server: ChatServer, stream: trio.abc.Stream) -> None:
+        self.server = server
+        self.stream = stream
+        config = server.config
+        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self.send = Outbox(self, server._flusher, config.send_queue, fd)
+        self._nursery: trio.Nursery | None = None  # the connection's, once it runs
+        self._framer = p.LineFramer(config.max_line)
+        self._bucket: TokenBucket | None = None
+        self._paced_until = _NEVER  # until then, flood control need not say so again
+        self.reason = "connection lost"
+        self.peer = peer_name(stream)
+        self.session: s.Session[Member] = s.Session(
+            server.door,
+            outbox=self.send,
+            disconnect=self._disconnect,
+            # Only the password's failure delays are kept per address.
+            address=peer_host(stream) if config.password is not None else "",
+        )
+
+    @property
+    def member(self) -> Member | None:
+        """The client's member in the hub, once it is named."""
+        return self.session.member
+
+    async def run(self) -> None:
+        log.info("connection from %s", self.peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                # Two steps rather than one reader coroutine: one frame fewer
+                # per idle client.
+                if await self._register_in_time():
+                    await self._chat()
+                # Whatever stopped the reader, the room hears of it now, and
+                # what is queued goes out, within the linger time.
+                self._leave()
+                self.send.flush()
+                nursery.cancel_scope.deadline = min(
+                    nursery.cancel_scope.deadline,
+                    trio.current_time() + self.server.config.linger,
+                )
+        finally:
+            self._leave()
+            self.send.stop()  # before the socket (and so its number) is released
+            await close_stream(self.stream)
+            log.info("%s closed (%s)", self.peer, self.reason)
+
+    def _leave(self) -> None:
+        self.session.close(self.reason)
+        self.send.close()
+
+    def close_with(self, data: bytes) -> None:
+        """Send a last line and hang up once it is out (see :meth:`Outbox.close`)."""
+        self.reason = "server shutdown"
+        with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.send.send_nowait(data)
+        self.send.close()
+
+    def _disconnect(self) -> None:
+        self.reason = "too slow"
+        self.end()
+
+    def _hang_up(self, reason: str) -> None:
+        """The hub sent this member away (``reason``): its last lines go out, then it ends."""
+        self.reason = reason
+        self.send.close()
+
+    def _tell(self, data: bytes) -> None:
+        try:
+            self.send.send_nowait(data)
+        except trio.WouldBlock:
+            self._disconnect()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    # --- the session's inputs and effects ---------------------------------------
+
+    async def _carry_out(self, outputs: list[s.Output]) -> bool:
+        """Send the session's events and carry out its effects, in order; False once it is closed.
+
+        An async effect's outcome is the session's next input, whose outputs
+        are carried out in turn.
+        """
+        session = self.session
+        events: list[Event] = []
+        for output in outputs:
+            if not isinstance(output, s.EFFECTS):
+                events.append(output)
+                continue
+            if events:
+                self._tell(self.server.dialect.render(events))
+                events = []
+            match output:
+                case s.ClaimName(name):
+                    claim = await self.server.backplane.claim(name)
+                    await self._carry_out(session.claim_result(claim))
+                case s.Unclaim(name):
+                    self.server.backplane.unclaim(name)
+                case s.Wait(seconds):
+                    self.server.stats.wrong_passwords += 1
+                    log.warning("wrong password from %s (next answer in %g s)", self.peer, seconds)
+                    await trio.sleep(seconds)
+                    await self._carry_out(session.delay_elapsed())
+                case s.FetchHistory(room, count):
+                    store = self.server.store
+                    assert store is not None
+                    await self._carry_out(session.fetched(room, await store.fetch(room, count)))
+                case s.Close(reason):
+                    self.reason = reason
+        if events:
+            self._tell(self.server.dialect.render(events))
+        return session.state is not s.State.CLOSED
+
+    async def _register_in_time(self) -> bool:
+        """Welcome the client and read until it is named (True), gone or out of time."""
+        config = self.server.config
+        if config.rate:
+            self._bucket = TokenBucket(config.rate, config.burst, trio.current_time())
+        await self._carry_out(self.session.start())
+        # The registration deadline covers only registration, so a named
+        # client carries no timer (nor its cancel scope) for the rest of its life.
+        with trio.move_on_after(config.registration_timeout):
+            return await self._registration()
+        await self._carry_out(self.session.deadline_passed())
+        return False
+
+    async def _registration(self) -> bool:
+        """Read lines until the client is named (True) or gone (False)."""
+        session = self.session
+        while (event := await self._next_event()) is not None:
+            if self.send.closed:
+                return False  # shutting down: its goodbye is on the way
+            if isinstance(event, p.LineTooLong):
+                outputs = session.line_too_long(event.limit)
+            else:
+                outputs = session.receive_line(event.text)
+            if not await self._carry_out(outputs):
+                return False
+            if session.member is not None:
+                session.member.hang_up = self._hang_up
+                return True
+        return False
+
+    # --- reading ----------------------------------------------------------------
+
+    async def _receive(self) -> bool:
+        """Feed the framer the client's next bytes; False at EOF or if the stream broke."""
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        if not data:
+            return False
+        self._framer.receive_data(data)
+        return True
+
+    def _flood_delay(self) -> float:
+        """Flood control: how long to wait before the next line (nothing is dropped)."""
+        if self._bucket is None:
+            return 0.0
+        delay = self._bucket.take(trio.current_time())
+        if delay:
+            self.server.stats.flood_delays += 1
+        return delay
+
+    def _pace(self, delay: float) -> None:
+        """Flood control holds the next line back ``delay`` s: say so, once per burst.
+
+        A burst is over once the bucket could have filled up again since the
+        last held-back line; only then is the client told a second time.
+        """
+        bucket = self._bucket
+        assert bucket is not None
+        now = trio.current_time()
+        if now >= self._paced_until:
+            self._tell(self.server.dialect.render([Notice(s.pacing_text(bucket.rate))]))
+        self._paced_until = now + delay + bucket.burst / bucket.rate
+
+    async def _next_event(self) -> p.Line | p.LineTooLong | None:
+        """The client's next line before it is named, paced by flood control; None at EOF."""
+        while True:
+            event = self._framer.next_event()
+            if event is p.NEED_DATA:
+                if not await self._receive():
+                    return None
+                continue
+            if delay := self._flood_delay():
+                self._pace(delay)
+                await trio.sleep(delay)
+            assert isinstance(event, p.Line | p.LineTooLong)
+            return event
+
+    async def _chat(self) -> None:
+        """Carry out the named client's lines until it quits, goes, or is evicted.
+
+        Chat lines are collected and handed to the hub together before any
+        wait and before any command, so a burst reaches each recipient in one
+        write, in the order it was sent.
+        """
+        framer = self._framer
+        bucket = self._bucket
+        clean_text, chat_text = p.clean_text, p.chat_text  # the per-line path
+        # Yield every so many lines of a burst, so other clients get their
+        # turn. Only what a recipient's kernel would not take at once stays in
+        # its outbox, so even several clients flooding together do not fill
+        # the outbox of a reader that keeps up.
+        every = max(1, min(BATCH_LINES, self.server.config.send_queue // 4))
+        handled = 0
+        says: list[str] = []
+        # If this client is evicted (by the hub, while it handles our lines or
+        # another client's), its scope is cancelled: the next wait raises,
+        # and the hub ignores whatever we hand it meanwhile.
+        while True:
+            events = framer.events()
+            if not events:
+                self._say(says)
+                if not await self._receive():
+                    return
+                continue
+            for event in events:
+                handled += 1
+                if handled == every:
+                    handled = 0
+                    self._say(says)
+                    await trio.lowlevel.checkpoint()
+                if bucket is not None and (delay := self._flood_delay()):
+                    self._say(says)
+                    self._pace(delay)
+                    await trio.sleep(delay)
+                if not isinstance(event, str):
+                    self._say(says)
+                    await self._carry_out(self.session.line_too_long(event.limit))
+                    continue
+                text = clean_text(event)
+                chat = chat_text(text)
+                if chat is not None:
+                    says.append(chat)
+                    continue
+                self._say(says)  # before anything else this client asked for
+                command = p.parse_command(text)
+                if command is not None and not await self._command(command):
+                    return
+            self._say(says)
+
+    async def _command(self, command: p.Command) -> bool:
+        """Carry out one command; False if the client quit (or was evicted meanwhile)."""
+        if self._ended:
+            return False
+        return await self._carry_out(self.session.command(command))
+
+    def _say(self, says: list[str]) -> None:
+        if says:
+            session = self.session
+            member, room = session.member, session.room
+            if member is not None and room is not None:
+                self.server.hub.say(member, room, says)
+            says.clear()
+
+    # --- writing, and the end ------------------------------------------------------
+
+    def end(self) -> None:
+        """End the connection now: its last line is out, or it was evicted or broke."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @property
+    def _ended(self) -> bool:
+        return self._nursery is not None and self._nursery.cancel_scope.cancel_called
+
+    def start_writer(self) -> None:
+        """Start the task that waits until the kernel takes the outbox's backlog."""
+        if self._nursery is None:
+            raise trio.BrokenResourceError("the connection is not open")
+        try:
+            self._nursery.start_soon(self._writer)
+        except RuntimeError as exc:  # the nursery is closed: the connection is over
+            raise trio.BrokenResourceError from exc
+
+    async def _writer(self) -> None:
+        outbox = self.send
+        stats = self.server.stats
+        try:
+            # One write for everything queued since the last one.
+            while (data := outbox.take()) is not None:
+                stats.bytes_out += len(data)
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            outbox.stop()
+            self.end()
+            return
+        if outbox.closed:
+            self.end()  # its last line is out
+
+
+async def close_stream(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` at once; a TLS one first sends close_notify, in a short time.
+
+    Without close_notify a TLS client cannot tell the server's goodbye from a
+    cut connection (``openssl s_client``: "unexpected eof").
+    """
+    if isinstance(stream, trio.SSLStream):
+        # Cleanup: shielded from the connection's cancellation, bounded by its own.
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(TLS_CLOSE_TIMEOUT),
+            suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await stream.aclose()
+    await trio.aclose_forcefully(stream)
+
+
+def peer_host(stream: trio.abc.Stream) -> str:
+    """The peer's IP address, the key for per-address limits ("" if unknown)."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        try:
+            return str(stream.socket.getpeername()[0])
+        except OSError:
+            return ""
+    return ""
+
+
+def peer_name(stream: trio.abc.Stream) -> str:
+    """``host:port`` of the peer, for the log."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        try:
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:
+            return "?"
+        return f"{host}:{port}"
+    return repr(stream)
