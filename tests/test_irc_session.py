@@ -7,12 +7,14 @@ with the v1 dialect, so every test shows what both sides see.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import trio
 from hypothesis import given, settings, strategies as st
 
 from triochat.backplane import Claim
-from triochat.core import session as s
+from triochat.core import events as ev, session as s
 from triochat.core.hub import Hub, Member
 from triochat.core.irc_session import Aways, IRCRules, IRCSession
 from triochat.protocol import irc, line as p
@@ -741,3 +743,28 @@ def test_messages_after_a_name_claim_wait_for_its_outcome(hub: Hub) -> None:
     assert [m.command for m in got][:1] == ["JOIN"]
     assert got[0].source == f"zed!zed@{SERVER}"
     assert not client.irc.pending
+
+
+def test_a_burst_is_rendered_once_per_set_of_capabilities(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from triochat.protocol.irc.render import IRCDialect
+
+    bob = LineUser(hub, "bob")
+    plain = [register(hub, f"plain{i}") for i in range(3)]
+    timed = [register(hub, f"timed{i}", caps="server-time") for i in range(2)]
+    for client in (*plain, *timed):
+        client("JOIN #a")
+    for client in (*plain, *timed):
+        client.read()
+    renders: list[str] = []
+    original = IRCDialect.render
+
+    def counting(self: IRCDialect, events: Sequence[ev.Event], /) -> bytes:
+        renders.append(self.name)
+        return original(self, events)
+
+    monkeypatch.setattr(IRCDialect, "render", counting)
+    hub.say(bob.member, "#a", ["one", "two"])
+    assert sorted(renders) == ["irc", "irc+server-time"]
+    assert all(len(c.read()) == 2 for c in (*plain, *timed))
