@@ -292,3 +292,22 @@ async def test_max_clients_counts_both_doors(start: Start) -> None:
     third = await irc_client(irc_port)
     [error] = await third.closed()
     assert (error.command, error.params) == ("ERROR", ("Server full, try again later",))
+
+
+async def test_the_door_has_its_own_metric(start: Start) -> None:
+    from triochat.server.metrics import ChatCollector
+
+    server, line_port, irc_port = await start(rate=0)
+    await line_client(line_port, "bob")
+    zoe = await irc_client(irc_port, "zoe")
+
+    def gauges() -> dict[str, float]:
+        return {m.name: m.samples[0].value for m in ChatCollector(server).collect()}
+
+    assert gauges()["triochat_irc_connected_clients"] == 1
+    assert gauges()["triochat_connected_clients"] == 2
+    await zoe.send("QUIT")
+    await zoe.closed()
+    await trio.testing.wait_all_tasks_blocked()  # the server's side ends after the client's
+    assert gauges()["triochat_irc_connected_clients"] == 0
+    assert gauges()["triochat_connected_clients"] == 1

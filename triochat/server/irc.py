@@ -184,11 +184,13 @@ class IRCDoor:
             stream = secure
         connection = IRCConnection(self, stream)
         server._connections.add(connection)  # type: ignore[arg-type]
+        server.stats.irc_connections += 1
         try:
             await connection.run()
         except Exception:
             log.exception("IRC connection %s failed", connection.peer)
         finally:
+            server.stats.irc_connections -= 1
             server._connections.discard(connection)
 
 

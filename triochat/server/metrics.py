@@ -53,6 +53,11 @@ class ChatCollector(Collector):
             return CounterMetricFamily(f"triochat_{name}", doc, value=value)
 
         yield gauge("connected_clients", "Open client connections.", server.connections)
+        yield gauge(
+            "irc_connected_clients",
+            "Open connections of the IRC door (--irc-port), among connected_clients.",
+            stats.irc_connections,
+        )
         yield gauge("registered_users", "Users who have given a name.", hub.members)
         yield gauge("rooms", "Rooms that exist now.", len(hub.rooms()))
         yield counter("lines_received", "Lines received from registered users.", hub.lines_in)
