@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .listener import ChatServer
+    from .web import WebDoor
 
 log: Final = logging.getLogger("triochat.metrics")
 
@@ -40,8 +41,9 @@ MAX_SCRAPERS: Final = 16
 class ChatCollector(Collector):
     """Reads a :class:`~triochat.server.ChatServer`'s counters at scrape time."""
 
-    def __init__(self, server: ChatServer) -> None:
+    def __init__(self, server: ChatServer, web: WebDoor | None = None) -> None:
         self.server = server
+        self.web = web
 
     def collect(self) -> Iterator[Metric]:
         server, hub, stats = self.server, self.server.hub, self.server.stats
@@ -58,6 +60,8 @@ class ChatCollector(Collector):
             "Open connections of the IRC door (--irc-port), among connected_clients.",
             stats.irc_connections,
         )
+        if self.web is not None:
+            yield gauge("web_clients", "Open WebSocket connections.", self.web.connections)
         yield gauge("registered_users", "Users who have given a name.", hub.members)
         yield gauge("rooms", "Rooms that exist now.", len(hub.rooms()))
         yield counter("lines_received", "Lines received from registered users.", hub.lines_in)
@@ -105,9 +109,9 @@ class ChatCollector(Collector):
             )
 
 
-def make_registry(server: ChatServer) -> CollectorRegistry:
+def make_registry(server: ChatServer, web: WebDoor | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ChatCollector(server))
+    registry.register(ChatCollector(server, web))
     return registry
 
 
@@ -156,13 +160,14 @@ async def serve_metrics(
     server: ChatServer,
     listeners: list[trio.SocketListener],
     *,
+    web: WebDoor | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``/metrics`` for ``server`` on ``listeners`` until cancelled.
+    """Serve ``/metrics`` for ``server`` (and its web door) on ``listeners`` until cancelled.
 
     ``task_status.started`` gets the listeners (open them with
     :func:`trio.open_tcp_listeners`; port 0 picks a free one).
     """
-    registry = make_registry(server)
+    registry = make_registry(server, web)
     handler = partial(handle_scrape, registry, trio.CapacityLimiter(MAX_SCRAPERS))
     await trio.serve_listeners(handler, listeners, task_status=task_status)

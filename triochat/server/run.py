@@ -21,6 +21,7 @@ import ssl
 import urllib.parse
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from ..backplane.redis import RedisOptions
     from .irc import IRCConfig
     from .store import StoreConfig
+    from .web import WebConfig, WebDoor
 
 log: Final = logging.getLogger("triochat")
 
@@ -61,6 +63,8 @@ class ServeConfig:
     """Serve Prometheus metrics over HTTP on this port (0 picks one); ``None``: no metrics."""
     metrics_host: str = "127.0.0.1"
     """The metrics endpoint's address."""
+    web: WebConfig | None = None
+    """Serve the chat page and its WebSocket (``--web-port``); ``None``: no web door."""
     irc: IRCConfig | None = None
     """Also open the IRC door (``--irc-port``, ``docs/irc.md``); ``None``: not even loaded."""
 
@@ -78,12 +82,24 @@ class RunningServer:
     """The chat listeners (with port 0, ask them for the port)."""
     metrics_listeners: list[trio.SocketListener]
     """The metrics endpoint's listeners; empty without ``metrics``."""
+    web: WebDoor | None = None
+    """The web door, with ``ServeConfig.web``."""
+    web_listeners: list[trio.SocketListener] = field(default_factory=list)
+    """The web door's listeners; empty without it."""
     irc_listeners: list[trio.SocketListener] = field(default_factory=list)
-    """The IRC door's listeners; empty without ``irc``."""
+    """The IRC door's listeners; empty without ``ServeConfig.irc``."""
+
+    @property
+    def web_urls(self) -> list[str]:
+        """Where the page is: ``http://HOST:PORT/`` (``https`` with TLS), one per listener."""
+        scheme = "https" if self.chat.ssl_context is not None else "http"
+        return [f"{scheme}://{format_address(listener)}/" for listener in self.web_listeners]
 
     def shutdown(self) -> None:
         """Tell everyone, close every connection, and let :func:`run_server` return."""
         self.chat.shutdown()
+        if self.web is not None:
+            self.web.shutdown()
 
 
 async def run_server(
@@ -118,6 +134,11 @@ async def run_server(
                 config.metrics_host, config.metrics_port, " for metrics"
             )
             stack.push_async_callback(_close_all, metrics_listeners)
+        web_listeners = []
+        if config.web is not None:
+            host = config.web.host or what.host
+            web_listeners = await _listen(host, config.web.port, " for the web door")
+            stack.push_async_callback(_close_all, web_listeners)
         irc_listeners = []
         if config.irc is not None:
             host = config.irc.host if config.irc.host is not None else what.host
@@ -132,30 +153,42 @@ async def run_server(
             except StoreError as exc:
                 raise StartError(str(exc)) from None
         chat = ChatServer(what, backplane=backplane, store=store, ssl_context=ssl_context)
+        door = None
+        if config.web is not None:
+            from .web import WebDoor  # only with a web port: h11 and wsproto load here
+
+            door = WebDoor(chat, config.web)
+        running = RunningServer(
+            chat, listeners, metrics_listeners, door, web_listeners, irc_listeners
+        )
         async with trio.open_nursery() as extras:
             if metrics_listeners:
                 from .metrics import serve_metrics
 
-                await extras.start(serve_metrics, chat, metrics_listeners)
+                await extras.start(partial(serve_metrics, chat, metrics_listeners, web=door))
             async with trio.open_nursery() as nursery:
                 await nursery.start(chat.serve_listeners, listeners)
+                if door is not None:
+                    await nursery.start(door.serve_listeners, web_listeners)
                 if config.irc is not None:
-                    from .irc import IRCDoor
+                    from .irc import IRCDoor  # only with an IRC port
 
                     await nursery.start(IRCDoor(chat, config.irc).serve_listeners, irc_listeners)
-                log.info("%s", describe(config, metrics_listeners))
-                task_status.started(
-                    RunningServer(chat, listeners, metrics_listeners, irc_listeners)
-                )
+                log.info("%s", describe(config, metrics_listeners, running.web_urls))
+                task_status.started(running)
                 if signals is not None:
                     async for signum in signals:
                         log.info("received %s", signal.Signals(signum).name)
-                        chat.shutdown()
+                        running.shutdown()
                         break
             extras.cancel_scope.cancel()
 
 
-def describe(config: ServeConfig, metrics_listeners: list[trio.SocketListener]) -> str:
+def describe(
+    config: ServeConfig,
+    metrics_listeners: list[trio.SocketListener],
+    web_urls: list[str] | None = None,
+) -> str:
     """One line saying which features are on, for the log at start-up."""
     parts = [
         "TLS on" if config.tls_cert is not None else "TLS off",
@@ -166,13 +199,15 @@ def describe(config: ServeConfig, metrics_listeners: list[trio.SocketListener]) 
         parts.append("no Redis (single node)")
     else:
         parts.append(f"Redis {_without_secrets(config.redis.url)} cluster {config.redis.cluster}")
-    if config.irc is not None:
-        parts.append(f"IRC on port {config.irc.port}")
     if metrics_listeners:
         addresses = ", ".join(f"http://{format_address(m)}/metrics" for m in metrics_listeners)
         parts.append(f"metrics on {addresses}")
     else:
         parts.append("no metrics")
+    if web_urls:
+        parts.append(f"the web door on {', '.join(web_urls)}")
+    if config.irc is not None:
+        parts.append(f"the IRC door on port {config.irc.port}")
     return "serving with " + ", ".join(parts)
 
 
