@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -18,10 +18,13 @@ import trio
 from _proxy import Proxy
 from conftest import Connect, StartServer
 
+from triochat import ChatServer, ServerConfig
 from triochat.client.bot import BotConfig, BotRunner, Summary
 from triochat.client.botscript import parse_script
-from triochat.client.connection import ChatClient, ConnectOptions
+from triochat.client.connection import ChatClient, ConnectOptions, open_chat_client
+from triochat.client.resuming import ResumingClient
 from triochat.protocol import line as p
+from triochat.server.store import StoreConfig, open_history_store
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -172,3 +175,72 @@ async def test_a_bot_with_reconnect_outlives_cuts_and_counts_them(
     assert summary[0].reconnects == 2
     assert summary[0].gaps == 0
     assert "reconnects: 2, gaps: 0" in summary[0].format()
+
+
+@asynccontextmanager
+async def server_on(port: int, db: Path | None) -> AsyncIterator[int]:
+    """A server on ``port`` (0: any), with history in ``db`` if given; its port."""
+    config = ServerConfig(port=port, rate=0, shutdown_grace=0.5)
+    async with AsyncExitStack() as stack:
+        store = None
+        if db is not None:
+            store = await stack.enter_async_context(open_history_store(StoreConfig(path=db)))
+        server = ChatServer(config, store=store)
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(server.serve)
+            yield listeners[0].socket.getsockname()[1]
+            server.shutdown()
+
+
+async def _restart(db: Path | None) -> tuple[list[str], ResumingClient]:
+    shown: list[str] = []
+    seen = {"<ann> before 2": trio.Event(), "<ann> after": trio.Event()}
+
+    async def show(lines: list[str]) -> None:
+        shown.extend(lines)
+        for end, event in seen.items():
+            if any(line.endswith(end) for line in lines):
+                event.set()
+
+    async with trio.open_nursery() as nursery:
+        async with server_on(0, db) as port:
+            dave = ResumingClient(ConnectOptions(port=port), "dave", show)
+            dave.after_shutdown = True  # as a bot: a restart is not the end
+            shown.extend(await dave.start())
+            nursery.start_soon(dave.receive)
+            ann = await open_chat_client("127.0.0.1", port)
+            await ann.register("ann")
+            await ann.send_line("before 1")
+            await ann.send_line("before 2")
+            await seen["<ann> before 2"].wait()
+            await ann.aclose()
+        async with server_on(port, db):
+            ann = await open_chat_client("127.0.0.1", port)
+            await ann.register("ann")
+            await ann.send_line("after")
+            with trio.fail_after(20):
+                await seen["<ann> after"].wait()
+            await ann.aclose()
+            dave.quitting = True
+            await dave.send_line("/quit")
+            nursery.cancel_scope.cancel()
+    await dave.aclose()
+    return shown, dave
+
+
+async def test_across_a_restart_with_db_nothing_is_shown_twice_or_lost(tmp_path: Path) -> None:
+    shown, dave = await _restart(tmp_path / "chat.db")
+    said = [line.split("> ", 1)[1] for line in shown if "<ann> " in line]
+    assert said == ["before 1", "before 2", "after"]
+    assert not [line for line in shown if "missed lines" in line]
+    assert dave.reconnects == 1
+
+
+async def test_across_a_restart_without_db_the_gap_is_said(tmp_path: Path) -> None:
+    shown, dave = await _restart(None)
+    said = [line.split("> ", 1)[1] for line in shown if "<ann> " in line]
+    assert said == ["before 1", "before 2", "after"]
+    assert [line for line in shown if "missed lines" in line] == [
+        "* some missed lines in #lobby: history no longer has them"
+    ]
+    assert dave.gaps == 1

@@ -42,6 +42,9 @@ SHUTDOWN: Final = "* Server is shutting down. Bye!"
 
 Show = Callable[[list[str]], Awaitable[None]]
 
+_KEPT: Final = frozenset({"said", "acted", "topic", "legacy"})
+"""The kinds of line a joiner's history holds (``events.KEPT``)."""
+
 
 def gap_line(room: str, lost: int | None) -> str:
     """The one line shown for a room whose missed lines cannot be replayed."""
@@ -225,7 +228,13 @@ class ResumingClient:
         self.connected.set()
         return [*welcome, *lines]
 
-    async def _register(self, client: ChatClient, password: str | None) -> list[str]:
+    async def _register(
+        self,
+        client: ChatClient,
+        password: str | None,
+        pending: list[v2.ServerLine] | None = None,
+    ) -> list[str]:
+        """Give the name (and password); the lines to show, or into ``pending`` if given."""
         await client.send_line(self.name)
         shown: list[str] = []
         while True:
@@ -245,6 +254,8 @@ class ResumingClient:
                 if line["room"] not in self.rooms:
                     self.rooms.append(line["room"])
                 return shown
+            elif pending is not None:
+                pending.append(line)
             else:
                 shown.extend(self._lines(line))
 
@@ -308,27 +319,48 @@ class ResumingClient:
             return
 
     async def _again(self, client: ChatClient, password: str | None) -> list[str]:
-        """Register anew after the grace: the rooms are joined again, each with its gap."""
-        # The old positions stay while the rooms' histories come, so what was
-        # shown already is not shown again.
+        """Register anew after the grace: the rooms are joined again, each with its gap.
+
+        The joiner's history is held until each room's epoch is known: with the
+        same epoch, what was shown already is left out (and if the history
+        reaches back to it, nothing was lost); with another, all of it is new.
+        """
         before = dict(self.positions)
         rooms = list(self.rooms)
         self.token = ""
         self.rooms = []
+        self.positions = {}
+        pending: list[v2.ServerLine] = []
         try:
-            shown = await self._register(client, password)
+            await self._register(client, password, pending)
         except NameRejected as exc:
             raise NameRejected(f"cannot take back the name {self.name}: {exc}") from None
         for room in rooms:
             if room not in self.rooms:
                 await client.send_line(f"/join {room}")
                 while (line := _parse(await client.receive_line())).kind != "room":
-                    shown.extend(self._lines(line))
+                    pending.append(line)
                 self._lines(line)
+        shown: list[str] = []
+        oldest: dict[str, int] = {}
+        for line in pending:
+            where, seq = line.fields.get("room"), line.fields.get("seq")
+            if where is None or seq is None or seq == "0":
+                shown.extend(self._lines(line))
+                continue
+            old_epoch, old_seq = before.get(where, ("", 0))
+            if self.positions.get(where, ("", 0))[0] == old_epoch:
+                if line.kind in _KEPT:
+                    oldest.setdefault(where, int(seq))
+                if int(seq) <= old_seq:
+                    continue  # shown before the break
+            shown.extend(self._render(line))
         for room in rooms:
-            epoch, seq = self.positions.get(room, ("", 0))
+            epoch, seq_now = self.positions.get(room, ("", 0))
             old_epoch, old_seq = before.get(room, ("", 0))
-            lost = seq - old_seq if epoch == old_epoch else None
+            if epoch == old_epoch and oldest.get(room, seq_now + 1) <= old_seq:
+                continue  # the joiner's history reaches back to what was shown: no gap
+            lost = seq_now - old_seq if epoch == old_epoch else None
             self.gaps += 1
             shown.append(gap_line(room, lost))
         return shown
@@ -356,6 +388,11 @@ class ResumingClient:
                 await self._come_back(password)
             except (NameRejected, WrongPassword, PasswordRequired) as exc:
                 return str(exc)
+
+    async def aclose(self) -> None:
+        """Close the connection, if one is open."""
+        if self.client is not None:
+            await self.client.aclose()
 
     async def quit(self) -> None:
         """Say ``/quit`` and read (showing nothing) until the server hangs up."""
@@ -430,6 +467,9 @@ class ResumingClient:
                 if number <= last:
                     return []  # shown already, before a reconnect
                 self.positions[room] = (epoch, number)
+        return self._render(line)
+
+    def _render(self, line: v2.ServerLine) -> list[str]:
         event = to_event(line)
         if event is None:
             return []
