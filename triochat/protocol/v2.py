@@ -109,18 +109,24 @@ def parse_command(line: str) -> c.Command | Ack | None:
 class UtcStamper:
     """ISO 8601 UTC times with milliseconds; the seconds are formatted once per second."""
 
-    __slots__ = ("_second", "_text")
+    __slots__ = ("_second", "_stamp", "_text", "_when")
 
     def __init__(self) -> None:
         self._second = -1
         self._text = ""
+        self._when = -1.0
+        self._stamp = ""
 
     def __call__(self, when: float) -> str:
+        if when == self._when:  # a burst's lines share their time
+            return self._stamp
         second = int(when // 1)
         if second != self._second:
             self._second = second
             self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._text}.{int((when - second) * 1000):03d}Z"
+        self._when = when
+        self._stamp = f"{self._text}.{int((when - second) * 1000):03d}Z"
+        return self._stamp
 
 
 def _grace(seconds: float) -> str:
@@ -140,8 +146,17 @@ class V2Dialect:
         self._stamp = UtcStamper()
 
     def render(self, events: Sequence[ev.Event], /) -> bytes:
-        line = self.line
-        return "".join([line(event) for event in events]).encode()
+        stamp, said, line = self._stamp, ev.Said, self.line
+        # Chat lines are nearly all of it: they skip the match below.
+        return "".join(
+            [
+                f"said room={event.room} seq={event.seq} time={stamp(event.time)}"
+                f" name={event.name} :{event.text}\n"
+                if type(event) is said
+                else line(event)
+                for event in events
+            ]
+        ).encode()
 
     def _in(self, event: ev.RoomEvent) -> str:
         return f"room={event.room} seq={event.seq} time={self._stamp(event.time)}"
