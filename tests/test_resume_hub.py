@@ -17,8 +17,8 @@ V2 = V2Dialect()
 """Members who resume: the hub keeps a resume buffer for their rooms."""
 
 
-def _hub(**kwargs: int) -> Hub:
-    return Hub(clock=lambda: 1_700_000_000.0, **kwargs)
+def _hub(*, history: int = 20, resume_max: int = 1000) -> Hub:
+    return Hub(clock=lambda: 1_700_000_000.0, history=history, resume_max=resume_max)
 
 
 def _state(hub: Hub, room: str = p.LOBBY) -> ev.RoomState:

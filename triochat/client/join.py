@@ -371,6 +371,8 @@ async def _guard_send(send: Callable[[], Awaitable[None]]) -> None:
 
 async def run_interactive(config: JoinConfig) -> int:
     """Chat in a full-screen terminal UI; return the exit code."""
+    if config.reconnect:
+        return await _run_interactive_resuming(config)
     async with await _connect(config) as client:
         state = RoomState(config.name or "")
         screen = ChatScreen(
@@ -410,6 +412,177 @@ async def run_interactive(config: JoinConfig) -> int:
         if error is not None:
             raise JoinError(error, EXIT_CLOSED)
         return EXIT_OK
+
+
+async def _run_interactive_resuming(config: JoinConfig) -> int:
+    """The terminal UI over protocol v2: it comes back by itself, keeping what is typed."""
+    chat = ResumingClient(config.connection, config.name or "", _no_show)
+    try:
+        with trio.move_on_after(_WELCOME_WAIT) as waited:
+            client, welcome = await chat.open_link()
+    except ConnectFailed as exc:
+        raise JoinError(str(exc), EXIT_CONNECT) from None
+    except ConnectionClosed as exc:
+        raise JoinError(str(exc), EXIT_CLOSED) from None
+    if waited.cancelled_caught:
+        raise JoinError("the server did not greet us: is it a triochat server?", EXIT_CLOSED)
+    state = RoomState(config.name or "")
+    screen = ChatScreen(
+        config.connection.server, state, scrollback=config.scrollback, max_line=config.max_line
+    )
+    event_loop = urwid.TrioEventLoop()
+    main_loop = urwid.MainLoop(
+        screen.root,
+        PALETTE,
+        event_loop=event_loop,
+        handle_mouse=False,
+        input_filter=screen.handle_input,
+    )
+    error: str | None = None
+    with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
+        try:
+            with main_loop.start():
+                main_loop.screen.tty_signal_keys(intr="undefined")  # type: ignore[attr-defined]
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(event_loop.run_async)
+                    nursery.start_soon(_quit_on_signals_ui, screen, signals)
+                    error = await _resuming_session(chat, client, welcome, config, screen)
+                    if error is not None:
+                        await screen.any_key.wait()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await chat.aclose()
+            await client.aclose()
+            _print_transcript(screen, config.keep_transcript)
+    if error == WRONG_PASSWORD:
+        raise JoinError(error, EXIT_PASSWORD)
+    if error is not None:
+        raise JoinError(error, EXIT_CLOSED)
+    return EXIT_OK
+
+
+async def _no_show(lines: list[str]) -> None:  # pragma: no cover - replaced before use
+    pass
+
+
+async def _resuming_session(
+    chat: ResumingClient,
+    client: ChatClient,
+    welcome: list[str],
+    config: JoinConfig,
+    screen: ChatScreen,
+) -> str | None:
+    """Register in the UI (asking again while the name is refused), then chat until the user
+    quits (``None``) or the link is given up (why)."""
+    _show_welcome(screen, welcome)
+    password = config.connection.password
+
+    async def ask_password() -> str:
+        nonlocal password
+        if password is None:
+            screen.ask_password()
+            action = await screen.next_action()
+            if action is QUIT:
+                raise _QuitAtPassword
+            assert isinstance(action, str)
+            screen.registering(chat.name)
+            password = action
+        return password
+
+    name = config.name or ""
+    while True:
+        if not name:
+            screen.ask_name()
+            action = await screen.next_action()
+            if action is QUIT:
+                return None
+            assert isinstance(action, str)
+            name = action.strip()
+            continue
+        screen.registering(name)
+        chat.name = name
+        try:
+            lines = await chat.register_on(client, ask_password)
+        except _QuitAtPassword:
+            return None
+        except WrongPassword:
+            screen.finish("Wrong password: the server closed the connection", state=WRONG_PASSWORD)
+            return WRONG_PASSWORD
+        except NameRejected as exc:
+            screen.add_markup([("error", f"! {exc}")])
+            screen.set_notice("")
+            name = ""
+            continue
+        except ConnectionClosed as exc:
+            screen.finish(str(exc))
+            return str(exc)
+        break
+    chat.client = client
+    chat.connected.set()
+    screen.state.name = chat.name
+    screen.chatting()
+    lobby = config.room == p.LOBBY
+    if not lobby:
+        screen.entering(config.room)
+    for line in lines:
+        screen.add_line(line, show=lobby)
+
+    async def show(shown: list[str]) -> None:
+        for line in shown:
+            screen.add_line(line)
+
+    chat._show = show
+    chat.status = lambda text: screen.set_notice(text, bad=bool(text))
+    error: str | None = None
+
+    async def receive() -> None:
+        nonlocal error
+        error = await chat.receive(ask_password)
+        nursery.cancel_scope.cancel()
+
+    async def send() -> None:
+        if not lobby:
+            await chat.send_line(f"/join {config.room}")
+        while True:
+            action = await screen.next_action()
+            if action is QUIT:
+                break
+            assert isinstance(action, str)
+            if not action.strip():
+                continue
+            quitting = _is_quit_command(action)
+            if quitting:
+                chat.quitting = True
+            await chat.send_line(action)
+            if quitting:
+                break
+        chat.quitting = True
+        screen.set_notice("leaving…")
+        with trio.move_on_after(config.quit_timeout):
+            with contextlib.suppress(ConnectionClosed):
+                await chat.send_line("/quit")
+            await closed.wait()
+        nursery.cancel_scope.cancel()
+
+    async def force_quit() -> None:
+        await screen.force_quit.wait()
+        nursery.cancel_scope.cancel()
+
+    closed = trio.Event()
+
+    async def receive_then_mark() -> None:
+        try:
+            await receive()
+        finally:
+            closed.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(force_quit)
+        nursery.start_soon(receive_then_mark)
+        nursery.start_soon(_guard_send, send)
+    if error is not None:
+        screen.finish(error)
+    return error
 
 
 def _print_transcript(screen: ChatScreen, keep: int | None) -> None:

@@ -41,6 +41,7 @@ SHUTDOWN: Final = "* Server is shutting down. Bye!"
 """The server's goodbye: a close after it is the server's own, not a broken link."""
 
 Show = Callable[[list[str]], Awaitable[None]]
+Password = str | Callable[[], Awaitable[str]] | None
 
 _KEPT: Final = frozenset({"said", "acted", "topic", "legacy"})
 """The kinds of line a joiner's history holds (``events.KEPT``)."""
@@ -182,7 +183,7 @@ class ResumingClient:
 
     # --- connecting ---------------------------------------------------------------
 
-    async def _open(self) -> tuple[ChatClient, list[str]]:
+    async def open_link(self) -> tuple[ChatClient, list[str]]:
         """Connect and opt into v2; the v1 welcome lines the server sent first."""
         client = await self._opener()
         welcome: list[str] = []
@@ -212,15 +213,15 @@ class ResumingClient:
             if line.kind == kind:
                 return line
 
-    async def start(self, password: str | None = None) -> list[str]:
+    async def start(self, password: Password = None) -> list[str]:
         """Connect and register: the lines to show first (the welcome, the room's history).
 
         Raises:
           ConnectFailed, NameRejected, PasswordRequired, WrongPassword, ConnectionClosed.
         """
-        client, welcome = await self._open()
+        client, welcome = await self.open_link()
         try:
-            lines = await self._register(client, password)
+            lines = await self.register_on(client, password)
         except BaseException:
             await client.aclose()
             raise
@@ -228,13 +229,19 @@ class ResumingClient:
         self.connected.set()
         return [*welcome, *lines]
 
-    async def _register(
+    async def register_on(
         self,
         client: ChatClient,
-        password: str | None,
+        password: Password,
         pending: list[v2.ServerLine] | None = None,
     ) -> list[str]:
-        """Give the name (and password); the lines to show, or into ``pending`` if given."""
+        """Give the name (and the password, if asked: a callable is awaited only then) on
+        ``client``; the lines to show, or into ``pending`` if given.
+
+        Raises:
+          NameRejected (the connection stays open: the caller may try another name),
+          PasswordRequired, WrongPassword, ConnectionClosed.
+        """
         await client.send_line(self.name)
         shown: list[str] = []
         while True:
@@ -242,7 +249,8 @@ class ResumingClient:
             if line.kind == "notice" and line.text == p.PASSWORD_PROMPT:
                 if password is None:
                     raise PasswordRequired("the server asks for a password")
-                await client.send_line(password)
+                given = password if isinstance(password, str) else await password()
+                await client.send_line(given)
             elif line.kind == "error" and line.text == p.WRONG_PASSWORD:
                 raise WrongPassword("wrong password")
             elif line.kind == "error" and not self.token:
@@ -288,7 +296,7 @@ class ResumingClient:
             if not waiting:
                 return shown
 
-    async def _come_back(self, password: str | None) -> None:
+    async def _come_back(self, password: Password) -> None:
         """Reconnect (with backoff) until the member is back, or give up (raises)."""
         self.connected = trio.Event()
         while True:
@@ -297,7 +305,7 @@ class ResumingClient:
             await trio.sleep(delay)
             self.status("reconnecting…")
             try:
-                client, _welcome = await self._open()
+                client, _welcome = await self.open_link()
             except (ConnectFailed, ConnectionClosed, OSError):
                 continue
             try:
@@ -318,7 +326,7 @@ class ResumingClient:
             await self._show(shown)
             return
 
-    async def _again(self, client: ChatClient, password: str | None) -> list[str]:
+    async def _again(self, client: ChatClient, password: Password) -> list[str]:
         """Register anew after the grace: the rooms are joined again, each with its gap.
 
         The joiner's history is held until each room's epoch is known: with the
@@ -332,7 +340,7 @@ class ResumingClient:
         self.positions = {}
         pending: list[v2.ServerLine] = []
         try:
-            await self._register(client, password, pending)
+            await self.register_on(client, password, pending)
         except NameRejected as exc:
             raise NameRejected(f"cannot take back the name {self.name}: {exc}") from None
         for room in rooms:
@@ -367,7 +375,7 @@ class ResumingClient:
 
     # --- running --------------------------------------------------------------------
 
-    async def receive(self, password: str | None = None) -> str | None:
+    async def receive(self, password: Password = None) -> str | None:
         """Show every line until the member quits (``None``) or the link is given up (why)."""
         while True:
             client = self.client
@@ -441,6 +449,8 @@ class ResumingClient:
         kind = line.kind
         if kind == "raw":
             return [line.text or ""]
+        if kind == "notice" and line.text == p.NAME_QUESTION:
+            return []  # asked again after a refused name: the caller asks in its own way
         if kind == "history":
             self._history = line.number("count")
             return [p.format_history_header(line["room"], self._history).rstrip("\n")]
