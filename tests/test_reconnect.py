@@ -50,9 +50,10 @@ class Output:
 
 
 @asynccontextmanager
-async def joined(port: int, name: str) -> AsyncIterator[tuple[trio.Process, Output]]:
+async def joined(port: int, name: str, *extra: str) -> AsyncIterator[tuple[trio.Process, Output]]:
     """``triochat join`` in line mode through ``port``, its stdin held open."""
     args = [sys.executable, "-m", "triochat", "join", "--port", str(port), "--name", name]
+    args += extra
     async with trio.open_nursery() as nursery:
         run = partial(
             trio.run_process,
@@ -244,3 +245,24 @@ async def test_across_a_restart_without_db_the_gap_is_said(tmp_path: Path) -> No
         "* some missed lines in #lobby: history no longer has them"
     ]
     assert dave.gaps == 1
+
+
+async def test_no_reconnect_is_v1_and_a_cut_ends_it(
+    start_server: StartServer, connect: Connect, nursery: trio.Nursery
+) -> None:
+    _server, port = await start_server(rate=0)
+    proxy: Proxy = await nursery.start(Proxy(port).run)
+    ben = await connect(port, "ben")
+    with trio.fail_after(30):
+        async with joined(proxy.port, "dave", "--no-reconnect") as (proc, out):
+            await out.until("* dave joined #lobby")
+            await lines_of(ben, "* dave joined #lobby")
+            proxy.cut()
+            await lines_of(ben, "* dave left #lobby (connection lost)")  # at once: no grace
+            assert await proc.wait() == 1
+            assert proc.stderr is not None
+            assert (
+                await proc.stderr.receive_some(1 << 20)
+                == b"triochat: connection closed by server\n"
+            )
+    assert proxy.accepted == 1

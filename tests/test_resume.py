@@ -352,7 +352,7 @@ async def test_bad_resumes_get_clear_errors(autojump_clock: trio.testing.MockClo
         failed = [line for line in lines if line.kind == "resume-failed"]
         assert [(line["room"], line.text) for line in failed] == [
             ("#lobby", f"number {seq + 5} is from the future (the room is at {seq})"),
-            ("#never", "you are not in that room"),
+            ("#never", "no such room"),
             ("#lobby", "the room's history was reset"),
         ]
         assert failed[0].number("lost") == 0

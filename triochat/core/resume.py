@@ -294,7 +294,9 @@ class V2Session(Session[Member]):
         for room, epoch, seq in resume.rooms:
             asked.add(room)
             if room not in member.rooms:
-                outputs.append(ResumeFailed(room, "", 0, 0, "you are not in that room"))
+                known = hub.room_state(room) is not None
+                why = "you are not in that room" if known else "no such room"
+                outputs.append(ResumeFailed(room, "", 0, 0, why))
             else:
                 outputs.append(hub.resume(room, epoch, seq))
         outputs.extend(self._states(r for r in member.rooms if r not in asked))
