@@ -378,3 +378,28 @@ async def test_a_resume_flood_is_closed(autojump_clock: trio.testing.MockClock) 
         # the real token says nothing of itself, and still works
         assert alice.token not in "".join(lines)
         assert server.hub.member("alice") is not None
+
+
+async def test_on_a_password_server_the_token_stands_for_the_password(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving(password="sesame", password_delay=1.0) as (_server, _c, connect_v2):
+        alice = await connect_v2()
+        await alice.hello()
+        await alice.send("alice")
+        assert (await alice.until("notice :Password:"))[-1] == "notice :Password:"
+        await alice.send("sesame")
+        lines = await alice.parsed("room")
+        assert lines[0].kind == "welcome"
+        await alice.cut()
+        again = await connect_v2()
+        await again.hello()
+        await again.send(f"/resume {alice.token}")  # no password asked
+        assert (await again.parsed("welcome"))[-1]["name"] == "alice"
+        wrong = await connect_v2()
+        await wrong.hello()
+        await wrong.send("mallory", "guess")
+        rest = []
+        while (line := await wrong.line()) is not None:
+            rest.append(line)
+        assert rest[-1] == "error :Wrong password"

@@ -23,6 +23,7 @@ Nothing here awaits; the times come from the door's clock.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections import deque
@@ -35,6 +36,8 @@ from . import commands as c
 from .events import Error, Hello, Left, Notice, ResumeFailed, Welcome
 from .hub import Hub, Member
 from .session import Close, Door, Input, Outbox, Output, Session, State
+
+log: Final = logging.getLogger("triochat.resume")
 
 RESUME_ATTEMPTS: Final = 3
 """Bad tokens one connection may try before it is closed."""
@@ -125,6 +128,7 @@ class Tokens:
         entry.owner = None
         entry.deadline = self._clock() + self.grace
         self._held.append((entry.deadline, entry))
+        log.info("%s held for %g s", member.name, self.grace)
         self.changed()
         return True
 
@@ -148,6 +152,7 @@ class Tokens:
         gone = []
         while (deadline := self.next_deadline()) is not None and deadline <= now:
             _, entry = self._held.popleft()
+            log.info("%s not back within %g s", entry.member.name, self.grace)
             gone.append(entry.member)
             self.forget(entry.member)
         return gone
@@ -275,6 +280,7 @@ class V2Session(Session[Member]):
             if entry is not None:
                 self._tokens.forget(entry.member)
             self._attempts += 1
+            log.warning("a bad resume token from %s", self.address or "a client")
             if self._attempts >= RESUME_ATTEMPTS:
                 self._to(State.CLOSED)
                 return [Error(TOO_MANY), Close("bad resume tokens")]
@@ -285,6 +291,7 @@ class V2Session(Session[Member]):
         if owner is not None and owner is not self:
             owner._hand_over()  # its connection is dead but has not noticed yet
         hub.reattach(member, self._outbox, self._disconnect)
+        log.info("%s resumed", member.name)
         self.member = member
         self.authenticated = True
         self._to(State.CHATTING)
