@@ -155,3 +155,17 @@ def test_a_room_of_v1_members_only_keeps_no_resume_buffer() -> None:
     recovery = hub.resume(p.LOBBY, now.epoch, now.seq)
     assert isinstance(recovery, ev.Resumed)
     assert [e.text for e in recovery.events if isinstance(e, ev.Said)] == ["two"]
+
+
+def test_numbers_given_twice_make_a_resume_fail_not_guess() -> None:
+    hub = _hub()
+    LineUser(hub, "alice", V2)
+    start = _state(hub)
+    n, t = start.seq, 1_700_000_000.0
+    # Two nodes of a cluster numbered at once: n + 1 twice, then n + 3.
+    for seq in (n + 1, n + 1, n + 3):
+        hub.deliver([ev.Said(p.LOBBY, seq, t, "ann", str(seq))])
+    recovery = hub.resume(p.LOBBY, start.epoch, n)
+    assert isinstance(recovery, ev.ResumeFailed)
+    assert recovery.reason == "history no longer has them"
+    assert recovery.lost == 3

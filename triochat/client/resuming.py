@@ -472,11 +472,10 @@ class ResumingClient:
                     self.positions.pop(room, None)
                     return []  # a v1 client never sees its own move
             elif room in self.positions:
+                # The server replays exactly what follows the number given, so a live
+                # line is never one shown before; the highest number is where to resume.
                 epoch, last = self.positions[room]
-                number = int(seq)
-                if number <= last:
-                    return []  # shown already, before a reconnect
-                self.positions[room] = (epoch, number)
+                self.positions[room] = (epoch, max(last, int(seq)))
         return self._render(line)
 
     def _render(self, line: v2.ServerLine) -> list[str]:

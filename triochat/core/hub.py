@@ -698,16 +698,14 @@ class Hub:
         if missed == 0:
             return ev.Resumed(room, held.epoch, seq, ())
         tail = held.tail
-        # The tail is contiguous up to the room's last number, or it cannot be trusted.
-        if (
-            not tail
-            or tail[-1].seq != seq
-            or tail[-1].seq - tail[0].seq + 1 != len(tail)
-            or tail[0].seq > after + 1
-        ):
+        if not tail or tail[-1].seq != seq or len(tail) < missed:
             return failed(missed, "history no longer has them")
-        start = len(tail) - missed
-        return ev.Resumed(room, held.epoch, seq, tuple(itertools.islice(tail, start, None)))
+        replay = tuple(itertools.islice(tail, len(tail) - missed, None))
+        # Exactly the numbers after + 1 .. seq, each once, or the tail cannot be trusted
+        # (in a cluster two nodes may have given one number twice): a failure, not a guess.
+        if any(event.seq != number for number, event in enumerate(replay, after + 1)):
+            return failed(missed, "history no longer has them")
+        return ev.Resumed(room, held.epoch, seq, replay)
 
     # --- the rest of the Node interface (the backplane calls these) ------------
 
