@@ -7,6 +7,7 @@ closing its end without ``/quit``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -314,8 +315,9 @@ async def test_the_old_token_stays_valid_until_the_new_one_is_acked(
 
 
 async def test_a_resume_takes_over_a_connection_that_has_not_noticed_it_is_dead(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     async with serving() as (server, connect, connect_v2):
         bob = await v1_user(connect, "bob")
         alice = await connect_v2()
@@ -330,6 +332,10 @@ async def test_a_resume_takes_over_a_connection_that_has_not_noticed_it_is_dead(
         await again.send("moved")
         assert (await bob.line() or "").endswith("<alice> moved")
         assert server.hub.online() == 2
+    closed = [r.getMessage() for r in caplog.records if " closed (" in r.getMessage()]
+    assert any(m.endswith("(resumed on another connection)") for m in closed), closed
+    assert alice.token not in caplog.text  # tokens are never logged
+    assert "alice resumed" in caplog.text
 
 
 async def test_bad_resumes_get_clear_errors(autojump_clock: trio.testing.MockClock) -> None:

@@ -310,6 +310,11 @@ class V2Session(Session[Member]):
         self._follow(member)
         return outputs
 
+    @property
+    def handed_over(self) -> bool:
+        """Whether another connection took this member back (this one just ends)."""
+        return self._handed_over
+
     def _hand_over(self) -> None:
         """Another connection took this member back: end without leaving or holding."""
         self._handed_over = True

@@ -128,7 +128,9 @@ class Connection:
         self.send.close()
 
     def _disconnect(self) -> None:
-        self.reason = "too slow"
+        session = self.session
+        handed_over = isinstance(session, V2Session) and session.handed_over
+        self.reason = "resumed on another connection" if handed_over else "too slow"
         self.end()
 
     def _hang_up(self, reason: str) -> None:
