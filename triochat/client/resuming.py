@@ -197,7 +197,9 @@ class ResumingClient:
             while True:
                 line = await client.receive_line()
                 if line.startswith("! "):
-                    raise ConnectionClosed("the server does not speak protocol v2")
+                    raise ConnectionClosed(
+                        "the server does not speak protocol v2: use --no-reconnect"
+                    )
                 if line.startswith("hello "):
                     break
             await self._expect(client, "notice")
