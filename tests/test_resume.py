@@ -366,7 +366,7 @@ async def test_bad_resumes_get_clear_errors(autojump_clock: trio.testing.MockClo
 
 
 async def test_a_resume_flood_is_closed(autojump_clock: trio.testing.MockClock) -> None:
-    async with serving() as (server, _connect, connect_v2):
+    async with serving(resume_attempts=3) as (server, _connect, connect_v2):
         alice = await connect_v2()
         await alice.register("alice")
         guesser = await connect_v2()
@@ -409,3 +409,14 @@ async def test_on_a_password_server_the_token_stands_for_the_password(
         while (line := await wrong.line()) is not None:
             rest.append(line)
         assert rest[-1] == "error :Wrong password"
+
+
+async def test_resume_attempts_is_the_limit(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving(resume_attempts=1) as (_server, _connect, connect_v2):
+        guesser = await connect_v2()
+        await guesser.hello()
+        await guesser.send(f"/resume {0:032x}")
+        lines = []
+        while (line := await guesser.line()) is not None:
+            lines.append(line)
+        assert lines == ["error :Too many bad resume tokens, closing"]

@@ -191,6 +191,11 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     help="Seconds a v2 client whose connection broke keeps its name and rooms unannounced.",
 )
 @server_option(
+    "--resume-attempts",
+    type=click.IntRange(1),
+    help="Bad resume tokens one connection may give before it is closed.",
+)
+@server_option(
     "--send-queue",
     type=click.IntRange(64),
     help="Lines waiting for a client whose socket buffer is full before it is dropped.",

@@ -14,8 +14,8 @@ kept, so neither a memory dump nor a log shows one. Each is single-use: a
 resume gives a new token, and the old one stays valid until the client
 confirms the new one (``/ack``), so a connection lost during the handshake
 does not lock the client out. A failed attempt says only that the token is
-not valid, whatever the reason, and a connection gets
-:data:`RESUME_ATTEMPTS` tries.
+not valid, whatever the reason, and a connection gets ``attempts`` tries
+(:data:`RESUME_ATTEMPTS`).
 
 Nothing here awaits; the times come from the door's clock.
 """
@@ -40,7 +40,7 @@ from .session import Close, Door, Input, Outbox, Output, Session, State
 log: Final = logging.getLogger("triochat.resume")
 
 RESUME_ATTEMPTS: Final = 3
-"""Bad tokens one connection may try before it is closed."""
+"""Bad tokens one connection may try before it is closed (the default of ``--resume-attempts``)."""
 
 BAD_TOKEN: Final = "That resume token is not valid (unknown, used or expired); give your name"
 TOO_MANY: Final = "Too many bad resume tokens, closing"
@@ -162,7 +162,7 @@ class V2Session(Session[Member]):
     """A v2 line member's session: a token at registration, held when its connection
     breaks, ``/resume`` instead of a name, and each room's epoch when it joins one."""
 
-    __slots__ = ("_attempts", "_handed_over", "_resume_max", "_tokens", "_v2hub")
+    __slots__ = ("_attempts", "_handed_over", "_most_attempts", "_resume_max", "_tokens", "_v2hub")
 
     def __init__(
         self,
@@ -174,6 +174,7 @@ class V2Session(Session[Member]):
         disconnect: Callable[[], None],
         address: str = "",
         resume_max: int = 0,
+        attempts: int = RESUME_ATTEMPTS,
     ) -> None:
         super().__init__(door, outbox=outbox, disconnect=disconnect, address=address)
         self._v2hub = hub
@@ -182,6 +183,7 @@ class V2Session(Session[Member]):
         self._handed_over = False
         self._started = True
         self._resume_max = resume_max
+        self._most_attempts = attempts
 
     def hello(self) -> list[Output]:
         """What the door says to a client that opted into v2."""
@@ -281,7 +283,7 @@ class V2Session(Session[Member]):
                 self._tokens.forget(entry.member)
             self._attempts += 1
             log.warning("a bad resume token from %s", self.address or "a client")
-            if self._attempts >= RESUME_ATTEMPTS:
+            if self._attempts >= self._most_attempts:
                 self._to(State.CLOSED)
                 return [Error(TOO_MANY), Close("bad resume tokens")]
             self._to(State.AWAITING_NAME)

@@ -230,6 +230,7 @@ class Connection:
             disconnect=self._disconnect,
             address=self.session.address,
             resume_max=server.config.resume_max,
+            attempts=server.config.resume_attempts,
         )
         self.session = session
         self.dialect = server.door_v2.dialect

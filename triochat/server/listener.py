@@ -82,6 +82,8 @@ class ServerConfig:
     resume replays."""
     resume_grace: float = 30.0
     """Seconds a v2 client whose connection broke keeps its name and rooms, unannounced."""
+    resume_attempts: int = 3
+    """Bad resume tokens one connection may give before it is closed."""
 
     def __post_init__(self) -> None:
         if self.send_queue <= self.history + 8:
@@ -103,8 +105,8 @@ class ServerConfig:
             raise ValueError("password must not start with /help, /quit or /exit")
         if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
             raise ValueError("tls_handshake_timeout must be > 0, password_delay >= 0")
-        if self.resume_max < 0 or self.resume_grace < 0:
-            raise ValueError("resume_max and resume_grace must be >= 0")
+        if self.resume_max < 0 or self.resume_grace < 0 or self.resume_attempts < 1:
+            raise ValueError("resume_max and resume_grace must be >= 0, resume_attempts >= 1")
 
 
 def _enable_keepalive(stream: trio.SocketStream) -> None:
