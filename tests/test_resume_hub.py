@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from _v1 import LineUser
@@ -169,3 +171,22 @@ def test_numbers_given_twice_make_a_resume_fail_not_guess() -> None:
     assert isinstance(recovery, ev.ResumeFailed)
     assert recovery.reason == "history no longer has them"
     assert recovery.lost == 3
+
+
+async def test_after_a_crash_every_room_gets_a_new_epoch(tmp_path: Path) -> None:
+    config = StoreConfig(path=tmp_path / "chat.db")
+    async with open_history_store(config) as store:
+        hub = Hub(archive=store)
+        alice = LineUser(hub, "alice", V2)
+        hub.say(alice.member, p.LOBBY, ["kept"])
+        before = _state(hub)
+    with closing(sqlite3.connect(config.path)) as db, db:
+        # As a kill -9 leaves it: the run never said it closed the file.
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'running'")
+    async with open_history_store(config) as store:
+        hub = Hub(archive=store)
+        LineUser(hub, "bob", V2)
+        after = _state(hub)
+    assert after.epoch != before.epoch
+    assert after.seq > before.seq  # numbering still goes on
+    assert [e.text for e in hub.recent(p.LOBBY, 5) if isinstance(e, ev.Said)] == ["kept"]

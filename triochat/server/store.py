@@ -407,6 +407,7 @@ def _open_sync(
                     if statement.strip():
                         writer.execute(statement)
             writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _new_epochs_after_a_crash(writer)
             # A real write: an unwritable file fails here, not at the first message.
             writer.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('opened_at', ?)",
@@ -426,6 +427,22 @@ def _open_sync(
         writer.close()
         raise
     return writer, reader, rooms, numbered
+
+
+def _new_epochs_after_a_crash(db: sqlite3.Connection) -> None:
+    """If the last run did not close the file, every room gets a new epoch.
+
+    The last numbers given to joins and leaves are saved only with the next
+    commit, so a ``kill -9`` may lose them, and numbering would give them
+    again: a new epoch tells every client that its numbers no longer hold.
+    """
+    running = db.execute("SELECT value FROM meta WHERE key = 'running'").fetchone()
+    if running is not None and running[0] == "1":
+        rooms = [room for (room,) in db.execute("SELECT room FROM rooms")]
+        db.executemany(
+            "UPDATE rooms SET epoch = ? WHERE room = ?", [(new_epoch(), room) for room in rooms]
+        )
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('running', '1')")
 
 
 def _load_recent(db: sqlite3.Connection, config: StoreConfig) -> _Recent:
@@ -508,4 +525,7 @@ async def open_history_store(config: StoreConfig) -> AsyncIterator[HistoryStore]
 
 def _close(writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
     reader.close()
+    # Every number given out is saved: the next run may keep the epochs.
+    with suppress(sqlite3.Error):
+        writer.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('running', '0')")
     writer.close()
