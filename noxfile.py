@@ -35,7 +35,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package, the tests and this file."""
-    session.install("-e", ".[test]", "mypy>=1.10")
+    session.install("-e", ".[test]", "mypy>=1.10", "nox", "types-pexpect")
     session.run("mypy")
 
 

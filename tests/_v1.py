@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from triochat.core import session as s
+from triochat.core import commands as c, session as s
 from triochat.core._auth import FailureDelays
 from triochat.core.events import Dialect
 from triochat.core.hub import Hub, Member
@@ -31,7 +31,7 @@ class LineUser:
     def _disconnect(self) -> None:
         self.disconnects += 1
 
-    def do(self, command: s.c.Command) -> None:
+    def do(self, command: c.Command) -> None:
         """A command from this client; what the session answers itself is sent too."""
         if not self.hub.is_member(self.member):
             return  # its connection stops reading once it is out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -18,7 +20,11 @@ from triochat.client.connection import (
 )
 from triochat.core._auth import FailureDelays, password_matches
 
-OPTIONS = {"password": "open sesame", "password_delay": 0.01, "password_delay_max": 0.05}
+OPTIONS: dict[str, Any] = {
+    "password": "open sesame",
+    "password_delay": 0.01,
+    "password_delay_max": 0.05,
+}
 
 
 async def _read_until_closed(client: ChatClient) -> list[str]:

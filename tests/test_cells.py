@@ -16,7 +16,7 @@ def rows_of(text: str, width: int, wrap: str = "space") -> list[str]:
     """The text of each row, as the layout cuts it."""
     out = []
     for line in LAYOUT.layout(text, width, "left", wrap):  # type: ignore[arg-type]
-        out.append("".join(text[seg[1] : seg[2]] for seg in line if len(seg) == 3))
+        out.append("".join(text[seg[1] : seg[2]] for seg in line if len(seg) == 3))  # type: ignore[index]
     return out
 
 

@@ -296,7 +296,7 @@ async def test_a_join_that_races_the_drop_keeps_the_history(
     kept = {"history:#tmp": set(), "holders:#tmp": {backplane_b.node_id}, "rooms": {"#tmp"}}
     await room_keys_become(redis_url, cluster, "#tmp", kept)
     for server in (server_a, server_b):
-        await wait_until(lambda server=server: server.hub.history_rooms()[-1] == "#tmp")
+        await wait_until(lambda server=server: server.hub.history_rooms()[-1] == "#tmp")  # type: ignore[misc]
     first = server_b.hub.recent("#tmp", 5)[0]
     assert isinstance(first, Said)
     assert (first.name, first.text) == ("ann", "worth keeping")
@@ -350,7 +350,7 @@ async def test_a_heartbeat_during_shutdown_does_not_bring_the_node_back(
         await join(port, "ann")
         server.shutdown()
         backplane = server.backplane
-        await wait_until(lambda: not backplane.linked)  # noqa: B023 - awaited in this pass
+        await wait_until(lambda: not backplane.linked)  # type: ignore[attr-defined]  # noqa: B023 - awaited in this pass
     kept = {f"triochat:{cluster}:{key}".encode() for key in ("history:#lobby", "rooms")}
     with trio.fail_after(5):
         while set(await cluster_keys(redis_url, cluster)) - kept:  # noqa: ASYNC110

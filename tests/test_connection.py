@@ -81,7 +81,7 @@ async def serving(
         nursery.cancel_scope.cancel()
 
 
-PASSWORD = {"password": "sesame", "password_delay": 1.0, "password_delay_max": 30.0}
+PASSWORD: dict[str, Any] = {"password": "sesame", "password_delay": 1.0, "password_delay_max": 30.0}
 PRIVATE_WELCOME = "* Welcome to triochat! Commands start with /, try /help."
 
 

@@ -183,7 +183,8 @@ async def test_a_burst_from_an_evicted_member_goes_nowhere(hub: Hub) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [p.Join("#dev"), p.Nick("annie"), p.Users(), p.Me("waves"), p.Quit(None)]
+    "command",
+    [p.Join("#dev"), p.Nick("annie"), p.Users(), p.Me("waves"), p.Quit(None)],  # type: ignore[arg-type]
 )
 async def test_commands_from_a_member_who_left_are_ignored(hub: Hub, command: p.Command) -> None:
     ann, ben = User(hub, "ann"), User(hub, "ben")
@@ -523,7 +524,7 @@ class Recorder:
         self.events: list[object] = []
 
     def render(self, events: object) -> bytes:
-        self.events.extend(events)  # type: ignore[call-overload]
+        self.events.extend(events)  # type: ignore[arg-type]
         return b"x"
 
 
@@ -542,7 +543,7 @@ async def test_room_events_are_numbered_per_room_and_carry_utc_time(hub: Hub, cl
     seen = [
         (type(e).__name__, e.room, e.seq, e.time)
         for e in watcher.events
-        if isinstance(e, ev.RoomEvent)  # type: ignore[misc, arg-type]
+        if isinstance(e, ev.RoomEvent)
     ]
     assert seen == [
         ("Joined", "#a", 1, T0),  # eve

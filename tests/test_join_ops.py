@@ -7,6 +7,7 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -16,7 +17,7 @@ from test_join_tty import Terminal
 
 from triochat.client.connection import open_chat_client
 
-OPTIONS = {"password": "hunter2", "password_delay": 0.01}
+OPTIONS: dict[str, Any] = {"password": "hunter2", "password_delay": 0.01}
 
 
 @pytest.fixture(scope="module")

@@ -110,8 +110,8 @@ class Terminal:
         except pexpect.EOF:
             time.sleep(0.05)  # the child is gone; do not spin while the test waits
             return
-        self.raw += data
-        self.stream.feed(data)
+        self.raw += data  # type: ignore[arg-type]
+        self.stream.feed(data)  # type: ignore[arg-type]
 
     def wait_for(self, what: str, condition: Callable[[], bool]) -> None:
         deadline = time.monotonic() + DEADLINE

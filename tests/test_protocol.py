@@ -245,7 +245,7 @@ control_string = st.tuples(
         ["\x1b]", "\x1bP", "\x1bX", "\x1b^", "\x1b_", "\x90", "\x98", "\x9d", "\x9e", "\x9f"]
     ),
     st.text(
-        st.characters(exclude_categories=("Cs",)).filter(
+        st.characters(exclude_categories=("Cs",)).filter(  # type: ignore[arg-type]
             lambda c: c != "\x07" and c != "\x1b" and not 0x80 <= ord(c) < 0xA0
         ),
         max_size=10,

@@ -89,7 +89,7 @@ async def closed_with(ws: WebSocketConnection) -> CloseReason:
         while True:
             await ws.get_message()
     except ConnectionClosed as closed:
-        return closed.reason
+        return closed.reason  # type: ignore[return-value]
 
 
 async def http_get(port: int, target: str, **headers: str) -> tuple[str, dict[str, str], bytes]:
@@ -256,7 +256,7 @@ async def test_a_binary_message_is_refused_with_1003(start: Start) -> None:
         await ws.send_message(b"\x00\x01")
         with pytest.raises(ConnectionClosed) as closed:
             await ws.get_message()
-        assert closed.value.reason.code == w.CLOSE_UNSUPPORTED
+        assert closed.value.reason.code == w.CLOSE_UNSUPPORTED  # type: ignore[union-attr]
 
 
 async def test_a_tab_that_never_reads_is_evicted_while_others_keep_receiving(
@@ -333,7 +333,7 @@ async def test_the_password_is_checked(start: Start) -> None:
         assert (await receive(ws)) == {"type": "error", "text": "Wrong password"}
         with pytest.raises(ConnectionClosed) as closed:
             await ws.get_message()
-        assert closed.value.reason.code == w.CLOSE_WRONG_PASSWORD
+        assert closed.value.reason.code == w.CLOSE_WRONG_PASSWORD  # type: ignore[union-attr]
     assert server.stats.wrong_passwords == 1
     async with web_client(port) as ws:
         await register(ws, "ann", password="s3cret")

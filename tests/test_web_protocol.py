@@ -116,7 +116,7 @@ def test_a_history_answer_is_one_message_holding_the_events() -> None:
     assert data.count(b"\n") == 3 + 1
 
 
-printable = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
+printable = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)  # type: ignore[arg-type]
 
 
 @given(texts=st.lists(printable, min_size=1, max_size=20))

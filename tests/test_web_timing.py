@@ -85,7 +85,7 @@ class Client:
         """Events not handled yet, reading more bytes if there are none."""
         if not self._pending:
             data = await self.stream.receive_some(65536)
-            self.ws.receive_data(data or None)
+            self.ws.receive_data(data or None)  # type: ignore[arg-type]
             self._pending.extend(self.ws.events())
         return _drain(self._pending)
 
