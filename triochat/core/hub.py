@@ -29,6 +29,7 @@ from ..backplane import Backplane, LocalBackplane
 from ..protocol import line as p
 from . import events as ev
 from .events import Dialect, RoomEvent
+from .moderation import Moderation, Topic
 
 log: Final = logging.getLogger("triochat.hub")
 
@@ -73,7 +74,7 @@ class Archive(Protocol):
 class Member:
     """A registered user, as the hub sees it."""
 
-    __slots__ = ("dialect", "disconnect", "hang_up", "key", "name", "outbox", "rooms")
+    __slots__ = ("address", "dialect", "disconnect", "hang_up", "key", "name", "outbox", "rooms")
 
     def __init__(
         self, name: str, outbox: Outbox, disconnect: Callable[[], None], dialect: Dialect
@@ -88,6 +89,8 @@ class Member:
         # Stop reading but let queued lines out, given why (the server sets it);
         # else disconnect.
         self.hang_up: Callable[[str], None] | None = None
+        self.address = ""
+        """The client's address, for address bans (its session sets it)."""
 
     @property
     def room_names(self) -> Iterable[str]:
@@ -155,6 +158,7 @@ class Hub:
         (:meth:`summarize_presence`); 0 (the default here) never.
       presence_interval: the seconds a summary covers.
       names: the name policy (``"unicode"``, or ``"ascii"`` for ASCII names only).
+      moderation: the rooms' operators, topics, bans and mutes (default: none yet).
     """
 
     def __init__(
@@ -168,8 +172,10 @@ class Hub:
         quiet_above: int = 0,
         presence_interval: float = 30.0,
         names: p.NamePolicy = "unicode",
+        moderation: Moderation | None = None,
     ) -> None:
         self.names: p.NamePolicy = names
+        self.moderation = moderation or Moderation()
         self.history = history
         self.max_rooms_per_member = max_rooms_per_member
         self.quiet_above = quiet_above
@@ -283,6 +289,8 @@ class Hub:
         held = self._room_of(member, room)
         if held is None:
             return
+        if self.moderation.mutes and self._refuse_muted(member, held):
+            return
         log_ = held.log
         now = self._clock()
         name, where = member.name, held.name
@@ -297,6 +305,8 @@ class Hub:
         """An action (``/me``) from ``member`` in ``room``."""
         held = self._room_of(member, room)
         if held is None:
+            return
+        if self.moderation.mutes and self._refuse_muted(member, held):
             return
         self._publish([ev.Acted(held.name, self._next(held.log), self._clock(), member.name, text)])
         self._evict_slow()
@@ -442,6 +452,43 @@ class Hub:
         # Whoever could not take the notice goes now, not at the next command.
         self._evict_slow()
 
+    # --- moderation (the session checks who may) ---------------------------------------
+
+    def set_topic(self, member: Member, room: str, text: str) -> None:
+        """``member`` sets ``room``'s topic; the room sees it (and joiners, later)."""
+        held = self._room_of(member, room)
+        if held is None:
+            return
+        now = self._clock()
+        self.moderation.topics[room] = Topic(text, member.name, now)
+        self._publish([ev.TopicSet(room, self._next(held.log), now, member.name, text)])
+        self._evict_slow()
+
+    def kick(self, member: Member, target: Member, room: str, reason: str) -> None:
+        """``target`` leaves ``room``, sent away by ``member``: ``(kicked by OP: REASON)``."""
+        self.remove_from(
+            target, room, f"kicked by {member.name}" + (f": {reason}" if reason else "")
+        )
+
+    def remove_from(self, target: Member, room: str, reason: str) -> None:
+        """``target`` leaves ``room`` for ``reason`` (a kick, a ban), and is told why."""
+        if not self.is_member(target) or room not in target.rooms:
+            return
+        self._exit(target, room, reason)
+        self.backplane.presence(target.key, target.name, tuple(target.rooms))
+        self.tell(target, ev.Error(f"You left {room} ({reason})"))
+        self._evict_slow()
+
+    def _refuse_muted(self, member: Member, room: Room) -> bool:
+        """Whether ``member`` is muted in ``room``; if so it is told, the room is not."""
+        until = self.moderation.muted(room.name, member.key)
+        if until is None:
+            return False
+        remaining = self.moderation.remaining(until)
+        self.tell(member, ev.Error(f"You are muted in {room.name} {remaining}: not sent"))
+        self._evict_slow()
+        return True
+
     def shutdown(self) -> None:
         """Forget everyone at once, with no departures announced: the server is closing."""
         self._members.clear()
@@ -499,10 +546,10 @@ class Hub:
             room.joined += 1
             # The joiner alone sees its join: unnumbered, it is not the room's event.
             joined = ev.Joined(name, 0, self._clock(), member.name)
-            self.tell(member, *room.log.events, self._user_list(room), joined)
+            self.tell(member, *room.log.events, self._user_list(room), *self._topic(name), joined)
             return
         # The history and the user list (the joiner included) in one hand-over.
-        self.tell(member, *room.log.events, self._user_list(room))
+        self.tell(member, *room.log.events, self._user_list(room), *self._topic(name))
         self._publish([ev.Joined(name, self._next(room.log), self._clock(), member.name)])
 
     def _exit(self, member: Member, name: str, reason: str) -> None:
@@ -518,6 +565,13 @@ class Hub:
             room.left += 1
         else:
             self._publish([ev.Left(name, self._next(log_), self._clock(), member.name, reason)])
+
+    def _topic(self, room: str) -> tuple[ev.Notice, ...]:
+        """The topic a joiner of ``room`` is shown, if it has one."""
+        topic = self.moderation.topics.get(room)
+        if topic is None:
+            return ()
+        return (ev.Notice(f"Topic of {room}: {topic.text} (set by {topic.by})"),)
 
     def _names(self, room: Room) -> list[str]:
         names = [m.name for m in room.members]

@@ -75,8 +75,10 @@ class Connection:
             server.door,
             outbox=self.send,
             disconnect=self._disconnect,
-            # Only the password's failure delays are kept per address.
-            address=peer_host(stream) if config.password is not None else "",
+            # Only the passwords' failure delays (and bans) are kept per address.
+            address=peer_host(stream)
+            if config.password is not None or server.accounts is not None
+            else "",
         )
 
     @property
@@ -167,6 +169,11 @@ class Connection:
                     store = self.server.store
                     assert store is not None
                     await self._carry_out(session.fetched(room, await store.fetch(room, count)))
+                case s.AccountCall(request):
+                    accounts = self.server.accounts
+                    assert accounts is not None
+                    outcome = await accounts.perform(request)
+                    await self._carry_out(session.account_result(outcome))
                 case s.Close(reason):
                     self.reason = reason
         if events:

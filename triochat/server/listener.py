@@ -21,7 +21,9 @@ import trio
 
 from ..backplane import Backplane, LocalBackplane
 from ..core._auth import FailureDelays
+from ..core.accounts import MAX_PASSWORD
 from ..core.hub import Hub, Member
+from ..core.moderation import Moderation
 from ..core.session import Door, Rules, answered_before_registration
 from ..protocol import line as p
 from .connection import Connection, close_stream, peer_host, peer_name
@@ -29,6 +31,7 @@ from .outbox import Flusher
 from .stats import ServerStats
 
 if TYPE_CHECKING:
+    from .accounts import AccountStore
     from .store import HistoryStore
 
 log: Final = logging.getLogger("triochat.server")
@@ -75,6 +78,8 @@ class ServerConfig:
     """The longest wait before answering a wrong password."""
     tls_handshake_timeout: float = 10.0
     """Seconds a TLS client has to finish its handshake."""
+    max_password: int = MAX_PASSWORD
+    """The longest account password, in characters (accounts need ``--db``)."""
 
     def __post_init__(self) -> None:
         if self.send_queue <= self.history + 8:
@@ -94,6 +99,8 @@ class ServerConfig:
             raise ValueError("password must not be empty (None: no password)")
         if self.password is not None and answered_before_registration(self.password):
             raise ValueError("password must not start with /help, /quit or /exit")
+        if self.max_password < 1:
+            raise ValueError("max_password must be at least 1")
         if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
             raise ValueError("tls_handshake_timeout must be > 0, password_delay >= 0")
 
@@ -137,8 +144,11 @@ class ChatServer:
         backplane: Backplane | None = None,
         store: HistoryStore | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        accounts: AccountStore | None = None,
     ) -> None:
         self.config = config or ServerConfig()
+        self.accounts = accounts if accounts is not None or store is None else store.accounts
+        """Registered names (``--db``), or ``None``: no accounts."""
         self.backplane = backplane or (hub.backplane if hub else LocalBackplane())
         self.store = store
         self.hub = hub or Hub(
@@ -149,6 +159,7 @@ class ChatServer:
             quiet_above=self.config.quiet_above,
             presence_interval=self.config.presence_interval,
             names=self.config.names,
+            moderation=Moderation(clock=trio.current_time),
         )
         self.ssl_context = ssl_context
         self.dialect = p.LineDialect()
@@ -167,10 +178,13 @@ class ChatServer:
                 store_history=store is not None,
                 # Never more than half an outbox, or the asker becomes a slow consumer.
                 history_limit=min(p.HISTORY_MAX, self.config.send_queue // 2),
+                max_password=self.config.max_password,
             ),
             dialect=self.dialect,
             delays=self.password_delays,
             clock=trio.current_time,
+            accounts=self.accounts,
+            moderation=self.hub.moderation,
         )
         """What the line door's sessions share."""
         self._connections: set[Connection] = set()

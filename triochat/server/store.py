@@ -36,10 +36,11 @@ import trio
 
 from ..core import events as ev, records
 from ..core.events import RoomEvent
+from .accounts import AccountStore
 
 log: Final = logging.getLogger("triochat.store")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Kept in ``PRAGMA user_version``; a newer file is refused, an older one migrated."""
 
 _SCHEMA: Final = """
@@ -103,10 +104,22 @@ def _events_from_lines(db: sqlite3.Connection) -> None:
     db.executemany("UPDATE messages SET seq = ?, event = ? WHERE id = ?", updates)
 
 
+# Accounts (server/accounts.py): ``key`` is the name as names compare, ``hash`` Argon2's.
+_ACCOUNTS: Final = """
+CREATE TABLE accounts (
+    key     TEXT PRIMARY KEY,
+    name    TEXT NOT NULL,
+    hash    TEXT NOT NULL,
+    admin   INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+)
+"""
+
 # Migrations from version N to N + 1, run in order inside one transaction.
 _MIGRATIONS: Final[dict[int, str | Callable[[sqlite3.Connection], None]]] = {
     0: _SCHEMA,
     1: _events_from_lines,
+    2: _ACCOUNTS,
 }
 
 
@@ -163,6 +176,8 @@ class HistoryStore:
         # Once shutdown starts, no commit may outlast this deadline (trio time).
         self._flush_deadline = math.inf
         self._committing: trio.CancelScope | None = None
+        self.accounts: AccountStore | None = None
+        """The file's accounts (set by :func:`open_history_store`)."""
         # Statistics, for metrics.
         self.batches = 0
         self.rows = 0
@@ -423,6 +438,7 @@ async def open_history_store(config: StoreConfig) -> AsyncIterator[HistoryStore]
         raise StoreError(_describe(config, exc)) from None
     store = HistoryStore(config, writer, reader)
     store._preload(recent)
+    store.accounts = await trio.to_thread.run_sync(AccountStore.open, config.path)
     log.info("history database %s: %d rooms loaded", config.path, len(recent))
     try:
         async with trio.open_nursery() as nursery:
@@ -449,6 +465,7 @@ async def open_history_store(config: StoreConfig) -> AsyncIterator[HistoryStore]
         else:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_close, writer, reader)
+                store.accounts.close()
         log.info("history database closed: %d lines saved, %d lost", store.rows, store.dropped)
 
 
