@@ -8,18 +8,16 @@ on the sans-IO session, whose clock is the test's.
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from argon2 import PasswordHasher
+from _accounts import Client, dial, named, net_fixture, open_accounts  # noqa: F401 - the net fixture
 
 from triochat import ChatServer, ServerConfig
-from triochat.client.connection import ChatClient, open_chat_client
 from triochat.core import session as s
 from triochat.core._auth import FailureDelays
 from triochat.core.accounts import NEED_DB, Outcome, Request, parse_duration
@@ -27,49 +25,14 @@ from triochat.core.events import Error, Notice
 from triochat.core.hub import Hub
 from triochat.protocol import line as p
 from triochat.server.accounts import AccountStore
-from triochat.server.store import SCHEMA_VERSION, StoreConfig, _open_sync
-
-CHEAP: PasswordHasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-"""Argon2 at its cheapest: the same code paths, a thousand times faster."""
-WAIT = 10.0
-STAMP = re.compile(r"^\[[\d: -]+\] ")
-
-
-def open_accounts(path: Path) -> AccountStore:
-    """The accounts of a freshly migrated ``--db`` file at ``path``."""
-    writer, reader, _ = _open_sync(StoreConfig(path=path))
-    writer.close()
-    reader.close()
-    return AccountStore.open(path, CHEAP)
+from triochat.server.store import SCHEMA_VERSION
 
 
 @pytest.fixture
-def accounts(tmp_path: Path) -> AccountStore:
+def accounts(tmp_path: Path) -> Iterator[AccountStore]:
     store = open_accounts(tmp_path / "chat.db")
     yield store
     store.close()
-
-
-class Client:
-    """A raw line client: what it sends and every line it reads (times made ``[T]``)."""
-
-    def __init__(self, client: ChatClient) -> None:
-        self.client = client
-        self.seen: list[str] = []
-
-    async def send(self, line: str) -> None:
-        await self.client.send_line(line)
-
-    async def until(self, wanted: str) -> list[str]:
-        """Lines up to and including ``wanted``."""
-        lines: list[str] = []
-        with trio.fail_after(WAIT):
-            while True:
-                line = STAMP.sub("[T] ", await self.client.receive_line())
-                lines.append(line)
-                self.seen.append(line)
-                if line == wanted:
-                    return lines
 
 
 @pytest.fixture
@@ -79,32 +42,6 @@ async def serve(
     server = ChatServer(ServerConfig(port=0, rate=0, password_delay=0.01), accounts=accounts)
     listeners = await nursery.start(server.serve)
     return server, listeners[0].socket.getsockname()[1]
-
-
-_OPEN: list[ChatClient] = []
-
-
-@pytest.fixture
-async def net() -> AsyncIterator[None]:
-    """Closes the clients a test opened with :func:`dial`."""
-    yield
-    while _OPEN:
-        await _OPEN.pop().aclose()
-
-
-async def dial(port: int) -> Client:
-    """A connected client, closed after the test."""
-    client = await open_chat_client("127.0.0.1", port)
-    _OPEN.append(client)
-    return Client(client)
-
-
-async def named(port: int, name: str) -> Client:
-    client = await dial(port)
-    await client.until("* What is your name?")
-    await client.send(name)
-    await client.until(f"[T] * {name} joined #lobby")
-    return client
 
 
 async def test_a_registered_name_asks_for_its_password_and_nobody_else_can_take_it(

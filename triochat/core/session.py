@@ -859,7 +859,8 @@ class Session(Generic[M]):
         """Join ``room``; the first identified member of a room nobody holds is its operator."""
         moderation = self._door.moderation
         account = self.account
-        if moderation is None or account is None:
+        # The arrival rooms are nobody's creation: only server admins moderate them.
+        if moderation is None or account is None or room in self.rules.arrival_rooms:
             self._hub.join(member, room)
             return
         first = room not in moderation.ops and not self._hub.hosts(room)
