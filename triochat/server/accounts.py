@@ -56,6 +56,9 @@ class AccountStore:
         self._lock = trio.Lock()
         rows = db.execute("SELECT key, admin FROM accounts").fetchall()
         self._admins: dict[str, bool] = {key: bool(admin) for key, admin in rows}
+        # The role the last check read from the file, handed from the worker thread
+        # under the lock (which serializes requests).
+        self._roles_read: dict[str, bool] = {}
 
     @classmethod
     def open(cls, path: Path, hasher: PasswordHasher | None = None) -> AccountStore:
@@ -84,7 +87,11 @@ class AccountStore:
             except sqlite3.Error as exc:
                 log.error("account %s of %s failed: %s", request.kind, request.name, exc)
                 return Outcome(request, False, "The account database failed; try again later")
+        admin = self._roles_read.pop(_key(request.name), None)
         if outcome.ok:
+            if admin is not None:
+                # A role granted by ``triochat admin`` while the server runs counts from here.
+                self._admins[_key(request.name)] = admin
             if request.kind == "register":
                 self._admins[_key(request.name)] = False
             elif request.kind == "unregister":
@@ -105,8 +112,10 @@ class AccountStore:
             if cursor.rowcount == 0:
                 return Outcome(request, False, f"{request.name} is registered already")
             return Outcome(request, True)
-        if not self._verify(key, request.password):
+        admin = self._verify(key, request.password)
+        if admin is None:
             return Outcome(request, False, "Wrong password")
+        self._roles_read[key] = admin
         if request.kind == "change":
             self._set_hash(key, self._hasher.hash(request.new_password))
         elif request.kind == "unregister":
@@ -114,16 +123,18 @@ class AccountStore:
                 db.execute("DELETE FROM accounts WHERE key = ?", (key,))
         return Outcome(request, True)
 
-    def _verify(self, key: str, password: str) -> bool:
-        row = self._db.execute("SELECT hash FROM accounts WHERE key = ?", (key,)).fetchone()
+    def _verify(self, key: str, password: str) -> bool | None:
+        """Whether the account is an admin if ``password`` is right; ``None`` if it is not."""
+        row = self._db.execute("SELECT hash, admin FROM accounts WHERE key = ?", (key,)).fetchone()
         if row is None:
             # The same work as for a real account, so timing tells nothing.
             self._hasher.hash(password)
-            return False
+            return None
         try:
-            return self._hasher.verify(row[0], password)
+            self._hasher.verify(row[0], password)
         except (VerificationError, InvalidHashError):
-            return False
+            return None
+        return bool(row[1])
 
     def _set_hash(self, key: str, digest: str) -> None:
         with self._db as db:
