@@ -16,7 +16,13 @@ def _imported_by(module: str) -> set[str]:
 
 @pytest.mark.parametrize(
     "module",
-    ["triochat", "triochat.protocol.line", "triochat.core.events", "triochat.core.records"],
+    [
+        "triochat",
+        "triochat.protocol.line",
+        "triochat.protocol.web",
+        "triochat.core.events",
+        "triochat.core.records",
+    ],
 )
 def test_the_sans_io_layers_import_no_io(module: str) -> None:
     loaded = _imported_by(module)
@@ -40,3 +46,8 @@ def test_the_package_names_load_on_first_use() -> None:
     assert triochat.ChatServer.__module__ == "triochat.server.listener"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         triochat.nope  # noqa: B018
+
+
+def test_a_server_without_a_web_port_loads_no_http_stack() -> None:
+    loaded = _imported_by("triochat.cli")
+    assert {"wsproto", "h11", "triochat.server.web", "triochat.protocol.web"}.isdisjoint(loaded)

@@ -34,6 +34,7 @@ from .options import (
 
 if TYPE_CHECKING:
     from ..backplane.redis import RedisOptions
+    from ..server.web import WebConfig
 
 log = logging.getLogger("triochat")
 
@@ -44,6 +45,13 @@ _CONFIG_FILE = "triochat.config_file"
 """Where ``ctx.meta`` keeps the ``--config`` file's path, for error messages."""
 
 
+def _web_config() -> type[WebConfig]:
+    """:class:`WebConfig`, imported when needed: without --web-port no HTTP stack loads."""
+    from ..server.web import WebConfig
+
+    return WebConfig
+
+
 def _redis_options() -> type[RedisOptions]:
     """:class:`RedisOptions`, imported when needed: it lives with coredis, an optional extra."""
     from ..backplane.redis import RedisOptions
@@ -51,7 +59,7 @@ def _redis_options() -> type[RedisOptions]:
     return RedisOptions
 
 
-_SECTIONS = {"db": "path", "redis": "url", "tls": None, "metrics": None}
+_SECTIONS = {"db": "path", "redis": "url", "tls": None, "metrics": None, "web": None}
 """The config file's sections, and the key in each that is the option of that name alone."""
 
 
@@ -89,6 +97,13 @@ def store_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     name = decls[0].removeprefix("--db").removeprefix("-")
     attrs.setdefault("field", name.replace("-", "_") or "path")
     return _field(StoreConfig, *decls, **attrs)
+
+
+def web_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
+    """An option for a ``WebConfig`` field: ``--web-ping-timeout`` sets ``ping_timeout``."""
+    name = decls[0].removeprefix("--web-")
+    attrs.setdefault("field", name.replace("-", "_"))
+    return _field(_web_config, *decls, **attrs)
 
 
 def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
@@ -243,6 +258,41 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     "--metrics-host",
     help="Address for the metrics endpoint.",
 )
+@click.option(
+    "--web-port",
+    cls=Option,
+    type=click.IntRange(0, 65535),
+    envvar=envvar_for("--web-port"),
+    file_key="web.port",
+    help="Serve the chat page and its WebSocket on this port (0 picks one).",
+)
+@web_option("--web-host", help="With --web-port: the address to listen on (else --host's).")
+@click.option(
+    "--web-origin",
+    "web_origins",
+    cls=Option,
+    multiple=True,
+    envvar=envvar_for("--web-origin"),
+    file_key="web.origin",
+    help="With --web-port: a page origin (https://chat.example.org) that may open the "
+    "WebSocket; repeatable. Without it, only the page's own origin.",
+)
+@web_option(
+    "--web-max-message",
+    type=click.IntRange(1024),
+    help="With --web-port: most bytes in one WebSocket message; a bigger one closes the "
+    "connection (1009).",
+)
+@web_option(
+    "--web-ping-interval",
+    type=Range(0, min_open=True),
+    help="With --web-port: seconds between pings (proxies drop idle WebSockets).",
+)
+@web_option(
+    "--web-ping-timeout",
+    type=Range(0, min_open=True),
+    help="With --web-port: seconds a WebSocket client has to answer a ping.",
+)
 @log_level_option
 def serve(**params: Any) -> None:
     """Run a chat server until SIGINT or SIGTERM.
@@ -299,9 +349,23 @@ def _serve_config(ctx: click.Context) -> ServeConfig:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--redis/--cluster") from None
 
+    web = None
+    if params["web_port"] is None:
+        _refuse_without(ctx, "--web-port", lambda name: name.startswith("web_"))
+    else:
+        fields = given_fields(ctx, _web_config)
+        try:
+            web = _web_config()(
+                port=params["web_port"], origins=tuple(params["web_origins"]), **fields
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--web-origin") from None
+
     if params["tls_key"] is not None and params["tls_cert"] is None:
         raise click.BadParameter("needs --tls-cert too", param_hint="--tls-key")
-    return ServeConfig(server=server, store=store, redis=redis, **given_fields(ctx, ServeConfig))
+    return ServeConfig(
+        server=server, store=store, redis=redis, web=web, **given_fields(ctx, ServeConfig)
+    )
 
 
 async def _serve(config: ServeConfig) -> StartError | None:
@@ -318,6 +382,8 @@ async def _serve(config: ServeConfig) -> StartError | None:
             print(f"triochat metrics on http://{format_address(listener)}/metrics", flush=True)
         for listener in running.listeners:
             print(f"triochat listening on {format_address(listener)}", flush=True)
+        for url in running.web_urls:
+            print(f"triochat web listening on {url}", flush=True)
     return None
 
 

@@ -28,6 +28,7 @@ from ..core.moderation import ACTIONS
 
 if TYPE_CHECKING:
     from .listener import ChatServer
+    from .web import WebDoor
 
 log: Final = logging.getLogger("triochat.metrics")
 
@@ -42,8 +43,9 @@ MAX_SCRAPERS: Final = 16
 class ChatCollector(Collector):
     """Reads a :class:`~triochat.server.ChatServer`'s counters at scrape time."""
 
-    def __init__(self, server: ChatServer) -> None:
+    def __init__(self, server: ChatServer, web: WebDoor | None = None) -> None:
         self.server = server
+        self.web = web
 
     def collect(self) -> Iterator[Metric]:
         server, hub, stats = self.server, self.server.hub, self.server.stats
@@ -55,6 +57,8 @@ class ChatCollector(Collector):
             return CounterMetricFamily(f"triochat_{name}", doc, value=value)
 
         yield gauge("connected_clients", "Open client connections.", server.connections)
+        if self.web is not None:
+            yield gauge("web_clients", "Open WebSocket connections.", self.web.connections)
         yield gauge("registered_users", "Users who have given a name.", hub.members)
         yield gauge("rooms", "Rooms that exist now.", len(hub.rooms()))
         yield counter("lines_received", "Lines received from registered users.", hub.lines_in)
@@ -111,9 +115,9 @@ class ChatCollector(Collector):
             )
 
 
-def make_registry(server: ChatServer) -> CollectorRegistry:
+def make_registry(server: ChatServer, web: WebDoor | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ChatCollector(server))
+    registry.register(ChatCollector(server, web))
     return registry
 
 
@@ -162,13 +166,14 @@ async def serve_metrics(
     server: ChatServer,
     listeners: list[trio.SocketListener],
     *,
+    web: WebDoor | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``/metrics`` for ``server`` on ``listeners`` until cancelled.
+    """Serve ``/metrics`` for ``server`` (and its web door) on ``listeners`` until cancelled.
 
     ``task_status.started`` gets the listeners (open them with
     :func:`trio.open_tcp_listeners`; port 0 picks a free one).
     """
-    registry = make_registry(server)
+    registry = make_registry(server, web)
     handler = partial(handle_scrape, registry, trio.CapacityLimiter(MAX_SCRAPERS))
     await trio.serve_listeners(handler, listeners, task_status=task_status)

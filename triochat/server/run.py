@@ -21,6 +21,7 @@ import ssl
 import urllib.parse
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -32,6 +33,7 @@ from .listener import ChatServer, ServerConfig, format_address
 if TYPE_CHECKING:
     from ..backplane.redis import RedisOptions
     from .store import StoreConfig
+    from .web import WebConfig, WebDoor
 
 log: Final = logging.getLogger("triochat")
 
@@ -60,6 +62,8 @@ class ServeConfig:
     """Serve Prometheus metrics over HTTP on this port (0 picks one); ``None``: no metrics."""
     metrics_host: str = "127.0.0.1"
     """The metrics endpoint's address."""
+    web: WebConfig | None = None
+    """Serve the chat page and its WebSocket (``--web-port``); ``None``: no web door."""
 
     def __post_init__(self) -> None:
         if self.tls_key is not None and self.tls_cert is None:
@@ -75,10 +79,22 @@ class RunningServer:
     """The chat listeners (with port 0, ask them for the port)."""
     metrics_listeners: list[trio.SocketListener]
     """The metrics endpoint's listeners; empty without ``metrics``."""
+    web: WebDoor | None = None
+    """The web door, with ``ServeConfig.web``."""
+    web_listeners: list[trio.SocketListener] = field(default_factory=list)
+    """The web door's listeners; empty without it."""
+
+    @property
+    def web_urls(self) -> list[str]:
+        """Where the page is: ``http://HOST:PORT/`` (``https`` with TLS), one per listener."""
+        scheme = "https" if self.chat.ssl_context is not None else "http"
+        return [f"{scheme}://{format_address(listener)}/" for listener in self.web_listeners]
 
     def shutdown(self) -> None:
         """Tell everyone, close every connection, and let :func:`run_server` return."""
         self.chat.shutdown()
+        if self.web is not None:
+            self.web.shutdown()
 
 
 async def run_server(
@@ -113,6 +129,11 @@ async def run_server(
                 config.metrics_host, config.metrics_port, " for metrics"
             )
             stack.push_async_callback(_close_all, metrics_listeners)
+        web_listeners = []
+        if config.web is not None:
+            host = config.web.host or what.host
+            web_listeners = await _listen(host, config.web.port, " for the web door")
+            stack.push_async_callback(_close_all, web_listeners)
         store = None
         if config.store is not None:
             from .store import StoreError, open_history_store
@@ -122,24 +143,36 @@ async def run_server(
             except StoreError as exc:
                 raise StartError(str(exc)) from None
         chat = ChatServer(what, backplane=backplane, store=store, ssl_context=ssl_context)
+        door = None
+        if config.web is not None:
+            from .web import WebDoor  # only with a web port: h11 and wsproto load here
+
+            door = WebDoor(chat, config.web)
+        running = RunningServer(chat, listeners, metrics_listeners, door, web_listeners)
         async with trio.open_nursery() as extras:
             if metrics_listeners:
                 from .metrics import serve_metrics
 
-                await extras.start(serve_metrics, chat, metrics_listeners)
+                await extras.start(partial(serve_metrics, chat, metrics_listeners, web=door))
             async with trio.open_nursery() as nursery:
                 await nursery.start(chat.serve_listeners, listeners)
-                log.info("%s", describe(config, metrics_listeners))
-                task_status.started(RunningServer(chat, listeners, metrics_listeners))
+                if door is not None:
+                    await nursery.start(door.serve_listeners, web_listeners)
+                log.info("%s", describe(config, metrics_listeners, running.web_urls))
+                task_status.started(running)
                 if signals is not None:
                     async for signum in signals:
                         log.info("received %s", signal.Signals(signum).name)
-                        chat.shutdown()
+                        running.shutdown()
                         break
             extras.cancel_scope.cancel()
 
 
-def describe(config: ServeConfig, metrics_listeners: list[trio.SocketListener]) -> str:
+def describe(
+    config: ServeConfig,
+    metrics_listeners: list[trio.SocketListener],
+    web_urls: list[str] | None = None,
+) -> str:
     """One line saying which features are on, for the log at start-up."""
     parts = [
         "TLS on" if config.tls_cert is not None else "TLS off",
@@ -155,6 +188,8 @@ def describe(config: ServeConfig, metrics_listeners: list[trio.SocketListener]) 
         parts.append(f"metrics on {addresses}")
     else:
         parts.append("no metrics")
+    if web_urls:
+        parts.append(f"the web door on {', '.join(web_urls)}")
     return "serving with " + ", ".join(parts)
 
 

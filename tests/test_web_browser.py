@@ -1,0 +1,248 @@
+"""The chat page in real headless Chromium (Debian's ``chromium``), driven by Playwright.
+
+Skipped where Chromium or Playwright is missing, except under ``CI=true``,
+where they must be installed (``.ci/run``). The browser is Debian's, never
+one Playwright downloads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("TRIOCHAT_CHROMIUM", "/usr/bin/chromium")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+XSS = "<img src=x onerror=alert(1)>"
+
+pytestmark = pytest.mark.browser
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    if IN_CI:
+        raise
+    pytest.skip("playwright is not installed", allow_module_level=True)
+if not shutil.which(CHROMIUM):  # pragma: no cover - depends on the machine
+    if IN_CI:
+        pytest.fail(f"CI=true but there is no Chromium at {CHROMIUM}")
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``triochat serve`` in a subprocess, on fixed ports so that it can be restarted."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.port = free_port()
+        self.web_port = free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/"
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "triochat", "serve", "--port", str(self.port)]
+        command += ["--web-port", str(self.web_port), "--rate", "0", *self.args]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("triochat web listening on "):
+                assert line.split()[-1] == self.url
+                return
+        raise AssertionError("the server stopped before listening")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=10)
+            assert self.process.stdout is not None
+            self.process.stdout.close()
+            self.process = None
+
+    def nc(self, name: str) -> socket.socket:
+        user = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        user.sendall(f"{name}\n".encode())
+        return user
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    running = Server()
+    running.start()
+    yield running
+    running.stop()
+
+
+def open_page(browser: Browser, url: str, name: str, width: int = 1000) -> Page:
+    page = browser.new_page(viewport={"width": width, "height": 640})
+    page.on("dialog", lambda dialog: pytest.fail(f"a dialog opened: {dialog.message}"))
+    page.goto(url)
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Name").press("Enter")
+    expect(page.get_by_role("status")).to_have_text(f"Connected as {name}")
+    return page
+
+
+def say(page: Page, text: str) -> None:
+    page.get_by_label("Message").fill(text)
+    page.get_by_label("Message").press("Enter")
+
+
+def read_until(user: socket.socket, text: bytes) -> bytes:
+    got = b""
+    while text not in got:
+        chunk = user.recv(65536)
+        assert chunk, f"closed before {text!r}"
+        got += chunk
+    return got
+
+
+def test_two_browser_users_and_an_nc_user_chat_and_html_stays_text(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    ann = open_page(browser, server.url, "ann")
+    bob = open_page(browser, server.url, "bob", width=360)
+    nc = server.nc("carol")
+    read_until(nc, b"* Users in #lobby")
+    log = bob.get_by_role("log")
+    expect(bob.get_by_role("list", name="Members")).to_contain_text("carol")
+
+    say(ann, "hello from ann")
+    say(ann, "/me waves")
+    nc.sendall(f"hi both {XSS}\n".encode())
+    say(bob, XSS)
+    expect(log).to_contain_text("hello from ann")
+    expect(log.locator(".acted")).to_contain_text("ann waves")
+    expect(log).to_contain_text(f"hi both {XSS}")
+    expect(ann.get_by_role("log")).to_contain_text(XSS)
+    got = read_until(nc, XSS.encode() + b"\n")
+    assert b"<ann> hello from ann\n" in got
+    assert f"<bob> {XSS}\n".encode() in got  # relayed as it was typed
+    # Shown as text, never parsed: no image, no handler ran (a dialog fails the test).
+    assert ann.locator("#log img").count() == 0
+    assert bob.locator("#log img").count() == 0
+
+    bob.screenshot(path=str(tmp_path / "web-page-360.png"))
+    if os.environ.get("TRIOCHAT_SCREENSHOT"):
+        shutil.copy(tmp_path / "web-page-360.png", os.environ["TRIOCHAT_SCREENSHOT"])
+    # Nothing overflows sideways on a phone-sized screen.
+    assert bob.evaluate("document.documentElement.scrollWidth") <= 360
+    nc.close()
+    ann.close()
+    bob.close()
+
+
+def test_a_mention_raises_the_room_s_unread_mark(browser: Browser, server: Server) -> None:
+    bob = open_page(browser, server.url, "bob")
+    say(bob, "/join #side")
+    rooms = bob.get_by_role("list", name="Rooms")
+    expect(rooms.get_by_role("button", name="#side")).to_have_attribute("aria-current", "true")
+    nc = server.nc("carol")
+    read_until(nc, b"* Users in #lobby")
+    nc.sendall(b"just chatting\n")
+    lobby = rooms.get_by_role("button", name="#lobby")
+    expect(lobby).to_contain_text("1")
+    expect(lobby).not_to_have_class("mention")
+    nc.sendall(b"hey bob, look\n")
+    expect(lobby).to_contain_text("2")
+    expect(lobby).to_have_class("mention")
+    lobby.focus()  # by keyboard: reading the room clears its mark
+    bob.keyboard.press("Enter")
+    expect(lobby).not_to_have_class("mention")
+    expect(bob.get_by_role("log")).to_contain_text("hey bob, look")
+    expect(bob.get_by_label("Message")).to_be_focused()
+    # A private message is a conversation of its own, and marked as a mention.
+    nc.sendall(b"/msg bob just you\n")
+    carol = rooms.get_by_role("button", name="@carol")
+    expect(carol).to_have_class("mention")
+    carol.click()
+    expect(bob.get_by_role("log")).to_contain_text("just you")
+    say(bob, "got it")
+    read_until(nc, b"*bob* got it")
+    nc.close()
+    bob.close()
+
+
+def test_the_page_reconnects_after_a_restart_without_duplicates(
+    browser: Browser, tmp_path: Path
+) -> None:
+    server = Server("--db", str(tmp_path / "chat.db"))
+    server.start()
+    try:
+        ann = open_page(browser, server.url, "ann")
+        say(ann, "before the restart")
+        log = ann.get_by_role("log")
+        expect(log).to_contain_text("before the restart")
+        ann.get_by_label("Message").fill("half typed")
+        server.stop()
+        expect(ann.get_by_role("status")).to_contain_text("Server shutting down")
+        server.start()
+        expect(ann.get_by_role("status")).to_have_text("Connected as ann", timeout=5000)
+        assert ann.get_by_label("Message").input_value() == "half typed"
+        nc = server.nc("carol")
+        read_until(nc, b"before the restart")  # history survived, in the database
+        nc.sendall(b"after the restart\n")
+        expect(log).to_contain_text("after the restart")
+        assert log.get_by_text("before the restart").count() == 1
+        nc.close()
+        ann.close()
+    finally:
+        server.stop()
+
+
+def test_scrolling_up_past_the_first_line_fetches_older_history(
+    browser: Browser, tmp_path: Path
+) -> None:
+    server = Server("--db", str(tmp_path / "chat.db"), "--history", "5")
+    server.start()
+    try:
+        nc = server.nc("carol")
+        read_until(nc, b"* Users in #lobby")
+        nc.sendall(b"".join(f"early {i}\n".encode() for i in range(12)))
+        read_until(nc, b"early 11\n")
+        ann = open_page(browser, server.url, "ann")
+        log = ann.get_by_role("log")
+        expect(log).to_contain_text("early 11")
+        assert log.get_by_text("early 0", exact=True).count() == 0  # only the last 5 came
+        log.focus()
+        ann.keyboard.press("PageUp")
+        expect(log.get_by_text("early 0", exact=True)).to_have_count(1)
+        lines = log.locator(".said .text").all_inner_texts()
+        assert lines == [f"early {i}" for i in range(12)]  # in order, none twice
+        nc.close()
+        ann.close()
+    finally:
+        server.stop()
