@@ -137,7 +137,10 @@ TRANSITIONS: Final[Mapping[State, Mapping[Input, frozenset[State]]]] = {
         Input.CLOSE: frozenset({State.CLOSED}),  # every way out may say so; once counts
     },
     State.AWAITING_ACCOUNT: {
-        Input.LINE: frozenset({State.AWAITING_ACCOUNT, State.VERIFYING, State.CLOSED}),
+        # An empty answer gives the name up (no account has an empty password).
+        Input.LINE: frozenset(
+            {State.AWAITING_ACCOUNT, State.VERIFYING, State.AWAITING_NAME, State.CLOSED}
+        ),
         Input.TOO_LONG: frozenset({State.AWAITING_ACCOUNT}),
         Input.DEADLINE: frozenset({State.CLOSED}),
         Input.CLOSE: frozenset({State.CLOSED}),
@@ -795,6 +798,10 @@ class Session(Generic[M]):
     def _verify_account(self, given: str) -> list[Output]:
         name = self._pending
         assert name is not None
+        if not given:
+            self._pending = None
+            self._to(State.AWAITING_NAME)
+            return [Notice(p.NAME_QUESTION)]
         if len(given) > self.rules.max_password:
             given = given[: self.rules.max_password + 1]  # wrong all the same, cheaper to hash
         self._to(State.VERIFYING)
