@@ -229,7 +229,7 @@ def test_an_empty_db_name_says_it_is_empty(env: dict[str, str], served: list[Ser
 NOT_OPTIONS = {
     ServerConfig: {"linger", "shutdown_grace", "password_delay", "password_delay_max"},
     StoreConfig: set(),
-    ServeConfig: {"server", "store", "redis", "web"},  # built from the options above
+    ServeConfig: {"server", "store", "redis", "web", "irc"},  # built from the options above
 }
 
 

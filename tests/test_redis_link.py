@@ -274,3 +274,13 @@ def test_the_replica_counts_each_user_in_each_of_its_rooms() -> None:
     assert replica.name("ann") == "ann"
     replica.apply(Whereabouts("a", "ann", "ann", None))
     assert (replica.name("ann"), replica.rooms()) == (None, {})
+
+
+def test_a_failure_whose_causes_loop_is_still_described() -> None:
+    from triochat.backplane.redis.link import describe
+
+    outer = ConnectionError("Unable to connect")
+    inner = OSError(111, "Connection refused")
+    outer.__cause__ = inner
+    inner.__cause__ = outer  # a cycle: the description must still end
+    assert describe(outer) == "ConnectionError: Unable to connect (Connection refused)"

@@ -497,6 +497,17 @@ def test_history_from_memory_is_capped_and_from_the_store_is_fetched() -> None:
     assert pair.hub.calls == [("replay", "ann", "#lobby", tuple(said[:2]))]
 
 
+def test_the_history_of_a_room_is_only_for_its_members() -> None:
+    pair = chatting(one_room=False)
+    pair.hub.history["#secret"] = [Said("#secret", 1, 0.0, "ben", "psst")]
+    session = pair.session
+    assert session.command(p.History(10, "#secret")) == [Error("You are not in #secret")]
+    assert pair.hub.calls == []
+    pair = chatting(one_room=False, store_history=True)
+    assert pair.session.command(p.History(10, "#secret")) == [Error("You are not in #secret")]
+    assert pair.state is s.State.CHATTING
+
+
 def test_history_fetched_for_a_room_the_member_has_left_is_dropped() -> None:
     pair = chatting(store_history=True, one_room=False)
     pair.command("/history")

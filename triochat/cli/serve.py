@@ -34,6 +34,7 @@ from .options import (
 
 if TYPE_CHECKING:
     from ..backplane.redis import RedisOptions
+    from ..server.irc import IRCConfig
     from ..server.web import WebConfig
 
 log = logging.getLogger("triochat")
@@ -59,8 +60,22 @@ def _redis_options() -> type[RedisOptions]:
     return RedisOptions
 
 
-_SECTIONS = {"db": "path", "redis": "url", "tls": None, "metrics": None, "web": None}
+_SECTIONS = {
+    "db": "path",
+    "redis": "url",
+    "tls": None,
+    "metrics": None,
+    "web": None,
+    "irc": "port",
+}
 """The config file's sections, and the key in each that is the option of that name alone."""
+
+
+def _irc_options() -> type[IRCConfig]:
+    """:class:`IRCConfig`, imported when needed: without --irc-port the IRC door is not loaded."""
+    from ..server.irc import IRCConfig
+
+    return IRCConfig
 
 
 def file_key(flag: str, section: str | None = None) -> str:
@@ -97,6 +112,11 @@ def store_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     name = decls[0].removeprefix("--db").removeprefix("-")
     attrs.setdefault("field", name.replace("-", "_") or "path")
     return _field(StoreConfig, *decls, **attrs)
+
+
+def irc_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
+    """An option for an ``IRCConfig`` field, in the file's ``[irc]``: ``--irc-ping`` is ``ping``."""
+    return _field(_irc_options, *decls, **attrs)
 
 
 def web_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
@@ -293,6 +313,31 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     type=Range(0, min_open=True),
     help="With --web-port: seconds a WebSocket client has to answer a ping.",
 )
+@click.option(
+    "--irc-port",
+    cls=Option,
+    type=click.IntRange(0, 65535),
+    envvar=envvar_for("--irc-port"),
+    file_key=file_key("--irc-port"),
+    help="Also serve IRC clients (irssi, WeeChat, HexChat) on this port (0 picks one; "
+    "IRC's usual are 6667, and 6697 with TLS); docs/irc.md.",
+)
+@irc_option("--irc-name", field="name", help="With --irc-port: the server's name on IRC.")
+@click.option(
+    "--irc-motd",
+    cls=Option,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=envvar_for("--irc-motd"),
+    file_key=file_key("--irc-motd"),
+    help="With --irc-port: a UTF-8 file whose lines are the message of the day.",
+)
+@irc_option(
+    "--irc-ping",
+    field="ping_interval",
+    type=Range(1),
+    help="With --irc-port: seconds of silence before a client is PINGed; as long again "
+    "without an answer and it is dropped.",
+)
 @log_level_option
 def serve(**params: Any) -> None:
     """Run a chat server until SIGINT or SIGTERM.
@@ -363,9 +408,36 @@ def _serve_config(ctx: click.Context) -> ServeConfig:
 
     if params["tls_key"] is not None and params["tls_cert"] is None:
         raise click.BadParameter("needs --tls-cert too", param_hint="--tls-key")
+    irc = _irc_config(ctx)
     return ServeConfig(
-        server=server, store=store, redis=redis, web=web, **given_fields(ctx, ServeConfig)
+        server=server,
+        store=store,
+        redis=redis,
+        web=web,
+        irc=irc,
+        **given_fields(ctx, ServeConfig),
     )
+
+
+def _irc_config(ctx: click.Context) -> IRCConfig | None:
+    """The IRC door's settings, or ``None`` without ``--irc-port`` (the others are refused)."""
+    port = ctx.params["irc_port"]
+    if port is None:
+        _refuse_without(ctx, "--irc-port", lambda name: name.startswith("irc_"))
+        return None
+    motd: tuple[str, ...] = ()
+    path = ctx.params["irc_motd"]
+    if path is not None:
+        try:
+            motd = tuple(path.read_text(encoding="utf-8").splitlines())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(
+                f"cannot read {path}: {exc}", param_hint="--irc-motd"
+            ) from None
+    try:
+        return _irc_options()(port=port, motd=motd, **given_fields(ctx, _irc_options))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--irc-name/--irc-ping") from None
 
 
 async def _serve(config: ServeConfig) -> StartError | None:
@@ -384,6 +456,8 @@ async def _serve(config: ServeConfig) -> StartError | None:
             print(f"triochat listening on {format_address(listener)}", flush=True)
         for url in running.web_urls:
             print(f"triochat web listening on {url}", flush=True)
+        for listener in running.irc_listeners:
+            print(f"triochat irc listening on {format_address(listener)}", flush=True)
     return None
 
 

@@ -599,6 +599,8 @@ class Session(Generic[M]):
             case c.History(count, room):
                 if (room := self._room(room)) is None:
                     return self._stay([Error(NO_ROOM)])
+                if room not in member.rooms:  # a room's history is for its members
+                    return self._stay([Error(f"You are not in {room}")])
                 count = min(count, self.rules.history_limit)
                 if self.rules.store_history:
                     self._to(State.FETCHING)

@@ -57,6 +57,11 @@ class ChatCollector(Collector):
             return CounterMetricFamily(f"triochat_{name}", doc, value=value)
 
         yield gauge("connected_clients", "Open client connections.", server.connections)
+        yield gauge(
+            "irc_connected_clients",
+            "Open connections of the IRC door (--irc-port), among connected_clients.",
+            stats.irc_connections,
+        )
         if self.web is not None:
             yield gauge("web_clients", "Open WebSocket connections.", self.web.connections)
         yield gauge("registered_users", "Users who have given a name.", hub.members)

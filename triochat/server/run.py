@@ -32,6 +32,7 @@ from .listener import ChatServer, ServerConfig, format_address
 
 if TYPE_CHECKING:
     from ..backplane.redis import RedisOptions
+    from .irc import IRCConfig
     from .store import StoreConfig
     from .web import WebConfig, WebDoor
 
@@ -64,6 +65,8 @@ class ServeConfig:
     """The metrics endpoint's address."""
     web: WebConfig | None = None
     """Serve the chat page and its WebSocket (``--web-port``); ``None``: no web door."""
+    irc: IRCConfig | None = None
+    """Also open the IRC door (``--irc-port``, ``docs/irc.md``); ``None``: not even loaded."""
 
     def __post_init__(self) -> None:
         if self.tls_key is not None and self.tls_cert is None:
@@ -83,6 +86,8 @@ class RunningServer:
     """The web door, with ``ServeConfig.web``."""
     web_listeners: list[trio.SocketListener] = field(default_factory=list)
     """The web door's listeners; empty without it."""
+    irc_listeners: list[trio.SocketListener] = field(default_factory=list)
+    """The IRC door's listeners; empty without ``ServeConfig.irc``."""
 
     @property
     def web_urls(self) -> list[str]:
@@ -134,6 +139,11 @@ async def run_server(
             host = config.web.host or what.host
             web_listeners = await _listen(host, config.web.port, " for the web door")
             stack.push_async_callback(_close_all, web_listeners)
+        irc_listeners = []
+        if config.irc is not None:
+            host = config.irc.host if config.irc.host is not None else what.host
+            irc_listeners = await _listen(host, config.irc.port, " for IRC")
+            stack.push_async_callback(_close_all, irc_listeners)
         store = None
         if config.store is not None:
             from .store import StoreError, open_history_store
@@ -148,7 +158,9 @@ async def run_server(
             from .web import WebDoor  # only with a web port: h11 and wsproto load here
 
             door = WebDoor(chat, config.web)
-        running = RunningServer(chat, listeners, metrics_listeners, door, web_listeners)
+        running = RunningServer(
+            chat, listeners, metrics_listeners, door, web_listeners, irc_listeners
+        )
         async with trio.open_nursery() as extras:
             if metrics_listeners:
                 from .metrics import serve_metrics
@@ -158,6 +170,10 @@ async def run_server(
                 await nursery.start(chat.serve_listeners, listeners)
                 if door is not None:
                     await nursery.start(door.serve_listeners, web_listeners)
+                if config.irc is not None:
+                    from .irc import IRCDoor  # only with an IRC port
+
+                    await nursery.start(IRCDoor(chat, config.irc).serve_listeners, irc_listeners)
                 log.info("%s", describe(config, metrics_listeners, running.web_urls))
                 task_status.started(running)
                 if signals is not None:
@@ -190,6 +206,8 @@ def describe(
         parts.append("no metrics")
     if web_urls:
         parts.append(f"the web door on {', '.join(web_urls)}")
+    if config.irc is not None:
+        parts.append(f"the IRC door on port {config.irc.port}")
     return "serving with " + ", ".join(parts)
 
 

@@ -11,6 +11,8 @@ class ServerStats:
 
     bytes_out: int = 0
     flood_delays: int = 0
+    irc_connections: int = 0
+    """Open connections of the IRC door (a gauge; they count in the server's connections too)."""
     queue_high_water: int = 0
     refused_full: int = 0
     refused_per_address: int = 0

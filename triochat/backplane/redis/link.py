@@ -52,9 +52,11 @@ def describe(exc: BaseException | None) -> str:
     if exc is None:
         return "no reason given"
     text = str(exc) or ("timed out" if isinstance(exc, trio.TooSlowError) else "")
-    root = exc
-    while root.__cause__ is not None:  # "Unable to connect" says not why; its cause does.
+    root, seen = exc, {id(exc)}
+    # "Unable to connect" says not why; its cause does. (A chain can loop: stop there.)
+    while root.__cause__ is not None and id(root.__cause__) not in seen:
         root = root.__cause__
+        seen.add(id(root))
     if root is not exc:
         why = root.strerror if isinstance(root, OSError) and root.strerror else str(root)
         text = f"{text} ({why})" if why else text

@@ -1,0 +1,536 @@
+"""The IRC commands a registered (or registering) client may send, one function each.
+
+Each takes the :class:`~triochat.core.irc_session.IRCSession` and the message,
+writes the replies IRC wants through it, turns the request into the core's
+commands (given to the shared session) or hub calls, and returns the effects
+for the I/O layer. :data:`HANDLERS` says which command goes where, and which
+may come before registration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from ..protocol import line as p
+from ..protocol.irc import history, names, wire
+from ..protocol.irc.render import RENDER_CAPS
+from . import commands as c, events as ev
+from .hub import Hub
+from .session import Close, FetchHistory, Output, State
+
+if TYPE_CHECKING:
+    from .irc_session import IRCSession
+
+CAPS: Final = (
+    "batch",
+    "draft/chathistory",
+    "echo-message",
+    "message-tags",
+    "multi-prefix",
+    "server-time",
+)
+"""The capabilities offered; ``multi-prefix`` is trivially true (no channel prefixes)."""
+
+USER_MODES: Final = frozenset("iw")
+"""User modes a client may set on itself; they change nothing, clients expect them."""
+
+_ACTION_START: Final = "\x01ACTION "
+
+Handler = Callable[["IRCSession", wire.Message], list[Output]]
+
+
+def _need(session: IRCSession, msg: wire.Message, count: int) -> bool:
+    """Whether ``msg`` has ``count`` parameters; otherwise a 461 is sent."""
+    if len(msg.params) >= count and all(msg.params[:count]):
+        return True
+    session.numeric("461", msg.command, "Not enough parameters")
+    return False
+
+
+def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    sub = msg.params[0].upper()
+    me = session.target
+    server = session.rules.server
+    if sub == "LS":
+        if not session.registered:
+            session.cap_open = True
+        if len(msg.params) > 1 and msg.params[1].isdecimal():
+            session.cap_version = int(msg.params[1])
+        session.send(wire.message("CAP", me, "LS", " ".join(CAPS), source=server))
+    elif sub == "LIST":
+        session.send(wire.message("CAP", me, "LIST", " ".join(sorted(session.caps)), source=server))
+    elif sub == "REQ":
+        if not session.registered:
+            session.cap_open = True
+        asked = msg.params[1] if len(msg.params) > 1 else ""
+        wanted = asked.split()
+        adding = {cap for cap in wanted if not cap.startswith("-")}
+        removing = {cap[1:] for cap in wanted if cap.startswith("-")}
+        fixed = session.registered and bool((adding | removing) & RENDER_CAPS)
+        if not wanted or not adding | removing <= set(CAPS) or fixed:
+            session.send(wire.message("CAP", me, "NAK", asked, source=server))
+        else:
+            session.caps = (session.caps | adding) - removing
+            session.send(wire.message("CAP", me, "ACK", asked, source=server))
+    elif sub == "END":
+        if not session.registered:
+            session.cap_open = False
+            return session.try_register()
+    else:
+        session.numeric("410", msg.params[0], "Invalid CAP command")
+    return []
+
+
+def _pass(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if session.registered or session.session.state is not State.AWAITING_NAME:
+        session.numeric("462", "You may not reregister")
+    elif _need(session, msg, 1):
+        session.password = msg.params[0]
+    return []
+
+
+def _nick(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not msg.params or not msg.params[0]:
+        session.numeric("431", "No nickname given")
+        return []
+    nick = msg.params[0]
+    error = names.nick_error(nick)
+    if error is not None:
+        session.numeric("432", nick, error)
+        return []
+    member = session.member
+    if member is not None and nick == member.name:
+        return []
+    problem = session.hub.name_unavailable(nick, member)
+    if problem is not None:
+        code = nick_code(session.hub, nick)
+        session.numeric(code, nick, problem if code == "432" else "Nickname is already in use")
+        return []
+    if member is None:
+        session.nick = nick
+        return session.try_register()
+    if session.session.state is not State.CHATTING:
+        session.numeric("400", "NICK", "A name change is already under way")
+        return []
+    old = member.name
+    outputs = session.translate(session.session.command(c.Nick(nick)))
+    session.renamed(old)
+    return outputs
+
+
+def nick_code(hub: Hub, nick: str) -> str:
+    """``432`` if the server's name policy refuses ``nick``, else ``433`` (it is taken)."""
+    return "432" if p.name_error(nick, hub.names) is not None else "433"
+
+
+def _user(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if session.registered or session.user is not None:
+        session.numeric("462", "You may not reregister")
+        return []
+    if not _need(session, msg, 4):
+        return []
+    session.user = msg.params[0]
+    return session.try_register()
+
+
+def _ping(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    server = session.rules.server
+    session.send(wire.message("PONG", server, msg.params[0], source=server))
+    return []
+
+
+def _pong(session: IRCSession, msg: wire.Message) -> list[Output]:
+    session.awaiting_pong = False
+    return []
+
+
+def _quit(session: IRCSession, msg: wire.Message) -> list[Output]:
+    reason = wire.clean_text(msg.params[0]).strip() if msg.params else ""
+    farewell = f"Closing link: {session.target} (Quit: {reason or 'quit'})"
+    session.outbox.farewell = farewell
+    if not session.registered:
+        session.closed = True
+        session.send(wire.message("ERROR", farewell))
+        outputs = session.translate(session.session.close("quit"))
+        return [*outputs, Close("quit")]
+    session.forget_away()
+    return session.translate(session.session.command(c.Quit(reason)))
+
+
+def _join(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    member = session.member
+    assert member is not None
+    if msg.params[0] == "0":
+        return _part_rooms(session, list(member.rooms), "")
+    outputs: list[Output] = []
+    for name in msg.params[0].split(","):
+        room = names.channel(name)
+        if room is None:
+            session.numeric("403", name or "*", f"No such channel: {p.ROOM_RULES}")
+            continue
+        if room in member.rooms:
+            continue  # IRC servers ignore a JOIN to a channel one is in
+        if len(member.rooms) >= session.rules.max_rooms:
+            session.numeric("405", name, "You have joined too many channels")
+            continue
+        session.dialect.entering.add(room)
+        # The join's answer brings the JOIN first; the room's JOIN after it is a copy.
+        with session.own_lines(f":{session.me()} JOIN {room}", after=1):
+            outputs += session.translate(session.session.command(c.Join(room)))
+        session.dialect.entering.discard(room)
+        if room in member.rooms:
+            session.hub.users(member, room, everyone=True)
+    return outputs
+
+
+def _part_rooms(session: IRCSession, rooms: list[str], reason: str) -> list[Output]:
+    outputs: list[Output] = []
+    member = session.member
+    assert member is not None
+    for name in rooms:
+        room = names.channel(name)
+        if room is None:
+            session.numeric("403", name or "*", "No such channel")
+        elif room not in member.rooms:
+            session.numeric("442", name, "You're not on that channel")
+        else:
+            outputs += session.translate(session.session.command(c.Part(room, reason)))
+            if room not in member.rooms:
+                # The hub tells the room, which the member has already left.
+                params = (room, reason) if reason else (room,)
+                session.send(wire.Message("PART", params, session.me()))
+    return outputs
+
+
+def _part(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    reason = wire.clean_text(msg.params[1]).strip() if len(msg.params) > 1 else ""
+    return _part_rooms(session, msg.params[0].split(","), reason)
+
+
+def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
+    notice = msg.command == "NOTICE"
+    if not msg.params or not msg.params[0]:
+        if not notice:
+            session.numeric("411", f"No recipient given ({msg.command})")
+        return []
+    if len(msg.params) < 2 or not msg.params[1]:
+        if not notice:
+            session.numeric("412", "No text to send")
+        return []
+    targets, raw = msg.params[0].split(","), msg.params[1]
+    member = session.member
+    assert member is not None
+    action = raw.startswith(_ACTION_START)
+    if "\x01" in raw and not action:
+        if not notice:
+            session.send(
+                wire.message(
+                    "NOTICE",
+                    session.target,
+                    "CTCP other than ACTION is not supported here",
+                    source=session.rules.server,
+                )
+            )
+        return []
+    text = wire.clean_text(raw[len(_ACTION_START) :].rstrip("\x01") if action else raw)
+    if not text.strip():
+        if not notice:
+            session.numeric("412", "No text to send")
+        return []
+    for target in targets[: session.rules.max_targets]:
+        if target.startswith("#"):
+            room = target.lower()
+            if room not in member.rooms:
+                if not notice:
+                    code = "404" if names.channel(target) else "403"
+                    session.numeric(code, target, "Cannot send to channel (join it first)")
+                continue
+            if action:
+                me = session.me()
+                count = session.dialect.text_lines(room, text, me, action=True)
+                with session.own_lines(f":{me} PRIVMSG {room} :", count):
+                    session.translate(session.session.command(c.Me(text, room)))
+            else:
+                session.say(room, [text])
+        elif names.nick_error(target) is not None or session.hub.name_unavailable(target) is None:
+            if not notice:
+                session.numeric("401", target, "No such nick")
+        else:
+            # A private action reaches the line door as text, which has no
+            # private /me; CTCP's \x01 would be a control character there.
+            private = f"* {text}" if action else text
+            session.translate(session.session.command(c.Msg(target, private)))
+            away = session.aways.get(target)
+            if away is not None and not notice:
+                session.numeric("301", target, away)
+    return []
+
+
+def _names(session: IRCSession, msg: wire.Message) -> list[Output]:
+    member = session.member
+    assert member is not None
+    rooms = msg.params[0].split(",") if msg.params and msg.params[0] else []
+    for name in rooms:
+        room = name.lower()
+        if room in member.rooms:
+            session.hub.users(member, room, everyone=True)
+        else:
+            session.numeric("366", name, "End of /NAMES list")
+    if not rooms:
+        session.numeric("366", "*", "End of /NAMES list")
+    return []
+
+
+def _who(session: IRCSession, msg: wire.Message) -> list[Output]:
+    member = session.member
+    assert member is not None
+    mask = msg.params[0] if msg.params and msg.params[0] else "*"
+    server = session.rules.server
+    room = mask.lower()
+    if room in member.rooms:
+        session.dialect.who.add(room)
+        session.hub.users(member, room, everyone=True)
+        session.dialect.who.discard(room)
+        return []
+    if names.nick_error(mask) is None and session.hub.name_unavailable(mask) is not None:
+        held = session.hub.member(mask)
+        nick = held.name if held is not None else mask
+        flags = "G" if session.aways.get(nick) else "H"
+        session.numeric("352", "*", nick, server, server, nick, flags, f"0 {nick}")
+    session.numeric("315", mask, "End of /WHO list")
+    return []
+
+
+def _whois(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not msg.params or not msg.params[-1]:
+        session.numeric("431", "No nickname given")
+        return []
+    server = session.rules.server
+    target = msg.params[-1].split(",")[0]
+    if names.nick_error(target) is not None or session.hub.name_unavailable(target) is None:
+        session.numeric("401", target, "No such nick")
+        session.numeric("318", target, "End of /WHOIS list")
+        return []
+    held = session.hub.member(target)
+    nick = held.name if held is not None else target
+    session.numeric("311", nick, nick, server, "*", nick)
+    if held is not None and held.rooms:
+        session.numeric("319", nick, " ".join(held.rooms))
+    session.numeric("312", nick, server, "triochat")
+    away = session.aways.get(nick)
+    if away is not None:
+        session.numeric("301", nick, away)
+    session.numeric("318", nick, "End of /WHOIS list")
+    return []
+
+
+def _list(session: IRCSession, msg: wire.Message) -> list[Output]:
+    member = session.member
+    assert member is not None
+    session.hub.room_list(member)
+    return []
+
+
+def _topic(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    member = session.member
+    assert member is not None
+    name = msg.params[0]
+    room = name.lower()
+    if room not in member.rooms:
+        session.numeric("442", name, "You're not on that channel")
+        return []
+    if len(msg.params) > 1:
+        session.numeric("482", name, "Setting a topic is not supported on this server yet")
+        return []
+    topic = None
+    for event in session.hub.recent(room, session.hub.history):
+        if isinstance(event, ev.TopicSet):
+            topic = event
+    if topic is None:
+        session.numeric("331", room, "No topic is set")
+    else:
+        session.numeric("332", room, topic.topic)
+        session.numeric(
+            "333", room, names.source(topic.name, session.rules.server), str(int(topic.time))
+        )
+    return []
+
+
+def _mode(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    member = session.member
+    assert member is not None
+    target = msg.params[0]
+    if target.startswith("#"):
+        room = names.channel(target)
+        if room is None:
+            session.numeric("403", target, "No such channel")
+        elif len(msg.params) == 1:
+            session.numeric("324", room, "+nt")
+        elif msg.params[1].lstrip("+") in ("b", "") and len(msg.params) == 2:
+            session.numeric("368", room, "End of channel ban list")
+        elif room not in member.rooms:
+            session.numeric("442", target, "You're not on that channel")
+        else:
+            session.numeric("482", room, "You're not a channel operator (no one is, here)")
+        return []
+    if p.name_key(target) != member.key:
+        session.numeric("502", "Cannot change mode for other users")
+        return []
+    if len(msg.params) == 1:
+        session.numeric("221", "+" + "".join(sorted(session.user_modes)))
+        return []
+    changes = msg.params[1]
+    adding = True
+    applied = ""
+    unknown = False
+    for char in changes:
+        if char in "+-":
+            adding = char == "+"
+            applied += char
+        elif char in USER_MODES:
+            if adding:
+                session.user_modes.add(char)
+            else:
+                session.user_modes.discard(char)
+            applied += char
+        else:
+            unknown = True
+    if unknown:
+        session.numeric("501", "Unknown MODE flag")
+    if applied.strip("+-"):
+        session.send(wire.message("MODE", session.target, applied, source=session.me()))
+    return []
+
+
+def _away(session: IRCSession, msg: wire.Message) -> list[Output]:
+    member = session.member
+    assert member is not None
+    text = wire.clean_text(msg.params[0]).strip()[:200] if msg.params else ""
+    if text:
+        session.aways.messages[member.key] = text
+        session.numeric("306", "You have been marked as being away")
+    else:
+        session.aways.messages.pop(member.key, None)
+        session.numeric("305", "You are no longer marked as being away")
+    return []
+
+
+def _online(session: IRCSession, nick: str) -> str | None:
+    """``nick`` as the chat spells it if someone holds it, else ``None``."""
+    if names.nick_error(nick) is not None or session.hub.name_unavailable(nick) is None:
+        return None
+    held = session.hub.member(nick)
+    return held.name if held is not None else nick
+
+
+def _ison(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    held = [_online(session, nick) for nick in " ".join(msg.params).split()]
+    session.numeric("303", " ".join(nick for nick in held if nick))
+    return []
+
+
+def _userhost(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 1):
+        return []
+    replies = []
+    for nick in " ".join(msg.params).split()[:5]:
+        held = _online(session, nick)
+        if held is not None:
+            away = "-" if session.aways.get(held) else "+"
+            replies.append(f"{held}={away}{held}@{session.rules.server}")
+    session.numeric("302", " ".join(replies))
+    return []
+
+
+def _lusers(session: IRCSession, msg: wire.Message) -> list[Output]:
+    session.lusers()
+    return []
+
+
+def _motd(session: IRCSession, msg: wire.Message) -> list[Output]:
+    session.motd()
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """A ``CHATHISTORY`` request waiting for the store's events."""
+
+    target: str
+    room: str
+    query: history.Query
+
+
+def _fail(session: IRCSession, code: str, *context: str) -> None:
+    *middle, text = context
+    safe = (*map(wire.token, middle), text)
+    session.send(wire.message("FAIL", "CHATHISTORY", code, *safe, source=session.rules.server))
+
+
+def _chathistory(session: IRCSession, msg: wire.Message) -> list[Output]:
+    member = session.member
+    assert member is not None
+    params = msg.params
+    if len(params) < 3:
+        _fail(session, "NEED_MORE_PARAMS", "Missing parameters")
+        return []
+    target = params[1]
+    room = target.lower()
+    if room not in member.rooms:
+        _fail(session, "INVALID_TARGET", params[0], target, "Join the channel to read its history")
+        return []
+    query = history.parse(params[0], params[2:], session.rules.chathistory)
+    if isinstance(query, str):
+        _fail(session, "INVALID_PARAMS", params[0], query)
+        return []
+    request = HistoryRequest(target, room, query)
+    rules = session.rules.session
+    if rules.store_history:
+        session.history_request = request
+        return [FetchHistory(room, rules.history_limit)]
+    session.answer_history(request, session.hub.recent(room, session.hub.history))
+    return []
+
+
+HANDLERS: Final[dict[str, tuple[Handler, bool]]] = {
+    # command: (handler, allowed before registration)
+    "CAP": (_cap, True),
+    "PASS": (_pass, True),
+    "NICK": (_nick, True),
+    "USER": (_user, True),
+    "PING": (_ping, True),
+    "PONG": (_pong, True),
+    "QUIT": (_quit, True),
+    "JOIN": (_join, False),
+    "PART": (_part, False),
+    "PRIVMSG": (_privmsg, False),
+    "NOTICE": (_privmsg, False),
+    "NAMES": (_names, False),
+    "WHO": (_who, False),
+    "WHOIS": (_whois, False),
+    "LIST": (_list, False),
+    "TOPIC": (_topic, False),
+    "MODE": (_mode, False),
+    "AWAY": (_away, False),
+    "ISON": (_ison, False),
+    "USERHOST": (_userhost, False),
+    "LUSERS": (_lusers, False),
+    "MOTD": (_motd, False),
+    "CHATHISTORY": (_chathistory, False),
+}

@@ -1,0 +1,563 @@
+"""The IRC door's rules, sans-IO: IRC registration and commands over the shared session.
+
+An :class:`IRCSession` takes parsed IRC messages (``protocol/irc/wire.py``)
+and turns them into the core's commands, given to the shared
+:class:`~triochat.core.session.Session` (registration, password, name claims,
+joins, renames, quitting) or, for chat lines, to the hub in bursts. What the
+IRC client must be told that is not a hub event (numerics, CAP, PONG) it
+writes to the member's outbox itself, in order with what the hub sends there.
+The effects that need I/O (claim a name, wait out a password delay, fetch
+history, close) come back from every input, as from the session.
+
+Registration follows the Modern IRC documentation: ``CAP LS 302`` / ``REQ`` /
+``END`` (or no CAP at all), ``PASS``, ``NICK`` and ``USER``, in any order; when
+NICK and USER are in and CAP negotiation is over, the nick is given to the
+session (then the password), and on success 001-005, LUSERS and the MOTD go
+out. Capabilities that change how events are written (``server-time``,
+``message-tags``, ``echo-message``) are fixed at registration: the hub groups
+members by dialect, so a later ``CAP REQ`` for one is refused with ``NAK``.
+
+Nothing here does I/O or awaits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from ..backplane.base import Claim
+from ..protocol import line as p
+from ..protocol.irc import history, names, wire
+from ..protocol.irc.render import IRCDialect
+from . import events as ev
+from ._auth import FailureDelays
+from .hub import Hub, Member, Outbox
+from .irc_commands import HANDLERS, USER_MODES, HistoryRequest, nick_code
+from .session import ClaimName, Close, Door, FetchHistory, Output, Rules, Session, State, Wait
+
+_AWAITED: Final = (ClaimName, FetchHistory, Wait)
+"""Effects the door awaits before the client's next message may be handled."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class IRCRules:
+    """What an IRC session is told about its server."""
+
+    server: str = "triochat"
+    """The server's name: the source of numerics, and every user's host."""
+    network: str = "triochat"
+    version: str = "triochat"
+    created: float = field(default_factory=time.time)
+    motd: tuple[str, ...] = ()
+    """The message of the day, one line each; none: 422."""
+    max_rooms: int = 50
+    """The hub's rooms-per-member limit, for ``CHANLIMIT`` and 405."""
+    max_targets: int = 4
+    """How many targets one PRIVMSG or NOTICE may name (``TARGMAX``)."""
+    chathistory: int = 100
+    """The most messages one ``CHATHISTORY`` answer carries (``CHATHISTORY=`` in 005)."""
+    session: Rules = field(default_factory=lambda: Rules(one_room=False, arrival_rooms=()))
+
+
+class Aways:
+    """Who is away and why: one per IRC door, shared by its sessions (the hub has no away)."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, str] = {}
+
+    def get(self, name: str) -> str | None:
+        return self.messages.get(p.name_key(name))
+
+
+class IRCOutbox:
+    """A member's outbox as the IRC door hands it to the hub.
+
+    Two things the hub does not know about IRC happen here:
+
+    - Closing it writes ``ERROR :<farewell>`` first, so that every way the hub
+      ends a member (quit, eviction, name conflict) ends as IRC clients expect.
+    - A client that did not negotiate ``echo-message`` shows its own lines
+      itself, but the hub hands a room's burst to everyone in it, the sender
+      included, and its own JOIN also comes with the join's answer. While the
+      session expects such lines (:meth:`expect`), the member's own lines of
+      that kind are taken out of what is handed over, as many as expected; in
+      a cluster they come back from Redis later, in as many hand-overs as it
+      takes. Only then is a hand-over looked at, line by line; otherwise it is
+      passed on as it is.
+    """
+
+    __slots__ = ("_expected", "_inner", "farewell")
+
+    def __init__(self, inner: Outbox) -> None:
+        self._inner = inner
+        # A line's start -> [matching lines to let through, then to take out].
+        self._expected: dict[bytes, list[int]] = {}
+        self.farewell: str | None = "Closing link"
+        """The ``ERROR`` text closing sends; ``None`` once an ERROR has gone out."""
+
+    def expect(self, start: bytes, lines: int = 1, *, after: int = 0) -> None:
+        """Take out the next ``lines`` lines (tags aside) that start with ``start``.
+
+        With ``after``, that many such lines pass first, and an earlier
+        expectation for ``start`` is replaced rather than added to. A ``start``
+        that does not end in ``:`` must be the whole line. Lines in a batch
+        (a ``CHATHISTORY`` answer) are history, never taken out.
+        """
+        entry = self._expected.setdefault(start, [0, 0])
+        if after:
+            entry[:] = [after, lines]
+        else:
+            entry[1] += lines
+
+    def forget(self, start: bytes) -> None:
+        """Stop expecting lines starting with ``start``."""
+        self._expected.pop(start, None)
+
+    def send_nowait(self, value: bytes, /) -> None:
+        if self._expected:
+            value = self._without_own(value)
+            if not value:
+                return
+        self._inner.send_nowait(value)
+
+    def _without_own(self, value: bytes) -> bytes:
+        lines = value.split(b"\r\n")
+        kept: list[bytes] = []
+        for line in lines[:-1]:
+            if line[:1] == b"@":
+                tags, _, bare = line.partition(b" ")
+                if b"batch=" in tags:
+                    kept.append(line)
+                    continue
+            else:
+                bare = line
+            if not self._take(bare):
+                kept.append(line)
+        if len(kept) == len(lines) - 1:
+            return value
+        return b"".join(line + b"\r\n" for line in kept) + lines[-1]
+
+    def _take(self, line: bytes) -> bool:
+        """Whether ``line`` is one of the member's own lines to take out."""
+        for start, entry in self._expected.items():
+            if not (line.startswith(start) if start.endswith(b":") else line == start):
+                continue
+            if entry[0]:
+                entry[0] -= 1
+                return False
+            entry[1] -= 1
+            if not entry[1]:
+                del self._expected[start]
+            return True
+        return False
+
+    def close(self) -> None:
+        if self.farewell is not None:
+            # Full or closed already: it goes without its ERROR.
+            with contextlib.suppress(
+                trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+            ):
+                self._inner.send_nowait(wire.serialize(wire.message("ERROR", self.farewell)))
+            self.farewell = None
+        self._inner.close()
+
+
+class IRCSession:
+    """One IRC connection's protocol state, registration to QUIT.
+
+    Args:
+      hub: the chat's state.
+      rules: the server's IRC rules (and the shared session rules inside).
+      outbox: where the client's bytes go (the hub gets it wrapped, :class:`IRCOutbox`).
+      disconnect: given to the hub, called if it evicts the member.
+      aways: the door's away messages.
+      address, delays, clock: for the shared session's password delays.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        rules: IRCRules,
+        *,
+        outbox: Outbox,
+        disconnect: Callable[[], None],
+        aways: Aways | None = None,
+        address: str = "",
+        delays: FailureDelays | None = None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.hub = hub
+        self.rules = rules
+        self._disconnect = disconnect
+        self.outbox = IRCOutbox(outbox)
+        self.aways = aways if aways is not None else Aways()
+        self.dialect = IRCDialect(rules.server)
+        # A door of its own: the shared session takes the dialect from its door,
+        # and an IRC connection's dialect is its own (its nick, its capabilities).
+        door: Door[Member] = Door(
+            hub=hub,
+            rules=rules.session,
+            dialect=self.dialect,
+            delays=delays if delays is not None else FailureDelays(),
+            clock=clock,
+        )
+        self.session: Session[Member] = Session(
+            door, outbox=self.outbox, disconnect=disconnect, address=address
+        )
+        self.caps: set[str] = set()
+        self.nick: str | None = None
+        self.user: str | None = None
+        self.password: str | None = None
+        self.user_modes: set[str] = set()
+        self.cap_open = False  # CAP LS or REQ before registration: wait for CAP END
+        self.cap_version = 0
+        self.awaiting_pong = False
+        self.closed = False
+        self.history_request: HistoryRequest | None = None
+        self.pending: list[wire.Received] = []
+        """Messages read but not yet handled: they came after one whose effect is awaited."""
+        self._batches = 0
+
+    # --- what the I/O layer feeds in ------------------------------------------------
+
+    @property
+    def registered(self) -> bool:
+        return self.session.member is not None and self.session.state is not State.CLOSED
+
+    @property
+    def member(self) -> Member | None:
+        return self.session.member
+
+    def receive(self, events: Iterable[wire.Received]) -> list[Output]:
+        """What the framer gave, in order; consecutive PRIVMSGs to one channel as one burst.
+
+        A message whose effect must be awaited (a name claim, the store's
+        history) ends the call: the messages after it wait in :attr:`pending`
+        until the door has carried the effect out and calls :meth:`resume`.
+        """
+        outputs: list[Output] = []
+        burst: list[str] = []
+        burst_room = ""
+        queue = [*self.pending, *events]
+        self.pending = []
+        for i, event in enumerate(queue):
+            if self.closed or self.session.state is State.CLOSED:
+                break
+            self.awaiting_pong = False
+            room, text = self._chat_line(event)
+            if room is not None and (not burst or room == burst_room):
+                burst.append(text)
+                burst_room = room
+                continue
+            if burst:
+                self.say(burst_room, burst)
+                burst = []
+            if room is not None:
+                burst, burst_room = [text], room
+                continue
+            outputs += self.handle(event)
+            if any(isinstance(o, _AWAITED) for o in outputs):
+                self.pending = queue[i + 1 :]
+                break
+        if burst and not self.closed:
+            self.say(burst_room, burst)
+        return outputs
+
+    def resume(self) -> list[Output]:
+        """Go on with the messages that waited for an effect (see :meth:`receive`)."""
+        return self.receive(())
+
+    def handle(self, event: wire.Received) -> list[Output]:
+        """One message (or framing problem) from the client."""
+        if isinstance(event, wire.InputTooLong):
+            self.numeric("417", "Input line was too long")
+            return []
+        if isinstance(event, wire.Malformed):
+            self.numeric("421", "*", f"Malformed message: {event.reason}")
+            return []
+        handler = HANDLERS.get(event.command)
+        if handler is None:
+            if not self.registered:
+                self.numeric("451", "You have not registered")
+            else:
+                self.numeric("421", event.command, "Unknown command")
+            return []
+        fn, before_registration = handler
+        if not self.registered and not before_registration:
+            self.numeric("451", "You have not registered")
+            return []
+        return fn(self, event)
+
+    def claim_result(self, claim: Claim) -> list[Output]:
+        """The outcome of a :class:`~triochat.core.session.ClaimName` asked for."""
+        renaming = self.session.state is State.RENAMING
+        old = self.member.name if self.member is not None else None
+        outputs = self.translate(self.session.claim_result(claim))
+        if renaming:
+            self.renamed(old)
+        else:
+            outputs += self._after_register_attempt()
+        return outputs
+
+    def delay_elapsed(self) -> list[Output]:
+        """The wrong password's delay is over."""
+        return self.translate(self.session.delay_elapsed())
+
+    def deadline_passed(self) -> list[Output]:
+        """Registration did not finish in time."""
+        return self.translate(self.session.deadline_passed())
+
+    def fetched(self, room: str, events: Sequence[ev.RoomEvent]) -> list[Output]:
+        """History read from the store, for a ``/history``-like request or CHATHISTORY."""
+        request = self.history_request
+        if request is not None:
+            self.history_request = None
+            self.answer_history(request, events)
+            return []
+        return self.translate(self.session.fetched(room, events))
+
+    def answer_history(self, request: HistoryRequest, events: Sequence[ev.RoomEvent]) -> None:
+        member = self.member
+        if member is None or request.room not in member.rooms:
+            return
+        self._batches += 1
+        chosen = history.select(events, request.query)
+        self.send_bytes(self.dialect.history_batch(request.target, chosen, f"h{self._batches}"))
+
+    def idle(self) -> list[Output]:
+        """Nothing came from the client for a while: PING it, or give up if it did not answer."""
+        if self.closed:
+            return []
+        if self.awaiting_pong:
+            return self.connection_lost("connection lost")
+        self.awaiting_pong = True
+        self.send(wire.message("PING", self.rules.server))
+        return []
+
+    def connection_lost(self, reason: str) -> list[Output]:
+        """The connection is over (EOF, reset, ping timeout, shutdown); idempotent."""
+        if self.closed:
+            return []
+        self.closed = True
+        self.forget_away()
+        outputs = self.translate(self.session.close(reason))
+        return [*outputs, Close(reason)]
+
+    # --- writing --------------------------------------------------------------------
+
+    @property
+    def target(self) -> str:
+        return self.nick or "*"
+
+    def send(self, *messages: wire.Message) -> None:
+        if any(m.command == "ERROR" for m in messages):
+            self.outbox.farewell = None  # one ERROR, the last line
+        self.send_bytes(b"".join(map(wire.serialize, messages)))
+
+    def send_bytes(self, data: bytes) -> None:
+        try:
+            self.outbox.send_nowait(data)
+        except trio.WouldBlock:
+            # A slow consumer, as the hub treats one: it goes, nothing is dropped quietly.
+            member = self.member
+            if member is not None:
+                self.hub.leave(member, "too slow")
+            self._disconnect()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the connection is on its way out
+
+    def notice(self, text: str) -> None:
+        self.send(wire.message("NOTICE", self.target, text, source=self.rules.server))
+
+    def numeric(self, code: str, *params: str) -> None:
+        """``:server CODE nick PARAMS``; the middle ones may echo the client, so are made tokens."""
+        *middle, last = (self.target, *params)
+        safe = (*map(wire.token, middle), last)
+        self.send(wire.Message(code, safe, self.rules.server))
+
+    def me(self) -> str:
+        return names.source(self.target, self.rules.server)
+
+    def translate(self, outputs: Iterable[Output]) -> list[Output]:
+        """The session's outputs: events written in IRC terms, effects passed on."""
+        effects: list[Output] = []
+        for output in outputs:
+            if isinstance(output, ev.Notice):
+                if output.text in (p.NAME_QUESTION, p.PASSWORD_PROMPT):
+                    continue  # IRC asks neither: NICK and PASS come unasked
+                self.send(
+                    wire.message("NOTICE", self.target, output.text, source=self.rules.server)
+                )
+            elif isinstance(output, ev.Error):
+                self._error(output.text)
+            else:
+                if isinstance(output, Close):
+                    self.closed = True
+                    self.forget_away()
+                effects.append(output)
+        return effects
+
+    def _error(self, text: str) -> None:
+        state = self.session.state
+        if text == p.WRONG_PASSWORD:
+            self.numeric("464", "Password incorrect")
+            self.send(wire.message("ERROR", "Closing link: wrong password"))
+        elif state is State.CLOSED and self.session.member is None:
+            self.send(wire.message("ERROR", f"Closing link: {text}"))
+        elif state is State.AWAITING_NAME and self.nick is not None:
+            # The session refused the nick: invalid, or taken (here or elsewhere).
+            self.numeric(nick_code(self.hub, self.nick), self.nick, text)
+        else:
+            self.notice(text)
+
+    # --- registration ---------------------------------------------------------------
+
+    def _after_register_attempt(self) -> list[Output]:
+        if self.registered and self.session.member is not None:
+            self.nick = self.session.member.name
+            self.dialect.nick = self.nick
+            self._welcome()
+        return []
+
+    def try_register(self) -> list[Output]:
+        session = self.session
+        if (
+            self.nick is None
+            or self.user is None
+            or self.cap_open
+            or session.state is not State.AWAITING_NAME
+        ):
+            return []
+        self.dialect.negotiate(self.caps)
+        self.dialect.history_on_join = "draft/chathistory" not in self.caps
+        self.dialect.nick = self.nick
+        outputs = session.receive_line(self.nick)
+        state: State = session.state  # changed by the call
+        if state is State.AWAITING_PASSWORD:
+            outputs += session.receive_line(self.password or "")
+        effects = self.translate(outputs)
+        return effects + self._after_register_attempt()
+
+    def _welcome(self) -> None:
+        rules = self.rules
+        nick = self.target
+        created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rules.created))
+        self.numeric("001", f"Welcome to the {rules.network} IRC network, {nick}")
+        self.numeric("002", f"Your host is {rules.server}, running version {rules.version}")
+        self.numeric("003", f"This server was created {created}")
+        self.numeric("004", rules.server, rules.version, "".join(sorted(USER_MODES)), "b")
+        for chunk in _chunks(self.isupport(), 12):
+            self.numeric("005", *chunk, "are supported by this server")
+        self.lusers()
+        self.motd()
+
+    def isupport(self) -> list[str]:
+        """The ``005`` tokens."""
+        rules = self.rules
+        return [
+            f"CASEMAPPING={names.CASEMAPPING}",
+            "CHANTYPES=#",
+            f"CHANLIMIT=#:{rules.max_rooms}",
+            f"CHANNELLEN={names.CHANNELLEN}",
+            "CHANMODES=b,,,",
+            f"NICKLEN={names.NICKLEN}",
+            "PREFIX=()",
+            f"NETWORK={rules.network}",
+            f"TARGMAX=PRIVMSG:{rules.max_targets},NOTICE:{rules.max_targets},JOIN:,PART:,"
+            "NAMES:1,WHOIS:1,ISON:,USERHOST:5",
+            f"MAXTARGETS={rules.max_targets}",
+            "AWAYLEN=200",
+            "UTF8ONLY",
+            f"CHATHISTORY={rules.chathistory}",
+            "MSGREFTYPES=msgid,timestamp",
+        ]
+
+    def lusers(self) -> None:
+        online = self.hub.online()
+        self.numeric("251", f"There are {online} users and 0 invisible on 1 servers")
+        self.numeric("255", f"I have {online} clients and 1 servers")
+
+    def motd(self) -> None:
+        if not self.rules.motd:
+            self.numeric("422", "MOTD File is missing")
+            return
+        self.numeric("375", f"- {self.rules.server} Message of the day - ")
+        for text in self.rules.motd:
+            self.numeric("372", f"- {text}")
+        self.numeric("376", "End of /MOTD command")
+
+    # --- chat lines -----------------------------------------------------------------
+
+    def _chat_line(self, event: wire.Received) -> tuple[str | None, str]:
+        """A PRIVMSG or NOTICE to one channel the member is in, as ``(room, text)``."""
+        if (
+            not isinstance(event, wire.Message)
+            or event.command not in ("PRIVMSG", "NOTICE")
+            or len(event.params) != 2
+            or not self.registered
+        ):
+            return None, ""
+        target, text = event.params
+        member = self.member
+        if member is None or target.lower() not in member.rooms or "\x01" in text:
+            return None, ""
+        text = wire.clean_text(text)
+        if not text.strip():
+            return None, ""
+        return target.lower(), text
+
+    def say(self, room: str, texts: list[str]) -> None:
+        member = self.member
+        if member is None or not self.hub.is_member(member):
+            return
+        me = self.me()
+        count = sum(self.dialect.text_lines(room, text, me) for text in texts)
+        with self.own_lines(f":{me} PRIVMSG {room} :", count):
+            self.hub.say(member, room, texts)
+
+    @contextlib.contextmanager
+    def own_lines(self, prefix: str, lines: int = 1, *, after: int = 0) -> Iterator[None]:
+        """Around a hub call that hands the member ``lines`` of its own, which it does not want.
+
+        ``after``: how many such lines it does want first (see :meth:`IRCOutbox.expect`).
+        """
+        if self.dialect.echo and not after:
+            yield
+            return
+        self.outbox.expect(prefix.encode(), lines, after=after)
+        try:
+            yield
+        finally:
+            # With the local backplane the hand-over happened during the call; one
+            # still expected never comes. In a cluster it comes back later.
+            if not self.hub.backplane.remote:
+                self.outbox.forget(prefix.encode())
+
+    def renamed(self, old: str | None) -> None:
+        member = self.member
+        if member is None or old is None or member.name == old:
+            return
+        self.nick = member.name
+        self.dialect.nick = member.name
+        away = self.aways.messages.pop(p.name_key(old), None)
+        if away is not None:
+            self.aways.messages[member.key] = away
+        if not member.rooms:
+            # No room saw the rename, so no NICK came back: the client needs one.
+            self.send(
+                wire.message("NICK", member.name, source=names.source(old, self.rules.server))
+            )
+
+    def forget_away(self) -> None:
+        member = self.member
+        if member is not None:
+            self.aways.messages.pop(member.key, None)
+
+
+def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

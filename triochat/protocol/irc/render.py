@@ -1,0 +1,355 @@
+"""The hub's events as IRC lines: the IRC door's :class:`~triochat.core.events.Dialect`.
+
+One :class:`IRCDialect` per IRC connection, because events for one member
+(numerics, notices, name lists) start with that member's nick. Room events
+never do: their bytes depend only on the capabilities that change how a line
+is written (``server-time``, ``message-tags``, ``echo-message``), and
+:attr:`IRCDialect.name` names exactly that set, with equality and hashing on
+it. A hub that groups a burst's recipients by dialect name (or by dialect
+equality) therefore renders a burst once per distinct capability set, not once
+per IRC member: in practice once per kind of client in the room.
+
+Decisions, documented in ``docs/irc.md``:
+
+- ``Left`` is a ``QUIT`` when its reason is one the server gives for a
+  connection ending (:data:`DISCONNECTS`), and a ``PART`` otherwise, since a
+  QUIT makes a client drop the nick from every channel. A user's ``/quit
+  bye`` on the line door therefore shows as a PART with ``bye`` from each room.
+- In a ``/history`` or join replay, chat lines and actions are PRIVMSGs from
+  their author with their original time (``server-time`` tag, or a
+  ``[HH:MM:SS]`` prefix without it), and joins, parts and renames are NOTICEs
+  from the server: replaying them as JOIN/PART/NICK would change the client's
+  idea of who is in the channel now.
+- Text too long for one 512-byte line is sent as several, cut between words.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from ...core import events as ev
+from .. import line
+from . import names, wire
+
+DISCONNECTS: Final = frozenset(
+    {"connection lost", "too slow", "name conflict", "server shutdown", "quit"}
+)
+"""``Left`` reasons that mean the connection ended: rendered as ``QUIT``."""
+
+RENDER_CAPS: Final = frozenset({"server-time", "message-tags", "echo-message"})
+"""The capabilities that change how the hub's events are written."""
+
+_ACTION: Final = "\x01ACTION {}\x01"
+
+
+def msgid(event: ev.RoomEvent) -> str:
+    """The ``msgid`` tag of a room event: its room and sequence number, ``#room/42``."""
+    return f"{event.room}/{event.seq}"
+
+
+def server_time(when: float) -> str:
+    """``when`` as the ``server-time`` tag writes it: ``2026-12-01T20:05:09.123Z``."""
+    millis = int(when * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{millis:03d}Z"
+
+
+class IRCDialect:
+    """Renders events for one IRC member whose client negotiated ``caps``.
+
+    Args:
+      server: the server's name, the source of numerics and notices.
+      caps: the client's capabilities (only :data:`RENDER_CAPS` matter here).
+      nick: the member's current name; the door updates it on a rename.
+    """
+
+    __slots__ = (
+        "_stamp",
+        "echo",
+        "entering",
+        "history_on_join",
+        "msgid",
+        "name",
+        "nick",
+        "server",
+        "tags",
+        "time_tag",
+        "who",
+    )
+
+    def __init__(self, server: str, caps: Iterable[str] = (), nick: str = "*") -> None:
+        self.server = server
+        self.nick = nick
+        self.entering: set[str] = set()
+        """Rooms being joined: their user list comes with the member's own JOIN first."""
+        self.who: set[str] = set()
+        """Rooms whose user list is a WHO answer (352/315), not a NAMES one."""
+        self.history_on_join = True
+        """Whether a join brings the room's history (not for ``draft/chathistory`` clients,
+        which ask for it themselves). It changes only this member's own events."""
+        self._stamp = line.Timestamper()
+        self.negotiate(caps)
+
+    def negotiate(self, caps: Iterable[str]) -> None:
+        """Render for a client with ``caps``; never once the hub holds this dialect.
+
+        The name, equality and hash follow the capabilities, so they must not
+        change while the dialect is a key in the hub's groups.
+        """
+        used = RENDER_CAPS.intersection(caps)
+        self.name = "irc" + "".join(f"+{cap}" for cap in sorted(used))
+        self.time_tag = "server-time" in used or "message-tags" in used
+        self.msgid = "message-tags" in used
+        self.echo = "echo-message" in used
+        """Whether the client wants its own lines back."""
+        self.tags = self.time_tag or self.msgid
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IRCDialect) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"<IRCDialect {self.name} for {self.nick}>"
+
+    def render(self, events: Sequence[ev.Event], /) -> bytes:
+        out: list[str] = []
+        if self.entering:
+            # The hub's answer to a join, for this member alone: the history,
+            # the user list (and, in a big room, the join). IRC wants the JOIN
+            # first, then the history; the door asks for every name after.
+            for i, event in enumerate(events):
+                if isinstance(event, ev.UserList) and event.room in self.entering:
+                    self.entering.discard(event.room)
+                    self._entered(event, events[:i], out)
+                    rest = [
+                        e
+                        for e in events[i + 1 :]
+                        if not (isinstance(e, ev.Joined) and e.room == event.room)
+                    ]
+                    return ("".join(out) + self.render(rest).decode()).encode()
+        # One rename or quit can reach a member once per room they share;
+        # IRC says it once.
+        said: set[tuple[str, str]] = set()
+        for i, event in enumerate(events):
+            if isinstance(event, ev.UserList):
+                # A big room's list comes in pages: one 366 (or 315) after the last.
+                following = events[i + 1] if i + 1 < len(events) else None
+                more = isinstance(following, ev.UserList) and following.room == event.room
+                self._user_list(event, out, last=not more)
+                continue
+            match event:
+                case ev.Renamed(old=old):
+                    if ("nick", old) in said:
+                        continue
+                    said.add(("nick", old))
+                case ev.Left(name=name, reason=reason) if reason in DISCONNECTS:
+                    if ("quit", name) in said:
+                        continue
+                    said.add(("quit", name))
+            self._event(event, out)
+        return "".join(out).encode()
+
+    # --- building lines -------------------------------------------------------
+
+    def _tags(self, event: ev.RoomEvent | ev.Private) -> tuple[tuple[str, str], ...]:
+        if not self.tags:
+            return ()
+        tags: list[tuple[str, str]] = []
+        if self.time_tag:
+            tags.append(("time", server_time(event.time)))
+        if self.msgid and isinstance(event, ev.RoomEvent):
+            tags.append(("msgid", msgid(event)))
+        return tuple(tags)
+
+    def _texts(
+        self,
+        out: list[str],
+        command: str,
+        target: str,
+        text: str,
+        source: str,
+        tags: tuple[tuple[str, str], ...] = (),
+        action: bool = False,
+    ) -> None:
+        """``command target :text``, as several lines if the text is too long for one."""
+        for piece in wire.split_utf8(text, _budget(command, target, source, action)):
+            params = (target, _ACTION.format(piece) if action else piece)
+            out.append(wire.format_message(wire.Message(command, params, source, tags)))
+
+    def text_lines(self, target: str, text: str, source: str, *, action: bool = False) -> int:
+        """How many PRIVMSG lines ``text`` from ``source`` to ``target`` is written as."""
+        return len(wire.split_utf8(text, _budget("PRIVMSG", target, source, action)))
+
+    def _numeric(self, out: list[str], code: str, *params: str) -> None:
+        out.append(wire.format_message(wire.Message(code, (self.nick, *params), self.server)))
+
+    def _user(self, name: str) -> str:
+        return names.source(name, self.server)
+
+    def _event(self, event: ev.Event, out: list[str]) -> None:
+        match event:
+            case ev.Said(room=room, name=name, text=text):
+                self._texts(out, "PRIVMSG", room, text, self._user(name), self._tags(event))
+            case ev.Acted(room=room, name=name, text=text):
+                tags = self._tags(event)
+                self._texts(out, "PRIVMSG", room, text, self._user(name), tags, action=True)
+            case ev.Joined(room=room, name=name):
+                out.append(self._line("JOIN", (room,), self._user(name), event))
+            case ev.Left(room=room, name=name, reason=reason):
+                if reason in DISCONNECTS:
+                    out.append(self._line("QUIT", (reason,), self._user(name), event))
+                else:
+                    params = (room, reason) if reason else (room,)
+                    out.append(self._line("PART", params, self._user(name), event))
+            case ev.Renamed(old=old, new=new):
+                out.append(self._line("NICK", (new,), self._user(old), event))
+            case ev.TopicSet(room=room, name=name, topic=topic):
+                out.append(self._line("TOPIC", (room, topic), self._user(name), event))
+            case ev.Legacy(room=room, line=text):
+                self._texts(out, "NOTICE", room, text, self.server, self._tags(event))
+            case ev.Private(sender=sender, recipient=recipient, text=text, echo=echo):
+                if echo and not self.echo:
+                    return  # an IRC client shows its own messages itself
+                self._texts(out, "PRIVMSG", recipient, text, self._user(sender), self._tags(event))
+            case ev.Notice(text=text):
+                self._texts(out, "NOTICE", self.nick, text, self.server)
+            case ev.Error(text=text):
+                self._texts(out, "NOTICE", self.nick, f"Error: {text}", self.server)
+            case ev.UserList():
+                self._user_list(event, out, last=True)
+            case ev.Presence(room=room):
+                text = f"* {_presence(event)}"
+                self._texts(out, "NOTICE", room, text, self.server, self._tags(event))
+            case ev.RoomList(rooms=rooms):
+                self._numeric(out, "321", "Channel", "Users  Name")
+                for room, count in rooms:
+                    self._numeric(out, "322", room, str(count), "")
+                self._numeric(out, "323", "End of /LIST")
+            case ev.Replay(room=room, events=events):
+                for past in events:
+                    self._replayed(past, out)
+
+    def _line(self, command: str, params: tuple[str, ...], source: str, event: ev.RoomEvent) -> str:
+        return wire.format_message(wire.Message(command, params, source, self._tags(event)))
+
+    def _user_list(self, users: ev.UserList, out: list[str], *, last: bool) -> None:
+        room, members = users.room, users.names
+        if room in self.who:
+            host = self.server
+            for member in members:
+                self._numeric(out, "352", room, member, host, host, member, "H", f"0 {member}")
+            if last:
+                self.who.discard(room)
+                self._numeric(out, "315", room, "End of /WHO list")
+            return
+        self._names(out, room, members, end=last)
+
+    def _entered(self, users: ev.UserList, history: Sequence[ev.Event], out: list[str]) -> None:
+        """JOIN, the topic and the history; the door asks for every name next."""
+        room = users.room
+        out.append(wire.format_message(wire.Message("JOIN", (room,), self._user(self.nick))))
+        topic = None
+        for event in history:
+            if isinstance(event, ev.TopicSet):
+                topic = event
+        if topic is not None:
+            self._numeric(out, "332", room, topic.topic)
+            self._numeric(out, "333", room, self._user(topic.name), str(int(topic.time)))
+        if not self.history_on_join:
+            return
+        for event in history:
+            if isinstance(event, ev.RoomEvent):
+                self._replayed(event, out)
+            else:  # pragma: no cover (the hub sends only room events before the list)
+                self._event(event, out)
+
+    def history_batch(self, target: str, events: Sequence[ev.RoomEvent], ref: str) -> bytes:
+        """A ``CHATHISTORY`` answer: ``events`` in a ``chathistory`` batch called ``ref``.
+
+        Only chat lines and actions are sent (the ``draft/event-playback`` kinds
+        are not offered), each with its own time, msgid and the batch tag.
+        """
+        server = self.server
+        out = [
+            wire.format_message(
+                wire.message("BATCH", f"+{ref}", "chathistory", target, source=server)
+            )
+        ]
+        batch = ("batch", ref)
+        for event in events:
+            if isinstance(event, ev.Said | ev.Acted):
+                tags = (batch, ("time", server_time(event.time)), ("msgid", msgid(event)))
+                source = self._user(event.name)
+                action = isinstance(event, ev.Acted)
+                self._texts(out, "PRIVMSG", target, event.text, source, tags, action=action)
+        out.append(wire.format_message(wire.message("BATCH", f"-{ref}", source=server)))
+        return "".join(out).encode()
+
+    def _names(
+        self, out: list[str], room: str, members: Sequence[str], *, end: bool = True
+    ) -> None:
+        head = len(f":{self.server} 353 {self.nick} = {room} :\r\n".encode())
+        batch: list[str] = []
+        size = head
+        for member in members:
+            width = len(member.encode()) + 1
+            if batch and size + width > wire.MAX_LINE:
+                self._numeric(out, "353", "=", room, " ".join(batch))
+                batch, size = [], head
+            batch.append(member)
+            size += width
+        if batch:
+            self._numeric(out, "353", "=", room, " ".join(batch))
+        if end:
+            self._numeric(out, "366", room, "End of /NAMES list")
+
+    def _replayed(self, event: ev.RoomEvent, out: list[str]) -> None:
+        if isinstance(event, ev.Said | ev.Acted):
+            text = event.text
+            if not self.time_tag:
+                text = f"{self._stamp(event.time)} {text}"
+            source = self._user(event.name)
+            tags = self._tags(event)
+            action = isinstance(event, ev.Acted)
+            self._texts(out, "PRIVMSG", event.room, text, source, tags, action=action)
+            return
+        match event:
+            case ev.Joined(name=name):
+                told = f"{name} joined {event.room}"
+            case ev.Left(name=name, reason=reason):
+                told = f"{name} left {event.room} ({reason})"
+            case ev.Renamed(old=old, new=new):
+                told = f"{old} is now known as {new}"
+            case ev.TopicSet(name=name, topic=topic):
+                told = f"{name} set the topic: {topic}"
+            case ev.Presence():
+                told = _presence(event)
+            case ev.Legacy(line=text):
+                told = text
+            case _:  # pragma: no cover (the room events are all above)
+                raise AssertionError(event)
+        if not self.time_tag and not isinstance(event, ev.Legacy):
+            told = f"{self._stamp(event.time)} * {told}"
+        elif not isinstance(event, ev.Legacy):
+            told = f"* {told}"
+        self._texts(out, "NOTICE", event.room, told, self.server, self._tags(event))
+
+
+def _presence(event: ev.Presence) -> str:
+    return (
+        f"{event.joined} joined and {event.left} left {event.room} in the last {event.seconds:g} s"
+    )
+
+
+def _budget(command: str, target: str, source: str, action: bool) -> int:
+    """The bytes of text that fit in one line: 512 less ``:source COMMAND target :`` and CR LF.
+
+    Tags do not count (they have their own 8191 bytes).
+    """
+    room = wire.MAX_LINE - len(f":{source} {command} {target} :\r\n".encode())
+    if action:
+        room -= len(_ACTION.format(""))
+    return max(room, 16)

@@ -1,0 +1,429 @@
+"""The IRC door: a second listener on the server's hub, for irssi, WeeChat, HexChat and bots.
+
+:class:`IRCDoor` accepts connections as the line door does, under the same
+limits (``--max-clients`` and ``--max-per-address`` count both doors), with the
+same TLS context, and hands each to an :class:`IRCConnection`: the thin I/O
+driver of its :class:`~triochat.core.irc_session.IRCSession`. It reads, frames
+(``protocol/irc/wire.py``), paces with the same flood control, carries out the
+session's effects (claim a name, wait out a wrong password, fetch history) and
+PINGs an idle client. Outgoing bytes go through the server's outboxes and its
+one flusher, so the slow-consumer policy is the line door's.
+
+The door runs beside :meth:`ChatServer.serve <triochat.server.listener.ChatServer.serve>`
+(in the same nursery): its connections are the server's, so the server's
+shutdown reaches them too; each gets ``ERROR :Server shutting down``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import suppress
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from .. import __version__
+from ..core import session as s
+from ..core._ratelimit import TokenBucket
+from ..core.irc_session import Aways, IRCRules, IRCSession
+from ..protocol import line as p
+from ..protocol.irc import wire
+from .connection import close_stream, peer_host, peer_name
+from .listener import _enable_keepalive, format_address
+from .outbox import Outbox
+
+if TYPE_CHECKING:
+    from ..core.hub import Member
+    from .listener import ChatServer
+
+log: Final = logging.getLogger("triochat.irc")
+
+RECEIVE_SIZE: Final = 65536
+BATCH_MESSAGES: Final = 256
+"""Most messages of one client's burst handled before other clients get a turn."""
+SHUTDOWN_TEXT: Final = "Server shutting down"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IRCConfig:
+    """The IRC door's own options; the rest (limits, TLS, password) are the server's."""
+
+    port: int = 6667
+    host: str | None = None
+    """Where to listen; ``None``: the server's ``--host``."""
+    name: str = "triochat"
+    """The server's name on IRC: the source of numerics, and every user's host."""
+    network: str = "triochat"
+    motd: tuple[str, ...] = ()
+    ping_interval: float = 120.0
+    """Seconds of silence before the server PINGs a client; as long again, and it is dropped."""
+    chathistory: int = 100
+    """The most messages one ``CHATHISTORY`` answer carries."""
+
+    def __post_init__(self) -> None:
+        if not self.ping_interval > 0:
+            raise ValueError("ping_interval must be > 0")
+        if not self.name or any(c in self.name for c in " !@\r\n\0"):
+            raise ValueError("the IRC server name must be one word, without ! or @")
+        if self.chathistory < 1:
+            raise ValueError("chathistory must be at least 1")
+
+
+@dataclass
+class IRCDoor:
+    """The IRC listener of ``server``: ``await nursery.start(door.serve)`` beside the server."""
+
+    server: ChatServer
+    config: IRCConfig = field(default_factory=IRCConfig)
+    aways: Aways = field(default_factory=Aways)
+
+    def __post_init__(self) -> None:
+        config, server = self.config, self.server
+        rules = server.config
+        self.rules = IRCRules(
+            server=config.name,
+            network=config.network,
+            version=f"triochat-{__version__}",
+            motd=config.motd,
+            max_rooms=server.hub.max_rooms_per_member,
+            chathistory=min(config.chathistory, rules.send_queue // 2),
+            session=s.Rules(
+                password=rules.password,
+                registration_timeout=rules.registration_timeout,
+                claim_names=server.backplane.remote,
+                store_history=server.store is not None,
+                history_limit=min(p.HISTORY_MAX, rules.send_queue // 2),
+                one_room=False,
+                arrival_rooms=(),
+            ),
+        )
+
+    async def serve(
+        self,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on the door's port until the server shuts down."""
+        host = self.config.host if self.config.host is not None else self.server.config.host
+        listeners = await trio.open_tcp_listeners(self.config.port, host=host)
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Like :meth:`serve`, on listeners the caller opened."""
+        server = self.server
+        async with trio.open_nursery() as handlers:
+            async with trio.open_nursery() as acceptors:
+                await acceptors.start(
+                    partial(
+                        trio.serve_listeners,
+                        self.handle_stream,
+                        listeners,
+                        handler_nursery=handlers,
+                    )
+                )
+                for listener in listeners:
+                    log.info("irc listening on %s", format_address(listener))
+                task_status.started(listeners)
+                await server._shutdown.wait()
+                acceptors.cancel_scope.cancel()
+            # The server tells every connection, this door's too (they are its).
+            handlers.cancel_scope.deadline = trio.current_time() + server.config.shutdown_grace
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one IRC client over any trio stream."""
+        server = self.server
+        if isinstance(stream, trio.SocketStream):
+            _enable_keepalive(stream)
+        limit = server.config.max_per_address
+        address = peer_host(stream)
+        if limit and server._per_address.get(address, 0) >= limit:
+            server.stats.refused_per_address += 1
+            log.warning("refused an IRC connection from %s: %d already open", address, limit)
+            await self._refuse(stream, "Too many connections from your address")
+            return
+        server._per_address[address] = server._per_address.get(address, 0) + 1
+        try:
+            await self._handle_stream(stream)
+        finally:
+            left = server._per_address.pop(address) - 1
+            if left:
+                server._per_address[address] = left
+
+    async def _refuse(self, stream: trio.abc.Stream, text: str) -> None:
+        if self.server.ssl_context is not None:
+            stream = trio.SSLStream(stream, self.server.ssl_context, server_side=True)
+        with trio.move_on_after(1), suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(wire.serialize(wire.message("ERROR", text)))
+        await close_stream(stream)
+
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        server = self.server
+        if server._shutdown.is_set():
+            await self._refuse(stream, SHUTDOWN_TEXT)
+            return
+        if len(server._connections) + server._handshaking >= server.config.max_clients:
+            server.stats.refused_full += 1
+            log.warning("refused an IRC connection: server full (%d)", server.config.max_clients)
+            await self._refuse(stream, "Server full, try again later")
+            return
+        if server.ssl_context is not None:
+            secure = await server._handshake(stream, server.ssl_context)
+            if secure is None:
+                return
+            if server._shutdown.is_set():
+                await self._refuse(secure, SHUTDOWN_TEXT)
+                return
+            stream = secure
+        connection = IRCConnection(self, stream)
+        server._connections.add(connection)  # type: ignore[arg-type]
+        server.stats.irc_connections += 1
+        try:
+            await connection.run()
+        except Exception:
+            log.exception("IRC connection %s failed", connection.peer)
+        finally:
+            server.stats.irc_connections -= 1
+            server._connections.discard(connection)
+
+
+class IRCConnection:
+    """One IRC client: its stream, outbox and session, and the reader (and writer) serving it."""
+
+    __slots__ = (
+        "_bucket",
+        "_framer",
+        "_nursery",
+        "_paced_until",
+        "door",
+        "irc",
+        "peer",
+        "reason",
+        "send",
+        "server",
+        "stream",
+    )
+
+    def __init__(self, door: IRCDoor, stream: trio.abc.Stream) -> None:
+        self.door = door
+        self.server = server = door.server
+        self.stream = stream
+        config = server.config
+        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self.send = Outbox(self, server._flusher, config.send_queue, fd)
+        self._nursery: trio.Nursery | None = None
+        self._framer = wire.IRCFramer()
+        self._bucket: TokenBucket | None = None
+        self._paced_until = -math.inf
+        self.reason = "connection lost"
+        self.peer = peer_name(stream)
+        self.irc = IRCSession(
+            server.hub,
+            door.rules,
+            outbox=self.send,
+            disconnect=self._disconnect,
+            aways=door.aways,
+            address=peer_host(stream) if config.password is not None else "",
+            delays=server.password_delays,
+            clock=trio.current_time,
+        )
+
+    @property
+    def member(self) -> Member | None:
+        return self.irc.member
+
+    async def run(self) -> None:
+        log.info("IRC connection from %s", self.peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if await self._register_in_time():
+                    await self._chat()
+                self._leave()
+                self.send.flush()
+                nursery.cancel_scope.deadline = min(
+                    nursery.cancel_scope.deadline,
+                    trio.current_time() + self.server.config.linger,
+                )
+        finally:
+            self._leave()
+            self.send.stop()
+            await close_stream(self.stream)
+            log.info("%s closed (%s)", self.peer, self.reason)
+
+    def _leave(self) -> None:
+        self.irc.connection_lost(self.reason)
+        self.irc.outbox.close()  # ERROR first, unless the hub closed it already
+
+    def close_with(self, data: bytes) -> None:
+        """The server is shutting down: ``ERROR``, then hang up once it is out."""
+        self.reason = "server shutdown"
+        self.irc.outbox.farewell = SHUTDOWN_TEXT
+        self.irc.outbox.close()
+
+    def _disconnect(self) -> None:
+        self.reason = "too slow"
+        self.end()
+
+    def _hang_up(self, *reason: str) -> None:
+        """The hub sent this member away: its last lines go out, then it ends."""
+        if reason:
+            self.reason = reason[0]
+        self.send.close()
+
+    # --- the session's effects ---------------------------------------------------
+
+    async def _carry_out(self, outputs: list[s.Output]) -> bool:
+        """Carry out the session's effects, in turn; False once it is closed."""
+        irc = self.irc
+        while outputs:
+            effect, *rest = outputs
+            outputs = rest
+            match effect:
+                case s.ClaimName(name):
+                    outputs += irc.claim_result(await self.server.backplane.claim(name))
+                case s.Unclaim(name):
+                    self.server.backplane.unclaim(name)
+                case s.Wait(seconds):
+                    self.server.stats.wrong_passwords += 1
+                    log.warning("wrong password from %s (next answer in %g s)", self.peer, seconds)
+                    await trio.sleep(seconds)
+                    outputs += irc.delay_elapsed()
+                case s.FetchHistory(room, count):
+                    store = self.server.store
+                    assert store is not None
+                    outputs += irc.fetched(room, await store.fetch(room, count))
+                case s.Close(reason):
+                    self.reason = reason
+        return not irc.closed
+
+    async def _register_in_time(self) -> bool:
+        config = self.server.config
+        if config.rate:
+            self._bucket = TokenBucket(config.rate, config.burst, trio.current_time())
+        with trio.move_on_after(config.registration_timeout):
+            return await self._registration()
+        self.reason = "no name given"
+        await self._carry_out(self.irc.deadline_passed())
+        return False
+
+    async def _registration(self) -> bool:
+        irc = self.irc
+        while True:
+            events = await self._next_events()
+            if events is None or self.send.closed:
+                return False
+            for i, event in enumerate(events):
+                if delay := self._flood_delay():
+                    await trio.sleep(delay)
+                if not await self._carry_out(irc.receive([event])):
+                    return False
+                if irc.registered:
+                    member = irc.member
+                    assert member is not None
+                    member.hang_up = self._hang_up
+                    # What came after the registration in the same read is a chat matter.
+                    return await self._handle(events[i + 1 :])
+
+    # --- reading --------------------------------------------------------------------
+
+    async def _receive(self) -> bool:
+        """The next bytes, or a PING when the client is quiet; False once it is gone."""
+        while True:
+            with trio.move_on_after(self.door.config.ping_interval):
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return False
+                if not data:
+                    return False
+                self._framer.receive_data(data)
+                return True
+            if not await self._carry_out(self.irc.idle()):
+                return False
+
+    async def _next_events(self) -> list[wire.Received] | None:
+        while not (events := self._framer.events()):
+            if not await self._receive():
+                return None
+        return events
+
+    def _flood_delay(self) -> float:
+        if self._bucket is None:
+            return 0.0
+        delay = self._bucket.take(trio.current_time())
+        if delay:
+            self.server.stats.flood_delays += 1
+        return delay
+
+    async def _chat(self) -> None:
+        """Read and carry out the registered client's messages until it is gone."""
+        while (events := await self._next_events()) is not None:
+            if not await self._handle(events):
+                return
+
+    async def _handle(self, events: list[wire.Received]) -> bool:
+        """Hand ``events`` to the session in runs that flood control lets through."""
+        irc = self.irc
+        run: list[wire.Received] = []
+        for event in events:
+            if self._ended:
+                return False
+            delay = self._flood_delay()
+            if delay or len(run) >= BATCH_MESSAGES:
+                if not await self._receive_run(run):
+                    return False
+                run = []
+                if delay:
+                    await trio.sleep(delay)
+                else:
+                    await trio.lowlevel.checkpoint()
+            run.append(event)
+        return await self._receive_run(run) if run else not irc.closed
+
+    async def _receive_run(self, run: list[wire.Received]) -> bool:
+        """Hand ``run`` to the session, and what waited behind an awaited effect after it."""
+        irc = self.irc
+        going = await self._carry_out(irc.receive(run))
+        while going and irc.pending:
+            going = await self._carry_out(irc.resume())
+        return going
+
+    # --- writing, and the end -------------------------------------------------------
+
+    def end(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @property
+    def _ended(self) -> bool:
+        return self._nursery is not None and self._nursery.cancel_scope.cancel_called
+
+    def start_writer(self) -> None:
+        if self._nursery is None:
+            raise trio.BrokenResourceError("the connection is not open")
+        try:
+            self._nursery.start_soon(self._writer)
+        except RuntimeError as exc:
+            raise trio.BrokenResourceError from exc
+
+    async def _writer(self) -> None:
+        outbox = self.send
+        stats = self.server.stats
+        try:
+            while (data := outbox.take()) is not None:
+                stats.bytes_out += len(data)
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            outbox.stop()
+            self.end()
+            return
+        if outbox.closed:
+            self.end()
