@@ -476,7 +476,10 @@ class Hub:
             return
         self._exit(target, room, reason)
         self.backplane.presence(target.key, target.name, tuple(target.rooms))
-        self.tell(target, ev.Error(f"You left {room} ({reason})"))
+        # The room's departure is told after the member is out of it: it sees its own
+        # (unnumbered: not the room's event), so every door can show it left.
+        left = ev.Left(room, 0, self._clock(), target.name, reason)
+        self.tell(target, left, ev.Error(f"You left {room} ({reason})"))
         self._evict_slow()
 
     def _refuse_muted(self, member: Member, room: Room) -> bool:

@@ -451,6 +451,11 @@ class Session(Generic[M]):
     def rules(self) -> Rules:
         return self._door.rules
 
+    @property
+    def moderation(self) -> Moderation | None:
+        """The door's operators, topics, bans and mutes (``None``: no moderation)."""
+        return self._door.moderation
+
     def __repr__(self) -> str:
         name = self.member.name if self.member is not None else self._pending
         return f"<Session {name!r} {self.state.name}>"
