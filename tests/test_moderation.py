@@ -291,3 +291,57 @@ def test_an_expired_ban_and_mute_are_forgotten() -> None:
     assert moderation.banned("#den", "bob") is None
     assert moderation.muted("#den", "bob") is None
     assert not moderation.mutes  # the hot path's test is falsy again
+
+
+async def test_wall_is_for_server_admins_and_reaches_everyone(
+    chat: tuple[ChatServer, int],
+) -> None:
+    server, port = chat
+    ann, bob = await den(port)  # ann operates #den, but is no server admin
+    await ann.send("/wall hello all")
+    await ann.until("! Only server admins may /wall")
+    await bob.send("/wall me too")
+    await bob.until("! Only server admins may /wall")
+    root = await login(port, "root")
+    await root.send("/wall Restart at noon")
+    for client in (ann, bob, root):
+        await client.until("* Notice from root to everyone: Restart at noon")
+    assert server.hub.moderation.actions["wall"] == 1
+
+
+async def test_away_answers_private_messages_for_you(chat: tuple[ChatServer, int]) -> None:
+    _, port = chat
+    ann = await named(port, "carl")
+    bob = await named(port, "dora")
+    await ann.send("/away at lunch")
+    await ann.until("* You are away: at lunch")
+    await bob.send("/msg carl are you there?")
+    await bob.until("* carl is away: at lunch")
+    await ann.until("[T] *dora* are you there?")
+    await ann.send("/away")
+    await ann.until("* You are back")
+    await bob.send("/msg carl now?")
+    lines = await bob.until("[T] -> *carl* now?")
+    assert "* carl is away: at lunch" not in lines
+
+
+async def test_the_message_of_the_day_is_shown_at_registration_and_by_motd(
+    nursery: trio.Nursery, tmp_path: Path, net: None
+) -> None:
+    motd = tmp_path / "motd.txt"
+    motd.write_text("Welcome to the class chat.\nBe kind.\x1b[31m\n")
+    server = ChatServer(ServerConfig(port=0, rate=0, motd=motd))
+    listeners = await nursery.start(server.serve)
+    port = listeners[0].socket.getsockname()[1]
+    client = await dial(port)
+    await client.until("* What is your name?")
+    await client.send("ann")
+    lines = await client.until("[T] * ann joined #lobby")
+    assert lines[:2] == ["* Welcome to the class chat.", "* Be kind."]
+    await client.send("/motd")
+    await client.until("* Be kind.")
+    plain = ChatServer(ServerConfig(port=0, rate=0))
+    listeners = await nursery.start(plain.serve)
+    other = await named(listeners[0].socket.getsockname()[1], "bob")
+    await other.send("/motd")
+    await other.until("* There is no message of the day")

@@ -180,7 +180,27 @@ class Deop:
     room: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Wall:
+    """``/wall TEXT``: a server admin's notice to everyone."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Motd:
+    """``/motd``: the message of the day."""
+
+
+@dataclass(frozen=True, slots=True)
+class Away:
+    """``/away [TEXT]``: away with ``text``, or back (``None``)."""
+
+    text: str | None = None
+
+
 AccountCommand = Register | Identify | ChangePassword | Unregister
+UserCommand = Wall | Motd | Away
 ModerationCommand = Topic | Kick | Ban | Unban | Bans | Mute | Unmute | Op | Deop
 
 Command = (
@@ -198,4 +218,5 @@ Command = (
     | Invalid
     | AccountCommand
     | ModerationCommand
+    | UserCommand
 )

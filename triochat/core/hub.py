@@ -74,7 +74,17 @@ class Archive(Protocol):
 class Member:
     """A registered user, as the hub sees it."""
 
-    __slots__ = ("address", "dialect", "disconnect", "hang_up", "key", "name", "outbox", "rooms")
+    __slots__ = (
+        "address",
+        "away",
+        "dialect",
+        "disconnect",
+        "hang_up",
+        "key",
+        "name",
+        "outbox",
+        "rooms",
+    )
 
     def __init__(
         self, name: str, outbox: Outbox, disconnect: Callable[[], None], dialect: Dialect
@@ -91,6 +101,8 @@ class Member:
         self.hang_up: Callable[[str], None] | None = None
         self.address = ""
         """The client's address, for address bans (its session sets it)."""
+        self.away: str | None = None
+        """Why the member is away (``/away``), told to whoever messages it."""
 
     @property
     def room_names(self) -> Iterable[str]:
@@ -332,6 +344,8 @@ class Hub:
         else:
             self.tell(target, message)
             self.tell(member, echo)
+        if target is not None and target.away is not None:
+            self.tell(member, ev.Notice(f"{target.name} is away: {target.away}"))
         self._evict_slow()
 
     def join(self, member: Member, room: str) -> None:
@@ -480,6 +494,20 @@ class Hub:
         # (unnumbered: not the room's event), so every door can show it left.
         left = ev.Left(room, 0, self._clock(), target.name, reason)
         self.tell(target, left, ev.Error(f"You left {room} ({reason})"))
+        self._evict_slow()
+
+    def set_away(self, member: Member, text: str | None) -> None:
+        """``member`` is away (``text``: why) or back (``None``)."""
+        member.away = text
+
+    def wall(self, member: Member, text: str) -> None:
+        """A server admin's notice to everyone on this node."""
+        if not self.is_member(member):
+            return
+        groups: dict[Dialect, list[Member]] = {}
+        for held in self._members.values():
+            groups.setdefault(held.dialect, []).append(held)
+        self._fanout(groups, [ev.Notice(f"Notice from {member.name} to everyone: {text}")])
         self._evict_slow()
 
     def _refuse_muted(self, member: Member, room: Room) -> bool:

@@ -19,7 +19,7 @@ from typing import Final
 
 log: Final = logging.getLogger("triochat.moderation")
 
-ACTIONS: Final = ("op", "deop", "topic", "kick", "ban", "unban", "mute", "unmute")
+ACTIONS: Final = ("op", "deop", "topic", "kick", "ban", "unban", "mute", "unmute", "wall")
 """What is counted in metrics (``triochat_moderation_actions{action=...}``)."""
 
 

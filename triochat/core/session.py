@@ -305,6 +305,10 @@ class SessionHub(Protocol[M]):
 
     def tell(self, member: M, /, *events: Event) -> None: ...
 
+    def wall(self, member: M, text: str, /) -> None: ...
+
+    def set_away(self, member: M, text: str | None, /) -> None: ...
+
     def hosts(self, room: str, /) -> bool: ...
 
 
@@ -373,6 +377,8 @@ class Rules:
     """A member is in one room at a time and ``/join`` moves it (the v1 line door)."""
     arrival_rooms: tuple[str, ...] = (p.LOBBY,)
     """The rooms a newly named member joins."""
+    motd: tuple[str, ...] = ()
+    """The message of the day (``--motd FILE``), shown at registration and by ``/motd``."""
     max_password: int = MAX_PASSWORD
     """The longest account password, in characters (``--max-password``)."""
 
@@ -632,6 +638,8 @@ class Session(Generic[M]):
                 | c.Deop()
             ):
                 return self._stay(self._moderate(member, command))
+            case c.Wall() | c.Motd() | c.Away():
+                return self._stay(self._user_command(member, command))
         return self._stay([])
 
     def fetched(self, room: str, events: Sequence[RoomEvent]) -> list[Output]:
@@ -720,6 +728,9 @@ class Session(Generic[M]):
         self.member = result
         result.address = self.address
         self._to(State.CHATTING)
+        motd = self._motd()
+        if motd:
+            self._hub.tell(result, *motd)
         for room in self.rules.arrival_rooms:
             self._enter(result, room)
         self._follow(result)
@@ -958,6 +969,28 @@ class Session(Generic[M]):
                 moderation.record("deop", by, name, room)
                 return [Notice(f"{name} is not an operator of {room} any more")]
         return []  # pragma: no cover - every command is matched above
+
+    def _user_command(self, member: M, command: c.UserCommand) -> list[Output]:
+        match command:
+            case c.Wall(text):
+                if not self._is_admin():
+                    return [Error("Only server admins may /wall")]
+                self._hub.wall(member, text)
+                if self._door.moderation is not None:
+                    self._door.moderation.record("wall", member.name, "everyone", "the server")
+                return []
+            case c.Motd():
+                motd: list[Output] = [*self._motd()]
+                return motd or [Notice("There is no message of the day")]
+            case c.Away(text):
+                self._hub.set_away(member, text)
+                if text is None:
+                    return [Notice("You are back")]
+                return [Notice(f"You are away: {text}")]
+        return []  # pragma: no cover - every command is matched above
+
+    def _motd(self) -> list[Notice]:
+        return [Notice(line) for line in self.rules.motd]
 
     @staticmethod
     def _target_key(target: str) -> str:

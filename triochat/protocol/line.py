@@ -242,6 +242,7 @@ HELP: Final = (
     f"  /history [N]       replay N older lines of your room (max {HISTORY_MAX})",
     "  /quit [REASON]     leave the chat (alias /exit)",
     "  /topic [TEXT]      your room's topic; operators set it",
+    "  /away [TEXT]       say you are away (no TEXT: back); /motd the message of the day",
     "  /register PASSWORD make your name yours (/identify, /password OLD NEW, /unregister)",
     "  operators: /kick NAME [REASON], /ban NAME|ADDRESS [DURATION] [REASON], /unban, /bans,",
     "             /mute NAME [DURATION], /unmute NAME, /op NAME, /deop NAME",
@@ -317,7 +318,14 @@ def parse_command(line: str) -> Command | None:
 
 
 def _account_command(verb: str, rest: str) -> Command | None:
-    """``/register``, ``/identify``, ``/password`` and ``/unregister``, or ``None``."""
+    """``/register``, ``/identify``, ``/password``, ``/unregister``, ``/wall``, ``/motd``
+    and ``/away``, or ``None``."""
+    if verb == "wall":
+        return c.Wall(rest) if rest else _usage("/wall TEXT")
+    if verb == "motd":
+        return c.Motd()
+    if verb == "away":
+        return c.Away(rest or None)
     if verb in ("register", "identify", "unregister"):
         if not rest:
             return _usage(f"/{verb} PASSWORD")

@@ -15,6 +15,7 @@ import ssl
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 log: Final = logging.getLogger("triochat.server")
 
 SHUTDOWN_LINE: Final = "Server is shutting down. Bye!"
+MOTD_MAX: Final = 16_384
+"""The most bytes of ``--motd`` read: a message, not a book (it is sent to every newcomer)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +83,9 @@ class ServerConfig:
     """Seconds a TLS client has to finish its handshake."""
     max_password: int = MAX_PASSWORD
     """The longest account password, in characters (accounts need ``--db``)."""
+    motd: Path | None = None
+    """A text file whose lines are the message of the day, shown at registration and by
+    ``/motd`` (read once, at start; at most ``MOTD_MAX`` bytes)."""
 
     def __post_init__(self) -> None:
         if self.send_queue <= self.history + 8:
@@ -179,6 +185,7 @@ class ChatServer:
                 # Never more than half an outbox, or the asker becomes a slow consumer.
                 history_limit=min(p.HISTORY_MAX, self.config.send_queue // 2),
                 max_password=self.config.max_password,
+                motd=read_motd(self.config.motd),
             ),
             dialect=self.dialect,
             delays=self.password_delays,
@@ -371,6 +378,16 @@ class ChatServer:
         for connection in list(self._connections):
             connection.close_with(data)
         self.hub.shutdown()
+
+
+def read_motd(path: Path | None) -> tuple[str, ...]:
+    """The message of the day's lines, cleaned as chat text is (read once, at start)."""
+    if path is None:
+        return ()
+    with path.open("rb") as file:
+        data = file.read(MOTD_MAX)
+    lines = data.decode("utf-8", "replace").splitlines()
+    return tuple(p.clean_text(line) or " " for line in lines)
 
 
 def format_address(listener: trio.SocketListener) -> str:
