@@ -345,3 +345,38 @@ async def test_the_message_of_the_day_is_shown_at_registration_and_by_motd(
     other = await named(listeners[0].socket.getsockname()[1], "bob")
     await other.send("/motd")
     await other.until("* There is no message of the day")
+
+
+async def test_a_server_wide_ban_refuses_the_name_and_the_address_at_the_door(
+    chat: tuple[ChatServer, int], clock: trio.testing.MockClock
+) -> None:
+    _, port = chat
+    ann, bob = await den(port)
+    await ann.send("/gban bob 1h")
+    await ann.until("! Only server admins may ban server-wide")
+    root = await login(port, "root")
+    await root.send("/gban bob 1h trolling")
+    await root.until("* bob is banned from this server for 1h more")
+    await bob.until("! You are out of the chat (banned by root: trolling)")
+    await ann.until("[T] * bob left #den (banned by root: trolling)")
+    again = await dial(port)
+    await again.until("* What is your name?")
+    await again.send("Bob")
+    await again.until("! You are banned from this server for 1h more: trolling")
+    # An address ban refuses the connection before the name is asked.
+    await root.send("/gban 127.0.0.2 10m")
+    await root.until("* 127.0.0.2 is banned from this server for 10m more")
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.2", 0))
+    await sock.connect(("127.0.0.1", port))
+    refused = Client(ChatClient(trio.SocketStream(sock)))
+    OPEN.append(refused.client)
+    await refused.until("! You are banned from this server for 10m more")
+    clock.jump(3601)
+    await named(port, "bob")  # both expired
+    await root.send("/gunban nobody")
+    await root.until("! nobody is not banned from this server")
+    await root.send("/gban carl")
+    await root.until("* carl is banned from this server until lifted")
+    await root.send("/gunban carl")
+    await root.until("* carl may join this server again")

@@ -496,6 +496,17 @@ class Hub:
         self.tell(target, left, ev.Error(f"You left {room} ({reason})"))
         self._evict_slow()
 
+    def expel(self, member: Member, reason: str) -> None:
+        """Send ``member`` out of the chat (a server-wide ban): told why, then hung up."""
+        if not self.is_member(member):
+            return
+        self.tell(member, ev.Error(f"You are out of the chat ({reason})"))
+        self.leave(member, reason)
+        if member.hang_up is not None:
+            member.hang_up(reason)
+        else:
+            member.disconnect()
+
     def set_away(self, member: Member, text: str | None) -> None:
         """``member`` is away (``text``: why) or back (``None``)."""
         member.away = text

@@ -19,6 +19,9 @@ from typing import Final
 
 log: Final = logging.getLogger("triochat.moderation")
 
+SERVER: Final = "*"
+"""The "room" of server-wide bans (no room is called that)."""
+
 ACTIONS: Final = ("op", "deop", "topic", "kick", "ban", "unban", "mute", "unmute", "wall")
 """What is counted in metrics (``triochat_moderation_actions{action=...}``)."""
 

@@ -41,7 +41,7 @@ from .accounts import (
     password_error,
 )
 from .events import Dialect, Error, Event, Notice, RoomEvent
-from .moderation import Ban, Moderation
+from .moderation import SERVER, Ban, Moderation
 
 # --- States, inputs and the table of moves ------------------------------------
 
@@ -72,6 +72,7 @@ class State(enum.Enum):
 
 
 class Input(enum.Enum):
+    START = "the connection's start"
     LINE = "a line before registration"
     TOO_LONG = "a line too long"
     COMMAND = "a command"
@@ -96,6 +97,8 @@ _REGISTERING: Final = frozenset(
 
 TRANSITIONS: Final[Mapping[State, Mapping[Input, frozenset[State]]]] = {
     State.AWAITING_NAME: {
+        # A server-wide ban of the address refuses the connection at once.
+        Input.START: frozenset({State.AWAITING_NAME, State.CLOSED}),
         Input.LINE: _REGISTERING,
         Input.TOO_LONG: frozenset({State.AWAITING_NAME}),
         Input.DEADLINE: frozenset({State.CLOSED}),
@@ -307,6 +310,8 @@ class SessionHub(Protocol[M]):
 
     def wall(self, member: M, text: str, /) -> None: ...
 
+    def expel(self, member: M, reason: str, /) -> None: ...
+
     def set_away(self, member: M, text: str | None, /) -> None: ...
 
     def hosts(self, room: str, /) -> bool: ...
@@ -488,6 +493,11 @@ class Session(Generic[M]):
         if self._started or self.state is not State.AWAITING_NAME:
             raise LocalProtocolError(f"cannot start again while {self.state.value}")
         self._started = True
+        self._take(Input.START)
+        refused = self._refused_at_the_door(self.address)
+        if refused:
+            return refused
+        self._to(State.AWAITING_NAME)
         if self.rules.password is not None:
             # Strangers learn nothing before the password, not even how many are here.
             return [Notice(welcome_text(None)), Notice(p.NAME_QUESTION)]
@@ -708,8 +718,25 @@ class Session(Generic[M]):
             return [Notice(account_prompt(name))]
         return self._owned_name(name)
 
+    def _refused_at_the_door(self, *targets: str) -> list[Output]:
+        """Why a server-wide ban keeps any of ``targets`` (an address, a name's key) out,
+        and the close; nothing if none does."""
+        moderation = self._door.moderation
+        targets = tuple(target for target in targets if target)
+        ban = moderation.banned(SERVER, *targets) if moderation is not None else None
+        if ban is None:
+            return []
+        assert moderation is not None
+        self._to(State.CLOSED)
+        reason = f": {ban.reason}" if ban.reason else ""
+        text = f"You are banned from this server {moderation.remaining(ban.until)}{reason}"
+        return [Error(text), Close("banned")]
+
     def _owned_name(self, name: str) -> list[Output]:
         """A name that is free or proved the member's: claim it, or register it at once."""
+        refused = self._refused_at_the_door(p.name_key(name), self.address)
+        if refused:
+            return refused
         if not self.rules.claim_names:
             return self._register(name, claimed=False)
         error = self._hub.name_unavailable(name)
@@ -907,6 +934,8 @@ class Session(Generic[M]):
             if topic is None:
                 return [Notice(f"No topic is set in {room}")]
             return [Notice(f"Topic of {room}: {topic.text} (set by {topic.by})")]
+        if room == SERVER and not self._is_admin():
+            return [Error("Only server admins may ban server-wide")]
         if not self._may_moderate(moderation, room):
             return [Error(f"You are not an operator of {room}")]
         by = member.name
@@ -927,10 +956,11 @@ class Session(Generic[M]):
                 return self._ban(member, room, target_text, seconds, reason)
             case c.Unban(target_text):
                 target_key = self._target_key(target_text)
+                where = "this server" if room == SERVER else room
                 if not moderation.unban(room, target_key):
-                    return [Error(f"{target_text} is not banned from {room}")]
-                moderation.record("unban", by, target_text, room)
-                return [Notice(f"{target_text} may join {room} again")]
+                    return [Error(f"{target_text} is not banned from {where}")]
+                moderation.record("unban", by, target_text, where)
+                return [Notice(f"{target_text} may join {where} again")]
             case c.Bans():
                 bans = list(moderation.bans(room))
                 if not bans:
@@ -1008,6 +1038,11 @@ class Session(Generic[M]):
         moderation.ban(room, Ban(key, until, member.name, reason))
         moderation.record("ban", member.name, target, room, reason)
         why = f"banned by {member.name}" + (f": {reason}" if reason else "")
+        if room == SERVER:
+            for held in self._hub.local_members():
+                if key in (held.key, held.address) and held is not member:
+                    self._hub.expel(held, why)
+            return [Notice(f"{target} is banned from this server {moderation.remaining(until)}")]
         for held in self._hub.local_members():
             if room in held.rooms and key in (held.key, held.address):
                 self._hub.remove_from(held, room, why)

@@ -34,6 +34,7 @@ from ..core.commands import (
     Say as Say,
     Users as Users,
 )
+from ..core.moderation import SERVER
 
 # So are the name rules: the hub and the backplane compare names by their key.
 from ..core.names import (
@@ -246,6 +247,7 @@ HELP: Final = (
     "  /register PASSWORD make your name yours (/identify, /password OLD NEW, /unregister)",
     "  operators: /kick NAME [REASON], /ban NAME|ADDRESS [DURATION] [REASON], /unban, /bans,",
     "             /mute NAME [DURATION], /unmute NAME, /op NAME, /deop NAME",
+    "  server admins: /wall TEXT, /gban NAME|ADDRESS [DURATION] [REASON], /gunban",
     "  /help              this list",
 )
 
@@ -341,6 +343,8 @@ def _account_command(verb: str, rest: str) -> Command | None:
 
 
 _MODERATION_USAGE: Final = {
+    "gban": "/gban NAME|ADDRESS [DURATION] [REASON]",
+    "gunban": "/gunban NAME|ADDRESS",
     "kick": "/kick NAME [REASON]",
     "ban": "/ban NAME|ADDRESS [DURATION] [REASON]",
     "unban": "/unban NAME|ADDRESS",
@@ -364,6 +368,13 @@ def _moderation_command(verb: str, rest: str) -> Command | None:
     more = more.strip()
     if not target:
         return _usage(usage)
+    if verb == "gban" or verb == "gunban":
+        # Server-wide: the bans of the room no room is called.
+        first, _, after = more.partition(" ")
+        seconds = parse_duration(first) if first else None
+        if verb == "gunban":
+            return c.Unban(target, SERVER)
+        return c.Ban(target, seconds, after.strip() if seconds is not None else more, SERVER)
     if verb == "kick":
         return c.Kick(target, more)
     if verb in ("ban", "mute"):

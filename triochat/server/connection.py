@@ -185,7 +185,8 @@ class Connection:
         config = self.server.config
         if config.rate:
             self._bucket = TokenBucket(config.rate, config.burst, trio.current_time())
-        await self._carry_out(self.session.start())
+        if not await self._carry_out(self.session.start()):
+            return False  # refused at the door (a server-wide ban)
         # The registration deadline covers only registration, so a named
         # client carries no timer (nor its cancel scope) for the rest of its life.
         with trio.move_on_after(config.registration_timeout):
