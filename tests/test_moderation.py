@@ -380,3 +380,35 @@ async def test_a_server_wide_ban_refuses_the_name_and_the_address_at_the_door(
     await root.until("* carl is banned from this server until lifted")
     await root.send("/gunban carl")
     await root.until("* carl may join this server again")
+
+
+async def test_ignore_stops_one_users_lines_and_messages_to_you_only(
+    chat: tuple[ChatServer, int],
+) -> None:
+    server, port = chat
+    ann = await named(port, "carl")
+    bob = await named(port, "dora")
+    eve = await named(port, "eve")
+    await ann.until("[T] * eve joined #lobby")
+    await ann.send("/ignore Dora")
+    await ann.until("* You ignore Dora now")
+    await ann.send("/ignore carl")
+    await ann.until("! You cannot ignore yourself")
+    await bob.send("you cannot hear me")
+    await bob.send("/msg carl psst")
+    await bob.until("[T] -> *carl* psst")  # the sender cannot tell
+    await eve.until("[T] <dora> you cannot hear me")
+    await eve.send("but me")
+    lines = await ann.until("[T] <eve> but me")
+    assert not [line for line in lines if "dora" in line]
+    lobby = server.hub.member("carl")
+    assert lobby is not None
+    room = lobby.rooms["#lobby"]
+    assert list(room.ignorers) == [lobby]  # only the ignorer is looked at
+    await ann.send("/unignore dora")
+    await ann.until("* You do not ignore dora any more")
+    assert not room.ignorers  # the room is back on the plain path
+    await ann.send("/unignore dora")
+    await ann.until("! You do not ignore dora")
+    await bob.send("hello again")
+    await ann.until("[T] <dora> hello again")

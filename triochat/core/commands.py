@@ -199,8 +199,20 @@ class Away:
     text: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """``/ignore NAME``: stop receiving NAME's lines and private messages."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unignore:
+    name: str
+
+
 AccountCommand = Register | Identify | ChangePassword | Unregister
-UserCommand = Wall | Motd | Away
+UserCommand = Wall | Motd | Away | Ignore | Unignore
 ModerationCommand = Topic | Kick | Ban | Unban | Bans | Mute | Unmute | Op | Deop
 
 Command = (

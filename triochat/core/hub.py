@@ -80,6 +80,7 @@ class Member:
         "dialect",
         "disconnect",
         "hang_up",
+        "ignoring",
         "key",
         "name",
         "outbox",
@@ -103,6 +104,8 @@ class Member:
         """The client's address, for address bans (its session sets it)."""
         self.away: str | None = None
         """Why the member is away (``/away``), told to whoever messages it."""
+        self.ignoring: set[str] = set()
+        """The name keys whose lines and private messages it is not sent (``/ignore``)."""
 
     @property
     def room_names(self) -> Iterable[str]:
@@ -130,7 +133,7 @@ class _Log:
 class Room:
     """A room with members on this node, grouped by dialect for rendering."""
 
-    __slots__ = ("groups", "joined", "left", "log", "members", "name")
+    __slots__ = ("groups", "ignorers", "joined", "left", "log", "members", "name")
 
     def __init__(self, name: str, log: _Log) -> None:
         self.name = name
@@ -141,13 +144,19 @@ class Room:
         # Dicts keep join order, which makes fan-out order deterministic.
         self.members: dict[Member, None] = {}
         self.groups: dict[Dialect, dict[Member, None]] = {}
+        # The members here who ignore someone: only they are looked at when a
+        # burst is handed out, and only while there are any.
+        self.ignorers: dict[Member, None] = {}
 
     def add(self, member: Member) -> None:
         self.members[member] = None
         self.groups.setdefault(member.dialect, {})[member] = None
+        if member.ignoring:
+            self.ignorers[member] = None
 
     def remove(self, member: Member) -> None:
         del self.members[member]
+        self.ignorers.pop(member, None)
         group = self.groups[member.dialect]
         del group[member]
         if not group:
@@ -171,6 +180,7 @@ class Hub:
       presence_interval: the seconds a summary covers.
       names: the name policy (``"unicode"``, or ``"ascii"`` for ASCII names only).
       moderation: the rooms' operators, topics, bans and mutes (default: none yet).
+      max_ignored: the most names one member can ``/ignore``.
     """
 
     def __init__(
@@ -185,9 +195,11 @@ class Hub:
         presence_interval: float = 30.0,
         names: p.NamePolicy = "unicode",
         moderation: Moderation | None = None,
+        max_ignored: int = 100,
     ) -> None:
         self.names: p.NamePolicy = names
         self.moderation = moderation or Moderation()
+        self.max_ignored = max_ignored
         self.history = history
         self.max_rooms_per_member = max_rooms_per_member
         self.quiet_above = quiet_above
@@ -342,7 +354,8 @@ class Hub:
         elif target is None:
             self.tell(member, ev.Error(f"No such user: {to}"))
         else:
-            self.tell(target, message)
+            if member.key not in target.ignoring:
+                self.tell(target, message)
             self.tell(member, echo)
         if target is not None and target.away is not None:
             self.tell(member, ev.Notice(f"{target.name} is away: {target.away}"))
@@ -649,7 +662,10 @@ class Hub:
         if held is not None and events[-1].seq > held.seq:
             held.seq = events[-1].seq  # another node numbered them
         if room is not None:
-            self._fanout(room.groups, events)
+            if room.ignorers:
+                self._fanout_ignoring(room, events)
+            else:
+                self._fanout(room.groups, events)
 
     def _fanout(
         self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]
@@ -669,6 +685,49 @@ class Hub:
                     # Its connection is already on the way out and will call leave().
                     pass
             self.lines_out += sent * count
+
+    def _fanout_ignoring(self, room: Room, events: Sequence[RoomEvent]) -> None:
+        """Hand ``events`` out in a room where someone ignores someone: those who ignore a
+        sender of the burst get it without that sender's lines, everyone else as usual."""
+        senders = {p.name_key(e.name) for e in events if isinstance(e, ev.Said | ev.Acted)}
+        skipped = [m for m in room.ignorers if not m.ignoring.isdisjoint(senders)]
+        if not skipped:
+            self._fanout(room.groups, events)
+            return
+        left_out = set(skipped)
+        groups = {
+            dialect: [m for m in members if m not in left_out]
+            for dialect, members in room.groups.items()
+        }
+        self._fanout(groups, events)
+        for member in skipped:
+            kept = [
+                e
+                for e in events
+                if not (isinstance(e, ev.Said | ev.Acted) and p.name_key(e.name) in member.ignoring)
+            ]
+            if kept:
+                self.tell(member, *kept)
+
+    def ignore(self, member: Member, name: str, ignored: bool) -> str | None:
+        """``member`` ignores ``name`` (or not any more); the error text if that cannot be."""
+        key = p.name_key(name)
+        if key == member.key:
+            return "You cannot ignore yourself"
+        if ignored:
+            if len(member.ignoring) >= self.max_ignored and key not in member.ignoring:
+                return f"You ignore {len(member.ignoring)} names, the most this server allows"
+            member.ignoring.add(key)
+        elif key in member.ignoring:
+            member.ignoring.discard(key)
+        else:
+            return f"You do not ignore {name}"
+        for room in member.rooms.values():
+            if member.ignoring:
+                room.ignorers[member] = None
+            else:
+                room.ignorers.pop(member, None)
+        return None
 
     def _hand_over(self, member: Member, data: bytes, lines: int) -> None:
         try:
@@ -701,7 +760,7 @@ class Hub:
     def deliver_private(self, key: str, event: ev.Private, /) -> None:
         """A private message (or its echo) from the cluster, if its recipient is here."""
         member = self._members.get(key)
-        if member is not None:
+        if member is not None and (event.echo or p.name_key(event.sender) not in member.ignoring):
             self.tell(member, event)
 
     def replace_histories(self, histories: Mapping[str, Sequence[RoomEvent]], /) -> None:

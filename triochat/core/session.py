@@ -312,6 +312,8 @@ class SessionHub(Protocol[M]):
 
     def expel(self, member: M, reason: str, /) -> None: ...
 
+    def ignore(self, member: M, name: str, ignored: bool, /) -> str | None: ...
+
     def set_away(self, member: M, text: str | None, /) -> None: ...
 
     def hosts(self, room: str, /) -> bool: ...
@@ -648,7 +650,7 @@ class Session(Generic[M]):
                 | c.Deop()
             ):
                 return self._stay(self._moderate(member, command))
-            case c.Wall() | c.Motd() | c.Away():
+            case c.Wall() | c.Motd() | c.Away() | c.Ignore() | c.Unignore():
                 return self._stay(self._user_command(member, command))
         return self._stay([])
 
@@ -1017,6 +1019,14 @@ class Session(Generic[M]):
                 if text is None:
                     return [Notice("You are back")]
                 return [Notice(f"You are away: {text}")]
+            case c.Ignore(name) | c.Unignore(name):
+                ignored = isinstance(command, c.Ignore)
+                error = self._hub.ignore(member, name, ignored)
+                if error is not None:
+                    return [Error(error)]
+                if ignored:
+                    return [Notice(f"You ignore {name} now")]
+                return [Notice(f"You do not ignore {name} any more")]
         return []  # pragma: no cover - every command is matched above
 
     def _motd(self) -> list[Notice]:

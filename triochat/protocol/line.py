@@ -244,6 +244,7 @@ HELP: Final = (
     "  /quit [REASON]     leave the chat (alias /exit)",
     "  /topic [TEXT]      your room's topic; operators set it",
     "  /away [TEXT]       say you are away (no TEXT: back); /motd the message of the day",
+    "  /ignore NAME       stop receiving NAME's lines and messages (/unignore NAME)",
     "  /register PASSWORD make your name yours (/identify, /password OLD NEW, /unregister)",
     "  operators: /kick NAME [REASON], /ban NAME|ADDRESS [DURATION] [REASON], /unban, /bans,",
     "             /mute NAME [DURATION], /unmute NAME, /op NAME, /deop NAME",
@@ -328,6 +329,10 @@ def _account_command(verb: str, rest: str) -> Command | None:
         return c.Motd()
     if verb == "away":
         return c.Away(rest or None)
+    if verb in ("ignore", "unignore"):
+        if not rest or " " in rest:
+            return _usage(f"/{verb} NAME")
+        return c.Ignore(rest) if verb == "ignore" else c.Unignore(rest)
     if verb in ("register", "identify", "unregister"):
         if not rest:
             return _usage(f"/{verb} PASSWORD")
