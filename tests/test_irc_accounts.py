@@ -3,6 +3,7 @@ TOPIC, KICK, MODE +o/-o/+b/-b (367/368), 482 for a non-operator, WHOIS 330."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -94,9 +95,14 @@ async def test_operators_topic_kick_and_ban_with_irc_commands(irc_port: int) -> 
     await ann.until("NOTICE", "ann", "bob may join #den again")
     await bob.send("JOIN #den")
     await bob.until("366")
+    await bob.send("PRIVMSG #den :hi again")
+    await ann.until("PRIVMSG", "#den", "hi again")
+    await ann.send("MODE #den +b")
+    await ann.until("368")
     await ann.send("KICK #den bob :enough")
-    kicked = await ann.until("PART", "#den")
-    assert kicked.params[-1] == "kicked by ann: enough"
+    kicked = await ann.until("KICK", "#den", "bob", "enough")
+    assert kicked.source.startswith("ann!")
+    await bob.until("KICK", "#den", "bob", "enough")
     olga = await registered(irc_port, "olga")
     await olga.send("JOIN #den")
     await olga.until("366")
@@ -104,3 +110,21 @@ async def test_operators_topic_kick_and_ban_with_irc_commands(irc_port: int) -> 
     await ann.until("NOTICE", "ann", "olga is an operator of #den now")
     await olga.send("TOPIC #den :olga's")
     await ann.until("TOPIC", "#den", "olga's")
+
+
+async def test_a_muted_member_gets_404(nursery: trio.Nursery) -> None:
+    server = ChatServer(ServerConfig(port=0, rate=0))
+    await nursery.start(server.serve)
+    door = IRCDoor(server, IRCConfig(port=0, name="irc.test"))
+    listeners = await nursery.start(door.serve)
+    port = listeners[0].socket.getsockname()[1]
+    bob = await irc_client(port, "bob")
+    await bob.send("JOIN #den")
+    await bob.until("366")
+    server.hub.moderation.mute("#den", "bob", math.inf)  # as an operator's /mute does
+    await bob.send("PRIVMSG #den :spam")
+    refused = await bob.until("404")
+    assert refused.params[1:] == (
+        "#den",
+        "Cannot send to channel (You are muted in #den until lifted: not sent)",
+    )
