@@ -18,6 +18,7 @@ import trio.testing
 from _accounts import Client, dial, named, net_fixture, open_accounts  # noqa: F401 - the net fixture
 
 from triochat import ChatServer, ServerConfig
+from triochat.client.connection import PasswordRequired, WrongPassword, open_chat_client
 from triochat.core import session as s
 from triochat.core._auth import FailureDelays
 from triochat.core.accounts import NEED_DB, Outcome, Request, parse_duration
@@ -291,3 +292,28 @@ def test_a_wrong_password_while_chatting_stops_reading_for_the_delay() -> None:
         session.command(p.c.Say("hi"))
     assert session.delay_elapsed() == [Error(p.WRONG_PASSWORD)]
     assert session.state is s.State.CHATTING
+
+
+async def test_the_client_library_gives_a_registered_names_password(
+    serve: tuple[ChatServer, int], accounts: AccountStore
+) -> None:
+    _, port = serve
+    assert (await accounts.perform(Request("register", "ann", "ann-pw"))).ok
+    client = await open_chat_client("127.0.0.1", port)
+    try:
+        with pytest.raises(PasswordRequired):
+            await client.register("ann")
+    finally:
+        await client.aclose()
+    client = await open_chat_client("127.0.0.1", port)
+    try:
+        with pytest.raises(WrongPassword):
+            await client.register("ann", "guess")
+    finally:
+        await client.aclose()
+    client = await open_chat_client("127.0.0.1", port)
+    try:
+        lines = await client.register("ann", "ann-pw")
+        assert lines[-1].endswith("* ann joined #lobby")
+    finally:
+        await client.aclose()
