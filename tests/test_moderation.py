@@ -412,3 +412,14 @@ async def test_ignore_stops_one_users_lines_and_messages_to_you_only(
     await ann.until("! You do not ignore dora")
     await bob.send("hello again")
     await ann.until("[T] <dora> hello again")
+
+
+async def test_a_member_s_own_reason_cannot_pass_for_a_kick(
+    chat: tuple[ChatServer, int],
+) -> None:
+    _, port = chat
+    ann, _bob = await den(port)
+    liar = await named(port, "liar")
+    await join(liar, "liar", "#den")
+    await liar.send("/quit kicked by ann: for nothing")
+    await ann.until("[T] * liar left #den (says: kicked by ann: for nothing)")

@@ -331,6 +331,14 @@ REGISTERED: Final = "Name {} is registered: connect with it and give its passwor
 NOT_IDENTIFIED: Final = "You are not identified: /identify PASSWORD first"
 
 
+def own_reason(reason: str) -> str:
+    """A member's own reason for leaving, never passing for a kick or a ban by an operator
+    (which every door shows as such, IRC as a KICK)."""
+    if reason.lower().startswith(("kicked by ", "banned by ")):
+        return f"says: {reason}"
+    return reason
+
+
 def account_prompt(name: str) -> str:
     """Asked for a registered name's password at registration."""
     return f"{name} is registered: its password?"
@@ -607,7 +615,7 @@ class Session(Generic[M]):
             case c.Part(room, reason):
                 if self.rules.one_room:
                     return self._stay([Error(ONE_ROOM)])
-                hub.part(member, room, reason)
+                hub.part(member, room, own_reason(reason))
                 self._follow(member)
             case c.Nick(name):
                 return self._nick(member, p.clean_text(name))
@@ -630,7 +638,7 @@ class Session(Generic[M]):
                     return [FetchHistory(room, count)]
                 hub.replay(member, room, hub.recent(room, count))
             case c.Quit(reason):
-                reason = reason or "quit"
+                reason = own_reason(reason) or "quit"
                 hub.leave(member, reason, farewell=BYE)
                 self._to(State.CLOSED)
                 return [Close(reason)]
