@@ -34,6 +34,7 @@ class FakeMember:
         self.name = name
         self.key = p.name_key(name)
         self.rooms: dict[str, None] = {}
+        self.address = ""
 
 
 class FakeHub:
@@ -125,8 +126,9 @@ class Pair:
     ) -> None:
         self.hub = hub or FakeHub()
         self.clock = clock or trio.testing.MockClock()
-        door = s.Door(
-            hub=self.hub,
+        # FakeHub fakes what these tests use, not the moderation half of SessionHub.
+        door: s.Door[FakeMember] = s.Door(
+            hub=self.hub,  # type: ignore[arg-type]
             rules=s.Rules(**rules),
             dialect=p.LineDialect(),
             delays=delays if delays is not None else FailureDelays(),

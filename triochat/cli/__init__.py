@@ -1,6 +1,6 @@
 """The ``triochat`` command: a click group; each command parses, then calls ``trio.run``.
 
-One module per command (:mod:`.serve`, :mod:`.join`, :mod:`.bot`); the options
+One module per command (:mod:`.serve`, :mod:`.join`, :mod:`.bot`, :mod:`.admin`); the options
 they share, and the rule that defaults come from the config dataclasses, are in
 :mod:`.options`.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import bot, join, serve
+from . import admin, bot, join, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,3 +22,4 @@ def main() -> None:
 main.add_command(serve.serve)
 main.add_command(join.join)
 main.add_command(bot.bot)
+main.add_command(admin.admin)

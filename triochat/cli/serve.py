@@ -276,6 +276,16 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     help="Require this password after the name (prefer TRIOCHAT_PASSWORD: not seen in ps).",
 )
 @server_option(
+    "--motd",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Show this text file's lines as the message of the day (at registration, /motd).",
+)
+@server_option(
+    "--max-password",
+    type=click.IntRange(1),
+    help="With --db: the longest account password, in characters.",
+)
+@server_option(
     "--max-per-address",
     type=click.IntRange(0),
     help="Most connections at once from one IP address; 0: no limit.",

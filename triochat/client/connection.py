@@ -25,6 +25,8 @@ from ..protocol import line as p
 MAX_SERVER_LINE: Final = 1 << 20
 _USERS_PREFIX: Final = "* Users in "
 _PASSWORD_PROMPT: Final = p.format_info(p.PASSWORD_PROMPT).rstrip("\n")
+_ACCOUNT_PROMPT: Final = "* {} is registered: its password?"
+_WRONG_ACCOUNT_PASSWORD: Final = "! Wrong password for {}"
 _WRONG_PASSWORD: Final = p.format_error(p.WRONG_PASSWORD).rstrip("\n")
 _TLS_REQUIRED: Final = p.format_error(p.TLS_REQUIRED).rstrip("\n")
 
@@ -130,12 +132,15 @@ class ChatClient:
         while True:
             line = await self.receive_line()
             if not registered:
-                if line == _PASSWORD_PROMPT:
+                if line == _PASSWORD_PROMPT or line == _ACCOUNT_PROMPT.format(name):
+                    # The server's password, or the registered name's (--db): the one given.
                     if password is None:
                         raise PasswordRequired("the server asks for a password")
                     given = password if isinstance(password, str) else await password()
                     await self.send_line(given)
                     continue
+                if line == _WRONG_ACCOUNT_PASSWORD.format(name):
+                    raise WrongPassword("wrong password")
                 if line == _WRONG_PASSWORD:
                     raise WrongPassword("wrong password")
                 if line == _TLS_REQUIRED:

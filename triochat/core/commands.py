@@ -6,7 +6,7 @@ lines); doors where a member is in several rooms always name it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,4 +83,152 @@ class Invalid:
     message: str
 
 
-Command = Say | Me | Join | Part | Nick | Msg | Users | Rooms | Help | History | Quit | Invalid
+# --- Accounts (``--db``) ----------------------------------------------------------
+# A password field never shows in a repr, so no log line or traceback can leak one.
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """``/register PASSWORD``: the member's current name becomes its account."""
+
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Identify:
+    """``/identify PASSWORD``: prove the current name is the member's account."""
+
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePassword:
+    """``/password OLD NEW``."""
+
+    old: str = field(repr=False)
+    new: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister:
+    """``/unregister PASSWORD``: the name is anyone's again."""
+
+    password: str = field(repr=False)
+
+
+# --- Moderation (room operators and server admins) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """``/topic [TEXT]``: read the room's topic, or set it (``text``)."""
+
+    text: str | None = None
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    name: str
+    reason: str = ""
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """``/ban NAME|ADDRESS [DURATION] [REASON]``; ``seconds`` of ``None``: until lifted."""
+
+    target: str
+    seconds: float | None = None
+    reason: str = ""
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unban:
+    target: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bans:
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mute:
+    name: str
+    seconds: float | None = None
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unmute:
+    name: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    name: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deop:
+    name: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Wall:
+    """``/wall TEXT``: a server admin's notice to everyone."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Motd:
+    """``/motd``: the message of the day."""
+
+
+@dataclass(frozen=True, slots=True)
+class Away:
+    """``/away [TEXT]``: away with ``text``, or back (``None``)."""
+
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """``/ignore NAME``: stop receiving NAME's lines and private messages."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unignore:
+    name: str
+
+
+AccountCommand = Register | Identify | ChangePassword | Unregister
+UserCommand = Wall | Motd | Away | Ignore | Unignore
+ModerationCommand = Topic | Kick | Ban | Unban | Bans | Mute | Unmute | Op | Deop
+
+Command = (
+    Say
+    | Me
+    | Join
+    | Part
+    | Nick
+    | Msg
+    | Users
+    | Rooms
+    | Help
+    | History
+    | Quit
+    | Invalid
+    | AccountCommand
+    | ModerationCommand
+    | UserCommand
+)

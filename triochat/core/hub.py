@@ -31,6 +31,7 @@ from ..backplane import Backplane, LocalBackplane
 from ..protocol import line as p
 from . import events as ev
 from .events import Dialect, RoomEvent
+from .moderation import Moderation, Topic
 
 log: Final = logging.getLogger("triochat.hub")
 
@@ -75,7 +76,18 @@ class Archive(Protocol):
 class Member:
     """A registered user, as the hub sees it."""
 
-    __slots__ = ("dialect", "disconnect", "hang_up", "key", "name", "outbox", "rooms")
+    __slots__ = (
+        "address",
+        "away",
+        "dialect",
+        "disconnect",
+        "hang_up",
+        "ignoring",
+        "key",
+        "name",
+        "outbox",
+        "rooms",
+    )
 
     def __init__(
         self, name: str, outbox: Outbox, disconnect: Callable[[], None], dialect: Dialect
@@ -90,6 +102,12 @@ class Member:
         # Stop reading but let queued lines out, given why (the server sets it);
         # else disconnect.
         self.hang_up: Callable[[str], None] | None = None
+        self.address = ""
+        """The client's address, for address bans (its session sets it)."""
+        self.away: str | None = None
+        """Why the member is away (``/away``), told to whoever messages it."""
+        self.ignoring: set[str] = set()
+        """The name keys whose lines and private messages it is not sent (``/ignore``)."""
 
     @property
     def room_names(self) -> Iterable[str]:
@@ -152,7 +170,7 @@ class EpochArchive(Protocol):
 class Room:
     """A room with members on this node, grouped by dialect for rendering."""
 
-    __slots__ = ("groups", "joined", "left", "log", "members", "name")
+    __slots__ = ("groups", "ignorers", "joined", "left", "log", "members", "name")
 
     def __init__(self, name: str, log: _Log) -> None:
         self.name = name
@@ -163,13 +181,19 @@ class Room:
         # Dicts keep join order, which makes fan-out order deterministic.
         self.members: dict[Member, None] = {}
         self.groups: dict[Dialect, dict[Member, None]] = {}
+        # The members here who ignore someone: only they are looked at when a
+        # burst is handed out, and only while there are any.
+        self.ignorers: dict[Member, None] = {}
 
     def add(self, member: Member) -> None:
         self.members[member] = None
         self.groups.setdefault(member.dialect, {})[member] = None
+        if member.ignoring:
+            self.ignorers[member] = None
 
     def remove(self, member: Member) -> None:
         del self.members[member]
+        self.ignorers.pop(member, None)
         group = self.groups[member.dialect]
         del group[member]
         if not group:
@@ -194,6 +218,8 @@ class Hub:
       names: the name policy (``"unicode"``, or ``"ascii"`` for ASCII names only).
       resume_max: the recent events of every kind each room keeps for
         :meth:`resume`, and the most one resume replays.
+      moderation: the rooms' operators, topics, bans and mutes (default: none yet).
+      max_ignored: the most names one member can ``/ignore``.
     """
 
     def __init__(
@@ -208,9 +234,13 @@ class Hub:
         presence_interval: float = 30.0,
         names: p.NamePolicy = "unicode",
         resume_max: int = 1000,
+        moderation: Moderation | None = None,
+        max_ignored: int = 100,
     ) -> None:
         self.names: p.NamePolicy = names
         self.resume_max = resume_max
+        self.moderation = moderation or Moderation()
+        self.max_ignored = max_ignored
         self.history = history
         self.max_rooms_per_member = max_rooms_per_member
         self.quiet_above = quiet_above
@@ -328,6 +358,8 @@ class Hub:
         held = self._room_of(member, room)
         if held is None:
             return
+        if self.moderation.mutes and self._refuse_muted(member, held):
+            return
         log_ = held.log
         now = self._clock()
         name, where = member.name, held.name
@@ -342,6 +374,8 @@ class Hub:
         """An action (``/me``) from ``member`` in ``room``."""
         held = self._room_of(member, room)
         if held is None:
+            return
+        if self.moderation.mutes and self._refuse_muted(member, held):
             return
         self._publish([ev.Acted(held.name, self._next(held.log), self._clock(), member.name, text)])
         self._evict_slow()
@@ -365,8 +399,11 @@ class Hub:
         elif target is None:
             self.tell(member, ev.Error(f"No such user: {to}"))
         else:
-            self.tell(target, message)
+            if member.key not in target.ignoring:
+                self.tell(target, message)
             self.tell(member, echo)
+        if target is not None and target.away is not None:
+            self.tell(member, ev.Notice(f"{target.name} is away: {target.away}"))
         self._evict_slow()
 
     def join(self, member: Member, room: str) -> None:
@@ -487,6 +524,71 @@ class Hub:
         # Whoever could not take the notice goes now, not at the next command.
         self._evict_slow()
 
+    # --- moderation (the session checks who may) ---------------------------------------
+
+    def set_topic(self, member: Member, room: str, text: str) -> None:
+        """``member`` sets ``room``'s topic; the room sees it (and joiners, later)."""
+        held = self._room_of(member, room)
+        if held is None:
+            return
+        now = self._clock()
+        self.moderation.topics[room] = Topic(text, member.name, now)
+        self._publish([ev.TopicSet(room, self._next(held.log), now, member.name, text)])
+        self._evict_slow()
+
+    def kick(self, member: Member, target: Member, room: str, reason: str) -> None:
+        """``target`` leaves ``room``, sent away by ``member``: ``(kicked by OP: REASON)``."""
+        self.remove_from(
+            target, room, f"kicked by {member.name}" + (f": {reason}" if reason else "")
+        )
+
+    def remove_from(self, target: Member, room: str, reason: str) -> None:
+        """``target`` leaves ``room`` for ``reason`` (a kick, a ban), and is told why."""
+        if not self.is_member(target) or room not in target.rooms:
+            return
+        self._exit(target, room, reason)
+        self.backplane.presence(target.key, target.name, tuple(target.rooms))
+        # The room's departure is told after the member is out of it: it sees its own
+        # (unnumbered: not the room's event), so every door can show it left.
+        left = ev.Left(room, 0, self._clock(), target.name, reason)
+        self.tell(target, left, ev.Error(f"You left {room} ({reason})"))
+        self._evict_slow()
+
+    def expel(self, member: Member, reason: str) -> None:
+        """Send ``member`` out of the chat (a server-wide ban): told why, then hung up."""
+        if not self.is_member(member):
+            return
+        self.tell(member, ev.Error(f"You are out of the chat ({reason})"))
+        self.leave(member, reason)
+        if member.hang_up is not None:
+            member.hang_up(reason)
+        else:
+            member.disconnect()
+
+    def set_away(self, member: Member, text: str | None) -> None:
+        """``member`` is away (``text``: why) or back (``None``)."""
+        member.away = text
+
+    def wall(self, member: Member, text: str) -> None:
+        """A server admin's notice to everyone on this node."""
+        if not self.is_member(member):
+            return
+        groups: dict[Dialect, list[Member]] = {}
+        for held in self._members.values():
+            groups.setdefault(held.dialect, []).append(held)
+        self._fanout(groups, [ev.Notice(f"Notice from {member.name} to everyone: {text}")])
+        self._evict_slow()
+
+    def _refuse_muted(self, member: Member, room: Room) -> bool:
+        """Whether ``member`` is muted in ``room``; if so it is told, the room is not."""
+        until = self.moderation.muted(room.name, member.key)
+        if until is None:
+            return False
+        remaining = self.moderation.remaining(until)
+        self.tell(member, ev.Error(f"You are muted in {room.name} {remaining}: not sent"))
+        self._evict_slow()
+        return True
+
     def shutdown(self) -> None:
         """Forget everyone at once, with no departures announced: the server is closing."""
         self._members.clear()
@@ -553,10 +655,10 @@ class Hub:
             room.joined += 1
             # The joiner alone sees its join: unnumbered, it is not the room's event.
             joined = ev.Joined(name, 0, self._clock(), member.name)
-            self.tell(member, *room.log.events, self._user_list(room), joined)
+            self.tell(member, *room.log.events, self._user_list(room), *self._topic(name), joined)
             return
         # The history and the user list (the joiner included) in one hand-over.
-        self.tell(member, *room.log.events, self._user_list(room))
+        self.tell(member, *room.log.events, self._user_list(room), *self._topic(name))
         self._publish([ev.Joined(name, self._next(room.log), self._clock(), member.name)])
 
     def _exit(self, member: Member, name: str, reason: str) -> None:
@@ -572,6 +674,13 @@ class Hub:
             room.left += 1
         else:
             self._publish([ev.Left(name, self._next(log_), self._clock(), member.name, reason)])
+
+    def _topic(self, room: str) -> tuple[ev.Notice, ...]:
+        """The topic a joiner of ``room`` is shown, if it has one."""
+        topic = self.moderation.topics.get(room)
+        if topic is None:
+            return ()
+        return (ev.Notice(f"Topic of {room}: {topic.text} (set by {topic.by})"),)
 
     def _names(self, room: Room) -> list[str]:
         names = [m.name for m in room.members]
@@ -611,7 +720,10 @@ class Hub:
             if self._epochs is not None:
                 self._epochs.numbered(name, held.seq)
         if room is not None:
-            self._fanout(room.groups, events)
+            if room.ignorers:
+                self._fanout_ignoring(room, events)
+            else:
+                self._fanout(room.groups, events)
 
     def _fanout(
         self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]
@@ -631,6 +743,49 @@ class Hub:
                     # Its connection is already on the way out and will call leave().
                     pass
             self.lines_out += sent * count
+
+    def _fanout_ignoring(self, room: Room, events: Sequence[RoomEvent]) -> None:
+        """Hand ``events`` out in a room where someone ignores someone: those who ignore a
+        sender of the burst get it without that sender's lines, everyone else as usual."""
+        senders = {p.name_key(e.name) for e in events if isinstance(e, ev.Said | ev.Acted)}
+        skipped = [m for m in room.ignorers if not m.ignoring.isdisjoint(senders)]
+        if not skipped:
+            self._fanout(room.groups, events)
+            return
+        left_out = set(skipped)
+        groups = {
+            dialect: [m for m in members if m not in left_out]
+            for dialect, members in room.groups.items()
+        }
+        self._fanout(groups, events)
+        for member in skipped:
+            kept = [
+                e
+                for e in events
+                if not (isinstance(e, ev.Said | ev.Acted) and p.name_key(e.name) in member.ignoring)
+            ]
+            if kept:
+                self.tell(member, *kept)
+
+    def ignore(self, member: Member, name: str, ignored: bool) -> str | None:
+        """``member`` ignores ``name`` (or not any more); the error text if that cannot be."""
+        key = p.name_key(name)
+        if key == member.key:
+            return "You cannot ignore yourself"
+        if ignored:
+            if len(member.ignoring) >= self.max_ignored and key not in member.ignoring:
+                return f"You ignore {len(member.ignoring)} names, the most this server allows"
+            member.ignoring.add(key)
+        elif key in member.ignoring:
+            member.ignoring.discard(key)
+        else:
+            return f"You do not ignore {name}"
+        for room in member.rooms.values():
+            if member.ignoring:
+                room.ignorers[member] = None
+            else:
+                room.ignorers.pop(member, None)
+        return None
 
     def _hand_over(self, member: Member, data: bytes, lines: int) -> None:
         try:
@@ -712,7 +867,7 @@ class Hub:
     def deliver_private(self, key: str, event: ev.Private, /) -> None:
         """A private message (or its echo) from the cluster, if its recipient is here."""
         member = self._members.get(key)
-        if member is not None:
+        if member is not None and (event.echo or p.name_key(event.sender) not in member.ignoring):
             self.tell(member, event)
 
     def replace_histories(self, histories: Mapping[str, Sequence[RoomEvent]], /) -> None:

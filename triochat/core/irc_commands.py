@@ -9,7 +9,7 @@ may come before registration.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -228,6 +228,8 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
             session.numeric("412", "No text to send")
         return []
     targets, raw = msg.params[0].split(","), msg.params[1]
+    if msg.params[0].lower() == "nickserv" and not notice:
+        return _nickserv(session, raw)
     member = session.member
     assert member is not None
     action = raw.startswith(_ACTION_START)
@@ -330,6 +332,10 @@ def _whois(session: IRCSession, msg: wire.Message) -> list[Output]:
     away = session.aways.get(nick)
     if away is not None:
         session.numeric("301", nick, away)
+    accounts = session.accounts
+    if held is not None and accounts is not None and accounts.registered(nick):
+        # Online under a registered name: it gave the password (or registered it).
+        session.numeric("330", nick, nick, "is logged in as")
     session.numeric("318", nick, "End of /WHOIS list")
     return []
 
@@ -352,7 +358,15 @@ def _topic(session: IRCSession, msg: wire.Message) -> list[Output]:
         session.numeric("442", name, "You're not on that channel")
         return []
     if len(msg.params) > 1:
-        session.numeric("482", name, "Setting a topic is not supported on this server yet")
+        if _no_operators(session, room):
+            return []
+        return session.translate(session.session.command(c.Topic(msg.params[1], room)))
+    moderation = session.session.moderation
+    held = moderation.topics.get(room) if moderation is not None else None
+    if held is not None:
+        session.numeric("332", room, held.text)
+        by = names.source(held.by, session.rules.server)
+        session.numeric("333", room, by, str(int(held.time)))
         return []
     topic = None
     for event in session.hub.recent(room, session.hub.history):
@@ -381,11 +395,11 @@ def _mode(session: IRCSession, msg: wire.Message) -> list[Output]:
         elif len(msg.params) == 1:
             session.numeric("324", room, "+nt")
         elif msg.params[1].lstrip("+") in ("b", "") and len(msg.params) == 2:
-            session.numeric("368", room, "End of channel ban list")
+            _ban_list(session, room)
         elif room not in member.rooms:
             session.numeric("442", target, "You're not on that channel")
-        else:
-            session.numeric("482", room, "You're not a channel operator (no one is, here)")
+        elif not _no_operators(session, room):
+            return _channel_modes(session, room, msg.params[1], msg.params[2:])
         return []
     if p.name_key(target) != member.key:
         session.numeric("502", "Cannot change mode for other users")
@@ -414,6 +428,94 @@ def _mode(session: IRCSession, msg: wire.Message) -> list[Output]:
     if applied.strip("+-"):
         session.send(wire.message("MODE", session.target, applied, source=session.me()))
     return []
+
+
+def _nickserv(session: IRCSession, text: str) -> list[Output]:
+    """``PRIVMSG NickServ :IDENTIFY [NICK] PASSWORD`` (and ``REGISTER PASSWORD``)."""
+    verb, _, rest = text.strip().partition(" ")
+    words = rest.split()
+    command: c.Command
+    if verb.upper() == "IDENTIFY" and words:
+        command = c.Identify(words[-1])
+    elif verb.upper() == "REGISTER" and words:
+        command = c.Register(words[0])
+    else:
+        session.notice("NickServ: IDENTIFY [NICK] PASSWORD or REGISTER PASSWORD")
+        return []
+    return session.translate(session.session.command(command))
+
+
+def _no_operators(session: IRCSession, room: str) -> bool:
+    """Whether this door has no moderation at all (told with 482)."""
+    if session.session.moderation is not None:
+        return False
+    session.numeric("482", room, "You're not a channel operator (no one is, here)")
+    return True
+
+
+def _ban_list(session: IRCSession, room: str) -> None:
+    """``MODE #room +b``: 367 per ban in force, then 368."""
+    moderation = session.session.moderation
+    server = session.rules.server
+    for ban in moderation.bans(room) if moderation is not None else ():
+        mask = ban.target if "." in ban.target or ":" in ban.target else f"{ban.target}!*@*"
+        session.numeric("367", room, mask, names.source(ban.by, server), "0")
+    session.numeric("368", room, "End of channel ban list")
+
+
+def _ban_target(mask: str) -> str:
+    """A ban mask's name or address: ``nick!*@*`` is ``nick``, ``*!*@1.2.3.4`` is the address."""
+    nick, _, host = mask.partition("!")
+    host = host.partition("@")[2]
+    if nick in ("", "*") and host not in ("", "*"):
+        return host
+    return nick
+
+
+def _channel_modes(
+    session: IRCSession, room: str, changes: str, args: Sequence[str]
+) -> list[Output]:
+    """``MODE #room +o/-o NICK`` and ``+b/-b MASK``: the session's /op, /deop, /ban, /unban."""
+    outputs: list[Output] = []
+    adding = True
+    given = iter(args)
+    for char in changes:
+        if char in "+-":
+            adding = char == "+"
+            continue
+        arg = next(given, None)
+        command: c.Command
+        if char == "o" and arg:
+            command = c.Op(arg, room) if adding else c.Deop(arg, room)
+        elif char == "b" and arg:
+            target = _ban_target(arg)
+            command = c.Ban(target, None, "", room) if adding else c.Unban(target, room)
+        elif char == "b":
+            _ban_list(session, room)
+            continue
+        else:
+            session.numeric("472", char, "is an unknown mode char to me")
+            continue
+        outputs += session.translate(session.session.command(command))
+    return outputs
+
+
+def _kick(session: IRCSession, msg: wire.Message) -> list[Output]:
+    if not _need(session, msg, 2):
+        return []
+    member = session.member
+    assert member is not None
+    room = msg.params[0].lower()
+    if room not in member.rooms:
+        session.numeric("442", msg.params[0], "You're not on that channel")
+        return []
+    if _no_operators(session, room):
+        return []
+    reason = msg.params[2] if len(msg.params) > 2 else ""
+    outputs: list[Output] = []
+    for nick in msg.params[1].split(","):
+        outputs += session.translate(session.session.command(c.Kick(nick, reason, room)))
+    return outputs
 
 
 def _away(session: IRCSession, msg: wire.Message) -> list[Output]:
@@ -526,6 +628,7 @@ HANDLERS: Final[dict[str, tuple[Handler, bool]]] = {
     "WHOIS": (_whois, False),
     "LIST": (_list, False),
     "TOPIC": (_topic, False),
+    "KICK": (_kick, False),
     "MODE": (_mode, False),
     "AWAY": (_away, False),
     "ISON": (_ison, False),

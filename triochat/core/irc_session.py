@@ -36,11 +36,25 @@ from ..protocol.irc import history, names, wire
 from ..protocol.irc.render import IRCDialect
 from . import events as ev
 from ._auth import FailureDelays
+from .accounts import AccountBook, Outcome
 from .hub import Hub, Member, Outbox
 from .irc_commands import HANDLERS, USER_MODES, HistoryRequest, nick_code
-from .session import ClaimName, Close, Door, FetchHistory, Output, Rules, Session, State, Wait
+from .moderation import Moderation
+from .session import (
+    AccountCall,
+    ClaimName,
+    Close,
+    Door,
+    FetchHistory,
+    Output,
+    Rules,
+    Session,
+    State,
+    Wait,
+    account_prompt,
+)
 
-_AWAITED: Final = (ClaimName, FetchHistory, Wait)
+_AWAITED: Final = (ClaimName, FetchHistory, Wait, AccountCall)
 """Effects the door awaits before the client's next message may be handled."""
 
 
@@ -190,6 +204,8 @@ class IRCSession:
         address: str = "",
         delays: FailureDelays | None = None,
         clock: Callable[[], float],
+        accounts: AccountBook | None = None,
+        moderation: Moderation | None = None,
     ) -> None:
         self.hub = hub
         self.rules = rules
@@ -205,7 +221,10 @@ class IRCSession:
             dialect=self.dialect,
             delays=delays if delays is not None else FailureDelays(),
             clock=clock,
+            accounts=accounts,
+            moderation=moderation,
         )
+        self.accounts = accounts
         self.session: Session[Member] = Session(
             door, outbox=self.outbox, disconnect=disconnect, address=address
         )
@@ -213,6 +232,8 @@ class IRCSession:
         self.nick: str | None = None
         self.user: str | None = None
         self.password: str | None = None
+        self.account_password: str | None = None
+        """A registered nick's password, if given apart from PASS (reserved for SASL)."""
         self.user_modes: set[str] = set()
         self.cap_open = False  # CAP LS or REQ before registration: wait for CAP END
         self.cap_version = 0
@@ -308,6 +329,14 @@ class IRCSession:
         """The wrong password's delay is over."""
         return self.translate(self.session.delay_elapsed())
 
+    def account_result(self, outcome: Outcome) -> list[Output]:
+        """The outcome of an :class:`~triochat.core.session.AccountCall` asked for."""
+        registering = self.session.state is State.VERIFYING
+        outputs = self.translate(self.session.account_result(outcome))
+        if registering:
+            outputs += self._after_register_attempt()
+        return outputs
+
     def deadline_passed(self) -> list[Output]:
         """Registration did not finish in time."""
         return self.translate(self.session.deadline_passed())
@@ -388,8 +417,10 @@ class IRCSession:
         effects: list[Output] = []
         for output in outputs:
             if isinstance(output, ev.Notice):
-                if output.text in (p.NAME_QUESTION, p.PASSWORD_PROMPT):
-                    continue  # IRC asks neither: NICK and PASS come unasked
+                if output.text in (p.NAME_QUESTION, p.PASSWORD_PROMPT) or (
+                    self.nick is not None and output.text == account_prompt(self.nick)
+                ):
+                    continue  # IRC asks none: NICK and PASS (or SASL) come unasked
                 self.send(
                     wire.message("NOTICE", self.target, output.text, source=self.rules.server)
                 )
@@ -404,7 +435,12 @@ class IRCSession:
 
     def _error(self, text: str) -> None:
         state = self.session.state
-        if text == p.WRONG_PASSWORD:
+        if text.startswith("You are not an operator of "):
+            room = text.rsplit(" ", 1)[-1]
+            self.numeric("482", room, "You're not a channel operator")
+        elif text == p.WRONG_PASSWORD and state is State.CHATTING:
+            self.notice(text)  # an account command's: the link stays up
+        elif text == p.WRONG_PASSWORD:
             self.numeric("464", "Password incorrect")
             self.send(wire.message("ERROR", "Closing link: wrong password"))
         elif state is State.CLOSED and self.session.member is None:
@@ -440,6 +476,17 @@ class IRCSession:
         state: State = session.state  # changed by the call
         if state is State.AWAITING_PASSWORD:
             outputs += session.receive_line(self.password or "")
+            state = session.state
+        if state is State.AWAITING_ACCOUNT:
+            # A registered nick: SASL PLAIN's password, or PASS on a server without one.
+            given = self.account_password
+            if given is None and self.rules.session.password is None:
+                given = self.password
+            outputs += session.receive_line(given or "")
+            if not given:
+                self.numeric(
+                    "433", self.nick, "Nickname is registered: give its password (SASL or PASS)"
+                )
         effects = self.translate(outputs)
         return effects + self._after_register_attempt()
 

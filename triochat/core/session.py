@@ -22,6 +22,7 @@ Nothing here awaits or does I/O; the time comes from the door's ``clock``.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar
@@ -30,7 +31,17 @@ from ..backplane.base import Claim
 from ..protocol import line as p
 from . import commands as c
 from ._auth import FailureDelays, password_matches
+from .accounts import (
+    MAX_PASSWORD,
+    NEED_DB,
+    AccountBook,
+    Outcome,
+    Request,
+    account_key,
+    password_error,
+)
 from .events import Dialect, Error, Event, Notice, RoomEvent
+from .moderation import SERVER, Ban, Moderation
 
 # --- States, inputs and the table of moves ------------------------------------
 
@@ -48,9 +59,20 @@ class State(enum.Enum):
     FETCHING = "fetching history"
     """A ``/history`` answer is being read from the store (:class:`FetchHistory`)."""
     CLOSED = "closed"
+    # Accounts (``--db``): a registered name's password, and account commands.
+    AWAITING_ACCOUNT = "awaiting the name's password"
+    VERIFYING = "checking the name's password"
+    """The name's password is being checked (:class:`AccountCall`)."""
+    ACCOUNT_REFUSING = "refusing a wrong password for the name"
+    """The verdict waits out its delay (:class:`Wait`); then the name is asked again."""
+    ACCOUNTING = "carrying out an account command"
+    """``/register``, ``/identify``, ``/password`` or ``/unregister`` (:class:`AccountCall`)."""
+    PENALIZED = "waiting out a wrong password"
+    """A chatting member gave a wrong account password: nothing is read for a while."""
 
 
 class Input(enum.Enum):
+    START = "the connection's start"
     LINE = "a line before registration"
     TOO_LONG = "a line too long"
     COMMAND = "a command"
@@ -59,14 +81,24 @@ class Input(enum.Enum):
     DEADLINE = "the registration deadline"
     FETCHED = "fetched history"
     CLOSE = "the connection's end"
+    ACCOUNT_RESULT = "an account request's outcome"
 
 
 _REGISTERING: Final = frozenset(
-    {State.AWAITING_NAME, State.AWAITING_PASSWORD, State.CLAIMING, State.CHATTING, State.CLOSED}
+    {
+        State.AWAITING_NAME,
+        State.AWAITING_PASSWORD,
+        State.AWAITING_ACCOUNT,
+        State.CLAIMING,
+        State.CHATTING,
+        State.CLOSED,
+    }
 )
 
 TRANSITIONS: Final[Mapping[State, Mapping[Input, frozenset[State]]]] = {
     State.AWAITING_NAME: {
+        # A server-wide ban of the address refuses the connection at once.
+        Input.START: frozenset({State.AWAITING_NAME, State.CLOSED}),
         Input.LINE: _REGISTERING,
         Input.TOO_LONG: frozenset({State.AWAITING_NAME}),
         Input.DEADLINE: frozenset({State.CLOSED}),
@@ -90,7 +122,9 @@ TRANSITIONS: Final[Mapping[State, Mapping[Input, frozenset[State]]]] = {
         Input.CLOSE: frozenset({State.CLOSED}),
     },
     State.CHATTING: {
-        Input.COMMAND: frozenset({State.CHATTING, State.RENAMING, State.FETCHING, State.CLOSED}),
+        Input.COMMAND: frozenset(
+            {State.CHATTING, State.RENAMING, State.FETCHING, State.ACCOUNTING, State.CLOSED}
+        ),
         Input.TOO_LONG: frozenset({State.CHATTING}),
         Input.CLOSE: frozenset({State.CLOSED}),
     },
@@ -104,6 +138,33 @@ TRANSITIONS: Final[Mapping[State, Mapping[Input, frozenset[State]]]] = {
     },
     State.CLOSED: {
         Input.CLOSE: frozenset({State.CLOSED}),  # every way out may say so; once counts
+    },
+    State.AWAITING_ACCOUNT: {
+        # An empty answer gives the name up (no account has an empty password).
+        Input.LINE: frozenset(
+            {State.AWAITING_ACCOUNT, State.VERIFYING, State.AWAITING_NAME, State.CLOSED}
+        ),
+        Input.TOO_LONG: frozenset({State.AWAITING_ACCOUNT}),
+        Input.DEADLINE: frozenset({State.CLOSED}),
+        Input.CLOSE: frozenset({State.CLOSED}),
+    },
+    State.VERIFYING: {
+        Input.ACCOUNT_RESULT: _REGISTERING | {State.ACCOUNT_REFUSING},
+        Input.DEADLINE: frozenset({State.CLOSED}),
+        Input.CLOSE: frozenset({State.CLOSED}),
+    },
+    State.ACCOUNT_REFUSING: {
+        Input.DELAY_ELAPSED: frozenset({State.AWAITING_NAME}),
+        Input.DEADLINE: frozenset({State.CLOSED}),
+        Input.CLOSE: frozenset({State.CLOSED}),
+    },
+    State.ACCOUNTING: {
+        Input.ACCOUNT_RESULT: frozenset({State.CHATTING, State.PENALIZED}),
+        Input.CLOSE: frozenset({State.CLOSED}),
+    },
+    State.PENALIZED: {
+        Input.DELAY_ELAPSED: frozenset({State.CHATTING}),
+        Input.CLOSE: frozenset({State.CLOSED}),
     },
 }
 """For each state, the inputs it takes and the states each may lead to."""
@@ -152,8 +213,16 @@ class Close:
     reason: str
 
 
-Effect = ClaimName | Unclaim | Wait | FetchHistory | Close
-EFFECTS: Final = (ClaimName, Unclaim, Wait, FetchHistory, Close)
+@dataclass(frozen=True, slots=True)
+class AccountCall:
+    """Carry out ``request`` on the account book (hashing in a thread); then
+    :meth:`Session.account_result`. Its repr shows no password."""
+
+    request: Request
+
+
+Effect = ClaimName | Unclaim | Wait | FetchHistory | Close | AccountCall
+EFFECTS: Final = (ClaimName, Unclaim, Wait, FetchHistory, Close, AccountCall)
 """The effect classes, to tell effects from events (``isinstance(output, EFFECTS)``)."""
 Output = Event | Effect
 """What an input gives back, in order: events for the client, effects for the I/O layer."""
@@ -177,6 +246,8 @@ class SessionMember(Protocol):
 
     @property
     def rooms(self) -> Mapping[str, object]: ...
+
+    address: str
 
 
 M = TypeVar("M", bound=SessionMember)
@@ -224,6 +295,29 @@ class SessionHub(Protocol[M]):
 
     def leave(self, member: M, reason: str, /, *, farewell: str | None = None) -> None: ...
 
+    # Moderation: the session decides who may; the hub carries it out.
+    def member(self, name: str, /) -> M | None: ...
+
+    def local_members(self) -> Sequence[M]: ...
+
+    def set_topic(self, member: M, room: str, text: str, /) -> None: ...
+
+    def kick(self, member: M, target: M, room: str, reason: str, /) -> None: ...
+
+    def remove_from(self, target: M, room: str, reason: str, /) -> None: ...
+
+    def tell(self, member: M, /, *events: Event) -> None: ...
+
+    def wall(self, member: M, text: str, /) -> None: ...
+
+    def expel(self, member: M, reason: str, /) -> None: ...
+
+    def ignore(self, member: M, name: str, ignored: bool, /) -> str | None: ...
+
+    def set_away(self, member: M, text: str | None, /) -> None: ...
+
+    def hosts(self, room: str, /) -> bool: ...
+
 
 # --- The texts ------------------------------------------------------------------
 
@@ -233,6 +327,33 @@ TAKEN: Final = "Name {} is taken, choose another"
 LINK_DOWN: Final = "Cannot check that name with the rest of the chat right now; try again"
 NO_ROOM: Final = "You are in no room; /join #room first"
 ONE_ROOM: Final = "You are always in one room here: /join #room moves you"
+REGISTERED: Final = "Name {} is registered: connect with it and give its password"
+NOT_IDENTIFIED: Final = "You are not identified: /identify PASSWORD first"
+
+
+def own_reason(reason: str) -> str:
+    """A member's own reason for leaving, never passing for a kick or a ban by an operator
+    (which every door shows as such, IRC as a KICK)."""
+    if reason.lower().startswith(("kicked by ", "banned by ")):
+        return f"says: {reason}"
+    return reason
+
+
+def account_prompt(name: str) -> str:
+    """Asked for a registered name's password at registration."""
+    return f"{name} is registered: its password?"
+
+
+def banned_text(room: str, ban: Ban, moderation: Moderation) -> str:
+    reason = f": {ban.reason}" if ban.reason else ""
+    return f"You are banned from {room} {moderation.remaining(ban.until)}{reason}"
+
+
+def _is_address(target: str) -> bool:
+    """Whether a ban's target is an address (IPv4 or IPv6), not a name."""
+    return all(ch in "0123456789abcdefABCDEF.:" for ch in target) and any(
+        ch in ".:" for ch in target
+    )
 
 
 def welcome_text(online: int | None) -> str:
@@ -271,6 +392,10 @@ class Rules:
     """A member is in one room at a time and ``/join`` moves it (the v1 line door)."""
     arrival_rooms: tuple[str, ...] = (p.LOBBY,)
     """The rooms a newly named member joins."""
+    motd: tuple[str, ...] = ()
+    """The message of the day (``--motd FILE``), shown at registration and by ``/motd``."""
+    max_password: int = MAX_PASSWORD
+    """The longest account password, in characters (``--max-password``)."""
 
 
 # --- The session ---------------------------------------------------------------------
@@ -288,6 +413,10 @@ class Door(Generic[M]):
     """The server's password failure delays, per address, shared by all its doors."""
     clock: Callable[[], float]
     """The time, for the delays (the door's clock: ``trio.current_time``)."""
+    accounts: AccountBook | None = None
+    """The registered names (``--db``); ``None``: no accounts."""
+    moderation: Moderation | None = None
+    """The hub's operators, topics, bans and mutes; ``None``: no moderation on this door."""
 
 
 class Session(Generic[M]):
@@ -307,6 +436,7 @@ class Session(Generic[M]):
         "_outbox",
         "_pending",
         "_started",
+        "account",
         "address",
         "authenticated",
         "member",
@@ -335,10 +465,17 @@ class Session(Generic[M]):
         self.authenticated = door.rules.password is None
         self._pending: str | None = None  # the name given, or being claimed
         self._started = False
+        self.account: str | None = None
+        """The key of the account the member proved is theirs, if any."""
 
     @property
     def rules(self) -> Rules:
         return self._door.rules
+
+    @property
+    def moderation(self) -> Moderation | None:
+        """The door's operators, topics, bans and mutes (``None``: no moderation)."""
+        return self._door.moderation
 
     def __repr__(self) -> str:
         name = self.member.name if self.member is not None else self._pending
@@ -366,6 +503,11 @@ class Session(Generic[M]):
         if self._started or self.state is not State.AWAITING_NAME:
             raise LocalProtocolError(f"cannot start again while {self.state.value}")
         self._started = True
+        self._take(Input.START)
+        refused = self._refused_at_the_door(self.address)
+        if refused:
+            return refused
+        self._to(State.AWAITING_NAME)
         if self.rules.password is not None:
             # Strangers learn nothing before the password, not even how many are here.
             return [Notice(welcome_text(None)), Notice(p.NAME_QUESTION)]
@@ -389,6 +531,8 @@ class Session(Generic[M]):
             return [*self._help(), Notice(self._question())]
         if self.state is State.AWAITING_PASSWORD:
             return self._check_password(text)
+        if self.state is State.AWAITING_ACCOUNT:
+            return self._verify_account(text)
         name = cleaned.strip()
         if not name:
             self._to(State.AWAITING_NAME)
@@ -433,6 +577,11 @@ class Session(Generic[M]):
     def delay_elapsed(self) -> list[Output]:
         """The :class:`Wait` after a wrong password is over: the verdict."""
         self._take(Input.DELAY_ELAPSED)
+        if self.state is State.ACCOUNT_REFUSING:
+            return self._account_refused()
+        if self.state is State.PENALIZED:
+            self._to(State.CHATTING)
+            return [Error(p.WRONG_PASSWORD)]
         self._to(State.CLOSED)
         return [Error(p.WRONG_PASSWORD), Close("wrong password")]
 
@@ -466,7 +615,7 @@ class Session(Generic[M]):
             case c.Part(room, reason):
                 if self.rules.one_room:
                     return self._stay([Error(ONE_ROOM)])
-                hub.part(member, room, reason)
+                hub.part(member, room, own_reason(reason))
                 self._follow(member)
             case c.Nick(name):
                 return self._nick(member, p.clean_text(name))
@@ -489,12 +638,28 @@ class Session(Generic[M]):
                     return [FetchHistory(room, count)]
                 hub.replay(member, room, hub.recent(room, count))
             case c.Quit(reason):
-                reason = reason or "quit"
+                reason = own_reason(reason) or "quit"
                 hub.leave(member, reason, farewell=BYE)
                 self._to(State.CLOSED)
                 return [Close(reason)]
             case c.Invalid(message):
                 return self._stay([Error(message)])
+            case c.Register() | c.Identify() | c.ChangePassword() | c.Unregister():
+                return self._account_command(member, command)
+            case (
+                c.Topic()
+                | c.Kick()
+                | c.Ban()
+                | c.Unban()
+                | c.Bans()
+                | c.Mute()
+                | c.Unmute()
+                | c.Op()
+                | c.Deop()
+            ):
+                return self._stay(self._moderate(member, command))
+            case c.Wall() | c.Motd() | c.Away() | c.Ignore() | c.Unignore():
+                return self._stay(self._user_command(member, command))
         return self._stay([])
 
     def fetched(self, room: str, events: Sequence[RoomEvent]) -> list[Output]:
@@ -521,6 +686,9 @@ class Session(Generic[M]):
     # --- the rules -------------------------------------------------------------------
 
     def _question(self) -> str:
+        if self.state is State.AWAITING_ACCOUNT:
+            assert self._pending is not None
+            return account_prompt(self._pending)
         return p.PASSWORD_PROMPT if self.state is State.AWAITING_PASSWORD else p.NAME_QUESTION
 
     def _help(self) -> list[Output]:
@@ -552,7 +720,33 @@ class Session(Generic[M]):
         return [*([Notice(notice)] if notice else []), *self._name(name)]
 
     def _name(self, name: str) -> list[Output]:
-        """A name given (and the password, if asked): claim it, or register it at once."""
+        """A name given (and the password, if asked): a registered one's password is asked."""
+        book = self._door.accounts
+        if book is not None and book.registered(name):
+            self._pending = name
+            self._to(State.AWAITING_ACCOUNT)
+            return [Notice(account_prompt(name))]
+        return self._owned_name(name)
+
+    def _refused_at_the_door(self, *targets: str) -> list[Output]:
+        """Why a server-wide ban keeps any of ``targets`` (an address, a name's key) out,
+        and the close; nothing if none does."""
+        moderation = self._door.moderation
+        targets = tuple(target for target in targets if target)
+        ban = moderation.banned(SERVER, *targets) if moderation is not None else None
+        if ban is None:
+            return []
+        assert moderation is not None
+        self._to(State.CLOSED)
+        reason = f": {ban.reason}" if ban.reason else ""
+        text = f"You are banned from this server {moderation.remaining(ban.until)}{reason}"
+        return [Error(text), Close("banned")]
+
+    def _owned_name(self, name: str) -> list[Output]:
+        """A name that is free or proved the member's: claim it, or register it at once."""
+        refused = self._refused_at_the_door(p.name_key(name), self.address)
+        if refused:
+            return refused
         if not self.rules.claim_names:
             return self._register(name, claimed=False)
         error = self._hub.name_unavailable(name)
@@ -569,9 +763,13 @@ class Session(Generic[M]):
             self._to(State.AWAITING_NAME)
             return [*([Unclaim(name)] if claimed else []), Error(result), Notice(p.NAME_QUESTION)]
         self.member = result
+        result.address = self.address
         self._to(State.CHATTING)
+        motd = self._motd()
+        if motd:
+            self._hub.tell(result, *motd)
         for room in self.rules.arrival_rooms:
-            self._hub.join(result, room)
+            self._enter(result, room)
         self._follow(result)
         return []
 
@@ -583,14 +781,23 @@ class Session(Generic[M]):
         self.room = next(reversed(tuple(member.rooms)), None)
 
     def _join(self, member: M, room: str) -> None:
+        ban = self._banned(member, room)
+        if ban is not None:
+            assert self._door.moderation is not None
+            self._hub.tell(member, Error(banned_text(room, ban, self._door.moderation)))
+            return
         current = self.room
         if self.rules.one_room and current is not None and current != room:
             # A one-room member moves: the old room hears why it left.
             self._hub.part(member, current, f"joined {room}")
-        self._hub.join(member, room)
+        self._enter(member, room)
         self._follow(member)
 
     def _nick(self, member: M, name: str) -> list[Output]:
+        book = self._door.accounts
+        key = p.name_key(name)
+        if book is not None and key not in (member.key, self.account) and book.registered(name):
+            return self._stay([Error(REGISTERED.format(name))])
         if not self.rules.claim_names:
             self._hub.rename(member, name)
             return self._stay([])
@@ -603,6 +810,261 @@ class Session(Generic[M]):
         self._pending = name
         self._to(State.RENAMING)
         return [ClaimName(name)]
+
+    # --- accounts (``--db``) ------------------------------------------------------
+
+    def account_result(self, outcome: Outcome) -> list[Output]:
+        """What the account book said to the :class:`AccountCall` asked for."""
+        self._take(Input.ACCOUNT_RESULT)
+        request = outcome.request
+        wrong = not outcome.ok and outcome.error == p.WRONG_PASSWORD
+        if wrong:
+            # The same growing delay per address as the server password's.
+            delay = self._door.delays.fail(self.address, self._door.clock())
+            self._to(State.ACCOUNT_REFUSING if self.state is State.VERIFYING else State.PENALIZED)
+            return [Wait(delay)]
+        if self.state is State.VERIFYING:
+            name = self._pending
+            assert name is not None
+            self._pending = None
+            if not outcome.ok:
+                self._to(State.AWAITING_NAME)
+                return [Error(outcome.error), Notice(p.NAME_QUESTION)]
+            self._door.delays.succeed(self.address)
+            self.account = account_key(name)
+            return self._owned_name(name)
+        self._to(State.CHATTING)
+        if not outcome.ok:
+            return [Error(outcome.error)]
+        match request.kind:
+            case "register":
+                self.account = account_key(request.name)
+                return [Notice(f"{request.name} is registered to you now")]
+            case "verify":
+                self._door.delays.succeed(self.address)
+                self.account = account_key(request.name)
+                return [Notice(f"You are identified as {request.name}")]
+            case "change":
+                return [Notice("Your password is changed")]
+            case _:
+                self.account = None
+                return [Notice(f"{request.name} is not registered any more")]
+
+    def _verify_account(self, given: str) -> list[Output]:
+        name = self._pending
+        assert name is not None
+        if not given:
+            self._pending = None
+            self._to(State.AWAITING_NAME)
+            return [Notice(p.NAME_QUESTION)]
+        if len(given) > self.rules.max_password:
+            given = given[: self.rules.max_password + 1]  # wrong all the same, cheaper to hash
+        self._to(State.VERIFYING)
+        return [AccountCall(Request("verify", name, given))]
+
+    def _account_refused(self) -> list[Output]:
+        name = self._pending
+        self._pending = None
+        self._to(State.AWAITING_NAME)
+        return [Error(f"Wrong password for {name}"), Notice(p.NAME_QUESTION)]
+
+    def _account_command(self, member: M, command: c.AccountCommand) -> list[Output]:
+        book = self._door.accounts
+        if book is None:
+            return self._stay([Error(NEED_DB)])
+        limit = self.rules.max_password
+        name = member.name
+        request: Request
+        match command:
+            case c.Register(password):
+                if book.registered(name):
+                    return self._stay([Error(f"{name} is registered already")])
+                if (error := password_error(password, limit)) is not None:
+                    return self._stay([Error(error)])
+                request = Request("register", name, password)
+            case c.Identify(password):
+                if not book.registered(name):
+                    return self._stay([Error(f"{name} is not registered: /register PASSWORD")])
+                if self.account == member.key:
+                    return self._stay([Notice(f"You are identified as {name} already")])
+                request = Request("verify", name, password[: limit + 1])
+            case c.ChangePassword(old, new):
+                if self.account != member.key:
+                    return self._stay([Error(NOT_IDENTIFIED)])
+                if (error := password_error(new, limit)) is not None:
+                    return self._stay([Error(error)])
+                request = Request("change", name, old[: limit + 1], new)
+            case c.Unregister(password):
+                if self.account != member.key:
+                    return self._stay([Error(NOT_IDENTIFIED)])
+                request = Request("unregister", name, password[: limit + 1])
+        self._to(State.ACCOUNTING)
+        return [AccountCall(request)]
+
+    # --- moderation -----------------------------------------------------------------
+
+    def _is_admin(self) -> bool:
+        book = self._door.accounts
+        return book is not None and self.account is not None and book.admin(self.account)
+
+    def _may_moderate(self, moderation: Moderation, room: str) -> bool:
+        return moderation.is_op(room, self.account) or self._is_admin()
+
+    def _banned(self, member: M, room: str) -> Ban | None:
+        moderation = self._door.moderation
+        if moderation is None:
+            return None
+        targets = (member.key, self.account or member.key, self.address or member.key)
+        return moderation.banned(room, *targets)
+
+    def _enter(self, member: M, room: str) -> None:
+        """Join ``room``; the first identified member of a room nobody holds is its operator."""
+        moderation = self._door.moderation
+        account = self.account
+        # The arrival rooms are nobody's creation: only server admins moderate them.
+        if moderation is None or account is None or room in self.rules.arrival_rooms:
+            self._hub.join(member, room)
+            return
+        first = room not in moderation.ops and not self._hub.hosts(room)
+        self._hub.join(member, room)
+        if first and room in member.rooms:
+            moderation.op(room, account)
+            moderation.record("op", "the server", member.name, room, "first to create it")
+            self._hub.tell(member, Notice(f"You are an operator of {room}"))
+
+    def _moderate(self, member: M, command: c.ModerationCommand) -> list[Output]:
+        moderation = self._door.moderation
+        if moderation is None:
+            return [Error("There is no moderation on this server")]
+        room = self._room(command.room)
+        if room is None:
+            return [Error(NO_ROOM)]
+        if isinstance(command, c.Topic) and command.text is None:
+            topic = moderation.topics.get(room)
+            if topic is None:
+                return [Notice(f"No topic is set in {room}")]
+            return [Notice(f"Topic of {room}: {topic.text} (set by {topic.by})")]
+        if room == SERVER and not self._is_admin():
+            return [Error("Only server admins may ban server-wide")]
+        if not self._may_moderate(moderation, room):
+            return [Error(f"You are not an operator of {room}")]
+        by = member.name
+        match command:
+            case c.Topic(text):
+                assert text is not None
+                self._hub.set_topic(member, room, text)
+                moderation.record("topic", by, room, room, text)
+                return []
+            case c.Kick(name, reason):
+                target = self._hub.member(name)
+                if target is None or room not in target.rooms:
+                    return [Error(f"{name} is not in {room}")]
+                self._hub.kick(member, target, room, reason)
+                moderation.record("kick", by, target.name, room, reason)
+                return []
+            case c.Ban(target_text, seconds, reason):
+                return self._ban(member, room, target_text, seconds, reason)
+            case c.Unban(target_text):
+                target_key = self._target_key(target_text)
+                where = "this server" if room == SERVER else room
+                if not moderation.unban(room, target_key):
+                    return [Error(f"{target_text} is not banned from {where}")]
+                moderation.record("unban", by, target_text, where)
+                return [Notice(f"{target_text} may join {where} again")]
+            case c.Bans():
+                bans = list(moderation.bans(room))
+                if not bans:
+                    return [Notice(f"Nobody is banned from {room}")]
+                listed: list[Output] = [Notice(f"Bans in {room}:")]
+                return listed + [
+                    Notice(
+                        f"  {ban.target} by {ban.by} {moderation.remaining(ban.until)}"
+                        + (f": {ban.reason}" if ban.reason else "")
+                    )
+                    for ban in bans
+                ]
+            case c.Mute(name, seconds):
+                key = p.name_key(name)
+                if key == member.key:
+                    return [Error("You cannot mute yourself")]
+                until = math.inf if seconds is None else moderation.clock() + seconds
+                moderation.mute(room, key, until)
+                moderation.record("mute", by, name, room)
+                return [Notice(f"{name} is muted in {room} {moderation.remaining(until)}")]
+            case c.Unmute(name):
+                if not moderation.unmute(room, p.name_key(name)):
+                    return [Error(f"{name} is not muted in {room}")]
+                moderation.record("unmute", by, name, room)
+                return [Notice(f"{name} may speak in {room} again")]
+            case c.Op(name):
+                book = self._door.accounts
+                if book is None or not book.registered(name):
+                    return [Error(f"{name} is not registered: only accounts can be operators")]
+                moderation.op(room, account_key(name))
+                moderation.record("op", by, name, room)
+                return [Notice(f"{name} is an operator of {room} now")]
+            case c.Deop(name):
+                if not moderation.deop(room, account_key(name)):
+                    return [Error(f"{name} is not an operator of {room}")]
+                moderation.record("deop", by, name, room)
+                return [Notice(f"{name} is not an operator of {room} any more")]
+        return []  # pragma: no cover - every command is matched above
+
+    def _user_command(self, member: M, command: c.UserCommand) -> list[Output]:
+        match command:
+            case c.Wall(text):
+                if not self._is_admin():
+                    return [Error("Only server admins may /wall")]
+                self._hub.wall(member, text)
+                if self._door.moderation is not None:
+                    self._door.moderation.record("wall", member.name, "everyone", "the server")
+                return []
+            case c.Motd():
+                motd: list[Output] = [*self._motd()]
+                return motd or [Notice("There is no message of the day")]
+            case c.Away(text):
+                self._hub.set_away(member, text)
+                if text is None:
+                    return [Notice("You are back")]
+                return [Notice(f"You are away: {text}")]
+            case c.Ignore(name) | c.Unignore(name):
+                ignored = isinstance(command, c.Ignore)
+                error = self._hub.ignore(member, name, ignored)
+                if error is not None:
+                    return [Error(error)]
+                if ignored:
+                    return [Notice(f"You ignore {name} now")]
+                return [Notice(f"You do not ignore {name} any more")]
+        return []  # pragma: no cover - every command is matched above
+
+    def _motd(self) -> list[Notice]:
+        return [Notice(line) for line in self.rules.motd]
+
+    @staticmethod
+    def _target_key(target: str) -> str:
+        return target if _is_address(target) else p.name_key(target)
+
+    def _ban(
+        self, member: M, room: str, target: str, seconds: float | None, reason: str
+    ) -> list[Output]:
+        moderation = self._door.moderation
+        assert moderation is not None
+        key = self._target_key(target)
+        if key in (member.key, self.account, self.address):
+            return [Error("You cannot ban yourself")]
+        until = math.inf if seconds is None else moderation.clock() + seconds
+        moderation.ban(room, Ban(key, until, member.name, reason))
+        moderation.record("ban", member.name, target, room, reason)
+        why = f"banned by {member.name}" + (f": {reason}" if reason else "")
+        if room == SERVER:
+            for held in self._hub.local_members():
+                if key in (held.key, held.address) and held is not member:
+                    self._hub.expel(held, why)
+            return [Notice(f"{target} is banned from this server {moderation.remaining(until)}")]
+        for held in self._hub.local_members():
+            if room in held.rooms and key in (held.key, held.address):
+                self._hub.remove_from(held, room, why)
+        return [Notice(f"{target} is banned from {room} {moderation.remaining(until)}")]
 
 
 def _claim_error(claim: Claim, name: str) -> str:

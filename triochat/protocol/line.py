@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from ..core import events as ev
+from ..core import commands as c, events as ev
+from ..core.accounts import parse_duration
 
 # The commands are the core's inputs, shared by every door; this dialect's
 # parser produces them, and they are re-exported here for its users.
@@ -33,6 +34,7 @@ from ..core.commands import (
     Say as Say,
     Users as Users,
 )
+from ..core.moderation import SERVER
 
 # So are the name rules: the hub and the backplane compare names by their key.
 from ..core.names import (
@@ -240,6 +242,13 @@ HELP: Final = (
     "  /rooms             the rooms and their sizes (alias /list)",
     f"  /history [N]       replay N older lines of your room (max {HISTORY_MAX})",
     "  /quit [REASON]     leave the chat (alias /exit)",
+    "  /topic [TEXT]      your room's topic; operators set it",
+    "  /away [TEXT]       say you are away (no TEXT: back); /motd the message of the day",
+    "  /ignore NAME       stop receiving NAME's lines and messages (/unignore NAME)",
+    "  /register PASSWORD make your name yours (/identify, /password OLD NEW, /unregister)",
+    "  operators: /kick NAME [REASON], /ban NAME|ADDRESS [DURATION] [REASON], /unban, /bans,",
+    "             /mute NAME [DURATION], /unmute NAME, /op NAME, /deop NAME",
+    "  server admins: /wall TEXT, /gban NAME|ADDRESS [DURATION] [REASON], /gunban",
     "  /help              this list",
 )
 
@@ -304,7 +313,87 @@ def parse_command(line: str) -> Command | None:
         return History(int(rest))
     if verb in ("quit", "exit"):
         return Quit(rest)
-    return Invalid(f"Unknown command /{verb}. Try /help.")
+    return (
+        _account_command(verb, rest)
+        or _moderation_command(verb, rest)
+        or (Invalid(f"Unknown command /{verb}. Try /help."))
+    )
+
+
+def _account_command(verb: str, rest: str) -> Command | None:
+    """``/register``, ``/identify``, ``/password``, ``/unregister``, ``/wall``, ``/motd``
+    and ``/away``, or ``None``."""
+    if verb == "wall":
+        return c.Wall(rest) if rest else _usage("/wall TEXT")
+    if verb == "motd":
+        return c.Motd()
+    if verb == "away":
+        return c.Away(rest or None)
+    if verb in ("ignore", "unignore"):
+        if not rest or " " in rest:
+            return _usage(f"/{verb} NAME")
+        return c.Ignore(rest) if verb == "ignore" else c.Unignore(rest)
+    if verb in ("register", "identify", "unregister"):
+        if not rest:
+            return _usage(f"/{verb} PASSWORD")
+        if verb == "register":
+            return c.Register(rest)
+        return c.Identify(rest) if verb == "identify" else c.Unregister(rest)
+    if verb == "password":
+        old, _, new = rest.partition(" ")
+        if not old or not new.strip():
+            return _usage("/password OLD NEW")
+        return c.ChangePassword(old, new.strip())
+    return None
+
+
+_MODERATION_USAGE: Final = {
+    "gban": "/gban NAME|ADDRESS [DURATION] [REASON]",
+    "gunban": "/gunban NAME|ADDRESS",
+    "kick": "/kick NAME [REASON]",
+    "ban": "/ban NAME|ADDRESS [DURATION] [REASON]",
+    "unban": "/unban NAME|ADDRESS",
+    "mute": "/mute NAME [DURATION]",
+    "unmute": "/unmute NAME",
+    "op": "/op NAME",
+    "deop": "/deop NAME",
+}
+
+
+def _moderation_command(verb: str, rest: str) -> Command | None:
+    """The room operators' commands (and ``/topic``), or ``None``."""
+    if verb == "topic":
+        return c.Topic(rest or None)
+    if verb == "bans":
+        return c.Bans()
+    usage = _MODERATION_USAGE.get(verb)
+    if usage is None:
+        return None
+    target, _, more = rest.partition(" ")
+    more = more.strip()
+    if not target:
+        return _usage(usage)
+    if verb == "gban" or verb == "gunban":
+        # Server-wide: the bans of the room no room is called.
+        first, _, after = more.partition(" ")
+        seconds = parse_duration(first) if first else None
+        if verb == "gunban":
+            return c.Unban(target, SERVER)
+        return c.Ban(target, seconds, after.strip() if seconds is not None else more, SERVER)
+    if verb == "kick":
+        return c.Kick(target, more)
+    if verb in ("ban", "mute"):
+        first, _, after = more.partition(" ")
+        seconds = parse_duration(first) if first else None
+        if first and seconds is None and verb == "mute":
+            return _usage(f"{usage}, a duration such as 10m, 2h or 7d")
+        reason = after.strip() if seconds is not None else more
+        return c.Ban(target, seconds, reason) if verb == "ban" else c.Mute(target, seconds)
+    if verb == "unban":
+        return c.Unban(target)
+    if verb == "unmute":
+        return c.Unmute(target)
+    return c.Op(target) if verb == "op" else c.Deop(target)
 
 
 # --- Server lines ------------------------------------------------------------

@@ -18,6 +18,7 @@ bound (``--send-queue``) means the same on both doors.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import time
@@ -25,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..core import events as ev
+from ..core import commands as c, events as ev
 from ..core.commands import (
     Command,
     Help,
@@ -98,6 +99,8 @@ class Register:
     password: str | None = None
     rooms: tuple[str, ...] = (p.LOBBY,)
     resume: Mapping[str, int] = field(default_factory=dict)
+    account_password: str | None = field(default=None, repr=False)
+    """The registered name's own password (``--db``), asked for by ``account_password``."""
 
 
 ClientMessage = Register | Command
@@ -187,6 +190,19 @@ def _line(message: dict[str, Any], max_text: int) -> Command:
             return Users(room, everyone)
         case History(count=count):
             return History(count, room)
+        case (
+            c.Topic()
+            | c.Kick()
+            | c.Ban()
+            | c.Unban()
+            | c.Bans()
+            | c.Mute()
+            | c.Unmute()
+            | c.Op()
+            | c.Deop()
+        ):
+            # A moderation command is for the room the line was typed in.
+            return dataclasses.replace(command, room=room)
     return command
 
 
@@ -207,7 +223,10 @@ def _register(message: dict[str, Any], max_rooms: int) -> Register:
         if type(seq) is not int or seq < 0:
             raise _Bad('"resume" maps room names to sequence numbers')
         resume[_room({"room": room})] = seq
-    return Register(name, password or None, rooms, resume)
+    account = message.get("account_password")
+    if account is not None and not isinstance(account, str):
+        raise _Bad('"account_password" is a string')
+    return Register(name, password or None, rooms, resume, account or None)
 
 
 def _string(message: dict[str, Any], key: str) -> str:

@@ -84,8 +84,10 @@ class Connection:
             server.door,
             outbox=self.send,
             disconnect=self._disconnect,
-            # Only the password's failure delays are kept per address.
-            address=peer_host(stream) if config.password is not None else "",
+            # Only the passwords' failure delays (and bans) are kept per address.
+            address=peer_host(stream)
+            if config.password is not None or server.accounts is not None
+            else "",
         )
 
     @property
@@ -178,6 +180,11 @@ class Connection:
                     store = self.server.store
                     assert store is not None
                     await self._carry_out(session.fetched(room, await store.fetch(room, count)))
+                case s.AccountCall(request):
+                    accounts = self.server.accounts
+                    assert accounts is not None
+                    outcome = await accounts.perform(request)
+                    await self._carry_out(session.account_result(outcome))
                 case s.Close(reason):
                     self.reason = reason
         if events:
@@ -189,7 +196,8 @@ class Connection:
         config = self.server.config
         if config.rate:
             self._bucket = TokenBucket(config.rate, config.burst, trio.current_time())
-        await self._carry_out(self.session.start())
+        if not await self._carry_out(self.session.start()):
+            return False  # refused at the door (a server-wide ban)
         # The registration deadline covers only registration, so a named
         # client carries no timer (nor its cancel scope) for the rest of its life.
         with trio.move_on_after(config.registration_timeout):

@@ -230,9 +230,13 @@ class IRCConnection:
             outbox=self.send,
             disconnect=self._disconnect,
             aways=door.aways,
-            address=peer_host(stream) if config.password is not None else "",
+            address=peer_host(stream)
+            if config.password is not None or server.accounts is not None
+            else "",
             delays=server.password_delays,
             clock=trio.current_time,
+            accounts=server.accounts,
+            moderation=server.hub.moderation,
         )
 
     @property
@@ -300,6 +304,10 @@ class IRCConnection:
                     store = self.server.store
                     assert store is not None
                     outputs += irc.fetched(room, await store.fetch(room, count))
+                case s.AccountCall(request):
+                    accounts = self.server.accounts
+                    assert accounts is not None
+                    outputs += irc.account_result(await accounts.perform(request))
                 case s.Close(reason):
                     self.reason = reason
         return not irc.closed

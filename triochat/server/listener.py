@@ -15,13 +15,16 @@ import ssl
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from ..backplane import Backplane, LocalBackplane
 from ..core._auth import FailureDelays
+from ..core.accounts import MAX_PASSWORD
 from ..core.hub import Hub, Member
+from ..core.moderation import Moderation
 from ..core.resume import Tokens
 from ..core.session import Door, Rules, answered_before_registration
 from ..protocol import line as p
@@ -31,11 +34,14 @@ from .outbox import Flusher
 from .stats import ServerStats
 
 if TYPE_CHECKING:
+    from .accounts import AccountStore
     from .store import HistoryStore
 
 log: Final = logging.getLogger("triochat.server")
 
 SHUTDOWN_LINE: Final = "Server is shutting down. Bye!"
+MOTD_MAX: Final = 16_384
+"""The most bytes of ``--motd`` read: a message, not a book (it is sent to every newcomer)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +90,11 @@ class ServerConfig:
     """Seconds a v2 client whose connection broke keeps its name and rooms, unannounced."""
     resume_attempts: int = 3
     """Bad resume tokens one connection may give before it is closed."""
+    max_password: int = MAX_PASSWORD
+    """The longest account password, in characters (accounts need ``--db``)."""
+    motd: Path | None = None
+    """A text file whose lines are the message of the day, shown at registration and by
+    ``/motd`` (read once, at start; at most ``MOTD_MAX`` bytes)."""
 
     def __post_init__(self) -> None:
         if self.send_queue <= self.history + 8:
@@ -103,6 +114,8 @@ class ServerConfig:
             raise ValueError("password must not be empty (None: no password)")
         if self.password is not None and answered_before_registration(self.password):
             raise ValueError("password must not start with /help, /quit or /exit")
+        if self.max_password < 1:
+            raise ValueError("max_password must be at least 1")
         if self.tls_handshake_timeout <= 0 or self.password_delay < 0:
             raise ValueError("tls_handshake_timeout must be > 0, password_delay >= 0")
         if self.resume_max < 0 or self.resume_grace < 0 or self.resume_attempts < 1:
@@ -148,8 +161,11 @@ class ChatServer:
         backplane: Backplane | None = None,
         store: HistoryStore | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        accounts: AccountStore | None = None,
     ) -> None:
         self.config = config or ServerConfig()
+        self.accounts = accounts if accounts is not None or store is None else store.accounts
+        """Registered names (``--db``), or ``None``: no accounts."""
         self.backplane = backplane or (hub.backplane if hub else LocalBackplane())
         self.store = store
         self.hub = hub or Hub(
@@ -161,6 +177,7 @@ class ChatServer:
             presence_interval=self.config.presence_interval,
             names=self.config.names,
             resume_max=self.config.resume_max,
+            moderation=Moderation(clock=trio.current_time),
         )
         self.ssl_context = ssl_context
         self.dialect = p.LineDialect()
@@ -179,10 +196,14 @@ class ChatServer:
                 store_history=store is not None,
                 # Never more than half an outbox, or the asker becomes a slow consumer.
                 history_limit=min(p.HISTORY_MAX, self.config.send_queue // 2),
+                max_password=self.config.max_password,
+                motd=read_motd(self.config.motd),
             ),
             dialect=self.dialect,
             delays=self.password_delays,
             clock=trio.current_time,
+            accounts=self.accounts,
+            moderation=self.hub.moderation,
         )
         """What the line door's sessions share."""
         self.tokens = Tokens(self.config.resume_grace, trio.current_time)
@@ -396,6 +417,16 @@ class ChatServer:
         for connection in list(self._connections):
             connection.close_with(data)
         self.hub.shutdown()
+
+
+def read_motd(path: Path | None) -> tuple[str, ...]:
+    """The message of the day's lines, cleaned as chat text is (read once, at start)."""
+    if path is None:
+        return ()
+    with path.open("rb") as file:
+        data = file.read(MOTD_MAX)
+    lines = data.decode("utf-8", "replace").splitlines()
+    return tuple(p.clean_text(line) or " " for line in lines)
 
 
 def format_address(listener: trio.SocketListener) -> str:

@@ -24,6 +24,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ..core.moderation import ACTIONS
+
 if TYPE_CHECKING:
     from .listener import ChatServer
     from .web import WebDoor
@@ -88,6 +90,15 @@ class ChatCollector(Collector):
             "tls_handshake_failures", "TLS handshakes that failed.", stats.tls_handshake_failures
         )
         yield counter("wrong_passwords", "Wrong passwords received.", stats.wrong_passwords)
+        actions = CounterMetricFamily(
+            "triochat_moderation_actions", "Moderation actions, by kind.", labels=["action"]
+        )
+        done = hub.moderation.actions
+        for action in ACTIONS:
+            actions.add_metric([action], done[action])
+        yield actions
+        if server.accounts is not None:
+            yield gauge("accounts", "Registered names.", len(server.accounts))
         store = server.store
         if store is not None:
             yield counter("history_batches", "History write batches committed.", store.batches)

@@ -37,10 +37,11 @@ import trio
 from ..core import events as ev, records
 from ..core.events import RoomEvent
 from ..core.hub import new_epoch
+from .accounts import AccountStore
 
 log: Final = logging.getLogger("triochat.store")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """Kept in ``PRAGMA user_version``; a newer file is refused, an older one migrated."""
 
 _SCHEMA: Final = """
@@ -119,11 +120,23 @@ def _numbered_rooms(db: sqlite3.Connection) -> None:
     )
 
 
+# Accounts (server/accounts.py): ``key`` is the name as names compare, ``hash`` Argon2's.
+_ACCOUNTS: Final = """
+CREATE TABLE accounts (
+    key     TEXT PRIMARY KEY,
+    name    TEXT NOT NULL,
+    hash    TEXT NOT NULL,
+    admin   INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+)
+"""
+
 # Migrations from version N to N + 1, run in order inside one transaction.
 _MIGRATIONS: Final[dict[int, str | Callable[[sqlite3.Connection], None]]] = {
     0: _SCHEMA,
     1: _events_from_lines,
     2: _numbered_rooms,
+    3: _ACCOUNTS,
 }
 
 
@@ -183,6 +196,8 @@ class HistoryStore:
         # Once shutdown starts, no commit may outlast this deadline (trio time).
         self._flush_deadline = math.inf
         self._committing: trio.CancelScope | None = None
+        self.accounts: AccountStore | None = None
+        """The file's accounts (set by :func:`open_history_store`)."""
         # Statistics, for metrics.
         self.batches = 0
         self.rows = 0
@@ -494,6 +509,7 @@ async def open_history_store(config: StoreConfig) -> AsyncIterator[HistoryStore]
     store = HistoryStore(config, writer, reader)
     store._preload(recent)
     store._rooms = numbered
+    store.accounts = await trio.to_thread.run_sync(AccountStore.open, config.path)
     log.info("history database %s: %d rooms loaded", config.path, len(recent))
     try:
         async with trio.open_nursery() as nursery:
@@ -520,6 +536,7 @@ async def open_history_store(config: StoreConfig) -> AsyncIterator[HistoryStore]
         else:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_close, writer, reader)
+                store.accounts.close()
         log.info("history database closed: %d lines saved, %d lost", store.rows, store.dropped)
 
 

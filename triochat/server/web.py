@@ -134,6 +134,8 @@ class WebDoor:
             dialect=self.dialect,
             delays=server.password_delays,
             clock=trio.current_time,
+            accounts=server.accounts,
+            moderation=server.hub.moderation,
         )
         """What the web door's sessions share: the same rules as the line door's, multi-room."""
         self.files = _load_page()
@@ -681,6 +683,15 @@ class _WebSocket:
         if session.state in _ASKING_PASSWORD:
             # The page sends the password with the name: no prompt to show.
             outputs = session.receive_line(message.password or "")
+        if session.state in _ASKING_ACCOUNT:
+            # A registered name: the page sends its password with the name, or is asked.
+            asked = ev.Notice(s.account_prompt(message.name))
+            outputs = [output for output in outputs if output != asked]
+            outputs += session.receive_line(message.account_password or "")
+            if message.account_password is None:
+                self._tell_raw(
+                    self.door.dialect.render_one({"type": "account_password", "name": message.name})
+                )
         await self._carry_out(outputs)
         member = self.member
         if member is None or self._closing:
@@ -688,7 +699,9 @@ class _WebSocket:
         member.hang_up = partial(self.close, w.CLOSE_EXPELLED, "Session ended by the server")
         self._tell_raw(self.door.dialect.render_one({"type": "registered", "name": member.name}))
         for room in message.rooms:
-            self.hub.join(member, room)
+            # Through the session, which checks bans and makes a room's creator its operator.
+            if self.session.state is s.State.CHATTING:
+                await self._carry_out(self.session.command(c.Join(room)))
         self.hub.flush()
 
     async def _command(self, member: Member, command: c.Command) -> None:
@@ -736,6 +749,11 @@ class _WebSocket:
                     await trio.sleep(seconds)
                     if session.state is not s.State.CLOSED:
                         await self._carry_out(session.delay_elapsed())
+                case s.AccountCall(request):
+                    assert server.accounts is not None
+                    outcome = await server.accounts.perform(request)
+                    if session.state is not s.State.CLOSED:
+                        await self._carry_out(session.account_result(outcome))
                 case s.FetchHistory(room, count):
                     assert server.store is not None
                     fetched = await server.store.fetch(room, count)
@@ -752,6 +770,7 @@ class _WebSocket:
 
 _PROMPTS: Final = frozenset({p.NAME_QUESTION, p.PASSWORD_PROMPT})
 _ASKING_PASSWORD: Final = frozenset({s.State.AWAITING_PASSWORD})
+_ASKING_ACCOUNT: Final = frozenset({s.State.AWAITING_ACCOUNT})
 _CLOSE_CODES: Final = {
     "wrong password": (w.CLOSE_WRONG_PASSWORD, p.WRONG_PASSWORD),
     "no name given": (w.CLOSE_NO_NAME, "No name given in time"),

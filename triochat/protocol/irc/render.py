@@ -55,6 +55,12 @@ def server_time(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{millis:03d}Z"
 
 
+_KICKED: Final = "kicked by "
+"""How a kick's departure reason starts (``kicked by OP: REASON``, the session's words)."""
+_MUTED: Final = "You are muted in "
+"""How the hub's answer to a muted member's lines starts."""
+
+
 class IRCDialect:
     """Renders events for one IRC member whose client negotiated ``caps``.
 
@@ -198,6 +204,11 @@ class IRCDialect:
                 self._texts(out, "PRIVMSG", room, text, self._user(name), tags, action=True)
             case ev.Joined(room=room, name=name):
                 out.append(self._line("JOIN", (room,), self._user(name), event))
+            case ev.Left(room=room, name=name, reason=reason) if reason.startswith(_KICKED):
+                # A kick is a KICK from its operator, as IRC clients expect.
+                operator, _, why = reason[len(_KICKED) :].partition(": ")
+                kick = (room, name, why) if why else (room, name)
+                out.append(self._line("KICK", kick, self._user(operator), event))
             case ev.Left(room=room, name=name, reason=reason):
                 if reason in DISCONNECTS:
                     out.append(self._line("QUIT", (reason,), self._user(name), event))
@@ -216,6 +227,10 @@ class IRCDialect:
                 self._texts(out, "PRIVMSG", recipient, text, self._user(sender), self._tags(event))
             case ev.Notice(text=text):
                 self._texts(out, "NOTICE", self.nick, text, self.server)
+            case ev.Error(text=text) if text.startswith(_MUTED):
+                # A muted member's lines: 404, as for a +m channel.
+                room = text[len(_MUTED) :].partition(" ")[0]
+                self._numeric(out, "404", room, f"Cannot send to channel ({text})")
             case ev.Error(text=text):
                 self._texts(out, "NOTICE", self.nick, f"Error: {text}", self.server)
             case ev.UserList():

@@ -10,6 +10,7 @@ const state = {
   socket: null,
   name: null, // registered name; null until the first registration
   password: "",
+  account: "", // the registered name's own password, once the server asked for it
   wanted: null, // the name asked for, until the server accepts it
   convs: new Map(), // key ("#room" or a person's name in lower case) -> conversation
   current: null,
@@ -325,6 +326,7 @@ function register() {
     type: "register",
     name: state.name ?? state.wanted,
     password: state.password || undefined,
+    account_password: state.account || undefined,
     rooms: rooms.length ? rooms : ["#lobby"],
     resume,
   });
@@ -345,7 +347,17 @@ function receive(m) {
         register();
       }
       break;
+    case "account_password":
+      // The name is registered (--db): show its password field and wait for it.
+      state.registering = false;
+      state.wanted = null;
+      $("account-row").hidden = false;
+      $("login-error").textContent = `${m.name} is registered: give its password.`;
+      $("account-password").focus();
+      break;
     case "registered":
+      state.account = ""; // not kept once used
+      $("account-password").value = "";
       state.registering = false;
       state.retry = 0;
       state.down = null;
@@ -528,6 +540,7 @@ document.addEventListener("DOMContentLoaded", () => {
     $("login-error").textContent = "";
     state.wanted = name;
     state.password = $("password").value;
+    state.account = $("account-password").value;
     state.leaving = false;
     if (state.socket && state.socket.readyState === WebSocket.OPEN) register();
     else connect();

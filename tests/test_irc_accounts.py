@@ -1,0 +1,131 @@
+"""Accounts and moderation through the IRC door: PASS for a registered nick, NickServ,
+TOPIC, KICK, MODE +o/-o/+b/-b (367/368), 482 for a non-operator, WHOIS 330."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from _accounts import open_accounts
+from irc_support import RawIRC, close_clients, irc_client, opened
+
+from triochat import ChatServer, ServerConfig
+from triochat.core.accounts import Request
+from triochat.server.irc import IRCConfig, IRCDoor
+
+_close_clients = pytest.fixture(autouse=True)(close_clients)
+
+
+@pytest.fixture
+async def irc_port(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[int]:
+    accounts = open_accounts(tmp_path / "chat.db")
+    for name in ("ann", "olga"):
+        assert (await accounts.perform(Request("register", name, f"{name}-pw"))).ok
+    server = ChatServer(ServerConfig(port=0, rate=0, password_delay=0.01), accounts=accounts)
+    await nursery.start(server.serve)
+    door = IRCDoor(server, IRCConfig(port=0, name="irc.test"))
+    listeners = await nursery.start(door.serve)
+    yield listeners[0].socket.getsockname()[1]
+    accounts.close()
+
+
+async def registered(port: int, nick: str) -> RawIRC:
+    """``nick`` (registered) signed in with PASS, its password."""
+    return await irc_client(port, nick, f"PASS {nick}-pw")
+
+
+async def test_a_registered_nick_needs_its_password(irc_port: int) -> None:
+    guest = RawIRC(await trio.open_tcp_stream("127.0.0.1", irc_port))
+    opened(guest.stream)
+    await guest.send("NICK ann", "USER u 0 * :Real")
+    refused = await guest.until("433")
+    assert refused.params[1] == "ann"
+    await guest.send("PASS wrong", "NICK ann")
+    await guest.until("433")  # wrong: after the delay, the nick is asked for again
+    await guest.send("NICK guest")
+    await guest.until("001")
+    ann = await registered(irc_port, "ann")
+    await ann.send("WHOIS ann")
+    logged_in = await ann.until("330")
+    assert logged_in.params[1:3] == ("ann", "ann")
+    await guest.send("WHOIS guest")
+    await guest.until("318")
+    assert not [m for m in guest.seen if m.command == "330"]
+
+
+async def test_nickserv_identify_and_register(irc_port: int) -> None:
+    carl = await irc_client(irc_port, "carl")
+    await carl.send("PRIVMSG NickServ :REGISTER carl-pw")
+    notice = await carl.until("NOTICE", "carl")
+    assert notice.params[1] == "carl is registered to you now"
+    await carl.send("PRIVMSG NickServ :IDENTIFY carl-pw")
+    notice = await carl.until("NOTICE", "carl")
+    assert notice.params[1] == "You are identified as carl already"
+
+
+async def test_operators_topic_kick_and_ban_with_irc_commands(irc_port: int) -> None:
+    ann = await registered(irc_port, "ann")
+    await ann.send("JOIN #den")
+    await ann.until("366")
+    bob = await irc_client(irc_port, "bob")
+    await bob.send("JOIN #den")
+    await bob.until("366")
+    await bob.send("TOPIC #den :mine")
+    assert (await bob.until("482")).params[1] == "#den"
+    await bob.send("KICK #den ann")
+    await bob.until("482")
+    await bob.send("MODE #den +b ann!*@*")
+    await bob.until("482")
+    await ann.send("TOPIC #den :Be kind")
+    await bob.until("TOPIC", "#den", "Be kind")
+    await bob.send("TOPIC #den")
+    assert (await bob.until("332")).params[2] == "Be kind"
+    await ann.send("MODE #den +b bob!*@*")
+    await bob.until("PART", "#den")
+    await ann.send("MODE #den +b")
+    banned = await ann.until("367")
+    assert banned.params[1:3] == ("#den", "bob!*@*")
+    await ann.until("368")
+    await bob.send("JOIN #den")
+    await bob.until("NOTICE", "bob", "Error: You are banned from #den until lifted")
+    await ann.send("MODE #den -b bob!*@*")
+    await ann.until("NOTICE", "ann", "bob may join #den again")
+    await bob.send("JOIN #den")
+    await bob.until("366")
+    await bob.send("PRIVMSG #den :hi again")
+    await ann.until("PRIVMSG", "#den", "hi again")
+    await ann.send("MODE #den +b")
+    await ann.until("368")
+    await ann.send("KICK #den bob :enough")
+    kicked = await ann.until("KICK", "#den", "bob", "enough")
+    assert kicked.source is not None
+    assert kicked.source.startswith("ann!")
+    await bob.until("KICK", "#den", "bob", "enough")
+    olga = await registered(irc_port, "olga")
+    await olga.send("JOIN #den")
+    await olga.until("366")
+    await ann.send("MODE #den +o olga")
+    await ann.until("NOTICE", "ann", "olga is an operator of #den now")
+    await olga.send("TOPIC #den :olga's")
+    await ann.until("TOPIC", "#den", "olga's")
+
+
+async def test_a_muted_member_gets_404(nursery: trio.Nursery) -> None:
+    server = ChatServer(ServerConfig(port=0, rate=0))
+    await nursery.start(server.serve)
+    door = IRCDoor(server, IRCConfig(port=0, name="irc.test"))
+    listeners = await nursery.start(door.serve)
+    port = listeners[0].socket.getsockname()[1]
+    bob = await irc_client(port, "bob")
+    await bob.send("JOIN #den")
+    await bob.until("366")
+    server.hub.moderation.mute("#den", "bob", math.inf)  # as an operator's /mute does
+    await bob.send("PRIVMSG #den :spam")
+    refused = await bob.until("404")
+    assert refused.params[1:] == (
+        "#den",
+        "Cannot send to channel (You are muted in #den until lifted: not sent)",
+    )
