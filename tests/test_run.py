@@ -155,3 +155,17 @@ def test_the_start_up_line_keeps_redis_secrets_out_of_the_log() -> None:
         "serving with TLS off, no password, history in memory, "
         "Redis redis://db.example:6380/2 cluster triochat, no metrics"
     )
+
+
+async def test_the_start_up_line_names_the_irc_door_s_real_address() -> None:
+    from triochat.server.irc import IRCConfig
+
+    config = ServeConfig(server=ServerConfig(port=0), irc=IRCConfig(port=0))
+    async with trio.open_nursery() as nursery:
+        running: RunningServer = await nursery.start(run_server, config)
+        (listener,) = running.irc_listeners
+        port = listener.socket.getsockname()[1]
+        line = describe(config, [], running.web_urls, running.irc_listeners)
+        assert line.endswith(f"the IRC door on 127.0.0.1:{port}")
+        assert port != 0
+        running.shutdown()

@@ -174,7 +174,10 @@ async def run_server(
                     from .irc import IRCDoor  # only with an IRC port
 
                     await nursery.start(IRCDoor(chat, config.irc).serve_listeners, irc_listeners)
-                log.info("%s", describe(config, metrics_listeners, running.web_urls))
+                log.info(
+                    "%s",
+                    describe(config, metrics_listeners, running.web_urls, running.irc_listeners),
+                )
                 task_status.started(running)
                 if signals is not None:
                     async for signum in signals:
@@ -188,6 +191,7 @@ def describe(
     config: ServeConfig,
     metrics_listeners: list[trio.SocketListener],
     web_urls: list[str] | None = None,
+    irc_listeners: list[trio.SocketListener] | None = None,
 ) -> str:
     """One line saying which features are on, for the log at start-up."""
     parts = [
@@ -206,8 +210,9 @@ def describe(
         parts.append("no metrics")
     if web_urls:
         parts.append(f"the web door on {', '.join(web_urls)}")
-    if config.irc is not None:
-        parts.append(f"the IRC door on port {config.irc.port}")
+    if irc_listeners:
+        where = ", ".join(format_address(listener) for listener in irc_listeners)
+        parts.append(f"the IRC door on {where}")
     return "serving with " + ", ".join(parts)
 
 
