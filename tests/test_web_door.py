@@ -593,3 +593,43 @@ async def test_a_web_port_in_use_is_a_one_line_error() -> None:
     assert result.stderr.decode() == (
         f"Error: cannot listen for the web door on 127.0.0.1:{port}: Address already in use\n"
     )
+
+
+async def _line_until(stream: trio.SocketStream, text: bytes) -> bytes:
+    """What the line door sent, up to ``text`` (or its close); within 10 s."""
+    data = b""
+    with trio.fail_after(10):
+        while text not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+async def test_the_doors_share_one_max_per_address(start: Start) -> None:
+    _, _, line_port, port = await start(max_per_address=1)
+    liner = await trio.open_tcp_stream("127.0.0.1", line_port)
+    await liner.send_all(b"liner\n")
+    await _line_until(liner, b"liner joined")
+    # The line client holds the address's one connection: the browser is refused.
+    second, _ = await raw_upgrade(port)
+    async with second:
+        code = await close_code(second)
+    assert code == (w.CLOSE_TRY_LATER, "Too many connections from your address")
+    await liner.send_all(b"/quit\n")
+    await _line_until(liner, b"Bye!")
+    await liner.aclose()
+    # Once it has gone, the address may connect again, on the other door.
+    await trio.testing.wait_all_tasks_blocked()
+    async with web_client(port) as ws:
+        await register(ws, "webber")
+
+
+async def test_websockets_count_against_the_line_door_s_max_clients(start: Start) -> None:
+    _, _, line_port, port = await start(max_clients=1)
+    async with web_client(port) as first:
+        await register(first, "first")
+        liner = await trio.open_tcp_stream("127.0.0.1", line_port)
+        assert b"! Server full, try again later" in await _line_until(liner, b"Server full")
+        await liner.aclose()

@@ -142,20 +142,16 @@ class IRCDoor:
         server = self.server
         if isinstance(stream, trio.SocketStream):
             _enable_keepalive(stream)
-        limit = server.config.max_per_address
         address = peer_host(stream)
-        if limit and server._per_address.get(address, 0) >= limit:
-            server.stats.refused_per_address += 1
+        if not server.admit_address(address):
+            limit = server.config.max_per_address
             log.warning("refused an IRC connection from %s: %d already open", address, limit)
             await self._refuse(stream, "Too many connections from your address")
             return
-        server._per_address[address] = server._per_address.get(address, 0) + 1
         try:
             await self._handle_stream(stream)
         finally:
-            left = server._per_address.pop(address) - 1
-            if left:
-                server._per_address[address] = left
+            server.release_address(address)
 
     async def _refuse(self, stream: trio.abc.Stream, text: str) -> None:
         if self.server.ssl_context is not None:
@@ -169,7 +165,7 @@ class IRCDoor:
         if server._shutdown.is_set():
             await self._refuse(stream, SHUTDOWN_TEXT)
             return
-        if len(server._connections) + server._handshaking >= server.config.max_clients:
+        if server.open_connections >= server.config.max_clients:
             server.stats.refused_full += 1
             log.warning("refused an IRC connection: server full (%d)", server.config.max_clients)
             await self._refuse(stream, "Server full, try again later")

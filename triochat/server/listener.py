@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from functools import partial
@@ -221,11 +222,37 @@ class ChatServer:
         self._connections: set[Connection] = set()
         self._per_address: dict[str, int] = {}
         self._handshaking = 0
+        self._doors: list[Callable[[], int]] = []
         self._shutdown = trio.Event()
 
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    def add_door(self, connections: Callable[[], int]) -> None:
+        """Count another door's open connections against ``--max-clients`` too."""
+        self._doors.append(connections)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open, or in their TLS handshake, on every door (``--max-clients``)."""
+        return len(self._connections) + self._handshaking + sum(count() for count in self._doors)
+
+    def admit_address(self, address: str) -> bool:
+        """Count one more connection from ``address`` on any door, unless that would pass
+        ``--max-per-address`` (then ``False``, counted as refused)."""
+        limit = self.config.max_per_address
+        if limit and self._per_address.get(address, 0) >= limit:
+            self.stats.refused_per_address += 1
+            return False
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        return True
+
+    def release_address(self, address: str) -> None:
+        """A connection counted by :meth:`admit_address` is over."""
+        left = self._per_address.pop(address) - 1
+        if left:
+            self._per_address[address] = left
 
     async def serve(
         self,
@@ -328,18 +355,14 @@ class ChatServer:
             await self._handle_stream(stream)
             return
         address = peer_host(stream)
-        if self._per_address.get(address, 0) >= limit:
-            self.stats.refused_per_address += 1
+        if not self.admit_address(address):
             log.warning("refused a connection from %s: %d already open", address, limit)
             await self._refuse(stream, p.format_error("Too many connections from your address"))
             return
-        self._per_address[address] = self._per_address.get(address, 0) + 1
         try:
             await self._handle_stream(stream)
         finally:
-            left = self._per_address.pop(address) - 1
-            if left:
-                self._per_address[address] = left
+            self.release_address(address)
 
     async def _refuse(self, stream: trio.abc.Stream, line: str) -> None:
         """Send one line (briefly, the client may not read) and hang up.
@@ -358,7 +381,7 @@ class ChatServer:
         if self._shutdown.is_set():
             await self._refuse(stream, goodbye)
             return
-        if len(self._connections) + self._handshaking >= self.config.max_clients:
+        if self.open_connections >= self.config.max_clients:
             self.stats.refused_full += 1
             log.warning("refused a connection: server full (%d)", self.config.max_clients)
             await self._refuse(stream, p.format_error("Server full, try again later"))

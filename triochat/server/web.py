@@ -109,8 +109,9 @@ def _load_page() -> dict[str, tuple[bytes, str]]:
 class WebDoor:
     """The web door of a :class:`ChatServer`: ``await nursery.start(door.serve)``.
 
-    It shares the server's hub, limits, password and TLS context, and counts
-    its own connections against ``--max-clients`` and ``--max-per-address``.
+    It shares the server's hub, limits, password and TLS context; its WebSockets
+    count with the other doors' connections against ``--max-clients`` and
+    ``--max-per-address``.
     """
 
     def __init__(self, server: ChatServer, config: WebConfig | None = None) -> None:
@@ -141,12 +142,16 @@ class WebDoor:
         self.files = _load_page()
         self._connections: set[_WebSocket] = set()
         self._http_open = 0
-        self._per_address: dict[str, int] = {}
         self._shutdown = trio.Event()
+        # The doors share one --max-clients and one --max-per-address.
+        server.add_door(self.__len__)
 
     @property
     def connections(self) -> int:
         """Open WebSocket connections."""
+        return len(self._connections)
+
+    def __len__(self) -> int:
         return len(self._connections)
 
     def shutdown(self) -> None:
@@ -220,28 +225,23 @@ class WebDoor:
 
     async def run_socket(self, socket: _WebSocket) -> None:
         """Serve an accepted WebSocket, counted against the limits while it lasts."""
-        address = socket.address
         self._connections.add(socket)
-        self._per_address[address] = self._per_address.get(address, 0) + 1
         try:
             await socket.run()
         finally:
             self._connections.discard(socket)
-            left = self._per_address.pop(address) - 1
-            if left:
-                self._per_address[address] = left
+            self.server.release_address(socket.address)
 
     def refusal(self, address: str) -> str | None:
-        """Why a new WebSocket from ``address`` is refused (a limit), or ``None``."""
+        """Why a new WebSocket from ``address`` is refused (a limit), or ``None``: then it is
+        counted against ``--max-per-address``, and :meth:`run_socket` gives the count back."""
         config = self.server.config
         if self._shutdown.is_set():
             return "Server is shutting down. Bye!"
-        if len(self._connections) >= config.max_clients:
+        if self.server.open_connections >= config.max_clients:
             self.server.stats.refused_full += 1
             return "Server full, try again later"
-        limit = config.max_per_address
-        if limit and self._per_address.get(address, 0) >= limit:
-            self.server.stats.refused_per_address += 1
+        if not self.server.admit_address(address):
             return "Too many connections from your address"
         return None
 
@@ -334,28 +334,34 @@ class _Http:
             log.warning("refused a WebSocket from %s: origin %s", self.address, origin)
             await self._send_error(403, f"Origin {origin} may not connect here")
             return
-        refusal = self.door.refusal(self.address)
-        response = h11.InformationalResponse(
-            status_code=101,
-            reason=b"Switching Protocols",
-            headers=[
-                ("Upgrade", "websocket"),
-                ("Connection", "Upgrade"),
-                ("Sec-WebSocket-Accept", generate_accept_token(key.encode()).decode()),
-            ],
-        )
-        if not await self._write(self.http.send(response)):
-            return
-        trailing, _ = self.http.trailing_data
-        self.upgraded = True
-        self.door._http_open -= 1
-        socket = _WebSocket(self.door, self.stream, self.address, bytes(trailing))
-        if refusal is not None:
-            # A refused browser only sees a close code if the upgrade succeeded.
-            code = w.CLOSE_GOING_AWAY if "shutting down" in refusal else w.CLOSE_TRY_LATER
-            await socket.refuse(code, refusal)
-            return
-        await self.door.run_socket(socket)
+        refusal = self.door.refusal(self.address)  # None: counted for its address
+        counted = refusal is None
+        try:
+            response = h11.InformationalResponse(
+                status_code=101,
+                reason=b"Switching Protocols",
+                headers=[
+                    ("Upgrade", "websocket"),
+                    ("Connection", "Upgrade"),
+                    ("Sec-WebSocket-Accept", generate_accept_token(key.encode()).decode()),
+                ],
+            )
+            if not await self._write(self.http.send(response)):
+                return
+            trailing, _ = self.http.trailing_data
+            self.upgraded = True
+            self.door._http_open -= 1
+            socket = _WebSocket(self.door, self.stream, self.address, bytes(trailing))
+            if refusal is not None:
+                # A refused browser only sees a close code if the upgrade succeeded.
+                code = w.CLOSE_GOING_AWAY if "shutting down" in refusal else w.CLOSE_TRY_LATER
+                await socket.refuse(code, refusal)
+                return
+            counted = False  # run_socket gives the count back when it ends
+            await self.door.run_socket(socket)
+        finally:
+            if counted:
+                self.door.server.release_address(self.address)
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         allowed = self.door.config.origins
