@@ -28,6 +28,31 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 
 TRIOCHAT = "triochat"
 NCAT = "ncat"
+TRIOCHAT_IRC = "triochat-irc"  # triochat's IRC door
+NGIRCD = "ngircd"
+TRIOCHAT_MIXED = "triochat-mixed"  # receivers on the line, IRC and web doors in turn
+IRC_KINDS = (TRIOCHAT_IRC, NGIRCD)
+# ngircd's operator, from the config run.py writes: an operator may set user mode
+# +F (relaxed flood protection), the most ngircd lets a client turn off.
+NGIRCD_OPER = ("bench", "bench")
+_WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+# What one delivered chat line looks like on each door: line clients count
+# newlines (nothing else arrives while they are measured), IRC clients count
+# PRIVMSGs (so a server's PING is not a line), web clients count "said" frames.
+RECEIPT = {"line": b"\n", "irc": b" PRIVMSG ", "web": b'"type":"said"'}
+
+
+def irc_receipt_count(data: bytes) -> int:
+    """Chat lines in a chunk of IRC (``:nick!user@host PRIVMSG #lobby :text``)."""
+    return data.count(RECEIPT["irc"])
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    """A client's WebSocket text frame (masked with a zero key, so the payload is as is)."""
+    size = len(payload)
+    length = bytes((0x80 | size,)) if size < 126 else bytes((0x80 | 126,)) + size.to_bytes(2)
+    return b"\x81" + length + b"\x00\x00\x00\x00" + payload
 
 
 class LoadError(RuntimeError):
@@ -60,14 +85,19 @@ class Client:
     probe: bool = False
     latencies: list[float] = field(default_factory=list)
     marker_at: float = 0.0
+    door: str = "line"  # line, irc or web: how it registers and what a chat line is
+    stage: int = 0  # registration steps seen so far (IRC: 001; web: 101)
+    carry: bytes = b""  # the last bytes read, for a receipt marker split between reads
 
 
 class Engine:
     """The clients of one worker and the epoll loop that drives them."""
 
-    def __init__(self, kind: str, port: int) -> None:
+    def __init__(self, kind: str, port: int, ports: dict[str, int] | None = None) -> None:
         self.kind = kind
         self.port = port
+        self.ports = ports or {}  # triochat-mixed: the port of each door
+        self.senders = 0  # triochat-mixed: clients below this index are on the line door
         self.epoll = select.epoll()
         self.clients: dict[int, Client] = {}
         self.marker = b""
@@ -96,31 +126,71 @@ class Engine:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Close with RST: thousands of TIME_WAIT sockets would exhaust local ports.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        code = sock.connect_ex(("127.0.0.1", self.port))
+        door = self.door_of(index)
+        port = self.ports.get(door, self.port) if self.kind == TRIOCHAT_MIXED else self.port
+        code = sock.connect_ex(("127.0.0.1", port))
         if code not in (0, errno.EINPROGRESS):
             raise LoadError(f"connect failed: {os.strerror(code)}")
-        client = Client(index, f"u{index}", sock)
+        client = Client(index, f"u{index}", sock, door=door)
         self.clients[sock.fileno()] = client
         self.epoll.register(sock.fileno(), select.EPOLLOUT | select.EPOLLIN)
+
+    def door_of(self, index: int) -> str:
+        if self.kind in IRC_KINDS:
+            return "irc"
+        if self.kind == TRIOCHAT_MIXED and index >= self.senders:
+            return ("line", "irc", "web")[index % 3]
+        return "line"
 
     def _on_connected(self, client: Client) -> None:
         client.connected = True
         code = client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             raise LoadError(f"connect failed: {os.strerror(code)}")
-        if self.kind == TRIOCHAT:
-            client.sock.send(f"{client.name}\n".encode())
-            client.tail = b""
+        client.tail = b""
+        name = client.name
+        if client.door == "irc":
+            client.sock.send(f"NICK {name}\r\nUSER {name} 0 * :{name}\r\n".encode())
+        elif client.door == "web":
+            client.sock.send(
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {_WS_KEY}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+        elif self.kind != NCAT:
+            client.sock.send(f"{name}\n".encode())
         self.epoll.modify(client.sock.fileno(), select.EPOLLIN)
 
     def _registration_seen(self, client: Client, data: bytes) -> bool:
-        # triochat: our own join notice; ncat: its welcome announcement.
-        needle = (
-            f"* {client.name} joined #lobby\n".encode()
-            if self.kind == TRIOCHAT
-            else b"already connected"
-        )
+        """Whether ``data`` completes the client's registration (sending the next step)."""
         window = client.tail + data
+        if client.door == "irc":
+            if client.stage == 0:
+                if f" 001 {client.name} ".encode() not in window:
+                    client.tail = window[-64:]
+                    return False
+                client.stage, window = 1, window[window.index(b" 001 ") :]
+                join = b"JOIN #lobby\r\n"
+                if self.kind == NGIRCD:
+                    user, password = NGIRCD_OPER
+                    join = f"OPER {user} {password}\r\nMODE {client.name} +F\r\n".encode() + join
+                self.send(client, join)
+            needle = f" 366 {client.name} #lobby ".encode()
+        elif client.door == "web":
+            if client.stage == 0:
+                if b"\r\n\r\n" not in window:
+                    client.tail = window[-64:]
+                    return False
+                if not window.startswith(b"HTTP/1.1 101"):
+                    raise LoadError(f"{client.name}: {window[:80]!r}")
+                client.stage, window = 1, window[window.index(b"\r\n\r\n") + 4 :]
+                message = f'{{"type":"register","name":"{client.name}","rooms":["#lobby"]}}'
+                self.send(client, _masked_text_frame(message.encode()))
+            needle = b'"type":"registered"'
+        elif self.kind == NCAT:
+            needle = b"already connected"  # its welcome announcement
+        else:
+            needle = f"* {client.name} joined #lobby\n".encode()  # our own join notice
         if needle in window:
             client.tail = b""
             return True
@@ -148,9 +218,16 @@ class Engine:
             raise LoadError(f"{client.name}: {exc}") from None
         if not data:
             raise LoadError(f"{client.name}: the server closed the connection")
-        lines = data.count(b"\n")
+        needle = RECEIPT[client.door]
+        lines = data.count(needle)
+        if len(needle) > 1:  # one split between two reads is counted across them
+            edge = len(needle) - 1
+            lines += (client.carry + data[:edge]).count(needle)
+            client.carry = data[-edge:]
         client.newlines += lines
         self.lines += lines
+        if client.door == "irc" and b"PING " in data:
+            self._pong(client, data)
         if not client.registered:
             client.registered = self._registration_seen(client, data)
             if client.registered:
@@ -171,6 +248,13 @@ class Engine:
                 client.tail = window[-len(self.marker) :]
         if client.expected and not client.done_at and client.newlines >= client.expected:
             client.done_at = now()
+
+    def _pong(self, client: Client, data: bytes) -> None:
+        # A server PINGs a quiet client (ngircd after PingTimeout, triochat after
+        # --irc-ping); the few that reach a benchmark are answered here.
+        for line in data.split(b"\n"):
+            if line.startswith(b"PING "):
+                self.send(client, b"PONG " + line[5:].rstrip(b"\r") + b"\r\n")
 
     def _flush(self, client: Client) -> None:
         try:
@@ -227,6 +311,25 @@ class WorkerArgs:
     index: int
     workers: int
     params: dict[str, Any]
+    ports: dict[str, int] = field(default_factory=dict)  # triochat-mixed: each door's port
+
+
+def _engine(args: WorkerArgs) -> Engine:
+    engine = Engine(args.kind, args.port, args.ports)
+    engine.senders = args.params.get("senders", 0)
+    return engine
+
+
+def _echoes(kind: str) -> bool:
+    """Whether a sender gets its own lines back (triochat's line door does)."""
+    return kind in (TRIOCHAT, TRIOCHAT_MIXED)
+
+
+def chat_line(door: str, text: str) -> bytes:
+    """``text`` as one chat line on ``door`` (senders are on the line or IRC door)."""
+    if door == "irc":
+        return f"PRIVMSG #lobby :{text}\r\n".encode()
+    return f"{text}\n".encode()
 
 
 def _inflight(args: WorkerArgs) -> int:
@@ -242,7 +345,7 @@ def fanout(args: WorkerArgs, barrier: Any) -> dict[str, Any]:
     """N receivers and S senders in one room; each sender sends M lines at full speed."""
     p = args.params
     n, s, m, size = p["receivers"], p["senders"], p["lines"], p["line_bytes"]
-    engine = Engine(args.kind, args.port)
+    engine = _engine(args)
     try:
         engine.connect(_mine(args, n + s), inflight=_inflight(args), deadline=now() + p["timeout"])
         barrier.wait()
@@ -250,13 +353,13 @@ def fanout(args: WorkerArgs, barrier: Any) -> dict[str, Any]:
         for client in engine.clients.values():
             client.newlines = 0
             sender = client.index < s
-            own = m if sender and args.kind == NCAT else 0  # ncat does not echo
+            own = m if sender and not _echoes(args.kind) else 0
             client.expected = s * m - own
         barrier.wait()
         start, cpu = now(), cpu_seconds()
         for client in engine.clients.values():
             if client.index < s:
-                engine.send(client, _fanout_payload(client.index, m, size))
+                engine.send(client, _fanout_payload(client.index, m, size, client.door))
         clients = list(engine.clients.values())
         engine.run_until(lambda: all(c.done_at for c in clients), start + p["timeout"])
         end, cpu = now(), cpu_seconds() - cpu
@@ -275,19 +378,19 @@ def fanout(args: WorkerArgs, barrier: Any) -> dict[str, Any]:
         engine.close()
 
 
-def _fanout_payload(sender: int, lines: int, size: int) -> bytes:
+def _fanout_payload(sender: int, lines: int, size: int, door: str = "line") -> bytes:
     out = []
     for seq in range(lines):
         head = f"s{sender}:{seq:06d} "
-        out.append(head + "x" * (size - len(head) - 1) + "\n")
-    return "".join(out).encode()
+        out.append(chat_line(door, head + "x" * (size - len(head) - 1)))
+    return b"".join(out)
 
 
 def latency(args: WorkerArgs, barrier: Any) -> dict[str, Any]:
     """``clients`` clients send ``rate`` lines/s in total for ``duration`` s; probes time them."""
     p = args.params
     total, rate, duration = p["clients"], p["rate"], p["duration"]
-    engine = Engine(args.kind, args.port)
+    engine = _engine(args)
     try:
         mine = _mine(args, total)
         engine.connect(mine, inflight=_inflight(args), deadline=now() + p["timeout"])
@@ -299,7 +402,7 @@ def latency(args: WorkerArgs, barrier: Any) -> dict[str, Any]:
             client.newlines = 0
             client.tail = b""
             client.probe = client.index % p["probe_every"] == 0
-            own = sends[client.index] if args.kind == NCAT else 0
+            own = sends[client.index] if not _echoes(args.kind) else 0
             client.expected = count - own
         by_index = {c.index: c for c in engine.clients.values()}
         schedule = [j for j in range(count) if j % total in by_index]
@@ -316,7 +419,8 @@ def latency(args: WorkerArgs, barrier: Any) -> dict[str, Any]:
                 engine.poll(min(remaining, 0.05))
             sent_at = now()
             lag = max(lag, sent_at - due)
-            engine.send(by_index[j % total], f"@{sent_at:.6f}@ {pad}\n".encode())
+            client = by_index[j % total]
+            engine.send(client, chat_line(client.door, f"@{sent_at:.6f}@ {pad}"))
         clients = list(engine.clients.values())
         engine.run_until(lambda: all(c.done_at for c in clients), now() + p["drain"])
         end, cpu = now(), cpu_seconds() - cpu
@@ -338,7 +442,7 @@ def scale(args: WorkerArgs, barrier: Any) -> dict[str, Any]:
     """``clients`` idle registered clients; then one broadcast line must reach them all."""
     p = args.params
     total = p["clients"]
-    engine = Engine(args.kind, args.port)
+    engine = _engine(args)
     try:
         barrier.wait()  # the parent has measured the server's memory at rest
         start, cpu = now(), cpu_seconds()
@@ -358,7 +462,7 @@ def scale(args: WorkerArgs, barrier: Any) -> dict[str, Any]:
         sent_at = 0.0
         if sender is not None:
             sent_at = now()
-            engine.send(sender, marker + b"\n")
+            engine.send(sender, chat_line(sender.door, marker.decode()))
         others = [c for c in engine.clients.values() if c.index != 0]
         engine.run_until(lambda: all(c.marker_at for c in others), now() + p["timeout"])
         result = {

@@ -1,10 +1,15 @@
-"""triochat against ``ncat --chat``, side by side in one run: ``python benchmarks/run.py``.
+"""triochat against ``ncat --chat`` and ngircd, side by side: ``python benchmarks/run.py``.
 
 Starts each server itself on a free port on 127.0.0.1 (a fresh one for every
 measurement), drives it with the load generator in ``loadgen.py`` (worker
 processes of plain sockets), and prints the results as Markdown tables with
-the ratios to ncat. ``--quick`` is a smaller run for a smoke test; ``--json
-FILE`` also writes every number. See docs/benchmarks.md.
+the ratios to the references. The server kinds: ``triochat`` (line door),
+``ncat``, ``triochat-irc`` (every client on triochat's IRC door), ``ngircd``
+(over IRC, flood penalties off as far as its options go: see
+``NGIRCD_CONFIG``) and ``triochat-mixed`` (fan-out receivers on the line, IRC
+and web doors in equal parts, senders on the line door). ``--quick`` is a
+smaller run for a smoke test; ``--json FILE`` also writes every number. See
+docs/benchmarks.md.
 
 Scenarios (each bounded in count and time):
 
@@ -24,6 +29,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -31,9 +37,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +60,8 @@ class Server:
     kind: str
     process: subprocess.Popen[bytes]
     port: int
+    ports: dict[str, int] = field(default_factory=dict)  # triochat: each door's port
+    cleanup: Callable[[], None] | None = None
 
     def cpu(self) -> float:
         """User + system CPU seconds the server has used."""
@@ -75,6 +84,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self.cleanup is not None:
+            self.cleanup()
 
 
 def _free_port() -> int:
@@ -87,23 +98,39 @@ PROFILE: list[str] = []  # set by --profile: a py-spy command line to wrap trioc
 TRIOCHAT_ARGS: list[str] = []  # set by --triochat-args: more options for triochat serve
 
 
-def start_triochat(max_clients: int) -> Server:
+_READY = {
+    "line": b"triochat listening on ",
+    "irc": b"triochat irc listening on ",
+    "web": b"triochat web listening on ",
+}
+
+
+def start_triochat(max_clients: int, doors: tuple[str, ...] = ("line",)) -> Server:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [*PROFILE, sys.executable, "-m", "triochat", "serve"]
     command += ["--host", "127.0.0.1", "--port", "0"]
     command += ["--rate", "0", "--max-clients", str(max_clients), "--log-level", "warning"]
+    command += [f"--{door}-port=0" for door in doors if door != "line"]
     command += TRIOCHAT_ARGS
     process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
     assert process.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT
+    ports: dict[str, int] = {}
     line = b""
-    while time.monotonic() < deadline and not line.startswith(b"triochat listening on "):
-        line = process.stdout.readline()  # the server prints it within a second
-    if not line.startswith(b"triochat listening on "):
+    wanted = {"line", *doors}  # the line door always listens, and prints first
+    while time.monotonic() < deadline and len(ports) < len(wanted):
+        line = process.stdout.readline()  # the server prints them within a second
+        for door, ready in _READY.items():
+            if line.startswith(ready):
+                ports[door] = int(line.strip().rstrip(b"/").rsplit(b":", 1)[1])
+        if not line:
+            break
+    if len(ports) < len(wanted):
         process.kill()
         raise RuntimeError(f"triochat did not start: {line!r}")
-    port = int(line.rsplit(b":", 1)[1])
-    return Server("triochat", process, port)
+    names: dict[tuple[str, ...], str] = {("line",): "triochat", ("irc",): "triochat-irc"}
+    kind = names.get(doors, "triochat-mixed")
+    return Server(kind, process, ports[doors[0]], ports)
 
 
 def start_ncat(max_clients: int) -> Server:
@@ -126,7 +153,86 @@ def start_ncat(max_clients: int) -> Server:
     return Server("ncat", process, port)
 
 
-STARTERS: dict[str, Callable[[int], Server]] = {"triochat": start_triochat, "ncat": start_ncat}
+# ngircd 26 as a second reference. What its options allow to be switched off:
+# MaxPenaltyTime = 0 ("0 to disable penalties altogether": no delay for a
+# client that sends too much), MaxConnectionsIP = 0 and MaxConnections = 0 (no
+# limits), no PAM, DNS or IDENT lookups (each would add a round trip to every
+# registration), Ping/PongTimeout long enough not to PING idle benchmark
+# clients. Every client also becomes an operator and sets user mode +F
+# ("relaxed flood protection"), which raises the commands ngircd handles per
+# client per loop from 3 to 10. What cannot be changed without rebuilding it:
+# that cap of 10 commands per client per round of its event loop
+# (MAX_COMMANDS_SERVICE), and its fixed read buffer per client (READBUFFER_LEN).
+NGIRCD_CONFIG = """\
+[Global]
+Name = bench.triochat.invalid
+Info = triochat benchmark reference
+Listen = 127.0.0.1
+Ports = {port}
+MotdPhrase = benchmark
+PidFile = {dir}/ngircd.pid
+ServerUID = {uid}
+ServerGID = {gid}
+[Limits]
+MaxConnections = 0
+MaxConnectionsIP = 0
+MaxJoins = 0
+MaxPenaltyTime = 0
+PingTimeout = 3600
+PongTimeout = 3600
+[Options]
+PAM = no
+DNS = no
+Ident = no
+[Operator]
+Name = {oper}
+Password = {password}
+"""
+NGIRCD = "/usr/sbin/ngircd"
+
+
+def start_ngircd(max_clients: int) -> Server:
+    port = _free_port()
+    directory = tempfile.TemporaryDirectory(prefix="bench-ngircd-")
+    config = Path(directory.name) / "ngircd.conf"
+    oper, password = loadgen.NGIRCD_OPER
+    config.write_text(
+        NGIRCD_CONFIG.format(
+            port=port,
+            dir=directory.name,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            oper=oper,
+            password=password,
+        )
+    )
+    command = [NGIRCD, "--nodaemon", "--config", str(config)]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        process.kill()
+        directory.cleanup()
+        raise RuntimeError("ngircd did not start")
+    return Server("ngircd", process, port, cleanup=directory.cleanup)
+
+
+STARTERS: dict[str, Callable[[int], Server]] = {
+    "triochat": start_triochat,
+    "ncat": start_ncat,
+    "triochat-irc": lambda n: start_triochat(n, ("irc",)),
+    "triochat-mixed": lambda n: start_triochat(n, ("line", "irc", "web")),
+    "ngircd": start_ngircd,
+}
+# The reference each kind is compared with in the tables.
+REFERENCE = {"triochat": "ncat", "triochat-irc": "ngircd", "triochat-mixed": "triochat"}
 
 
 # --- running one scenario ----------------------------------------------------------------
@@ -135,7 +241,7 @@ STARTERS: dict[str, Callable[[int], Server]] = {"triochat": start_triochat, "nca
 # Connections set up at once (per run, split between the workers). ncat listens
 # with a backlog of 10, and TCP retries connections beyond it only after a
 # second or more; triochat gets the kernel's maximum backlog from trio.
-INFLIGHT = {"triochat": 100, "ncat": 8}
+INFLIGHT = {"triochat": 100, "ncat": 8, "triochat-irc": 100, "triochat-mixed": 100, "ngircd": 8}
 
 
 def run_workers(
@@ -156,7 +262,7 @@ def run_workers(
             target=loadgen.worker_main,
             args=(
                 scenario,
-                loadgen.WorkerArgs(server.kind, server.port, i, workers, params),
+                loadgen.WorkerArgs(server.kind, server.port, i, workers, params, server.ports),
                 barrier,
                 results,
             ),
@@ -272,37 +378,54 @@ def scale(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
 # --- the plan, the repetitions and the report ----------------------------------------------
 
 
-Step = tuple[str, str, Callable[..., dict[str, Any]], dict[str, Any], int | None]
+Step = tuple[str, str, Callable[..., dict[str, Any]], dict[str, Any], int | None, tuple[str, ...]]
+
+LINE_AND_IRC = ("triochat", "ncat", "triochat-irc", "ngircd")
 
 
 def plan(quick: bool) -> list[Step]:
-    """(section, label, function, params, repetitions or None for --reps) per measurement."""
+    """(section, label, function, params, repetitions or None for --reps, kinds) per measurement."""
     fan = {"receivers": 100, "senders": 4, "lines": 2000, "line_bytes": 40, "timeout": 30.0}
     lat = {"clients": 200, "duration": 5.0, "drain": 10.0, "line_bytes": 40, "probe_every": 5}
-    # 5,000 registrations take minutes (every join is announced to everyone
-    # already there: 12.5 M lines), so that one runs once.
-    scales = [(1000, None), (5000, 1)]
+    # ncat closes connections past about 1,015 (select()), so it has no 10,000 row.
+    scales: list[tuple[int, int | None, tuple[str, ...]]] = [
+        (1000, None, LINE_AND_IRC),
+        (10_000, None, ("triochat", "triochat-irc")),
+        # ngircd announces every JOIN to the whole channel (50 M lines for 10,000)
+        # and runs into the 300-s bound, so it is tried once.
+        (10_000, 1, ("ngircd",)),
+    ]
+    rates: tuple[int, ...] = (2000,)
     if quick:
         fan["lines"] = 500
         lat["duration"] = 2.0
-        scales = [(500, None)]
-    steps: list[Step] = [
-        ("fanout", f"N={fan['receivers']} S={fan['senders']} M={fan['lines']}", fanout, fan, None)
-    ]
+        scales = [(500, None, LINE_AND_IRC)]
+    every = (*LINE_AND_IRC, "triochat-mixed")
+    label = f"N={fan['receivers']} S={fan['senders']} M={fan['lines']}"
+    steps: list[Step] = [("fanout", label, fanout, fan, None, every)]
     if not quick:
         # ncat finishes M=2,000 in about 50 ms, where a few ms of skew between the
         # load generator's processes matter; ten times the lines is steadier.
         long = {**fan, "lines": 20_000, "timeout": 120.0}
         label = f"N={long['receivers']} S={long['senders']} M={long['lines']}"
-        steps.append(("fanout", label, fanout, long, None))
-    for rate in (200, 2000):
+        steps.append(("fanout", label, fanout, long, None, every))
+        rates = (200, 2000)
+    for rate in rates:
         params = {**lat, "rate": rate, "timeout": lat["duration"] + lat["drain"] + 60}
         label = f"{lat['clients']} clients, {rate} lines/s"
-        steps.append(("latency", label, latency, params, None))
-    for clients, reps in scales:
+        steps.append(("latency", label, latency, params, None, LINE_AND_IRC))
+    for clients, reps, kinds in scales:
         params = {"clients": clients, "timeout": 300.0}
-        steps.append(("scale", f"{clients} idle clients", scale, params, reps))
+        steps.append(("scale", f"{clients} idle clients", scale, params, reps, kinds))
     return steps
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's open-file limit to the hard limit (servers and workers inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def machine() -> dict[str, Any]:
@@ -313,12 +436,18 @@ def machine() -> dict[str, Any]:
             break
     load = os.getloadavg()
     ncat = subprocess.run(["ncat", "--version"], capture_output=True, text=True, check=False)
+    ngircd = ["(not installed)"]
+    if Path(NGIRCD).exists():
+        out = subprocess.run([NGIRCD, "--version"], capture_output=True, text=True, check=False)
+        ngircd = out.stdout.splitlines() or ngircd
     return {
         "cpu": model,
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "ncat": (ncat.stderr or ncat.stdout).strip().splitlines()[0],
+        "ngircd": ngircd[0],
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "loadavg_at_start": [round(x, 2) for x in load],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -335,7 +464,12 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
     parser.add_argument("--workers", type=int, default=2, help="load generator processes")
     parser.add_argument("--only", choices=["fanout", "latency", "scale"], action="append")
-    parser.add_argument("--servers", default="triochat,ncat", help="comma-separated")
+    parser.add_argument(
+        "--servers",
+        default="triochat,ncat,triochat-irc,ngircd,triochat-mixed",
+        help="comma-separated, of: " + ", ".join(STARTERS),
+    )
+    parser.add_argument("--label", action="append", help="run only steps whose label has this")
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     parser.add_argument(
         "--profile", type=Path, help="run triochat under py-spy, writing collapsed stacks here"
@@ -347,6 +481,7 @@ def main() -> int:
         help="more options for triochat serve, e.g. '--db /tmp/bench.db' to measure what it costs",
     )
     args = parser.parse_args()
+    raise_nofile()
     TRIOCHAT_ARGS[:] = shlex.split(args.triochat_args)
     if args.profile:
         PROFILE[:] = ["py-spy", "record", "--format", "raw", "--rate", "1000"]
@@ -355,17 +490,21 @@ def main() -> int:
     servers = args.servers.split(",")
     if "ncat" in servers and shutil.which("ncat") is None:
         parser.error("ncat is not installed (Debian: apt-get install ncat)")
+    if "ngircd" in servers and not Path(NGIRCD).exists():
+        parser.error("ngircd is not installed (Debian: apt-get install ngircd)")
     info = machine()
     print(f"# triochat benchmark ({'quick' if args.quick else 'full'}, median of {reps})\n")
     for key, value in info.items():
         print(f"- {key}: {value}")
     report: dict[str, Any] = {"machine": info, "reps": reps, "results": []}
     began = time.monotonic()
-    for section, label, function, params, fixed_reps in plan(args.quick):
+    for section, label, function, params, fixed_reps, kinds in plan(args.quick):
         if args.only and section not in args.only:
             continue
+        if args.label and not any(part in label for part in args.label):
+            continue
         results: dict[str, Any] = {}
-        for kind in servers:
+        for kind in [k for k in servers if k in kinds]:
             runs: list[dict[str, Any]] = []
             for _ in range(min(reps, fixed_reps or reps)):
                 try:
@@ -389,15 +528,17 @@ def print_table(section: str, label: str, results: dict[str, Any]) -> None:
         print(f"\n## {section}: {label}\n\nno results")
         return
     keys = list(next(iter(medians.values())).keys())
+    pairs = [(k, r) for k, r in REFERENCE.items() if k in medians and r in medians]
     print(f"\n## {section}: {label}\n")
-    print("| metric | " + " | ".join(medians) + " | triochat / ncat |")
-    print("|---" * (len(medians) + 2) + "|")
+    heads = [*medians, *(f"{k} / {r}" for k, r in pairs)]
+    print("| metric | " + " | ".join(heads) + " |")
+    print("|---" * (len(heads) + 1) + "|")
     for key in keys:
-        values = [medians[k][key] for k in medians]
-        ratio = ""
-        if "triochat" in medians and "ncat" in medians and medians["ncat"][key]:
-            ratio = f"{medians['triochat'][key] / medians['ncat'][key]:.2f}"
-        print(f"| {key} | " + " | ".join(_fmt(v) for v in values) + f" | {ratio} |")
+        cells = [_fmt(medians[k][key]) for k in medians]
+        for k, r in pairs:
+            ref = medians[r][key]
+            cells.append(f"{medians[k][key] / ref:.2f}" if ref else "")
+        print(f"| {key} | " + " | ".join(cells) + " |")
 
 
 def _fmt(value: float) -> str:
