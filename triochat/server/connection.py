@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import trio
 
@@ -44,24 +44,105 @@ TLS_CLOSE_TIMEOUT: Final = 0.5
 _NEVER: Final = -math.inf
 
 
-class Connection:
+class DoorConnection:
+    """What a connection does the same way on every door: run its reader in a nursery
+    of its own, write a backlog the kernel would not take, end, and clean up once.
+
+    A door's connection class gives the reading (``_register_in_time``, ``_chat``),
+    how its member leaves (``_leave``) and the attributes annotated here.
+    """
+
+    __slots__ = ("_nursery", "peer", "reason", "send", "server", "stream")
+
+    _log: ClassVar[logging.Logger] = log
+    _kind: ClassVar[str] = ""
+    """How the log names the connection ("IRC " for the IRC door's)."""
+
+    _nursery: trio.Nursery | None
+    send: Outbox
+    server: ChatServer
+    stream: trio.abc.Stream
+    peer: str
+    reason: str
+
+    async def _register_in_time(self) -> bool:
+        raise NotImplementedError
+
+    async def _chat(self) -> None:
+        raise NotImplementedError
+
+    def _leave(self) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        self._log.info("%sconnection from %s", self._kind, self.peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                # Two steps rather than one reader coroutine: one frame fewer
+                # per idle client.
+                if await self._register_in_time():
+                    await self._chat()
+                # Whatever stopped the reader, the room hears of it now, and
+                # what is queued goes out, within the linger time.
+                self._leave()
+                self.send.flush()
+                nursery.cancel_scope.deadline = min(
+                    nursery.cancel_scope.deadline,
+                    trio.current_time() + self.server.config.linger,
+                )
+        finally:
+            self._leave()
+            self.send.stop()  # before the socket (and so its number) is released
+            await close_stream(self.stream)
+            self._log.info("%s closed (%s)", self.peer, self.reason)
+
+    def end(self) -> None:
+        """End the connection now: its last line is out, or it was evicted or broke."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @property
+    def _ended(self) -> bool:
+        return self._nursery is not None and self._nursery.cancel_scope.cancel_called
+
+    def start_writer(self) -> None:
+        """Start the task that waits until the kernel takes the outbox's backlog."""
+        if self._nursery is None:
+            raise trio.BrokenResourceError("the connection is not open")
+        try:
+            self._nursery.start_soon(self._writer)
+        except RuntimeError as exc:  # the nursery is closed: the connection is over
+            raise trio.BrokenResourceError from exc
+
+    async def _writer(self) -> None:
+        outbox = self.send
+        stats = self.server.stats
+        try:
+            # One write for everything queued since the last one.
+            while (data := outbox.take()) is not None:
+                stats.bytes_out += len(data)
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            outbox.stop()
+            self.end()
+            return
+        if outbox.closed:
+            self.end()  # its last line is out
+
+
+class Connection(DoorConnection):
     """One client: its stream, outbox and session, and the reader (and writer) serving it."""
 
     # Slots: thousands of these live at once (docs/benchmarks.md, memory per client).
     __slots__ = (
         "_bucket",
         "_framer",
-        "_nursery",
         "_opening",
         "_paced_until",
         "_parse",
         "dialect",
-        "peer",
-        "reason",
-        "send",
-        "server",
         "session",
-        "stream",
     )
 
     def __init__(self, server: ChatServer, stream: trio.abc.Stream) -> None:
@@ -94,29 +175,6 @@ class Connection:
     def member(self) -> Member | None:
         """The client's member in the hub, once it is named."""
         return self.session.member
-
-    async def run(self) -> None:
-        log.info("connection from %s", self.peer)
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                # Two steps rather than one reader coroutine: one frame fewer
-                # per idle client.
-                if await self._register_in_time():
-                    await self._chat()
-                # Whatever stopped the reader, the room hears of it now, and
-                # what is queued goes out, within the linger time.
-                self._leave()
-                self.send.flush()
-                nursery.cancel_scope.deadline = min(
-                    nursery.cancel_scope.deadline,
-                    trio.current_time() + self.server.config.linger,
-                )
-        finally:
-            self._leave()
-            self.send.stop()  # before the socket (and so its number) is released
-            await close_stream(self.stream)
-            log.info("%s closed (%s)", self.peer, self.reason)
 
     def _leave(self) -> None:
         self.session.close(self.reason)
@@ -363,41 +421,6 @@ class Connection:
             if member is not None and room is not None:
                 self.server.hub.say(member, room, says)
             says.clear()
-
-    # --- writing, and the end ------------------------------------------------------
-
-    def end(self) -> None:
-        """End the connection now: its last line is out, or it was evicted or broke."""
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-
-    @property
-    def _ended(self) -> bool:
-        return self._nursery is not None and self._nursery.cancel_scope.cancel_called
-
-    def start_writer(self) -> None:
-        """Start the task that waits until the kernel takes the outbox's backlog."""
-        if self._nursery is None:
-            raise trio.BrokenResourceError("the connection is not open")
-        try:
-            self._nursery.start_soon(self._writer)
-        except RuntimeError as exc:  # the nursery is closed: the connection is over
-            raise trio.BrokenResourceError from exc
-
-    async def _writer(self) -> None:
-        outbox = self.send
-        stats = self.server.stats
-        try:
-            # One write for everything queued since the last one.
-            while (data := outbox.take()) is not None:
-                stats.bytes_out += len(data)
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            outbox.stop()
-            self.end()
-            return
-        if outbox.closed:
-            self.end()  # its last line is out
 
 
 async def close_stream(stream: trio.abc.Stream) -> None:

@@ -31,7 +31,7 @@ from ..core._ratelimit import TokenBucket
 from ..core.irc_session import Aways, IRCRules, IRCSession
 from ..protocol import line as p
 from ..protocol.irc import wire
-from .connection import close_stream, peer_host, peer_name
+from .connection import DoorConnection, close_stream, peer_host, peer_name
 from .listener import _enable_keepalive, format_address
 from .outbox import Outbox
 
@@ -190,21 +190,15 @@ class IRCDoor:
             server._connections.discard(connection)
 
 
-class IRCConnection:
+class IRCConnection(DoorConnection):
     """One IRC client: its stream, outbox and session, and the reader (and writer) serving it."""
 
     __slots__ = (
         "_bucket",
         "_framer",
-        "_nursery",
         "_paced_until",
         "door",
         "irc",
-        "peer",
-        "reason",
-        "send",
-        "server",
-        "stream",
     )
 
     def __init__(self, door: IRCDoor, stream: trio.abc.Stream) -> None:
@@ -239,24 +233,8 @@ class IRCConnection:
     def member(self) -> Member | None:
         return self.irc.member
 
-    async def run(self) -> None:
-        log.info("IRC connection from %s", self.peer)
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if await self._register_in_time():
-                    await self._chat()
-                self._leave()
-                self.send.flush()
-                nursery.cancel_scope.deadline = min(
-                    nursery.cancel_scope.deadline,
-                    trio.current_time() + self.server.config.linger,
-                )
-        finally:
-            self._leave()
-            self.send.stop()
-            await close_stream(self.stream)
-            log.info("%s closed (%s)", self.peer, self.reason)
+    _log = log
+    _kind = "IRC "
 
     def _leave(self) -> None:
         self.irc.connection_lost(self.reason)
@@ -399,35 +377,3 @@ class IRCConnection:
         while going and irc.pending:
             going = await self._carry_out(irc.resume())
         return going
-
-    # --- writing, and the end -------------------------------------------------------
-
-    def end(self) -> None:
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-
-    @property
-    def _ended(self) -> bool:
-        return self._nursery is not None and self._nursery.cancel_scope.cancel_called
-
-    def start_writer(self) -> None:
-        if self._nursery is None:
-            raise trio.BrokenResourceError("the connection is not open")
-        try:
-            self._nursery.start_soon(self._writer)
-        except RuntimeError as exc:
-            raise trio.BrokenResourceError from exc
-
-    async def _writer(self) -> None:
-        outbox = self.send
-        stats = self.server.stats
-        try:
-            while (data := outbox.take()) is not None:
-                stats.bytes_out += len(data)
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            outbox.stop()
-            self.end()
-            return
-        if outbox.closed:
-            self.end()
