@@ -374,44 +374,9 @@ async def run_interactive(config: JoinConfig) -> int:
     if config.reconnect:
         return await _run_interactive_resuming(config)
     async with await _connect(config) as client:
-        state = RoomState(config.name or "")
-        screen = ChatScreen(
-            config.connection.server,
-            state,
-            scrollback=config.scrollback,
-            max_line=config.max_line,
+        return await _run_screen(
+            config, lambda screen: _interactive_session(client, config, screen)
         )
-        event_loop = urwid.TrioEventLoop()
-        main_loop = urwid.MainLoop(
-            screen.root,
-            PALETTE,
-            event_loop=event_loop,
-            handle_mouse=False,
-            input_filter=screen.handle_input,
-        )
-        error: str | None = None
-        # Listening before the screen starts, so no signal can kill the
-        # process with the terminal left in cbreak mode.
-        with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
-            try:
-                with main_loop.start():
-                    # Ctrl-C is a key here (it quits politely); signals from elsewhere do the same.
-                    main_loop.screen.tty_signal_keys(intr="undefined")  # type: ignore[attr-defined]
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(event_loop.run_async)
-                        nursery.start_soon(_quit_on_signals_ui, screen, signals)
-                        error = await _interactive_session(client, config, screen)
-                        if error is not None:
-                            await screen.any_key.wait()
-                        nursery.cancel_scope.cancel()
-            finally:
-                # The alternate screen is gone with the UI: leave the last lines on the normal one.
-                _print_transcript(screen, config.keep_transcript)
-        if error == WRONG_PASSWORD:
-            raise JoinError(error, EXIT_PASSWORD)
-        if error is not None:
-            raise JoinError(error, EXIT_CLOSED)
-        return EXIT_OK
 
 
 async def _run_interactive_resuming(config: JoinConfig) -> int:
@@ -426,6 +391,19 @@ async def _run_interactive_resuming(config: JoinConfig) -> int:
         raise JoinError(str(exc), EXIT_CLOSED) from None
     if waited.cancelled_caught:
         raise JoinError("the server did not greet us: is it a triochat server?", EXIT_CLOSED)
+    try:
+        return await _run_screen(
+            config, lambda screen: _resuming_session(chat, client, welcome, config, screen)
+        )
+    finally:
+        await chat.aclose()
+        await client.aclose()
+
+
+async def _run_screen(
+    config: JoinConfig, session: Callable[[ChatScreen], Awaitable[str | None]]
+) -> int:
+    """Run the terminal UI around ``session`` (which returns why it ended, or ``None``)."""
     state = RoomState(config.name or "")
     screen = ChatScreen(
         config.connection.server, state, scrollback=config.scrollback, max_line=config.max_line
@@ -439,20 +417,22 @@ async def _run_interactive_resuming(config: JoinConfig) -> int:
         input_filter=screen.handle_input,
     )
     error: str | None = None
+    # Listening before the screen starts, so no signal can kill the
+    # process with the terminal left in cbreak mode.
     with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
         try:
             with main_loop.start():
+                # Ctrl-C is a key here (it quits politely); signals from elsewhere do the same.
                 main_loop.screen.tty_signal_keys(intr="undefined")  # type: ignore[attr-defined]
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(event_loop.run_async)
                     nursery.start_soon(_quit_on_signals_ui, screen, signals)
-                    error = await _resuming_session(chat, client, welcome, config, screen)
+                    error = await session(screen)
                     if error is not None:
                         await screen.any_key.wait()
                     nursery.cancel_scope.cancel()
         finally:
-            await chat.aclose()
-            await client.aclose()
+            # The alternate screen is gone with the UI: leave the last lines on the normal one.
             _print_transcript(screen, config.keep_transcript)
     if error == WRONG_PASSWORD:
         raise JoinError(error, EXIT_PASSWORD)
