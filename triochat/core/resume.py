@@ -1,4 +1,4 @@
-"""Resume, sans-IO: the tokens that take a held member back, and the v2 member's session.
+"""Resume, sans-IO: the tokens that take a held member back, and the sessions that resume.
 
 A v2 member gets a resume token when it is named (:class:`~.events.Welcome`).
 If its connection ends without ``/quit``, it is *held*: it stays in the chat
@@ -58,7 +58,7 @@ class _Entry:
     def __init__(self, member: Member) -> None:
         self.member = member
         self.digests: list[bytes] = []
-        self.owner: V2Session | None = None
+        self.owner: ResumableSession | None = None
         """The session serving the member now; ``None`` while it is held."""
         self.deadline: float | None = None
         """While held: when the grace is over."""
@@ -88,7 +88,7 @@ class Tokens:
         """How many members are held now."""
         return sum(1 for entry in self._by_member.values() if entry.deadline is not None)
 
-    def issue(self, member: Member, owner: V2Session) -> str:
+    def issue(self, member: Member, owner: ResumableSession) -> str:
         """A new token for ``member``, served by ``owner``; earlier ones stay valid until
         :meth:`confirm`."""
         entry = self._by_member.get(member)
@@ -158,9 +158,14 @@ class Tokens:
         return gone
 
 
-class V2Session(Session[Member]):
-    """A v2 line member's session: a token at registration, held when its connection
-    breaks, ``/resume`` instead of a name, and each room's epoch when it joins one."""
+HELD_REASONS: Final = frozenset({"connection lost", "ping timeout"})
+"""Why a connection may end and its member be held: it broke, or its peer went silent."""
+
+
+class ResumableSession(Session[Member]):
+    """A member's session that can come back: a token at registration, held when its
+    connection breaks, a resume instead of a name, and each room's epoch when it joins
+    one. The v2 line door (:class:`V2Session`) and the web door share it."""
 
     __slots__ = ("_attempts", "_handed_over", "_most_attempts", "_resume_max", "_tokens", "_v2hub")
 
@@ -185,21 +190,11 @@ class V2Session(Session[Member]):
         self._resume_max = resume_max
         self._most_attempts = attempts
 
-    def hello(self) -> list[Output]:
-        """What the door says to a client that opted into v2."""
-        return [Hello(2, self._tokens.grace, self._resume_max), Notice(self._question())]
-
     # --- inputs --------------------------------------------------------------------
 
-    def receive_line(self, text: str) -> list[Output]:
-        if self.state is State.AWAITING_NAME:
-            resume = parse_resume(p.clean_text(text).strip())
-            if isinstance(resume, BadResume):
-                self._take_line()
-                return [Error(resume.message), Notice(p.NAME_QUESTION)]
-            if resume is not None:
-                return self._resume(resume)
-        return super().receive_line(text)
+    def resume(self, resume: Resume) -> list[Output]:
+        """Instead of a name: take the held member of ``resume.token`` back, or say no."""
+        return self._resume(resume)
 
     def command(self, command: c.Command | Ack) -> list[Output]:
         member = self.member
@@ -215,20 +210,17 @@ class V2Session(Session[Member]):
             self._tokens.forget(member)
         if member is not None and self.state is not State.CLOSED:
             outputs.extend(self._states(r for r in member.rooms if r not in before))
-            if isinstance(command, c.Part) and command.room not in member.rooms:
-                # The room's own Left went to those still in it; the leaver hears it
-                # unnumbered, as it is no longer the room's to number for it.
-                left = Left(command.room, 0, time.time(), member.name, command.reason)
-                outputs.append(left)
         return outputs
 
-    def close(self, reason: str) -> list[Output]:
-        """The connection is over: a member whose connection broke is held, not gone."""
+    def close(self, reason: str, *, hold: bool = True) -> list[Output]:
+        """The connection is over: a member whose connection broke is held, not gone
+        (``hold=False``: the client went away on purpose, it leaves at once)."""
         member = self.member
         if self._handed_over or (
-            member is not None
+            hold
+            and member is not None
             and self.state is State.CHATTING
-            and reason == "connection lost"
+            and reason in HELD_REASONS
             and self._v2hub.is_member(member)
             and self._tokens.hold(member)
         ):
@@ -260,19 +252,16 @@ class V2Session(Session[Member]):
                 states.append(state)
         return states
 
+    def _welcome(self, member: Member) -> Welcome:
+        """A new token for ``member``, served by this session."""
+        return Welcome(member.name, self._tokens.issue(member, self), self._tokens.grace)
+
     def _register(self, name: str, *, claimed: bool) -> list[Output]:
-        hub = self._v2hub
-        result = hub.register(name, self._outbox, self._disconnect, self._door.dialect)
-        if isinstance(result, str):
-            return super()._register(name, claimed=claimed)  # refused the same way
-        self.member = result
-        self._to(State.CHATTING)
-        # The token first, so the client can resume even what its arrival brings.
-        hub.tell(result, Welcome(result.name, self._tokens.issue(result, self), self._tokens.grace))
-        for room in self.rules.arrival_rooms:
-            hub.join(result, room)
-        self._follow(result)
-        return self._states(result.rooms)
+        outputs = super()._register(name, claimed=claimed)
+        member = self.member
+        if member is not None and self.state is State.CHATTING:
+            outputs.insert(0, self._welcome(member))
+        return outputs
 
     def _resume(self, resume: Resume) -> list[Output]:
         self._take(Input.LINE)
@@ -297,8 +286,7 @@ class V2Session(Session[Member]):
         self.member = member
         self.authenticated = True
         self._to(State.CHATTING)
-        token = self._tokens.issue(member, self)
-        outputs: list[Output] = [Welcome(member.name, token, self._tokens.grace)]
+        outputs: list[Output] = [self._welcome(member)]
         asked = set()
         for room, epoch, seq in resume.rooms:
             asked.add(room)
@@ -323,4 +311,53 @@ class V2Session(Session[Member]):
         self._disconnect()
 
 
-__all__ = ["HELLO", "RESUME_ATTEMPTS", "Tokens", "V2Session"]
+class V2Session(ResumableSession):
+    """A v2 line member's session: ``hello``, ``/resume`` instead of a name, and the
+    arrival rooms joined after the token."""
+
+    __slots__ = ()
+
+    def hello(self) -> list[Output]:
+        """What the door says to a client that opted into v2."""
+        return [Hello(2, self._tokens.grace, self._resume_max), Notice(self._question())]
+
+    def receive_line(self, text: str) -> list[Output]:
+        if self.state is State.AWAITING_NAME:
+            resume = parse_resume(p.clean_text(text).strip())
+            if isinstance(resume, BadResume):
+                self._take_line()
+                return [Error(resume.message), Notice(p.NAME_QUESTION)]
+            if resume is not None:
+                return self._resume(resume)
+        return super().receive_line(text)
+
+    def command(self, command: c.Command | Ack) -> list[Output]:
+        outputs = super().command(command)
+        member = self.member
+        if (
+            isinstance(command, c.Part)
+            and member is not None
+            and self.state is not State.CLOSED
+            and command.room not in member.rooms
+        ):
+            # The room's own Left went to those still in it; the leaver hears it
+            # unnumbered, as it is no longer the room's to number for it.
+            outputs.append(Left(command.room, 0, time.time(), member.name, command.reason))
+        return outputs
+
+    def _register(self, name: str, *, claimed: bool) -> list[Output]:
+        hub = self._v2hub
+        result = hub.register(name, self._outbox, self._disconnect, self._door.dialect)
+        if isinstance(result, str):
+            return super()._register(name, claimed=claimed)  # refused the same way
+        self.member = result
+        self._to(State.CHATTING)
+        # The token first, so the client can resume even what its arrival brings.
+        hub.tell(result, self._welcome(result))
+        for room in self.rules.arrival_rooms:
+            hub.join(result, room)
+        self._follow(result)
+        return self._states(result.rooms)
+
+
+__all__ = ["HELD_REASONS", "HELLO", "RESUME_ATTEMPTS", "ResumableSession", "Tokens", "V2Session"]
