@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import pytest
 from irc_support import RawIRC, close_clients, irc_client, line_client, line_until
-from test_irc_door import (
-    Start,
-    start as _both_doors,  # noqa: F401 - the start fixture
-)
+from test_irc_door import Start, start  # noqa: F401 - the fixture
 
 from triochat.client.connection import ChatClient
 from triochat.protocol import irc
@@ -48,7 +45,7 @@ def privmsgs(messages: list[irc.Message]) -> list[irc.Message]:
 
 
 async def test_a_plain_client_that_rejoins_gets_the_missed_lines_with_their_times(
-    start: Start,
+    start: Start,  # noqa: F811 - the fixture imported above
 ) -> None:
     _, line_port, irc_port = await start(rate=0)
     bob = await line_client(line_port, "bob")
@@ -71,7 +68,9 @@ async def test_a_plain_client_that_rejoins_gets_the_missed_lines_with_their_time
     assert (await back.until("PRIVMSG", "#lobby")).params[1] == "live"
 
 
-async def test_a_chathistory_client_asks_after_the_last_msgid_it_had(start: Start) -> None:
+async def test_a_chathistory_client_asks_after_the_last_msgid_it_had(
+    start: Start,  # noqa: F811 - the fixture imported above
+) -> None:
     _, line_port, irc_port = await start(rate=0)
     bob = await line_client(line_port, "bob")
     zoe = await joined(irc_port, "zoe", CAPS)
