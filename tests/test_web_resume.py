@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from test_resume import V2Client
 from test_web_timing import Client, make_door, open_client
 from wsproto.events import CloseConnection
 
@@ -336,3 +337,39 @@ async def test_the_token_is_never_logged(
     assert "ann resumed" in logged
     for token in [*tokens, "ff" * 16]:
         assert token not in logged
+
+
+async def test_a_page_s_token_does_not_resume_on_the_line_door_nor_the_other_way(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving() as (door, nursery):
+        ann = await page(door, nursery, "ann")
+        await ann.cut()
+
+        async def line_v2() -> V2Client:
+            client_end, server_end = trio.testing.memory_stream_pair()
+            nursery.start_soon(door.server.handle_stream, server_end)
+            client = V2Client(client_end)
+            await client.hello()
+            return client
+
+        # The page's token on the line door's v2: refused, and ann stays held for the page.
+        liner = await line_v2()
+        await liner.send(f"/resume {ann.token}")
+        assert (await liner.until("error"))[-1].startswith(f"error :{REFUSED}")
+        ann2 = await back(door, nursery, ann)
+        assert (await ann2.until("registered"))["resumed"] is True
+        # A v2 member's token on the web door: refused the same way.
+        bob = await line_v2()
+        await bob.send("bob")
+        await bob.parsed("room")
+        await bob.cut()
+        web = await page(door, nursery)
+        await web.send(type="register", name="bob", token=bob.token)
+        assert await web.receive() == {"type": "error", "text": REFUSED}
+        assert (await web.until("error"))["text"] == "Name bob is taken, choose another"
+        assert door.server.tokens.held == 1
+        await trio.sleep(31)  # held for its grace only, then gone
+        assert door.server.tokens.held == 0
+        assert door.server.hub.member("bob") is None
+        assert door.server.hub.member("ann") is not None

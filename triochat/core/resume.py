@@ -266,6 +266,11 @@ class ResumableSession(Session[Member]):
     def _resume(self, resume: Resume) -> list[Output]:
         self._take(Input.LINE)
         entry = self._tokens.take(resume.token)
+        if entry is not None and entry.member.dialect is not self._door.dialect:
+            # Another door's member (its lines could not be shown here): a bad token.
+            if entry.owner is None:
+                self._tokens.hold(entry.member)  # take() let go of it: held again
+            entry = None
         hub = self._v2hub
         if entry is None or not hub.is_member(entry.member):
             if entry is not None:
