@@ -294,6 +294,11 @@ class MemoryBackplane:
             case _State(change):
                 node.deliver_state(change)
 
+    def relink(self) -> None:
+        """As a node does when its link comes back: seed the cluster's moderation and accounts
+        if it has none (:meth:`MemoryCluster.lose_state`), then take them."""
+        self.node.replace_state(self.cluster._seeded(self.node.shared_state()))
+
     def crash(self) -> None:
         """This node dies: the others drop it, and a survivor's hub announces its users gone."""
         self.cluster._remove(self, "connection lost")
