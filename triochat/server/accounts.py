@@ -133,6 +133,8 @@ class AccountStore:
                 if self._cluster is not None:
                     return await self._perform_shared(self._cluster, request)
                 outcome = await trio.to_thread.run_sync(self._perform, request)
+                if outcome.ok and request.kind != "verify":
+                    await self._reread(_key(request.name))
             except sqlite3.Error as exc:
                 log.error("account %s of %s failed: %s", request.kind, request.name, exc)
                 return Outcome(request, False, "The account database failed; try again later")
@@ -179,6 +181,20 @@ class AccountStore:
             self.apply(AccountGone(key))
         log.info("account %s: %s", request.kind, request.name)
         return Outcome(request, True)
+
+    async def _reread(self, key: str) -> None:
+        """Take the account's row from the file again (to seed a cluster with it later)."""
+        entry = await trio.to_thread.run_sync(self._row, key)
+        if entry is None:
+            self._entries.pop(key, None)
+        else:
+            self._entries[key] = entry
+
+    def _row(self, key: str) -> AccountSet | None:
+        row = self._db.execute(
+            "SELECT key, name, hash, admin, created FROM accounts WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else AccountSet(row[0], row[1], row[2], bool(row[3]), row[4])
 
     def _check(self, known: AccountSet | None, password: str) -> bool:
         if known is None:
@@ -251,6 +267,9 @@ class AccountStore:
         if cursor.rowcount == 0:
             return False
         self._admins[key] = admin
+        entry = self._row(key)
+        if entry is not None:
+            self._entries[key] = entry
         return True
 
     def close(self) -> None:
