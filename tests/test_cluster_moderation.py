@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -32,8 +33,10 @@ from triochat import ChatServer, ServerConfig
 from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.core.accounts import Request
 from triochat.core.names import name_key
+from triochat.server.accounts import AccountStore
 
 Start = Callable[..., Awaitable[tuple[ChatServer, int]]]
+OPTIONS: dict[str, Any] = FAST
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ async def start(
 ) -> AsyncIterator[Start]:
     """``server, port = await start(*registered, url=...)``: a node with its own accounts
     file (``registered`` in it, the first one a server admin), linked to the cluster."""
-    opened = []
+    opened: list[AccountStore] = []
 
     async def start_node(*registered: str, url: str = TEST_REDIS) -> tuple[ChatServer, int]:
         accounts = open_accounts(tmp_path / f"node{len(opened)}.db")
@@ -60,7 +63,7 @@ async def start(
             assert (await accounts.perform(Request("register", name, f"{name}-pw"))).ok
         if registered:
             accounts.set_admin(registered[0], True)
-        backplane = RedisBackplane(RedisOptions(url=url, cluster=cluster, **FAST))
+        backplane = RedisBackplane(RedisOptions(url=url, cluster=cluster, **OPTIONS))
         server = ChatServer(
             ServerConfig(port=0, rate=0, password_delay=0.01),
             backplane=backplane,
@@ -186,7 +189,9 @@ async def test_a_forged_change_on_the_channel_is_skipped(
     await join(bob, "bob", "#den")  # the node carries on
 
 
-async def test_after_redis_loses_its_data_the_nodes_seed_it_again(start: Start) -> None:
+async def test_after_redis_loses_its_data_the_nodes_seed_it_again(
+    start: Start, cluster: str
+) -> None:
     redis = RedisServer()
     await redis.start()
     try:
@@ -203,10 +208,8 @@ async def test_after_redis_loses_its_data_the_nodes_seed_it_again(start: Start) 
         await redis.start()
         await wait_until(lambda: not a.backplane.link_down and not b.backplane.link_down)
         async with coredis.Redis.from_url(redis.url) as client:
-            assert await client.hexists(
-                f"triochat:{a.backplane.keys.cluster}:moderation", "ban\t#den\tbob"
-            )
-            assert await client.hexists(f"triochat:{a.backplane.keys.cluster}:accounts", "ann")
+            assert await client.hexists(f"triochat:{cluster}:moderation", "ban\t#den\tbob")
+            assert await client.hexists(f"triochat:{cluster}:accounts", "ann")
         assert b.hub.moderation.banned("#den", "bob") is not None
         assert b.accounts is not None
         assert b.accounts.registered("ann")
