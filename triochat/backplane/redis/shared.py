@@ -10,8 +10,9 @@ on the channel (an ``X`` record, :mod:`.wire`), so a node's snapshot and the
 channel agree. Every node takes every change in the channel's order, its own
 included, so all of them end in the state Redis holds.
 
-``seeded`` says the hashes are the cluster's: while it is missing (a new
-cluster, or a Redis that lost its data) the first node to link seeds them
+``seeded`` says the hashes are the cluster's (it is set with the first change
+written, or seeded): while it is missing (a new cluster, or a Redis that lost
+its data) the first node to link seeds them
 with what it knows (its ``--db`` file, or its memory), field by field with
 HSETNX; every node then takes what Redis holds as the truth. A registration
 is an HSETNX of the account's field: of two nodes registering one name at
@@ -59,8 +60,8 @@ class SharedKeys:
         return self.moderation
 
 
-# If KEYS[3] (seeded) is missing, set each ARGV pair (hash 'm' or 'a', field, value) with
-# HSETNX, then set KEYS[3]. Return both hashes. KEYS: moderation, accounts, seeded.
+# If KEYS[3] (seeded) is missing, set each ARGV triple (hash 'm' or 'a', field, value) with
+# HSETNX, and KEYS[3] if there was any. Return both hashes. KEYS: moderation, accounts, seeded.
 SEED: Final = Script[bytes](
     None,
     """
@@ -70,7 +71,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
     if ARGV[i] == 'a' then hash = KEYS[2] end
     redis.call('HSETNX', hash, ARGV[i + 1], ARGV[i + 2])
   end
-  redis.call('SET', KEYS[3], '1')
+  if #ARGV > 0 then redis.call('SET', KEYS[3], '1') end
 end
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 """,
@@ -86,6 +87,7 @@ def write(pipe: Any, keys: SharedKeys, change: Change) -> None:
         pipe.hset(keys.of(change), {name: modstate.encode(change)})
     else:
         pipe.hdel(keys.of(change), [name])
+    pipe.set(keys.seeded, b"1")  # The hashes are the cluster's from now on.
 
 
 async def claim_account(client: coredis.Redis[bytes], keys: SharedKeys, entry: AccountSet) -> bool:
