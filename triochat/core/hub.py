@@ -77,6 +77,7 @@ class Member:
     """A registered user, as the hub sees it."""
 
     __slots__ = (
+        "account",
         "address",
         "away",
         "dialect",
@@ -104,6 +105,8 @@ class Member:
         self.hang_up: Callable[[str], None] | None = None
         self.address = ""
         """The client's address, for address bans (its session sets it)."""
+        self.account: str | None = None
+        """The key of the account it proved is its own, if any (its session sets it)."""
         self.away: str | None = None
         """Why the member is away (``/away``), told to whoever messages it."""
         self.ignoring: set[str] = set()
@@ -475,7 +478,7 @@ class Hub:
         else:
             names = self._names(held)
             pages = range(0, len(names), USERS_SHOWN) if names else range(1)
-            lists = [ev.UserList(held.name, tuple(names[i : i + USERS_SHOWN])) for i in pages]
+            lists = [self._marked(held, names[i : i + USERS_SHOWN]) for i in pages]
             self.tell(member, *lists)
         self._evict_slow()
 
@@ -534,6 +537,20 @@ class Hub:
         now = self._clock()
         self.moderation.topics[room] = Topic(text, member.name, now)
         self._publish([ev.TopicSet(room, self._next(held.log), now, member.name, text)])
+        self._evict_slow()
+
+    def set_role(self, member: Member, room: str, name: str, op: bool) -> None:
+        """``member`` made ``name`` an operator of ``room`` (or not any more); the room sees it.
+
+        The moderation state is the session's to change; this only tells the room.
+        """
+        held = self._room_of(member, room)
+        if held is None:
+            return
+        target = self.member(name)
+        shown = target.name if target is not None else name
+        now = self._clock()
+        self._publish([ev.RoleChanged(room, self._next(held.log), now, shown, member.name, op)])
         self._evict_slow()
 
     def kick(self, member: Member, target: Member, room: str, reason: str) -> None:
@@ -692,8 +709,26 @@ class Hub:
         """The room's users; past ``quiet_above``, the first ``USERS_SHOWN`` and the count."""
         names = self._names(room)
         if self.quiet_above and len(names) > self.quiet_above:
-            return ev.UserList(room.name, tuple(names[:USERS_SHOWN]), len(names))
-        return ev.UserList(room.name, tuple(names))
+            return self._marked(room, names[:USERS_SHOWN], len(names))
+        return self._marked(room, names)
+
+    def _marked(self, room: Room, names: Sequence[str], total: int = 0) -> ev.UserList:
+        """A user list of ``names``, with which of them operate ``room`` and are away.
+
+        Only members on this node can be marked: the hub knows nothing of others'
+        accounts or absences. Per request, never per burst.
+        """
+        moderation, where = self.moderation, room.name
+        ops = frozenset(
+            m.name
+            for m in room.members
+            if m.account is not None and moderation.is_op(where, m.account)
+        )
+        away = frozenset(m.name for m in room.members if m.away is not None)
+        if ops or away:  # the list may be one page: only the names it shows
+            shown = set(names)
+            ops, away = ops & shown, away & shown
+        return ev.UserList(where, tuple(names), total, ops, away)
 
     # --- delivery -------------------------------------------------------------
 
