@@ -108,7 +108,9 @@ async def test_operators_topic_kick_and_ban_with_irc_commands(irc_port: int) -> 
     await olga.send("JOIN #den")
     await olga.until("366")
     await ann.send("MODE #den +o olga")
-    await ann.until("NOTICE", "ann", "olga is an operator of #den now")
+    opped = await olga.until("MODE", "#den", "+o", "olga")
+    assert opped.source is not None
+    assert opped.source.startswith("ann!")
     await olga.send("TOPIC #den :olga's")
     await ann.until("TOPIC", "#den", "olga's")
 

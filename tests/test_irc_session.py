@@ -158,7 +158,7 @@ def test_registration_without_cap_gets_the_welcome_burst(hub: Hub) -> None:
         "CHANTYPES=#",
         "NICKLEN=24",
         "CHANNELLEN=33",
-        "PREFIX=()",
+        "PREFIX=(o)@",
         "NETWORK=TestNet",
         "CHANMODES=b,,,",
         "CHANLIMIT=#:3",

@@ -46,6 +46,9 @@ NAME_CONFLICT: Final = (
     "reconnect with another name"
 )
 
+AWAY: Final = "{name} is away: {text}"
+"""The answer to a private message for an away member (IRC shows it as ``301``)."""
+
 USERS_SHOWN: Final = 50
 """Names listed per user list of a big room (``/users all`` sends as many lists as it takes)."""
 
@@ -406,7 +409,7 @@ class Hub:
                 self.tell(target, message)
             self.tell(member, echo)
         if target is not None and target.away is not None:
-            self.tell(member, ev.Notice(f"{target.name} is away: {target.away}"))
+            self.tell(member, ev.Notice(AWAY.format(name=target.name, text=target.away)))
         self._evict_slow()
 
     def join(self, member: Member, room: str) -> None:
@@ -540,15 +543,18 @@ class Hub:
         self._evict_slow()
 
     def set_role(self, member: Member, room: str, name: str, op: bool) -> None:
-        """``member`` made ``name`` an operator of ``room`` (or not any more); the room sees it.
+        """``member`` made the account ``name`` an operator of ``room`` (or not any more);
+        the room sees it.
 
         The moderation state is the session's to change; this only tells the room.
         """
         held = self._room_of(member, room)
         if held is None:
             return
-        target = self.member(name)
-        shown = target.name if target is not None else name
+        # Shown under the name its account holder goes by in the room, if it is here.
+        key = p.name_key(name)
+        holder = next((m for m in held.members if m.account == key), None) or self.member(name)
+        shown = holder.name if holder is not None else name
         now = self._clock()
         self._publish([ev.RoleChanged(room, self._next(held.log), now, shown, member.name, op)])
         self._evict_slow()

@@ -271,10 +271,8 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
             # A private action reaches the line door as text, which has no
             # private /me; CTCP's \x01 would be a control character there.
             private = f"* {text}" if action else text
+            # An away recipient's 301 is the hub's answer (it knows every door's away).
             session.translate(session.session.command(c.Msg(target, private)))
-            away = session.aways.get(target)
-            if away is not None and not notice:
-                session.numeric("301", target, away)
     return []
 
 

@@ -25,6 +25,7 @@ Decisions, documented in ``docs/irc.md``:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -63,6 +64,8 @@ _KICKED: Final = "kicked by "
 """How a kick's departure reason starts (``kicked by OP: REASON``, the session's words)."""
 _MUTED: Final = "You are muted in "
 """How the hub's answer to a muted member's lines starts."""
+_AWAY: Final = re.compile(r"([\w-]+) is away: (.*)", re.DOTALL)
+"""The hub's answer to a private message for an away member (``hub.AWAY``)."""
 
 
 class IRCDialect:
@@ -232,6 +235,8 @@ class IRCDialect:
                 if echo and not self.echo:
                     return  # an IRC client shows its own messages itself
                 self._texts(out, "PRIVMSG", recipient, text, self._user(sender), self._tags(event))
+            case ev.Notice(text=text) if (away := _AWAY.fullmatch(text)) is not None:
+                self._numeric(out, "301", away[1], away[2])
             case ev.Notice(text=text):
                 self._texts(out, "NOTICE", self.nick, text, self.server)
             case ev.Error(text=text) if text.startswith(_MUTED):
