@@ -405,6 +405,21 @@ def test_away_is_told_to_whoever_messages_or_asks(hub: Hub) -> None:
     assert cmds(ann("PRIVMSG zoe :back?")) == []
 
 
+def test_an_irc_away_is_marked_and_answered_on_every_door(hub: Hub) -> None:
+    bob = LineUser(hub, "bob")
+    zoe = register(hub, "zoe")
+    zoe("JOIN #a")
+    zoe("AWAY :brb")
+    bob.lines()
+    hub.users(bob.member, "#a")
+    assert bob.lines() == ["* Users in #a: bob, zoe (away)"]
+    hub.private(bob.member, "zoe", "there?")
+    assert bob.lines() == ["-> *zoe* there?", "* zoe is away: brb"]
+    zoe("AWAY")
+    hub.users(bob.member, "#a")
+    assert bob.lines() == ["* Users in #a: bob, zoe"]
+
+
 def test_part_join_zero_and_their_errors(hub: Hub) -> None:
     bob = LineUser(hub, "bob")
     zoe = register(hub, "zoe")

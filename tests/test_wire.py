@@ -42,6 +42,7 @@ EVENT_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ev.Left: st.builds(ev.Left, texts, seqs, times, texts, texts),
     ev.Renamed: st.builds(ev.Renamed, texts, seqs, times, texts, texts),
     ev.TopicSet: st.builds(ev.TopicSet, texts, seqs, times, texts, texts),
+    ev.RoleChanged: st.builds(ev.RoleChanged, texts, seqs, times, texts, texts, st.booleans()),
     ev.Presence: st.builds(ev.Presence, texts, seqs, times, seqs, seqs, times),
     ev.Legacy: st.builds(ev.Legacy, texts, seqs, times, texts),
 }
