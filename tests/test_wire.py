@@ -151,6 +151,7 @@ def test_history_holds_what_the_hub_keeps() -> None:
         ev.Left("#r", 1, T0, "a", "quit"),
         ev.Renamed("#r", 1, T0, "a", "b"),
         ev.TopicSet("#r", 1, T0, "a", "t"),
+        ev.RoleChanged("#r", 1, T0, "b", "a", True),
         ev.Presence("#r", 1, T0, 3, 2, 30.0),
         ev.Legacy("#r", 1, T0, "line"),
     ]
