@@ -161,6 +161,10 @@ async def test_names_who_and_mode_mark_operators_and_away_members(irc_port: int)
     assert (await bob.until("353")).params[-1] == "@ann bob @olga"
     await ann.send("MODE #den -o olga")
     await bob.until("MODE", "#den", "-o", "olga")
+    # An operator from before who comes back is +o again, by the server, as ChanServ does.
+    await ann.send("PART #den", "JOIN #den")
+    back = await bob.until("MODE", "#den", "+o", "ann")
+    assert back.source == "irc.test"
     await olga.send("AWAY")
     await olga.until("305")
     await bob.send("WHO #den")

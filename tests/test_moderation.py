@@ -473,6 +473,11 @@ async def test_users_marks_operators_and_away_members(chat: tuple[ChatServer, in
     await ann.until("[T] * olga is now known as olga2")
     await ann.send("/deop olga")
     await bob.until("[T] * ann took olga2's operator rights in #den")
+    # An operator from before is told to be one as it comes back (IRC clients forget).
+    await ann.send("/join #lobby")
+    await ann.send("/join #den")
+    await bob.until("[T] * ann joined #den")
+    assert await next_line(bob) == "[T] * ann is an operator of #den"
     await bob.send("/away")
     await bob.until("* You are back")
     await bob.send("/users")

@@ -32,6 +32,7 @@ ROOM_EVENTS: list[ev.Event] = [
     ),
     ev.RoleChanged("#lobby", 15, T, "bob", "alice", True),
     ev.RoleChanged("#lobby", 16, T, "bob", "alice", False),
+    ev.RoleChanged("#lobby", 17, T, "alice", "", True),
     ev.RoomList((("#dev", 1), ("#lobby", 2))),
 ]
 

@@ -81,7 +81,8 @@ class TopicSet(_InRoom):
 @dataclass(slots=True)
 class RoleChanged(_InRoom):
     """``by`` made ``name`` an operator of ``room`` (``op``), or took that away (``/op``,
-    ``/deop``): every door shows it, so members' lists keep their marks right."""
+    ``/deop``): every door shows it, so members' lists keep their marks right. An empty
+    ``by`` is the server, telling the room that an operator from before is back."""
 
     name: str
     by: str

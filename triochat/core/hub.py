@@ -559,6 +559,19 @@ class Hub:
         self._publish([ev.RoleChanged(room, self._next(held.log), now, shown, member.name, op)])
         self._evict_slow()
 
+    def operator_back(self, member: Member, room: str) -> None:
+        """``member``, an operator of ``room`` from before, came back: the room is told, by
+        the server (``by`` empty), as IRC clients forget a member's modes when it leaves.
+
+        Not in a room too big to announce joins: its members were not told of the join.
+        """
+        held = self._room_of(member, room)
+        if held is None or self._quiet(held):
+            return
+        now = self._clock()
+        self._publish([ev.RoleChanged(room, self._next(held.log), now, member.name, "", True)])
+        self._evict_slow()
+
     def kick(self, member: Member, target: Member, room: str, reason: str) -> None:
         """``target`` leaves ``room``, sent away by ``member``: ``(kicked by OP: REASON)``."""
         self.remove_from(

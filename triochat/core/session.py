@@ -305,6 +305,8 @@ class SessionHub(Protocol[M]):
 
     def set_role(self, member: M, room: str, name: str, op: bool, /) -> None: ...
 
+    def operator_back(self, member: M, room: str, /) -> None: ...
+
     def kick(self, member: M, target: M, room: str, reason: str, /) -> None: ...
 
     def remove_from(self, target: M, room: str, reason: str, /) -> None: ...
@@ -957,8 +959,11 @@ class Session(Generic[M]):
         if first:
             # Before the join, so that the creator's own user list marks it.
             moderation.op(room, account)
+        elsewhere = room not in member.rooms
         self._hub.join(member, room)
         if not first:
+            if elsewhere and room in member.rooms and moderation.is_op(room, account):
+                self._hub.operator_back(member, room)
             return
         if room not in member.rooms:  # the join was refused: nothing was created
             moderation.deop(room, account)

@@ -541,6 +541,8 @@ class LineDialect:
                 return format_info(f"Users in {room} ({total}): {marked_names(event)}{more}")
             case ev.UserList(room=room):
                 return format_info(f"Users in {room}: {marked_names(event)}")
+            case ev.RoleChanged(room=room, name=name, by=""):
+                return f"{stamp(event.time)} * {name} is an operator of {room}\n"
             case ev.RoleChanged(room=room, name=name, by=by, op=True):
                 return f"{stamp(event.time)} * {by} made {name} an operator of {room}\n"
             case ev.RoleChanged(room=room, name=name, by=by):

@@ -228,7 +228,8 @@ class IRCDialect:
                 out.append(self._line("TOPIC", (room, topic), self._user(name), event))
             case ev.RoleChanged(room=room, name=name, by=by, op=op):
                 mode = ("+o" if op else "-o", name)
-                out.append(self._line("MODE", (room, *mode), self._user(by), event))
+                source = self._user(by) if by else self.server  # "": the server's doing
+                out.append(self._line("MODE", (room, *mode), source, event))
             case ev.Legacy(room=room, line=text):
                 self._texts(out, "NOTICE", room, text, self.server, self._tags(event))
             case ev.Private(sender=sender, recipient=recipient, text=text, echo=echo):
@@ -358,7 +359,7 @@ class IRCDialect:
             case ev.TopicSet(name=name, topic=topic):
                 told = f"{name} set the topic: {topic}"
             case ev.RoleChanged(name=name, by=by, op=op):
-                told = f"{by} sets mode {'+o' if op else '-o'} {name}"
+                told = f"{by or self.server} sets mode {'+o' if op else '-o'} {name}"
             case ev.Presence():
                 told = _presence(event)
             case ev.Legacy(line=text):

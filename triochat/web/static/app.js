@@ -245,7 +245,8 @@ function roomEvent(m) {
     case "role":
       if (m.op) c.ops.add(m.name);
       else c.ops.delete(m.name);
-      add(c, [span("text", m.op ? `${m.by} made ${m.name} an operator`
+      add(c, [span("text", !m.by ? `${m.name} is an operator`
+        : m.op ? `${m.by} made ${m.name} an operator`
         : `${m.by} took ${m.name}'s operator rights`)], "quiet", { ts: m.ts });
       break;
     case "legacy":
