@@ -548,6 +548,11 @@ async def test_a_guest_s_name_ban_takes_its_address_along(chat: tuple[ChatServer
     robert = await from_address(port, "127.0.0.2", "robert")
     await robert.send("/join #den")
     await robert.until("! You are banned from #den for 1h more: spam")
+    # Registering the new name does not help: the address is still the guest's.
+    await robert.send("/register a new passphrase")
+    await robert.until("* robert is registered to you now")
+    await robert.send("/join #den")
+    await robert.until("! You are banned from #den for 1h more: spam")
     # Nobody else is: another address comes in (so a guest with a new address does too).
     await join(await from_address(port, "127.0.0.3", "carl"), "carl", "#den")
     # Lifting the name lifts the address it took along.
