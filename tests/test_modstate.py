@@ -14,7 +14,7 @@ import pytest
 import trio
 from _accounts import dial, named, net_fixture, open_accounts  # noqa: F401 - the net fixture
 from _ops import running_server
-from test_moderation import join, login
+from test_moderation import from_address, join, login
 
 from triochat.core import modstate
 from triochat.core.accounts import Request
@@ -42,13 +42,15 @@ async def test_ops_topics_bans_and_mutes_survive_a_restart(tmp_path: Path, net: 
             await ann.until("* You are an operator of #den")
             await ann.send("/topic Be kind")
             await ann.until("[T] * ann set the topic of #den: Be kind")
-            bob, carl = await named(port, "bob"), await named(port, "carl")
+            # A guest from an address of its own: its address is banned with its name.
+            bob = await from_address(port, "127.0.0.2", "bob")
+            carl = await named(port, "carl")
             await join(bob, "bob", "#den")
             await join(carl, "carl", "#den")
             for line, answer in (
                 ("/ban bob 2h spamming", "* bob is banned from #den for 2h more"),
                 ("/mute carl", "* carl is muted in #den until lifted"),
-                ("/op olga", "* olga is an operator of #den now"),
+                ("/op olga", "[T] * ann made olga an operator of #den"),
             ):
                 await ann.send(line)
                 await ann.until(answer)
@@ -60,6 +62,9 @@ async def test_ops_topics_bans_and_mutes_survive_a_restart(tmp_path: Path, net: 
             bob = await named(port, "bob")
             await bob.send("/join #den")
             await bob.until("! You are banned from #den for 2h more: spamming")
+            bobby = await from_address(port, "127.0.0.2", "bobby")  # another name: no way in
+            await bobby.send("/join #den")
+            await bobby.until("! You are banned from #den for 2h more: spamming")
             carl = await named(port, "carl")
             lines = await join(carl, "carl", "#den")
             assert "* Topic of #den: Be kind (set by ann)" in lines
@@ -68,6 +73,9 @@ async def test_ops_topics_bans_and_mutes_survive_a_restart(tmp_path: Path, net: 
             olga = await login(port, "olga", "#den")
             await olga.send("/unmute carl")  # an operator still
             await olga.until("* carl may speak in #den again")
+            await olga.send("/unban bob")  # lifts the address ban made with it, as before
+            await olga.until("* bob may join #den again")
+            await join(bobby, "bobby", "#den")
             mallory = await dial(port)
             await mallory.until("* What is your name?")
             await mallory.send("mallory")
@@ -105,7 +113,7 @@ async def test_expired_bans_and_mutes_are_pruned_and_lifts_are_written(tmp_path:
         for change in (
             BanSet("#den", "bob", now - 1, "ann", "old"),
             BanSet("#den", "carl", math.inf, "ann", ""),
-            BanSet("*", "10.0.0.9", now + 3600, "root", "abuse"),
+            BanSet("*", "10.0.0.9", now + 3600, "root", "abuse", "mal"),
             MuteSet("#den", "dave", now - 1),
             MuteSet("#den", "erin", now + 600),
             TopicChange("#den", "Be kind", "ann", now),
@@ -131,7 +139,7 @@ async def test_expired_bans_and_mutes_are_pruned_and_lifts_are_written(tmp_path:
         assert store.moderation is not None
         assert set(store.moderation.initial) == {
             BanSet("#den", "carl", math.inf, "ann", ""),
-            BanSet("*", "10.0.0.9", now + 3600, "root", "abuse"),
+            BanSet("*", "10.0.0.9", now + 3600, "root", "abuse", "mal"),
             TopicChange("#den", "Be kind", "ann", now),
             OpSet("#den", "ann", True),
         }
@@ -154,6 +162,7 @@ def test_a_ban_loaded_from_the_file_ends_at_the_same_instant() -> None:
         OpSet("#den", "ann", True),
         TopicChange("#den", 'quotes " and \\ and ✓', "ann", 1.5),
         BanSet("*", "::1", math.inf, "root", ""),
+        BanSet("#den", "10.0.0.7", 4.0, "ann", "spam", "bob"),
         modstate.BanLifted("#den", "bob"),
         MuteSet("#den", "carl", 2.0),
         modstate.Kicked("#den", "dave", "ann", "flood"),
@@ -173,7 +182,7 @@ def test_a_change_record_comes_back_as_itself(change: modstate.Change) -> None:
         '{"op": 1}',
         '["op", "#den", "ann"]',  # a field short
         '["op", "#den", "ann", 1]',  # not a bool
-        '["ban", "#den", "bob", true, "ann", ""]',  # a bool for a time
+        '["ban", "#den", "bob", true, "ann", "", ""]',  # a bool for a time
         '["mute", "#den", 7, null]',
         '["grant", "ann"]',  # no such change
     ],

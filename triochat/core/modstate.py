@@ -53,6 +53,8 @@ class BanSet:
     until: float
     by: str
     reason: str
+    guest: str = ""
+    """On an address ban made with a guest's name ban: that name's key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ Change = State | BanLifted | MuteLifted | Kicked | AccountGone
 _KINDS: Final[dict[str, tuple[type[Change], tuple[type[Any], ...]]]] = {
     "op": (OpSet, (str, str, bool)),
     "topic": (TopicChange, (str, str, str, float)),
-    "ban": (BanSet, (str, str, float, str, str)),
+    "ban": (BanSet, (str, str, float, str, str, str)),
     "unban": (BanLifted, (str, str)),
     "mute": (MuteSet, (str, str, float)),
     "unmute": (MuteLifted, (str, str)),
@@ -280,7 +282,8 @@ class SharedModeration(Moderation):
 
     def ban(self, room: str, ban: Ban) -> None:
         super().ban(room, ban)
-        self._tell(BanSet(room, ban.target, self.to_wall(ban.until), ban.by, ban.reason))
+        until = self.to_wall(ban.until)
+        self._tell(BanSet(room, ban.target, until, ban.by, ban.reason, ban.guest))
 
     def unban(self, room: str, target: str) -> bool:
         done = super().unban(room, target)
@@ -327,8 +330,8 @@ class SharedModeration(Moderation):
                 self.deop(room, account)
             case TopicChange(room, text, by, at):
                 self.set_topic(room, Topic(text, by, at))
-            case BanSet(room, target, until, by, reason):
-                self.ban(room, Ban(target, self.from_wall(until), by, reason))
+            case BanSet(room, target, until, by, reason, guest):
+                self.ban(room, Ban(target, self.from_wall(until), by, reason, guest))
             case BanLifted(room, target):
                 self.unban(room, target)
             case MuteSet(room, key, until):
@@ -369,7 +372,8 @@ class SharedModeration(Moderation):
             out.append(TopicChange(room, topic.text, topic.by, topic.time))
         for room in list(self._bans):
             for ban in self.bans(room):
-                out.append(BanSet(room, ban.target, self.to_wall(ban.until), ban.by, ban.reason))
+                until = self.to_wall(ban.until)
+                out.append(BanSet(room, ban.target, until, ban.by, ban.reason, ban.guest))
         now = self.clock()
         for room, held in self.mutes.items():
             for key, until in held.items():

@@ -38,7 +38,8 @@ from ..core.modstate import (
 log: Final = logging.getLogger("triochat.store")
 
 # Schema 5. ``room`` is ``*`` for a server-wide ban; ``until`` is a Unix time, NULL
-# until lifted; ``target`` a name's key or an address; ``key``/``account`` names' keys.
+# until lifted; ``target`` a name's key or an address; ``key``/``account`` names' keys;
+# ``guest``, on an address ban made with a guest's name ban, that name's key (else '').
 TABLES: Final = """
 CREATE TABLE room_ops (
     room    TEXT NOT NULL,
@@ -57,6 +58,7 @@ CREATE TABLE bans (
     until  REAL,
     set_by TEXT NOT NULL,
     reason TEXT NOT NULL,
+    guest  TEXT NOT NULL,
     PRIMARY KEY (room, target)
 );
 CREATE TABLE mutes (
@@ -98,10 +100,10 @@ def load(db: sqlite3.Connection) -> list[State]:
     state: list[State] = [OpSet(room, account, True) for room, account in ops]
     topics = db.execute("SELECT room, text, set_by, time FROM topics")
     state += [TopicChange(*row) for row in topics]
-    for room, target, until, by, reason in db.execute(
-        "SELECT room, target, until, set_by, reason FROM bans"
+    for room, target, until, by, reason, guest in db.execute(
+        "SELECT room, target, until, set_by, reason, guest FROM bans"
     ):
-        state.append(BanSet(room, target, _from_until(until), by, reason))
+        state.append(BanSet(room, target, _from_until(until), by, reason, guest))
     for room, key, until in db.execute("SELECT room, key, until FROM mutes"):
         state.append(MuteSet(room, key, _from_until(until)))
     return state
@@ -120,10 +122,10 @@ def _write(db: sqlite3.Connection, item: _Item) -> None:
             db.execute("DELETE FROM room_ops WHERE room = ? AND account = ?", (room, account))
         case TopicChange(room, text, by, at):
             db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?, ?, ?)", (room, text, by, at))
-        case BanSet(room, target, until, by, reason):
+        case BanSet(room, target, until, by, reason, guest):
             db.execute(
-                "INSERT OR REPLACE INTO bans VALUES (?, ?, ?, ?, ?)",
-                (room, target, _until(until), by, reason),
+                "INSERT OR REPLACE INTO bans VALUES (?, ?, ?, ?, ?, ?)",
+                (room, target, _until(until), by, reason, guest),
             )
         case BanLifted(room, target):
             db.execute("DELETE FROM bans WHERE room = ? AND target = ?", (room, target))
