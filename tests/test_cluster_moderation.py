@@ -33,7 +33,7 @@ from triochat import ChatServer, ServerConfig
 from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.core.accounts import Request
 from triochat.core.names import name_key
-from triochat.server.accounts import AccountStore
+from triochat.server.accounts import LINK_DOWN, AccountStore
 
 Start = Callable[..., Awaitable[tuple[ChatServer, int]]]
 OPTIONS: dict[str, Any] = FAST
@@ -205,13 +205,17 @@ async def test_after_redis_loses_its_data_the_nodes_seed_it_again(
         await wait_until(lambda: a.backplane.link_down and b.backplane.link_down)
         # Down: each node keeps enforcing what it knows.
         assert b.hub.moderation.banned("#den", "bob") is not None
+        # No registration without Redis to decide who wins; checks go on from memory.
+        assert b.accounts is not None
+        refused = await b.accounts.perform(Request("register", "zed", "zed-pw"))
+        assert (refused.ok, refused.error) == (False, LINK_DOWN)
+        assert (await b.accounts.perform(Request("verify", "ann", "ann-pw"))).ok
         await redis.start()
         await wait_until(lambda: not a.backplane.link_down and not b.backplane.link_down)
         async with coredis.Redis.from_url(redis.url) as client:
             assert await client.hexists(f"triochat:{cluster}:moderation", "ban\t#den\tbob")
             assert await client.hexists(f"triochat:{cluster}:accounts", "ann")
         assert b.hub.moderation.banned("#den", "bob") is not None
-        assert b.accounts is not None
         assert b.accounts.registered("ann")
     finally:
         await redis.stop()
