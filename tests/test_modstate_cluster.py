@@ -192,8 +192,32 @@ async def test_of_two_registrations_of_one_name_on_two_nodes_exactly_one_wins(
     for accounts in stores:
         assert (await accounts.perform(Request("verify", "zed", winner))).ok
         assert not (await accounts.perform(Request("verify", "zed", loser))).ok
+    # A password changed on one node counts on the other once the change has crossed.
+    changed = await stores[1].perform(Request("change", "zed", winner, "new-one"))
+    assert changed.ok
+    await settle()
+    assert not (await stores[0].perform(Request("verify", "zed", winner))).ok
+    assert (await stores[0].perform(Request("verify", "zed", "new-one"))).ok
+    assert (await stores[0].perform(Request("unregister", "zed", "new-one"))).ok
+    await settle()
+    assert not any(accounts.registered("zed") for accounts in stores)
     for accounts in stores:
         accounts.close()
+
+
+async def test_a_ban_made_while_a_node_was_away_is_carried_out_when_it_links_again(
+    cluster: MemoryCluster, nursery: trio.Nursery
+) -> None:
+    a, b = await _start(cluster, nursery), await _start(cluster, nursery)
+    bob = await b.join("bob", "#den")
+    await settle()
+    # As Redis would keep a ban that B's channel never brought it.
+    assert cluster.state is not None
+    ban = BanSet("#den", "bob", math.inf, "ann", "spam")
+    cluster.state["ban\t#den\tbob"] = ban
+    b.backplane.relink()
+    assert "! You left #den (banned by ann: spam)" in bob.lines()
+    assert a.moderation.banned("#den", "bob") is None  # only what came through its channel
 
 
 async def test_a_ban_record_from_the_channel_is_not_told_back_as_this_nodes_own(

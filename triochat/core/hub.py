@@ -1049,8 +1049,12 @@ class Hub:
         return state
 
     def replace_state(self, state: Sequence[State], /) -> None:
-        """The cluster's moderation and accounts are the truth: take them as they are."""
+        """The cluster's moderation and accounts are the truth: take them as they are (and
+        carry out its bans here: some may have been made while the link was down)."""
         if isinstance(self.moderation, SharedModeration):
             self.moderation.replace([c for c in state if not isinstance(c, AccountSet)])
+            for change in state:
+                if isinstance(change, BanSet):
+                    self._enforce(change)
         if self.accounts is not None:
             self.accounts.replace([c for c in state if isinstance(c, AccountSet)])
