@@ -322,6 +322,7 @@ def test_irssi_hexchat_and_weechat_after_join_queries_are_all_answered(hub: Hub)
     got = zoe("MODE #a", "WHO #a", "MODE #a b", "USERHOST zoe", "MODE #a +b")
     assert [(m.command, m.params[1:]) for m in got] == [
         ("324", ("#a", "+nt")),
+        ("329", ("#a", str(int(T0)))),
         ("352", ("#a", "bob", SERVER, SERVER, "bob", "H", "0 bob")),
         ("352", ("#a", "zoe", SERVER, SERVER, "zoe", "H", "0 zoe")),
         ("315", ("#a", "End of /WHO list")),
@@ -334,6 +335,36 @@ def test_irssi_hexchat_and_weechat_after_join_queries_are_all_answered(hub: Hub)
     assert zoe("MODE zoe")[0].params == ("zoe", "+i")
     assert cmds(zoe("MODE zoe +x")) == ["501"]
     assert cmds(zoe("MODE bob")) == ["502"]
+
+
+class _Archive:
+    """An archive that remembers one old line of ``#old``."""
+
+    def append(self, event: ev.RoomEvent, /) -> None:
+        pass
+
+    def recent(self, room: str, /) -> list[ev.RoomEvent]:
+        return [ev.Said(room, 7, T0 - 86_400, "bob", "hi")] if room == "#old" else []
+
+
+def test_creation_time_is_when_the_room_began_or_its_oldest_restored_event() -> None:
+    clock = Clock()
+    hub = Hub(history=10, clock=clock, archive=_Archive())
+    zoe = register(hub, "zoe")
+    clock.now = T0 + 60
+    zoe("JOIN #new", "JOIN #old")
+    clock.now = T0 + 120
+    got = zoe("MODE #new", "MODE #old", "MODE #nowhere")
+    assert [(m.command, m.params[1:]) for m in got] == [
+        ("324", ("#new", "+nt")),
+        ("329", ("#new", str(int(T0 + 60)))),
+        ("324", ("#old", "+nt")),
+        ("329", ("#old", str(int(T0 - 86_400)))),  # from --db: at least as old as its lines
+        ("324", ("#nowhere", "+nt")),  # no such room: no time to give
+    ]
+    # A cluster's restored history counts the same way.
+    hub.set_history("#new", [ev.Said("#new", 3, T0 - 5, "bob", "hello")])
+    assert zoe("MODE #new")[1].params[1:] == ("#new", str(int(T0 - 5)))
 
 
 def test_lines_both_ways_and_the_sender_is_not_echoed(hub: Hub) -> None:

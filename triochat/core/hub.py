@@ -130,15 +130,24 @@ class _Log:
     ``tail`` holds the last events of every kind, for :meth:`Hub.resume`, from
     the first time a member who can resume (:func:`resumes`) enters the room:
     a room of v1 clients only keeps none, and costs what it did.
+    ``created`` is when the room began, as far as this node can tell: when it
+    made the log, or the time of the oldest event it restored (from the
+    archive or the cluster), whichever is earlier (IRC's 329).
     """
 
-    __slots__ = ("epoch", "events", "seq", "tail")
+    __slots__ = ("created", "epoch", "events", "seq", "tail")
 
-    def __init__(self, keep: int, epoch: str = "") -> None:
+    def __init__(self, keep: int, epoch: str = "", created: float = 0.0) -> None:
         self.events: deque[RoomEvent] = deque(maxlen=keep)
         self.seq = 0
         self.epoch = epoch or new_epoch()
         self.tail: deque[RoomEvent] = deque(maxlen=0)
+        self.created = created
+
+    def restored(self) -> None:
+        """Its events were restored: the room is at least as old as the oldest."""
+        if self.events:
+            self.created = min(self.created, self.events[0].time)
 
 
 def resumes(dialect: Dialect) -> bool:
@@ -623,6 +632,7 @@ class Hub:
                 held.events.extend(self._archive.recent(room))
                 if held.events:
                     held.seq = held.events[-1].seq
+                    held.restored()
                 if self._epochs is not None:
                     held.seq = max(held.seq, self._epochs.last_seq(room))
         return held
@@ -630,7 +640,7 @@ class Hub:
     def _new_log(self, room: str) -> _Log:
         epochs = self._epochs if not self.backplane.remote else None
         epoch = epochs.epoch(room) if epochs is not None else ""
-        return _Log(self.history, epoch)
+        return _Log(self.history, epoch, self._clock())
 
     def _quiet(self, room: Room) -> bool:
         """Whether ``room`` is past ``quiet_above`` members (across the cluster)."""
@@ -821,6 +831,11 @@ class Hub:
         member.disconnect = disconnect
         member.hang_up = None
 
+    def created(self, room: str, /) -> float | None:
+        """When ``room`` began, as far as this node knows (see ``_Log``); ``None``: no such room."""
+        held = self._logs.get(room)
+        return None if held is None else held.created
+
     def room_state(self, room: str, /) -> ev.RoomState | None:
         """``room``'s epoch and last number, if this node keeps its log."""
         held = self._logs.get(room)
@@ -889,6 +904,7 @@ class Hub:
             held = self._logs[room] = self._new_log(room)
         held.events.clear()
         held.events.extend(events)
+        held.restored()
         if held.events and held.events[-1].seq > held.seq:
             held.seq = held.events[-1].seq
 

@@ -394,6 +394,9 @@ def _mode(session: IRCSession, msg: wire.Message) -> list[Output]:
             session.numeric("403", target, "No such channel")
         elif len(msg.params) == 1:
             session.numeric("324", room, "+nt")
+            created = session.hub.created(room)
+            if created is not None:
+                session.numeric("329", room, str(int(created)))
         elif msg.params[1].lstrip("+") in ("b", "") and len(msg.params) == 2:
             _ban_list(session, room)
         elif room not in member.rooms:
