@@ -183,6 +183,7 @@ def test_cap_negotiation_holds_registration_until_cap_end(hub: Hub) -> None:
         "multi-prefix",
         "batch",
         "draft/chathistory",
+        "labeled-response",
     }
     assert client("NICK bob", "USER b 0 * :B") == []
     [ack] = client("CAP REQ :server-time echo-message")
@@ -659,6 +660,123 @@ def test_chathistory_from_the_store_is_an_effect_and_its_answer() -> None:
     assert zoe.effects[-1].room == "#a"
     assert zoe.irc.fetched("#a", hub.recent("#a", 10)) == []
     assert texts(zoe.read()) == ["kept"]
+
+
+# --- labeled-response -------------------------------------------------------------------
+
+LABELS = "labeled-response batch"
+
+
+def line_of(msg: irc.Message) -> str:
+    return irc.format_message(msg).removesuffix("\r\n")
+
+
+def test_a_labeled_command_gets_one_labeled_answer(hub: Hub) -> None:
+    bob = LineUser(hub, "bob")
+    zoe = register(hub, "zoe", caps=LABELS)
+    ann = register(hub, "ann", caps="echo-message")
+    [pong] = zoe("@label=p1 PING tok")
+    assert (pong.command, pong.tag("label")) == ("PONG", "p1")
+    # No answer at all (its own line is not sent back): an ACK.
+    [ack] = zoe("@label=p2 PONG x")
+    assert line_of(ack) == f"@label=p2 :{SERVER} ACK"
+    ann("JOIN #a")
+    # Several lines: one labeled-response batch, the label on its start only.
+    got = zoe("@label=j JOIN #a")
+    start, *inside, end = got
+    assert (start.command, start.params[1]) == ("BATCH", "labeled-response")
+    assert start.tag("label") == "j"
+    ref = start.params[0].removeprefix("+")
+    assert cmds(inside) == ["JOIN", "353", "366"]
+    assert {m.tag("batch") for m in inside} == {ref}
+    assert all(m.tag("label") is None for m in inside)
+    assert (end.command, end.params, end.tags) == ("BATCH", (f"-{ref}",), ())
+    assert ann.read()[0].tags == ()  # the room's JOIN carries no label
+    [ack] = zoe("@label=m PRIVMSG #a :hello")
+    assert (ack.command, ack.tag("label")) == ("ACK", "m")
+    # The others get the line as ever, unlabeled.
+    [said] = ann.read()
+    assert (said.command, said.params, said.tags) == ("PRIVMSG", ("#a", "hello"), ())
+    assert bob.lines()[-1].endswith("<zoe> hello")
+    # A command that fails is answered too: the error is the answer.
+    [error] = zoe("@label=e JOIN &x")
+    assert (error.command, error.tag("label")) == ("403", "e")
+
+
+def test_with_echo_message_the_echo_is_the_labeled_answer(hub: Hub) -> None:
+    LineUser(hub, "bob")
+    zoe = register(hub, "zoe", caps=f"{LABELS} echo-message")
+    zoe("JOIN #a")
+    [echo] = zoe("@label=e1 PRIVMSG #a :hi")
+    assert (echo.command, echo.params, echo.tag("label")) == ("PRIVMSG", ("#a", "hi"), "e1")
+    [private] = zoe("@label=e2 PRIVMSG bob :psst")
+    assert (private.params, private.tag("label")) == (("bob", "psst"), "e2")
+    # A line too long for one message is echoed as several: a batch.
+    start, *pieces, _ = zoe("@label=e3 PRIVMSG #a :" + "word " * 99)
+    assert (start.command, start.tag("label")) == ("BATCH", "e3")
+    assert len(pieces) >= 2
+    assert cmds(pieces) == ["PRIVMSG"] * len(pieces)
+    # Unlabeled lines still go out in bursts, unlabeled.
+    got = zoe("PRIVMSG #a :one", "PRIVMSG #a :two")
+    assert [(m.params[1], m.tags) for m in got] == [("one", ()), ("two", ())]
+
+
+def test_labels_are_ignored_unless_negotiated_or_too_long(hub: Hub) -> None:
+    plain = register(hub, "plain", caps="batch")
+    [pong] = plain("@label=x PING t")
+    assert pong.tags == ()
+    assert plain("@label=x PRIVMSG nobody_here :hi")[0].tags == ()
+    zoe = register(hub, "zoe", caps=LABELS)
+    [pong] = zoe("@label=" + "x" * 65 + " PING t")
+    assert pong.tags == ()  # past 64 bytes: no label
+    [pong] = zoe("@label=" + "x" * 64 + " PING t")
+    assert pong.tag("label") == "x" * 64
+
+
+def test_a_label_cannot_inject_anything(hub: Hub) -> None:
+    zoe = register(hub, "zoe", caps=LABELS)
+    ann = register(hub, "ann")
+    ann("JOIN #a")
+    zoe("JOIN #a")
+    ann.read()
+    # Escaped CR LF, space and ; in the value come back escaped, in one line, to the sender.
+    zoe.framer.receive_data(b"@label=a\\r\\nQUIT\\s:x\\:y=z PRIVMSG #a :hi\r\n")
+    zoe.effects += zoe.irc.receive(zoe.framer.events())
+    raw = b""
+    while True:
+        try:
+            raw += zoe.inbox.receive_nowait()
+        except trio.WouldBlock:
+            break
+    assert raw == f"@label=a\\r\\nQUIT\\s:x\\:y=z :{SERVER} ACK\r\n".encode()
+    [ack] = [m for m in map(irc.parse, raw.decode().split("\r\n")) if m is not None]
+    assert ack.tag("label") == "a\r\nQUIT :x;y=z"
+    [said] = ann.read()
+    assert (said.tags, said.params) == ((), ("#a", "hi"))
+
+
+def test_a_labeled_answer_that_waits_for_an_effect() -> None:
+    hub = Hub(history=10, clock=Clock())
+    bob = LineUser(hub, "bob")
+    hub.say(bob.member, "#a", ["kept"])
+    caps = f"{LABELS} draft/chathistory"
+    zoe = register(hub, "zoe", caps=caps, rules_=rules(store_history=True))
+    zoe("JOIN #a")
+    assert zoe("@label=h CHATHISTORY LATEST #a * 5") == []
+    # What comes meanwhile is live, not the answer: it goes out unlabeled at once.
+    hub.say(bob.member, "#a", ["live"])
+    [live] = zoe.read()
+    assert (live.params[1], live.tags) == ("live", ())
+    zoe.irc.fetched("#a", hub.recent("#a", 10))
+    start, inner, *lines, inner_end, end = zoe.read()
+    assert (start.command, start.params[1]) == ("BATCH", "labeled-response")
+    assert start.tag("label") == "h"
+    ref = start.params[0][1:]
+    # The chathistory batch is nested in the labeled one.
+    assert (inner.command, inner.params[1], inner.tag("batch")) == ("BATCH", "chathistory", ref)
+    assert [m.params[1] for m in lines] == ["kept", "live"]
+    assert {m.tag("batch") for m in lines} == {inner.params[0][1:]}
+    assert (inner_end.tag("batch"), end.params) == (ref, (f"-{ref}",))
 
 
 # --- anything a client may send ------------------------------------------------------

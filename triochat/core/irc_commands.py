@@ -27,6 +27,7 @@ CAPS: Final = (
     "batch",
     "draft/chathistory",
     "echo-message",
+    "labeled-response",
     "message-tags",
     "multi-prefix",
     "server-time",
@@ -75,6 +76,7 @@ def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
             session.send(wire.message("CAP", me, "NAK", asked, source=server))
         else:
             session.caps = (session.caps | adding) - removing
+            session.labeled = {"labeled-response", "batch"} <= session.caps
             session.send(wire.message("CAP", me, "ACK", asked, source=server))
     elif sub == "END":
         if not session.registered:

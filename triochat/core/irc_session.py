@@ -32,7 +32,7 @@ import trio
 
 from ..backplane.base import Claim
 from ..protocol import line as p
-from ..protocol.irc import history, names, wire
+from ..protocol.irc import history, labels, names, wire
 from ..protocol.irc.render import IRCDialect
 from . import events as ev
 from ._auth import FailureDelays
@@ -75,6 +75,8 @@ class IRCRules:
     """How many targets one PRIVMSG or NOTICE may name (``TARGMAX``)."""
     chathistory: int = 100
     """The most messages one ``CHATHISTORY`` answer carries (``CHATHISTORY=`` in 005)."""
+    max_label: int = labels.MAX_LABEL
+    """The longest ``labeled-response`` label taken, in bytes; a longer one is ignored."""
     session: Rules = field(default_factory=lambda: Rules(one_room=False, arrival_rooms=()))
 
 
@@ -103,9 +105,12 @@ class IRCOutbox:
       a cluster they come back from Redis later, in as many hand-overs as it
       takes. Only then is a hand-over looked at, line by line; otherwise it is
       passed on as it is.
+
+    And while a labeled command is answered (:meth:`answer`), what is handed
+    over is kept, to go out as one labeled answer (:meth:`finish`).
     """
 
-    __slots__ = ("_expected", "_inner", "farewell")
+    __slots__ = ("_answer", "_capturing", "_expected", "_inner", "_label", "farewell")
 
     def __init__(self, inner: Outbox) -> None:
         self._inner = inner
@@ -113,6 +118,37 @@ class IRCOutbox:
         self._expected: dict[bytes, list[int]] = {}
         self.farewell: str | None = "Closing link"
         """The ``ERROR`` text closing sends; ``None`` once an ERROR has gone out."""
+        self._label: str | None = None
+        self._answer: list[bytes] = []
+        self._capturing = False
+
+    # --- labeled-response --------------------------------------------------------
+
+    @property
+    def answering(self) -> str | None:
+        """The label of the command being answered, if any."""
+        return self._label
+
+    def answer(self, label: str) -> None:
+        """Keep what is handed over from now on: the answer to the command labeled ``label``."""
+        self._label = label
+        self._answer = []
+        self._capturing = True
+
+    def hold(self, capturing: bool) -> None:
+        """Stop keeping (an effect is awaited: live lines meanwhile are no answer), or go on."""
+        self._capturing = capturing and self._label is not None
+
+    def finish(self, ref: str, server: str) -> bytes:
+        """The labeled answer kept so far (an ``ACK`` if nothing); keeping stops."""
+        label, data = self._label, b"".join(self._answer)
+        self._label, self._answer, self._capturing = None, [], False
+        assert label is not None
+        return labels.answer(data, label, ref, server)
+
+    def send_raw(self, value: bytes, /) -> None:
+        """Hand over ``value`` as it is: no line taken out, none kept."""
+        self._inner.send_nowait(value)
 
     def expect(self, start: bytes, lines: int = 1, *, after: int = 0) -> None:
         """Take out the next ``lines`` lines (tags aside) that start with ``start``.
@@ -137,6 +173,9 @@ class IRCOutbox:
             value = self._without_own(value)
             if not value:
                 return
+        if self._capturing:
+            self._answer.append(value)
+            return
         self._inner.send_nowait(value)
 
     def _without_own(self, value: bytes) -> bytes:
@@ -171,6 +210,14 @@ class IRCOutbox:
         return False
 
     def close(self) -> None:
+        if self._label is not None:
+            # A labeled QUIT (or an eviction mid-answer): what was kept goes first, as it is.
+            data = b"".join(self._answer)
+            self._label, self._answer, self._capturing = None, [], False
+            with contextlib.suppress(
+                trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+            ):
+                self._inner.send_nowait(data)
         if self.farewell is not None:
             # Full or closed already: it goes without its ERROR.
             with contextlib.suppress(
@@ -243,6 +290,8 @@ class IRCSession:
         self.pending: list[wire.Received] = []
         """Messages read but not yet handled: they came after one whose effect is awaited."""
         self._batches = 0
+        self.labeled = False
+        """Whether the client gets labeled answers (``labeled-response`` and ``batch``)."""
 
     # --- what the I/O layer feeds in ------------------------------------------------
 
@@ -281,8 +330,14 @@ class IRCSession:
             if room is not None:
                 burst, burst_room = [text], room
                 continue
-            outputs += self.handle(event)
-            if any(isinstance(o, _AWAITED) for o in outputs):
+            label = self._label(event)
+            if label is not None:
+                self.outbox.answer(label)
+            handled = self.handle(event)
+            outputs += handled
+            awaited = any(isinstance(o, _AWAITED) for o in handled)
+            self._answered(awaited)
+            if awaited:
                 self.pending = queue[i + 1 :]
                 break
         if burst and not self.closed:
@@ -292,6 +347,40 @@ class IRCSession:
     def resume(self) -> list[Output]:
         """Go on with the messages that waited for an effect (see :meth:`receive`)."""
         return self.receive(())
+
+    # --- labeled-response --------------------------------------------------------
+
+    def _label(self, event: wire.Received) -> str | None:
+        """The label the answer to ``event`` carries, if the client gets labeled answers."""
+        if (
+            not self.labeled
+            or not isinstance(event, wire.Message)
+            or not event.tags
+            or not self.registered  # registration's answers are no one command's
+        ):
+            return None
+        return labels.usable(event.tag("label"), self.rules.max_label)
+
+    def _answered(self, awaited: bool) -> None:
+        """A labeled command's handling is over for now: its answer goes out, unless an
+        effect is awaited (then live lines pass meanwhile, and the effect's result is kept
+        too: see :meth:`_result`)."""
+        outbox = self.outbox
+        if outbox.answering is None:
+            return
+        if awaited:
+            outbox.hold(False)
+            return
+        self._batches += 1
+        self.send_bytes(outbox.finish(f"L{self._batches}", self.rules.server), raw=True)
+
+    @contextlib.contextmanager
+    def _result(self) -> Iterator[list[Output]]:
+        """Around the handling of an awaited effect's result: part of a labeled answer."""
+        self.outbox.hold(True)
+        outputs: list[Output] = []
+        yield outputs
+        self._answered(any(isinstance(o, _AWAITED) for o in outputs))
 
     def handle(self, event: wire.Received) -> list[Output]:
         """One message (or framing problem) from the client."""
@@ -316,25 +405,29 @@ class IRCSession:
 
     def claim_result(self, claim: Claim) -> list[Output]:
         """The outcome of a :class:`~triochat.core.session.ClaimName` asked for."""
-        renaming = self.session.state is State.RENAMING
-        old = self.member.name if self.member is not None else None
-        outputs = self.translate(self.session.claim_result(claim))
-        if renaming:
-            self.renamed(old)
-        else:
-            outputs += self._after_register_attempt()
+        with self._result() as outputs:
+            renaming = self.session.state is State.RENAMING
+            old = self.member.name if self.member is not None else None
+            outputs += self.translate(self.session.claim_result(claim))
+            if renaming:
+                self.renamed(old)
+            else:
+                outputs += self._after_register_attempt()
         return outputs
 
     def delay_elapsed(self) -> list[Output]:
         """The wrong password's delay is over."""
-        return self.translate(self.session.delay_elapsed())
+        with self._result() as outputs:
+            outputs += self.translate(self.session.delay_elapsed())
+        return outputs
 
     def account_result(self, outcome: Outcome) -> list[Output]:
         """The outcome of an :class:`~triochat.core.session.AccountCall` asked for."""
-        registering = self.session.state is State.VERIFYING
-        outputs = self.translate(self.session.account_result(outcome))
-        if registering:
-            outputs += self._after_register_attempt()
+        with self._result() as outputs:
+            registering = self.session.state is State.VERIFYING
+            outputs += self.translate(self.session.account_result(outcome))
+            if registering:
+                outputs += self._after_register_attempt()
         return outputs
 
     def deadline_passed(self) -> list[Output]:
@@ -343,12 +436,14 @@ class IRCSession:
 
     def fetched(self, room: str, events: Sequence[ev.RoomEvent]) -> list[Output]:
         """History read from the store, for a ``/history``-like request or CHATHISTORY."""
-        request = self.history_request
-        if request is not None:
-            self.history_request = None
-            self.answer_history(request, events)
-            return []
-        return self.translate(self.session.fetched(room, events))
+        with self._result() as outputs:
+            request = self.history_request
+            if request is not None:
+                self.history_request = None
+                self.answer_history(request, events)
+            else:
+                outputs += self.translate(self.session.fetched(room, events))
+        return outputs
 
     def answer_history(self, request: HistoryRequest, events: Sequence[ev.RoomEvent]) -> None:
         member = self.member
@@ -388,9 +483,13 @@ class IRCSession:
             self.outbox.farewell = None  # one ERROR, the last line
         self.send_bytes(b"".join(map(wire.serialize, messages)))
 
-    def send_bytes(self, data: bytes) -> None:
+    def send_bytes(self, data: bytes, *, raw: bool = False) -> None:
+        """Hand ``data`` to the outbox (``raw``: as it is, see :meth:`IRCOutbox.send_raw`)."""
         try:
-            self.outbox.send_nowait(data)
+            if raw:
+                self.outbox.send_raw(data)
+            else:
+                self.outbox.send_nowait(data)
         except trio.WouldBlock:
             # A slow consumer, as the hub treats one: it goes, nothing is dropped quietly.
             member = self.member
@@ -547,6 +646,7 @@ class IRCSession:
             or event.command not in ("PRIVMSG", "NOTICE")
             or len(event.params) != 2
             or not self.registered
+            or (event.tags and self._label(event) is not None)  # answered alone
         ):
             return None, ""
         target, text = event.params
