@@ -15,9 +15,12 @@ from hypothesis import given, settings, strategies as st
 
 from triochat.backplane import Claim
 from triochat.core import events as ev, session as s
+from triochat.core._auth import FailureDelays
+from triochat.core.accounts import AccountBook, Outcome
 from triochat.core.hub import Hub, Member
 from triochat.core.irc_session import Aways, IRCRules, IRCSession
 from triochat.protocol import irc, line as p
+from triochat.protocol.irc import sasl as irc_sasl
 
 T0 = 1_700_000_000.0
 SERVER = "irc.test"
@@ -51,7 +54,12 @@ class Client:
     """An IRC client: lines in through the framer, messages out of its outbox."""
 
     def __init__(
-        self, hub: Hub, rules_: IRCRules | None = None, aways: Aways | None = None
+        self,
+        hub: Hub,
+        rules_: IRCRules | None = None,
+        aways: Aways | None = None,
+        accounts: AccountBook | None = None,
+        delays: FailureDelays | None = None,
     ) -> None:
         self.send, self.inbox = trio.open_memory_channel[bytes](1000)
         self.disconnects = 0
@@ -65,6 +73,8 @@ class Client:
             aways=aways,
             address="10.0.0.1",
             clock=lambda: 0.0,
+            accounts=accounts,
+            delays=delays,
         )
 
     def _disconnect(self) -> None:
@@ -777,6 +787,115 @@ def test_a_labeled_answer_that_waits_for_an_effect() -> None:
     assert [m.params[1] for m in lines] == ["kept", "live"]
     assert {m.tag("batch") for m in lines} == {inner.params[0][1:]}
     assert (inner_end.tag("batch"), end.params) == (ref, (f"-{ref}",))
+
+
+# --- SASL PLAIN ----------------------------------------------------------------------
+
+
+class Book:
+    """The account book's synchronous side: ``zoe`` is registered."""
+
+    def registered(self, name: str, /) -> bool:
+        return p.name_key(name) == "zoe"
+
+    def admin(self, name: str, /) -> bool:
+        return False
+
+
+def sasl_client(hub: Hub, delays: FailureDelays | None = None) -> Client:
+    client = Client(hub, accounts=Book(), delays=delays)
+    [ls] = client("CAP LS 302")
+    assert "sasl=PLAIN" in ls.params[2].split()
+    assert client("CAP REQ :sasl")[0].params[1] == "ACK"
+    return client
+
+
+def authenticate(client: Client, account: str, password: str, *after: str) -> s.AccountCall:
+    """The client's exchange, up to the check; ``after`` are lines sent behind it."""
+    [plus] = client("AUTHENTICATE PLAIN")
+    assert (plus.command, plus.params) == ("AUTHENTICATE", ("+",))
+    chunks = [f"AUTHENTICATE {c}" for c in irc_sasl.encode(account, password)]
+    assert client(*chunks, *after) == []
+    call = client.effects[-1]
+    assert isinstance(call, s.AccountCall)
+    assert (call.request.kind, call.request.name, call.request.password) == (
+        "verify",
+        account,
+        password,
+    )
+    assert password not in repr(call)
+    return call
+
+
+def test_sasl_plain_logs_in_and_registration_asks_no_more(hub: Hub) -> None:
+    zoe = sasl_client(hub)
+    zoe("NICK zoe", "USER u 0 * :Zoe")
+    # CAP END waits behind the check.
+    call = authenticate(zoe, "zoe", "zoe-pw", "CAP END")
+    assert len(zoe.irc.pending) == 1
+    assert zoe.irc.account_result(Outcome(call.request, True)) == []
+    logged, ok = zoe.read()
+    assert (logged.command, logged.params[1:3]) == ("900", ("zoe!zoe@irc.test", "zoe"))
+    assert ok.command == "903"
+    zoe.effects += zoe.irc.resume()
+    got = zoe.read()
+    assert cmds(got)[0] == "001"
+    assert "433" not in cmds(got)
+    assert zoe.irc.session.account == "zoe"
+    assert cmds(zoe("AUTHENTICATE PLAIN")) == ["907"]
+
+
+def test_a_sasl_payload_in_chunks_of_400_and_a_final_plus(hub: Hub) -> None:
+    long = "p" * 295  # "\0zoe\0" and 295 bytes: exactly 400 of base64
+    assert [len(c) for c in irc_sasl.encode("zoe", long)] == [400, 1]
+    assert [len(c) for c in irc_sasl.encode("zoe", long * 2)] == [400, 396]
+    for password in (long, long * 2):
+        call = authenticate(sasl_client(hub), "zoe", password)
+        assert call.request.password == password
+
+
+def test_a_wrong_sasl_password_waits_the_growing_delay_then_904(hub: Hub) -> None:
+    delays = FailureDelays()
+    zoe = sasl_client(hub, delays)
+    waits = []
+    for _ in range(2):
+        call = authenticate(zoe, "zoe", "guess")
+        [wait] = zoe.irc.account_result(Outcome(call.request, False, p.WRONG_PASSWORD))
+        assert isinstance(wait, s.Wait)
+        assert zoe.read() == []  # nothing until the delay is over
+        waits.append(wait.seconds)
+        assert zoe.irc.delay_elapsed() == []
+        [failed] = zoe.read()
+        assert failed.command == "904"
+    assert waits[1] > waits[0] > 0
+    # The nick is still registered to someone: without SASL's login, 433.
+    assert "433" in cmds(zoe("NICK zoe", "USER u 0 * :Z", "CAP END"))
+
+
+def test_sasl_refusals(hub: Hub) -> None:
+    zoe = sasl_client(hub)
+    assert [(m.command, m.params[1]) for m in zoe("AUTHENTICATE EXTERNAL")] == [
+        ("908", "PLAIN"),
+        ("904", "SASL authentication failed"),
+    ]
+    zoe("AUTHENTICATE PLAIN")
+    assert cmds(zoe("AUTHENTICATE *")) == ["906"]
+    zoe("AUTHENTICATE PLAIN")
+    assert cmds(zoe("AUTHENTICATE " + "A" * 401)) == ["905"]  # a chunk over 400 bytes
+    zoe("AUTHENTICATE PLAIN")
+    too_long = zoe(*["AUTHENTICATE " + "A" * 400] * 21)  # 8,400 bytes: past the limit
+    assert cmds(too_long) == ["905"]
+    assert cmds(zoe("AUTHENTICATE QUFB")) == ["908", "904"]  # the exchange was dropped
+    for payload in ("not base64!", irc_sasl.encode("zoe", "pw", authzid="ann")[0], "AGJvYg=="):
+        zoe("AUTHENTICATE PLAIN")
+        [failed] = zoe(f"AUTHENTICATE {payload}")
+        assert failed.command == "904", payload
+    assert not [e for e in zoe.effects if isinstance(e, s.AccountCall)]
+    plain = Client(hub)  # no accounts: no sasl offered, nor taken
+    [ls] = plain("CAP LS 302")
+    assert "sasl" not in ls.params[2]
+    assert plain("CAP REQ :sasl")[0].params[1] == "NAK"
+    assert cmds(plain("AUTHENTICATE PLAIN")) == ["904"]
 
 
 # --- anything a client may send ------------------------------------------------------

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from ..protocol import line as p
-from ..protocol.irc import history, names, wire
+from ..protocol.irc import history, names, sasl, wire
 from ..protocol.irc.render import RENDER_CAPS
 from . import commands as c, events as ev
+from .accounts import Request
 from .hub import Hub
-from .session import Close, FetchHistory, Output, State
+from .session import AccountCall, Close, FetchHistory, Output, State
 
 if TYPE_CHECKING:
     from .irc_session import IRCSession
@@ -32,7 +33,8 @@ CAPS: Final = (
     "multi-prefix",
     "server-time",
 )
-"""The capabilities offered; ``multi-prefix`` is trivially true (no channel prefixes)."""
+"""The capabilities offered; ``multi-prefix`` is trivially true (no channel prefixes).
+``sasl`` is offered too when the server has accounts (``--db``)."""
 
 USER_MODES: Final = frozenset("iw")
 """User modes a client may set on itself; they change nothing, clients expect them."""
@@ -56,12 +58,19 @@ def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
     sub = msg.params[0].upper()
     me = session.target
     server = session.rules.server
+    offered = _offered(session)
     if sub == "LS":
         if not session.registered:
             session.cap_open = True
         if len(msg.params) > 1 and msg.params[1].isdecimal():
             session.cap_version = int(msg.params[1])
-        session.send(wire.message("CAP", me, "LS", " ".join(CAPS), source=server))
+        listed = [
+            f"{cap}={','.join(sasl.MECHANISMS)}"
+            if cap == "sasl" and session.cap_version >= 302
+            else cap
+            for cap in offered
+        ]
+        session.send(wire.message("CAP", me, "LS", " ".join(listed), source=server))
     elif sub == "LIST":
         session.send(wire.message("CAP", me, "LIST", " ".join(sorted(session.caps)), source=server))
     elif sub == "REQ":
@@ -72,7 +81,7 @@ def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
         adding = {cap for cap in wanted if not cap.startswith("-")}
         removing = {cap[1:] for cap in wanted if cap.startswith("-")}
         fixed = session.registered and bool((adding | removing) & RENDER_CAPS)
-        if not wanted or not adding | removing <= set(CAPS) or fixed:
+        if not wanted or not adding | removing <= set(offered) or fixed:
             session.send(wire.message("CAP", me, "NAK", asked, source=server))
         else:
             session.caps = (session.caps | adding) - removing
@@ -85,6 +94,60 @@ def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
     else:
         session.numeric("410", msg.params[0], "Invalid CAP command")
     return []
+
+
+def _offered(session: IRCSession) -> tuple[str, ...]:
+    """The capabilities this session may ask for: ``sasl`` only where there are accounts."""
+    if session.accounts is None:
+        return CAPS
+    return tuple(sorted((*CAPS, "sasl")))
+
+
+def _authenticate(session: IRCSession, msg: wire.Message) -> list[Output]:
+    """SASL PLAIN: ``AUTHENTICATE PLAIN``, ``+``, the base64 payload in chunks, then 903 or 904."""
+    if not _need(session, msg, 1):
+        return []
+    if "sasl" not in session.caps:
+        session.numeric("904", "SASL authentication failed (CAP REQ sasl first)")
+        return []
+    arg = msg.params[0]
+    if session.logged_in is not None:
+        session.numeric("907", "You have already authenticated using SASL")
+        return []
+    if session.registered:
+        session.numeric("904", "SASL authentication is only before registration here")
+        return []
+    exchange = session.sasl
+    if arg == "*":
+        session.sasl = None
+        session.numeric("906" if exchange is not None else "904", "SASL authentication aborted")
+        return []
+    if exchange is None:
+        if arg.upper() not in sasl.MECHANISMS:
+            session.numeric("908", ",".join(sasl.MECHANISMS), "are available SASL mechanisms")
+            session.numeric("904", "SASL authentication failed")
+            return []
+        session.sasl = sasl.Exchange(session.rules.max_sasl)
+        session.send(wire.message("AUTHENTICATE", "+"))
+        return []
+    try:
+        payload = exchange.feed(arg)
+    except sasl.TooLong:
+        session.sasl = None
+        session.numeric("905", "SASL message too long")
+        return []
+    if payload is None:
+        return []
+    session.sasl = None
+    credentials = sasl.plain(payload)
+    if isinstance(credentials, str):
+        session.numeric("904", f"SASL authentication failed: {credentials}")
+        return []
+    limit = session.session.rules.max_password
+    session.sasl_checking = credentials.account
+    # A password past the limit is wrong all the same, and cheaper to hash cut.
+    password = credentials.password[: limit + 1]
+    return [AccountCall(Request("verify", credentials.account, password))]
 
 
 def _pass(session: IRCSession, msg: wire.Message) -> list[Output]:
@@ -618,6 +681,7 @@ def _chathistory(session: IRCSession, msg: wire.Message) -> list[Output]:
 HANDLERS: Final[dict[str, tuple[Handler, bool]]] = {
     # command: (handler, allowed before registration)
     "CAP": (_cap, True),
+    "AUTHENTICATE": (_authenticate, True),
     "PASS": (_pass, True),
     "NICK": (_nick, True),
     "USER": (_user, True),

@@ -32,7 +32,7 @@ import trio
 
 from ..backplane.base import Claim
 from ..protocol import line as p
-from ..protocol.irc import history, labels, names, wire
+from ..protocol.irc import history, labels, names, sasl, wire
 from ..protocol.irc.render import IRCDialect
 from . import events as ev
 from ._auth import FailureDelays
@@ -77,6 +77,8 @@ class IRCRules:
     """The most messages one ``CHATHISTORY`` answer carries (``CHATHISTORY=`` in 005)."""
     max_label: int = labels.MAX_LABEL
     """The longest ``labeled-response`` label taken, in bytes; a longer one is ignored."""
+    max_sasl: int = sasl.MAX_PAYLOAD
+    """The most bytes of base64 one SASL exchange may send (more: ``905``)."""
     session: Rules = field(default_factory=lambda: Rules(one_room=False, arrival_rooms=()))
 
 
@@ -271,6 +273,7 @@ class IRCSession:
             accounts=accounts,
             moderation=moderation,
         )
+        self._door = door
         self.accounts = accounts
         self.session: Session[Member] = Session(
             door, outbox=self.outbox, disconnect=disconnect, address=address
@@ -279,8 +282,12 @@ class IRCSession:
         self.nick: str | None = None
         self.user: str | None = None
         self.password: str | None = None
-        self.account_password: str | None = None
-        """A registered nick's password, if given apart from PASS (reserved for SASL)."""
+        self.sasl: sasl.Exchange | None = None
+        """The ``AUTHENTICATE PLAIN`` exchange under way, if any."""
+        self.sasl_checking: str | None = None
+        """The account whose SASL password is being checked (or its failure waited out)."""
+        self.logged_in: str | None = None
+        """The account SASL logged in to."""
         self.user_modes: set[str] = set()
         self.cap_open = False  # CAP LS or REQ before registration: wait for CAP END
         self.cap_version = 0
@@ -418,17 +425,39 @@ class IRCSession:
     def delay_elapsed(self) -> list[Output]:
         """The wrong password's delay is over."""
         with self._result() as outputs:
-            outputs += self.translate(self.session.delay_elapsed())
+            if self.sasl_checking is not None:
+                self.sasl_checking = None
+                self.numeric("904", "SASL authentication failed")
+            else:
+                outputs += self.translate(self.session.delay_elapsed())
         return outputs
 
     def account_result(self, outcome: Outcome) -> list[Output]:
         """The outcome of an :class:`~triochat.core.session.AccountCall` asked for."""
+        if self.sasl_checking is not None:
+            with self._result() as outputs:
+                outputs += self._sasl_result(outcome)
+            return outputs
         with self._result() as outputs:
             registering = self.session.state is State.VERIFYING
             outputs += self.translate(self.session.account_result(outcome))
             if registering:
                 outputs += self._after_register_attempt()
         return outputs
+
+    def _sasl_result(self, outcome: Outcome) -> list[Output]:
+        """The verdict on a SASL PLAIN password: logged in (900, 903), or 904 after the delay."""
+        account = outcome.request.name
+        if not outcome.ok:
+            # The same growing delay per address as every other password; 904 after it.
+            door = self._door
+            return [Wait(door.delays.fail(self.session.address, door.clock()))]
+        self.sasl_checking = None
+        self.logged_in = account
+        self.session.logged_in(account)
+        self.numeric("900", self.me(), account, f"You are now logged in as {account}")
+        self.numeric("903", "SASL authentication successful")
+        return []
 
     def deadline_passed(self) -> list[Output]:
         """Registration did not finish in time."""
@@ -577,10 +606,8 @@ class IRCSession:
             outputs += session.receive_line(self.password or "")
             state = session.state
         if state is State.AWAITING_ACCOUNT:
-            # A registered nick: SASL PLAIN's password, or PASS on a server without one.
-            given = self.account_password
-            if given is None and self.rules.session.password is None:
-                given = self.password
+            # A registered nick that SASL did not log in to: PASS, on a server without one.
+            given = self.password if self.rules.session.password is None else None
             outputs += session.receive_line(given or "")
             if not given:
                 self.numeric(
