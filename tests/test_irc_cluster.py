@@ -112,3 +112,32 @@ async def test_messages_behind_a_cluster_name_claim_are_handled_after_it(node: N
     await zoe.until("JOIN", "#lobby")
     await line_until(ann, "* zed joined #lobby")
     await line_until(ann, "<zed> renamed and here")
+
+
+async def test_away_notify_across_nodes(node: Node) -> None:
+    _, irc_a = await node()
+    line_b, _ = await node()
+    ann = await line_client(line_b, "ann")
+    zoe = await irc_client(irc_a, "zoe", "CAP LS 302", "CAP REQ :away-notify", "CAP END")
+    await zoe.send("JOIN #lobby,#x")
+    await zoe.until("366", "zoe", "#x")
+    await ann.send_line("/join #x")  # a line user is in one room: #x
+    await zoe.until("JOIN", "#x")
+    await ann.send_line("/away lunch")
+    await line_until(ann, "You are away: lunch")
+    away = await zoe.until("AWAY")
+    assert (away.source, away.params) == ("ann!ann@irc.test", ("lunch",))
+    # Away, it moves on: the JOIN, then its AWAY, carried by Redis with it.
+    await ann.send_line("/join #lobby")
+    joined = await zoe.until("JOIN", "#lobby")
+    assert joined.source == "ann!ann@irc.test"
+    nxt = await zoe.next()
+    assert nxt is not None
+    assert (nxt.command, nxt.params) == ("AWAY", ("lunch",))
+    await ann.send_line("/away")
+    back = await zoe.until("AWAY")
+    assert back.params == ()
+    await ann.send_line("after")
+    said = await zoe.until("PRIVMSG", "#lobby")
+    assert said.params[1] == "after"
+    assert [m.command for m in zoe.seen].count("AWAY") == 3

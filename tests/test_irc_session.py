@@ -18,7 +18,7 @@ from triochat.core import events as ev, session as s
 from triochat.core._auth import FailureDelays
 from triochat.core.accounts import AccountBook, Outcome
 from triochat.core.hub import Hub, Member
-from triochat.core.irc_session import Aways, IRCRules, IRCSession
+from triochat.core.irc_session import IRCRules, IRCSession
 from triochat.protocol import irc, line as p
 from triochat.protocol.irc import sasl as irc_sasl
 
@@ -57,7 +57,6 @@ class Client:
         self,
         hub: Hub,
         rules_: IRCRules | None = None,
-        aways: Aways | None = None,
         accounts: AccountBook | None = None,
         delays: FailureDelays | None = None,
     ) -> None:
@@ -70,7 +69,6 @@ class Client:
             rules_ or rules(),
             outbox=self.send,
             disconnect=self._disconnect,
-            aways=aways,
             address="10.0.0.1",
             clock=lambda: 0.0,
             accounts=accounts,
@@ -194,6 +192,7 @@ def test_cap_negotiation_holds_registration_until_cap_end(hub: Hub) -> None:
         "batch",
         "draft/chathistory",
         "labeled-response",
+        "away-notify",
     }
     assert client("NICK bob", "USER b 0 * :B") == []
     [ack] = client("CAP REQ :server-time echo-message")
@@ -434,17 +433,76 @@ def test_private_messages_both_ways(hub: Hub) -> None:
 
 
 def test_away_is_told_to_whoever_messages_or_asks(hub: Hub) -> None:
-    aways = Aways()
-    zoe = register(hub, "zoe", aways=aways)
-    ann = register(hub, "ann", aways=aways)
+    zoe = register(hub, "zoe")
+    ann = register(hub, "ann")
+    bob = LineUser(hub, "bob")
     assert cmds(zoe("AWAY :lunch")) == ["306"]
     [away] = ann("PRIVMSG zoe :hi")
     assert (away.command, away.params[1:]) == ("301", ("zoe", "lunch"))
     assert "301" in cmds(ann("WHOIS zoe"))
     assert ann("USERHOST zoe")[0].params[1] == f"zoe=-zoe@{SERVER}"
+    assert ann("WHO zoe")[0].params[6] == "G"
+    # One away for every door: the line door sees the IRC user's, and the other way.
+    bob.lines()
+    hub.private(bob.member, "zoe", "hi")
+    assert bob.lines()[-1] == "* zoe is away: lunch"
+    hub.set_away(bob.member, "out")
+    [away] = ann("PRIVMSG bob :hi")
+    assert (away.command, away.params[1:]) == ("301", ("bob", "out"))
     zoe.read()
     assert cmds(zoe("AWAY")) == ["305"]
     assert cmds(ann("PRIVMSG zoe :back?")) == []
+    assert ann("WHO zoe")[0].params[6] == "H"
+
+
+AWAY_NOTIFY = "away-notify server-time"
+
+
+def test_away_notify_tells_each_follower_once_and_no_one_else(hub: Hub) -> None:
+    bob = LineUser(hub, "bob")
+    zoe = register(hub, "zoe", caps=AWAY_NOTIFY)
+    ann = register(hub, "ann")  # no away-notify
+    carl = register(hub, "carl", caps=AWAY_NOTIFY)
+    for client in (zoe, ann, carl):
+        client("JOIN #a,#b")
+    for client in (zoe, ann, carl):
+        client.read()
+    bob.lines()
+    seq = hub.room_state("#a")
+    assert cmds(carl("AWAY :lunch")) == ["306"]  # never its own AWAY
+    [away] = zoe.read()  # once, though they share two rooms
+    assert (away.command, away.source, away.params) == ("AWAY", f"carl!carl@{SERVER}", ("lunch",))
+    assert away.tag("time") is not None
+    assert away.tag("msgid") is None
+    assert ann.read() == []
+    assert bob.lines() == []  # the line door sees nothing new
+    assert hub.room_state("#a") == seq  # not numbered ...
+    assert not [e for e in hub.recent("#a", 10) if isinstance(e, ev.Away)]  # ... nor kept
+    carl("AWAY")
+    [back] = zoe.read()
+    assert (back.command, back.params) == ("AWAY", ())
+    # From the line door too; and the same away twice is no change.
+    hub.set_away(bob.member, "brb")
+    hub.set_away(bob.member, "brb")
+    [away] = zoe.read()
+    assert (away.source, away.params) == (f"bob!bob@{SERVER}", ("brb",))
+    assert carl.read()[0].params == ("brb",)
+    # Someone away who joins: the JOIN, then the AWAY.
+    zoe("JOIN #c")
+    zoe.read()
+    bob_c = LineUser(hub, "dan", "#c")
+    assert cmds(zoe.read()) == ["JOIN"]
+    hub.set_away(bob_c.member, "zzz")
+    assert zoe.read()[0].params == ("zzz",)
+    hub.part(bob_c.member, "#c", "bye")
+    zoe.read()
+    hub.join(bob_c.member, "#c")
+    joined, away = zoe.read()
+    assert (joined.command, away.command, away.params) == ("JOIN", "AWAY", ("zzz",))
+    hub.part(bob_c.member, "#c", "bye")
+    hub.set_away(bob_c.member, None)
+    hub.join(bob_c.member, "#c")
+    assert cmds(zoe.read()) == ["PART", "JOIN"]  # not away: no AWAY
 
 
 def test_part_join_zero_and_their_errors(hub: Hub) -> None:

@@ -575,8 +575,18 @@ class Hub:
             member.disconnect()
 
     def set_away(self, member: Member, text: str | None) -> None:
-        """``member`` is away (``text``: why) or back (``None``)."""
-        member.away = text
+        """``member`` is away (``text``: why) or back (``None``).
+
+        A change is told, in one :class:`~triochat.core.events.Away`, to those who
+        follow it in the rooms ``member`` is in (IRC's ``away-notify``).
+        """
+        old, member.away = member.away, text
+        if old == text or not member.rooms or not self.is_member(member):
+            return
+        first, *others = member.rooms
+        away = ev.Away(first, 0, self._clock(), member.name, text or "", " ".join(others))
+        self._publish([away])
+        self._evict_slow()
 
     def wall(self, member: Member, text: str) -> None:
         """A server admin's notice to everyone on this node."""
@@ -669,7 +679,11 @@ class Hub:
             return
         # The history and the user list (the joiner included) in one hand-over.
         self.tell(member, *room.log.events, self._user_list(room), *self._topic(name))
-        self._publish([ev.Joined(name, self._next(room.log), self._clock(), member.name)])
+        now = self._clock()
+        told: list[RoomEvent] = [ev.Joined(name, self._next(room.log), now, member.name)]
+        if member.away is not None:  # told after the JOIN to those who follow it
+            told.append(ev.Away(name, 0, now, member.name, member.away))
+        self._publish(told)
 
     def _exit(self, member: Member, name: str, reason: str) -> None:
         room = member.rooms.pop(name)
@@ -712,10 +726,13 @@ class Hub:
 
         The kept ones go into the room's history (and the archive) first.
         """
+        kept = [event for event in events if type(event) in ev.KEPT]
+        if len(kept) != len(events) and any(type(event) is ev.Away for event in events):
+            self._deliver_aways(events)
+            return
         name = events[0].room
         room = self._rooms.get(name)
         held = room.log if room is not None else self._logs.get(name)
-        kept = [event for event in events if type(event) in ev.KEPT]
         if kept:
             if held is None:
                 held = self._log(name)
@@ -734,6 +751,44 @@ class Hub:
                 self._fanout_ignoring(room, events)
             else:
                 self._fanout(room.groups, events)
+
+    def _deliver_aways(self, events: Sequence[RoomEvent]) -> None:
+        """A batch with :class:`~triochat.core.events.Away` events: the others as ever, in order."""
+        run: list[RoomEvent] = []
+        for event in events:
+            if type(event) is not ev.Away:
+                run.append(event)
+                continue
+            if run:
+                self.deliver(run)
+                run = []
+            self._tell_away(event)
+        if run:
+            self.deliver(run)
+
+    def _tell_away(self, event: ev.Away) -> None:
+        """Hand ``event`` to the members here who follow away changes (``away_notify``) and
+        share one of its rooms: once each, however many they share, never to its subject.
+
+        Only dialects that have ``away_notify`` at all are looked into, so a room's
+        line and web members cost nothing here.
+        """
+        key = p.name_key(event.name)
+        told: dict[Member, None] = {}
+        for name in (event.room, *event.also.split()):
+            room = self._rooms.get(name)
+            if room is None:
+                continue
+            for dialect, members in room.groups.items():
+                if getattr(dialect, "away_notify", None) is None:
+                    continue
+                for member in members:
+                    if member.dialect.away_notify and member.key != key:  # type: ignore[attr-defined]
+                        told[member] = None
+        groups: dict[Dialect, list[Member]] = {}
+        for member in told:
+            groups.setdefault(member.dialect, []).append(member)
+        self._fanout(groups, [event])
 
     def _fanout(
         self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]

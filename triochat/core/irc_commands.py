@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .irc_session import IRCSession
 
 CAPS: Final = (
+    "away-notify",
     "batch",
     "draft/chathistory",
     "echo-message",
@@ -35,6 +36,9 @@ CAPS: Final = (
 )
 """The capabilities offered; ``multi-prefix`` is trivially true (no channel prefixes).
 ``sasl`` is offered too when the server has accounts (``--db``)."""
+
+AWAYLEN: Final = 200
+"""The longest away text kept (``AWAYLEN`` in 005)."""
 
 USER_MODES: Final = frozenset("iw")
 """User modes a client may set on itself; they change nothing, clients expect them."""
@@ -224,7 +228,6 @@ def _quit(session: IRCSession, msg: wire.Message) -> list[Output]:
         session.send(wire.message("ERROR", farewell))
         outputs = session.translate(session.session.close("quit"))
         return [*outputs, Close("quit")]
-    session.forget_away()
     return session.translate(session.session.command(c.Quit(reason)))
 
 
@@ -336,10 +339,8 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
             # A private action reaches the line door as text, which has no
             # private /me; CTCP's \x01 would be a control character there.
             private = f"* {text}" if action else text
+            # An away recipient's 301 is the hub's answer (rendered so by the dialect).
             session.translate(session.session.command(c.Msg(target, private)))
-            away = session.aways.get(target)
-            if away is not None and not notice:
-                session.numeric("301", target, away)
     return []
 
 
@@ -372,7 +373,7 @@ def _who(session: IRCSession, msg: wire.Message) -> list[Output]:
     if names.nick_error(mask) is None and session.hub.name_unavailable(mask) is not None:
         held = session.hub.member(mask)
         nick = held.name if held is not None else mask
-        flags = "G" if session.aways.get(nick) else "H"
+        flags = "G" if session.away_of(nick) else "H"
         session.numeric("352", "*", nick, server, server, nick, flags, f"0 {nick}")
     session.numeric("315", mask, "End of /WHO list")
     return []
@@ -394,7 +395,7 @@ def _whois(session: IRCSession, msg: wire.Message) -> list[Output]:
     if held is not None and held.rooms:
         session.numeric("319", nick, " ".join(held.rooms))
     session.numeric("312", nick, server, "triochat")
-    away = session.aways.get(nick)
+    away = session.away_of(nick)
     if away is not None:
         session.numeric("301", nick, away)
     accounts = session.accounts
@@ -589,12 +590,12 @@ def _kick(session: IRCSession, msg: wire.Message) -> list[Output]:
 def _away(session: IRCSession, msg: wire.Message) -> list[Output]:
     member = session.member
     assert member is not None
-    text = wire.clean_text(msg.params[0]).strip()[:200] if msg.params else ""
+    text = wire.clean_text(msg.params[0]).strip()[:AWAYLEN] if msg.params else ""
+    # The hub's away, as /away on the line door: every door sees it (and away-notify).
+    session.hub.set_away(member, text or None)
     if text:
-        session.aways.messages[member.key] = text
         session.numeric("306", "You have been marked as being away")
     else:
-        session.aways.messages.pop(member.key, None)
         session.numeric("305", "You are no longer marked as being away")
     return []
 
@@ -622,7 +623,7 @@ def _userhost(session: IRCSession, msg: wire.Message) -> list[Output]:
     for nick in " ".join(msg.params).split()[:5]:
         held = _online(session, nick)
         if held is not None:
-            away = "-" if session.aways.get(held) else "+"
+            away = "-" if session.away_of(held) else "+"
             replies.append(f"{held}={away}{held}@{session.rules.server}")
     session.numeric("302", " ".join(replies))
     return []

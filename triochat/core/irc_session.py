@@ -38,7 +38,7 @@ from . import events as ev
 from ._auth import FailureDelays
 from .accounts import AccountBook, Outcome
 from .hub import Hub, Member, Outbox
-from .irc_commands import HANDLERS, USER_MODES, HistoryRequest, nick_code
+from .irc_commands import AWAYLEN, HANDLERS, USER_MODES, HistoryRequest, nick_code
 from .moderation import Moderation
 from .session import (
     AccountCall,
@@ -80,16 +80,6 @@ class IRCRules:
     max_sasl: int = sasl.MAX_PAYLOAD
     """The most bytes of base64 one SASL exchange may send (more: ``905``)."""
     session: Rules = field(default_factory=lambda: Rules(one_room=False, arrival_rooms=()))
-
-
-class Aways:
-    """Who is away and why: one per IRC door, shared by its sessions (the hub has no away)."""
-
-    def __init__(self) -> None:
-        self.messages: dict[str, str] = {}
-
-    def get(self, name: str) -> str | None:
-        return self.messages.get(p.name_key(name))
 
 
 class IRCOutbox:
@@ -238,7 +228,6 @@ class IRCSession:
       rules: the server's IRC rules (and the shared session rules inside).
       outbox: where the client's bytes go (the hub gets it wrapped, :class:`IRCOutbox`).
       disconnect: given to the hub, called if it evicts the member.
-      aways: the door's away messages.
       address, delays, clock: for the shared session's password delays.
     """
 
@@ -249,7 +238,6 @@ class IRCSession:
         *,
         outbox: Outbox,
         disconnect: Callable[[], None],
-        aways: Aways | None = None,
         address: str = "",
         delays: FailureDelays | None = None,
         clock: Callable[[], float],
@@ -260,8 +248,8 @@ class IRCSession:
         self.rules = rules
         self._disconnect = disconnect
         self.outbox = IRCOutbox(outbox)
-        self.aways = aways if aways is not None else Aways()
         self.dialect = IRCDialect(rules.server)
+        self.dialect.away_of = self.away_of
         # A door of its own: the shared session takes the dialect from its door,
         # and an IRC connection's dialect is its own (its nick, its capabilities).
         door: Door[Member] = Door(
@@ -497,7 +485,6 @@ class IRCSession:
         if self.closed:
             return []
         self.closed = True
-        self.forget_away()
         outputs = self.translate(self.session.close(reason))
         return [*outputs, Close(reason)]
 
@@ -557,7 +544,6 @@ class IRCSession:
             else:
                 if isinstance(output, Close):
                     self.closed = True
-                    self.forget_away()
                 effects.append(output)
         return effects
 
@@ -644,7 +630,7 @@ class IRCSession:
             f"TARGMAX=PRIVMSG:{rules.max_targets},NOTICE:{rules.max_targets},JOIN:,PART:,"
             "NAMES:1,WHOIS:1,ISON:,USERHOST:5",
             f"MAXTARGETS={rules.max_targets}",
-            "AWAYLEN=200",
+            f"AWAYLEN={AWAYLEN}",
             "UTF8ONLY",
             f"CHATHISTORY={rules.chathistory}",
             "MSGREFTYPES=msgid,timestamp",
@@ -718,19 +704,16 @@ class IRCSession:
             return
         self.nick = member.name
         self.dialect.nick = member.name
-        away = self.aways.messages.pop(p.name_key(old), None)
-        if away is not None:
-            self.aways.messages[member.key] = away
         if not member.rooms:
             # No room saw the rename, so no NICK came back: the client needs one.
             self.send(
                 wire.message("NICK", member.name, source=names.source(old, self.rules.server))
             )
 
-    def forget_away(self) -> None:
-        member = self.member
-        if member is not None:
-            self.aways.messages.pop(member.key, None)
+    def away_of(self, name: str) -> str | None:
+        """Why the user called ``name`` is away, if it is here and away (the hub's ``/away``)."""
+        held = self.hub.member(name)
+        return held.away if held is not None else None
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:

@@ -25,6 +25,7 @@ _TYPES: Final[dict[str, type[ev.RoomEvent] | type[ev.Private]]] = {
         ev.TopicSet,
         ev.Presence,
         ev.Legacy,
+        ev.Away,
         ev.Private,
     )
 }

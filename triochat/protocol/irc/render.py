@@ -26,7 +26,7 @@ Decisions, documented in ``docs/irc.md``:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from ...core import events as ev
@@ -72,6 +72,8 @@ class IRCDialect:
 
     __slots__ = (
         "_stamp",
+        "away_notify",
+        "away_of",
         "echo",
         "entering",
         "history_on_join",
@@ -95,6 +97,12 @@ class IRCDialect:
         """Whether a join brings the room's history (not for ``draft/chathistory`` clients,
         which ask for it themselves). It changes only this member's own events."""
         self._stamp = line.Timestamper()
+        self.away_notify = False
+        """Whether the client follows away changes (``away-notify``): the hub hands it
+        :class:`~triochat.core.events.Away` events. Not part of :attr:`name`: an AWAY
+        line is only ever rendered for this member alone."""
+        self.away_of: Callable[[str], str | None] = _nobody_away
+        """Why the user called so is away, or ``None`` (the door sets it): WHO's ``G``."""
         self.negotiate(caps)
 
     def negotiate(self, caps: Iterable[str]) -> None:
@@ -110,6 +118,7 @@ class IRCDialect:
         self.echo = "echo-message" in used
         """Whether the client wants its own lines back."""
         self.tags = self.time_tag or self.msgid
+        self.away_notify = "away-notify" in caps
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IRCDialect) and other.name == self.name
@@ -219,6 +228,16 @@ class IRCDialect:
                 out.append(self._line("NICK", (new,), self._user(old), event))
             case ev.TopicSet(room=room, name=name, topic=topic):
                 out.append(self._line("TOPIC", (room, topic), self._user(name), event))
+            case ev.Away(name=name, text=text):
+                # Unnumbered: no msgid, only its time.
+                stamp = (("time", server_time(event.time)),) if self.time_tag else ()
+                away_params: tuple[str, ...] = (text,) if text else ()
+                out.append(
+                    wire.format_message(wire.Message("AWAY", away_params, self._user(name), stamp))
+                )
+            case ev.Notice(text=text) if (away := _away_reply(text)) is not None:
+                # The hub's answer to a message for someone away: 301, as IRC has it.
+                self._numeric(out, "301", *away)
             case ev.Legacy(room=room, line=text):
                 self._texts(out, "NOTICE", room, text, self.server, self._tags(event))
             case ev.Private(sender=sender, recipient=recipient, text=text, echo=echo):
@@ -254,8 +273,10 @@ class IRCDialect:
         room, members = users.room, users.names
         if room in self.who:
             host = self.server
+            away_of = self.away_of
             for member in members:
-                self._numeric(out, "352", room, member, host, host, member, "H", f"0 {member}")
+                flag = "H" if away_of(member) is None else "G"
+                self._numeric(out, "352", room, member, host, host, member, flag, f"0 {member}")
             if last:
                 self.who.discard(room)
                 self._numeric(out, "315", room, "End of /WHO list")
@@ -351,6 +372,22 @@ class IRCDialect:
         elif not isinstance(event, ev.Legacy):
             told = f"* {told}"
         self._texts(out, "NOTICE", event.room, told, self.server, self._tags(event))
+
+
+def _nobody_away(name: str) -> str | None:
+    return None
+
+
+_AWAY: Final = " is away: "
+"""How the hub tells a sender that the recipient is away (``NAME is away: TEXT``)."""
+
+
+def _away_reply(text: str) -> tuple[str, str] | None:
+    """``(name, why)`` if ``text`` is the hub's "is away" answer, else ``None``."""
+    name, found, why = text.partition(_AWAY)
+    if not found or line.name_error(name) is not None:
+        return None
+    return name, why
 
 
 def _presence(event: ev.Presence) -> str:
