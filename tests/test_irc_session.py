@@ -18,7 +18,7 @@ from triochat.core import events as ev, session as s
 from triochat.core._auth import FailureDelays
 from triochat.core.accounts import AccountBook, Outcome
 from triochat.core.hub import Hub, Member
-from triochat.core.irc_session import IRCRules, IRCSession
+from triochat.core.irc_session import MAX_LATE, IRCOutbox, IRCRules, IRCSession
 from triochat.protocol import irc, line as p
 from triochat.protocol.irc import sasl as irc_sasl
 
@@ -821,6 +821,19 @@ def test_a_label_cannot_inject_anything(hub: Hub) -> None:
     assert ack.tag("label") == "a\r\nQUIT :x;y=z"
     [said] = ann.read()
     assert (said.tags, said.params) == ((), ("#a", "hi"))
+
+
+def test_an_answer_still_to_come_is_labeled_when_it_comes() -> None:
+    send, inbox = trio.open_memory_channel[bytes](100)
+    outbox = IRCOutbox(send)
+    for n in range(MAX_LATE + 1):
+        outbox.answer(f"x{n}")
+        outbox.finish_later(b":z PRIVMSG #a :", 1, f"L{n}", SERVER)
+    outbox.send_nowait(b":y PRIVMSG #a :other\r\n:z PRIVMSG #a :mine\r\n")
+    # The oldest wait was given up: the first echo answers the second label.
+    assert inbox.receive_nowait() == b":y PRIVMSG #a :other\r\n@label=x1 :z PRIVMSG #a :mine\r\n"
+    outbox.send_nowait(b":z PRIVMSG #b :elsewhere\r\n")
+    assert inbox.receive_nowait() == b":z PRIVMSG #b :elsewhere\r\n"
 
 
 def test_a_labeled_answer_that_waits_for_an_effect() -> None:

@@ -82,6 +82,23 @@ class IRCRules:
     session: Rules = field(default_factory=lambda: Rules(one_room=False, arrival_rooms=()))
 
 
+MAX_LATE: Final = 32
+"""Labeled answers a client may be waiting for from the cluster at once; past that the
+oldest is given up (its echo was lost: a missed batch)."""
+
+
+@dataclass(slots=True)
+class _Late:
+    """A labeled answer still to come: ``lines`` lines starting with ``start``."""
+
+    start: bytes
+    lines: int
+    label: str
+    ref: str
+    server: str
+    got: list[bytes] = field(default_factory=list)
+
+
 class IRCOutbox:
     """A member's outbox as the IRC door hands it to the hub.
 
@@ -102,7 +119,7 @@ class IRCOutbox:
     over is kept, to go out as one labeled answer (:meth:`finish`).
     """
 
-    __slots__ = ("_answer", "_capturing", "_expected", "_inner", "_label", "farewell")
+    __slots__ = ("_answer", "_capturing", "_expected", "_inner", "_label", "_late", "farewell")
 
     def __init__(self, inner: Outbox) -> None:
         self._inner = inner
@@ -113,6 +130,8 @@ class IRCOutbox:
         self._label: str | None = None
         self._answer: list[bytes] = []
         self._capturing = False
+        self._late: list[_Late] = []
+        """Labeled answers still to come (echoes coming back from the cluster)."""
 
     # --- labeled-response --------------------------------------------------------
 
@@ -120,6 +139,11 @@ class IRCOutbox:
     def answering(self) -> str | None:
         """The label of the command being answered, if any."""
         return self._label
+
+    @property
+    def kept(self) -> bool:
+        """Whether anything was kept for the answer being made."""
+        return bool(self._answer)
 
     def answer(self, label: str) -> None:
         """Keep what is handed over from now on: the answer to the command labeled ``label``."""
@@ -137,6 +161,30 @@ class IRCOutbox:
         self._label, self._answer, self._capturing = None, [], False
         assert label is not None
         return labels.answer(data, label, ref, server)
+
+    def finish_later(self, start: bytes, lines: int, ref: str, server: str) -> None:
+        """The answer is the next ``lines`` lines starting with ``start``, still to come
+        (an echo coming back from the cluster): they go out labeled when they are in."""
+        label = self._label
+        assert label is not None
+        self._label, self._answer, self._capturing = None, [], False
+        self._late.append(_Late(start, lines, label, ref, server))
+        if len(self._late) > MAX_LATE:  # an echo lost on the way: stop waiting for it
+            del self._late[0]
+
+    def _label_late(self, value: bytes) -> bytes:
+        out: list[bytes] = []
+        for line in value.split(b"\r\n")[:-1]:
+            bare = line.partition(b" ")[2] if line[:1] == b"@" else line
+            late = next((e for e in self._late if bare.startswith(e.start)), None)
+            if late is None or b"batch=" in line.partition(b" ")[0]:
+                out.append(line + b"\r\n")
+                continue
+            late.got.append(line + b"\r\n")
+            if len(late.got) == late.lines:
+                self._late.remove(late)
+                out.append(labels.answer(b"".join(late.got), late.label, late.ref, late.server))
+        return b"".join(out)
 
     def send_raw(self, value: bytes, /) -> None:
         """Hand over ``value`` as it is: no line taken out, none kept."""
@@ -168,6 +216,10 @@ class IRCOutbox:
         if self._capturing:
             self._answer.append(value)
             return
+        if self._late:
+            value = self._label_late(value)
+            if not value:
+                return
         self._inner.send_nowait(value)
 
     def _without_own(self, value: bytes) -> bytes:
@@ -287,6 +339,8 @@ class IRCSession:
         self._batches = 0
         self.labeled = False
         """Whether the client gets labeled answers (``labeled-response`` and ``batch``)."""
+        self._late_echo: tuple[str, int] | None = None
+        """The echo a labeled chat line's answer is, when it comes back from the cluster."""
 
     # --- what the I/O layer feeds in ------------------------------------------------
 
@@ -361,13 +415,18 @@ class IRCSession:
         effect is awaited (then live lines pass meanwhile, and the effect's result is kept
         too: see :meth:`_result`)."""
         outbox = self.outbox
+        late, self._late_echo = self._late_echo, None
         if outbox.answering is None:
             return
         if awaited:
             outbox.hold(False)
             return
         self._batches += 1
-        self.send_bytes(outbox.finish(f"L{self._batches}", self.rules.server), raw=True)
+        ref = f"L{self._batches}"
+        if late is not None and not outbox.kept:
+            outbox.finish_later(late[0].encode(), late[1], ref, self.rules.server)
+            return
+        self.send_bytes(outbox.finish(ref, self.rules.server), raw=True)
 
     @contextlib.contextmanager
     def _result(self) -> Iterator[list[Output]]:
@@ -687,6 +746,8 @@ class IRCSession:
         ``after``: how many such lines it does want first (see :meth:`IRCOutbox.expect`).
         """
         if self.dialect.echo and not after:
+            if self.hub.backplane.remote and self.outbox.answering is not None:
+                self._late_echo = (prefix, lines)  # the answer comes back from the cluster
             yield
             return
         self.outbox.expect(prefix.encode(), lines, after=after)
