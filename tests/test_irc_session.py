@@ -996,6 +996,7 @@ _verbs = st.sampled_from(
         "LUSERS",
         "MOTD",
         "CHATHISTORY",
+        "AUTHENTICATE",
         "FOO",
         "001",
     ]
@@ -1004,26 +1005,30 @@ _words = st.sampled_from(
     ["#a", "#b", "#A", "0", "*", "bob", "zoe", "[x]", "", ",", "#a,#b", "+i", "-i", "+o", "b",
      "LS", "REQ", "END", "LIST", "302", "server-time", "LATEST", "BEFORE", "msgid=#a/1",
      "timestamp=2023-11-14T22:13:20.000Z", "5", "\x01ACTION x\x01", "\x01VERSION\x01",
-     "x" * 30, "zoë", "-", "#"]
+     "x" * 30, "zoë", "-", "#", "PLAIN", "+", "AHpvZQB6b2VzLXBhc3N3b3Jk", "A" * 400, "sasl",
+     "labeled-response batch away-notify echo-message"]
 )  # fmt: skip
+_tags = st.sampled_from(["", "@label=x ", "@label=a\\s;b ", "@label= ", "@time=1;label=y "])
 
 
 @settings(deadline=None, max_examples=200)
 @given(
     st.booleans(),
-    st.lists(st.tuples(_verbs, st.lists(_words, max_size=4)), max_size=30),
+    st.sampled_from(["", "labeled-response batch away-notify echo-message"]),
+    st.lists(st.tuples(_tags, _verbs, st.lists(_words, max_size=4)), max_size=30),
 )
 def test_no_sequence_of_messages_breaks_the_session(
-    registered: bool, script: list[tuple[str, list[str]]]
+    registered: bool, caps: str, script: list[tuple[str, str, list[str]]]
 ) -> None:
     hub = Hub(history=10, clock=Clock(), max_rooms_per_member=3)
     bob = LineUser(hub, "bob")
     hub.say(bob.member, "#a", ["hi"])
-    client = register(hub, "zoe") if registered else Client(hub)
-    for verb, words in script:
+    client = register(hub, "zoe", caps=caps) if registered else Client(hub, accounts=Book())
+    for tags, verb, words in script:
         params = [w for w in words[:-1] if w and " " not in w and not w.startswith(":")]
         last = f" :{words[-1]}" if words else ""
-        for msg in client(" ".join([verb, *params]) + last):  # every line written parses
+        line = tags + " ".join([verb, *params]) + last
+        for msg in client(line):  # every line written parses
             assert msg.command
         if client.irc.closed:
             break
