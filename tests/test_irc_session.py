@@ -453,6 +453,12 @@ def test_away_is_told_to_whoever_messages_or_asks(hub: Hub) -> None:
     assert cmds(zoe("AWAY")) == ["305"]
     assert cmds(ann("PRIVMSG zoe :back?")) == []
     assert ann("WHO zoe")[0].params[6] == "H"
+    # A line-door away text longer than an IRC line is cut to one line, never sent whole.
+    hub.set_away(bob.member, "é" * 2000)
+    for reply in (*ann("PRIVMSG bob :hi"), *by(ann("WHOIS bob"), "301")):
+        assert reply.command == "301"
+        assert len(irc.serialize(reply)) <= 512
+        assert reply.params[2] == "é" * len(reply.params[2])
 
 
 AWAY_NOTIFY = "away-notify server-time"
@@ -481,6 +487,12 @@ def test_away_notify_tells_each_follower_once_and_no_one_else(hub: Hub) -> None:
     carl("AWAY")
     [back] = zoe.read()
     assert (back.command, back.params) == ("AWAY", ())
+    hub.set_away(bob.member, "x " * 1000)
+    [long] = zoe.read()
+    assert len(irc.serialize(irc.Message("AWAY", long.params, long.source))) <= 512  # tags aside
+    hub.set_away(bob.member, None)
+    zoe.read()
+    carl.read()
     # From the line door too; and the same away twice is no change.
     hub.set_away(bob.member, "brb")
     hub.set_away(bob.member, "brb")

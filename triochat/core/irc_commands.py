@@ -397,7 +397,9 @@ def _whois(session: IRCSession, msg: wire.Message) -> list[Output]:
     session.numeric("312", nick, server, "triochat")
     away = session.away_of(nick)
     if away is not None:
-        session.numeric("301", nick, away)
+        out: list[str] = []
+        session.dialect.away_reply(out, nick, away)
+        session.send_bytes("".join(out).encode())
     accounts = session.accounts
     if held is not None and accounts is not None and accounts.registered(nick):
         # Online under a registered name: it gave the password (or registered it).

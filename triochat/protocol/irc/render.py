@@ -194,6 +194,15 @@ class IRCDialect:
             params = (target, _ACTION.format(piece) if action else piece)
             out.append(wire.format_message(wire.Message(command, params, source, tags)))
 
+    def fit(self, text: str, command: str, target: str, source: str) -> str:
+        """As much of ``text`` as one ``command`` line to ``target`` from ``source`` holds
+        (an away text from the line door may be longer than IRC's 512 bytes)."""
+        return wire.split_utf8(text, _budget(command, target, source, False))[0]
+
+    def away_reply(self, out: list[str], name: str, why: str) -> None:
+        """``301 nick name :why``, cut to one line."""
+        self._numeric(out, "301", name, self.fit(why, "301", f"{self.nick} {name}", self.server))
+
     def text_lines(self, target: str, text: str, source: str, *, action: bool = False) -> int:
         """How many PRIVMSG lines ``text`` from ``source`` to ``target`` is written as."""
         return len(wire.split_utf8(text, _budget("PRIVMSG", target, source, action)))
@@ -231,13 +240,12 @@ class IRCDialect:
             case ev.Away(name=name, text=text):
                 # Unnumbered: no msgid, only its time.
                 stamp = (("time", server_time(event.time)),) if self.time_tag else ()
-                away_params: tuple[str, ...] = (text,) if text else ()
-                out.append(
-                    wire.format_message(wire.Message("AWAY", away_params, self._user(name), stamp))
-                )
+                source = self._user(name)
+                away_params: tuple[str, ...] = (self.fit(text, "AWAY", "", source),) if text else ()
+                out.append(wire.format_message(wire.Message("AWAY", away_params, source, stamp)))
             case ev.Notice(text=text) if (away := _away_reply(text)) is not None:
                 # The hub's answer to a message for someone away: 301, as IRC has it.
-                self._numeric(out, "301", *away)
+                self.away_reply(out, *away)
             case ev.Legacy(room=room, line=text):
                 self._texts(out, "NOTICE", room, text, self.server, self._tags(event))
             case ev.Private(sender=sender, recipient=recipient, text=text, echo=echo):
