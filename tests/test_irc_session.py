@@ -21,6 +21,8 @@ from triochat.core.hub import Hub, Member
 from triochat.core.irc_session import MAX_LATE, IRCOutbox, IRCRules, IRCSession
 from triochat.protocol import irc, line as p
 from triochat.protocol.irc import sasl as irc_sasl
+from triochat.protocol.v2 import V2Dialect
+from triochat.protocol.web import WebDialect
 
 T0 = 1_700_000_000.0
 SERVER = "irc.test"
@@ -471,9 +473,22 @@ def test_away_notify_tells_each_follower_once_and_no_one_else(hub: Hub) -> None:
     carl = register(hub, "carl", caps=AWAY_NOTIFY)
     for client in (zoe, ann, carl):
         client("JOIN #a,#b")
+    others: list[trio.MemoryReceiveChannel[bytes]] = []
+    for dialect in (WebDialect(), V2Dialect()):
+        send, receive = trio.open_memory_channel[bytes](100)
+        member = hub.register(f"w{len(others)}", send, lambda: None, dialect)
+        assert not isinstance(member, str)
+        hub.join(member, "#a")
+        others.append(receive)
     for client in (zoe, ann, carl):
         client.read()
     bob.lines()
+    for other in others:
+        while True:
+            try:
+                other.receive_nowait()
+            except trio.WouldBlock:
+                break
     seq = hub.room_state("#a")
     assert cmds(carl("AWAY :lunch")) == ["306"]  # never its own AWAY
     [away] = zoe.read()  # once, though they share two rooms
@@ -482,6 +497,9 @@ def test_away_notify_tells_each_follower_once_and_no_one_else(hub: Hub) -> None:
     assert away.tag("msgid") is None
     assert ann.read() == []
     assert bob.lines() == []  # the line door sees nothing new
+    for other in others:  # nor do the web page and protocol v2
+        with pytest.raises(trio.WouldBlock):
+            other.receive_nowait()
     assert hub.room_state("#a") == seq  # not numbered ...
     assert not [e for e in hub.recent("#a", 10) if isinstance(e, ev.Away)]  # ... nor kept
     carl("AWAY")
