@@ -969,6 +969,13 @@ def test_a_wrong_sasl_password_waits_the_growing_delay_then_904(hub: Hub) -> Non
         [failed] = zoe.read()
         assert failed.command == "904"
     assert waits[1] > waits[0] > 0
+    # Per address, whatever the connection: a new one from there waits longer still,
+    # as would the server password and the line door's account passwords.
+    again = sasl_client(hub, delays)
+    call = authenticate(again, "zoe", "guess")
+    [wait] = again.irc.account_result(Outcome(call.request, False, p.WRONG_PASSWORD))
+    assert isinstance(wait, s.Wait)
+    assert wait.seconds > waits[1]
     # The nick is still registered to someone: without SASL's login, 433.
     assert "433" in cmds(zoe("NICK zoe", "USER u 0 * :Z", "CAP END"))
 
