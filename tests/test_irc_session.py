@@ -441,6 +441,8 @@ def test_away_is_told_to_whoever_messages_or_asks(hub: Hub) -> None:
     assert cmds(zoe("AWAY :lunch")) == ["306"]
     [away] = ann("PRIVMSG zoe :hi")
     assert (away.command, away.params[1:]) == ("301", ("zoe", "lunch"))
+    assert ann("NOTICE zoe :hi") == []  # a NOTICE is never answered
+    assert [m.params[1] for m in zoe.read()] == ["hi", "hi"]
     assert "301" in cmds(ann("WHOIS zoe"))
     assert ann("USERHOST zoe")[0].params[1] == f"zoe=-zoe@{SERVER}"
     assert ann("WHO zoe")[0].params[6] == "G"

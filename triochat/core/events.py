@@ -101,7 +101,8 @@ class Legacy(_InRoom):
 @dataclass(slots=True)
 class Away(_InRoom):
     """``name`` is away (``text``: why) or back (``text`` empty), told in ``room`` and the
-    rooms in ``also`` (space-separated): every room it shares with someone, in one event.
+    rooms in ``also`` (space-separated): every room it is in, in one event, so that
+    whoever shares several of them is told once.
 
     Only for the doors that show it (IRC's ``away-notify``): the hub hands it to no
     one else, gives it no number (``seq`` 0), and nobody keeps it (not in history,

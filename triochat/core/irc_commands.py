@@ -339,8 +339,18 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
             # A private action reaches the line door as text, which has no
             # private /me; CTCP's \x01 would be a control character there.
             private = f"* {text}" if action else text
-            # An away recipient's 301 is the hub's answer (rendered so by the dialect).
-            session.translate(session.session.command(c.Msg(target, private)))
+            # An away recipient's 301 is the hub's answer (rendered so by the dialect);
+            # a NOTICE is never answered, so there it is taken out.
+            held = session.hub.member(target) if notice else None
+            if held is None or held.away is None:
+                session.translate(session.session.command(c.Msg(target, private)))
+                continue
+            reply = f":{session.rules.server} 301 {session.target} {held.name} :".encode()
+            session.outbox.expect(reply)
+            try:
+                session.translate(session.session.command(c.Msg(target, private)))
+            finally:
+                session.outbox.forget(reply)
     return []
 
 
