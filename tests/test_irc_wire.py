@@ -302,7 +302,7 @@ def test_long_text_wraps_between_words() -> None:
 _server_lines = messages().filter(lambda m: m.tag("label") is None)
 
 
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(st.lists(_server_lines, max_size=5), st.text(_tag_char, min_size=1, max_size=64))
 def test_a_labeled_answer_is_one_logical_message_whatever_the_label(
     answer: list[irc.Message], label: str
