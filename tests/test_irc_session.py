@@ -168,7 +168,7 @@ def test_registration_without_cap_gets_the_welcome_burst(hub: Hub) -> None:
         "CHANTYPES=#",
         "NICKLEN=24",
         "CHANNELLEN=33",
-        "PREFIX=()",
+        "PREFIX=(o)@",
         "NETWORK=TestNet",
         "CHANMODES=b,,,",
         "CHANLIMIT=#:3",
@@ -535,6 +535,21 @@ def test_away_notify_tells_each_follower_once_and_no_one_else(hub: Hub) -> None:
     hub.set_away(bob_c.member, None)
     hub.join(bob_c.member, "#c")
     assert cmds(zoe.read()) == ["PART", "JOIN"]  # not away: no AWAY
+
+
+def test_an_irc_away_is_marked_and_answered_on_every_door(hub: Hub) -> None:
+    bob = LineUser(hub, "bob")
+    zoe = register(hub, "zoe")
+    zoe("JOIN #a")
+    zoe("AWAY :brb")
+    bob.lines()
+    hub.users(bob.member, "#a")
+    assert bob.lines() == ["* Users in #a: bob, zoe (away)"]
+    hub.private(bob.member, "zoe", "there?")
+    assert bob.lines() == ["-> *zoe* there?", "* zoe is away: brb"]
+    zoe("AWAY")
+    hub.users(bob.member, "#a")
+    assert bob.lines() == ["* Users in #a: bob, zoe"]
 
 
 def test_part_join_zero_and_their_errors(hub: Hub) -> None:

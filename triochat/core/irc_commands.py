@@ -34,7 +34,7 @@ CAPS: Final = (
     "multi-prefix",
     "server-time",
 )
-"""The capabilities offered; ``multi-prefix`` is trivially true (no channel prefixes).
+"""The capabilities offered; ``multi-prefix`` is trivially true (``@`` is the only prefix).
 ``sasl`` is offered too when the server has accounts (``--db``)."""
 
 AWAYLEN: Final = 200

@@ -301,7 +301,6 @@ class IRCSession:
         self._disconnect = disconnect
         self.outbox = IRCOutbox(outbox)
         self.dialect = IRCDialect(rules.server)
-        self.dialect.away_of = self.away_of
         # A door of its own: the shared session takes the dialect from its door,
         # and an IRC connection's dialect is its own (its nick, its capabilities).
         door: Door[Member] = Door(
@@ -668,7 +667,7 @@ class IRCSession:
         self.numeric("001", f"Welcome to the {rules.network} IRC network, {nick}")
         self.numeric("002", f"Your host is {rules.server}, running version {rules.version}")
         self.numeric("003", f"This server was created {created}")
-        self.numeric("004", rules.server, rules.version, "".join(sorted(USER_MODES)), "b")
+        self.numeric("004", rules.server, rules.version, "".join(sorted(USER_MODES)), "bo")
         for chunk in _chunks(self.isupport(), 12):
             self.numeric("005", *chunk, "are supported by this server")
         self.lusers()
@@ -684,7 +683,7 @@ class IRCSession:
             f"CHANNELLEN={names.CHANNELLEN}",
             "CHANMODES=b,,,",
             f"NICKLEN={names.NICKLEN}",
-            "PREFIX=()",
+            "PREFIX=(o)@",
             f"NETWORK={rules.network}",
             f"TARGMAX=PRIVMSG:{rules.max_targets},NOTICE:{rules.max_targets},JOIN:,PART:,"
             "NAMES:1,WHOIS:1,ISON:,USERHOST:5",

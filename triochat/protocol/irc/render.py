@@ -25,8 +25,9 @@ Decisions, documented in ``docs/irc.md``:
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from ...core import events as ev
@@ -42,6 +43,10 @@ RENDER_CAPS: Final = frozenset({"server-time", "message-tags", "echo-message"})
 """The capabilities that change how the hub's events are written."""
 
 _ACTION: Final = "\x01ACTION {}\x01"
+
+OP_PREFIX: Final = "@"
+"""A room operator's prefix in NAMES and WHO (``PREFIX=(o)@``): the only one, so
+``multi-prefix`` shows exactly what a client without it sees."""
 
 
 def msgid(event: ev.RoomEvent) -> str:
@@ -59,6 +64,8 @@ _KICKED: Final = "kicked by "
 """How a kick's departure reason starts (``kicked by OP: REASON``, the session's words)."""
 _MUTED: Final = "You are muted in "
 """How the hub's answer to a muted member's lines starts."""
+_AWAY: Final = re.compile(r"([\w-]+) is away: (.*)", re.DOTALL)
+"""The hub's answer to a private message for an away member (``hub.AWAY``)."""
 
 
 class IRCDialect:
@@ -73,7 +80,6 @@ class IRCDialect:
     __slots__ = (
         "_stamp",
         "away_notify",
-        "away_of",
         "echo",
         "entering",
         "history_on_join",
@@ -101,8 +107,6 @@ class IRCDialect:
         """Whether the client follows away changes (``away-notify``): the hub hands it
         :class:`~triochat.core.events.Away` events. Not part of :attr:`name`: an AWAY
         line is only ever rendered for this member alone."""
-        self.away_of: Callable[[str], str | None] = _nobody_away
-        """Why the user called so is away, or ``None`` (the door sets it): WHO's ``G``."""
         self.negotiate(caps)
 
     def negotiate(self, caps: Iterable[str]) -> None:
@@ -243,15 +247,18 @@ class IRCDialect:
                 source = self._user(name)
                 away_params: tuple[str, ...] = (self.fit(text, "AWAY", "", source),) if text else ()
                 out.append(wire.format_message(wire.Message("AWAY", away_params, source, stamp)))
-            case ev.Notice(text=text) if (away := _away_reply(text)) is not None:
-                # The hub's answer to a message for someone away: 301, as IRC has it.
-                self.away_reply(out, *away)
+            case ev.RoleChanged(room=room, name=name, by=by, op=op):
+                mode = ("+o" if op else "-o", name)
+                source = self._user(by) if by else self.server  # "": the server's doing
+                out.append(self._line("MODE", (room, *mode), source, event))
             case ev.Legacy(room=room, line=text):
                 self._texts(out, "NOTICE", room, text, self.server, self._tags(event))
             case ev.Private(sender=sender, recipient=recipient, text=text, echo=echo):
                 if echo and not self.echo:
                     return  # an IRC client shows its own messages itself
                 self._texts(out, "PRIVMSG", recipient, text, self._user(sender), self._tags(event))
+            case ev.Notice(text=text) if (away := _AWAY.fullmatch(text)) is not None:
+                self.away_reply(out, away[1], away[2])
             case ev.Notice(text=text):
                 self._texts(out, "NOTICE", self.nick, text, self.server)
             case ev.Error(text=text) if text.startswith(_MUTED):
@@ -278,17 +285,20 @@ class IRCDialect:
         return wire.format_message(wire.Message(command, params, source, self._tags(event)))
 
     def _user_list(self, users: ev.UserList, out: list[str], *, last: bool) -> None:
-        room, members = users.room, users.names
+        room, ops, away = users.room, users.ops, users.away
+        members: Sequence[str] = users.names
         if room in self.who:
             host = self.server
-            away_of = self.away_of
             for member in members:
-                flag = "H" if away_of(member) is None else "G"
-                self._numeric(out, "352", room, member, host, host, member, flag, f"0 {member}")
+                # Here (H) or gone (G), then the prefix: @ for an operator.
+                flags = ("G" if member in away else "H") + (OP_PREFIX if member in ops else "")
+                self._numeric(out, "352", room, member, host, host, member, flags, f"0 {member}")
             if last:
                 self.who.discard(room)
                 self._numeric(out, "315", room, "End of /WHO list")
             return
+        if ops:
+            members = [OP_PREFIX + m if m in ops else m for m in members]
         self._names(out, room, members, end=last)
 
     def _entered(self, users: ev.UserList, history: Sequence[ev.Event], out: list[str]) -> None:
@@ -369,6 +379,8 @@ class IRCDialect:
                 told = f"{old} is now known as {new}"
             case ev.TopicSet(name=name, topic=topic):
                 told = f"{name} set the topic: {topic}"
+            case ev.RoleChanged(name=name, by=by, op=op):
+                told = f"{by or self.server} sets mode {'+o' if op else '-o'} {name}"
             case ev.Presence():
                 told = _presence(event)
             case ev.Legacy(line=text):
@@ -380,22 +392,6 @@ class IRCDialect:
         elif not isinstance(event, ev.Legacy):
             told = f"* {told}"
         self._texts(out, "NOTICE", event.room, told, self.server, self._tags(event))
-
-
-def _nobody_away(name: str) -> str | None:
-    return None
-
-
-_AWAY: Final = " is away: "
-"""How the hub tells a sender that the recipient is away (``NAME is away: TEXT``)."""
-
-
-def _away_reply(text: str) -> tuple[str, str] | None:
-    """``(name, why)`` if ``text`` is the hub's "is away" answer, else ``None``."""
-    name, found, why = text.partition(_AWAY)
-    if not found or line.name_error(name) is not None:
-        return None
-    return name, why
 
 
 def _presence(event: ev.Presence) -> str:
