@@ -146,15 +146,24 @@ class _Log:
     ``tail`` holds the last events of every kind, for :meth:`Hub.resume`, from
     the first time a member who can resume (:func:`resumes`) enters the room:
     a room of v1 clients only keeps none, and costs what it did.
+    ``created`` is when the room began, as far as this node can tell: when it
+    made the log, or the time of the oldest event it restored (from the
+    archive or the cluster), whichever is earlier (IRC's 329).
     """
 
-    __slots__ = ("epoch", "events", "seq", "tail")
+    __slots__ = ("created", "epoch", "events", "seq", "tail")
 
-    def __init__(self, keep: int, epoch: str = "") -> None:
+    def __init__(self, keep: int, epoch: str = "", created: float = 0.0) -> None:
         self.events: deque[RoomEvent] = deque(maxlen=keep)
         self.seq = 0
         self.epoch = epoch or new_epoch()
         self.tail: deque[RoomEvent] = deque(maxlen=0)
+        self.created = created
+
+    def restored(self) -> None:
+        """Its events were restored: the room is at least as old as the oldest."""
+        if self.events:
+            self.created = min(self.created, self.events[0].time)
 
 
 def resumes(dialect: Dialect) -> bool:
@@ -623,8 +632,18 @@ class Hub:
             member.disconnect()
 
     def set_away(self, member: Member, text: str | None) -> None:
-        """``member`` is away (``text``: why) or back (``None``)."""
-        member.away = text
+        """``member`` is away (``text``: why) or back (``None``).
+
+        A change is told, in one :class:`~triochat.core.events.Away`, to those who
+        follow it in the rooms ``member`` is in (IRC's ``away-notify``).
+        """
+        old, member.away = member.away, text
+        if old == text or not member.rooms or not self.is_member(member):
+            return
+        first, *others = member.rooms
+        away = ev.Away(first, 0, self._clock(), member.name, text or "", " ".join(others))
+        self._publish([away])
+        self._evict_slow()
 
     def wall(self, member: Member, text: str) -> None:
         """A server admin's notice to everyone on this node."""
@@ -680,6 +699,7 @@ class Hub:
                 held.events.extend(self._archive.recent(room))
                 if held.events:
                     held.seq = held.events[-1].seq
+                    held.restored()
                 if self._epochs is not None:
                     held.seq = max(held.seq, self._epochs.last_seq(room))
         return held
@@ -687,7 +707,7 @@ class Hub:
     def _new_log(self, room: str) -> _Log:
         epochs = self._epochs if not self.backplane.remote else None
         epoch = epochs.epoch(room) if epochs is not None else ""
-        return _Log(self.history, epoch)
+        return _Log(self.history, epoch, self._clock())
 
     def _quiet(self, room: Room) -> bool:
         """Whether ``room`` is past ``quiet_above`` members (across the cluster)."""
@@ -716,7 +736,11 @@ class Hub:
             return
         # The history and the user list (the joiner included) in one hand-over.
         self.tell(member, *room.log.events, self._user_list(room), *self._topic(name))
-        self._publish([ev.Joined(name, self._next(room.log), self._clock(), member.name)])
+        now = self._clock()
+        told: list[RoomEvent] = [ev.Joined(name, self._next(room.log), now, member.name)]
+        if member.away is not None:  # told after the JOIN to those who follow it
+            told.append(ev.Away(name, 0, now, member.name, member.away))
+        self._publish(told)
 
     def _exit(self, member: Member, name: str, reason: str) -> None:
         room = member.rooms.pop(name)
@@ -777,10 +801,13 @@ class Hub:
 
         The kept ones go into the room's history (and the archive) first.
         """
+        kept = [event for event in events if type(event) in ev.KEPT]
+        if len(kept) != len(events) and any(type(event) is ev.Away for event in events):
+            self._deliver_aways(events)
+            return
         name = events[0].room
         room = self._rooms.get(name)
         held = room.log if room is not None else self._logs.get(name)
-        kept = [event for event in events if type(event) in ev.KEPT]
         if kept:
             if held is None:
                 held = self._log(name)
@@ -799,6 +826,44 @@ class Hub:
                 self._fanout_ignoring(room, events)
             else:
                 self._fanout(room.groups, events)
+
+    def _deliver_aways(self, events: Sequence[RoomEvent]) -> None:
+        """A batch with :class:`~triochat.core.events.Away` events: the others as ever, in order."""
+        run: list[RoomEvent] = []
+        for event in events:
+            if type(event) is not ev.Away:
+                run.append(event)
+                continue
+            if run:
+                self.deliver(run)
+                run = []
+            self._tell_away(event)
+        if run:
+            self.deliver(run)
+
+    def _tell_away(self, event: ev.Away) -> None:
+        """Hand ``event`` to the members here who follow away changes (``away_notify``) and
+        share one of its rooms: once each, however many they share, never to its subject.
+
+        Only dialects that have ``away_notify`` at all are looked into, so a room's
+        line and web members cost nothing here.
+        """
+        key = p.name_key(event.name)
+        told: dict[Member, None] = {}
+        for name in (event.room, *event.also.split()):
+            room = self._rooms.get(name)
+            if room is None:
+                continue
+            for dialect, members in room.groups.items():
+                if getattr(dialect, "away_notify", None) is None:
+                    continue
+                for member in members:
+                    if member.dialect.away_notify and member.key != key:  # type: ignore[attr-defined]
+                        told[member] = None
+        groups: dict[Dialect, list[Member]] = {}
+        for member in told:
+            groups.setdefault(member.dialect, []).append(member)
+        self._fanout(groups, [event])
 
     def _fanout(
         self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]
@@ -896,6 +961,11 @@ class Hub:
         member.disconnect = disconnect
         member.hang_up = None
 
+    def created(self, room: str, /) -> float | None:
+        """When ``room`` began, as far as this node knows (see ``_Log``); ``None``: no such room."""
+        held = self._logs.get(room)
+        return None if held is None else held.created
+
     def room_state(self, room: str, /) -> ev.RoomState | None:
         """``room``'s epoch and last number, if this node keeps its log."""
         held = self._logs.get(room)
@@ -964,6 +1034,7 @@ class Hub:
             held = self._logs[room] = self._new_log(room)
         held.events.clear()
         held.events.extend(events)
+        held.restored()
         if held.events and held.events[-1].seq > held.seq:
             held.seq = held.events[-1].seq
 

@@ -740,7 +740,7 @@ class Session(Generic[M]):
     def _name(self, name: str) -> list[Output]:
         """A name given (and the password, if asked): a registered one's password is asked."""
         book = self._door.accounts
-        if book is not None and book.registered(name):
+        if book is not None and account_key(name) != self.account and book.registered(name):
             self._pending = name
             self._to(State.AWAITING_ACCOUNT)
             return [Notice(account_prompt(name))]
@@ -834,6 +834,12 @@ class Session(Generic[M]):
         return [ClaimName(name)]
 
     # --- accounts (``--db``) ------------------------------------------------------
+
+    def logged_in(self, name: str) -> None:
+        """The door checked ``name``'s password itself (IRC's SASL, before a nick is given):
+        the account is the member's, and registering with that name asks for it no more."""
+        self.account = account_key(name)
+        self._door.delays.succeed(self.address)
 
     def account_result(self, outcome: Outcome) -> list[Output]:
         """What the account book said to the :class:`AccountCall` asked for."""
