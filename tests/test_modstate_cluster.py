@@ -1,5 +1,6 @@
 """Moderation and accounts shared by the nodes of a cluster: two real hubs on a MemoryCluster,
-under ``autojump_clock`` (the same rules over real Redis: ``test_cluster_moderation.py``)."""
+no Redis, no sockets; time passes under ``autojump_clock`` (the same rules over real
+Redis: ``test_cluster_moderation.py``)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ class Node:
 
 
 @pytest.fixture
-async def cluster(autojump_clock: trio.testing.MockClock) -> MemoryCluster:
+def cluster() -> MemoryCluster:
+    # (A clock fixture counts only as the test's own argument: pytest-trio looks there.)
     return MemoryCluster(history=5)
 
 
