@@ -31,7 +31,17 @@ from ..backplane import Backplane, LocalBackplane
 from ..protocol import line as p
 from . import events as ev
 from .events import Dialect, RoomEvent
-from .moderation import Moderation, Topic
+from .moderation import SERVER, Moderation, Topic
+from .modstate import (
+    AccountGone,
+    AccountSet,
+    BanSet,
+    Change,
+    Kicked,
+    SharedAccounts,
+    SharedModeration,
+    State,
+)
 
 log: Final = logging.getLogger("triochat.hub")
 
@@ -256,6 +266,8 @@ class Hub:
         self.resume_max = resume_max
         self.moderation = moderation or Moderation()
         self.max_ignored = max_ignored
+        self.accounts: SharedAccounts | None = None
+        """The accounts the cluster shares with this node (``--db``), if any."""
         self.history = history
         self.max_rooms_per_member = max_rooms_per_member
         self.quiet_above = quiet_above
@@ -547,7 +559,7 @@ class Hub:
         if held is None:
             return
         now = self._clock()
-        self.moderation.topics[room] = Topic(text, member.name, now)
+        self.moderation.set_topic(room, Topic(text, member.name, now))
         self._publish([ev.TopicSet(room, self._next(held.log), now, member.name, text)])
         self._evict_slow()
 
@@ -586,6 +598,15 @@ class Hub:
         self.remove_from(
             target, room, f"kicked by {member.name}" + (f": {reason}" if reason else "")
         )
+
+    def kick_elsewhere(self, member: Member, name: str, room: str, reason: str) -> bool:
+        """Kick the user called ``name`` out of ``room`` on whichever other node it is;
+        ``False`` if no other node has it there."""
+        key = p.name_key(name)
+        if not any(p.name_key(n) == key for n in self.backplane.remote_users(room)):
+            return False
+        self.backplane.publish_state(Kicked(room, key, member.name, reason))
+        return True
 
     def remove_from(self, target: Member, room: str, reason: str) -> None:
         """``target`` leaves ``room`` for ``reason`` (a kick, a ban), and is told why."""
@@ -1059,3 +1080,52 @@ class Hub:
     def flush(self) -> None:
         """Evict members found slow while delivering."""
         self._evict_slow()
+
+    def deliver_state(self, change: Change, /) -> None:
+        """A change of moderation or accounts, in the cluster's order (this node's own too):
+        take it, and carry out a ban or a kick on the members here."""
+        match change:
+            case Kicked(room, key, by, reason):
+                target = self._members.get(key)
+                if target is not None:
+                    self.remove_from(
+                        target, room, f"kicked by {by}" + (f": {reason}" if reason else "")
+                    )
+            case AccountSet() | AccountGone():
+                if self.accounts is not None:
+                    self.accounts.apply(change)
+            case _:
+                if isinstance(self.moderation, SharedModeration):
+                    self.moderation.apply(change)
+                if isinstance(change, BanSet):
+                    self._enforce(change)
+
+    def _enforce(self, ban: BanSet) -> None:
+        """A ban made on another node: the members here it names leave (the room or the chat)."""
+        why = f"banned by {ban.by}" + (f": {ban.reason}" if ban.reason else "")
+        for held in list(self._members.values()):
+            if ban.target in (held.key, held.address):
+                if ban.room == SERVER:
+                    self.expel(held, why)
+                elif ban.room in held.rooms:
+                    self.remove_from(held, ban.room, why)
+
+    def shared_state(self) -> list[State]:
+        """What this node knows of moderation and accounts (to seed a cluster that has none)."""
+        state: list[State] = []
+        if isinstance(self.moderation, SharedModeration):
+            state += self.moderation.state()
+        if self.accounts is not None:
+            state += self.accounts.entries()
+        return state
+
+    def replace_state(self, state: Sequence[State], /) -> None:
+        """The cluster's moderation and accounts are the truth: take them as they are (and
+        carry out its bans here: some may have been made while the link was down)."""
+        if isinstance(self.moderation, SharedModeration):
+            self.moderation.replace([c for c in state if not isinstance(c, AccountSet)])
+            for change in state:
+                if isinstance(change, BanSet):
+                    self._enforce(change)
+        if self.accounts is not None:
+            self.accounts.replace([c for c in state if isinstance(c, AccountSet)])

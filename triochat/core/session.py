@@ -309,6 +309,8 @@ class SessionHub(Protocol[M]):
 
     def kick(self, member: M, target: M, room: str, reason: str, /) -> None: ...
 
+    def kick_elsewhere(self, member: M, name: str, room: str, reason: str, /) -> bool: ...
+
     def remove_from(self, target: M, room: str, reason: str, /) -> None: ...
 
     def tell(self, member: M, /, *events: Event) -> None: ...
@@ -1003,7 +1005,11 @@ class Session(Generic[M]):
             case c.Kick(name, reason):
                 target = self._hub.member(name)
                 if target is None or room not in target.rooms:
-                    return [Error(f"{name} is not in {room}")]
+                    # On another node of the cluster, its own node sends it out.
+                    if not self._hub.kick_elsewhere(member, name, room, reason):
+                        return [Error(f"{name} is not in {room}")]
+                    moderation.record("kick", by, name, room, reason)
+                    return []
                 self._hub.kick(member, target, room, reason)
                 moderation.record("kick", by, target.name, room, reason)
                 return []
