@@ -416,3 +416,19 @@ def test_past_the_grace_the_page_registers_anew_and_shows_one_gap_line(browser: 
     finally:
         proxy.close()
         server.stop()
+
+
+def test_a_reloaded_page_is_not_held_its_name_is_free_at_once(
+    browser: Browser, server: Server
+) -> None:
+    ann = open_page(browser, server.url, "ann")
+    nc = server.nc("carol")
+    read_until(nc, b"* Users in #lobby")
+    ann.reload()  # the browser closes the WebSocket with 1001 on the way out
+    read_until(nc, b"* ann left #lobby (connection lost)")
+    ann.get_by_label("Name").fill("ann")
+    ann.get_by_label("Name").press("Enter")
+    expect(ann.get_by_role("status")).to_have_text("Connected as ann")
+    read_until(nc, b"* ann joined #lobby")
+    nc.close()
+    ann.close()
