@@ -53,7 +53,7 @@ def _digest(token: str) -> bytes:
 class _Entry:
     """A member that can be resumed: its valid token digests (the newest last)."""
 
-    __slots__ = ("deadline", "digests", "member", "owner")
+    __slots__ = ("account", "deadline", "digests", "member", "owner")
 
     def __init__(self, member: Member) -> None:
         self.member = member
@@ -62,6 +62,8 @@ class _Entry:
         """The session serving the member now; ``None`` while it is held."""
         self.deadline: float | None = None
         """While held: when the grace is over."""
+        self.account: str | None = None
+        """While held: the account its session had proved (``--db``), for the next one."""
 
 
 class Tokens:
@@ -125,6 +127,8 @@ class Tokens:
         entry = self._by_member.get(member)
         if entry is None or not self.grace:
             return False
+        if entry.owner is not None:
+            entry.account = entry.owner.account
         entry.owner = None
         entry.deadline = self._clock() + self.grace
         self._held.append((entry.deadline, entry))
@@ -290,6 +294,8 @@ class ResumableSession(Session[Member]):
         log.info("%s resumed", member.name)
         self.member = member
         self.authenticated = True
+        # The token proved this is the same session: it is identified as that one was.
+        self.account = owner.account if owner is not None else entry.account
         self._to(State.CHATTING)
         outputs: list[Output] = [self._welcome(member)]
         asked = set()
