@@ -18,7 +18,7 @@ import trio
 import trio.testing
 from test_resume import V2Client
 from test_web_timing import Client, make_door, open_client
-from wsproto.events import CloseConnection
+from wsproto.events import BytesMessage, CloseConnection
 
 from triochat.core.resume import BAD_TOKEN
 from triochat.protocol import web as w
@@ -283,6 +283,19 @@ async def test_a_page_that_closes_on_purpose_leaves_at_once(
         assert trio.current_time() == start  # not held
         again = await back(door, nursery, ann)
         await registered_anew(again)
+
+
+async def test_a_page_the_server_closes_for_its_own_fault_leaves_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving() as (door, nursery):
+        bob = await page(door, nursery, "bob")
+        ann = await page(door, nursery, "ann")
+        await ann.stream.send_all(ann.ws.send(BytesMessage(b"\x00")))  # not JSON text
+        assert await ann.close_code() == w.CLOSE_UNSUPPORTED
+        start = trio.current_time()
+        left = await bob.until("left")
+        assert (left["name"], trio.current_time()) == ("ann", start)  # not held
 
 
 async def test_a_page_silent_to_pings_is_held_and_comes_back(

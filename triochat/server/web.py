@@ -538,8 +538,9 @@ class _WebSocket:
             self.reason = "server shutdown"
         if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             self._tell_raw(self.ws.send(CloseConnection(code, reason)))
-        # After the close frame: leaving the hub closes the outbox.
-        self.session.close(self.reason)
+        # After the close frame: leaving the hub closes the outbox. The server sends
+        # the member away, unless its peer only went silent (it may come back).
+        self.session.close(self.reason, hold=code == w.CLOSE_PING_TIMEOUT)
         self.send.close()
 
     def _disconnect(self) -> None:
