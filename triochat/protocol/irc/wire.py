@@ -349,8 +349,8 @@ class IRCFramer:
                         continue
                     if msg is not None:
                         found.append(msg)
-                elif (event := self._line(raw)) is not None:
-                    found.append(event)
+                elif (checked := self._line(raw)) is not None:
+                    found.append(checked)
         while not isinstance(event := self.next_event(), _NeedData):
             found.append(event)
         return found
