@@ -352,6 +352,15 @@ class IRCConnection(DoorConnection):
     async def _handle(self, events: list[wire.Received]) -> bool:
         """Hand ``events`` to the session in runs that flood control lets through."""
         irc = self.irc
+        if self._bucket is None:  # no flood control: runs of BATCH_MESSAGES
+            for start in range(0, len(events), BATCH_MESSAGES):
+                if start:
+                    await trio.lowlevel.checkpoint()
+                if self._ended or not await self._receive_run(
+                    events[start : start + BATCH_MESSAGES]
+                ):
+                    return False
+            return bool(events) or not irc.closed
         run: list[wire.Received] = []
         for event in events:
             if self._ended:

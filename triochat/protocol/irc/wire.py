@@ -84,14 +84,18 @@ class Message:
 # costs about 1 us a message; the parser's fast path (one a chat line) sets the slots
 # directly instead.
 _new_message = object.__new__
-_SET_FIELDS: Final = tuple(Message.__dict__[name].__set__ for name in Message.__slots__)
+_set_command, _set_params, _set_source, _set_tags = (
+    Message.__dict__[name].__set__ for name in ("command", "params", "source", "tags")
+)
 
 
 def _chat_message(command: str, target: str, text: str) -> Message:
     """``Message(command, (target, text))``, made without the frozen ``__init__``."""
     msg = _new_message(Message)
-    for setter, value in zip(_SET_FIELDS, (command, (target, text), None, ()), strict=True):
-        setter(msg, value)
+    _set_command(msg, command)
+    _set_params(msg, (target, text))
+    _set_source(msg, None)
+    _set_tags(msg, ())
     return msg
 
 
