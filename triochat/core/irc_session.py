@@ -55,6 +55,7 @@ from .session import (
 )
 
 _AWAITED: Final = (ClaimName, FetchHistory, Wait, AccountCall)
+_CHAT_COMMANDS: Final = frozenset({"PRIVMSG", "NOTICE"})
 """Effects the door awaits before the client's next message may be handled."""
 
 
@@ -363,10 +364,11 @@ class IRCSession:
         burst_room = ""
         queue = [*self.pending, *events]
         self.pending = []
+        if queue and not self.closed:
+            self.awaiting_pong = False  # the client is there (only idle() sets it again)
         for i, event in enumerate(queue):
             if self.closed or self.session.state is State.CLOSED:
                 break
-            self.awaiting_pong = False
             room, text = self._chat_line(event)
             if room is not None and (not burst or room == burst_room):
                 burst.append(text)
@@ -714,20 +716,23 @@ class IRCSession:
         """A PRIVMSG or NOTICE to one channel the member is in, as ``(room, text)``."""
         if (
             not isinstance(event, wire.Message)
-            or event.command not in ("PRIVMSG", "NOTICE")
+            or event.command not in _CHAT_COMMANDS
             or len(event.params) != 2
-            or not self.registered
             or (event.tags and self._label(event) is not None)  # answered alone
         ):
             return None, ""
+        session = self.session
+        member = session.member
+        if member is None or session.state is State.CLOSED:  # not registered
+            return None, ""
         target, text = event.params
-        member = self.member
-        if member is None or target.lower() not in member.rooms or "\x01" in text:
+        room = target.lower()
+        if room not in member.rooms or "\x01" in text:
             return None, ""
         text = wire.clean_text(text)
         if not text.strip():
             return None, ""
-        return target.lower(), text
+        return room, text
 
     def say(self, room: str, texts: list[str]) -> None:
         member = self.member
