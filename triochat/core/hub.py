@@ -870,7 +870,8 @@ class Hub:
         """Render ``events`` once per dialect and hand the bytes to each member's outbox.
 
         A member whose dialect does not echo (:func:`echoes`) is handed the events
-        without its own chat lines and actions.
+        without its own chat lines and actions (known by name: in a cluster, a line
+        that comes back after its author was renamed reaches it under the old name).
         """
         count = len(events)
         authors: set[str] | None = None
