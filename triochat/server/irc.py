@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 log: Final = logging.getLogger("triochat.irc")
 
-RECEIVE_SIZE: Final = 65536
 BATCH_MESSAGES: Final = 256
 """Most messages of one client's burst handled before other clients get a turn."""
 SHUTDOWN_TEXT: Final = "Server shutting down"
@@ -320,10 +319,7 @@ class IRCConnection(DoorConnection):
         """The next bytes, or a PING when the client is quiet; False once it is gone."""
         while True:
             with trio.move_on_after(self.door.config.ping_interval):
-                try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return False
+                data = await self._receive_data()
                 if not data:
                     return False
                 self._framer.receive_data(data)
