@@ -17,6 +17,8 @@ from Redis. The hub is the backplane's :class:`~triochat.backplane.Node`.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
 import logging
 import secrets
@@ -175,7 +177,7 @@ class EpochArchive(Protocol):
 class Room:
     """A room with members on this node, grouped by dialect for rendering."""
 
-    __slots__ = ("groups", "ignorers", "joined", "left", "log", "members", "name")
+    __slots__ = ("_first", "groups", "ignorers", "joined", "left", "log", "members", "name")
 
     def __init__(self, name: str, log: _Log) -> None:
         self.name = name
@@ -189,12 +191,23 @@ class Room:
         # The members here who ignore someone: only they are looked at when a
         # burst is handed out, and only while there are any.
         self.ignorers: dict[Member, None] = {}
+        # The first USERS_SHOWN names here in list order, with their sort keys, once
+        # a big room's user list has asked for them: kept up to date as members
+        # join, forgotten when one of them goes. Sorting every name for every
+        # joiner made registering N clients in one room O(N² log N).
+        self._first: list[tuple[str, str]] | None = None
 
     def add(self, member: Member) -> None:
         self.members[member] = None
         self.groups.setdefault(member.dialect, {})[member] = None
         if member.ignoring:
             self.ignorers[member] = None
+        first = self._first
+        if first is not None:
+            entry = (p.name_sort_key(member.name), member.name)
+            if len(first) < USERS_SHOWN or entry < first[-1]:
+                bisect.insort(first, entry)
+                del first[USERS_SHOWN:]
 
     def remove(self, member: Member) -> None:
         del self.members[member]
@@ -203,6 +216,21 @@ class Room:
         del group[member]
         if not group:
             del self.groups[member.dialect]
+        first = self._first
+        if first and (p.name_sort_key(member.name), member.name) <= first[-1]:
+            self._first = None
+
+    def first_names(self) -> list[tuple[str, str]]:
+        """The first ``USERS_SHOWN`` members' (sort key, name), in list order."""
+        if self._first is None:
+            self._first = heapq.nsmallest(
+                USERS_SHOWN, ((p.name_sort_key(m.name), m.name) for m in self.members)
+            )
+        return self._first
+
+    def renamed(self) -> None:
+        """A member here has a new name: the first names are found again when asked."""
+        self._first = None
 
 
 class Hub:
@@ -456,6 +484,8 @@ class Hub:
         if member.key != p.name_key(name):
             self.backplane.presence(member.key, old, None)
         member.name, member.key = name, p.name_key(name)
+        for held in member.rooms.values():
+            held.renamed()
         self._members[member.key] = member
         log.info("%s is now known as %s", old, name)
         self.backplane.presence(member.key, name, tuple(member.rooms))
@@ -695,10 +725,14 @@ class Hub:
 
     def _user_list(self, room: Room) -> ev.UserList:
         """The room's users; past ``quiet_above``, the first ``USERS_SHOWN`` and the count."""
-        names = self._names(room)
-        if self.quiet_above and len(names) > self.quiet_above:
-            return ev.UserList(room.name, tuple(names[:USERS_SHOWN]), len(names))
-        return ev.UserList(room.name, tuple(names))
+        remote = self.backplane.remote_users(room.name)
+        count = len(room.members) + len(remote)
+        if self.quiet_above and count > self.quiet_above:
+            # The first names of the room are among the first here and those elsewhere.
+            others = ((p.name_sort_key(name), name) for name in remote)
+            first = heapq.nsmallest(USERS_SHOWN, itertools.chain(room.first_names(), others))
+            return ev.UserList(room.name, tuple(name for _, name in first), count)
+        return ev.UserList(room.name, tuple(self._names(room)))
 
     # --- delivery -------------------------------------------------------------
 
