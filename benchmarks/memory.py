@@ -20,13 +20,19 @@ import linecache
 import os
 import subprocess
 import sys
+import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen
+
+if TYPE_CHECKING:
+    from triochat.server.listener import ChatServer
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = {"line": loadgen.TRIOCHAT, "irc": loadgen.TRIOCHAT_IRC}
@@ -118,6 +124,60 @@ def report(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int, gr
         print(f"| {size / n:,.0f} | {count / n:.2f} | `{key}` {source[:70]} |")
 
 
+def time_writes() -> Callable[[], None]:
+    """Count the outboxes' writes and their CPU time from now; the call returned prints them."""
+    from triochat.server.outbox import Outbox
+
+    flush = Outbox.flush
+    spent = [0.0, 0]
+
+    def timed(outbox: Outbox) -> None:
+        start = time.thread_time()
+        flush(outbox)
+        spent[0] += time.thread_time() - start
+        spent[1] += 1
+
+    Outbox.flush = timed  # type: ignore[method-assign]
+
+    def report() -> None:
+        Outbox.flush = flush  # type: ignore[method-assign]
+        cpu, count = spent
+        each = cpu / max(count, 1) * 1e6
+        print(f"registering: {count} writes, {cpu * 1e3:.0f} ms of CPU ({each:.1f} µs each)")
+
+    return report
+
+
+def broadcast(chat: ChatServer, n: int) -> None:
+    """One chat line to all: the hub's hand-over, then the flusher's writes, each timed.
+
+    Both in this thread's CPU time (``time.thread_time``), which a busy machine
+    does not inflate as it does wall-clock time, and wall-clock time.
+    """
+    hub = chat.hub
+    member = hub.member("u20")
+    assert member is not None
+    assert member.room is not None
+    flusher = chat._flusher
+    clocks = (time.thread_time, time.perf_counter)
+    start = [clock() for clock in clocks]
+    hub.say(member, member.room, ["BROADCAST-7f3a"])  # render once, append to every outbox
+    handed = [clock() for clock in clocks]
+    dirty, flusher._dirty = flusher._dirty, []
+    for outbox in dirty:  # what the flusher's next round does: one os.write each
+        outbox.flush()
+    written = [clock() for clock in clocks]
+    print(f"\none line to {len(dirty)} members (CPU / wall):")
+    for what, (a, b) in (
+        ("hub.say: render, hand the bytes to every outbox", (start, handed)),
+        ("the flusher: one os.write per member", (handed, written)),
+        ("both", (start, written)),
+    ):
+        cpu, wall = (b[0] - a[0]) * 1e3, (b[1] - a[1]) * 1e3
+        each = (b[0] - a[0]) / len(dirty) * 1e6
+        print(f"- {what}: {cpu:.1f} / {wall:.1f} ms ({each:.2f} µs of CPU per member)")
+
+
 async def measure(args: argparse.Namespace) -> None:
     from triochat.server.irc import IRCConfig
     from triochat.server.listener import ServerConfig
@@ -139,7 +199,13 @@ async def measure(args: argparse.Namespace) -> None:
             tracemalloc.start(args.frames)
         first = tracemalloc.take_snapshot() if args.trace else None
         rss_before = rss()
+        writes = time_writes() if args.broadcast else None
+        began = time.thread_time(), time.perf_counter()
         clients = await hold(kind, port, args.clients, 20, args.timeout)
+        cpu, wall = time.thread_time() - began[0], time.perf_counter() - began[1]
+        print(f"registering {args.clients}: {cpu:.2f} s of the server's CPU, {wall:.2f} s in all")
+        if writes is not None:
+            writes()
         await trio.sleep(0.5)
         gc.collect()
         rss_after = rss()
@@ -149,6 +215,9 @@ async def measure(args: argparse.Namespace) -> None:
         print(f"RSS growth: {(rss_after - rss_before) / n:,.0f} B per connection")
         if first is not None and second is not None:
             report(first, second, n, args.group)
+        if args.broadcast:
+            broadcast(running.chat, n)
+            await trio.sleep(1)  # the clients read it
         for process in (clients, warm):
             assert process.stdin is not None
             await process.stdin.aclose()
@@ -171,6 +240,7 @@ def main() -> int:
     parser.add_argument("--trace", action="store_true", help="also a tracemalloc diff")
     parser.add_argument("--frames", type=int, default=30, help="tracemalloc frames kept")
     parser.add_argument("--group", choices=["lineno", "owner"], default="owner")
+    parser.add_argument("--broadcast", action="store_true", help="then time one line to all")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
     trio.run(measure, args)

@@ -728,9 +728,10 @@ class Hub:
         remote = self.backplane.remote_users(room.name)
         count = len(room.members) + len(remote)
         if self.quiet_above and count > self.quiet_above:
-            # The first names of the room are among the first here and those elsewhere.
-            others = ((p.name_sort_key(name), name) for name in remote)
-            first = heapq.nsmallest(USERS_SHOWN, itertools.chain(room.first_names(), others))
+            first = room.first_names()
+            if remote:  # the room's first names are among the first here and those elsewhere
+                others = ((p.name_sort_key(name), name) for name in remote)
+                first = heapq.nsmallest(USERS_SHOWN, itertools.chain(first, others))
             return ev.UserList(room.name, tuple(name for _, name in first), count)
         return ev.UserList(room.name, tuple(self._names(room)))
 
