@@ -388,6 +388,7 @@ class IRCConnection(DoorConnection):
         while (events := await self._next_events()) is not None:
             if not await self._handle(events):
                 return
+            events = None  # not kept while the client is idle (about 400 bytes)
 
     async def _handle(self, events: list[wire.Received]) -> bool:
         """Hand ``events`` to the session in runs that flood control lets through."""
