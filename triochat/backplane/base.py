@@ -21,6 +21,7 @@ from typing import Protocol
 import trio
 
 from ..core.events import Private, RoomEvent
+from ..core.modstate import AccountSet, Change, State
 
 
 class BackplaneError(Exception):
@@ -98,6 +99,18 @@ class Node(Protocol):
         """Deliveries are done for now: evict whoever was found too slow."""
         ...
 
+    def deliver_state(self, change: Change, /) -> None:
+        """A change of moderation or accounts, in the cluster's order (this node's own too)."""
+        ...
+
+    def shared_state(self) -> Sequence[State]:
+        """What this node knows of moderation and accounts, to seed a cluster that has none."""
+        ...
+
+    def replace_state(self, state: Sequence[State], /) -> None:
+        """The cluster's moderation and accounts, to take as the truth (after linking)."""
+        ...
+
 
 class Backplane(Protocol):
     """What a hub (and the session, for claims) needs from a backplane.
@@ -130,6 +143,16 @@ class Backplane(Protocol):
     def publish_private(self, key: str, event: Private, /) -> bool:
         """A private message for the member holding ``key`` wherever it is; ``False`` if no node
         will take it (the hub then answers from what it knows here)."""
+        ...
+
+    def publish_state(self, change: Change, /) -> None:
+        """A change of moderation or accounts made here, for every node (this one included,
+        which takes it again in the cluster's order); dropped if there is no link."""
+        ...
+
+    async def claim_account(self, entry: AccountSet, /) -> Claim:
+        """Register ``entry`` across the cluster unless its name is registered already
+        (one winner of two at once); then every node hears of it (:meth:`Node.deliver_state`)."""
         ...
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import trio
 
 from ..core.events import Private, RoomEvent
+from ..core.modstate import AccountSet, Change
 from .base import Claim, Node
 
 
@@ -34,6 +35,12 @@ class LocalBackplane:
 
     def publish_private(self, key: str, event: Private, /) -> bool:
         return False
+
+    def publish_state(self, change: Change, /) -> None:
+        pass  # The hub has taken it already: there is nobody else to tell.
+
+    async def claim_account(self, entry: AccountSet, /) -> Claim:
+        return Claim.CLAIMED  # The --db file's primary key decides.
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         pass

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import trio
 
+from ..core import modstate
 from ..core.events import Private, RoomEvent, kept_in_history
+from ..core.modstate import AccountSet, Change, State
 from ..core.names import name_key
 from ..protocol.line import LOBBY
 from .base import BackplaneError, Claim, Node
@@ -49,7 +51,12 @@ class _History:
     events: tuple[RoomEvent, ...]
 
 
-_Record = _Events | _Direct | _Drop | _History
+@dataclass(frozen=True, slots=True)
+class _State:
+    change: Change
+
+
+_Record = _Events | _Direct | _Drop | _History | _State
 
 
 @dataclass(slots=True)
@@ -79,6 +86,32 @@ class MemoryCluster:
         self.holders: dict[str, set[MemoryBackplane]] = {}
         self.histories: dict[str, deque[RoomEvent]] = {}
         self._dropped: dict[str, list[RoomEvent]] = {}
+        self.state: dict[str, State] | None = None
+        """Moderation and accounts, by field (as Redis keeps them); ``None`` until a node
+        seeds it (or after :meth:`lose_state`, as a Redis that lost its data)."""
+
+    def _seeded(self, known: Iterable[State]) -> list[State]:
+        """The shared state, seeded first from ``known`` if there is none (as the link does)."""
+        if self.state is None:
+            self.state = {}
+            for change in known:
+                name = modstate.field(change)
+                if name is not None:
+                    self.state.setdefault(name, change)
+        return list(self.state.values())
+
+    def _change(self, change: Change) -> None:
+        name = modstate.field(change)
+        if name is not None and self.state is not None:
+            if modstate.sets(change):
+                self.state[name] = change  # type: ignore[assignment]
+            else:
+                self.state.pop(name, None)
+        self._broadcast(_State(change))
+
+    def lose_state(self) -> None:
+        """Forget moderation and accounts, as a Redis restarted without its data would."""
+        self.state = None
 
     def backplane(self) -> MemoryBackplane:
         """A new node's backplane."""
@@ -169,6 +202,17 @@ class MemoryBackplane:
         self.cluster._broadcast(_Direct(key, event))
         return True
 
+    def publish_state(self, change: Change, /) -> None:
+        self.cluster._change(change)
+
+    async def claim_account(self, entry: AccountSet, /) -> Claim:
+        await trio.lowlevel.checkpoint()  # A round trip, as far as the caller can tell.
+        state = self.cluster.state
+        if state is not None and entry.key in state:
+            return Claim.TAKEN
+        self.cluster._change(entry)
+        return Claim.CLAIMED
+
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         cluster = self.cluster
         if rooms is None:
@@ -221,6 +265,7 @@ class MemoryBackplane:
         """Take this node's copy of the channel, batch by batch, until cancelled."""
         node = self.node
         node.replace_histories({room: list(h) for room, h in self.cluster.histories.items()})
+        node.replace_state(self.cluster._seeded(node.shared_state()))
         task_status.started()
         while True:
             records = [await self._outbox.receive()]
@@ -246,6 +291,13 @@ class MemoryBackplane:
                     self.cluster._undo(self, room)
             case _History(room, events):
                 node.set_history(room, events)
+            case _State(change):
+                node.deliver_state(change)
+
+    def relink(self) -> None:
+        """As a node does when its link comes back: seed the cluster's moderation and accounts
+        if it has none (:meth:`MemoryCluster.lose_state`), then take them."""
+        self.node.replace_state(self.cluster._seeded(self.node.shared_state()))
 
     def crash(self) -> None:
         """This node dies: the others drop it, and a survivor's hub announces its users gone."""

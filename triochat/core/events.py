@@ -79,6 +79,17 @@ class TopicSet(_InRoom):
 
 
 @dataclass(slots=True)
+class RoleChanged(_InRoom):
+    """``by`` made ``name`` an operator of ``room`` (``op``), or took that away (``/op``,
+    ``/deop``): every door shows it, so members' lists keep their marks right. An empty
+    ``by`` is the server, telling the room that an operator from before is back."""
+
+    name: str
+    by: str
+    op: bool
+
+
+@dataclass(slots=True)
 class Presence(_InRoom):
     """A big room's joins and leaves of the last ``seconds``, told at once instead of each.
 
@@ -98,8 +109,27 @@ class Legacy(_InRoom):
     line: str
 
 
-RoomEvent = Said | Acted | Joined | Left | Renamed | TopicSet | Presence | Legacy
-"""The events numbered in a room's sequence."""
+@dataclass(slots=True)
+class Away(_InRoom):
+    """``name`` is away (``text``: why) or back (``text`` empty), told in ``room`` and the
+    rooms in ``also`` (space-separated): every room it is in, in one event, so that
+    whoever shares several of them is told once.
+
+    Only for the doors that show it (IRC's ``away-notify``): the hub hands it to no
+    one else, gives it no number (``seq`` 0), and nobody keeps it (not in history,
+    not in the resume tail). It goes through the backplane as room events do, so
+    it reaches every node.
+    """
+
+    name: str
+    text: str
+    also: str = ""
+
+
+RoomEvent = (
+    Said | Acted | Joined | Left | Renamed | TopicSet | RoleChanged | Presence | Legacy | Away
+)
+"""The events of a room (all numbered in its sequence but :class:`Away`)."""
 
 KEPT: Final[frozenset[type[RoomEvent]]] = frozenset({Said, Acted, TopicSet, Legacy})
 """The room events that go into history and are shown to joiners: chat lines, actions,
@@ -147,12 +177,16 @@ class Error:
 class UserList:
     """Who is in ``room``, sorted as names compare; ``names`` includes the asker.
 
-    In a big room ``names`` may be only the first of ``total``.
+    In a big room ``names`` may be only the first of ``total``. ``ops`` and
+    ``away`` are the names of ``names`` that operate the room and that are away:
+    each door marks them its own way (``@ann``, ``bob (away)``).
     """
 
     room: str
     names: tuple[str, ...]
     total: int = 0
+    ops: frozenset[str] = frozenset()
+    away: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.total = max(self.total, len(self.names))

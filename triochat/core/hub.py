@@ -33,7 +33,17 @@ from ..backplane import Backplane, LocalBackplane
 from ..protocol import line as p
 from . import events as ev
 from .events import Dialect, RoomEvent
-from .moderation import Moderation, Topic
+from .moderation import SERVER, Moderation, Topic
+from .modstate import (
+    AccountGone,
+    AccountSet,
+    BanSet,
+    Change,
+    Kicked,
+    SharedAccounts,
+    SharedModeration,
+    State,
+)
 
 log: Final = logging.getLogger("triochat.hub")
 
@@ -47,6 +57,9 @@ NAME_CONFLICT: Final = (
     "Your name {name} was taken on another server while the link was down; "
     "reconnect with another name"
 )
+
+AWAY: Final = "{name} is away: {text}"
+"""The answer to a private message for an away member (IRC shows it as ``301``)."""
 
 USERS_SHOWN: Final = 50
 """Names listed per user list of a big room (``/users all`` sends as many lists as it takes)."""
@@ -83,6 +96,7 @@ class Member:
     """A registered user, as the hub sees it."""
 
     __slots__ = (
+        "account",
         "address",
         "away",
         "dialect",
@@ -110,6 +124,8 @@ class Member:
         self.hang_up: Callable[[str], None] | None = None
         self.address = ""
         """The client's address, for address bans (its session sets it)."""
+        self.account: str | None = None
+        """The key of the account it proved is its own, if any (its session sets it)."""
         self.away: str | None = None
         """Why the member is away (``/away``), told to whoever messages it."""
         self.ignoring: frozenset[str] = NOBODY
@@ -137,15 +153,24 @@ class _Log:
     ``tail`` holds the last events of every kind, for :meth:`Hub.resume`, from
     the first time a member who can resume (:func:`resumes`) enters the room:
     a room of v1 clients only keeps none, and costs what it did.
+    ``created`` is when the room began, as far as this node can tell: when it
+    made the log, or the time of the oldest event it restored (from the
+    archive or the cluster), whichever is earlier (IRC's 329).
     """
 
-    __slots__ = ("epoch", "events", "seq", "tail")
+    __slots__ = ("created", "epoch", "events", "seq", "tail")
 
-    def __init__(self, keep: int, epoch: str = "") -> None:
+    def __init__(self, keep: int, epoch: str = "", created: float = 0.0) -> None:
         self.events: deque[RoomEvent] = deque(maxlen=keep)
         self.seq = 0
         self.epoch = epoch or new_epoch()
         self.tail: deque[RoomEvent] = deque(maxlen=0)
+        self.created = created
+
+    def restored(self) -> None:
+        """Its events were restored: the room is at least as old as the oldest."""
+        if self.events:
+            self.created = min(self.created, self.events[0].time)
 
 
 def resumes(dialect: Dialect) -> bool:
@@ -274,6 +299,8 @@ class Hub:
         self.resume_max = resume_max
         self.moderation = moderation or Moderation()
         self.max_ignored = max_ignored
+        self.accounts: SharedAccounts | None = None
+        """The accounts the cluster shares with this node (``--db``), if any."""
         self.history = history
         self.max_rooms_per_member = max_rooms_per_member
         self.quiet_above = quiet_above
@@ -436,7 +463,7 @@ class Hub:
                 self.tell(target, message)
             self.tell(member, echo)
         if target is not None and target.away is not None:
-            self.tell(member, ev.Notice(f"{target.name} is away: {target.away}"))
+            self.tell(member, ev.Notice(AWAY.format(name=target.name, text=target.away)))
         self._evict_slow()
 
     def join(self, member: Member, room: str) -> None:
@@ -510,7 +537,7 @@ class Hub:
         else:
             names = self._names(held)
             pages = range(0, len(names), USERS_SHOWN) if names else range(1)
-            lists = [ev.UserList(held.name, tuple(names[i : i + USERS_SHOWN])) for i in pages]
+            lists = [self._marked(held, names[i : i + USERS_SHOWN]) for i in pages]
             self.tell(member, *lists)
         self._evict_slow()
 
@@ -567,8 +594,38 @@ class Hub:
         if held is None:
             return
         now = self._clock()
-        self.moderation.topics[room] = Topic(text, member.name, now)
+        self.moderation.set_topic(room, Topic(text, member.name, now))
         self._publish([ev.TopicSet(room, self._next(held.log), now, member.name, text)])
+        self._evict_slow()
+
+    def set_role(self, member: Member, room: str, name: str, op: bool) -> None:
+        """``member`` made the account ``name`` an operator of ``room`` (or not any more);
+        the room sees it.
+
+        The moderation state is the session's to change; this only tells the room.
+        """
+        held = self._room_of(member, room)
+        if held is None:
+            return
+        # Shown under the name its account holder goes by in the room, if it is here.
+        key = p.name_key(name)
+        holder = next((m for m in held.members if m.account == key), None) or self.member(name)
+        shown = holder.name if holder is not None else name
+        now = self._clock()
+        self._publish([ev.RoleChanged(room, self._next(held.log), now, shown, member.name, op)])
+        self._evict_slow()
+
+    def operator_back(self, member: Member, room: str) -> None:
+        """``member``, an operator of ``room`` from before, came back: the room is told, by
+        the server (``by`` empty), as IRC clients forget a member's modes when it leaves.
+
+        Not in a room too big to announce joins: its members were not told of the join.
+        """
+        held = self._room_of(member, room)
+        if held is None or self._quiet(held):
+            return
+        now = self._clock()
+        self._publish([ev.RoleChanged(room, self._next(held.log), now, member.name, "", True)])
         self._evict_slow()
 
     def kick(self, member: Member, target: Member, room: str, reason: str) -> None:
@@ -576,6 +633,15 @@ class Hub:
         self.remove_from(
             target, room, f"kicked by {member.name}" + (f": {reason}" if reason else "")
         )
+
+    def kick_elsewhere(self, member: Member, name: str, room: str, reason: str) -> bool:
+        """Kick the user called ``name`` out of ``room`` on whichever other node it is;
+        ``False`` if no other node has it there."""
+        key = p.name_key(name)
+        if not any(p.name_key(n) == key for n in self.backplane.remote_users(room)):
+            return False
+        self.backplane.publish_state(Kicked(room, key, member.name, reason))
+        return True
 
     def remove_from(self, target: Member, room: str, reason: str) -> None:
         """``target`` leaves ``room`` for ``reason`` (a kick, a ban), and is told why."""
@@ -601,8 +667,18 @@ class Hub:
             member.disconnect()
 
     def set_away(self, member: Member, text: str | None) -> None:
-        """``member`` is away (``text``: why) or back (``None``)."""
-        member.away = text
+        """``member`` is away (``text``: why) or back (``None``).
+
+        A change is told, in one :class:`~triochat.core.events.Away`, to those who
+        follow it in the rooms ``member`` is in (IRC's ``away-notify``).
+        """
+        old, member.away = member.away, text
+        if old == text or not member.rooms or not self.is_member(member):
+            return
+        first, *others = member.rooms
+        away = ev.Away(first, 0, self._clock(), member.name, text or "", " ".join(others))
+        self._publish([away])
+        self._evict_slow()
 
     def wall(self, member: Member, text: str) -> None:
         """A server admin's notice to everyone on this node."""
@@ -658,6 +734,7 @@ class Hub:
                 held.events.extend(self._archive.recent(room))
                 if held.events:
                     held.seq = held.events[-1].seq
+                    held.restored()
                 if self._epochs is not None:
                     held.seq = max(held.seq, self._epochs.last_seq(room))
         return held
@@ -665,7 +742,7 @@ class Hub:
     def _new_log(self, room: str) -> _Log:
         epochs = self._epochs if not self.backplane.remote else None
         epoch = epochs.epoch(room) if epochs is not None else ""
-        return _Log(self.history, epoch)
+        return _Log(self.history, epoch, self._clock())
 
     def _quiet(self, room: Room) -> bool:
         """Whether ``room`` is past ``quiet_above`` members (across the cluster)."""
@@ -694,7 +771,11 @@ class Hub:
             return
         # The history and the user list (the joiner included) in one hand-over.
         self.tell(member, *room.log.events, self._user_list(room), *self._topic(name))
-        self._publish([ev.Joined(name, self._next(room.log), self._clock(), member.name)])
+        now = self._clock()
+        told: list[RoomEvent] = [ev.Joined(name, self._next(room.log), now, member.name)]
+        if member.away is not None:  # told after the JOIN to those who follow it
+            told.append(ev.Away(name, 0, now, member.name, member.away))
+        self._publish(told)
 
     def _exit(self, member: Member, name: str, reason: str) -> None:
         room = member.rooms.pop(name)
@@ -732,8 +813,30 @@ class Hub:
             if remote:  # the room's first names are among the first here and those elsewhere
                 others = ((p.name_sort_key(name), name) for name in remote)
                 first = heapq.nsmallest(USERS_SHOWN, itertools.chain(first, others))
-            return ev.UserList(room.name, tuple(name for _, name in first), count)
-        return ev.UserList(room.name, tuple(self._names(room)))
+            return self._marked(room, [name for _, name in first], count)
+        return self._marked(room, self._names(room))
+
+    def _marked(self, room: Room, names: Sequence[str], total: int = 0) -> ev.UserList:
+        """A user list of ``names``, with which of them operate ``room`` and are away.
+
+        Only members on this node can be marked: the hub knows nothing of others'
+        accounts or absences. Per request, never per burst. A page of a big room
+        looks up only the members it shows, not everyone in the room (once per joiner,
+        that made registering N clients O(N²) again).
+        """
+        moderation, where = self.moderation, room.name
+        here: Iterable[Member] = room.members
+        if len(names) < len(room.members):
+            found = (self._members.get(p.name_key(name)) for name in names)
+            here = [m for m in found if m is not None and m.rooms.get(where) is room]
+        ops = frozenset(
+            m.name for m in here if m.account is not None and moderation.is_op(where, m.account)
+        )
+        away = frozenset(m.name for m in here if m.away is not None)
+        if ops or away:  # the list may be one page: only the names it shows
+            shown = set(names)
+            ops, away = ops & shown, away & shown
+        return ev.UserList(where, tuple(names), total, ops, away)
 
     # --- delivery -------------------------------------------------------------
 
@@ -742,10 +845,13 @@ class Hub:
 
         The kept ones go into the room's history (and the archive) first.
         """
+        kept = [event for event in events if type(event) in ev.KEPT]
+        if len(kept) != len(events) and any(type(event) is ev.Away for event in events):
+            self._deliver_aways(events)
+            return
         name = events[0].room
         room = self._rooms.get(name)
         held = room.log if room is not None else self._logs.get(name)
-        kept = [event for event in events if type(event) in ev.KEPT]
         if kept:
             if held is None:
                 held = self._log(name)
@@ -764,6 +870,44 @@ class Hub:
                 self._fanout_ignoring(room, events)
             else:
                 self._fanout(room.groups, events)
+
+    def _deliver_aways(self, events: Sequence[RoomEvent]) -> None:
+        """A batch with :class:`~triochat.core.events.Away` events: the others as ever, in order."""
+        run: list[RoomEvent] = []
+        for event in events:
+            if type(event) is not ev.Away:
+                run.append(event)
+                continue
+            if run:
+                self.deliver(run)
+                run = []
+            self._tell_away(event)
+        if run:
+            self.deliver(run)
+
+    def _tell_away(self, event: ev.Away) -> None:
+        """Hand ``event`` to the members here who follow away changes (``away_notify``) and
+        share one of its rooms: once each, however many they share, never to its subject.
+
+        Only dialects that have ``away_notify`` at all are looked into, so a room's
+        line and web members cost nothing here.
+        """
+        key = p.name_key(event.name)
+        told: dict[Member, None] = {}
+        for name in (event.room, *event.also.split()):
+            room = self._rooms.get(name)
+            if room is None:
+                continue
+            for dialect, members in room.groups.items():
+                if getattr(dialect, "away_notify", None) is None:
+                    continue
+                for member in members:
+                    if member.dialect.away_notify and member.key != key:  # type: ignore[attr-defined]
+                        told[member] = None
+        groups: dict[Dialect, list[Member]] = {}
+        for member in told:
+            groups.setdefault(member.dialect, []).append(member)
+        self._fanout(groups, [event])
 
     def _fanout(
         self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]
@@ -861,6 +1005,11 @@ class Hub:
         member.disconnect = disconnect
         member.hang_up = None
 
+    def created(self, room: str, /) -> float | None:
+        """When ``room`` began, as far as this node knows (see ``_Log``); ``None``: no such room."""
+        held = self._logs.get(room)
+        return None if held is None else held.created
+
     def room_state(self, room: str, /) -> ev.RoomState | None:
         """``room``'s epoch and last number, if this node keeps its log."""
         held = self._logs.get(room)
@@ -929,6 +1078,7 @@ class Hub:
             held = self._logs[room] = self._new_log(room)
         held.events.clear()
         held.events.extend(events)
+        held.restored()
         if held.events and held.events[-1].seq > held.seq:
             held.seq = held.events[-1].seq
 
@@ -974,3 +1124,52 @@ class Hub:
     def flush(self) -> None:
         """Evict members found slow while delivering."""
         self._evict_slow()
+
+    def deliver_state(self, change: Change, /) -> None:
+        """A change of moderation or accounts, in the cluster's order (this node's own too):
+        take it, and carry out a ban or a kick on the members here."""
+        match change:
+            case Kicked(room, key, by, reason):
+                target = self._members.get(key)
+                if target is not None:
+                    self.remove_from(
+                        target, room, f"kicked by {by}" + (f": {reason}" if reason else "")
+                    )
+            case AccountSet() | AccountGone():
+                if self.accounts is not None:
+                    self.accounts.apply(change)
+            case _:
+                if isinstance(self.moderation, SharedModeration):
+                    self.moderation.apply(change)
+                if isinstance(change, BanSet):
+                    self._enforce(change)
+
+    def _enforce(self, ban: BanSet) -> None:
+        """A ban made on another node: the members here it names leave (the room or the chat)."""
+        why = f"banned by {ban.by}" + (f": {ban.reason}" if ban.reason else "")
+        for held in list(self._members.values()):
+            if ban.target in (held.key, held.address):
+                if ban.room == SERVER:
+                    self.expel(held, why)
+                elif ban.room in held.rooms:
+                    self.remove_from(held, ban.room, why)
+
+    def shared_state(self) -> list[State]:
+        """What this node knows of moderation and accounts (to seed a cluster that has none)."""
+        state: list[State] = []
+        if isinstance(self.moderation, SharedModeration):
+            state += self.moderation.state()
+        if self.accounts is not None:
+            state += self.accounts.entries()
+        return state
+
+    def replace_state(self, state: Sequence[State], /) -> None:
+        """The cluster's moderation and accounts are the truth: take them as they are (and
+        carry out its bans here: some may have been made while the link was down)."""
+        if isinstance(self.moderation, SharedModeration):
+            self.moderation.replace([c for c in state if not isinstance(c, AccountSet)])
+            for change in state:
+                if isinstance(change, BanSet):
+                    self._enforce(change)
+        if self.accounts is not None:
+            self.accounts.replace([c for c in state if isinstance(c, AccountSet)])

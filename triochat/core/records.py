@@ -23,8 +23,10 @@ _TYPES: Final[dict[str, type[ev.RoomEvent] | type[ev.Private]]] = {
         ev.Left,
         ev.Renamed,
         ev.TopicSet,
+        ev.RoleChanged,
         ev.Presence,
         ev.Legacy,
+        ev.Away,
         ev.Private,
     )
 }

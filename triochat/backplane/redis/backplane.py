@@ -20,12 +20,13 @@ import trio
 from coredis.retry import NoRetryPolicy
 
 from ...core.events import Legacy, Private, RoomEvent
+from ...core.modstate import AccountSet, Change
 from ...protocol.line import LOBBY
 from ..base import BackplaneError, Claim, Node
-from . import scripts
+from . import scripts, shared
 from .claims import Claims
 from .keys import Keys
-from .link import LINK_ERRORS, connect, describe, keep_linked, log, quiet_coredis
+from .link import LINK_ERRORS, connect, describe, is_link_error, keep_linked, log, quiet_coredis
 from .options import RedisOptions
 from .publisher import Events, Item, Publisher, Rehold, Release, Room, Sweep, Undo
 from .replica import Replica
@@ -33,6 +34,7 @@ from .wire import (
     Direct,
     Drop,
     History,
+    Shared,
     Whereabouts,
     WireError,
     decode_batch,
@@ -97,6 +99,29 @@ class RedisBackplane:
 
     def publish_private(self, key: str, event: Private, /) -> bool:
         return self.linked and self.publisher.queue(Direct(key, event))
+
+    def publish_state(self, change: Change, /) -> None:
+        # Without a link the node keeps what it did (the hub has taken it); the rest of
+        # the chat takes Redis's state when the link is back.
+        if self.linked:
+            self.publisher.queue(Shared(change))
+
+    async def claim_account(self, entry: AccountSet, /) -> Claim:
+        client = self._client
+        if not self.linked or client is None:
+            return Claim.LINK_DOWN
+        try:
+            with trio.fail_after(self.options.timeout):
+                won = await shared.claim_account(client, self.publisher.shared_keys, entry)
+        except BaseException as exc:
+            if is_link_error(exc):
+                log.warning("could not register an account: %s", describe(exc))
+                return Claim.LINK_DOWN
+            raise
+        if not won:
+            return Claim.TAKEN
+        self.publisher.queue(Shared(entry))
+        return Claim.CLAIMED
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         if self.linked:
@@ -166,6 +191,9 @@ class RedisBackplane:
                     client=client,
                 )
             stored = self._apply_snapshot(node, snapshot)
+            with trio.fail_after(timeout):
+                state = await shared.link(client, self.publisher.shared_keys, node.shared_state())
+            node.replace_state(state)
             self._client = client
             self.linked = True
             # First our holds, then a check of every stored room: a room nobody
@@ -271,6 +299,8 @@ class RedisBackplane:
                 node.set_history(record.room, record.events)
             elif isinstance(record, Whereabouts):
                 self._replica.apply(record)
+            elif isinstance(record, Shared):
+                node.deliver_state(record.change)
         if run:
             node.deliver(run)
 

@@ -21,13 +21,14 @@ import trio
 from ...core.events import RoomEvent, kept_in_history
 from ...protocol.line import LOBBY
 from ..base import Node
-from . import scripts
+from . import scripts, shared
 from .keys import Keys
 from .link import log
 from .options import RedisOptions
 from .wire import (
     Direct,
     Drop,
+    Shared,
     Whereabouts,
     encode_batch,
     encode_event,
@@ -78,9 +79,9 @@ class Rehold:
     """Make this node's holds in Redis its rooms now (on linking, or after a full queue)."""
 
 
-Item = Events | Direct | Whereabouts | Release | Room | Sweep | Undo | Rehold
+Item = Events | Direct | Whereabouts | Shared | Release | Room | Sweep | Undo | Rehold
 
-_RECORDS: Final = (Direct, Whereabouts)
+_RECORDS: Final = (Direct, Whereabouts, Shared)
 
 
 class Publisher:
@@ -89,6 +90,7 @@ class Publisher:
     def __init__(self, node: str, keys: Keys, options: RedisOptions) -> None:
         self.node = node
         self._keys = keys
+        self.shared_keys = shared.SharedKeys(keys)
         self._options = options
         self._send, self._receive = trio.open_memory_channel[Item](options.publish_queue)
         self._pending: list[Item] = []
@@ -179,9 +181,7 @@ class Publisher:
         """Events, presence, releases and holds in one MULTI, with the batch announcing them."""
         keys, history = self._keys, self._options.history
         holds = [i.room for i in items if isinstance(i, Room) and i.room not in self._held]
-        if not holds and not any(
-            isinstance(i, Events | Release | Direct | Whereabouts) for i in items
-        ):
+        if not holds and not any(isinstance(i, (Events, Release, *_RECORDS)) for i in items):
             return
         records: list[bytes] = []
         with trio.fail_after(self._options.timeout):
@@ -202,7 +202,9 @@ class Publisher:
                         scripts.RELEASE(keys=[keys.name(item.key)], args=[item.token], client=pipe)
                     elif isinstance(item, _RECORDS):
                         records.append(encode_record(item))
-                        if isinstance(item, Whereabouts) and item.node == self.node:
+                        if isinstance(item, Shared):
+                            shared.write(pipe, self.shared_keys, item.change)
+                        elif isinstance(item, Whereabouts) and item.node == self.node:
                             if item.rooms is not None:
                                 value = encode_presence(self.node, item.name, item.rooms)
                                 pipe.hset(keys.presence, {item.key: value})

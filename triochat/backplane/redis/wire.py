@@ -16,6 +16,8 @@ and newlines frame it. Room events travel as the hub made them, ``seq`` and
     ROOM's history was dropped: no node has a member in it any more
 ``["H", ROOM, [EVENT, ...]]``
     ROOM's history is now exactly these events, oldest first (a drop was undone)
+``["X", CHANGE]``
+    a change of moderation or accounts (a :mod:`triochat.core.modstate` record)
 
 A room's history in Redis is a list of event records (:func:`encode_event`).
 Redis itself publishes the last two kinds, from the Lua scripts in
@@ -34,8 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ...core import records
+from ...core import modstate, records
 from ...core.events import Private, RoomEvent
+from ...core.modstate import Change
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,14 @@ class History:
     """Oldest first."""
 
 
-Record = RoomEvent | Direct | Whereabouts | Drop | History
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """A change of moderation or accounts, for every node (``X``)."""
+
+    change: Change
+
+
+Record = RoomEvent | Direct | Whereabouts | Drop | History | Shared
 
 
 class WireError(ValueError):
@@ -98,6 +108,8 @@ def encode_record(record: Record) -> bytes:
             return _dumps(["D", room]) + b"\n"
         case History(room, events):
             return history_prefix(room) + b",".join(map(encode_event, events)) + b"]]\n"
+        case Shared(change):
+            return b'["X",' + modstate.encode(change).encode("utf-8", "surrogatepass") + b"]\n"
         case _:
             return encode_event(record) + b"\n"
 
@@ -151,7 +163,7 @@ def decode_event(raw: bytes | str) -> RoomEvent:
         raise WireError(f"malformed event record {raw[:80]!r}: {exc}") from None
 
 
-_CLUSTER_KINDS: Final = (b'["M",', b'["P",', b'["D",', b'["H",')
+_CLUSTER_KINDS: Final = (b'["M",', b'["P",', b'["D",', b'["H",', b'["X",')
 
 
 def _record(raw: bytes) -> Record:
@@ -175,6 +187,12 @@ def _record(raw: bytes) -> Record:
     if kind == "D":
         _, room = _fields(items, 2)
         return Drop(_str(room))
+    if kind == "X":
+        _, change = _fields(items, 2)
+        try:
+            return Shared(modstate.decode(json.dumps(change, ensure_ascii=False)))
+        except modstate.ChangeError as exc:
+            raise WireError(f"malformed change record {change!r:.80}: {exc}") from None
     _, room, events = _fields(items, 3)
     if not isinstance(events, list):
         raise WireError(f"an H record's events are an array, not {events!r:.80}")

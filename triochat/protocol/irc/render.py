@@ -25,6 +25,7 @@ Decisions, documented in ``docs/irc.md``:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -43,6 +44,10 @@ RENDER_CAPS: Final = frozenset({"server-time", "message-tags", "echo-message"})
 
 _ACTION: Final = "\x01ACTION {}\x01"
 
+OP_PREFIX: Final = "@"
+"""A room operator's prefix in NAMES and WHO (``PREFIX=(o)@``): the only one, so
+``multi-prefix`` shows exactly what a client without it sees."""
+
 
 def msgid(event: ev.RoomEvent) -> str:
     """The ``msgid`` tag of a room event: its room and sequence number, ``#room/42``."""
@@ -59,6 +64,8 @@ _KICKED: Final = "kicked by "
 """How a kick's departure reason starts (``kicked by OP: REASON``, the session's words)."""
 _MUTED: Final = "You are muted in "
 """How the hub's answer to a muted member's lines starts."""
+_AWAY: Final = re.compile(r"([\w-]+) is away: (.*)", re.DOTALL)
+"""The hub's answer to a private message for an away member (``hub.AWAY``)."""
 
 
 class IRCDialect:
@@ -72,6 +79,7 @@ class IRCDialect:
 
     __slots__ = (
         "_stamp",
+        "away_notify",
         "echo",
         "entering",
         "history_on_join",
@@ -95,6 +103,10 @@ class IRCDialect:
         """Whether a join brings the room's history (not for ``draft/chathistory`` clients,
         which ask for it themselves). It changes only this member's own events."""
         self._stamp = line.Timestamper()
+        self.away_notify = False
+        """Whether the client follows away changes (``away-notify``): the hub hands it
+        :class:`~triochat.core.events.Away` events. Not part of :attr:`name`: an AWAY
+        line is only ever rendered for this member alone."""
         self.negotiate(caps)
 
     def negotiate(self, caps: Iterable[str]) -> None:
@@ -110,6 +122,7 @@ class IRCDialect:
         self.echo = "echo-message" in used
         """Whether the client wants its own lines back."""
         self.tags = self.time_tag or self.msgid
+        self.away_notify = "away-notify" in caps
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IRCDialect) and other.name == self.name
@@ -185,6 +198,15 @@ class IRCDialect:
             params = (target, _ACTION.format(piece) if action else piece)
             out.append(wire.format_message(wire.Message(command, params, source, tags)))
 
+    def fit(self, text: str, command: str, target: str, source: str) -> str:
+        """As much of ``text`` as one ``command`` line to ``target`` from ``source`` holds
+        (an away text from the line door may be longer than IRC's 512 bytes)."""
+        return wire.split_utf8(text, _budget(command, target, source, False))[0]
+
+    def away_reply(self, out: list[str], name: str, why: str) -> None:
+        """``301 nick name :why``, cut to one line."""
+        self._numeric(out, "301", name, self.fit(why, "301", f"{self.nick} {name}", self.server))
+
     def text_lines(self, target: str, text: str, source: str, *, action: bool = False) -> int:
         """How many PRIVMSG lines ``text`` from ``source`` to ``target`` is written as."""
         return len(wire.split_utf8(text, _budget("PRIVMSG", target, source, action)))
@@ -219,12 +241,24 @@ class IRCDialect:
                 out.append(self._line("NICK", (new,), self._user(old), event))
             case ev.TopicSet(room=room, name=name, topic=topic):
                 out.append(self._line("TOPIC", (room, topic), self._user(name), event))
+            case ev.Away(name=name, text=text):
+                # Unnumbered: no msgid, only its time.
+                stamp = (("time", server_time(event.time)),) if self.time_tag else ()
+                source = self._user(name)
+                away_params: tuple[str, ...] = (self.fit(text, "AWAY", "", source),) if text else ()
+                out.append(wire.format_message(wire.Message("AWAY", away_params, source, stamp)))
+            case ev.RoleChanged(room=room, name=name, by=by, op=op):
+                mode = ("+o" if op else "-o", name)
+                source = self._user(by) if by else self.server  # "": the server's doing
+                out.append(self._line("MODE", (room, *mode), source, event))
             case ev.Legacy(room=room, line=text):
                 self._texts(out, "NOTICE", room, text, self.server, self._tags(event))
             case ev.Private(sender=sender, recipient=recipient, text=text, echo=echo):
                 if echo and not self.echo:
                     return  # an IRC client shows its own messages itself
                 self._texts(out, "PRIVMSG", recipient, text, self._user(sender), self._tags(event))
+            case ev.Notice(text=text) if (away := _AWAY.fullmatch(text)) is not None:
+                self.away_reply(out, away[1], away[2])
             case ev.Notice(text=text):
                 self._texts(out, "NOTICE", self.nick, text, self.server)
             case ev.Error(text=text) if text.startswith(_MUTED):
@@ -251,15 +285,20 @@ class IRCDialect:
         return wire.format_message(wire.Message(command, params, source, self._tags(event)))
 
     def _user_list(self, users: ev.UserList, out: list[str], *, last: bool) -> None:
-        room, members = users.room, users.names
+        room, ops, away = users.room, users.ops, users.away
+        members: Sequence[str] = users.names
         if room in self.who:
             host = self.server
             for member in members:
-                self._numeric(out, "352", room, member, host, host, member, "H", f"0 {member}")
+                # Here (H) or gone (G), then the prefix: @ for an operator.
+                flags = ("G" if member in away else "H") + (OP_PREFIX if member in ops else "")
+                self._numeric(out, "352", room, member, host, host, member, flags, f"0 {member}")
             if last:
                 self.who.discard(room)
                 self._numeric(out, "315", room, "End of /WHO list")
             return
+        if ops:
+            members = [OP_PREFIX + m if m in ops else m for m in members]
         self._names(out, room, members, end=last)
 
     def _entered(self, users: ev.UserList, history: Sequence[ev.Event], out: list[str]) -> None:
@@ -340,6 +379,8 @@ class IRCDialect:
                 told = f"{old} is now known as {new}"
             case ev.TopicSet(name=name, topic=topic):
                 told = f"{name} set the topic: {topic}"
+            case ev.RoleChanged(name=name, by=by, op=op):
+                told = f"{by or self.server} sets mode {'+o' if op else '-o'} {name}"
             case ev.Presence():
                 told = _presence(event)
             case ev.Legacy(line=text):
