@@ -150,7 +150,11 @@ class IRCDoor:
             await trio.sleep(interval / 4)
             now = trio.current_time()
             for connection in list(self.server._connections):
-                if isinstance(connection, IRCConnection) and now - connection._heard >= interval:
+                if (
+                    isinstance(connection, IRCConnection)
+                    and connection.send.fd >= 0  # the others keep their own timer
+                    and now - connection._heard >= interval
+                ):
                     connection.quiet(now)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
@@ -338,14 +342,17 @@ class IRCConnection(DoorConnection):
         """The client on a plain socket was quiet for ``ping_interval``: PING it, or, if it
         did not answer the last PING, stop reading as at EOF (its ERROR is still sent)."""
         self._heard = now
-        for output in self.irc.idle():
+        outputs = self.irc.idle()
+        if not outputs:
+            return  # PINGed; or closed before, and then its socket may be gone already
+        # It did not answer: the session closed just now, while its reader still waits.
+        for output in outputs:
             match output:
                 case s.Unclaim(name):
                     self.server.backplane.unclaim(name)
                 case s.Close(reason):
                     self.reason = reason
-        if self.irc.closed:
-            trio.lowlevel.notify_closing(self.send.fd)  # the reader's wait ends
+        trio.lowlevel.notify_closing(self.send.fd)  # the reader's wait ends
 
     async def _receive(self) -> bool:
         """The next bytes, or a PING when the client is quiet; False once it is gone."""
