@@ -444,6 +444,7 @@ class Connection(DoorConnection):
             if not data:
                 return
             framer.receive_data(data)
+            data = None  # not kept while the client is idle: a read can be 64 KiB
 
     async def _command(self, command: c.Command | v2.Ack) -> bool:
         """Carry out one command; False if the client quit (or was evicted meanwhile)."""
