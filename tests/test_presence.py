@@ -93,3 +93,8 @@ def test_a_big_rooms_user_list_follows_joins_leaves_and_renames() -> None:
     hub.join(late, "#big")
     members["b00"] = late
     assert listed() == expected()
+    # Marks are looked up for the names shown only: an away member among them is marked,
+    # one past them is not listed at all.
+    hub.set_away(members["u02"], "lunch")
+    hub.set_away(members["u88"], "lunch")
+    assert hub._user_list(hub._rooms["#big"]).away == frozenset({"u02"})
