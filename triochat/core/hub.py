@@ -17,6 +17,8 @@ from Redis. The hub is the backplane's :class:`~triochat.backplane.Node`.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
 import logging
 import secrets
@@ -61,6 +63,10 @@ AWAY: Final = "{name} is away: {text}"
 
 USERS_SHOWN: Final = 50
 """Names listed per user list of a big room (``/users all`` sends as many lists as it takes)."""
+
+NOBODY: Final[frozenset[str]] = frozenset()
+"""Whom a member ignores until it ignores someone: one empty set for all (an empty
+``set`` costs 216 bytes, per member)."""
 
 NAMED_REASONS: Final = ("kicked", "banned")
 """Departures every big room still announces by name."""
@@ -122,8 +128,9 @@ class Member:
         """The key of the account it proved is its own, if any (its session sets it)."""
         self.away: str | None = None
         """Why the member is away (``/away``), told to whoever messages it."""
-        self.ignoring: set[str] = set()
-        """The name keys whose lines and private messages it is not sent (``/ignore``)."""
+        self.ignoring: frozenset[str] = NOBODY
+        """The name keys whose lines and private messages it is not sent (``/ignore``);
+        a frozenset replaced on change, so that the many who ignore nobody share one."""
 
     @property
     def room_names(self) -> Iterable[str]:
@@ -195,7 +202,7 @@ class EpochArchive(Protocol):
 class Room:
     """A room with members on this node, grouped by dialect for rendering."""
 
-    __slots__ = ("groups", "ignorers", "joined", "left", "log", "members", "name")
+    __slots__ = ("_first", "groups", "ignorers", "joined", "left", "log", "members", "name")
 
     def __init__(self, name: str, log: _Log) -> None:
         self.name = name
@@ -209,12 +216,23 @@ class Room:
         # The members here who ignore someone: only they are looked at when a
         # burst is handed out, and only while there are any.
         self.ignorers: dict[Member, None] = {}
+        # The first USERS_SHOWN names here in list order, with their sort keys, once
+        # a big room's user list has asked for them: kept up to date as members
+        # join, forgotten when one of them goes. Sorting every name for every
+        # joiner made registering N clients in one room O(N² log N).
+        self._first: list[tuple[str, str]] | None = None
 
     def add(self, member: Member) -> None:
         self.members[member] = None
         self.groups.setdefault(member.dialect, {})[member] = None
         if member.ignoring:
             self.ignorers[member] = None
+        first = self._first
+        if first is not None:
+            entry = (p.name_sort_key(member.name), member.name)
+            if len(first) < USERS_SHOWN or entry < first[-1]:
+                bisect.insort(first, entry)
+                del first[USERS_SHOWN:]
 
     def remove(self, member: Member) -> None:
         del self.members[member]
@@ -223,6 +241,21 @@ class Room:
         del group[member]
         if not group:
             del self.groups[member.dialect]
+        first = self._first
+        if first and (p.name_sort_key(member.name), member.name) <= first[-1]:
+            self._first = None
+
+    def first_names(self) -> list[tuple[str, str]]:
+        """The first ``USERS_SHOWN`` members' (sort key, name), in list order."""
+        if self._first is None:
+            self._first = heapq.nsmallest(
+                USERS_SHOWN, ((p.name_sort_key(m.name), m.name) for m in self.members)
+            )
+        return self._first
+
+    def renamed(self) -> None:
+        """A member here has a new name: the first names are found again when asked."""
+        self._first = None
 
 
 class Hub:
@@ -478,6 +511,8 @@ class Hub:
         if member.key != p.name_key(name):
             self.backplane.presence(member.key, old, None)
         member.name, member.key = name, p.name_key(name)
+        for held in member.rooms.values():
+            held.renamed()
         self._members[member.key] = member
         log.info("%s is now known as %s", old, name)
         self.backplane.presence(member.key, name, tuple(member.rooms))
@@ -771,24 +806,33 @@ class Hub:
 
     def _user_list(self, room: Room) -> ev.UserList:
         """The room's users; past ``quiet_above``, the first ``USERS_SHOWN`` and the count."""
-        names = self._names(room)
-        if self.quiet_above and len(names) > self.quiet_above:
-            return self._marked(room, names[:USERS_SHOWN], len(names))
-        return self._marked(room, names)
+        remote = self.backplane.remote_users(room.name)
+        count = len(room.members) + len(remote)
+        if self.quiet_above and count > self.quiet_above:
+            first = room.first_names()
+            if remote:  # the room's first names are among the first here and those elsewhere
+                others = ((p.name_sort_key(name), name) for name in remote)
+                first = heapq.nsmallest(USERS_SHOWN, itertools.chain(first, others))
+            return self._marked(room, [name for _, name in first], count)
+        return self._marked(room, self._names(room))
 
     def _marked(self, room: Room, names: Sequence[str], total: int = 0) -> ev.UserList:
         """A user list of ``names``, with which of them operate ``room`` and are away.
 
         Only members on this node can be marked: the hub knows nothing of others'
-        accounts or absences. Per request, never per burst.
+        accounts or absences. Per request, never per burst. A page of a big room
+        looks up only the members it shows, not everyone in the room (once per joiner,
+        that made registering N clients O(N²) again).
         """
         moderation, where = self.moderation, room.name
+        here: Iterable[Member] = room.members
+        if len(names) < len(room.members):
+            found = (self._members.get(p.name_key(name)) for name in names)
+            here = [m for m in found if m is not None and m.rooms.get(where) is room]
         ops = frozenset(
-            m.name
-            for m in room.members
-            if m.account is not None and moderation.is_op(where, m.account)
+            m.name for m in here if m.account is not None and moderation.is_op(where, m.account)
         )
-        away = frozenset(m.name for m in room.members if m.away is not None)
+        away = frozenset(m.name for m in here if m.away is not None)
         if ops or away:  # the list may be one page: only the names it shows
             shown = set(names)
             ops, away = ops & shown, away & shown
@@ -915,9 +959,9 @@ class Hub:
         if ignored:
             if len(member.ignoring) >= self.max_ignored and key not in member.ignoring:
                 return f"You ignore {len(member.ignoring)} names, the most this server allows"
-            member.ignoring.add(key)
+            member.ignoring = member.ignoring | {key}
         elif key in member.ignoring:
-            member.ignoring.discard(key)
+            member.ignoring = member.ignoring - {key}
         else:
             return f"You do not ignore {name}"
         for room in member.rooms.values():
