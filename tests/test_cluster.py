@@ -23,6 +23,7 @@ from redis_support import (
     RedisServer,
     answers,
     cluster_keys,
+    coredis,
     delete_cluster_keys,
     expect,
     quiet,
@@ -248,7 +249,13 @@ async def test_a_rooms_history_goes_with_its_last_member_anywhere(
     await ann.send_line("/join #other")
     await expect(ben, "* ann left #tmp (joined #other)")
     assert isinstance(server_b.backplane, RedisBackplane)
-    kept = {"history:#tmp": set(), "holders:#tmp": {server_b.backplane.node_id}, "rooms": {"#tmp"}}
+    kept = {
+        "history:#tmp": set(),
+        "holders:#tmp": {server_b.backplane.node_id},
+        "rooms": {"#tmp"},
+        "numbers:#tmp": set(),
+        "resume:#tmp": set(),
+    }
     await room_keys_become(redis_url, cluster, "#tmp", kept)
     assert server_a.hub.history_rooms() == ["#lobby", "#other", "#tmp"]
     assert server_b.hub.history_rooms() == ["#lobby", "#tmp"]
@@ -293,7 +300,13 @@ async def test_a_join_that_races_the_drop_keeps_the_history(
         await wait_until(lambda: "#tmp" not in server_a.hub.history_rooms())
         await wait_until(lambda: not server_b.hub.recent("#tmp", 5))  # B has seen the drop.
     # Ben was in the room all along, so node B undoes the drop, everywhere.
-    kept = {"history:#tmp": set(), "holders:#tmp": {backplane_b.node_id}, "rooms": {"#tmp"}}
+    kept = {
+        "history:#tmp": set(),
+        "holders:#tmp": {backplane_b.node_id},
+        "rooms": {"#tmp"},
+        "numbers:#tmp": set(),
+        "resume:#tmp": set(),
+    }
     await room_keys_become(redis_url, cluster, "#tmp", kept)
     for server in (server_a, server_b):
         await wait_until(lambda server=server: server.hub.history_rooms()[-1] == "#tmp")  # type: ignore[misc]
@@ -334,8 +347,10 @@ async def test_shutdown_announces_departures_and_cleans_up(
     await expect(ben, "* ann left #lobby (server shutdown)")
     await (await join(port_b)).register("ann")
     server_b.shutdown()
-    # What stays is the shared history (and the list of rooms that have some).
-    kept = {f"triochat:{cluster}:{key}".encode() for key in ("history:#lobby", "rooms")}
+    # What stays is the shared history (and the list of rooms that have some), and the
+    # lobby's numbering (its epoch, last number and resume list).
+    stays = ("history:#lobby", "rooms", "numbers:#lobby", "resume:#lobby")
+    kept = {f"triochat:{cluster}:{key}".encode() for key in stays}
     with trio.fail_after(5):
         while set(await cluster_keys(redis_url, cluster)) != kept:  # noqa: ASYNC110
             await trio.sleep(0.05)
@@ -351,7 +366,8 @@ async def test_a_heartbeat_during_shutdown_does_not_bring_the_node_back(
         server.shutdown()
         backplane = server.backplane
         await wait_until(lambda: not backplane.linked)  # type: ignore[attr-defined]  # noqa: B023 - awaited in this pass
-    kept = {f"triochat:{cluster}:{key}".encode() for key in ("history:#lobby", "rooms")}
+    stays = ("history:#lobby", "rooms", "numbers:#lobby", "resume:#lobby")
+    kept = {f"triochat:{cluster}:{key}".encode() for key in stays}
     with trio.fail_after(5):
         while set(await cluster_keys(redis_url, cluster)) - kept:  # noqa: ASYNC110
             await trio.sleep(0.05)
@@ -511,3 +527,40 @@ async def test_names_taken_twice_during_an_outage_are_reconciled(
     await ann.send_line("/users")
     line = await expect(ann, lambda line: line.startswith("* Users in #lobby:"))
     assert line.lower().count("zed") == 1
+
+
+async def test_redis_numbers_every_rooms_events_for_all_nodes(
+    start_node: StartNode, join: Join, redis_url: str, cluster: str
+) -> None:
+    server_a, port_a = await start_node()
+    server_b, port_b = await start_node()
+    ann = await join(port_a, "ann")
+    ben = await join(port_b, "ben")
+    await expect(ann, "* ben joined #lobby")
+    count = 30
+
+    async def send(client: ChatClient, tag: str) -> None:
+        for i in range(count):
+            await client.send_line(f"{tag} {i}")
+
+    async with trio.open_nursery() as nursery:  # Both nodes publish at once.
+        nursery.start_soon(send, ann, "a")
+        nursery.start_soon(send, ben, "b")
+    await expect(ann, f"<ben> b {count - 1}")
+    await expect(ben, f"<ann> a {count - 1}")
+    await wait_until(lambda: server_a.hub.room_state("#lobby") == server_b.hub.room_state("#lobby"))
+    state = server_a.hub.room_state("#lobby")
+    assert state is not None
+    assert state.seq == 2 + 2 * count  # two joins and the lines: each number once
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        numbers = await client.hgetall(f"triochat:{cluster}:numbers:#lobby")
+        assert numbers == {"epoch": state.epoch, "seq": str(state.seq)}
+        # As a Redis that lost its data: the room's numbering is made anew, in a new epoch.
+        await client.delete([f"triochat:{cluster}:numbers:#lobby"])
+    await ann.send_line("after the loss")
+    await expect(ben, "<ann> after the loss")
+    await wait_until(lambda: server_b.hub.room_state("#lobby") == server_a.hub.room_state("#lobby"))
+    after = server_b.hub.room_state("#lobby")
+    assert after is not None
+    assert after.epoch != state.epoch
+    assert after.seq == 1

@@ -53,8 +53,13 @@ class LocalMember(Protocol):
 class Node(Protocol):
     """What a node must be able to receive from its backplane (a :class:`Hub` is one)."""
 
-    def deliver(self, events: Sequence[RoomEvent], /) -> None:
-        """Room events in the cluster's order: to the members here, and into history."""
+    def deliver(self, events: Sequence[RoomEvent], /, epoch: str | None = None) -> None:
+        """Room events in the cluster's order: to the members here, and into history.
+
+        A cluster numbers them as it publishes them, and gives the room's
+        ``epoch``; ``None``: they did not go through the cluster (the link is
+        down), and the node numbers them itself.
+        """
         ...
 
     def deliver_private(self, key: str, event: Private, /) -> None:

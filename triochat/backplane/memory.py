@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
-from ..core.events import Private, RoomEvent, kept_in_history
+from ..core.events import Private, RoomEvent, kept_in_history, new_epoch
 from ..core.names import name_key
 from ..protocol.line import LOBBY
 from .base import BackplaneError, Claim, Node
@@ -30,6 +30,7 @@ from .base import BackplaneError, Claim, Node
 @dataclass(frozen=True, slots=True)
 class _Events:
     events: tuple[RoomEvent, ...]
+    epoch: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +69,14 @@ class MemoryCluster:
         more (a test that lets a node's ``run`` stall for that long is broken).
     """
 
-    def __init__(self, *, history: int = 20, backlog: int = 10_000) -> None:
+    def __init__(self, *, history: int = 20, backlog: int = 10_000, resume_max: int = 1000) -> None:
         self.history = history
         self.backlog = backlog
+        self.resume_max = resume_max
+        self.numbers: dict[str, tuple[str, int]] = {}
+        """Room -> its epoch and last number, given out here as Redis gives them out."""
+        self.tails: dict[str, deque[RoomEvent]] = {}
+        """Room -> its last ``resume_max`` events of every kind, for resumes on any node."""
         self.nodes: list[MemoryBackplane] = []
         self.names: dict[str, MemoryBackplane] = {}
         """Name key -> the node that claimed it."""
@@ -94,13 +100,28 @@ class MemoryCluster:
                 raise BackplaneError(f"a node fell {self.backlog} records behind") from None
 
     def _publish(self, events: tuple[RoomEvent, ...]) -> None:
+        room = events[0].room
+        epoch, seq = self.numbers.get(room) or (new_epoch(), 0)
+        events = tuple(replace(event, seq=n) for n, event in enumerate(events, seq + 1))
+        self.numbers[room] = (epoch, events[-1].seq)
+        if self.resume_max:
+            tail = self.tails.get(room)
+            if tail is None:
+                tail = self.tails[room] = deque(maxlen=self.resume_max)
+            tail.extend(events)
         for event in events:
             if kept_in_history(event) and self.history:
                 history = self.histories.get(event.room)
                 if history is None:
                     history = self.histories[event.room] = deque(maxlen=self.history)
                 history.append(event)
-        self._broadcast(_Events(events))
+        self._broadcast(_Events(events, epoch))
+
+    def lose_data(self) -> None:
+        """As a Redis that restarted without persistence: every number and history is gone."""
+        self.numbers.clear()
+        self.tails.clear()
+        self.histories.clear()
 
     def _release(self, backplane: MemoryBackplane, room: str) -> None:
         holders = self.holders.get(room, set())
@@ -237,8 +258,8 @@ class MemoryBackplane:
         if self not in self.cluster.nodes:
             return  # Dead: it hears nothing more.
         match record:
-            case _Events(events):
-                node.deliver(events)
+            case _Events(events, epoch):
+                node.deliver(events, epoch)
             case _Direct(key, event):
                 node.deliver_private(key, event)
             case _Drop(room):

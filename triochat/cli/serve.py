@@ -411,7 +411,11 @@ def _serve_config(ctx: click.Context) -> ServeConfig:
         except ImportError:
             raise click.ClickException(f"--redis needs coredis: {REDIS_EXTRA}") from None
         try:
-            redis = options(history=server.history, **given_fields(ctx, _redis_options))
+            redis = options(
+                history=server.history,
+                resume_max=server.resume_max,
+                **given_fields(ctx, _redis_options),
+            )
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--redis/--cluster") from None
 

@@ -17,6 +17,7 @@ dataclasses only because freezing makes each one four times dearer to build
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -113,6 +114,11 @@ the same events as the hub's)."""
 def kept_in_history(event: RoomEvent) -> bool:
     """Whether ``event`` goes into its room's history (:data:`KEPT`)."""
     return type(event) in KEPT
+
+
+def new_epoch() -> str:
+    """A fresh epoch: an opaque string no earlier history of any room had (48 random bits)."""
+    return secrets.token_hex(6)
 
 
 # --- Events for one member ---------------------------------------------------

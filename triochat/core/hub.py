@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Final, Protocol
 
 import trio
@@ -30,7 +30,7 @@ import trio
 from ..backplane import Backplane, LocalBackplane
 from ..protocol import line as p
 from . import events as ev
-from .events import Dialect, RoomEvent
+from .events import Dialect, RoomEvent, new_epoch as new_epoch
 from .moderation import Moderation, Topic
 
 log: Final = logging.getLogger("triochat.hub")
@@ -132,23 +132,20 @@ class _Log:
     a room of v1 clients only keeps none, and costs what it did.
     """
 
-    __slots__ = ("epoch", "events", "seq", "tail")
+    __slots__ = ("epoch", "events", "local", "seq", "tail")
 
     def __init__(self, keep: int, epoch: str = "") -> None:
         self.events: deque[RoomEvent] = deque(maxlen=keep)
         self.seq = 0
         self.epoch = epoch or new_epoch()
         self.tail: deque[RoomEvent] = deque(maxlen=0)
+        self.local = False
+        """In a cluster: numbered by this node alone (its link was down), in an epoch of its own."""
 
 
 def resumes(dialect: Dialect) -> bool:
     """Whether members of ``dialect`` resume rooms (it says ``resumes = True``)."""
     return getattr(dialect, "resumes", False) is True
-
-
-def new_epoch() -> str:
-    """A fresh epoch: an opaque string no earlier history of any room had."""
-    return secrets.token_hex(6)
 
 
 class EpochArchive(Protocol):
@@ -265,6 +262,9 @@ class Hub:
         self.slow_evictions = 0
         self.backplane.attach(self)
         self._publish = self.backplane.publish
+        # A cluster numbers each room's events itself (in Redis, as it publishes them):
+        # the hub then sends them with seq 0 and takes the numbers they come back with.
+        self._numbering = not self.backplane.remote
 
     # --- queries ---------------------------------------------------------
 
@@ -363,11 +363,13 @@ class Hub:
         log_ = held.log
         now = self._clock()
         name, where = member.name, held.name
-        first = log_.seq + 1
-        log_.seq += len(texts)
-        self._publish(
-            [ev.Said(where, seq, now, name, text) for seq, text in enumerate(texts, first)]
-        )
+        if self._numbering:
+            first = log_.seq + 1
+            log_.seq += len(texts)
+            said = [ev.Said(where, seq, now, name, text) for seq, text in enumerate(texts, first)]
+        else:
+            said = [ev.Said(where, 0, now, name, text) for text in texts]
+        self._publish(said)
         self._evict_slow()
 
     def act(self, member: Member, room: Room | str, text: str) -> None:
@@ -610,8 +612,10 @@ class Hub:
             self.tell(member, ev.Error(f"You are not in {room}"))
         return held if self.is_member(member) else None
 
-    @staticmethod
-    def _next(log_: _Log) -> int:
+    def _next(self, log_: _Log) -> int:
+        """The room's next number, given here (0 in a cluster: the cluster numbers it)."""
+        if not self._numbering:
+            return 0
         log_.seq += 1
         return log_.seq
 
@@ -666,14 +670,16 @@ class Hub:
         quiet = self._quiet(room) and not reason.startswith(NAMED_REASONS)
         room.remove(member)
         log_ = room.log
-        if not room.members and name != p.LOBBY:
-            del self._rooms[name]
-            if not self.backplane.vacate(name):
-                self._logs.pop(name, None)
+        # The departure first, then (if it was the last member here) the vacating: in a
+        # cluster the room's numbering goes with its history, after its last event.
         if quiet:
             room.left += 1
         else:
             self._publish([ev.Left(name, self._next(log_), self._clock(), member.name, reason)])
+        if not room.members and name != p.LOBBY:
+            del self._rooms[name]
+            if not self.backplane.vacate(name):
+                self._logs.pop(name, None)
 
     def _topic(self, room: str) -> tuple[ev.Notice, ...]:
         """The topic a joiner of ``room`` is shown, if it has one."""
@@ -697,14 +703,21 @@ class Hub:
 
     # --- delivery -------------------------------------------------------------
 
-    def deliver(self, events: Sequence[RoomEvent], /) -> None:
+    def deliver(self, events: Sequence[RoomEvent], /, epoch: str | None = None) -> None:
         """Room events in the cluster's order (all of one room): to its members here.
 
-        The kept ones go into the room's history (and the archive) first.
+        In a cluster they come numbered, with the room's ``epoch``; without one
+        (the link is down) this node numbers them, in an epoch of its own. The
+        kept ones go into the room's history (and the archive) first.
         """
         name = events[0].room
         room = self._rooms.get(name)
         held = room.log if room is not None else self._logs.get(name)
+        if not self._numbering:
+            if held is None and any(type(event) in ev.KEPT for event in events):
+                held = self._log(name)
+            if held is not None:
+                events = self._numbered(room, held, events, epoch)
         kept = [event for event in events if type(event) in ev.KEPT]
         if kept:
             if held is None:
@@ -714,8 +727,8 @@ class Hub:
                 for event in kept:
                     self._archive.append(event)
         if held is not None:
-            if events[-1].seq > held.seq:
-                held.seq = events[-1].seq  # another node numbered them
+            if events[-1].seq > held.seq or not self._numbering:
+                held.seq = events[-1].seq
             held.tail.extend(events)
             if self._epochs is not None:
                 self._epochs.numbered(name, held.seq)
@@ -724,6 +737,35 @@ class Hub:
                 self._fanout_ignoring(room, events)
             else:
                 self._fanout(room.groups, events)
+
+    def _numbered(
+        self, room: Room | None, held: _Log, events: Sequence[RoomEvent], epoch: str | None
+    ) -> Sequence[RoomEvent]:
+        """``events`` as the room numbers them; a change of epoch is told to who resumes."""
+        if epoch is None:
+            # The cluster could not take them: numbered here, in an epoch only this node has,
+            # so no number can be given twice within one epoch.
+            if not held.local:
+                self._new_epoch(room, held, new_epoch(), held.seq)
+                held.local = True
+            first = held.seq + 1
+            return [replace(event, seq=seq) for seq, event in enumerate(events, first)]
+        if epoch != held.epoch:
+            self._new_epoch(room, held, epoch, events[0].seq - 1)
+            held.local = False
+        return events
+
+    def _new_epoch(self, room: Room | None, held: _Log, epoch: str, seq: int) -> None:
+        held.epoch = epoch
+        held.seq = seq
+        held.tail.clear()
+        if room is None:
+            return
+        for dialect, members in room.groups.items():
+            if resumes(dialect):
+                state = dialect.render([ev.RoomState(room.name, epoch, seq)])
+                for member in members:
+                    self._hand_over(member, state, 1)
 
     def _fanout(
         self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]

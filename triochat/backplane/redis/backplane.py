@@ -32,6 +32,7 @@ from .replica import Replica
 from .wire import (
     Direct,
     Drop,
+    Epoch,
     History,
     Whereabouts,
     WireError,
@@ -252,12 +253,15 @@ class RedisBackplane:
     def _take(self, node: Node, records: Sequence[Any]) -> None:
         """Hand a batch's records to the node, each run of one room's events in one call."""
         run: list[RoomEvent] = []
+        epoch: str | None = None
         for record in records:
             if run and not (isinstance(record, _ROOM_EVENTS) and record.room == run[0].room):
-                node.deliver(run)
+                node.deliver(run, epoch)
                 run = []
             if isinstance(record, _ROOM_EVENTS):
                 run.append(record)
+            elif isinstance(record, Epoch):
+                epoch = record.epoch
             elif isinstance(record, Direct):
                 node.deliver_private(record.key, record.event)
             elif isinstance(record, Drop):
@@ -272,7 +276,7 @@ class RedisBackplane:
             elif isinstance(record, Whereabouts):
                 self._replica.apply(record)
         if run:
-            node.deliver(run)
+            node.deliver(run, epoch)
 
     # --- heartbeat, and the nodes that have none ---------------------------------
 

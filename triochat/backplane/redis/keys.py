@@ -21,6 +21,10 @@ Redis never meet, and a test can delete a cluster by that prefix.
     list of encoded events, newest first
 ``dropped:ROOM``
     a dropped history, kept for ``undo_window``
+``numbers:ROOM``
+    hash: the room's ``epoch`` and the last ``seq`` given out (made anew when missing)
+``resume:ROOM``
+    list of the room's last ``resume_max`` events of every kind, newest first
 ``holders:ROOM``, ``held:NODE``
     which nodes have members in ROOM, and the same from the node's side
 """
@@ -79,6 +83,14 @@ class Keys:
         return self.prefix + "dropped:"
 
     @property
+    def numbers_prefix(self) -> str:
+        return self.prefix + "numbers:"
+
+    @property
+    def resume_prefix(self) -> str:
+        return self.prefix + "resume:"
+
+    @property
     def holders_prefix(self) -> str:
         return self.prefix + "holders:"
 
@@ -93,6 +105,12 @@ class Keys:
 
     def dropped(self, room: str) -> str:
         return self.dropped_prefix + room
+
+    def numbers(self, room: str) -> str:
+        return self.numbers_prefix + room
+
+    def resume(self, room: str) -> str:
+        return self.resume_prefix + room
 
     def holders(self, room: str) -> str:
         return self.holders_prefix + room

@@ -18,7 +18,7 @@ from typing import Any, Final
 import coredis
 import trio
 
-from ...core.events import RoomEvent, kept_in_history
+from ...core.events import RoomEvent, kept_in_history, new_epoch
 from ...protocol.line import LOBBY
 from ..base import Node
 from . import scripts
@@ -30,10 +30,11 @@ from .wire import (
     Drop,
     Whereabouts,
     encode_batch,
-    encode_event,
     encode_presence,
     encode_record,
+    epoch_head,
     history_prefix,
+    numbered_parts,
 )
 
 
@@ -183,7 +184,8 @@ class Publisher:
             isinstance(i, Events | Release | Direct | Whereabouts) for i in items
         ):
             return
-        records: list[bytes] = []
+        parts: list[str | bytes] = []
+        """The batch, for the script that numbers its events and publishes it."""
         with trio.fail_after(self._options.timeout):
             async with client.pipeline(transaction=True) as pipe:
                 for room in holds:
@@ -191,27 +193,29 @@ class Publisher:
                     pipe.sadd(keys.holders(room), [self.node])
                 for item in items:
                     if isinstance(item, Events):
+                        room = item.events[0].room
+                        parts += [b"N", room, new_epoch(), str(len(item.events)), epoch_head(room)]
                         for event in item.events:
-                            encoded = encode_event(event)
-                            records.append(encoded + b"\n")
-                            if history and kept_in_history(event):
-                                pipe.lpush(keys.history(event.room), [encoded])
-                                pipe.ltrim(keys.history(event.room), 0, history - 1)
-                                pipe.sadd(keys.rooms, [event.room])
+                            head, tail = numbered_parts(event)
+                            kept = history and kept_in_history(event)
+                            parts += [head, tail, b"1" if kept else b"0"]
                     elif isinstance(item, Release):
                         scripts.RELEASE(keys=[keys.name(item.key)], args=[item.token], client=pipe)
                     elif isinstance(item, _RECORDS):
-                        records.append(encode_record(item))
+                        parts += [b"R", encode_record(item)]
                         if isinstance(item, Whereabouts) and item.node == self.node:
                             if item.rooms is not None:
                                 value = encode_presence(self.node, item.name, item.rooms)
                                 pipe.hset(keys.presence, {item.key: value})
                             else:
                                 pipe.hdel(keys.presence, [item.key])
-                if records:
+                if parts:
                     self._seq += 1
-                    pipe.hset(keys.seqs, {self.node: str(self._seq)})
-                    pipe.publish(keys.channel, encode_batch(self.node, self._seq, records))
+                    header = encode_batch(self.node, self._seq, [])
+                    args: list[str | bytes] = [self.node, str(self._seq), keys.channel, header]
+                    args += [keys.numbers_prefix, keys.history_prefix, keys.resume_prefix]
+                    args += [str(history), str(self._options.resume_max), *parts]
+                    scripts.BATCH(keys=[keys.seqs, keys.rooms], args=args, client=pipe)
         self._held.update(holds)
 
     async def _drop(
@@ -221,7 +225,7 @@ class Publisher:
         keys, options = self._keys, self._options
         args: list[str | bytes] = [keys.history_prefix, keys.holders_prefix, keys.dropped_prefix]
         args += [str(round(options.undo_window * 1000)), "1" if release else "0"]
-        args.append(str(options.history))
+        args += [str(options.history), keys.numbers_prefix, keys.resume_prefix]
         for room in rooms:
             args += [room, encode_record(Drop(room))]
         script_keys = [keys.rooms, keys.seqs, keys.held(self.node)]

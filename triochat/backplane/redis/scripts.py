@@ -17,6 +17,61 @@ from typing import Final
 
 from coredis.commands.script import Script
 
+# Publish one batch of this node's: ARGV[5...] are its parts in order, each either
+# 'R', RECORD (a record line as it is) or 'N', ROOM, EPOCH, COUNT, E-HEAD followed by COUNT
+# triples HEAD, TAIL, KEPT: room events whose number Redis gives here (HEAD .. SEQ .. TAIL),
+# from the room's counter in numbers:ROOM, whose epoch is made (EPOCH, the node's fresh
+# guess) if the key is missing. Each numbered run is announced by an E record (E-HEAD ..
+# epoch .. '"]'), pushed onto the room's resume list and, if KEPT is '1', its history.
+# KEYS: seqs hash, rooms set. ARGV[5], [6], [7]: numbers, history and resume prefixes;
+# [8], [9]: history and resume list lengths; parts from [10].
+BATCH: Final = Script[bytes](
+    None,
+    r"""
+local out = {ARGV[4]}
+local history_len, resume_len = tonumber(ARGV[8]), tonumber(ARGV[9])
+local i, n = 10, #ARGV
+while i <= n do
+  if ARGV[i] == 'R' then
+    out[#out + 1] = ARGV[i + 1]
+    i = i + 2
+  else
+    local room, count = ARGV[i + 1], tonumber(ARGV[i + 3])
+    local numbers = ARGV[5] .. room
+    local epoch = redis.call('HGET', numbers, 'epoch')
+    if not epoch then
+      epoch = ARGV[i + 2]
+      redis.call('HSET', numbers, 'epoch', epoch, 'seq', 0)
+    end
+    local seq = redis.call('HINCRBY', numbers, 'seq', count) - count
+    out[#out + 1] = ARGV[i + 4] .. epoch .. '"]\n'
+    i = i + 5
+    local history, resume = ARGV[6] .. room, ARGV[7] .. room
+    local kept = false
+    for _ = 1, count do
+      seq = seq + 1
+      local record = ARGV[i] .. string.format('%d', seq) .. ARGV[i + 1]
+      if ARGV[i + 2] == '1' then
+        redis.call('LPUSH', history, record)
+        kept = true
+      end
+      if resume_len > 0 then redis.call('LPUSH', resume, record) end
+      out[#out + 1] = record .. '\n'
+      i = i + 3
+    end
+    if kept then
+      redis.call('LTRIM', history, 0, history_len - 1)
+      redis.call('SADD', KEYS[2], room)
+    end
+    if resume_len > 0 then redis.call('LTRIM', resume, 0, resume_len - 1) end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], table.concat(out))
+return 1
+""",
+)
+
 # Claim KEYS[1] for ARGV[1] (a NODE:SERIAL token) unless a live node holds it; return the
 # holder's token, or false. ARGV[2]: alive-key prefix; ARGV[3]: our node;
 # ARGV[4] '1': take over our own stale token.
@@ -111,12 +166,14 @@ return released
 # an earlier drop) for ARGV[8] ms, so that a join that raced the drop can undo it. If any
 # room went, publish one batch of their D records. Returns 1 if it published.
 # KEYS: rooms set, seqs hash, node's held set. ARGV[5], [6], [7]: history, holders and
-# dropped prefixes; [10]: history length; from [11]: ROOM, D record pairs.
+# dropped prefixes; [10]: history length; [11], [12]: numbers and resume prefixes (a
+# dropped room's numbering goes too: it starts again in a new epoch); from [13]: ROOM, D
+# record pairs.
 DROP: Final = Script[bytes](
     None,
     r"""
 local batch = {ARGV[4]}
-for i = 11, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   local room = ARGV[i]
   local holders = ARGV[6] .. room
   if ARGV[9] == '1' then
@@ -132,6 +189,7 @@ for i = 11, #ARGV, 2 do
       redis.call('LTRIM', dropped, 0, tonumber(ARGV[10]) - 1)
       redis.call('PEXPIRE', dropped, ARGV[8])
     end
+    redis.call('DEL', ARGV[11] .. room, ARGV[12] .. room)
     redis.call('SREM', KEYS[1], room)
     batch[#batch + 1] = ARGV[i + 1]
   end

@@ -16,6 +16,13 @@ and newlines frame it. Room events travel as the hub made them, ``seq`` and
     ROOM's history was dropped: no node has a member in it any more
 ``["H", ROOM, [EVENT, ...]]``
     ROOM's history is now exactly these events, oldest first (a drop was undone)
+``["E", ROOM, EPOCH]``
+    the room events that follow in the batch (up to the next record of another kind)
+    were numbered in ROOM's epoch EPOCH
+
+Room events are numbered by Redis as it publishes them (the batch script of
+:mod:`.scripts`): a node sends each one's record cut in two around its number
+(:func:`numbered_parts`), and the script puts the number in between.
 
 A room's history in Redis is a list of event records (:func:`encode_event`).
 Redis itself publishes the last two kinds, from the Lua scripts in
@@ -69,7 +76,15 @@ class History:
     """Oldest first."""
 
 
-Record = RoomEvent | Direct | Whereabouts | Drop | History
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """The room events after this record in a batch are numbered in ``room``'s ``epoch``."""
+
+    room: str
+    epoch: str
+
+
+Record = RoomEvent | Direct | Whereabouts | Drop | History | Epoch
 
 
 class WireError(ValueError):
@@ -98,8 +113,25 @@ def encode_record(record: Record) -> bytes:
             return _dumps(["D", room]) + b"\n"
         case History(room, events):
             return history_prefix(room) + b",".join(map(encode_event, events)) + b"]]\n"
+        case Epoch(room, epoch):
+            return _dumps(["E", room, epoch]) + b"\n"
         case _:
             return encode_event(record) + b"\n"
+
+
+def numbered_parts(event: RoomEvent) -> tuple[bytes, bytes]:
+    """``event``'s record cut around its number: what comes before it, and after."""
+    record = encode_event(event)
+    head = b'["' + type(event).__name__.encode() + b'",' + _dumps(event.room) + b","
+    number = str(event.seq).encode()
+    if not record.startswith(head + number + b","):  # pragma: no cover - records' layout
+        raise WireError(f"cannot number the record {record[:80]!r}")
+    return head, record[len(head) + len(number) :]
+
+
+def epoch_head(room: str) -> bytes:
+    """The start of ``room``'s ``E`` record, up to its epoch (the batch script ends it)."""
+    return b'["E",' + _dumps(room) + b',"'
 
 
 def encode_presence(node: str, name: str, rooms: Sequence[str]) -> bytes:
@@ -151,7 +183,7 @@ def decode_event(raw: bytes | str) -> RoomEvent:
         raise WireError(f"malformed event record {raw[:80]!r}: {exc}") from None
 
 
-_CLUSTER_KINDS: Final = (b'["M",', b'["P",', b'["D",', b'["H",')
+_CLUSTER_KINDS: Final = (b'["M",', b'["P",', b'["D",', b'["H",', b'["E",')
 
 
 def _record(raw: bytes) -> Record:
@@ -175,6 +207,9 @@ def _record(raw: bytes) -> Record:
     if kind == "D":
         _, room = _fields(items, 2)
         return Drop(_str(room))
+    if kind == "E":
+        _, room, epoch = _fields(items, 3)
+        return Epoch(_str(room), _str(epoch))
     _, room, events = _fields(items, 3)
     if not isinstance(events, list):
         raise WireError(f"an H record's events are an array, not {events!r:.80}")
