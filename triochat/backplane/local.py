@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 
 import trio
 
-from ..core.events import Private, RoomEvent
-from .base import Claim, Node
+from ..core.events import Dialect, Private, RoomEvent
+from .base import Claim, Handover, Node
 
 
 class LocalBackplane:
@@ -67,3 +67,23 @@ class LocalBackplane:
 
     async def leave_cluster(self) -> None:
         pass
+
+    def resumable(self, entry: str, key: str, name: str, digest: bytes, /) -> None:
+        pass
+
+    def keep_token(self, entry: str, digest: bytes, /) -> None:
+        pass
+
+    def unresumable(self, entry: str, /) -> None:
+        pass
+
+    def hold(self, entry: str, /) -> None:
+        pass
+
+    async def take_over(
+        self, digest: bytes, positions: Sequence[tuple[str, int]], dialect: Dialect, /
+    ) -> Handover | None:
+        return None  # One node: its own tokens are all there is.
+
+    async def expire(self, entry: str, /) -> bool:
+        return True

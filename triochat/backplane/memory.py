@@ -15,16 +15,17 @@ member anywhere, a dead node's users announced as gone).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import trio
 
-from ..core.events import Private, RoomEvent, kept_in_history, new_epoch
+from ..core.events import Dialect, Private, RoomEvent, kept_in_history, new_epoch
 from ..core.names import name_key
 from ..protocol.line import LOBBY
-from .base import BackplaneError, Claim, Node
+from .base import BackplaneError, Claim, Handover, LocalMember, Node, Tail, Takeover
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,40 @@ class _History:
     events: tuple[RoomEvent, ...]
 
 
-_Record = _Events | _Direct | _Drop | _History
+@dataclass(frozen=True, slots=True)
+class _Takeover:
+    """``new`` took the resumable member ``takeover.key`` over from ``old``."""
+
+    takeover: Takeover
+    old: MemoryBackplane
+    new: MemoryBackplane
+    nonce: int
+
+
+_Record = _Events | _Direct | _Drop | _History | _Takeover
+
+
+@dataclass(slots=True)
+class _Resumable:
+    """A member that can be resumed, as the cluster knows it (digests only)."""
+
+    node: MemoryBackplane
+    key: str
+    name: str
+    digests: set[bytes]
+    held: bool = False
+
+
+class _Pending:
+    """A takeover this node asked for, until it comes back through the channel."""
+
+    __slots__ = ("abandoned", "dialect", "done", "member")
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.done = trio.Event()
+        self.member: LocalMember | None = None
+        self.abandoned = False
 
 
 @dataclass(slots=True)
@@ -85,6 +119,11 @@ class MemoryCluster:
         self.holders: dict[str, set[MemoryBackplane]] = {}
         self.histories: dict[str, deque[RoomEvent]] = {}
         self._dropped: dict[str, list[RoomEvent]] = {}
+        self.resumables: dict[str, _Resumable] = {}
+        """Entry id -> the resumable member (Redis: ``resumable:ID``)."""
+        self.tokens: dict[bytes, str] = {}
+        """Token digest -> its entry id (Redis: ``token:DIGEST``)."""
+        self._nonces = itertools.count(1)
 
     def backplane(self) -> MemoryBackplane:
         """A new node's backplane."""
@@ -118,10 +157,51 @@ class MemoryCluster:
         self._broadcast(_Events(events, epoch))
 
     def lose_data(self) -> None:
-        """As a Redis that restarted without persistence: every number and history is gone."""
+        """As a Redis that restarted without persistence: every number, history and
+        resume token is gone."""
         self.numbers.clear()
         self.tails.clear()
         self.histories.clear()
+        self.resumables.clear()
+        self.tokens.clear()
+
+    def _forget_tokens(self, entry: str, keep: bytes | None = None) -> None:
+        resumable = self.resumables.get(entry)
+        if resumable is None:
+            return
+        for digest in list(resumable.digests):
+            if digest != keep:
+                resumable.digests.discard(digest)
+                self.tokens.pop(digest, None)
+        if keep is None:
+            del self.resumables[entry]
+
+    def _take_over(
+        self, new: MemoryBackplane, digest: bytes, positions: Sequence[tuple[str, int]]
+    ) -> tuple[dict[str, Tail], int, str] | None:
+        """The takeover, atomic as Redis's script: the member's entry and name go to
+        ``new``, and the announcement goes on the channel; the tails of ``positions``."""
+        entry = self.tokens.get(digest)
+        resumable = self.resumables.get(entry) if entry is not None else None
+        if entry is None or resumable is None:
+            return None
+        old, key = resumable.node, resumable.key
+        resumable.node, resumable.held = new, False
+        self.names[key] = new
+        tails = {}
+        for room, after in positions:
+            epoch, seq = self.numbers.get(room, ("", 0))
+            missed = seq - after
+            kept = self.tails.get(room, ())
+            events = [e for e in kept if e.seq > after] if 0 < missed <= self.resume_max else []
+            tails[room] = Tail(room, epoch, seq, tuple(events))
+        user = self.users.get(key)
+        rooms = user.rooms if user is not None else ()
+        numbers = {room: self.numbers[room] for room in rooms if room in self.numbers}
+        nonce = next(self._nonces)
+        takeover = Takeover(key, resumable.name, rooms, numbers)
+        self._broadcast(_Takeover(takeover, old, new, nonce))
+        return tails, nonce, entry
 
     def _release(self, backplane: MemoryBackplane, room: str) -> None:
         holders = self.holders.get(room, set())
@@ -173,6 +253,9 @@ class MemoryBackplane:
         self.cluster = cluster
         self._node: Node | None = None
         self._inbox, self._outbox = trio.open_memory_channel[_Record](cluster.backlog)
+        self._pending: dict[int, _Pending] = {}
+        self._flowing = trio.Event()
+        self._flowing.set()
 
     @property
     def node(self) -> Node:
@@ -245,6 +328,7 @@ class MemoryBackplane:
         task_status.started()
         while True:
             records = [await self._outbox.receive()]
+            await self._flowing.wait()
             while True:
                 try:
                     records.append(self._outbox.receive_nowait())
@@ -267,6 +351,81 @@ class MemoryBackplane:
                     self.cluster._undo(self, room)
             case _History(room, events):
                 node.set_history(room, events)
+            case _Takeover(takeover, old, new, nonce):
+                if old is self:
+                    for private in node.hand_off(takeover.key):
+                        self.publish_private(takeover.key, private)  # for its new node
+                if new is self and (pending := self._pending.pop(nonce, None)) is not None:
+                    pending.member = node.adopt(takeover, pending.dialect)
+                    if pending.abandoned:
+                        node.abandon(pending.member)
+                    pending.done.set()
+
+    # --- resume tokens ---------------------------------------------------------------
+
+    def _ours(self, entry: str) -> _Resumable | None:
+        resumable = self.cluster.resumables.get(entry)
+        return resumable if resumable is not None and resumable.node is self else None
+
+    def resumable(self, entry: str, key: str, name: str, digest: bytes, /) -> None:
+        cluster = self.cluster
+        resumable = cluster.resumables.get(entry)
+        if resumable is None:
+            resumable = cluster.resumables[entry] = _Resumable(self, key, name, set())
+        elif resumable.node is not self:
+            return
+        resumable.key, resumable.name = key, name
+        resumable.digests.add(digest)
+        cluster.tokens[digest] = entry
+
+    def keep_token(self, entry: str, digest: bytes, /) -> None:
+        if self._ours(entry) is not None:
+            self.cluster._forget_tokens(entry, digest)
+
+    def unresumable(self, entry: str, /) -> None:
+        if self._ours(entry) is not None:
+            self.cluster._forget_tokens(entry)
+
+    def hold(self, entry: str, /) -> None:
+        resumable = self._ours(entry)
+        if resumable is not None:
+            resumable.held = True
+
+    async def take_over(
+        self, digest: bytes, positions: Sequence[tuple[str, int]], dialect: Dialect, /
+    ) -> Handover | None:
+        await trio.lowlevel.checkpoint()  # A round trip, as far as the caller can tell.
+        pending = _Pending(dialect)
+        taken = self.cluster._take_over(self, digest, positions)
+        if taken is None:
+            return None
+        tails, nonce, entry = taken
+        self._pending[nonce] = pending
+        try:
+            await pending.done.wait()  # Adopted as it came back through the channel.
+        except BaseException:
+            if pending.member is not None:
+                self.node.abandon(pending.member)
+            else:
+                pending.abandoned = True
+            raise
+        assert pending.member is not None
+        return Handover(pending.member, tails, entry)
+
+    async def expire(self, entry: str, /) -> bool:
+        await trio.lowlevel.checkpoint()
+        resumable = self.cluster.resumables.get(entry)
+        if resumable is not None and resumable.node is not self:
+            return False  # Taken over: its new node has it.
+        self.cluster._forget_tokens(entry)
+        return True
+
+    def stall(self) -> None:
+        """Take nothing more from the channel until :meth:`flow` (a slow subscriber)."""
+        self._flowing = trio.Event()
+
+    def flow(self) -> None:
+        self._flowing.set()
 
     def crash(self) -> None:
         """This node dies: the others drop it, and a survivor's hub announces its users gone."""

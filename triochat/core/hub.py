@@ -27,7 +27,7 @@ from typing import Final, Protocol
 
 import trio
 
-from ..backplane import Backplane, LocalBackplane
+from ..backplane import Backplane, LocalBackplane, LocalMember, Takeover
 from ..protocol import line as p
 from . import events as ev
 from .events import Dialect, RoomEvent, new_epoch as new_epoch
@@ -83,6 +83,7 @@ class Member:
         "disconnect",
         "hang_up",
         "ignoring",
+        "kept",
         "key",
         "name",
         "outbox",
@@ -108,6 +109,9 @@ class Member:
         """Why the member is away (``/away``), told to whoever messages it."""
         self.ignoring: set[str] = set()
         """The name keys whose lines and private messages it is not sent (``/ignore``)."""
+        self.kept: list[ev.Private] | None = None
+        """While it is held (its connection broke, it may resume): the private messages
+        kept for it, in order; ``None`` while it is connected."""
 
     @property
     def room_names(self) -> Iterable[str]:
@@ -120,6 +124,25 @@ class Member:
 
     def __repr__(self) -> str:
         return f"<Member {self.name} in {', '.join(self.rooms) or 'no room'}>"
+
+
+class _Waiting:
+    """The outbox of a member taken over from another node, until its new connection has
+    sent what the member missed: what its rooms say meanwhile, bounded like an outbox."""
+
+    __slots__ = ("chunks", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.chunks: list[bytes] = []
+        self.limit = limit
+
+    def send_nowait(self, value: bytes, /) -> None:
+        if len(self.chunks) >= self.limit:
+            raise trio.WouldBlock
+        self.chunks.append(value)
+
+    def close(self) -> None:
+        pass
 
 
 class _Log:
@@ -146,6 +169,47 @@ class _Log:
 def resumes(dialect: Dialect) -> bool:
     """Whether members of ``dialect`` resume rooms (it says ``resumes = True``)."""
     return getattr(dialect, "resumes", False) is True
+
+
+def recover(
+    room: str,
+    epoch_now: str,
+    seq_now: int,
+    epoch: str,
+    after: int,
+    tail: Sequence[RoomEvent] | deque[RoomEvent],
+    resume_max: int,
+) -> ev.Recovery:
+    """Every event of ``room`` after number ``after`` of ``epoch``, or why not.
+
+    ``tail`` holds the room's last events, oldest first, up to ``seq_now`` in
+    ``epoch_now``. All or nothing: a failure (another epoch, a number from the
+    future, events no longer kept or more than ``resume_max``) says about how
+    many events the client lost and replays none.
+    """
+
+    def failed(lost: int, reason: str) -> ev.ResumeFailed:
+        return ev.ResumeFailed(room, epoch_now, seq_now, lost, reason)
+
+    if epoch != epoch_now:
+        return failed(seq_now, "the room's history was reset")
+    if after > seq_now:
+        return failed(0, f"number {after} is from the future (the room is at {seq_now})")
+    if after < 0:
+        return failed(seq_now, "a negative number")
+    missed = seq_now - after
+    if missed > resume_max:
+        return failed(missed, f"more than {resume_max} events to replay")
+    if missed == 0:
+        return ev.Resumed(room, epoch_now, seq_now, ())
+    if not tail or tail[-1].seq != seq_now or len(tail) < missed:
+        return failed(missed, "history no longer has them")
+    replay = tuple(itertools.islice(tail, len(tail) - missed, None))
+    # Exactly the numbers after + 1 .. seq, each once, or the tail cannot be trusted
+    # (numbers given twice): a failure, not a guess.
+    if any(event.seq != number for number, event in enumerate(replay, after + 1)):
+        return failed(missed, "history no longer has them")
+    return ev.Resumed(room, epoch_now, seq_now, replay)
 
 
 class EpochArchive(Protocol):
@@ -217,6 +281,8 @@ class Hub:
         :meth:`resume`, and the most one resume replays.
       moderation: the rooms' operators, topics, bans and mutes (default: none yet).
       max_ignored: the most names one member can ``/ignore``.
+      waiting_max: the most hand-overs a member taken over from another node may have
+        waiting for its new connection (its send queue's length).
     """
 
     def __init__(
@@ -233,11 +299,16 @@ class Hub:
         resume_max: int = 1000,
         moderation: Moderation | None = None,
         max_ignored: int = 100,
+        waiting_max: int = 4096,
     ) -> None:
         self.names: p.NamePolicy = names
         self.resume_max = resume_max
         self.moderation = moderation or Moderation()
         self.max_ignored = max_ignored
+        self.waiting_max = waiting_max
+        self.handed_off: Callable[[Member], None] = lambda member: None
+        """Called when another node took a member of this one over (its resume tokens
+        and any connection still serving it go; the server sets it)."""
         self.history = history
         self.max_rooms_per_member = max_rooms_per_member
         self.quiet_above = quiet_above
@@ -257,6 +328,8 @@ class Hub:
         self._logs: dict[str, _Log] = {}
         self._slow: list[Member] = []
         self._evicting = False
+        self._waiting: dict[Member, list[bytes]] = {}
+        """Members reattached whose waiting lines are not out yet (:meth:`resumed`)."""
         self.lines_in = 0
         self.lines_out = 0
         self.slow_evictions = 0
@@ -400,13 +473,37 @@ class Hub:
             self.backplane.publish_private(member.key, echo)
         elif target is None:
             self.tell(member, ev.Error(f"No such user: {to}"))
+        elif target.kept is not None and len(target.kept) >= self.resume_max:
+            self.tell(member, ev.Error(self._not_kept(target)))
+            return
         else:
             if member.key not in target.ignoring:
-                self.tell(target, message)
+                self._to_member(target, message)
             self.tell(member, echo)
+            if target.kept is not None:
+                self.tell(member, ev.Notice(self._kept_text(target)))
         if target is not None and target.away is not None:
             self.tell(member, ev.Notice(f"{target.name} is away: {target.away}"))
         self._evict_slow()
+
+    def _to_member(self, target: Member, message: ev.Private) -> None:
+        """A private message for ``target``: now, or kept while it is held."""
+        if target.kept is None:
+            self.tell(target, message)
+        elif len(target.kept) < self.resume_max:
+            target.kept.append(message)
+
+    def _kept_text(self, target: Member) -> str:
+        return (
+            f"{target.name}'s connection is down: your message is kept for them,"
+            " and given if they are back in time"
+        )
+
+    def _not_kept(self, target: Member) -> str:
+        return (
+            f"{target.name}'s connection is down and {self.resume_max} private messages"
+            " wait for them already: yours was not delivered"
+        )
 
     def join(self, member: Member, room: str) -> None:
         """Put ``member`` in ``room`` (created on demand): it gets the history and the users."""
@@ -517,6 +614,12 @@ class Hub:
             return
         del self._members[member.key]
         log.info("%s left (%s)", member.name, reason)
+        kept, member.kept = member.kept, None
+        for message in kept or ():
+            sender = self._members.get(p.name_key(message.sender))
+            if sender is not None:
+                text = f"{member.name} left ({reason}): your message was not delivered"
+                self.tell(sender, ev.Error(f"{text}: {message.text}"))
         for room in list(member.rooms):
             self._exit(member, room, reason)
         self.backplane.presence(member.key, member.name, None)
@@ -857,11 +960,32 @@ class Hub:
 
     # --- resume ------------------------------------------------------------------
 
+    def hold(self, member: Member) -> None:
+        """``member``'s connection broke and it may come back: keep its private messages."""
+        if self.is_member(member) and member.kept is None:
+            member.kept = []
+
     def reattach(self, member: Member, outbox: Outbox, disconnect: Callable[[], None]) -> None:
-        """A held ``member`` is back on a new connection: its lines go there from now."""
-        member.outbox = outbox
+        """A held ``member`` is back on a new connection: its lines go there from now.
+
+        What waited for it (a member taken over from another node) and the private
+        messages kept for it follow once the caller has sent its own lines and called
+        :meth:`resumed`.
+        """
+        waiting, member.outbox = member.outbox, outbox
+        if isinstance(waiting, _Waiting):
+            self._waiting[member] = waiting.chunks
         member.disconnect = disconnect
         member.hang_up = None
+
+    def resumed(self, member: Member) -> None:
+        """The new connection has what ``member`` missed: now what waited, and what was kept."""
+        for data in self._waiting.pop(member, ()):
+            self._hand_over(member, data, 1)
+        kept, member.kept = member.kept, None
+        if kept:
+            self.tell(member, *kept)
+        self._evict_slow()
 
     def room_state(self, room: str, /) -> ev.RoomState | None:
         """``room``'s epoch and last number, if this node keeps its log."""
@@ -869,40 +993,64 @@ class Hub:
         return None if held is None else ev.RoomState(room, held.epoch, held.seq)
 
     def resume(self, room: str, epoch: str, after: int, /) -> ev.Recovery:
-        """Every event of ``room`` after number ``after`` of ``epoch``, or why not.
-
-        All or nothing: a failure (no such room here, another epoch, a number
-        from the future, events no longer kept or more than ``resume_max``)
-        says about how many events the client lost and replays none.
-        """
+        """Every event of ``room`` after number ``after`` of ``epoch``, or why not
+        (:func:`recover`, from this node's buffer)."""
         held = self._logs.get(room)
         if held is None:
             return ev.ResumeFailed(room, "", 0, 0, "no such room")
-        seq = held.seq
+        return recover(room, held.epoch, held.seq, epoch, after, held.tail, self.resume_max)
 
-        def failed(lost: int, reason: str) -> ev.ResumeFailed:
-            return ev.ResumeFailed(room, held.epoch, seq, lost, reason)
+    # --- takeovers across a cluster (the backplane calls these) ------------------------
 
-        if epoch != held.epoch:
-            return failed(seq, "the room's history was reset")
-        if after > seq:
-            return failed(0, f"number {after} is from the future (the room is at {seq})")
-        if after < 0:
-            return failed(seq, "a negative number")
-        missed = seq - after
-        if missed > self.resume_max:
-            return failed(missed, f"more than {self.resume_max} events to replay")
-        if missed == 0:
-            return ev.Resumed(room, held.epoch, seq, ())
-        tail = held.tail
-        if not tail or tail[-1].seq != seq or len(tail) < missed:
-            return failed(missed, "history no longer has them")
-        replay = tuple(itertools.islice(tail, len(tail) - missed, None))
-        # Exactly the numbers after + 1 .. seq, each once, or the tail cannot be trusted
-        # (in a cluster two nodes may have given one number twice): a failure, not a guess.
-        if any(event.seq != number for number, event in enumerate(replay, after + 1)):
-            return failed(missed, "history no longer has them")
-        return ev.Resumed(room, held.epoch, seq, replay)
+    def adopt(self, takeover: Takeover, dialect: Dialect, /) -> Member:
+        """A member held anywhere in the cluster is this node's now (see :class:`Takeover`):
+        in its rooms unannounced, at the numbers they stood at; what they say waits in its
+        outbox until its connection :meth:`reattach`-es."""
+        member = Member(takeover.name, _Waiting(self.waiting_max), lambda: None, dialect)
+        member.key = takeover.key
+        self._members[member.key] = member
+        for name in takeover.rooms:
+            room = self._rooms.get(name)
+            if room is None:
+                room = self._rooms[name] = Room(name, self._log(name))
+                if name != p.LOBBY:
+                    self.backplane.occupy(name)
+            numbers = takeover.numbers.get(name)
+            if numbers is not None and (room.log.epoch, room.log.seq) != numbers:
+                room.log.epoch, room.log.seq = numbers
+                room.log.tail.clear()
+                room.log.local = False
+            room.add(member)
+            member.rooms[name] = room
+            if room.log.tail.maxlen == 0 and resumes(dialect):
+                room.log.tail = deque(maxlen=self.resume_max)
+        self.backplane.presence(member.key, member.name, tuple(member.rooms))
+        log.info("%s taken over from another connection", member.name)
+        return member
+
+    def hand_off(self, key: str, /) -> list[ev.Private]:
+        """The member holding ``key`` was taken over (by another node, or by this one
+        again): it goes unannounced; returns the private messages kept for it."""
+        member = self._members.pop(key, None)
+        if member is None:
+            return []
+        for name in list(member.rooms):
+            room = member.rooms.pop(name)
+            room.remove(member)
+            if not room.members and name != p.LOBBY:
+                del self._rooms[name]
+                if not self.backplane.vacate(name):
+                    self._logs.pop(name, None)
+        self._waiting.pop(member, None)
+        kept, member.kept = member.kept, None
+        self.handed_off(member)
+        member.outbox.close()
+        return kept or []
+
+    def abandon(self, member: LocalMember, /) -> None:
+        """An adopted member's new connection is gone before it took it: it leaves."""
+        if isinstance(member, Member):
+            self.leave(member, "connection lost")
 
     # --- the rest of the Node interface (the backplane calls these) ------------
 
@@ -910,7 +1058,7 @@ class Hub:
         """A private message (or its echo) from the cluster, if its recipient is here."""
         member = self._members.get(key)
         if member is not None and (event.echo or p.name_key(event.sender) not in member.ignoring):
-            self.tell(member, event)
+            self._to_member(member, event)
 
     def replace_histories(self, histories: Mapping[str, Sequence[RoomEvent]], /) -> None:
         """Take the cluster's stored histories (after (re)linking), keeping room references.

@@ -25,6 +25,10 @@ Redis never meet, and a test can delete a cluster by that prefix.
     hash: the room's ``epoch`` and the last ``seq`` given out (made anew when missing)
 ``resume:ROOM``
     list of the room's last ``resume_max`` events of every kind, newest first
+``resumable:ID``
+    hash: a resumable v2 member's ``node``, name ``key``, ``name`` and ``held`` flag
+``tokens:ID``, ``token:DIGEST``
+    the SHA-256 digests (hex) of its valid resume tokens, and each one's entry id
 ``holders:ROOM``, ``held:NODE``
     which nodes have members in ROOM, and the same from the node's side
 """
@@ -89,6 +93,18 @@ class Keys:
     @property
     def resume_prefix(self) -> str:
         return self.prefix + "resume:"
+
+    @property
+    def resumable_prefix(self) -> str:
+        return self.prefix + "resumable:"
+
+    @property
+    def tokens_prefix(self) -> str:
+        return self.prefix + "tokens:"
+
+    @property
+    def token_prefix(self) -> str:
+        return self.prefix + "token:"
 
     @property
     def holders_prefix(self) -> str:

@@ -75,11 +75,20 @@ class Undo:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenOp:
+    """A change to a resume entry's mirror (the ``TOKENS`` script's op and its arguments)."""
+
+    op: str
+    entry: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Rehold:
     """Make this node's holds in Redis its rooms now (on linking, or after a full queue)."""
 
 
-Item = Events | Direct | Whereabouts | Release | Room | Sweep | Undo | Rehold
+Item = Events | Direct | Whereabouts | Release | Room | Sweep | Undo | Rehold | TokenOp
 
 _RECORDS: Final = (Direct, Whereabouts)
 
@@ -181,7 +190,7 @@ class Publisher:
         keys, history = self._keys, self._options.history
         holds = [i.room for i in items if isinstance(i, Room) and i.room not in self._held]
         if not holds and not any(
-            isinstance(i, Events | Release | Direct | Whereabouts) for i in items
+            isinstance(i, Events | Release | Direct | Whereabouts | TokenOp) for i in items
         ):
             return
         parts: list[str | bytes] = []
@@ -201,6 +210,10 @@ class Publisher:
                             parts += [head, tail, b"1" if kept else b"0"]
                     elif isinstance(item, Release):
                         scripts.RELEASE(keys=[keys.name(item.key)], args=[item.token], client=pipe)
+                    elif isinstance(item, TokenOp):
+                        prefixes = [keys.resumable_prefix, keys.tokens_prefix, keys.token_prefix]
+                        args = [item.op, self.node, item.entry, *prefixes, *item.args]
+                        scripts.TOKENS(keys=[], args=args, client=pipe)
                     elif isinstance(item, _RECORDS):
                         parts += [b"R", encode_record(item)]
                         if isinstance(item, Whereabouts) and item.node == self.node:
@@ -212,10 +225,10 @@ class Publisher:
                 if parts:
                     self._seq += 1
                     header = encode_batch(self.node, self._seq, [])
-                    args: list[str | bytes] = [self.node, str(self._seq), keys.channel, header]
-                    args += [keys.numbers_prefix, keys.history_prefix, keys.resume_prefix]
-                    args += [str(history), str(self._options.resume_max), *parts]
-                    scripts.BATCH(keys=[keys.seqs, keys.rooms], args=args, client=pipe)
+                    batch: list[str | bytes] = [self.node, str(self._seq), keys.channel, header]
+                    batch += [keys.numbers_prefix, keys.history_prefix, keys.resume_prefix]
+                    batch += [str(history), str(self._options.resume_max), *parts]
+                    scripts.BATCH(keys=[keys.seqs, keys.rooms], args=batch, client=pipe)
         self._held.update(holds)
 
     async def _drop(
@@ -229,7 +242,7 @@ class Publisher:
         for room in rooms:
             args += [room, encode_record(Drop(room))]
         script_keys = [keys.rooms, keys.seqs, keys.held(self.node)]
-        await self._announcing(client, scripts.DROP, script_keys, args)
+        await self.announcing(client, scripts.DROP, script_keys, args)
 
     async def _undo(self, client: coredis.Redis[bytes], room: str) -> None:
         """Bring back ``room``'s dropped history, if Redis still keeps it."""
@@ -237,16 +250,18 @@ class Publisher:
         keys = self._keys
         script_keys = [keys.rooms, keys.seqs, keys.history(room), keys.dropped(room)]
         args: list[str | bytes] = [room, str(self._options.history), history_prefix(room)]
-        await self._announcing(client, scripts.UNDO, script_keys, args)
+        await self.announcing(client, scripts.UNDO, script_keys, args)
 
-    async def _announcing(
+    async def announcing(
         self,
         client: coredis.Redis[bytes],
         script: Any,
         keys: list[str],
         args: list[str | bytes],
-    ) -> None:
-        """Run a script that may publish a batch as ours, numbered next."""
+    ) -> Any:
+        """Run a script that may publish a batch as ours, numbered next; its result.
+
+        Only with :attr:`lock` held (the writer's batches are numbered too)."""
         seq = self._seq + 1
         header = encode_batch(self.node, seq, [])
         try:
@@ -261,6 +276,7 @@ class Publisher:
             raise
         if published:
             self._seq = seq
+        return published
 
     async def _rehold(self, client: coredis.Redis[bytes], node: Node) -> None:
         """Hold exactly the rooms our members are in; drop what only we held and let go."""

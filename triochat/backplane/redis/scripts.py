@@ -72,6 +72,104 @@ return 1
 """,
 )
 
+# A resume entry's mirror (triochat.core.resume.Tokens): ARGV[1] the op, [2] our node,
+# [3] the entry id, [4], [5], [6]: resumable, tokens and token prefixes; for 'issue',
+# [7] KEY, [8] NAME, [9] the new digest (hex); for 'keep', [7] the digest to keep.
+# Only the entry's node may change it (another may have taken it over meanwhile).
+TOKENS: Final = Script[bytes](
+    None,
+    """
+local entry, set = ARGV[4] .. ARGV[3], ARGV[5] .. ARGV[3]
+local op = ARGV[1]
+local owner = redis.call('HGET', entry, 'node')
+if op == 'issue' then
+  if owner and owner ~= ARGV[2] then return 0 end
+  redis.call('HSET', entry, 'node', ARGV[2], 'key', ARGV[7], 'name', ARGV[8])
+  redis.call('HSETNX', entry, 'held', '0')
+  redis.call('SET', ARGV[6] .. ARGV[9], ARGV[3])
+  redis.call('SADD', set, ARGV[9])
+  return 1
+end
+if owner ~= ARGV[2] then return 0 end
+if op == 'hold' then
+  redis.call('HSET', entry, 'held', '1')
+  return 1
+end
+for _, digest in ipairs(redis.call('SMEMBERS', set)) do
+  if digest ~= ARGV[7] then
+    redis.call('DEL', ARGV[6] .. digest)
+    redis.call('SREM', set, digest)
+  end
+end
+if op == 'forget' then redis.call('DEL', entry, set) end
+return 1
+""",
+)
+
+# The grace of entry ARGV[3], held by node ARGV[2], is over: 1 if it is still ours (or Redis
+# lost it), and its tokens go; 0 if another node took it over. ARGV[4], [5], [6] as TOKENS.
+EXPIRE: Final = Script[bytes](
+    None,
+    """
+local entry, set = ARGV[4] .. ARGV[3], ARGV[5] .. ARGV[3]
+local owner = redis.call('HGET', entry, 'node')
+if owner and owner ~= ARGV[2] then return 0 end
+for _, digest in ipairs(redis.call('SMEMBERS', set)) do redis.call('DEL', ARGV[6] .. digest) end
+redis.call('DEL', entry, set)
+return 1
+""",
+)
+
+# Take the member whose token's digest is KEYS[1] (token:HEX) over to node ARGV[1]: its entry
+# and its name (ARGV[7], our claim token) are ours, and one T record says so on the channel,
+# with the member's rooms and where their numbering stands, so that its old node lets it go
+# and we adopt it at this very point of the channel's order. Returns false (no such token),
+# or the entry id and, for each (ROOM, AFTER) pair from ARGV[14], ROOM, its epoch, its last
+# number and its events after AFTER (newest first; none if more than ARGV[11]).
+# ARGV[5], [6]: resumable and name prefixes; [8]: presence hash; [9], [10]: numbers and
+# resume prefixes; [12]: seqs hash; [13]: our nonce for this takeover.
+TAKE: Final = Script[bytes](
+    None,
+    """
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+local entry = ARGV[5] .. id
+local old = redis.call('HGET', entry, 'node')
+if not old then return false end
+local key = redis.call('HGET', entry, 'key')
+local name = redis.call('HGET', entry, 'name')
+redis.call('HSET', entry, 'node', ARGV[1], 'held', '0')
+redis.call('SET', ARGV[6] .. key, ARGV[7])
+local rooms = {}
+local presence = redis.call('HGET', ARGV[8], key)
+if presence then
+  local ok, decoded = pcall(cjson.decode, presence)
+  if ok and type(decoded) == 'table' and type(decoded[3]) == 'table' then rooms = decoded[3] end
+end
+local numbers = {}
+for _, room in ipairs(rooms) do
+  local n = redis.call('HMGET', ARGV[9] .. room, 'epoch', 'seq')
+  if n[1] then numbers[#numbers + 1] = {room, n[1], tonumber(n[2])} end
+end
+local tails = {}
+for i = 14, #ARGV, 2 do
+  local room, after = ARGV[i], tonumber(ARGV[i + 1])
+  local n = redis.call('HMGET', ARGV[9] .. room, 'epoch', 'seq')
+  local seq = tonumber(n[2] or '0') or 0
+  local events = {}
+  local missed = seq - after
+  if n[1] and missed > 0 and missed <= tonumber(ARGV[11]) then
+    events = redis.call('LRANGE', ARGV[10] .. room, 0, missed - 1)
+  end
+  tails[#tails + 1] = {room, n[1] or '', tostring(seq), events}
+end
+local record = cjson.encode({'T', id, key, name, old, ARGV[1], ARGV[13], rooms, numbers})
+redis.call('HSET', ARGV[12], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. record .. '\n')
+return {id, tails}
+""",
+)
+
 # Claim KEYS[1] for ARGV[1] (a NODE:SERIAL token) unless a live node holds it; return the
 # holder's token, or false. ARGV[2]: alive-key prefix; ARGV[3]: our node;
 # ARGV[4] '1': take over our own stale token.

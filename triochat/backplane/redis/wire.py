@@ -16,6 +16,9 @@ and newlines frame it. Room events travel as the hub made them, ``seq`` and
     ROOM's history was dropped: no node has a member in it any more
 ``["H", ROOM, [EVENT, ...]]``
     ROOM's history is now exactly these events, oldest first (a drop was undone)
+``["T", ID, KEY, NAME, OLD, NEW, NONCE, [ROOM, ...], [[ROOM, EPOCH, SEQ], ...]]``
+    node NEW took the resumable member ID (holding KEY) over from node OLD, at this
+    point of the channel's order, where each room's numbering stood as given
 ``["E", ROOM, EPOCH]``
     the room events that follow in the batch (up to the next record of another kind)
     were numbered in ROOM's epoch EPOCH
@@ -43,6 +46,7 @@ from typing import Any, Final
 
 from ...core import records
 from ...core.events import Private, RoomEvent
+from ..base import Takeover
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +88,18 @@ class Epoch:
     epoch: str
 
 
-Record = RoomEvent | Direct | Whereabouts | Drop | History | Epoch
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Node ``new`` took resumable member ``entry`` over from ``old`` (see the ``T`` record)."""
+
+    entry: str
+    takeover: Takeover
+    old: str
+    new: str
+    nonce: str
+
+
+Record = RoomEvent | Direct | Whereabouts | Drop | History | Epoch | Taken
 
 
 class WireError(ValueError):
@@ -115,6 +130,10 @@ def encode_record(record: Record) -> bytes:
             return history_prefix(room) + b",".join(map(encode_event, events)) + b"]]\n"
         case Epoch(room, epoch):
             return _dumps(["E", room, epoch]) + b"\n"
+        case Taken(entry, takeover, old, new, nonce):
+            numbers = [[room, *numbering] for room, numbering in takeover.numbers.items()]
+            fields = [entry, takeover.key, takeover.name, old, new, nonce, list(takeover.rooms)]
+            return _dumps(["T", *fields, numbers]) + b"\n"
         case _:
             return encode_event(record) + b"\n"
 
@@ -183,7 +202,7 @@ def decode_event(raw: bytes | str) -> RoomEvent:
         raise WireError(f"malformed event record {raw[:80]!r}: {exc}") from None
 
 
-_CLUSTER_KINDS: Final = (b'["M",', b'["P",', b'["D",', b'["H",', b'["E",')
+_CLUSTER_KINDS: Final = (b'["M",', b'["P",', b'["D",', b'["H",', b'["E",', b'["T",')
 
 
 def _record(raw: bytes) -> Record:
@@ -210,6 +229,15 @@ def _record(raw: bytes) -> Record:
     if kind == "E":
         _, room, epoch = _fields(items, 3)
         return Epoch(_str(room), _str(epoch))
+    if kind == "T":
+        _, entry, key, name, old, new, nonce, rooms, numbers = _fields(items, 9)
+        numbering: dict[str, tuple[str, int]] = {}
+        for item in numbers or ():  # Lua's cjson makes an empty array {}
+            if not isinstance(item, list) or len(item) != 3 or not isinstance(item[2], int):
+                raise WireError(f"a T record's numbers are [room, epoch, seq], not {item!r:.80}")
+            numbering[_str(item[0])] = (_str(item[1]), item[2])
+        takeover = Takeover(_str(key), _str(name), _strs(rooms or []), numbering)
+        return Taken(_str(entry), takeover, _str(old), _str(new), _str(nonce))
     _, room, events = _fields(items, 3)
     if not isinstance(events, list):
         raise WireError(f"an H record's events are an array, not {events!r:.80}")
