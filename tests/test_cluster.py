@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+from _v2 import V2Client
 from redis_support import (
     FAST,
     TEST_REDIS,
@@ -564,3 +565,61 @@ async def test_redis_numbers_every_rooms_events_for_all_nodes(
     assert after is not None
     assert after.epoch != state.epoch
     assert after.seq == 1
+
+
+async def test_a_v2_member_cut_on_one_node_resumes_on_another_over_redis(
+    start_node: StartNode, join: Join, redis_url: str, cluster: str
+) -> None:
+    server_a, port_a = await start_node()
+    server_b, port_b = await start_node()
+    bob = await join(port_b, "bob")
+    alice = V2Client(await trio.open_tcp_stream("127.0.0.1", port_a))
+    await alice.register("alice")
+    await alice.parsed("joined")  # after the room's epoch, as Redis gave it
+    await expect(bob, "* alice joined #lobby")
+    await alice.cut()
+    await wait_until(lambda: server_a.tokens.held == 1)
+    await bob.send_line("while you were away")
+    await expect(bob, "<bob> while you were away")
+    other = V2Client(await trio.open_tcp_stream("127.0.0.1", port_b))
+    await other.hello()
+    await other.send("alice")  # held on node A: the name is still taken, cluster-wide
+    assert (await other.until("error"))[-1] == "error :Name alice is taken, choose another"
+
+    again = V2Client(await trio.open_tcp_stream("127.0.0.1", port_b))
+    again.token, again.positions = alice.token, dict(alice.positions)
+    await again.hello()
+    await again.send(again.resume_line())
+    lines = await again.parsed("resumed")
+    assert [(line.kind, line.text) for line in lines] == [
+        ("welcome", None),
+        ("said", "while you were away"),
+        ("resumed", None),
+    ]
+    await again.send("back on b")
+    seen = await expect(bob, lambda line: "alice" in line)
+    assert seen.endswith("<alice> back on b")  # no left, no joined before it
+    assert isinstance(server_a.backplane, RedisBackplane)
+    assert isinstance(server_b.backplane, RedisBackplane)
+    node_b = server_b.backplane.node_id
+    await wait_until(lambda: server_a.hub.member("alice") is None)
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        prefix = f"triochat:{cluster}:"
+        assert (await client.get(prefix + "name:alice") or "").startswith(node_b + ":")
+        # Only digests: no key and no value holds a token.
+        stored = [key async for key in client.scan_iter(match=prefix + "*")]
+        for key in stored:
+            assert alice.token not in key
+            assert again.token not in key
+            if await client.type(key) == "string":
+                assert alice.token not in (await client.get(key) or "")
+        (token_key,) = [key async for key in client.scan_iter(match=prefix + "token:*")][:1]
+        entry = await client.get(token_key)
+        assert entry is not None
+        assert await client.hget(prefix + "resumable:" + entry, "node") == node_b
+    # Node A's grace ending now finds the member another node's: it does nothing.
+    assert await server_a.backplane.expire(entry) is False
+    await again.send("/quit")
+    await expect(bob, "* alice left #lobby (quit)")
+    for client in (other, again):
+        await client.cut()

@@ -165,7 +165,7 @@ for i = 14, #ARGV, 2 do
 end
 local record = cjson.encode({'T', id, key, name, old, ARGV[1], ARGV[13], rooms, numbers})
 redis.call('HSET', ARGV[12], ARGV[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. record .. '\n')
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. record .. '\\n')
 return {id, tails}
 """,
 )
