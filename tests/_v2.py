@@ -23,7 +23,7 @@ WAIT = 100  # virtual seconds
 class Client:
     """The far end of a memory stream the server serves: raw lines in, raw lines out."""
 
-    def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self._buffer = b""
 
@@ -59,7 +59,7 @@ class V2Client(Client):
     token = ""
     name = ""
 
-    def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         super().__init__(stream)
         self.positions: dict[str, tuple[str, int]] = {}
 
