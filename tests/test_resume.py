@@ -306,3 +306,112 @@ async def test_resume_attempts_is_the_limit(autojump_clock: trio.testing.MockClo
         while (line := await guesser.line()) is not None:
             lines.append(line)
         assert lines == ["error :Too many bad resume tokens, closing"]
+
+
+async def test_bad_tokens_cost_the_passwords_growing_delay_and_all_read_alike(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving(resume_grace=5, password_delay=1.0, resume_attempts=10) as (
+        _server,
+        _connect,
+        connect_v2,
+    ):
+        expired = await connect_v2()
+        await expired.register("gone")
+        await expired.cut()
+        await trio.sleep(6)  # its grace is over
+        alice = await connect_v2()
+        await alice.register("alice")
+
+        guesser = await connect_v2()
+        await guesser.hello()
+        answers, waits = [], []
+        # Forged, expired, forged: each answer waits twice as long as the one before.
+        for token in (f"{0:032x}", expired.token, f"{1:032x}"):
+            start = trio.current_time()
+            await guesser.send(f"/resume {token}")
+            answers.append(await guesser.until("notice :What is your name?"))
+            waits.append(trio.current_time() - start)
+        assert waits == [1.0, 2.0, 4.0]
+        assert (
+            answers[0]
+            == answers[1]
+            == answers[2]
+            == [
+                "error :That resume token is not valid (unknown, used or expired); give your name",
+                "notice :What is your name?",
+            ]
+        )
+        # A token of one's own, valid, does not wipe the record between guesses.
+        mine = await connect_v2()
+        await mine.hello()
+        start = trio.current_time()
+        await mine.send(f"/resume {alice.token}")
+        await mine.parsed("welcome")
+        assert trio.current_time() == start  # a good token is never delayed
+        start = trio.current_time()
+        await guesser.send(f"/resume {2:032x}")
+        assert (await guesser.until("notice"))[0] == answers[0][0]
+        assert trio.current_time() - start == 8.0
+        assert alice.token not in "".join(line for answer in answers for line in answer)
+
+
+async def test_private_messages_to_a_held_member_wait_for_it_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving(resume_max=2) as (_server, connect, connect_v2):
+        bob = await v1_user(connect, "bob")
+        alice = await connect_v2()
+        await alice.register("alice")
+        await bob.line()
+        await alice.cut()
+        await trio.sleep(1)
+        await bob.send("/msg alice one", "/msg alice two", "/msg alice three")
+        told = [(await bob.line() or "").split("] ", 1)[-1] for _ in range(5)]
+        kept = (
+            "* alice's connection is down: your message is kept for them,"
+            " and given if they are back in time"
+        )
+        assert told == [
+            "-> *alice* one",
+            kept,
+            "-> *alice* two",
+            kept,
+            "! alice's connection is down and 2 private messages wait for them already:"
+            " yours was not delivered",
+        ]
+        again = await connect_v2()
+        again.token, again.positions = alice.token, dict(alice.positions)
+        await again.hello()
+        await again.send(again.resume_line())
+        lines = await again.parsed("resumed")
+        privates = await again.parsed("private")
+        privates += await again.parsed("private")
+        assert [line.kind for line in lines] == ["welcome", "resumed"]
+        assert [(line.kind, line.text) for line in privates] == [
+            ("private", "one"),
+            ("private", "two"),
+        ]
+        await again.send("/msg bob thanks")
+        sent = await again.parsed("private-sent")
+        assert [line.kind for line in sent] == ["private-sent"]  # each kept message came once
+        assert (await bob.line() or "").endswith("*alice* thanks")
+
+
+async def test_a_held_members_kept_messages_are_reported_when_its_grace_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving(resume_grace=5) as (_server, connect, connect_v2):
+        bob = await v1_user(connect, "bob")
+        alice = await connect_v2()
+        await alice.register("alice")
+        await bob.line()
+        await alice.cut()
+        await bob.send("/msg alice are you there?")
+        await bob.line()
+        await bob.line()
+        lines = [(await bob.line() or "").split("] ", 1)[-1] for _ in range(2)]
+        assert lines == [
+            "! alice left (connection lost): your message was not delivered: are you there?",
+            "* alice left #lobby (connection lost)",
+        ]
