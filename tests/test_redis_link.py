@@ -173,7 +173,8 @@ async def test_scripts_are_loaded_again_when_redis_forgot_them(
         assert await node.backplane.claim("ann") is Claim.CLAIMED
         assert await admin.get(f"triochat:{cluster}:name:ann") is not None
         await admin.script_flush()
-        # A release runs inside a transaction, whose scripts are checked first.
+        # A release runs inside a transaction: its NOSCRIPT loads them again, then it is
+        # written once more.
         node.backplane.unclaim("ann")
         with trio.fail_after(5):
             while await admin.get(f"triochat:{cluster}:name:ann") is not None:  # noqa: ASYNC110

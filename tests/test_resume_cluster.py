@@ -191,3 +191,33 @@ async def test_a_grace_that_wins_the_race_with_a_takeover_is_a_clear_leave(
         await again.send("alice")  # its name is free again, cluster-wide
         assert (await again.parsed("room"))[0]["name"] == "alice"
         assert server_b.hub.member("alice") is not None
+
+
+async def test_in_a_cluster_a_member_resumes_on_its_own_node_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_nodes() as ((server_a, _a, v2_a), (_b, connect_b, _v2_b)):
+        bob = await v1_user(connect_b, "bob")
+        alice = await held_on(v2_a, "alice")
+        await bob.send("meanwhile")
+        await settle()
+        await nothing_for(bob)
+        again = await v2_a()
+        again.token, again.positions = alice.token, dict(alice.positions)
+        await again.hello()
+        await again.send(again.resume_line())
+        lines = await again.parsed("resumed")
+        assert [(line.kind, line.text) for line in lines] == [
+            ("welcome", None),
+            ("said", "meanwhile"),
+            ("resumed", None),
+        ]
+        await again.send(f"/ack {again.token}", "same node")
+        await settle()
+        assert [line.split("] ", 1)[1] for line in await nothing_for(bob)] == ["<alice> same node"]
+        assert server_a.hub.member("alice") is not None
+        # Acknowledged: the first token is refused now, on any node.
+        stale = await v2_a()
+        await stale.hello()
+        await stale.send(f"/resume {alice.token}")
+        assert (await stale.until("error"))[-1].startswith("error :That resume token is not")

@@ -273,6 +273,7 @@ class RedisBackplane:
             client.pubsub(retry_policy=NoRetryPolicy(), ignore_subscribe_messages=True) as pubsub,
         ):
             with trio.fail_after(timeout):
+                await scripts.load(client)
                 await pubsub.subscribe(keys.channel)
                 # Our holds stay (the others must not drop our rooms meanwhile);
                 # Rehold below rewrites them.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import coredis
+import coredis.exceptions
 import trio
 
 from ...core.events import RoomEvent, kept_in_history, new_epoch
@@ -186,7 +187,21 @@ class Publisher:
                 del items[0]
 
     async def _transaction(self, client: coredis.Redis[bytes], items: list[Item]) -> None:
-        """Events, presence, releases and holds in one MULTI, with the batch announcing them."""
+        """Events, presence, releases and holds in one MULTI, with the batch announcing them.
+
+        If Redis forgot the scripts (``SCRIPT FLUSH``), none of them ran (they go
+        together): they are loaded again and the transaction is written once more.
+        """
+        seq = self._seq
+        try:
+            await self._multi(client, items)
+        except coredis.exceptions.NoScriptError:
+            self._seq = seq  # Its batch was not published.
+            with trio.fail_after(self._options.timeout):
+                await scripts.load(client)
+            await self._multi(client, items)
+
+    async def _multi(self, client: coredis.Redis[bytes], items: list[Item]) -> None:
         keys, history = self._keys, self._options.history
         holds = [i.room for i in items if isinstance(i, Room) and i.room not in self._held]
         if not holds and not any(
@@ -209,11 +224,12 @@ class Publisher:
                             kept = history and kept_in_history(event)
                             parts += [head, tail, b"1" if kept else b"0"]
                     elif isinstance(item, Release):
-                        scripts.RELEASE(keys=[keys.name(item.key)], args=[item.token], client=pipe)
+                        release = [keys.name(item.key)]
+                        scripts.in_transaction(pipe, scripts.RELEASE, release, [item.token])
                     elif isinstance(item, TokenOp):
                         prefixes = [keys.resumable_prefix, keys.tokens_prefix, keys.token_prefix]
                         args = [item.op, self.node, item.entry, *prefixes, *item.args]
-                        scripts.TOKENS(keys=[], args=args, client=pipe)
+                        scripts.in_transaction(pipe, scripts.TOKENS, [], args)
                     elif isinstance(item, _RECORDS):
                         parts += [b"R", encode_record(item)]
                         if isinstance(item, Whereabouts) and item.node == self.node:
@@ -228,7 +244,7 @@ class Publisher:
                     batch: list[str | bytes] = [self.node, str(self._seq), keys.channel, header]
                     batch += [keys.numbers_prefix, keys.history_prefix, keys.resume_prefix]
                     batch += [str(history), str(self._options.resume_max), *parts]
-                    scripts.BATCH(keys=[keys.seqs, keys.rooms], args=batch, client=pipe)
+                    scripts.in_transaction(pipe, scripts.BATCH, [keys.seqs, keys.rooms], batch)
         self._held.update(holds)
 
     async def _drop(

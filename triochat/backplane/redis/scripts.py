@@ -6,6 +6,13 @@ script and retries once; in a pipeline it checks the cache before the
 transaction. So the script's text crosses the network once per Redis
 process, not once per call.
 
+In a transaction (MULTI) coredis would ask ``SCRIPT EXISTS`` before every
+one: one more round trip per batch. So the scripts a transaction runs go by
+:func:`in_transaction` (a plain ``EVALSHA``), and every script is loaded once
+per connection (:func:`load`); a Redis that lost them (restarted, or
+``SCRIPT FLUSH``) fails the transaction, which counts as a broken link, and
+the next connection loads them again.
+
 Every script that may publish a batch takes the same first four arguments:
 ARGV[1] the node, ARGV[2] the batch's number, ARGV[3] the channel, ARGV[4]
 the batch's header line (see :mod:`.wire`).
@@ -13,8 +20,10 @@ the batch's header line (see :mod:`.wire`).
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
+import coredis
 from coredis.commands.script import Script
 
 # Publish one batch of this node's: ARGV[5...] are its parts in order, each either
@@ -336,3 +345,19 @@ end
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), h}
 """,
 )
+
+
+ALL: Final = (BATCH, TOKENS, EXPIRE, TAKE, CLAIM, RELEASE, REAP, REHOLD, DROP, UNDO, SNAPSHOT)
+
+
+async def load(client: coredis.Redis[bytes]) -> None:
+    """Load every script into Redis's cache (once per connection)."""
+    for script in ALL:
+        await client.script_load(script.script)
+
+
+def in_transaction(
+    pipe: Any, script: Script[bytes], keys: Sequence[str], args: Sequence[str | bytes]
+) -> None:
+    """Queue ``script`` in a transaction by its SHA alone (see the module's docstring)."""
+    pipe.evalsha(script.sha, keys=list(keys), args=list(args))
