@@ -124,6 +124,15 @@ async def serving(
         server.shutdown()
 
 
+async def resume(connect_v2: Callable[[], Awaitable[V2Client]], old: V2Client) -> V2Client:
+    """A new connection that gives ``old``'s token and positions (its answer not read)."""
+    again = await connect_v2()
+    again.token, again.positions = old.token, dict(old.positions)
+    await again.hello()
+    await again.send(again.resume_line())
+    return again
+
+
 async def v1_user(connect: Connect, name: str) -> Client:
     client = await connect()
     await client.until("* What is your name?")

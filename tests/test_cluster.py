@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from _v2 import V2Client
+from _v2 import V2Client, resume
 from redis_support import (
     FAST,
     TEST_REDIS,
@@ -586,10 +586,10 @@ async def test_a_v2_member_cut_on_one_node_resumes_on_another_over_redis(
     await other.send("alice")  # held on node A: the name is still taken, cluster-wide
     assert (await other.until("error"))[-1] == "error :Name alice is taken, choose another"
 
-    again = V2Client(await trio.open_tcp_stream("127.0.0.1", port_b))
-    again.token, again.positions = alice.token, dict(alice.positions)
-    await again.hello()
-    await again.send(again.resume_line())
+    async def connect_b() -> V2Client:
+        return V2Client(await trio.open_tcp_stream("127.0.0.1", port_b))
+
+    again = await resume(connect_b, alice)
     lines = await again.parsed("resumed")
     assert [(line.kind, line.text) for line in lines] == [
         ("welcome", None),

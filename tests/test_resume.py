@@ -12,7 +12,7 @@ import logging
 import pytest
 import trio
 import trio.testing
-from _v2 import serving, v1_user
+from _v2 import resume, serving, v1_user
 
 from triochat.protocol import v2
 
@@ -99,10 +99,7 @@ async def test_a_cut_within_the_grace_resumes_silently_and_loses_nothing(
         await bob.until("[")
         await bob.until("[")
         assert server.tokens.held == 1
-        again = await connect_v2()
-        again.token, again.positions = alice.token, dict(alice.positions)
-        await again.hello()
-        await again.send(again.resume_line())
+        again = await resume(connect_v2, alice)
         lines = await again.parsed("resumed")
         assert [(line.kind, line.text) for line in lines] == [
             ("welcome", None),
@@ -380,10 +377,7 @@ async def test_private_messages_to_a_held_member_wait_for_it_bounded(
             "! alice's connection is down and 2 private messages wait for them already:"
             " yours was not delivered",
         ]
-        again = await connect_v2()
-        again.token, again.positions = alice.token, dict(alice.positions)
-        await again.hello()
-        await again.send(again.resume_line())
+        again = await resume(connect_v2, alice)
         lines = await again.parsed("resumed")
         privates = await again.parsed("private")
         privates += await again.parsed("private")

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from _v2 import Client, Connect, ConnectV2, V2Client, serving, v1_user
+from _v2 import Client, Connect, ConnectV2, V2Client, resume, serving, v1_user
 
 from triochat import ChatServer
 from triochat.backplane.memory import MemoryBackplane, MemoryCluster
@@ -51,10 +51,7 @@ async def held_on(connect_v2: ConnectV2, name: str) -> V2Client:
 
 
 async def resume_on(connect_v2: ConnectV2, old: V2Client, last: str = "resumed") -> V2Client:
-    again = await connect_v2()
-    again.token, again.positions = old.token, dict(old.positions)
-    await again.hello()
-    await again.send(again.resume_line())
+    again = await resume(connect_v2, old)
     await again.parsed(last)
     return again
 
@@ -110,10 +107,7 @@ async def test_a_member_cut_on_one_node_resumes_on_another_silently_and_whole(
         await taker.send("alice")
         assert (await taker.until("error"))[-1] == "error :Name alice is taken, choose another"
 
-        again = await v2_b()
-        again.token, again.positions = alice.token, dict(alice.positions)
-        await again.hello()
-        await again.send(again.resume_line())
+        again = await resume(v2_b, alice)
         lines = await again.parsed("resumed")
         lines += await again.parsed("resumed")
         said = [(line["room"], line.text) for line in lines if line.kind == "said"]
@@ -202,10 +196,7 @@ async def test_in_a_cluster_a_member_resumes_on_its_own_node_too(
         await bob.send("meanwhile")
         await settle()
         await nothing_for(bob)
-        again = await v2_a()
-        again.token, again.positions = alice.token, dict(alice.positions)
-        await again.hello()
-        await again.send(again.resume_line())
+        again = await resume(v2_a, alice)
         lines = await again.parsed("resumed")
         assert [(line.kind, line.text) for line in lines] == [
             ("welcome", None),

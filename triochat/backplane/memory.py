@@ -25,7 +25,8 @@ import trio
 from ..core.events import Dialect, Private, RoomEvent, kept_in_history, new_epoch
 from ..core.names import name_key
 from ..protocol.line import LOBBY
-from .base import BackplaneError, Claim, Handover, LocalMember, Node, Tail, Takeover
+from ._takeover import Pending
+from .base import BackplaneError, Claim, Handover, Node, Tail, Takeover
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +74,6 @@ class _Resumable:
     name: str
     digests: set[bytes]
     held: bool = False
-
-
-class _Pending:
-    """A takeover this node asked for, until it comes back through the channel."""
-
-    __slots__ = ("abandoned", "dialect", "done", "member")
-
-    def __init__(self, dialect: Dialect) -> None:
-        self.dialect = dialect
-        self.done = trio.Event()
-        self.member: LocalMember | None = None
-        self.abandoned = False
 
 
 @dataclass(slots=True)
@@ -253,7 +242,7 @@ class MemoryBackplane:
         self.cluster = cluster
         self._node: Node | None = None
         self._inbox, self._outbox = trio.open_memory_channel[_Record](cluster.backlog)
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Pending] = {}
         self._flowing = trio.Event()
         self._flowing.set()
 
@@ -356,10 +345,7 @@ class MemoryBackplane:
                     for private in node.hand_off(takeover.key):
                         self.publish_private(takeover.key, private)  # for its new node
                 if new is self and (pending := self._pending.pop(nonce, None)) is not None:
-                    pending.member = node.adopt(takeover, pending.dialect)
-                    if pending.abandoned:
-                        node.abandon(pending.member)
-                    pending.done.set()
+                    pending.arrived(node, takeover)
 
     # --- resume tokens ---------------------------------------------------------------
 
@@ -395,22 +381,15 @@ class MemoryBackplane:
         self, digest: bytes, positions: Sequence[tuple[str, int]], dialect: Dialect, /
     ) -> Handover | None:
         await trio.lowlevel.checkpoint()  # A round trip, as far as the caller can tell.
-        pending = _Pending(dialect)
+        pending = Pending(dialect)
         taken = self.cluster._take_over(self, digest, positions)
         if taken is None:
             return None
         tails, nonce, entry = taken
         self._pending[nonce] = pending
-        try:
-            await pending.done.wait()  # Adopted as it came back through the channel.
-        except BaseException:
-            if pending.member is not None:
-                self.node.abandon(pending.member)
-            else:
-                pending.abandoned = True
-            raise
-        assert pending.member is not None
-        return Handover(pending.member, tails, entry)
+        member = await pending.adopted(self.node)  # as it came back through the channel
+        assert member is not None
+        return Handover(member, tails, entry)
 
     async def expire(self, entry: str, /) -> bool:
         await trio.lowlevel.checkpoint()

@@ -21,7 +21,8 @@ from coredis.retry import NoRetryPolicy
 
 from ...core.events import Dialect, Legacy, Private, RoomEvent
 from ...protocol.line import LOBBY
-from ..base import BackplaneError, Claim, Handover, LocalMember, Node, Tail
+from .._takeover import Pending
+from ..base import BackplaneError, Claim, Handover, Node, Tail
 from . import scripts
 from .claims import Claims
 from .keys import Keys
@@ -44,19 +45,6 @@ from .wire import (
 )
 
 _LEAVE_TIMEOUT: Final = 0.5
-
-
-class _Pending:
-    """A takeover this node asked for, until its T record comes back through the channel."""
-
-    __slots__ = ("abandoned", "claim", "dialect", "done", "member")
-
-    def __init__(self, dialect: Dialect, claim: str) -> None:
-        self.dialect = dialect
-        self.claim = claim
-        self.done = trio.Event()
-        self.member: LocalMember | None = None
-        self.abandoned = False
 
 
 _Gone = tuple[str, str, tuple[str, ...]]
@@ -87,7 +75,7 @@ class RedisBackplane:
         self._beating = trio.CancelScope()
         self.link_changes = 0
         """How often the link went down or came back (tests and metrics read it)."""
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, Pending] = {}
         """Our takeovers whose T record has not come back yet, by nonce."""
         quiet_coredis()
 
@@ -183,7 +171,7 @@ class RedisBackplane:
             return None
         keys, options = self.keys, self.options
         nonce = uuid.uuid4().hex[:16]
-        pending = self._pending[nonce] = _Pending(dialect, self._claims.fresh())
+        pending = self._pending[nonce] = Pending(dialect, self._claims.fresh())
         args: list[str | bytes] = [
             keys.resumable_prefix,
             keys.name_prefix,
@@ -215,17 +203,10 @@ class RedisBackplane:
             name = _text(room)
             decoded = _decode_history(name, reversed(events))
             tails[name] = Tail(name, _text(epoch), int(seq), tuple(decoded))
-        try:
-            await pending.done.wait()  # Adopted when its T record came back.
-        except BaseException:
-            if pending.member is not None:
-                self.node.abandon(pending.member)
-            else:
-                pending.abandoned = True
-            raise
-        if pending.member is None:
+        member = await pending.adopted(self.node)  # when its T record came back
+        if member is None:
             return None  # The link went down before the T record came back.
-        return Handover(pending.member, tails, _text(entry))
+        return Handover(member, tails, _text(entry))
 
     async def expire(self, entry: str, /) -> bool:
         client = self._client
@@ -254,10 +235,7 @@ class RedisBackplane:
             if pending is None:
                 return
             self._claims.adopt(takeover.key, pending.claim)
-            pending.member = node.adopt(takeover, pending.dialect)
-            if pending.abandoned:
-                node.abandon(pending.member)
-            pending.done.set()
+            pending.arrived(node, takeover)
 
     # --- the link ------------------------------------------------------------------
 
@@ -320,7 +298,7 @@ class RedisBackplane:
         self.linked = False
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
-            waiting.done.set()  # Its T record will not come: the takeover fails.
+            waiting.failed()  # Its T record will not come: the takeover fails.
         self._down = True
         self._client = None
         self._replica.clear()
