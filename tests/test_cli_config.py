@@ -103,6 +103,8 @@ def test_command_line_beats_environment_beats_file_beats_default(
         ("[redis]\nuri = 'redis://x'\n", "unknown key 'uri' in [redis] in {path}"),
         ("[db.more]\nx = 1\n", "unknown table [db.more] in {path}"),
         ("port = \n", "{path} is not valid TOML"),
+        ("max-clients = 2.5\n", "'max-clients' in {path} must be a whole number, not 2.5"),
+        ("max-clients = true\n", "'max-clients' in {path} must be a whole number, not True"),
     ],
 )
 def test_a_bad_file_is_a_one_line_error_naming_the_file(

@@ -634,6 +634,23 @@ async def test_users_of_a_big_room_gives_the_count_and_all_gives_every_name(
     assert names == [f"u{i:03}" for i in range(120)]
 
 
+async def test_a_big_room_keeps_the_marks_of_the_names_it_lists(clock: Clock) -> None:
+    hub = Hub(history=3, clock=clock, quiet_above=10)
+    watcher, *crowd = _crowd(hub, 120)
+    for user in (crowd[0], crowd[100]):  # one shown, one past the first page
+        user.member.account = user.member.key
+        hub.moderation.op("#big", user.member.key)
+    hub.set_away(crowd[1].member, "lunch")
+    watcher.do(p.Users())
+    (line,) = watcher.lines()
+    assert line.startswith("* Users in #big (120): u000, @u001, u002 (away), u003, ")
+    assert "u101" not in line
+    watcher.do(p.Users(everyone=True))
+    pages = watcher.lines()
+    assert ", @u101, " in pages[2]
+    assert pages[0].count("@") == 1
+
+
 async def test_a_kick_is_announced_by_name_even_in_a_big_room(clock: Clock) -> None:
     hub = Hub(history=3, clock=clock, quiet_above=2)
     watcher, victim, _ = _crowd(hub, 3)

@@ -108,7 +108,9 @@ async def test_operators_topic_kick_and_ban_with_irc_commands(irc_port: int) -> 
     await olga.send("JOIN #den")
     await olga.until("366")
     await ann.send("MODE #den +o olga")
-    await ann.until("NOTICE", "ann", "olga is an operator of #den now")
+    opped = await olga.until("MODE", "#den", "+o", "olga")
+    assert opped.source is not None
+    assert opped.source.startswith("ann!")
     await olga.send("TOPIC #den :olga's")
     await ann.until("TOPIC", "#den", "olga's")
 
@@ -129,3 +131,43 @@ async def test_a_muted_member_gets_404(nursery: trio.Nursery) -> None:
         "#den",
         "Cannot send to channel (You are muted in #den until lifted: not sent)",
     )
+
+
+async def test_names_who_and_mode_mark_operators_and_away_members(irc_port: int) -> None:
+    ann = await registered(irc_port, "ann")
+    await ann.send("JOIN #den")
+    names = await ann.until("353")
+    assert names.params[-1] == "@ann"  # the creator operates the room it made
+    # multi-prefix changes nothing: @ is the only prefix there is.
+    bob = await irc_client(irc_port, "bob", "CAP LS 302", "CAP REQ :multi-prefix", "CAP END")
+    await bob.send("JOIN #den")
+    names = await bob.until("353")
+    assert names.params[-1] == "@ann bob"
+    olga = await registered(irc_port, "olga")
+    await olga.send("JOIN #den", "AWAY :lunch")
+    await olga.until("306")
+    await bob.send("WHO #den")
+    flags = {}
+    while (who := await bob.next()) is not None and who.command != "315":
+        if who.command == "352":
+            flags[who.params[5]] = who.params[6]
+    assert flags == {"ann": "H@", "bob": "H", "olga": "G"}
+    await ann.send("MODE #den +o olga")
+    for client in (ann, bob, olga):
+        opped = await client.until("MODE", "#den", "+o", "olga")
+        assert opped.source is not None
+        assert opped.source.startswith("ann!")
+    await bob.send("NAMES #den")
+    assert (await bob.until("353")).params[-1] == "@ann bob @olga"
+    await ann.send("MODE #den -o olga")
+    await bob.until("MODE", "#den", "-o", "olga")
+    # An operator from before who comes back is +o again, by the server, as ChanServ does.
+    await ann.send("PART #den", "JOIN #den")
+    back = await bob.until("MODE", "#den", "+o", "ann")
+    assert back.source == "irc.test"
+    await olga.send("AWAY")
+    await olga.until("305")
+    await bob.send("WHO #den")
+    await bob.until("352", "bob", "#den", "olga", "irc.test", "irc.test", "olga", "H")
+    await bob.send("WHO olga")
+    await bob.until("352", "bob", "*", "olga", "irc.test", "irc.test", "olga", "H")

@@ -158,7 +158,7 @@ def test_registration_without_cap_gets_the_welcome_burst(hub: Hub) -> None:
         "CHANTYPES=#",
         "NICKLEN=24",
         "CHANNELLEN=33",
-        "PREFIX=()",
+        "PREFIX=(o)@",
         "NETWORK=TestNet",
         "CHANMODES=b,,,",
         "CHANLIMIT=#:3",
@@ -403,6 +403,21 @@ def test_away_is_told_to_whoever_messages_or_asks(hub: Hub) -> None:
     zoe.read()
     assert cmds(zoe("AWAY")) == ["305"]
     assert cmds(ann("PRIVMSG zoe :back?")) == []
+
+
+def test_an_irc_away_is_marked_and_answered_on_every_door(hub: Hub) -> None:
+    bob = LineUser(hub, "bob")
+    zoe = register(hub, "zoe")
+    zoe("JOIN #a")
+    zoe("AWAY :brb")
+    bob.lines()
+    hub.users(bob.member, "#a")
+    assert bob.lines() == ["* Users in #a: bob, zoe (away)"]
+    hub.private(bob.member, "zoe", "there?")
+    assert bob.lines() == ["-> *zoe* there?", "* zoe is away: brb"]
+    zoe("AWAY")
+    hub.users(bob.member, "#a")
+    assert bob.lines() == ["* Users in #a: bob, zoe"]
 
 
 def test_part_join_zero_and_their_errors(hub: Hub) -> None:

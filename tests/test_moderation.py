@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from _accounts import OPEN, Client, dial, named, net_fixture, open_accounts  # noqa: F401 - the net fixture
+from _accounts import (  # noqa: F401 - the net fixture
+    OPEN,
+    STAMP,
+    Client,
+    dial,
+    named,
+    net_fixture,
+    open_accounts,
+)
 
 from triochat import ChatServer, ServerConfig
 from triochat.client.connection import ChatClient
+from triochat.client.incoming import RoomState, parse_line
 from triochat.core.accounts import Request
 from triochat.core.moderation import Ban, Moderation
 from triochat.server.metrics import ChatCollector
@@ -33,14 +44,26 @@ def clock() -> trio.testing.MockClock:
 async def chat(
     nursery: trio.Nursery, tmp_path: Path, net: None
 ) -> AsyncIterator[tuple[ChatServer, int]]:
+    async with serving(nursery, tmp_path) as served:
+        yield served
+
+
+@asynccontextmanager
+async def serving(
+    nursery: trio.Nursery, tmp_path: Path, **options: Any
+) -> AsyncIterator[tuple[ChatServer, int]]:
+    """A server with the accounts ann, olga and root (a server admin), and ``options``."""
     accounts = open_accounts(tmp_path / "chat.db")
     for name in ("ann", "olga", "root"):
         assert (await accounts.perform(Request("register", name, f"{name}-pw"))).ok
     accounts.set_admin("root", True)
-    server = ChatServer(ServerConfig(port=0, rate=0, password_delay=0.01), accounts=accounts)
+    config = ServerConfig(port=0, rate=0, password_delay=0.01, **options)
+    server = ChatServer(config, accounts=accounts)
     listeners = await nursery.start(server.serve)
-    yield server, listeners[0].socket.getsockname()[1]
-    accounts.close()
+    try:
+        yield server, listeners[0].socket.getsockname()[1]
+    finally:
+        accounts.close()
 
 
 async def login(port: int, name: str, room: str | None = None) -> Client:
@@ -62,12 +85,25 @@ async def join(client: Client, name: str, room: str) -> list[str]:
     return await client.until(f"[T] * {name} joined {room}")
 
 
+async def from_address(port: int, address: str, name: str) -> Client:
+    """A guest connected from ``address`` (any 127.x.y.z is this machine)."""
+    sock = trio.socket.socket()
+    await sock.bind((address, 0))
+    await sock.connect(("127.0.0.1", port))
+    client = Client(ChatClient(trio.SocketStream(sock)))
+    OPEN.append(client.client)
+    await client.until("* What is your name?")
+    await client.send(name)
+    await client.until(f"[T] * {name} joined #lobby")
+    return client
+
+
 async def den(port: int) -> tuple[Client, Client]:
-    """ann creates #den (so operates it), and the guest bob joins it."""
+    """ann creates #den (so operates it), and the guest bob (from 127.0.0.2) joins it."""
     ann = await login(port, "ann")
     await ann.send("/join #den")
     await ann.until("* You are an operator of #den")
-    bob = await named(port, "bob")
+    bob = await from_address(port, "127.0.0.2", "bob")
     await join(bob, "bob", "#den")
     await ann.until("[T] * bob joined #den")
     return ann, bob
@@ -186,19 +222,6 @@ async def test_unban_lifts_a_ban_until_lifted(chat: tuple[ChatServer, int]) -> N
     await join(bob, "bob", "#den")
 
 
-async def from_address(port: int, address: str, name: str) -> Client:
-    """A guest connected from ``address`` (any 127.x.y.z is this machine)."""
-    sock = trio.socket.socket()
-    await sock.bind((address, 0))
-    await sock.connect(("127.0.0.1", port))
-    client = Client(ChatClient(trio.SocketStream(sock)))
-    OPEN.append(client.client)
-    await client.until("* What is your name?")
-    await client.send(name)
-    await client.until(f"[T] * {name} joined #lobby")
-    return client
-
-
 async def test_an_address_ban_removes_and_refuses_everyone_from_it(
     chat: tuple[ChatServer, int],
 ) -> None:
@@ -258,11 +281,11 @@ async def test_operators_make_and_unmake_operators_of_registered_names_only(
     await ann.until("! bob is not registered: only accounts can be operators")
     olga = await login(port, "olga", "#den")
     await ann.send("/op olga")
-    await ann.until("* olga is an operator of #den now")
+    await olga.until("[T] * ann made olga an operator of #den")
     await olga.send("/kick bob")
     await olga.until("[T] * bob left #den (kicked by olga)")
     await ann.send("/deop olga")
-    await ann.until("* olga is not an operator of #den any more")
+    await ann.until("[T] * ann took olga's operator rights in #den")
     await olga.send("/topic nope")
     await olga.until("! You are not an operator of #den")
     await ann.send("/deop olga")
@@ -423,3 +446,179 @@ async def test_a_member_s_own_reason_cannot_pass_for_a_kick(
     await join(liar, "liar", "#den")
     await liar.send("/quit kicked by ann: for nothing")
     await ann.until("[T] * liar left #den (says: kicked by ann: for nothing)")
+
+
+# --- Marks in the member list ----------------------------------------------------------
+
+
+async def test_users_marks_operators_and_away_members(chat: tuple[ChatServer, int]) -> None:
+    _, port = chat
+    ann = await login(port, "ann")
+    await ann.send("/join #den")
+    # The creator's own list already marks it: it is made operator before it joins.
+    lines = await ann.until("* You are an operator of #den")
+    assert "* Users in #den: @ann" in lines
+    bob = await from_address(port, "127.0.0.2", "bob")
+    assert "* Users in #den: @ann, bob" in await join(bob, "bob", "#den")
+    await bob.send("/away lunch")
+    await bob.until("* You are away: lunch")
+    olga = await login(port, "olga", "#den")
+    await ann.send("/op olga")
+    for client in (ann, bob, olga):
+        await client.until("[T] * ann made olga an operator of #den")
+    await ann.send("/users")
+    await ann.until("* Users in #den: @ann, bob (away), @olga")
+    # The marks follow the account across a rename, and go with /deop and /away.
+    await olga.send("/nick olga2")
+    await ann.until("[T] * olga is now known as olga2")
+    await ann.send("/deop olga")
+    await bob.until("[T] * ann took olga2's operator rights in #den")
+    # An operator from before is told to be one as it comes back (IRC clients forget).
+    await ann.send("/join #lobby")
+    await ann.send("/join #den")
+    await bob.until("[T] * ann joined #den")
+    assert await next_line(bob) == "[T] * ann is an operator of #den"
+    await bob.send("/away")
+    await bob.until("* You are back")
+    await bob.send("/users")
+    users = await bob.until("* Users in #den: @ann, bob, olga2")
+    # A v1 client reading the list gets the bare names back (the marks are not names).
+    state = RoomState("bob")
+    state.update(parse_line(users[-1]))
+    assert sorted(state.members.values()) == ["ann", "bob", "olga2"]
+    # The lobby has no operators: nobody is marked there, server admins neither.
+    await login(port, "root")
+    await bob.send("/join #lobby")
+    lobby = await bob.until("[T] * bob joined #lobby")
+    assert not [line for line in lobby if "@" in line]
+
+
+async def next_line(client: Client) -> str:
+    with trio.fail_after(10):
+        return STAMP.sub("[T] ", await client.client.receive_line())
+
+
+async def test_a_name_cannot_pass_for_a_mark(chat: tuple[ChatServer, int]) -> None:
+    _, port = chat
+    eve = await named(port, "eve")
+    for fake in ("@ann", "bob(away)", "@", "ann,", "ops=eve", "a@b"):
+        await eve.send(f"/nick {fake}")
+        assert (await next_line(eve)).startswith(f"! Invalid name '{fake}'")
+    await eve.send("/nick bob (away)")  # a space: never a name
+    assert (await next_line(eve)).startswith("! Invalid name 'bob (away)'")
+    client = await dial(port)
+    await client.until("* What is your name?")
+    await client.send("@root")
+    assert (await next_line(client)).startswith("! Invalid name '@root'")
+
+
+async def test_a_quiet_room_still_marks_its_members(
+    nursery: trio.Nursery, tmp_path: Path, net: None
+) -> None:
+    async with serving(nursery, tmp_path, quiet_above=2) as (_, port):
+        ann = await login(port, "ann", "#den")
+        guests = [await named(port, name) for name in ("bob", "cat", "dan")]
+        for guest, name in zip(guests, ("bob", "cat", "dan"), strict=True):
+            await guest.send("/join #den")
+            await guest.until(f"[T] * {name} joined #den")
+        await guests[0].send("/away out")
+        await guests[0].until("* You are away: out")
+        await ann.send("/users")
+        await ann.until("* Users in #den: @ann, bob (away), cat, dan")
+        await guests[2].send("/users all")
+        await guests[2].until("* Users in #den: @ann, bob (away), cat, dan")
+
+
+# --- Guests cannot dodge a name ban -----------------------------------------------------
+
+
+async def test_a_guest_s_name_ban_takes_its_address_along(chat: tuple[ChatServer, int]) -> None:
+    server, port = chat
+    ann, bob = await den(port)  # bob is a guest from 127.0.0.2
+    await ann.send("/ban bob 1h spam")
+    await ann.until("* bob is banned from #den for 1h more")
+    await ann.send("/bans")
+    await ann.until("*   bob by ann for 1h more: spam")
+    await ann.until("*   127.0.0.2 (the guest bob's address) by ann for 1h more: spam")
+    assert server.hub.moderation.actions["ban"] == 1  # one action, logged once
+    # Another name, by /nick or by connecting again, from the same address: still out.
+    await bob.send("/nick bobby")  # in no room since the ban: nobody sees it
+    await bob.send("/join #den")
+    await bob.until("! You are banned from #den for 1h more: spam")
+    robert = await from_address(port, "127.0.0.2", "robert")
+    await robert.send("/join #den")
+    await robert.until("! You are banned from #den for 1h more: spam")
+    # Registering the new name does not help: the address is still the guest's.
+    await robert.send("/register a new passphrase")
+    await robert.until("* robert is registered to you now")
+    await robert.send("/join #den")
+    await robert.until("! You are banned from #den for 1h more: spam")
+    # Nobody else is: another address comes in (so a guest with a new address does too).
+    await join(await from_address(port, "127.0.0.3", "carl"), "carl", "#den")
+    # Lifting the name lifts the address it took along.
+    await ann.send("/unban bob")
+    await ann.until("* bob may join #den again")
+    await join(robert, "robert", "#den")
+    await ann.send("/bans")
+    await ann.until("* Nobody is banned from #den")
+
+
+async def test_a_guest_on_the_operator_s_own_address_is_banned_by_name_only(
+    chat: tuple[ChatServer, int],
+) -> None:
+    _, port = chat
+    ann = await login(port, "ann", "#den")
+    dave = await named(port, "dave")  # 127.0.0.1, as ann
+    await join(dave, "dave", "#den")
+    await ann.send("/ban dave")
+    await ann.until(
+        "* dave is banned from #den until lifted (not dave's address, which is yours too)"
+    )
+    await ann.send("/bans")
+    lines = await ann.until("*   dave by ann until lifted")
+    assert not [line for line in lines if "127.0.0.1" in line]
+    await join(await named(port, "erin"), "erin", "#den")
+
+
+async def test_an_account_s_ban_follows_the_account_not_its_address(
+    chat: tuple[ChatServer, int],
+) -> None:
+    _, port = chat
+    ann, _bob = await den(port)
+    olga = await login(port, "olga", "#den")
+    await ann.send("/ban olga")
+    await ann.until("* olga is banned from #den until lifted")
+    await ann.send("/bans")
+    assert (await ann.until("*   olga by ann until lifted"))[-2:] == [
+        "* Bans in #den:",
+        "*   olga by ann until lifted",
+    ]
+    await olga.send("/nick olga2")  # the account is still olga's
+    await olga.send("/join #den")
+    await olga.until("! You are banned from #den until lifted")
+
+
+async def test_nick_into_a_banned_name_is_refused_where_it_would_dodge_the_ban(
+    chat: tuple[ChatServer, int],
+) -> None:
+    _, port = chat
+    ann, bob = await den(port)
+    await ann.send("/ban bob")
+    await ann.until("* bob is banned from #den until lifted")
+    await bob.send("/quit")
+    await bob.until("* Bye!")
+    carl = await from_address(port, "127.0.0.3", "carl")
+    await join(carl, "carl", "#den")
+    await carl.send("/nick Bob")
+    await carl.until("! You cannot take the name Bob: banned from #den")
+    # Outside #den the name is free to take, and keeps its owner out of #den.
+    eve = await from_address(port, "127.0.0.4", "eve")
+    await eve.send("/nick bob")
+    await eve.until("[T] * eve is now known as bob")
+    await eve.send("/join #den")
+    await eve.until("! You are banned from #den until lifted")
+    root = await login(port, "root")
+    await root.send("/gban mallory")
+    await root.until("* mallory is banned from this server until lifted")
+    await carl.send("/nick mallory")
+    await carl.until("! You cannot take the name mallory: banned from this server")

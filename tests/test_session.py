@@ -35,6 +35,7 @@ class FakeMember:
         self.key = p.name_key(name)
         self.rooms: dict[str, None] = {}
         self.address = ""
+        self.account: str | None = None
 
 
 class FakeHub:

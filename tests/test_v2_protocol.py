@@ -27,8 +27,24 @@ ROOM_EVENTS: list[ev.Event] = [
     ev.Notice("Welcome"),
     ev.Error("Name bob is taken, choose another"),
     ev.UserList("#lobby", ("alice", "bob"), 5),
+    ev.UserList(
+        "#lobby", ("alice", "bob", "cy"), 3, frozenset({"alice", "cy"}), frozenset({"bob"})
+    ),
+    ev.RoleChanged("#lobby", 15, T, "bob", "alice", True),
+    ev.RoleChanged("#lobby", 16, T, "bob", "alice", False),
+    ev.RoleChanged("#lobby", 17, T, "alice", "", True),
     ev.RoomList((("#dev", 1), ("#lobby", 2))),
 ]
+
+
+def test_marks_are_keys_so_the_names_stay_bare() -> None:
+    users = ev.UserList("#x", ("al", "bo", "cy"), 3, frozenset({"al", "cy"}), frozenset({"bo"}))
+    assert V2.render([users]) == b"users room=#x total=3 ops=al,cy away=bo :al bo cy\n"
+    # Without marks the line is what it always was (older clients parse both).
+    assert V2.render([ev.UserList("#x", ("al",))]) == b"users room=#x total=1 :al\n"
+    assert V2.render([ev.RoleChanged("#x", 4, T, "bo", "al", False)]) == (
+        b"deopped room=#x seq=4 time=2025-12-01T21:25:38.125Z name=bo by=al\n"
+    )
 
 
 @pytest.mark.parametrize("event", ROOM_EVENTS, ids=lambda e: type(e).__name__)

@@ -155,9 +155,6 @@ def test_two_browser_users_and_an_nc_user_chat_and_html_stays_text(
     assert ann.locator("#log img").count() == 0
     assert bob.locator("#log img").count() == 0
 
-    bob.screenshot(path=str(tmp_path / "web-page-360.png"))
-    if os.environ.get("TRIOCHAT_SCREENSHOT"):
-        shutil.copy(tmp_path / "web-page-360.png", os.environ["TRIOCHAT_SCREENSHOT"])
     # Nothing overflows sideways on a phone-sized screen.
     assert bob.evaluate("document.documentElement.scrollWidth") <= 360
     nc.close()
@@ -244,5 +241,50 @@ def test_scrolling_up_past_the_first_line_fetches_older_history(
         assert lines == [f"early {i}" for i in range(12)]  # in order, none twice
         nc.close()
         ann.close()
+    finally:
+        server.stop()
+
+
+def test_the_member_list_badges_operators_and_away_members(
+    browser: Browser, tmp_path: Path
+) -> None:
+    server = Server("--db", str(tmp_path / "chat.db"))
+    server.start()
+    try:
+        ann = open_page(browser, server.url, "ann", width=360)
+        say(ann, "/register a long passphrase")
+        expect(ann.get_by_role("log")).to_contain_text("ann is registered to you now")
+        say(ann, "/join #class")
+        members = ann.get_by_role("list", name="Members")
+        # The creator of a room operates it, and its own list says so.
+        expect(members.locator("li", has_text="ann").locator(".badge.op")).to_have_text("op")
+        carol = open_page(browser, server.url, "carol")
+        say(carol, "/register another passphrase")
+        expect(carol.get_by_role("log")).to_contain_text("carol is registered to you now")
+        say(carol, "/join #class")
+        nc = server.nc("bob")
+        read_until(nc, b"* Users in #lobby")
+        nc.sendall(b"/join #class\nbrb, coffee\n/away back at ten\n")
+        read_until(nc, b"* You are away: back at ten")
+        say(ann, "/topic Be kind; questions at the end")
+        # An operator given by /op shows at once, on every page in the room.
+        say(ann, "/op carol")
+        for page in (ann, carol):
+            listed = page.get_by_role("list", name="Members")
+            expect(listed.locator("li", has_text="carol").locator(".badge.op")).to_be_visible()
+        say(ann, "/users")
+        bob = members.locator("li", has_text="bob")
+        expect(bob.locator(".badge.away")).to_have_text("away")
+        assert bob.locator(".badge.op").count() == 0
+        say(ann, "Welcome, everyone!")
+        expect(ann.get_by_role("log")).to_contain_text("Welcome, everyone!")
+        ann.screenshot(path=str(tmp_path / "web-page-360.png"))
+        if os.environ.get("TRIOCHAT_SCREENSHOT"):
+            shutil.copy(tmp_path / "web-page-360.png", os.environ["TRIOCHAT_SCREENSHOT"])
+        say(ann, "/deop carol")
+        expect(carol.get_by_role("list", name="Members").locator(".badge.op")).to_have_count(1)
+        nc.close()
+        ann.close()
+        carol.close()
     finally:
         server.stop()

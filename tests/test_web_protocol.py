@@ -66,6 +66,8 @@ def test_every_event_has_its_message() -> None:
         ev.UserList("#a", ("al", "bo")),
         ev.RoomList((("#a", 2), ("#lobby", 5))),
         ev.Presence("#a", 7, NOW, 3, 1, 30.0),
+        ev.UserList("#a", ("al", "bo", "cy"), 0, frozenset({"cy", "al"}), frozenset({"bo"})),
+        ev.RoleChanged("#a", 8, NOW, "bo", "al", True),
     ]
     got = decode(w.WebDialect().render(events))
     assert [m["type"] for m in got] == [
@@ -82,6 +84,8 @@ def test_every_event_has_its_message() -> None:
         "users",
         "rooms",
         "presence",
+        "users",
+        "role",
     ]
     assert got[2]["reason"] == "too slow"
     assert (got[3]["old"], got[3]["new"]) == ("al", "ali")
@@ -98,6 +102,15 @@ def test_every_event_has_its_message() -> None:
     }
     assert got[7]["echo"] is True
     assert got[10]["names"] == ["al", "bo"]
+    assert (got[10]["ops"], got[10]["away"]) == ([], [])
+    assert (got[13]["ops"], got[13]["away"]) == (["al", "cy"], ["bo"])  # in the names' order
+    assert {k: got[14][k] for k in ("room", "seq", "name", "by", "op")} == {
+        "room": "#a",
+        "seq": 8,
+        "name": "bo",
+        "by": "al",
+        "op": True,
+    }
     assert got[10]["total"] == 2
     assert (got[12]["joined"], got[12]["left"], got[12]["seconds"]) == (3, 1, 30.0)
     assert got[11]["rooms"] == [{"room": "#a", "members": 2}, {"room": "#lobby", "members": 5}]

@@ -42,6 +42,7 @@ EVENT_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ev.Left: st.builds(ev.Left, texts, seqs, times, texts, texts),
     ev.Renamed: st.builds(ev.Renamed, texts, seqs, times, texts, texts),
     ev.TopicSet: st.builds(ev.TopicSet, texts, seqs, times, texts, texts),
+    ev.RoleChanged: st.builds(ev.RoleChanged, texts, seqs, times, texts, texts, st.booleans()),
     ev.Presence: st.builds(ev.Presence, texts, seqs, times, seqs, seqs, times),
     ev.Legacy: st.builds(ev.Legacy, texts, seqs, times, texts),
 }
@@ -150,6 +151,7 @@ def test_history_holds_what_the_hub_keeps() -> None:
         ev.Left("#r", 1, T0, "a", "quit"),
         ev.Renamed("#r", 1, T0, "a", "b"),
         ev.TopicSet("#r", 1, T0, "a", "t"),
+        ev.RoleChanged("#r", 1, T0, "b", "a", True),
         ev.Presence("#r", 1, T0, 3, 2, 30.0),
         ev.Legacy("#r", 1, T0, "line"),
     ]

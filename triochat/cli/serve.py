@@ -8,7 +8,7 @@ import logging
 import resource
 import sys
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -548,16 +548,23 @@ def _read_config_file(ctx: click.Context, path: Path | None) -> None:
         raise click.BadParameter(f"cannot read {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise click.BadParameter(f"{path} is not valid TOML: {exc}") from None
-    names = {
-        param.file_key: param.name
+    options = {
+        param.file_key: param
         for param in ctx.command.params
         if isinstance(param, Option) and param.name is not None
     }
     settings: dict[str, Any] = {}
     for key, value in _flatten(document, path):
-        if key not in names:
-            raise click.BadParameter(f"unknown key {_shown(key)} in {path}{_hint(key, names)}")
-        settings[names[key]] = value
+        if key not in options:
+            raise click.BadParameter(f"unknown key {_shown(key)} in {path}{_hint(key, options)}")
+        option = options[key]
+        if isinstance(option.type, click.types.IntParamType) and not _is_whole(value):
+            # click would turn 2.5 into 2 (and true into 1) without a word.
+            raise click.BadParameter(
+                f"{_shown(key)} in {path} must be a whole number, not {value!r}"
+            )
+        assert option.name is not None
+        settings[option.name] = value
     ctx.meta[_CONFIG_FILE] = path
     ctx.default_map = {**(ctx.default_map or {}), **settings}
 
@@ -573,13 +580,18 @@ def _flatten(document: dict[str, Any], path: Path) -> Iterator[tuple[str, Any]]:
             yield f"{key}.{inner}", setting
 
 
+def _is_whole(value: object) -> bool:
+    """An integer in the file (a quoted number is left to click, which parses it)."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def _shown(key: str) -> str:
     """``db.queue`` as the file spells it: ``queue`` in ``[db]``."""
     section, _, name = key.rpartition(".")
     return f"'{name}' in [{section}]" if section else f"'{name}'"
 
 
-def _hint(key: str, names: dict[str, str]) -> str:
+def _hint(key: str, names: Mapping[str, object]) -> str:
     spelled = key.replace("_", "-")
     close = difflib.get_close_matches(spelled, list(names), n=1)
     return f" (did you mean {_shown(close[0])}?)" if close else ""

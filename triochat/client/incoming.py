@@ -121,7 +121,7 @@ class RoomState:
             match = _USERS.fullmatch(line.text)
             if match is not None:
                 self.room = match[1]
-                names = [n for n in match[2].split(", ") if n]
+                names = [p.unmarked(n) for n in match[2].split(", ") if n]
                 self.members = {p.name_key(n): n for n in names}
             return
         if line.kind is not Kind.EVENT:

@@ -100,6 +100,8 @@ def to_event(line: v2.ServerLine) -> ev.Event | None:
                 return ev.Renamed(room, seq, when, line["old"], line["new"])
             case "topic":
                 return ev.TopicSet(room, seq, when, line["name"], text)
+            case "opped" | "deopped":
+                return ev.RoleChanged(room, seq, when, line["name"], line["by"], kind == "opped")
             case "presence":
                 return ev.Presence(
                     room, seq, when, int(get("joined")), int(get("left")), float(get("seconds"))
@@ -116,7 +118,8 @@ def to_event(line: v2.ServerLine) -> ev.Event | None:
             return ev.Error(text)
         case "users":
             names = tuple(text.split())
-            return ev.UserList(line["room"], names, int(get("total") or len(names)))
+            ops, away = (frozenset(filter(None, get(key).split(","))) for key in ("ops", "away"))
+            return ev.UserList(line["room"], names, int(get("total") or len(names)), ops, away)
         case "rooms":
             rooms = []
             for pair in text.split():

@@ -80,6 +80,17 @@ class TopicSet(_InRoom):
 
 
 @dataclass(slots=True)
+class RoleChanged(_InRoom):
+    """``by`` made ``name`` an operator of ``room`` (``op``), or took that away (``/op``,
+    ``/deop``): every door shows it, so members' lists keep their marks right. An empty
+    ``by`` is the server, telling the room that an operator from before is back."""
+
+    name: str
+    by: str
+    op: bool
+
+
+@dataclass(slots=True)
 class Presence(_InRoom):
     """A big room's joins and leaves of the last ``seconds``, told at once instead of each.
 
@@ -99,7 +110,7 @@ class Legacy(_InRoom):
     line: str
 
 
-RoomEvent = Said | Acted | Joined | Left | Renamed | TopicSet | Presence | Legacy
+RoomEvent = Said | Acted | Joined | Left | Renamed | TopicSet | RoleChanged | Presence | Legacy
 """The events numbered in a room's sequence."""
 
 KEPT: Final[frozenset[type[RoomEvent]]] = frozenset({Said, Acted, TopicSet, Legacy})
@@ -153,12 +164,16 @@ class Error:
 class UserList:
     """Who is in ``room``, sorted as names compare; ``names`` includes the asker.
 
-    In a big room ``names`` may be only the first of ``total``.
+    In a big room ``names`` may be only the first of ``total``. ``ops`` and
+    ``away`` are the names of ``names`` that operate the room and that are away:
+    each door marks them its own way (``@ann``, ``bob (away)``).
     """
 
     room: str
     names: tuple[str, ...]
     total: int = 0
+    ops: frozenset[str] = frozenset()
+    away: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.total = max(self.total, len(self.names))

@@ -46,6 +46,9 @@ NAME_CONFLICT: Final = (
     "reconnect with another name"
 )
 
+AWAY: Final = "{name} is away: {text}"
+"""The answer to a private message for an away member (IRC shows it as ``301``)."""
+
 USERS_SHOWN: Final = 50
 """Names listed per user list of a big room (``/users all`` sends as many lists as it takes)."""
 
@@ -77,6 +80,7 @@ class Member:
     """A registered user, as the hub sees it."""
 
     __slots__ = (
+        "account",
         "address",
         "away",
         "dialect",
@@ -105,6 +109,8 @@ class Member:
         self.hang_up: Callable[[str], None] | None = None
         self.address = ""
         """The client's address, for address bans (its session sets it)."""
+        self.account: str | None = None
+        """The key of the account it proved is its own, if any (its session sets it)."""
         self.away: str | None = None
         """Why the member is away (``/away``), told to whoever messages it."""
         self.ignoring: set[str] = set()
@@ -483,7 +489,7 @@ class Hub:
             if target.kept is not None:
                 self.tell(member, ev.Notice(self._kept_text(target)))
         if target is not None and target.away is not None:
-            self.tell(member, ev.Notice(f"{target.name} is away: {target.away}"))
+            self.tell(member, ev.Notice(AWAY.format(name=target.name, text=target.away)))
         self._evict_slow()
 
     def _to_member(self, target: Member, message: ev.Private) -> None:
@@ -574,7 +580,7 @@ class Hub:
         else:
             names = self._names(held)
             pages = range(0, len(names), USERS_SHOWN) if names else range(1)
-            lists = [ev.UserList(held.name, tuple(names[i : i + USERS_SHOWN])) for i in pages]
+            lists = [self._marked(held, names[i : i + USERS_SHOWN]) for i in pages]
             self.tell(member, *lists)
         self._evict_slow()
 
@@ -639,6 +645,36 @@ class Hub:
         now = self._clock()
         self.moderation.topics[room] = Topic(text, member.name, now)
         self._publish([ev.TopicSet(room, self._next(held.log), now, member.name, text)])
+        self._evict_slow()
+
+    def set_role(self, member: Member, room: str, name: str, op: bool) -> None:
+        """``member`` made the account ``name`` an operator of ``room`` (or not any more);
+        the room sees it.
+
+        The moderation state is the session's to change; this only tells the room.
+        """
+        held = self._room_of(member, room)
+        if held is None:
+            return
+        # Shown under the name its account holder goes by in the room, if it is here.
+        key = p.name_key(name)
+        holder = next((m for m in held.members if m.account == key), None) or self.member(name)
+        shown = holder.name if holder is not None else name
+        now = self._clock()
+        self._publish([ev.RoleChanged(room, self._next(held.log), now, shown, member.name, op)])
+        self._evict_slow()
+
+    def operator_back(self, member: Member, room: str) -> None:
+        """``member``, an operator of ``room`` from before, came back: the room is told, by
+        the server (``by`` empty), as IRC clients forget a member's modes when it leaves.
+
+        Not in a room too big to announce joins: its members were not told of the join.
+        """
+        held = self._room_of(member, room)
+        if held is None or self._quiet(held):
+            return
+        now = self._clock()
+        self._publish([ev.RoleChanged(room, self._next(held.log), now, member.name, "", True)])
         self._evict_slow()
 
     def kick(self, member: Member, target: Member, room: str, reason: str) -> None:
@@ -801,8 +837,26 @@ class Hub:
         """The room's users; past ``quiet_above``, the first ``USERS_SHOWN`` and the count."""
         names = self._names(room)
         if self.quiet_above and len(names) > self.quiet_above:
-            return ev.UserList(room.name, tuple(names[:USERS_SHOWN]), len(names))
-        return ev.UserList(room.name, tuple(names))
+            return self._marked(room, names[:USERS_SHOWN], len(names))
+        return self._marked(room, names)
+
+    def _marked(self, room: Room, names: Sequence[str], total: int = 0) -> ev.UserList:
+        """A user list of ``names``, with which of them operate ``room`` and are away.
+
+        Only members on this node can be marked: the hub knows nothing of others'
+        accounts or absences. Per request, never per burst.
+        """
+        moderation, where = self.moderation, room.name
+        ops = frozenset(
+            m.name
+            for m in room.members
+            if m.account is not None and moderation.is_op(where, m.account)
+        )
+        away = frozenset(m.name for m in room.members if m.away is not None)
+        if ops or away:  # the list may be one page: only the names it shows
+            shown = set(names)
+            ops, away = ops & shown, away & shown
+        return ev.UserList(where, tuple(names), total, ops, away)
 
     # --- delivery -------------------------------------------------------------
 

@@ -31,7 +31,7 @@ CAPS: Final = (
     "multi-prefix",
     "server-time",
 )
-"""The capabilities offered; ``multi-prefix`` is trivially true (no channel prefixes)."""
+"""The capabilities offered; ``multi-prefix`` is trivially true (``@`` is the only prefix)."""
 
 USER_MODES: Final = frozenset("iw")
 """User modes a client may set on itself; they change nothing, clients expect them."""
@@ -271,10 +271,8 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
             # A private action reaches the line door as text, which has no
             # private /me; CTCP's \x01 would be a control character there.
             private = f"* {text}" if action else text
+            # An away recipient's 301 is the hub's answer (it knows every door's away).
             session.translate(session.session.command(c.Msg(target, private)))
-            away = session.aways.get(target)
-            if away is not None and not notice:
-                session.numeric("301", target, away)
     return []
 
 
@@ -307,7 +305,8 @@ def _who(session: IRCSession, msg: wire.Message) -> list[Output]:
     if names.nick_error(mask) is None and session.hub.name_unavailable(mask) is not None:
         held = session.hub.member(mask)
         nick = held.name if held is not None else mask
-        flags = "G" if session.aways.get(nick) else "H"
+        gone = session.aways.get(nick) or (held is not None and held.away is not None)
+        flags = "G" if gone else "H"
         session.numeric("352", "*", nick, server, server, nick, flags, f"0 {nick}")
     session.numeric("315", mask, "End of /WHO list")
     return []
@@ -522,6 +521,8 @@ def _away(session: IRCSession, msg: wire.Message) -> list[Output]:
     member = session.member
     assert member is not None
     text = wire.clean_text(msg.params[0]).strip()[:200] if msg.params else ""
+    # The hub knows too, so every door's member list marks the member away.
+    session.hub.set_away(member, text or None)
     if text:
         session.aways.messages[member.key] = text
         session.numeric("306", "You have been marked as being away")

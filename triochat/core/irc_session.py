@@ -497,7 +497,7 @@ class IRCSession:
         self.numeric("001", f"Welcome to the {rules.network} IRC network, {nick}")
         self.numeric("002", f"Your host is {rules.server}, running version {rules.version}")
         self.numeric("003", f"This server was created {created}")
-        self.numeric("004", rules.server, rules.version, "".join(sorted(USER_MODES)), "b")
+        self.numeric("004", rules.server, rules.version, "".join(sorted(USER_MODES)), "bo")
         for chunk in _chunks(self.isupport(), 12):
             self.numeric("005", *chunk, "are supported by this server")
         self.lusers()
@@ -513,7 +513,7 @@ class IRCSession:
             f"CHANNELLEN={names.CHANNELLEN}",
             "CHANMODES=b,,,",
             f"NICKLEN={names.NICKLEN}",
-            "PREFIX=()",
+            "PREFIX=(o)@",
             f"NETWORK={rules.network}",
             f"TARGMAX=PRIVMSG:{rules.max_targets},NOTICE:{rules.max_targets},JOIN:,PART:,"
             "NAMES:1,WHOIS:1,ISON:,USERHOST:5",

@@ -28,12 +28,17 @@ ACTIONS: Final = ("op", "deop", "topic", "kick", "ban", "unban", "mute", "unmute
 
 @dataclass(frozen=True, slots=True)
 class Ban:
-    """``target`` (a name as names compare, or an address) is out until ``until``."""
+    """``target`` (a name as names compare, or an address) is out until ``until``.
+
+    ``guest`` is set on an address ban made along with a guest's name ban: the
+    name it was for (``/unban NAME`` lifts both).
+    """
 
     target: str
     until: float
     by: str
     reason: str
+    guest: str = ""
 
 
 @dataclass(frozen=True, slots=True)

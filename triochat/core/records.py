@@ -23,6 +23,7 @@ _TYPES: Final[dict[str, type[ev.RoomEvent] | type[ev.Private]]] = {
         ev.Left,
         ev.Renamed,
         ev.TopicSet,
+        ev.RoleChanged,
         ev.Presence,
         ev.Legacy,
         ev.Private,

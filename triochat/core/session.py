@@ -278,6 +278,7 @@ class SessionMember(Protocol):
     def rooms(self) -> Mapping[str, object]: ...
 
     address: str
+    account: str | None
 
 
 M = TypeVar("M", bound=SessionMember)
@@ -331,6 +332,10 @@ class SessionHub(Protocol[M]):
     def local_members(self) -> Sequence[M]: ...
 
     def set_topic(self, member: M, room: str, text: str, /) -> None: ...
+
+    def set_role(self, member: M, room: str, name: str, op: bool, /) -> None: ...
+
+    def operator_back(self, member: M, room: str, /) -> None: ...
 
     def kick(self, member: M, target: M, room: str, reason: str, /) -> None: ...
 
@@ -459,6 +464,7 @@ class Session(Generic[M]):
     """
 
     __slots__ = (
+        "_account",
         "_disconnect",
         "_door",
         "_hub",
@@ -466,7 +472,6 @@ class Session(Generic[M]):
         "_outbox",
         "_pending",
         "_started",
-        "account",
         "address",
         "authenticated",
         "member",
@@ -495,12 +500,23 @@ class Session(Generic[M]):
         self.authenticated = door.rules.password is None
         self._pending: str | None = None  # the name given, or being claimed
         self._started = False
-        self.account: str | None = None
-        """The key of the account the member proved is theirs, if any."""
+        self._account: str | None = None
 
     @property
     def rules(self) -> Rules:
         return self._door.rules
+
+    @property
+    def account(self) -> str | None:
+        """The key of the account the member proved is theirs, if any (its member knows too:
+        the hub marks operators by account)."""
+        return self._account
+
+    @account.setter
+    def account(self, key: str | None) -> None:
+        self._account = key
+        if self.member is not None:
+            self.member.account = key
 
     @property
     def moderation(self) -> Moderation | None:
@@ -794,6 +810,7 @@ class Session(Generic[M]):
             return [*([Unclaim(name)] if claimed else []), Error(result), Notice(p.NAME_QUESTION)]
         self.member = result
         result.address = self.address
+        result.account = self._account
         self._to(State.CHATTING)
         motd = self._motd()
         if motd:
@@ -828,6 +845,9 @@ class Session(Generic[M]):
         key = p.name_key(name)
         if book is not None and key not in (member.key, self.account) and book.registered(name):
             return self._stay([Error(REGISTERED.format(name))])
+        banned = self._banned_name(member, key)
+        if banned is not None:
+            return self._stay([Error(f"You cannot take the name {name}: banned from {banned}")])
         if not self.rules.claim_names:
             self._hub.rename(member, name)
             return self._stay([])
@@ -947,6 +967,16 @@ class Session(Generic[M]):
         targets = (member.key, self.account or member.key, self.address or member.key)
         return moderation.banned(room, *targets)
 
+    def _banned_name(self, member: M, key: str) -> str | None:
+        """Where a ban on the name ``key`` would keep ``member`` out: this server, or one
+        of its rooms (so ``/nick`` into it is refused, rather than a ban dodged)."""
+        moderation = self._door.moderation
+        if moderation is None or key == member.key:
+            return None
+        if moderation.banned(SERVER, key) is not None:
+            return "this server"
+        return next((room for room in member.rooms if moderation.banned(room, key)), None)
+
     def _enter(self, member: M, room: str) -> None:
         """Join ``room``; the first identified member of a room nobody holds is its operator."""
         moderation = self._door.moderation
@@ -956,11 +986,20 @@ class Session(Generic[M]):
             self._hub.join(member, room)
             return
         first = room not in moderation.ops and not self._hub.hosts(room)
-        self._hub.join(member, room)
-        if first and room in member.rooms:
+        if first:
+            # Before the join, so that the creator's own user list marks it.
             moderation.op(room, account)
-            moderation.record("op", "the server", member.name, room, "first to create it")
-            self._hub.tell(member, Notice(f"You are an operator of {room}"))
+        elsewhere = room not in member.rooms
+        self._hub.join(member, room)
+        if not first:
+            if elsewhere and room in member.rooms and moderation.is_op(room, account):
+                self._hub.operator_back(member, room)
+            return
+        if room not in member.rooms:  # the join was refused: nothing was created
+            moderation.deop(room, account)
+            return
+        moderation.record("op", "the server", member.name, room, "first to create it")
+        self._hub.tell(member, Notice(f"You are an operator of {room}"))
 
     def _moderate(self, member: M, command: c.ModerationCommand) -> list[Output]:
         moderation = self._door.moderation
@@ -997,6 +1036,9 @@ class Session(Generic[M]):
             case c.Unban(target_text):
                 target_key = self._target_key(target_text)
                 where = "this server" if room == SERVER else room
+                # A guest's name ban took its address along: lifting the name lifts both.
+                for ban in [b for b in moderation.bans(room) if b.guest == target_key]:
+                    moderation.unban(room, ban.target)
                 if not moderation.unban(room, target_key):
                     return [Error(f"{target_text} is not banned from {where}")]
                 moderation.record("unban", by, target_text, where)
@@ -1008,7 +1050,9 @@ class Session(Generic[M]):
                 listed: list[Output] = [Notice(f"Bans in {room}:")]
                 return listed + [
                     Notice(
-                        f"  {ban.target} by {ban.by} {moderation.remaining(ban.until)}"
+                        f"  {ban.target}"
+                        + (f" (the guest {ban.guest}'s address)" if ban.guest else "")
+                        + f" by {ban.by} {moderation.remaining(ban.until)}"
                         + (f": {ban.reason}" if ban.reason else "")
                     )
                     for ban in bans
@@ -1032,12 +1076,14 @@ class Session(Generic[M]):
                     return [Error(f"{name} is not registered: only accounts can be operators")]
                 moderation.op(room, account_key(name))
                 moderation.record("op", by, name, room)
-                return [Notice(f"{name} is an operator of {room} now")]
+                self._hub.set_role(member, room, name, True)
+                return []
             case c.Deop(name):
                 if not moderation.deop(room, account_key(name)):
                     return [Error(f"{name} is not an operator of {room}")]
                 moderation.record("deop", by, name, room)
-                return [Notice(f"{name} is not an operator of {room} any more")]
+                self._hub.set_role(member, room, name, False)
+                return []
         return []  # pragma: no cover - every command is matched above
 
     def _user_command(self, member: M, command: c.UserCommand) -> list[Output]:
@@ -1084,17 +1130,28 @@ class Session(Generic[M]):
             return [Error("You cannot ban yourself")]
         until = math.inf if seconds is None else moderation.clock() + seconds
         moderation.ban(room, Ban(key, until, member.name, reason))
-        moderation.record("ban", member.name, target, room, reason)
+        keys, whom, spared = {key}, target, ""
+        # A guest's name is anyone's for the taking: ban the address it came from too,
+        # or a new connection (or /nick) under another name walks back in.
+        guest = None if _is_address(target) else self._hub.member(target)
+        if guest is not None and guest.account is None and guest.address:
+            if guest.address == self.address:
+                spared = f" (not {guest.name}'s address, which is yours too)"
+            else:
+                moderation.ban(room, Ban(guest.address, until, member.name, reason, key))
+                keys.add(guest.address)
+                whom = f"{target} and {guest.address}"
+        moderation.record("ban", member.name, whom, room, reason)
         why = f"banned by {member.name}" + (f": {reason}" if reason else "")
-        if room == SERVER:
-            for held in self._hub.local_members():
-                if key in (held.key, held.address) and held is not member:
-                    self._hub.expel(held, why)
-            return [Notice(f"{target} is banned from this server {moderation.remaining(until)}")]
+        where = "this server" if room == SERVER else room
         for held in self._hub.local_members():
-            if room in held.rooms and key in (held.key, held.address):
+            if held is member or not keys.intersection((held.key, held.address)):
+                continue
+            if room == SERVER:
+                self._hub.expel(held, why)
+            elif room in held.rooms:
                 self._hub.remove_from(held, room, why)
-        return [Notice(f"{target} is banned from {room} {moderation.remaining(until)}")]
+        return [Notice(f"{target} is banned from {where} {moderation.remaining(until)}{spared}")]
 
 
 def _claim_error(claim: Claim, name: str) -> str:

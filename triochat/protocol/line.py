@@ -440,6 +440,28 @@ def format_private_echo(stamp: str, recipient: str, text: str) -> str:
     return f"{stamp} -> *{recipient}* {text}\n"
 
 
+OPERATOR_MARK: Final = "@"
+"""Before an operator's name in ``* Users in``: no name holds ``@``."""
+AWAY_MARK: Final = " (away)"
+"""After an away member's name in ``* Users in``: no name holds a space."""
+
+
+def marked_names(users: ev.UserList) -> str:
+    """``users``' names as ``* Users in`` lists them: ``@ann, bob (away), cat``."""
+    ops, away = users.ops, users.away
+    if not ops and not away:
+        return ", ".join(users.names)
+    return ", ".join(
+        (OPERATOR_MARK if name in ops else "") + name + (AWAY_MARK if name in away else "")
+        for name in users.names
+    )
+
+
+def unmarked(entry: str) -> str:
+    """The name in one entry of a ``* Users in`` list: its marks taken off."""
+    return entry.partition(" ")[0].removeprefix(OPERATOR_MARK)
+
+
 def format_info(text: str) -> str:
     return f"* {text}\n"
 
@@ -516,9 +538,15 @@ class LineDialect:
                 return format_error(text)
             case ev.UserList(room=room, names=names, total=total) if total > len(names):
                 more = f", and {total - len(names)} more (/users all lists everyone)"
-                return format_info(f"Users in {room} ({total}): {', '.join(names)}{more}")
-            case ev.UserList(room=room, names=names):
-                return format_info(f"Users in {room}: {', '.join(names)}")
+                return format_info(f"Users in {room} ({total}): {marked_names(event)}{more}")
+            case ev.UserList(room=room):
+                return format_info(f"Users in {room}: {marked_names(event)}")
+            case ev.RoleChanged(room=room, name=name, by=""):
+                return f"{stamp(event.time)} * {name} is an operator of {room}\n"
+            case ev.RoleChanged(room=room, name=name, by=by, op=True):
+                return f"{stamp(event.time)} * {by} made {name} an operator of {room}\n"
+            case ev.RoleChanged(room=room, name=name, by=by):
+                return f"{stamp(event.time)} * {by} took {name}'s operator rights in {room}\n"
             case ev.Presence(room=room, joined=joined, left=left, seconds=seconds):
                 return format_info(
                     f"{joined} joined and {left} left {room} in the last {seconds:g} s"

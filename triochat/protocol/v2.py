@@ -176,6 +176,9 @@ class V2Dialect:
                 return f"renamed {self._in(event)} old={old} new={new}\n"
             case ev.TopicSet(name=name, topic=topic):
                 return f"topic {self._in(event)} name={name} :{topic}\n"
+            case ev.RoleChanged(name=name, by=by, op=op):
+                kind = "opped" if op else "deopped"
+                return f"{kind} {self._in(event)} name={name} by={by}\n"
             case ev.Presence(joined=joined, left=left, seconds=seconds):
                 return (
                     f"presence {self._in(event)} joined={joined} left={left} seconds={seconds:g}\n"
@@ -190,8 +193,14 @@ class V2Dialect:
                 return f"notice :{text}\n"
             case ev.Error(text=text):
                 return f"error :{text}\n"
-            case ev.UserList(room=room, names=names, total=total):
-                return f"users room={room} total={total} :{' '.join(names)}\n"
+            case ev.UserList(room=room, names=names, total=total, ops=ops, away=away):
+                # Marks are keys (names hold no space or comma): the names stay bare.
+                marks = "".join(
+                    f" {key}={','.join(n for n in names if n in held)}"
+                    for key, held in (("ops", ops), ("away", away))
+                    if held
+                )
+                return f"users room={room} total={total}{marks} :{' '.join(names)}\n"
             case ev.RoomList(rooms=rooms):
                 listed = " ".join(f"{name}={count}" for name, count in rooms)
                 return f"rooms count={len(rooms)} :{listed}\n"

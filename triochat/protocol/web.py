@@ -376,8 +376,15 @@ class WebDialect:
                 return {"type": "notice", "text": text}
             case ev.Error(text=text):
                 return {"type": "error", "text": text}
-            case ev.UserList(room=room, names=names, total=total):
-                return {"type": "users", "room": room, "names": list(names), "total": total}
+            case ev.UserList(room=room, names=names, total=total, ops=ops, away=away):
+                return {
+                    "type": "users",
+                    "room": room,
+                    "names": list(names),
+                    "total": total,
+                    "ops": [name for name in names if name in ops],
+                    "away": [name for name in names if name in away],
+                }
             case ev.RoomList(rooms=rooms):
                 return {
                     "type": "rooms",
@@ -412,6 +419,8 @@ class WebDialect:
                 head.update(type="renamed", old=old, new=new)
             case ev.TopicSet(name=name, topic=topic):
                 head.update(type="topic", name=name, topic=topic)
+            case ev.RoleChanged(name=name, by=by, op=op):
+                head.update(type="role", name=name, by=by, op=op)
             case ev.Presence(joined=joined, left=left, seconds=seconds):
                 head.update(type="presence", joined=joined, left=left, seconds=seconds)
             case ev.Legacy(line=line):

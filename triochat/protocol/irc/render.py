@@ -25,6 +25,7 @@ Decisions, documented in ``docs/irc.md``:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -43,6 +44,10 @@ RENDER_CAPS: Final = frozenset({"server-time", "message-tags", "echo-message"})
 
 _ACTION: Final = "\x01ACTION {}\x01"
 
+OP_PREFIX: Final = "@"
+"""A room operator's prefix in NAMES and WHO (``PREFIX=(o)@``): the only one, so
+``multi-prefix`` shows exactly what a client without it sees."""
+
 
 def msgid(event: ev.RoomEvent) -> str:
     """The ``msgid`` tag of a room event: its room and sequence number, ``#room/42``."""
@@ -59,6 +64,8 @@ _KICKED: Final = "kicked by "
 """How a kick's departure reason starts (``kicked by OP: REASON``, the session's words)."""
 _MUTED: Final = "You are muted in "
 """How the hub's answer to a muted member's lines starts."""
+_AWAY: Final = re.compile(r"([\w-]+) is away: (.*)", re.DOTALL)
+"""The hub's answer to a private message for an away member (``hub.AWAY``)."""
 
 
 class IRCDialect:
@@ -219,12 +226,18 @@ class IRCDialect:
                 out.append(self._line("NICK", (new,), self._user(old), event))
             case ev.TopicSet(room=room, name=name, topic=topic):
                 out.append(self._line("TOPIC", (room, topic), self._user(name), event))
+            case ev.RoleChanged(room=room, name=name, by=by, op=op):
+                mode = ("+o" if op else "-o", name)
+                source = self._user(by) if by else self.server  # "": the server's doing
+                out.append(self._line("MODE", (room, *mode), source, event))
             case ev.Legacy(room=room, line=text):
                 self._texts(out, "NOTICE", room, text, self.server, self._tags(event))
             case ev.Private(sender=sender, recipient=recipient, text=text, echo=echo):
                 if echo and not self.echo:
                     return  # an IRC client shows its own messages itself
                 self._texts(out, "PRIVMSG", recipient, text, self._user(sender), self._tags(event))
+            case ev.Notice(text=text) if (away := _AWAY.fullmatch(text)) is not None:
+                self._numeric(out, "301", away[1], away[2])
             case ev.Notice(text=text):
                 self._texts(out, "NOTICE", self.nick, text, self.server)
             case ev.Error(text=text) if text.startswith(_MUTED):
@@ -251,15 +264,20 @@ class IRCDialect:
         return wire.format_message(wire.Message(command, params, source, self._tags(event)))
 
     def _user_list(self, users: ev.UserList, out: list[str], *, last: bool) -> None:
-        room, members = users.room, users.names
+        room, ops, away = users.room, users.ops, users.away
+        members: Sequence[str] = users.names
         if room in self.who:
             host = self.server
             for member in members:
-                self._numeric(out, "352", room, member, host, host, member, "H", f"0 {member}")
+                # Here (H) or gone (G), then the prefix: @ for an operator.
+                flags = ("G" if member in away else "H") + (OP_PREFIX if member in ops else "")
+                self._numeric(out, "352", room, member, host, host, member, flags, f"0 {member}")
             if last:
                 self.who.discard(room)
                 self._numeric(out, "315", room, "End of /WHO list")
             return
+        if ops:
+            members = [OP_PREFIX + m if m in ops else m for m in members]
         self._names(out, room, members, end=last)
 
     def _entered(self, users: ev.UserList, history: Sequence[ev.Event], out: list[str]) -> None:
@@ -340,6 +358,8 @@ class IRCDialect:
                 told = f"{old} is now known as {new}"
             case ev.TopicSet(name=name, topic=topic):
                 told = f"{name} set the topic: {topic}"
+            case ev.RoleChanged(name=name, by=by, op=op):
+                told = f"{by or self.server} sets mode {'+o' if op else '-o'} {name}"
             case ev.Presence():
                 told = _presence(event)
             case ev.Legacy(line=text):

@@ -32,6 +32,8 @@ function conv(key, title, isRoom) {
     const el = document.createElement("div");
     c = {
       key, title, isRoom, el, unread: 0, mention: false, members: [],
+      ops: new Set(), // who operates the room (kept while they are away: it is their account's)
+      away: new Set(), // who is away
       seq: 0, // the last numbered event shown
       oldest: 0, // the first numbered event shown
       joining: isRoom, // until our own "joined": history, not news
@@ -101,14 +103,29 @@ function renderRooms() {
 function renderMembers() {
   const c = state.convs.get(state.current);
   const names = c ? (c.isRoom ? c.members : [state.name, c.title]) : [];
+  const ops = c && c.isRoom ? c.ops : new Set();
+  const away = c && c.isRoom ? c.away : new Set();
   $("members").replaceChildren(
     ...names.map((name) => {
       const li = document.createElement("li");
-      li.textContent = name;
       li.className = colour(name);
+      li.append(span("name", name));
+      if (ops.has(name)) li.append(badge("op", "operator"));
+      if (away.has(name)) {
+        li.classList.add("away");
+        li.append(badge("away", "away"));
+      }
       return li;
     }),
   );
+}
+
+// A mark in the member list; its title says it in words for a screen reader's hover.
+function badge(kind, words) {
+  const b = span(`badge ${kind}`, kind);
+  b.title = words;
+  b.setAttribute("aria-label", words);
+  return b;
 }
 
 // --- Lines ---------------------------------------------------------------------
@@ -213,15 +230,24 @@ function roomEvent(m) {
       break;
     case "left":
       c.members = c.members.filter((n) => n !== m.name);
+      c.away.delete(m.name);
       add(c, [span("text", `${m.name} left ${m.room} (${m.reason})`)], "quiet", { ts: m.ts });
       break;
     case "renamed":
       c.members = c.members.map((n) => (n === m.old ? m.new : n));
+      for (const marks of [c.ops, c.away]) if (marks.delete(m.old)) marks.add(m.new);
       renamePrivate(m.old, m.new);
       add(c, [span("text", `${m.old} is now known as ${m.new}`)], "quiet", { ts: m.ts });
       break;
     case "topic":
       add(c, [span("text", `${m.name} set the topic: ${m.topic}`)], "quiet", { ts: m.ts });
+      break;
+    case "role":
+      if (m.op) c.ops.add(m.name);
+      else c.ops.delete(m.name);
+      add(c, [span("text", !m.by ? `${m.name} is an operator`
+        : m.op ? `${m.by} made ${m.name} an operator`
+        : `${m.by} took ${m.name}'s operator rights`)], "quiet", { ts: m.ts });
       break;
     case "legacy":
       add(c, [span("text", m.line)], "said", { ts: m.ts });
@@ -231,7 +257,9 @@ function roomEvent(m) {
         "quiet", { ts: m.ts });
       break;
   }
-  if (c.key === state.current && ["joined", "left", "renamed"].includes(m.type)) renderMembers();
+  if (c.key === state.current && ["joined", "left", "renamed", "role"].includes(m.type)) {
+    renderMembers();
+  }
 }
 
 // A private conversation follows its partner's new name.
@@ -376,6 +404,7 @@ function receive(m) {
     case "left":
     case "renamed":
     case "topic":
+    case "role":
     case "legacy":
     case "presence":
       roomEvent(m);
@@ -390,6 +419,8 @@ function receive(m) {
     case "users": {
       const c = conv(m.room, m.room, true);
       c.members = m.names;
+      c.ops = new Set(m.ops ?? []);
+      c.away = new Set(m.away ?? []);
       if (m.total > m.names.length) system(`${m.room}: ${m.total} members, the first ${m.names.length} listed`);
       if (state.switchTo === m.room || !state.current) {
         state.switchTo = null;
