@@ -98,8 +98,19 @@ async def test_a_member_cut_on_one_node_resumes_on_another_silently_and_whole(
         await bob.send("one", "/join #dev", "in dev")
         await carol.send("two", "/msg alice psst")
         await settle()
-        assert (await nothing_for(carol))[-1].endswith("] -> *alice* psst")
+        kept = (
+            "* alice's connection is down: your message is kept for them,"
+            " and given if they are back in time"
+        )
+        told = await nothing_for(carol)
+        assert told[-2].endswith("] -> *alice* psst")
+        assert told[-1] == kept
         await nothing_for(bob)
+        await bob.send("/msg alice from b")  # from the other node: told the same
+        await settle()
+        echo, notice = await nothing_for(bob)
+        assert echo.endswith("] -> *alice* from b")
+        assert notice == kept
         assert server_a.tokens.held == 1
         # The name stays the held member's, cluster-wide.
         taker = await v2_b()
@@ -116,7 +127,11 @@ async def test_a_member_cut_on_one_node_resumes_on_another_silently_and_whole(
         assert (lines[0].kind, lines[0]["name"]) == ("welcome", "alice")
         # The private message kept for it on node A follows it to node B, once.
         private = await again.parsed("private")
-        assert (private[-1]["from"], private[-1].text) == ("carol", "psst")
+        private += await again.parsed("private")
+        assert [(line["from"], line.text) for line in private] == [
+            ("carol", "psst"),
+            ("bob", "from b"),
+        ]
         await again.send("/to #lobby back", "/to #dev back")
         assert (await again.parsed("said"))[-1].text == "back"
         assert (await again.parsed("said"))[-1].text == "back"

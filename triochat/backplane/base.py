@@ -104,6 +104,11 @@ class Node(Protocol):
         """A private message (or its echo) for the member here holding ``key``, if any."""
         ...
 
+    def deliver_notice(self, key: str, text: str, error: bool, /) -> None:
+        """A line from the server for the member here holding ``key``, if any (an error
+        line if ``error``): e.g. what became of a private message it sent to a held member."""
+        ...
+
     def set_history(self, room: str, events: Sequence[RoomEvent], /) -> None:
         """``room``'s history is now ``events``, oldest first (the cluster restored it)."""
         ...
@@ -187,6 +192,11 @@ class Backplane(Protocol):
     def publish_private(self, key: str, event: Private, /) -> bool:
         """A private message for the member holding ``key`` wherever it is; ``False`` if no node
         will take it (the hub then answers from what it knows here)."""
+        ...
+
+    def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
+        """A server line for the member holding ``key`` wherever it is
+        (:meth:`Node.deliver_notice`); ``False`` if no node will take it."""
         ...
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:

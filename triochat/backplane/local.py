@@ -35,6 +35,9 @@ class LocalBackplane:
     def publish_private(self, key: str, event: Private, /) -> bool:
         return False
 
+    def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
+        return False
+
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         pass
 

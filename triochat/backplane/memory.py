@@ -42,6 +42,13 @@ class _Direct:
 
 
 @dataclass(frozen=True, slots=True)
+class _Notice:
+    key: str
+    text: str
+    error: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Drop:
     room: str
 
@@ -62,7 +69,7 @@ class _Takeover:
     nonce: int
 
 
-_Record = _Events | _Direct | _Drop | _History | _Takeover
+_Record = _Events | _Direct | _Notice | _Drop | _History | _Takeover
 
 
 @dataclass(slots=True)
@@ -262,6 +269,10 @@ class MemoryBackplane:
         self.cluster._broadcast(_Direct(key, event))
         return True
 
+    def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
+        self.cluster._broadcast(_Notice(key, text, error))
+        return True
+
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         cluster = self.cluster
         if rooms is None:
@@ -335,6 +346,8 @@ class MemoryBackplane:
                 node.deliver(events, epoch)
             case _Direct(key, event):
                 node.deliver_private(key, event)
+            case _Notice(key, text, error):
+                node.deliver_notice(key, text, error)
             case _Drop(room):
                 if node.drop_history(room) and room != LOBBY:
                     self.cluster._undo(self, room)

@@ -622,10 +622,8 @@ class Hub:
         log.info("%s left (%s)", member.name, reason)
         kept, member.kept = member.kept, None
         for message in kept or ():
-            sender = self._members.get(p.name_key(message.sender))
-            if sender is not None:
-                text = f"{member.name} left ({reason}): your message was not delivered"
-                self.tell(sender, ev.Error(f"{text}: {message.text}"))
+            text = f"{member.name} left ({reason}): your message was not delivered"
+            self._notify(message.sender, f"{text}: {message.text}", error=True)
         for room in list(member.rooms):
             self._exit(member, room, reason)
         self.backplane.presence(member.key, member.name, None)
@@ -1111,8 +1109,28 @@ class Hub:
     def deliver_private(self, key: str, event: ev.Private, /) -> None:
         """A private message (or its echo) from the cluster, if its recipient is here."""
         member = self._members.get(key)
-        if member is not None and (event.echo or p.name_key(event.sender) not in member.ignoring):
-            self._to_member(member, event)
+        if member is None or not (event.echo or p.name_key(event.sender) not in member.ignoring):
+            return
+        if member.kept is None or event.echo:
+            self.tell(member, event)
+        elif len(member.kept) >= self.resume_max:
+            self._notify(event.sender, self._not_kept(member), error=True)
+        else:
+            member.kept.append(event)
+            self._notify(event.sender, self._kept_text(member), error=False)
+
+    def deliver_notice(self, key: str, text: str, error: bool, /) -> None:
+        """A server line from the cluster for the member here holding ``key``, if any."""
+        member = self._members.get(key)
+        if member is not None:
+            self.tell(member, ev.Error(text) if error else ev.Notice(text))
+
+    def _notify(self, name: str, text: str, *, error: bool) -> None:
+        """Tell the user called ``name``, here or on another node (in a cluster through its
+        channel, so it comes after what the user has on its way, a private echo say)."""
+        key = p.name_key(name)
+        if not self.backplane.publish_notice(key, text, error):
+            self.deliver_notice(key, text, error)
 
     def replace_histories(self, histories: Mapping[str, Sequence[RoomEvent]], /) -> None:
         """Take the cluster's stored histories (after (re)linking), keeping room references.

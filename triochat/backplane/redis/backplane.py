@@ -36,6 +36,7 @@ from .wire import (
     Epoch,
     History,
     Taken,
+    Told,
     Whereabouts,
     WireError,
     decode_batch,
@@ -103,6 +104,9 @@ class RedisBackplane:
 
     def publish_private(self, key: str, event: Private, /) -> bool:
         return self.linked and self.publisher.queue(Direct(key, event))
+
+    def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
+        return self.linked and self.publisher.queue(Told(key, text, error))
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         if self.linked:
@@ -308,6 +312,8 @@ class RedisBackplane:
                 node.deliver(item.events)
             elif isinstance(item, Direct):
                 node.deliver_private(item.key, item.event)
+            elif isinstance(item, Told):
+                node.deliver_notice(item.key, item.text, item.error)
         if was_linked:
             self.link_changes += 1
             node.link_changed(False)
@@ -365,6 +371,8 @@ class RedisBackplane:
                 epoch = record.epoch
             elif isinstance(record, Direct):
                 node.deliver_private(record.key, record.event)
+            elif isinstance(record, Told):
+                node.deliver_notice(record.key, record.text, record.error)
             elif isinstance(record, Drop):
                 if node.drop_history(record.room):
                     # A member here joined before its hold reached Redis: hold the

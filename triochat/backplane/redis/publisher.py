@@ -29,6 +29,7 @@ from .options import RedisOptions
 from .wire import (
     Direct,
     Drop,
+    Told,
     Whereabouts,
     encode_batch,
     encode_presence,
@@ -89,9 +90,9 @@ class Rehold:
     """Make this node's holds in Redis its rooms now (on linking, or after a full queue)."""
 
 
-Item = Events | Direct | Whereabouts | Release | Room | Sweep | Undo | Rehold | TokenOp
+Item = Events | Direct | Told | Whereabouts | Release | Room | Sweep | Undo | Rehold | TokenOp
 
-_RECORDS: Final = (Direct, Whereabouts)
+_RECORDS: Final = (Direct, Told, Whereabouts)
 
 
 class Publisher:
@@ -205,7 +206,7 @@ class Publisher:
         keys, history = self._keys, self._options.history
         holds = [i.room for i in items if isinstance(i, Room) and i.room not in self._held]
         if not holds and not any(
-            isinstance(i, Events | Release | Direct | Whereabouts | TokenOp) for i in items
+            isinstance(i, Events | Release | Direct | Told | Whereabouts | TokenOp) for i in items
         ):
             return
         parts: list[str | bytes] = []

@@ -10,6 +10,8 @@ and newlines frame it. Room events travel as the hub made them, ``seq`` and
 
 ``["M", KEY, PRIVATE]``
     a private message (a ``Private`` event record) for the user holding KEY
+``["N", KEY, TEXT, ERROR]``
+    a line from the server for the user holding KEY (an error line if ERROR is true)
 ``["P", NODE, KEY, NAME, [ROOM, ...] | null]``
     a user's presence on NODE; ``null``: gone, its name released
 ``["D", ROOM]``
@@ -58,6 +60,15 @@ class Direct:
 
 
 @dataclass(frozen=True, slots=True)
+class Told:
+    """A server line for the user holding ``key``, on whichever node it is."""
+
+    key: str
+    text: str
+    error: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Whereabouts:
     """Which rooms a user of ``node`` is in (``P``), not a room's presence summary."""
 
@@ -99,7 +110,7 @@ class Taken:
     nonce: str
 
 
-Record = RoomEvent | Direct | Whereabouts | Drop | History | Epoch | Taken
+Record = RoomEvent | Direct | Told | Whereabouts | Drop | History | Epoch | Taken
 
 
 class WireError(ValueError):
@@ -122,6 +133,8 @@ def encode_record(record: Record) -> bytes:
     match record:
         case Direct(key, event):
             return b'["M",' + _dumps(key) + b"," + encode_event(event) + b"]\n"
+        case Told(key, text, error):
+            return _dumps(["N", key, text, error]) + b"\n"
         case Whereabouts(node, key, name, rooms):
             return _dumps(["P", node, key, name, None if rooms is None else list(rooms)]) + b"\n"
         case Drop(room):
@@ -202,7 +215,7 @@ def decode_event(raw: bytes | str) -> RoomEvent:
         raise WireError(f"malformed event record {raw[:80]!r}: {exc}") from None
 
 
-_CLUSTER_KINDS: Final = (b'["M",', b'["P",', b'["D",', b'["H",', b'["E",', b'["T",')
+_CLUSTER_KINDS: Final = (b'["M",', b'["N",', b'["P",', b'["D",', b'["H",', b'["E",', b'["T",')
 
 
 def _record(raw: bytes) -> Record:
@@ -218,6 +231,11 @@ def _record(raw: bytes) -> Record:
         if not isinstance(private, Private):
             raise WireError(f"an M record holds a private message, not {private!r:.80}")
         return Direct(_str(key), private)
+    if kind == "N":
+        _, key, text, error = _fields(items, 4)
+        if not isinstance(error, bool):
+            raise WireError(f"an N record's last item is true or false, not {error!r:.20}")
+        return Told(_str(key), _str(text), error)
     if kind == "P":
         _, node, key, name, rooms = _fields(items, 5)
         return Whereabouts(
