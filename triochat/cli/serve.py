@@ -182,8 +182,9 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
 @server_option(
     "--resume-max",
     type=click.IntRange(0),
-    help="Recent events each room keeps for v2 clients to resume from; the most one "
-    "resume replays.",
+    help="Recent events each room keeps for v2 clients to resume from (in Redis too, "
+    "with --redis); the most one resume replays, and the most private messages kept for "
+    "a held v2 client.",
 )
 @server_option(
     "--resume-grace",
