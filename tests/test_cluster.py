@@ -38,7 +38,7 @@ from redis_support import (
 from triochat import ChatServer, ServerConfig
 from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.client.connection import ChatClient, ConnectionClosed, NameRejected, open_chat_client
-from triochat.core.events import Said
+from triochat.core.events import RoomState, Said
 from triochat.core.hub import LINK_DOWN, LINK_UP
 
 REPO = Path(__file__).resolve().parent.parent
@@ -577,6 +577,11 @@ async def test_a_v2_member_cut_on_one_node_resumes_on_another_over_redis(
     await alice.register("alice")
     await alice.parsed("joined")  # after the room's epoch, as Redis gave it
     await expect(bob, "* alice joined #lobby")
+    await alice.send("/join #solo")  # a room only it is in, on node A only
+    await alice.parsed("joined")
+    await alice.send("/to #solo a note")
+    await alice.parsed("said")
+    solo = alice.positions["#solo"]
     await alice.cut()
     await wait_until(lambda: server_a.tokens.held == 1)
     await bob.send_line("while you were away")
@@ -591,18 +596,32 @@ async def test_a_v2_member_cut_on_one_node_resumes_on_another_over_redis(
 
     again = await resume(connect_b, alice)
     lines = await again.parsed("resumed")
+    lines += await again.parsed("resumed")
     assert [(line.kind, line.text) for line in lines] == [
         ("welcome", None),
         ("said", "while you were away"),
         ("resumed", None),
+        ("resumed", None),
     ]
-    await again.send("back on b")
+    assert (lines[-1]["room"], lines[-1]["epoch"], lines[-1].number("seq")) == ("#solo", *solo)
+    await again.send("/to #lobby back on b")
     seen = await expect(bob, lambda line: "alice" in line)
     assert seen.endswith("<alice> back on b")  # no left, no joined before it
     assert isinstance(server_a.backplane, RedisBackplane)
     assert isinstance(server_b.backplane, RedisBackplane)
     node_b = server_b.backplane.node_id
     await wait_until(lambda: server_a.hub.member("alice") is None)
+    # Node B held #solo from the takeover on: node A letting go of it dropped nothing.
+    solo_kept = {
+        "history:#solo": set(),
+        "holders:#solo": {node_b},
+        "rooms": {"#solo"},
+        "numbers:#solo": set(),
+        "resume:#solo": set(),
+    }
+    await room_keys_become(redis_url, cluster, "#solo", solo_kept)
+    assert server_b.hub.room_state("#solo") == RoomState("#solo", *solo)
+    assert [e.text for e in server_b.hub.recent("#solo", 5)] == ["a note"]  # type: ignore[union-attr]
     async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
         prefix = f"triochat:{cluster}:"
         assert (await client.get(prefix + "name:alice") or "").startswith(node_b + ":")

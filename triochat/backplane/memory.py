@@ -193,6 +193,9 @@ class MemoryCluster:
             tails[room] = Tail(room, epoch, seq, tuple(events))
         user = self.users.get(key)
         rooms = user.rooms if user is not None else ()
+        for room in rooms:  # held by the new node now: the old one's release drops nothing
+            if room != LOBBY:
+                self.holders.setdefault(room, set()).add(new)
         numbers = {room: self.numbers[room] for room in rooms if room in self.numbers}
         nonce = next(self._nonces)
         takeover = Takeover(key, resumable.name, rooms, numbers)

@@ -186,6 +186,9 @@ class RedisBackplane:
             str(options.resume_max),
             keys.seqs,
             nonce,
+            keys.held(self.node_id),
+            LOBBY,
+            keys.holders_prefix,
         ]
         for room, after in positions:
             args += [room, str(after)]

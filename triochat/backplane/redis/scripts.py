@@ -136,7 +136,9 @@ return 1
 # or the entry id and, for each (ROOM, AFTER) pair from ARGV[14], ROOM, its epoch, its last
 # number and its events after AFTER (newest first; none if more than ARGV[11]).
 # ARGV[5], [6]: resumable and name prefixes; [8]: presence hash; [9], [10]: numbers and
-# resume prefixes; [12]: seqs hash; [13]: our nonce for this takeover.
+# resume prefixes; [12]: seqs hash; [13]: our nonce for this takeover; [14]: our held set,
+# [15]: the lobby, [16]: holders prefix (we hold the member's rooms from now on); the
+# pairs from ARGV[17].
 TAKE: Final = Script[bytes](
     None,
     """
@@ -157,11 +159,15 @@ if presence then
 end
 local numbers = {}
 for _, room in ipairs(rooms) do
+  if room ~= ARGV[15] then  -- we hold its rooms now: the old node's release drops nothing
+    redis.call('SADD', ARGV[16] .. room, ARGV[1])
+    redis.call('SADD', ARGV[14], room)
+  end
   local n = redis.call('HMGET', ARGV[9] .. room, 'epoch', 'seq')
   if n[1] then numbers[#numbers + 1] = {room, n[1], tonumber(n[2])} end
 end
 local tails = {}
-for i = 14, #ARGV, 2 do
+for i = 17, #ARGV, 2 do
   local room, after = ARGV[i], tonumber(ARGV[i + 1])
   local n = redis.call('HMGET', ARGV[9] .. room, 'epoch', 'seq')
   local seq = tonumber(n[2] or '0') or 0
