@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+from _proxy import Proxy
 from _v2 import V2Client, resume
 from redis_support import (
     FAST,
@@ -34,6 +35,7 @@ from redis_support import (
     unique_cluster,
     wait_until,
 )
+from test_reconnect import joined, lines_of
 
 from triochat import ChatServer, ServerConfig
 from triochat.backplane.redis import RedisBackplane, RedisOptions
@@ -642,3 +644,36 @@ async def test_a_v2_member_cut_on_one_node_resumes_on_another_over_redis(
     await expect(bob, "* alice left #lobby (quit)")
     for client in (other, again):
         await client.cut()
+
+
+async def test_triochat_join_cut_again_and_again_moves_between_nodes_without_a_gap(
+    start_node: StartNode, join: Join, nursery: trio.Nursery
+) -> None:
+    _, port_a = await start_node()
+    _, port_b = await start_node()
+    proxy: Proxy = await nursery.start(Proxy(port_a).run)
+    ann = await join(port_b, "ann")
+    ben = await join(port_a, "ben")
+    with trio.fail_after(60):
+        async with joined(proxy.port, "dave") as (proc, out):
+            await out.until("* dave joined #lobby")
+            seen_by_ben = await lines_of(ben, "* dave joined #lobby")
+            number = 0
+            for cut in range(4):
+                for _ in range(100):
+                    await ann.send_line(f"line {number}")
+                    number += 1
+                await out.until(f"<ann> line {number - 50}")  # mid-flood
+                proxy.target = port_b if cut % 2 == 0 else port_a  # it comes back elsewhere
+                assert proxy.cut() == 1
+            await ann.send_line("done")
+            await out.until("<ann> done")
+            seen_by_ben += await lines_of(ben, "<ann> done")
+            assert proxy.accepted == 5
+            assert proc.stdin is not None
+            await proc.stdin.aclose()
+            assert await proc.wait() == 0
+    said = [line.split("> ", 1)[1] for line in out.seen if "<ann> " in line]
+    assert said == [f"line {i}" for i in range(number)] + ["done"]
+    comings_and_goings = [line for line in seen_by_ben if "* dave " in line]
+    assert [line.split("] ", 1)[1] for line in comings_and_goings] == ["* dave joined #lobby"]
