@@ -14,6 +14,8 @@ from irc_support import RawIRC, close_clients, irc_client, opened
 
 from triochat import ChatServer, ServerConfig
 from triochat.core.accounts import Request
+from triochat.protocol import irc
+from triochat.protocol.irc import sasl
 from triochat.server.irc import IRCConfig, IRCDoor
 
 _close_clients = pytest.fixture(autouse=True)(close_clients)
@@ -171,3 +173,43 @@ async def test_names_who_and_mode_mark_operators_and_away_members(irc_port: int)
     await bob.until("352", "bob", "#den", "olga", "irc.test", "irc.test", "olga", "H")
     await bob.send("WHO olga")
     await bob.until("352", "bob", "*", "olga", "irc.test", "irc.test", "olga", "H")
+
+
+async def sasl_login(port: int, account: str, password: str, nick: str) -> RawIRC:
+    """A client that logs in with SASL PLAIN before it registers; it has sent CAP END."""
+    client = RawIRC(await trio.open_tcp_stream("127.0.0.1", port))
+    opened(client.stream)
+    await client.send("CAP LS 302", "CAP REQ :sasl", f"NICK {nick}", "USER u 0 * :Real")
+    ls = await client.until("CAP", "*", "LS")
+    assert "sasl=PLAIN" in ls.params[2].split()
+    await client.until("CAP", "*", "ACK")
+    await client.send("AUTHENTICATE PLAIN")
+    await client.until("AUTHENTICATE", "+")
+    await client.send(*[f"AUTHENTICATE {c}" for c in sasl.encode(account, password)], "CAP END")
+    return client
+
+
+async def test_sasl_plain_logs_in_to_a_registered_nick(irc_port: int) -> None:
+    ann = await sasl_login(irc_port, "ann", "ann-pw", "ann")
+    logged_in = await ann.until("900")
+    assert logged_in.params[1:3] == ("ann!ann@irc.test", "ann")
+    await ann.until("903")
+    await ann.until("001")
+    await ann.send("WHOIS ann")
+    assert (await ann.until("330")).params[1:3] == ("ann", "ann")
+    assert "433" not in [m.command for m in ann.seen]
+
+
+async def test_a_wrong_sasl_password_is_904_and_never_echoed(irc_port: int) -> None:
+    guess = "not-olgas-pw"
+    olga = await sasl_login(irc_port, "olga", guess, "olga")
+    await olga.until("904")  # after the growing per-address delay
+    # The nick is still olga's: without a login, registering with it is refused.
+    await olga.until("433")
+    await olga.send("AUTHENTICATE PLAIN")
+    await olga.until("AUTHENTICATE", "+")
+    await olga.send(*[f"AUTHENTICATE {c}" for c in sasl.encode("olga", "olga-pw")], "NICK olga")
+    await olga.until("903")
+    await olga.until("001")
+    sent = [irc.format_message(m) for m in olga.seen]
+    assert not [line for line in sent if guess in line or "olga-pw" in line]

@@ -200,10 +200,8 @@ class Tmux:
                 await trio.sleep(0.1)
 
 
-async def test_irssi_and_an_nc_user_chat(server: tuple[int, int], tmp_path: Path) -> None:
-    _need_irssi()
-    line_port, irc_port = server
-    bob = await line_user(line_port, "bob")
+async def start_irssi(tmp_path: Path, *args: str) -> Tmux:
+    """irssi as ``zoe`` in a tmux window of its own, with ``args`` (``-c HOST``: connect)."""
     home = tmp_path / "irssi"
     home.mkdir()
     (home / "config").write_text(
@@ -214,12 +212,19 @@ async def test_irssi_and_an_nc_user_chat(server: tuple[int, int], tmp_path: Path
     )
     tmux = Tmux(tmp_path / "tmux.sock")
     env = {"TERM": "xterm", "LANG": "C.UTF-8", "HOME": str(tmp_path)}
-    command = f"irssi --home={home} -c 127.0.0.1 -p {irc_port} -n zoe"
     await trio.run_process(
         ["tmux", "-S", tmux.socket, "new-session", "-d", "-s", "irc", "-x", "150", "-y", "40",
-         "env", *(f"{k}={v}" for k, v in env.items()), *command.split()],
+         "env", *(f"{k}={v}" for k, v in env.items()), "irssi", f"--home={home}", *args],
         env={**os.environ, **env},
     )  # fmt: skip
+    return tmux
+
+
+async def test_irssi_and_an_nc_user_chat(server: tuple[int, int], tmp_path: Path) -> None:
+    _need_irssi()
+    line_port, irc_port = server
+    bob = await line_user(line_port, "bob")
+    tmux = await start_irssi(tmp_path, "-c", "127.0.0.1", "-p", str(irc_port), "-n", "zoe")
     try:
         await tmux.until("Welcome to the triochat IRC network")
         await tmux.keys("/join #lobby")
@@ -240,6 +245,38 @@ async def test_irssi_and_an_nc_user_chat(server: tuple[int, int], tmp_path: Path
         with trio.move_on_after(5):
             await tmux.run("kill-server", check=False)  # gone already once irssi quit
         await bob.aclose()
+
+
+async def test_irssi_logs_in_with_sasl_as_the_docs_say(tmp_path: Path) -> None:
+    _need_irssi()
+    proc, line_port, irc_port = await serve_both("--rate", "0", "--db", str(tmp_path / "c.db"))
+    owner = await line_user(line_port, "zoe")
+    await owner.send_line("/register zoe-pw")
+    await line_until(owner, "zoe is registered to you now")
+    await owner.send_line("/quit")
+    await owner.aclose()
+    bob = await line_user(line_port, "bob")
+    tmux = await start_irssi(tmp_path)
+    try:
+        await tmux.until("Irssi")
+        # docs/irc.md's commands, without TLS.
+        await tmux.keys(
+            "/network add -sasl_username zoe -sasl_password zoe-pw -sasl_mechanism PLAIN triochat"
+        )
+        await tmux.keys(f"/server add -network triochat 127.0.0.1 {irc_port}")
+        await tmux.keys("/connect triochat")
+        await tmux.until("Welcome to the triochat IRC network")
+        await tmux.keys("/join #lobby")
+        # Logged in: the nick is zoe's own, not the alternative irssi takes after a 433.
+        await line_until(bob, "* zoe joined #lobby")
+        await tmux.keys("/quit")
+    finally:
+        with trio.move_on_after(5):
+            await tmux.run("kill-server", check=False)
+        await bob.aclose()
+        proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
 
 
 async def test_irc_settings_without_irc_port_are_an_error() -> None:

@@ -112,3 +112,54 @@ async def test_messages_behind_a_cluster_name_claim_are_handled_after_it(node: N
     await zoe.until("JOIN", "#lobby")
     await line_until(ann, "* zed joined #lobby")
     await line_until(ann, "<zed> renamed and here")
+
+
+async def test_away_notify_across_nodes(node: Node) -> None:
+    _, irc_a = await node()
+    line_b, _ = await node()
+    ann = await line_client(line_b, "ann")
+    zoe = await irc_client(irc_a, "zoe", "CAP LS 302", "CAP REQ :away-notify", "CAP END")
+    await zoe.send("JOIN #lobby,#x")
+    await zoe.until("366", "zoe", "#x")
+    await ann.send_line("/join #x")  # a line user is in one room: #x
+    await zoe.until("JOIN", "#x")
+    await ann.send_line("/away lunch")
+    await line_until(ann, "You are away: lunch")
+    away = await zoe.until("AWAY")
+    assert (away.source, away.params) == ("ann!ann@irc.test", ("lunch",))
+    # Away, it moves on: the JOIN, then its AWAY, carried by Redis with it.
+    await ann.send_line("/join #lobby")
+    joined = await zoe.until("JOIN", "#lobby")
+    assert joined.source == "ann!ann@irc.test"
+    nxt = await zoe.next()
+    assert nxt is not None
+    assert (nxt.command, nxt.params) == ("AWAY", ("lunch",))
+    await ann.send_line("/away")
+    back = await zoe.until("AWAY")
+    assert back.params == ()
+    await ann.send_line("after")
+    said = await zoe.until("PRIVMSG", "#lobby")
+    assert said.params[1] == "after"
+    assert [m.command for m in zoe.seen].count("AWAY") == 3
+
+
+async def test_a_labeled_line_is_answered_by_its_echo_from_the_cluster(node: Node) -> None:
+    line_a, irc_a = await node()
+    ann = await line_client(line_a, "ann")
+    caps = "CAP REQ :labeled-response batch echo-message"
+    zoe = await irc_client(irc_a, "zoe", "CAP LS 302", caps, "CAP END")
+    await zoe.send("JOIN #lobby")
+    await zoe.until("366")
+    await ann.send_line("before")
+    await zoe.until("PRIVMSG", "#lobby")
+    long = "word " * 98  # echoed as two lines: a batch
+    await zoe.send("@label=a PRIVMSG #lobby :one", f"@label=b PRIVMSG #lobby :{long}")
+    echo = await zoe.until("PRIVMSG", "#lobby")
+    assert (echo.params[1], echo.tag("label")) == ("one", "a")
+    start = await zoe.until("BATCH")
+    assert (start.params[1], start.tag("label")) == ("labeled-response", "b")
+    first = await zoe.until("PRIVMSG", "#lobby")
+    assert first.tag("batch") == start.params[0][1:]
+    await zoe.until("BATCH", f"-{start.params[0][1:]}")
+    assert "ACK" not in [m.command for m in zoe.seen]
+    await line_until(ann, "<zoe> one")

@@ -311,3 +311,22 @@ async def test_the_door_has_its_own_metric(start: Start) -> None:
     await trio.testing.wait_all_tasks_blocked()  # the server's side ends after the client's
     assert gauges()["triochat_irc_connected_clients"] == 0
     assert gauges()["triochat_connected_clients"] == 1
+
+
+async def test_labeled_responses_over_a_socket(start: Start) -> None:
+    _, line_port, irc_port = await start(rate=0)
+    bob = await line_client(line_port, "bob")
+    caps = "CAP REQ :labeled-response batch echo-message"
+    zoe = await irc_client(irc_port, "zoe", "CAP LS 302", caps, "CAP END")
+    await zoe.send("@label=j1 JOIN #lobby")
+    start_ = await zoe.until("BATCH")
+    assert (start_.params[1], start_.tag("label")) == ("labeled-response", "j1")
+    joined = await zoe.until("JOIN", "#lobby")
+    assert joined.tag("batch") == start_.params[0][1:]
+    await zoe.until("BATCH", f"-{start_.params[0][1:]}")
+    await zoe.send("@label=m1 PRIVMSG #lobby :hello", "@label=p1 PONG x")
+    echo = await zoe.until("PRIVMSG", "#lobby")
+    assert (echo.params[1], echo.tag("label")) == ("hello", "m1")
+    ack = await zoe.until("ACK")
+    assert ack.tag("label") == "p1"
+    await line_until(bob, "<zoe> hello")

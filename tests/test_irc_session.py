@@ -15,9 +15,14 @@ from hypothesis import given, settings, strategies as st
 
 from triochat.backplane import Claim
 from triochat.core import events as ev, session as s
+from triochat.core._auth import FailureDelays
+from triochat.core.accounts import AccountBook, Outcome
 from triochat.core.hub import Hub, Member
-from triochat.core.irc_session import Aways, IRCRules, IRCSession
+from triochat.core.irc_session import MAX_LATE, IRCOutbox, IRCRules, IRCSession
 from triochat.protocol import irc, line as p
+from triochat.protocol.irc import sasl as irc_sasl
+from triochat.protocol.v2 import V2Dialect
+from triochat.protocol.web import WebDialect
 
 T0 = 1_700_000_000.0
 SERVER = "irc.test"
@@ -51,7 +56,11 @@ class Client:
     """An IRC client: lines in through the framer, messages out of its outbox."""
 
     def __init__(
-        self, hub: Hub, rules_: IRCRules | None = None, aways: Aways | None = None
+        self,
+        hub: Hub,
+        rules_: IRCRules | None = None,
+        accounts: AccountBook | None = None,
+        delays: FailureDelays | None = None,
     ) -> None:
         self.send, self.inbox = trio.open_memory_channel[bytes](1000)
         self.disconnects = 0
@@ -62,9 +71,10 @@ class Client:
             rules_ or rules(),
             outbox=self.send,
             disconnect=self._disconnect,
-            aways=aways,
             address="10.0.0.1",
             clock=lambda: 0.0,
+            accounts=accounts,
+            delays=delays,
         )
 
     def _disconnect(self) -> None:
@@ -183,6 +193,8 @@ def test_cap_negotiation_holds_registration_until_cap_end(hub: Hub) -> None:
         "multi-prefix",
         "batch",
         "draft/chathistory",
+        "labeled-response",
+        "away-notify",
     }
     assert client("NICK bob", "USER b 0 * :B") == []
     [ack] = client("CAP REQ :server-time echo-message")
@@ -322,6 +334,7 @@ def test_irssi_hexchat_and_weechat_after_join_queries_are_all_answered(hub: Hub)
     got = zoe("MODE #a", "WHO #a", "MODE #a b", "USERHOST zoe", "MODE #a +b")
     assert [(m.command, m.params[1:]) for m in got] == [
         ("324", ("#a", "+nt")),
+        ("329", ("#a", str(int(T0)))),
         ("352", ("#a", "bob", SERVER, SERVER, "bob", "H", "0 bob")),
         ("352", ("#a", "zoe", SERVER, SERVER, "zoe", "H", "0 zoe")),
         ("315", ("#a", "End of /WHO list")),
@@ -334,6 +347,36 @@ def test_irssi_hexchat_and_weechat_after_join_queries_are_all_answered(hub: Hub)
     assert zoe("MODE zoe")[0].params == ("zoe", "+i")
     assert cmds(zoe("MODE zoe +x")) == ["501"]
     assert cmds(zoe("MODE bob")) == ["502"]
+
+
+class _Archive:
+    """An archive that remembers one old line of ``#old``."""
+
+    def append(self, event: ev.RoomEvent, /) -> None:
+        pass
+
+    def recent(self, room: str, /) -> list[ev.RoomEvent]:
+        return [ev.Said(room, 7, T0 - 86_400, "bob", "hi")] if room == "#old" else []
+
+
+def test_creation_time_is_when_the_room_began_or_its_oldest_restored_event() -> None:
+    clock = Clock()
+    hub = Hub(history=10, clock=clock, archive=_Archive())
+    zoe = register(hub, "zoe")
+    clock.now = T0 + 60
+    zoe("JOIN #new", "JOIN #old")
+    clock.now = T0 + 120
+    got = zoe("MODE #new", "MODE #old", "MODE #nowhere")
+    assert [(m.command, m.params[1:]) for m in got] == [
+        ("324", ("#new", "+nt")),
+        ("329", ("#new", str(int(T0 + 60)))),
+        ("324", ("#old", "+nt")),
+        ("329", ("#old", str(int(T0 - 86_400)))),  # from --db: at least as old as its lines
+        ("324", ("#nowhere", "+nt")),  # no such room: no time to give
+    ]
+    # A cluster's restored history counts the same way.
+    hub.set_history("#new", [ev.Said("#new", 3, T0 - 5, "bob", "hello")])
+    assert zoe("MODE #new")[1].params[1:] == ("#new", str(int(T0 - 5)))
 
 
 def test_lines_both_ways_and_the_sender_is_not_echoed(hub: Hub) -> None:
@@ -392,17 +435,106 @@ def test_private_messages_both_ways(hub: Hub) -> None:
 
 
 def test_away_is_told_to_whoever_messages_or_asks(hub: Hub) -> None:
-    aways = Aways()
-    zoe = register(hub, "zoe", aways=aways)
-    ann = register(hub, "ann", aways=aways)
+    zoe = register(hub, "zoe")
+    ann = register(hub, "ann")
+    bob = LineUser(hub, "bob")
     assert cmds(zoe("AWAY :lunch")) == ["306"]
     [away] = ann("PRIVMSG zoe :hi")
     assert (away.command, away.params[1:]) == ("301", ("zoe", "lunch"))
+    assert ann("NOTICE zoe :hi") == []  # a NOTICE is never answered
+    assert [m.params[1] for m in zoe.read()] == ["hi", "hi"]
     assert "301" in cmds(ann("WHOIS zoe"))
     assert ann("USERHOST zoe")[0].params[1] == f"zoe=-zoe@{SERVER}"
+    assert ann("WHO zoe")[0].params[6] == "G"
+    # One away for every door: the line door sees the IRC user's, and the other way.
+    bob.lines()
+    hub.private(bob.member, "zoe", "hi")
+    assert bob.lines()[-1] == "* zoe is away: lunch"
+    hub.set_away(bob.member, "out")
+    [away] = ann("PRIVMSG bob :hi")
+    assert (away.command, away.params[1:]) == ("301", ("bob", "out"))
     zoe.read()
     assert cmds(zoe("AWAY")) == ["305"]
     assert cmds(ann("PRIVMSG zoe :back?")) == []
+    assert ann("WHO zoe")[0].params[6] == "H"
+    # A line-door away text longer than an IRC line is cut to one line, never sent whole.
+    hub.set_away(bob.member, "é" * 2000)
+    for reply in (*ann("PRIVMSG bob :hi"), *by(ann("WHOIS bob"), "301")):
+        assert reply.command == "301"
+        assert len(irc.serialize(reply)) <= 512
+        assert reply.params[2] == "é" * len(reply.params[2])
+
+
+AWAY_NOTIFY = "away-notify server-time"
+
+
+def test_away_notify_tells_each_follower_once_and_no_one_else(hub: Hub) -> None:
+    bob = LineUser(hub, "bob")
+    zoe = register(hub, "zoe", caps=AWAY_NOTIFY)
+    ann = register(hub, "ann")  # no away-notify
+    carl = register(hub, "carl", caps=AWAY_NOTIFY)
+    for client in (zoe, ann, carl):
+        client("JOIN #a,#b")
+    others: list[trio.MemoryReceiveChannel[bytes]] = []
+    for dialect in (WebDialect(), V2Dialect()):
+        send, receive = trio.open_memory_channel[bytes](100)
+        member = hub.register(f"w{len(others)}", send, lambda: None, dialect)
+        assert not isinstance(member, str)
+        hub.join(member, "#a")
+        others.append(receive)
+    for client in (zoe, ann, carl):
+        client.read()
+    bob.lines()
+    for other in others:
+        while True:
+            try:
+                other.receive_nowait()
+            except trio.WouldBlock:
+                break
+    seq = hub.room_state("#a")
+    assert cmds(carl("AWAY :lunch")) == ["306"]  # never its own AWAY
+    [away] = zoe.read()  # once, though they share two rooms
+    assert (away.command, away.source, away.params) == ("AWAY", f"carl!carl@{SERVER}", ("lunch",))
+    assert away.tag("time") is not None
+    assert away.tag("msgid") is None
+    assert ann.read() == []
+    assert bob.lines() == []  # the line door sees nothing new
+    for other in others:  # nor do the web page and protocol v2
+        with pytest.raises(trio.WouldBlock):
+            other.receive_nowait()
+    assert hub.room_state("#a") == seq  # not numbered ...
+    assert not [e for e in hub.recent("#a", 10) if isinstance(e, ev.Away)]  # ... nor kept
+    carl("AWAY")
+    [back] = zoe.read()
+    assert (back.command, back.params) == ("AWAY", ())
+    hub.set_away(bob.member, "x " * 1000)
+    [long] = zoe.read()
+    assert len(irc.serialize(irc.Message("AWAY", long.params, long.source))) <= 512  # tags aside
+    hub.set_away(bob.member, None)
+    zoe.read()
+    carl.read()
+    # From the line door too; and the same away twice is no change.
+    hub.set_away(bob.member, "brb")
+    hub.set_away(bob.member, "brb")
+    [away] = zoe.read()
+    assert (away.source, away.params) == (f"bob!bob@{SERVER}", ("brb",))
+    assert carl.read()[0].params == ("brb",)
+    # Someone away who joins: the JOIN, then the AWAY.
+    zoe("JOIN #c")
+    zoe.read()
+    bob_c = LineUser(hub, "dan", "#c")
+    assert cmds(zoe.read()) == ["JOIN"]
+    hub.set_away(bob_c.member, "zzz")
+    assert zoe.read()[0].params == ("zzz",)
+    hub.part(bob_c.member, "#c", "bye")
+    zoe.read()
+    hub.join(bob_c.member, "#c")
+    joined, away = zoe.read()
+    assert (joined.command, away.command, away.params) == ("JOIN", "AWAY", ("zzz",))
+    hub.part(bob_c.member, "#c", "bye")
+    hub.set_away(bob_c.member, None)
+    hub.join(bob_c.member, "#c")
+    assert cmds(zoe.read()) == ["PART", "JOIN"]  # not away: no AWAY
 
 
 def test_an_irc_away_is_marked_and_answered_on_every_door(hub: Hub) -> None:
@@ -645,6 +777,252 @@ def test_chathistory_from_the_store_is_an_effect_and_its_answer() -> None:
     assert texts(zoe.read()) == ["kept"]
 
 
+# --- labeled-response -------------------------------------------------------------------
+
+LABELS = "labeled-response batch"
+
+
+def line_of(msg: irc.Message) -> str:
+    return irc.format_message(msg).removesuffix("\r\n")
+
+
+def test_a_labeled_command_gets_one_labeled_answer(hub: Hub) -> None:
+    bob = LineUser(hub, "bob")
+    zoe = register(hub, "zoe", caps=LABELS)
+    ann = register(hub, "ann", caps="echo-message")
+    [pong] = zoe("@label=p1 PING tok")
+    assert (pong.command, pong.tag("label")) == ("PONG", "p1")
+    # No answer at all (its own line is not sent back): an ACK.
+    [ack] = zoe("@label=p2 PONG x")
+    assert line_of(ack) == f"@label=p2 :{SERVER} ACK"
+    ann("JOIN #a")
+    # Several lines: one labeled-response batch, the label on its start only.
+    got = zoe("@label=j JOIN #a")
+    start, *inside, end = got
+    assert (start.command, start.params[1]) == ("BATCH", "labeled-response")
+    assert start.tag("label") == "j"
+    ref = start.params[0].removeprefix("+")
+    assert cmds(inside) == ["JOIN", "353", "366"]
+    assert {m.tag("batch") for m in inside} == {ref}
+    assert all(m.tag("label") is None for m in inside)
+    assert (end.command, end.params, end.tags) == ("BATCH", (f"-{ref}",), ())
+    assert ann.read()[0].tags == ()  # the room's JOIN carries no label
+    [ack] = zoe("@label=m PRIVMSG #a :hello")
+    assert (ack.command, ack.tag("label")) == ("ACK", "m")
+    # The others get the line as ever, unlabeled.
+    [said] = ann.read()
+    assert (said.command, said.params, said.tags) == ("PRIVMSG", ("#a", "hello"), ())
+    assert bob.lines()[-1].endswith("<zoe> hello")
+    # A command that fails is answered too: the error is the answer.
+    [error] = zoe("@label=e JOIN &x")
+    assert (error.command, error.tag("label")) == ("403", "e")
+
+
+def test_with_echo_message_the_echo_is_the_labeled_answer(hub: Hub) -> None:
+    LineUser(hub, "bob")
+    zoe = register(hub, "zoe", caps=f"{LABELS} echo-message")
+    zoe("JOIN #a")
+    [echo] = zoe("@label=e1 PRIVMSG #a :hi")
+    assert (echo.command, echo.params, echo.tag("label")) == ("PRIVMSG", ("#a", "hi"), "e1")
+    [private] = zoe("@label=e2 PRIVMSG bob :psst")
+    assert (private.params, private.tag("label")) == (("bob", "psst"), "e2")
+    # A line too long for one message is echoed as several: a batch.
+    start, *pieces, _ = zoe("@label=e3 PRIVMSG #a :" + "word " * 99)
+    assert (start.command, start.tag("label")) == ("BATCH", "e3")
+    assert len(pieces) >= 2
+    assert cmds(pieces) == ["PRIVMSG"] * len(pieces)
+    # Unlabeled lines still go out in bursts, unlabeled.
+    got = zoe("PRIVMSG #a :one", "PRIVMSG #a :two")
+    assert [(m.params[1], m.tags) for m in got] == [("one", ()), ("two", ())]
+
+
+def test_labels_are_ignored_unless_negotiated_or_too_long(hub: Hub) -> None:
+    plain = register(hub, "plain", caps="batch")
+    [pong] = plain("@label=x PING t")
+    assert pong.tags == ()
+    assert plain("@label=x PRIVMSG nobody_here :hi")[0].tags == ()
+    zoe = register(hub, "zoe", caps=LABELS)
+    [pong] = zoe("@label=" + "x" * 65 + " PING t")
+    assert pong.tags == ()  # past 64 bytes: no label
+    [pong] = zoe("@label=" + "x" * 64 + " PING t")
+    assert pong.tag("label") == "x" * 64
+
+
+def test_a_label_cannot_inject_anything(hub: Hub) -> None:
+    zoe = register(hub, "zoe", caps=LABELS)
+    ann = register(hub, "ann")
+    ann("JOIN #a")
+    zoe("JOIN #a")
+    ann.read()
+    # Escaped CR LF, space and ; in the value come back escaped, in one line, to the sender.
+    zoe.framer.receive_data(b"@label=a\\r\\nQUIT\\s:x\\:y=z PRIVMSG #a :hi\r\n")
+    zoe.effects += zoe.irc.receive(zoe.framer.events())
+    raw = b""
+    while True:
+        try:
+            raw += zoe.inbox.receive_nowait()
+        except trio.WouldBlock:
+            break
+    assert raw == f"@label=a\\r\\nQUIT\\s:x\\:y=z :{SERVER} ACK\r\n".encode()
+    [ack] = [m for m in map(irc.parse, raw.decode().split("\r\n")) if m is not None]
+    assert ack.tag("label") == "a\r\nQUIT :x;y=z"
+    [said] = ann.read()
+    assert (said.tags, said.params) == ((), ("#a", "hi"))
+
+
+def test_an_answer_still_to_come_is_labeled_when_it_comes() -> None:
+    send, inbox = trio.open_memory_channel[bytes](100)
+    outbox = IRCOutbox(send)
+    for n in range(MAX_LATE + 1):
+        outbox.answer(f"x{n}")
+        outbox.finish_later(b":z PRIVMSG #a :", 1, f"L{n}", SERVER)
+    outbox.send_nowait(b":y PRIVMSG #a :other\r\n:z PRIVMSG #a :mine\r\n")
+    # The oldest wait was given up: the first echo answers the second label.
+    assert inbox.receive_nowait() == b":y PRIVMSG #a :other\r\n@label=x1 :z PRIVMSG #a :mine\r\n"
+    outbox.send_nowait(b":z PRIVMSG #b :elsewhere\r\n")
+    assert inbox.receive_nowait() == b":z PRIVMSG #b :elsewhere\r\n"
+
+
+def test_a_labeled_answer_that_waits_for_an_effect() -> None:
+    hub = Hub(history=10, clock=Clock())
+    bob = LineUser(hub, "bob")
+    hub.say(bob.member, "#a", ["kept"])
+    caps = f"{LABELS} draft/chathistory"
+    zoe = register(hub, "zoe", caps=caps, rules_=rules(store_history=True))
+    zoe("JOIN #a")
+    assert zoe("@label=h CHATHISTORY LATEST #a * 5") == []
+    # What comes meanwhile is live, not the answer: it goes out unlabeled at once.
+    hub.say(bob.member, "#a", ["live"])
+    [live] = zoe.read()
+    assert (live.params[1], live.tags) == ("live", ())
+    zoe.irc.fetched("#a", hub.recent("#a", 10))
+    start, inner, *lines, inner_end, end = zoe.read()
+    assert (start.command, start.params[1]) == ("BATCH", "labeled-response")
+    assert start.tag("label") == "h"
+    ref = start.params[0][1:]
+    # The chathistory batch is nested in the labeled one.
+    assert (inner.command, inner.params[1], inner.tag("batch")) == ("BATCH", "chathistory", ref)
+    assert [m.params[1] for m in lines] == ["kept", "live"]
+    assert {m.tag("batch") for m in lines} == {inner.params[0][1:]}
+    assert (inner_end.tag("batch"), end.params) == (ref, (f"-{ref}",))
+
+
+# --- SASL PLAIN ----------------------------------------------------------------------
+
+
+class Book:
+    """The account book's synchronous side: ``zoe`` is registered."""
+
+    def registered(self, name: str, /) -> bool:
+        return p.name_key(name) == "zoe"
+
+    def admin(self, name: str, /) -> bool:
+        return False
+
+
+def sasl_client(hub: Hub, delays: FailureDelays | None = None) -> Client:
+    client = Client(hub, accounts=Book(), delays=delays)
+    [ls] = client("CAP LS 302")
+    assert "sasl=PLAIN" in ls.params[2].split()
+    assert client("CAP REQ :sasl")[0].params[1] == "ACK"
+    return client
+
+
+def authenticate(client: Client, account: str, password: str, *after: str) -> s.AccountCall:
+    """The client's exchange, up to the check; ``after`` are lines sent behind it."""
+    [plus] = client("AUTHENTICATE PLAIN")
+    assert (plus.command, plus.params) == ("AUTHENTICATE", ("+",))
+    chunks = [f"AUTHENTICATE {c}" for c in irc_sasl.encode(account, password)]
+    assert client(*chunks, *after) == []
+    call = client.effects[-1]
+    assert isinstance(call, s.AccountCall)
+    assert (call.request.kind, call.request.name, call.request.password) == (
+        "verify",
+        account,
+        password,
+    )
+    assert password not in repr(call)
+    return call
+
+
+def test_sasl_plain_logs_in_and_registration_asks_no_more(hub: Hub) -> None:
+    zoe = sasl_client(hub)
+    zoe("NICK zoe", "USER u 0 * :Zoe")
+    # CAP END waits behind the check.
+    call = authenticate(zoe, "zoe", "zoe-pw", "CAP END")
+    assert len(zoe.irc.pending) == 1
+    assert zoe.irc.account_result(Outcome(call.request, True)) == []
+    logged, ok = zoe.read()
+    assert (logged.command, logged.params[1:3]) == ("900", ("zoe!zoe@irc.test", "zoe"))
+    assert ok.command == "903"
+    zoe.effects += zoe.irc.resume()
+    got = zoe.read()
+    assert cmds(got)[0] == "001"
+    assert "433" not in cmds(got)
+    assert zoe.irc.session.account == "zoe"
+    assert cmds(zoe("AUTHENTICATE PLAIN")) == ["907"]
+
+
+def test_a_sasl_payload_in_chunks_of_400_and_a_final_plus(hub: Hub) -> None:
+    long = "p" * 295  # "\0zoe\0" and 295 bytes: exactly 400 of base64
+    assert [len(c) for c in irc_sasl.encode("zoe", long)] == [400, 1]
+    assert [len(c) for c in irc_sasl.encode("zoe", long * 2)] == [400, 396]
+    for password in (long, long * 2):
+        call = authenticate(sasl_client(hub), "zoe", password)
+        assert call.request.password == password
+
+
+def test_a_wrong_sasl_password_waits_the_growing_delay_then_904(hub: Hub) -> None:
+    delays = FailureDelays()
+    zoe = sasl_client(hub, delays)
+    waits = []
+    for _ in range(2):
+        call = authenticate(zoe, "zoe", "guess")
+        [wait] = zoe.irc.account_result(Outcome(call.request, False, p.WRONG_PASSWORD))
+        assert isinstance(wait, s.Wait)
+        assert zoe.read() == []  # nothing until the delay is over
+        waits.append(wait.seconds)
+        assert zoe.irc.delay_elapsed() == []
+        [failed] = zoe.read()
+        assert failed.command == "904"
+    assert waits[1] > waits[0] > 0
+    # Per address, whatever the connection: a new one from there waits longer still,
+    # as would the server password and the line door's account passwords.
+    again = sasl_client(hub, delays)
+    call = authenticate(again, "zoe", "guess")
+    [wait] = again.irc.account_result(Outcome(call.request, False, p.WRONG_PASSWORD))
+    assert isinstance(wait, s.Wait)
+    assert wait.seconds > waits[1]
+    # The nick is still registered to someone: without SASL's login, 433.
+    assert "433" in cmds(zoe("NICK zoe", "USER u 0 * :Z", "CAP END"))
+
+
+def test_sasl_refusals(hub: Hub) -> None:
+    zoe = sasl_client(hub)
+    assert [(m.command, m.params[1]) for m in zoe("AUTHENTICATE EXTERNAL")] == [
+        ("908", "PLAIN"),
+        ("904", "SASL authentication failed"),
+    ]
+    zoe("AUTHENTICATE PLAIN")
+    assert cmds(zoe("AUTHENTICATE *")) == ["906"]
+    zoe("AUTHENTICATE PLAIN")
+    assert cmds(zoe("AUTHENTICATE " + "A" * 401)) == ["905"]  # a chunk over 400 bytes
+    zoe("AUTHENTICATE PLAIN")
+    too_long = zoe(*["AUTHENTICATE " + "A" * 400] * 21)  # 8,400 bytes: past the limit
+    assert cmds(too_long) == ["905"]
+    assert cmds(zoe("AUTHENTICATE QUFB")) == ["908", "904"]  # the exchange was dropped
+    for payload in ("not base64!", irc_sasl.encode("zoe", "pw", authzid="ann")[0], "AGJvYg=="):
+        zoe("AUTHENTICATE PLAIN")
+        [failed] = zoe(f"AUTHENTICATE {payload}")
+        assert failed.command == "904", payload
+    assert not [e for e in zoe.effects if isinstance(e, s.AccountCall)]
+    plain = Client(hub)  # no accounts: no sasl offered, nor taken
+    [ls] = plain("CAP LS 302")
+    assert "sasl" not in ls.params[2]
+    assert plain("CAP REQ :sasl")[0].params[1] == "NAK"
+    assert cmds(plain("AUTHENTICATE PLAIN")) == ["904"]
+
+
 # --- anything a client may send ------------------------------------------------------
 
 _verbs = st.sampled_from(
@@ -672,6 +1050,7 @@ _verbs = st.sampled_from(
         "LUSERS",
         "MOTD",
         "CHATHISTORY",
+        "AUTHENTICATE",
         "FOO",
         "001",
     ]
@@ -680,26 +1059,30 @@ _words = st.sampled_from(
     ["#a", "#b", "#A", "0", "*", "bob", "zoe", "[x]", "", ",", "#a,#b", "+i", "-i", "+o", "b",
      "LS", "REQ", "END", "LIST", "302", "server-time", "LATEST", "BEFORE", "msgid=#a/1",
      "timestamp=2023-11-14T22:13:20.000Z", "5", "\x01ACTION x\x01", "\x01VERSION\x01",
-     "x" * 30, "zoë", "-", "#"]
+     "x" * 30, "zoë", "-", "#", "PLAIN", "+", "AHpvZQB6b2VzLXBhc3N3b3Jk", "A" * 400, "sasl",
+     "labeled-response batch away-notify echo-message"]
 )  # fmt: skip
+_tags = st.sampled_from(["", "@label=x ", "@label=a\\s;b ", "@label= ", "@time=1;label=y "])
 
 
 @settings(deadline=None, max_examples=200)
 @given(
     st.booleans(),
-    st.lists(st.tuples(_verbs, st.lists(_words, max_size=4)), max_size=30),
+    st.sampled_from(["", "labeled-response batch away-notify echo-message"]),
+    st.lists(st.tuples(_tags, _verbs, st.lists(_words, max_size=4)), max_size=30),
 )
 def test_no_sequence_of_messages_breaks_the_session(
-    registered: bool, script: list[tuple[str, list[str]]]
+    registered: bool, caps: str, script: list[tuple[str, str, list[str]]]
 ) -> None:
     hub = Hub(history=10, clock=Clock(), max_rooms_per_member=3)
     bob = LineUser(hub, "bob")
     hub.say(bob.member, "#a", ["hi"])
-    client = register(hub, "zoe") if registered else Client(hub)
-    for verb, words in script:
+    client = register(hub, "zoe", caps=caps) if registered else Client(hub, accounts=Book())
+    for tags, verb, words in script:
         params = [w for w in words[:-1] if w and " " not in w and not w.startswith(":")]
         last = f" :{words[-1]}" if words else ""
-        for msg in client(" ".join([verb, *params]) + last):  # every line written parses
+        line = tags + " ".join([verb, *params]) + last
+        for msg in client(line):  # every line written parses
             assert msg.command
         if client.irc.closed:
             break

@@ -294,3 +294,40 @@ def test_long_text_splits_on_character_boundaries_within_the_limit(text: str, li
 def test_long_text_wraps_between_words() -> None:
     assert irc.split_utf8("aaaa bbbb cccc", 10) == ["aaaa bbbb", "cccc"]
     assert irc.split_utf8("ééééé", 4) == ["éé", "éé", "é"]
+
+
+# --- labeled-response answers ----------------------------------------------------
+
+
+_server_lines = messages().filter(lambda m: m.tag("label") is None)
+
+
+@settings(max_examples=40)
+@given(st.lists(_server_lines, max_size=5), st.text(_tag_char, min_size=1, max_size=64))
+def test_a_labeled_answer_is_one_logical_message_whatever_the_label(
+    answer: list[irc.Message], label: str
+) -> None:
+    from triochat.protocol.irc import labels
+
+    data = labels.answer(b"".join(map(irc.serialize, answer)), label, "L1", "srv")
+    lines = data.split(b"\r\n")
+    assert lines[-1] == b""
+    got = [irc.parse(line.decode()) for line in lines[:-1]]
+    assert all(m is not None for m in got)
+    parsed = [m for m in got if m is not None]
+    # The label is carried once, by the first line, exactly as given.
+    assert parsed[0].tag("label") == label
+    assert [m.tag("label") for m in parsed[1:]] == [None] * (len(parsed) - 1)
+    if not answer:
+        assert [m.command for m in parsed] == ["ACK"]
+    elif len(answer) == 1:
+        assert len(parsed) == 1
+        assert (parsed[0].command, parsed[0].params) == (answer[0].command, answer[0].params)
+    else:
+        assert (parsed[0].command, parsed[0].params) == ("BATCH", ("+L1", "labeled-response"))
+        assert (parsed[-1].command, parsed[-1].params) == ("BATCH", ("-L1",))
+        inside = parsed[1:-1]
+        assert [(m.command, m.params) for m in inside] == [(m.command, m.params) for m in answer]
+        assert all(
+            m.tag("batch") in ("L1", a.tag("batch")) for m, a in zip(inside, answer, strict=True)
+        )

@@ -270,3 +270,22 @@ async def test_the_cluster_numbers_each_rooms_events_once_in_one_epoch(start: St
     assert after is not None
     assert after.epoch != states[0].epoch
     assert after.seq == 1
+
+
+async def test_away_changes_take_no_number_in_the_cluster(start: StartNode) -> None:
+    a, b = await two_nodes(start)
+    ann, ben = await a.join("ann"), await b.join("ben")
+    await settle()
+    before = a.hub.room_state(p.LOBBY)
+    assert before is not None
+    ann.say("one")
+    a.hub.set_away(ann.member, "lunch")  # an Away event, through the channel like the lines
+    ben.say("two")
+    await settle()
+    after = b.hub.room_state(p.LOBBY)
+    assert after == a.hub.room_state(p.LOBBY)
+    assert after is not None
+    assert after.seq == before.seq + 2  # the two lines; the away change took no number
+    said = [e.seq for e in b.hub.recent(p.LOBBY, 5)]
+    assert said == [before.seq + 1, before.seq + 2]
+    assert all(e.seq for e in a.backplane.cluster.tails[p.LOBBY])  # nor is it kept to resume

@@ -51,6 +51,7 @@ EVENT_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ev.RoleChanged: st.builds(ev.RoleChanged, texts, seqs, times, texts, texts, st.booleans()),
     ev.Presence: st.builds(ev.Presence, texts, seqs, times, seqs, seqs, times),
     ev.Legacy: st.builds(ev.Legacy, texts, seqs, times, texts),
+    ev.Away: st.builds(ev.Away, texts, seqs, times, texts, texts, texts),
 }
 room_events = st.one_of(*EVENT_STRATEGIES.values())
 privates = st.builds(ev.Private, times, texts, texts, texts, st.booleans())
@@ -176,6 +177,7 @@ def test_history_holds_what_the_hub_keeps() -> None:
         ev.RoleChanged("#r", 1, T0, "b", "a", True),
         ev.Presence("#r", 1, T0, 3, 2, 30.0),
         ev.Legacy("#r", 1, T0, "line"),
+        ev.Away("#r", 0, T0, "a", "lunch", "#s"),
     ]
     assert {type(e) for e in samples} == set(get_args(ev.RoomEvent))
     assert {type(e) for e in samples if ev.kept_in_history(e)} == ev.KEPT

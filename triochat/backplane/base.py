@@ -22,6 +22,7 @@ from typing import Protocol
 import trio
 
 from ..core.events import Dialect, Private, RoomEvent
+from ..core.modstate import AccountSet, Change, State
 
 
 class BackplaneError(Exception):
@@ -160,6 +161,18 @@ class Node(Protocol):
         """An adopted member's new connection ended before it took the member: it leaves."""
         ...
 
+    def deliver_state(self, change: Change, /) -> None:
+        """A change of moderation or accounts, in the cluster's order (this node's own too)."""
+        ...
+
+    def shared_state(self) -> Sequence[State]:
+        """What this node knows of moderation and accounts, to seed a cluster that has none."""
+        ...
+
+    def replace_state(self, state: Sequence[State], /) -> None:
+        """The cluster's moderation and accounts, to take as the truth (after linking)."""
+        ...
+
 
 class Backplane(Protocol):
     """What a hub (and the session, for claims) needs from a backplane.
@@ -197,6 +210,16 @@ class Backplane(Protocol):
     def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
         """A server line for the member holding ``key`` wherever it is
         (:meth:`Node.deliver_notice`); ``False`` if no node will take it."""
+        ...
+
+    def publish_state(self, change: Change, /) -> None:
+        """A change of moderation or accounts made here, for every node (this one included,
+        which takes it again in the cluster's order); dropped if there is no link."""
+        ...
+
+    async def claim_account(self, entry: AccountSet, /) -> Claim:
+        """Register ``entry`` across the cluster unless its name is registered already
+        (one winner of two at once); then every node hears of it (:meth:`Node.deliver_state`)."""
         ...
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:

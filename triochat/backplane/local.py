@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import trio
 
 from ..core.events import Dialect, Private, RoomEvent
+from ..core.modstate import AccountSet, Change
 from .base import Claim, Handover, Node
 
 
@@ -37,6 +38,12 @@ class LocalBackplane:
 
     def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
         return False
+
+    def publish_state(self, change: Change, /) -> None:
+        pass  # The hub has taken it already: there is nobody else to tell.
+
+    async def claim_account(self, entry: AccountSet, /) -> Claim:
+        return Claim.CLAIMED  # The --db file's primary key decides.
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         pass

@@ -22,7 +22,9 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from ..core.events import Dialect, Private, RoomEvent, kept_in_history, new_epoch
+from ..core import modstate
+from ..core.events import UNNUMBERED, Dialect, Private, RoomEvent, kept_in_history, new_epoch
+from ..core.modstate import AccountSet, Change, State
 from ..core.names import name_key
 from ..protocol.line import LOBBY
 from ._takeover import Pending
@@ -69,9 +71,6 @@ class _Takeover:
     nonce: int
 
 
-_Record = _Events | _Direct | _Notice | _Drop | _History | _Takeover
-
-
 @dataclass(slots=True)
 class _Resumable:
     """A member that can be resumed, as the cluster knows it (digests only)."""
@@ -81,6 +80,14 @@ class _Resumable:
     name: str
     digests: set[bytes]
     held: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    change: Change
+
+
+_Record = _Events | _Direct | _Notice | _Drop | _History | _Takeover | _State
 
 
 @dataclass(slots=True)
@@ -120,6 +127,32 @@ class MemoryCluster:
         self.tokens: dict[bytes, str] = {}
         """Token digest -> its entry id (Redis: ``token:DIGEST``)."""
         self._nonces = itertools.count(1)
+        self.state: dict[str, State] | None = None
+        """Moderation and accounts, by field (as Redis keeps them); ``None`` until a node
+        seeds it (or after :meth:`lose_state`, as a Redis that lost its data)."""
+
+    def _seeded(self, known: Iterable[State]) -> list[State]:
+        """The shared state, seeded first from ``known`` if there is none (as the link does)."""
+        if self.state is None:
+            self.state = {}
+            for change in known:
+                name = modstate.field(change)
+                if name is not None:
+                    self.state.setdefault(name, change)
+        return list(self.state.values())
+
+    def _change(self, change: Change) -> None:
+        name = modstate.field(change)
+        if name is not None and self.state is not None:
+            if modstate.sets(change):
+                self.state[name] = change  # type: ignore[assignment]
+            else:
+                self.state.pop(name, None)
+        self._broadcast(_State(change))
+
+    def lose_state(self) -> None:
+        """Forget moderation and accounts, as a Redis restarted without its data would."""
+        self.state = None
 
     def backplane(self) -> MemoryBackplane:
         """A new node's backplane."""
@@ -137,13 +170,20 @@ class MemoryCluster:
     def _publish(self, events: tuple[RoomEvent, ...]) -> None:
         room = events[0].room
         epoch, seq = self.numbers.get(room) or (new_epoch(), 0)
-        events = tuple(replace(event, seq=n) for n, event in enumerate(events, seq + 1))
-        self.numbers[room] = (epoch, events[-1].seq)
+        out = []
+        for event in events:
+            if type(event) not in UNNUMBERED:  # the others (seq 0) go as they are
+                seq += 1
+                event = replace(event, seq=seq)
+            out.append(event)
+        events = tuple(out)
+        if any(type(event) not in UNNUMBERED for event in events):
+            self.numbers[room] = (epoch, seq)
         if self.resume_max:
             tail = self.tails.get(room)
             if tail is None:
                 tail = self.tails[room] = deque(maxlen=self.resume_max)
-            tail.extend(events)
+            tail.extend(e for e in events if type(e) not in UNNUMBERED)
         for event in events:
             if kept_in_history(event) and self.history:
                 history = self.histories.get(event.room)
@@ -276,6 +316,17 @@ class MemoryBackplane:
         self.cluster._broadcast(_Notice(key, text, error))
         return True
 
+    def publish_state(self, change: Change, /) -> None:
+        self.cluster._change(change)
+
+    async def claim_account(self, entry: AccountSet, /) -> Claim:
+        await trio.lowlevel.checkpoint()  # A round trip, as far as the caller can tell.
+        state = self.cluster.state
+        if state is not None and entry.key in state:
+            return Claim.TAKEN
+        self.cluster._change(entry)
+        return Claim.CLAIMED
+
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         cluster = self.cluster
         if rooms is None:
@@ -328,6 +379,7 @@ class MemoryBackplane:
         """Take this node's copy of the channel, batch by batch, until cancelled."""
         node = self.node
         node.replace_histories({room: list(h) for room, h in self.cluster.histories.items()})
+        node.replace_state(self.cluster._seeded(node.shared_state()))
         task_status.started()
         while True:
             records = [await self._outbox.receive()]
@@ -362,6 +414,8 @@ class MemoryBackplane:
                         self.publish_private(takeover.key, private)  # for its new node
                 if new is self and (pending := self._pending.pop(nonce, None)) is not None:
                     pending.arrived(node, takeover)
+            case _State(change):
+                node.deliver_state(change)
 
     # --- resume tokens ---------------------------------------------------------------
 
@@ -421,6 +475,11 @@ class MemoryBackplane:
 
     def flow(self) -> None:
         self._flowing.set()
+
+    def relink(self) -> None:
+        """As a node does when its link comes back: seed the cluster's moderation and accounts
+        if it has none (:meth:`MemoryCluster.lose_state`), then take them."""
+        self.node.replace_state(self.cluster._seeded(self.node.shared_state()))
 
     def crash(self) -> None:
         """This node dies: the others drop it, and a survivor's hub announces its users gone."""

@@ -246,6 +246,12 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     "not saved (counted).",
 )
 @store_option(
+    "--db-moderation-queue",
+    type=click.IntRange(1),
+    help="With --db: moderation changes (ops, topics, bans, mutes) waiting for the writer; "
+    "when full, a change holds in memory but is not saved (logged).",
+)
+@store_option(
     "--db-cache-rooms",
     type=click.IntRange(1),
     help="With --db: rooms whose recent lines stay in memory for joiners (the most recently "

@@ -110,8 +110,30 @@ class Legacy(_InRoom):
     line: str
 
 
-RoomEvent = Said | Acted | Joined | Left | Renamed | TopicSet | RoleChanged | Presence | Legacy
-"""The events numbered in a room's sequence."""
+@dataclass(slots=True)
+class Away(_InRoom):
+    """``name`` is away (``text``: why) or back (``text`` empty), told in ``room`` and the
+    rooms in ``also`` (space-separated): every room it is in, in one event, so that
+    whoever shares several of them is told once.
+
+    Only for the doors that show it (IRC's ``away-notify``): the hub hands it to no
+    one else, gives it no number (``seq`` 0), and nobody keeps it (not in history,
+    not in the resume tail). It goes through the backplane as room events do, so
+    it reaches every node.
+    """
+
+    name: str
+    text: str
+    also: str = ""
+
+
+RoomEvent = (
+    Said | Acted | Joined | Left | Renamed | TopicSet | RoleChanged | Presence | Legacy | Away
+)
+"""The events of a room (all numbered in its sequence but :class:`Away`)."""
+
+UNNUMBERED: Final[frozenset[type[RoomEvent]]] = frozenset({Away})
+"""The room events that take no number (``seq`` 0): told to some doors, kept nowhere."""
 
 KEPT: Final[frozenset[type[RoomEvent]]] = frozenset({Said, Acted, TopicSet, Legacy})
 """The room events that go into history and are shown to joiners: chat lines, actions,

@@ -31,7 +31,17 @@ from ..backplane import Backplane, LocalBackplane, LocalMember, Takeover
 from ..protocol import line as p
 from . import events as ev
 from .events import Dialect, RoomEvent, new_epoch as new_epoch
-from .moderation import Moderation, Topic
+from .moderation import SERVER, Moderation, Topic
+from .modstate import (
+    AccountGone,
+    AccountSet,
+    BanSet,
+    Change,
+    Kicked,
+    SharedAccounts,
+    SharedModeration,
+    State,
+)
 
 log: Final = logging.getLogger("triochat.hub")
 
@@ -159,17 +169,26 @@ class _Log:
     ``tail`` holds the last events of every kind, for :meth:`Hub.resume`, from
     the first time a member who can resume (:func:`resumes`) enters the room:
     a room of v1 clients only keeps none, and costs what it did.
+    ``created`` is when the room began, as far as this node can tell: when it
+    made the log, or the time of the oldest event it restored (from the
+    archive or the cluster), whichever is earlier (IRC's 329).
     """
 
-    __slots__ = ("epoch", "events", "local", "seq", "tail")
+    __slots__ = ("created", "epoch", "events", "local", "seq", "tail")
 
-    def __init__(self, keep: int, epoch: str = "") -> None:
+    def __init__(self, keep: int, epoch: str = "", created: float = 0.0) -> None:
         self.events: deque[RoomEvent] = deque(maxlen=keep)
         self.seq = 0
         self.epoch = epoch or new_epoch()
         self.tail: deque[RoomEvent] = deque(maxlen=0)
         self.local = False
         """In a cluster: numbered by this node alone (its link was down), in an epoch of its own."""
+        self.created = created
+
+    def restored(self) -> None:
+        """Its events were restored: the room is at least as old as the oldest."""
+        if self.events:
+            self.created = min(self.created, self.events[0].time)
 
 
 def resumes(dialect: Dialect) -> bool:
@@ -315,6 +334,8 @@ class Hub:
         self.handed_off: Callable[[Member], None] = lambda member: None
         """Called when another node took a member of this one over (its resume tokens
         and any connection still serving it go; the server sets it)."""
+        self.accounts: SharedAccounts | None = None
+        """The accounts the cluster shares with this node (``--db``), if any."""
         self.history = history
         self.max_rooms_per_member = max_rooms_per_member
         self.quiet_above = quiet_above
@@ -641,7 +662,7 @@ class Hub:
         if held is None:
             return
         now = self._clock()
-        self.moderation.topics[room] = Topic(text, member.name, now)
+        self.moderation.set_topic(room, Topic(text, member.name, now))
         self._publish([ev.TopicSet(room, self._next(held.log), now, member.name, text)])
         self._evict_slow()
 
@@ -681,6 +702,15 @@ class Hub:
             target, room, f"kicked by {member.name}" + (f": {reason}" if reason else "")
         )
 
+    def kick_elsewhere(self, member: Member, name: str, room: str, reason: str) -> bool:
+        """Kick the user called ``name`` out of ``room`` on whichever other node it is;
+        ``False`` if no other node has it there."""
+        key = p.name_key(name)
+        if not any(p.name_key(n) == key for n in self.backplane.remote_users(room)):
+            return False
+        self.backplane.publish_state(Kicked(room, key, member.name, reason))
+        return True
+
     def remove_from(self, target: Member, room: str, reason: str) -> None:
         """``target`` leaves ``room`` for ``reason`` (a kick, a ban), and is told why."""
         if not self.is_member(target) or room not in target.rooms:
@@ -705,8 +735,18 @@ class Hub:
             member.disconnect()
 
     def set_away(self, member: Member, text: str | None) -> None:
-        """``member`` is away (``text``: why) or back (``None``)."""
-        member.away = text
+        """``member`` is away (``text``: why) or back (``None``).
+
+        A change is told, in one :class:`~triochat.core.events.Away`, to those who
+        follow it in the rooms ``member`` is in (IRC's ``away-notify``).
+        """
+        old, member.away = member.away, text
+        if old == text or not member.rooms or not self.is_member(member):
+            return
+        first, *others = member.rooms
+        away = ev.Away(first, 0, self._clock(), member.name, text or "", " ".join(others))
+        self._publish([away])
+        self._evict_slow()
 
     def wall(self, member: Member, text: str) -> None:
         """A server admin's notice to everyone on this node."""
@@ -764,6 +804,7 @@ class Hub:
                 held.events.extend(self._archive.recent(room))
                 if held.events:
                     held.seq = held.events[-1].seq
+                    held.restored()
                 if self._epochs is not None:
                     held.seq = max(held.seq, self._epochs.last_seq(room))
         return held
@@ -771,7 +812,7 @@ class Hub:
     def _new_log(self, room: str) -> _Log:
         epochs = self._epochs if not self.backplane.remote else None
         epoch = epochs.epoch(room) if epochs is not None else ""
-        return _Log(self.history, epoch)
+        return _Log(self.history, epoch, self._clock())
 
     def _quiet(self, room: Room) -> bool:
         """Whether ``room`` is past ``quiet_above`` members (across the cluster)."""
@@ -800,7 +841,11 @@ class Hub:
             return
         # The history and the user list (the joiner included) in one hand-over.
         self.tell(member, *room.log.events, self._user_list(room), *self._topic(name))
-        self._publish([ev.Joined(name, self._next(room.log), self._clock(), member.name)])
+        now = self._clock()
+        told: list[RoomEvent] = [ev.Joined(name, self._next(room.log), now, member.name)]
+        if member.away is not None:  # told after the JOIN to those who follow it
+            told.append(ev.Away(name, 0, now, member.name, member.away))
+        self._publish(told)
 
     def _exit(self, member: Member, name: str, reason: str) -> None:
         room = member.rooms.pop(name)
@@ -865,15 +910,19 @@ class Hub:
         (the link is down) this node numbers them, in an epoch of its own. The
         kept ones go into the room's history (and the archive) first.
         """
+        kept = [event for event in events if type(event) in ev.KEPT]
+        if len(kept) != len(events) and any(type(event) is ev.Away for event in events):
+            self._deliver_aways(events, epoch)
+            return
         name = events[0].room
         room = self._rooms.get(name)
         held = room.log if room is not None else self._logs.get(name)
         if not self._numbering:
-            if held is None and any(type(event) in ev.KEPT for event in events):
+            if held is None and kept:
                 held = self._log(name)
             if held is not None:
                 events = self._numbered(room, held, events, epoch)
-        kept = [event for event in events if type(event) in ev.KEPT]
+                kept = [event for event in events if type(event) in ev.KEPT]
         if kept:
             if held is None:
                 held = self._log(name)
@@ -921,6 +970,44 @@ class Hub:
                 state = dialect.render([ev.RoomState(room.name, epoch, seq)])
                 for member in members:
                     self._hand_over(member, state, 1)
+
+    def _deliver_aways(self, events: Sequence[RoomEvent], epoch: str | None = None) -> None:
+        """A batch with :class:`~triochat.core.events.Away` events: the others as ever, in order."""
+        run: list[RoomEvent] = []
+        for event in events:
+            if type(event) is not ev.Away:
+                run.append(event)
+                continue
+            if run:
+                self.deliver(run, epoch)
+                run = []
+            self._tell_away(event)
+        if run:
+            self.deliver(run, epoch)
+
+    def _tell_away(self, event: ev.Away) -> None:
+        """Hand ``event`` to the members here who follow away changes (``away_notify``) and
+        share one of its rooms: once each, however many they share, never to its subject.
+
+        Only dialects that have ``away_notify`` at all are looked into, so a room's
+        line and web members cost nothing here.
+        """
+        key = p.name_key(event.name)
+        told: dict[Member, None] = {}
+        for name in (event.room, *event.also.split()):
+            room = self._rooms.get(name)
+            if room is None:
+                continue
+            for dialect, members in room.groups.items():
+                if getattr(dialect, "away_notify", None) is None:
+                    continue
+                for member in members:
+                    if member.dialect.away_notify and member.key != key:  # type: ignore[attr-defined]
+                        told[member] = None
+        groups: dict[Dialect, list[Member]] = {}
+        for member in told:
+            groups.setdefault(member.dialect, []).append(member)
+        self._fanout(groups, [event])
 
     def _fanout(
         self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]
@@ -1039,6 +1126,11 @@ class Hub:
             self.tell(member, *kept)
         self._evict_slow()
 
+    def created(self, room: str, /) -> float | None:
+        """When ``room`` began, as far as this node knows (see ``_Log``); ``None``: no such room."""
+        held = self._logs.get(room)
+        return None if held is None else held.created
+
     def room_state(self, room: str, /) -> ev.RoomState | None:
         """``room``'s epoch and last number, if this node keeps its log."""
         held = self._logs.get(room)
@@ -1151,6 +1243,7 @@ class Hub:
             held = self._logs[room] = self._new_log(room)
         held.events.clear()
         held.events.extend(events)
+        held.restored()
         if held.events and held.events[-1].seq > held.seq:
             held.seq = held.events[-1].seq
 
@@ -1196,3 +1289,52 @@ class Hub:
     def flush(self) -> None:
         """Evict members found slow while delivering."""
         self._evict_slow()
+
+    def deliver_state(self, change: Change, /) -> None:
+        """A change of moderation or accounts, in the cluster's order (this node's own too):
+        take it, and carry out a ban or a kick on the members here."""
+        match change:
+            case Kicked(room, key, by, reason):
+                target = self._members.get(key)
+                if target is not None:
+                    self.remove_from(
+                        target, room, f"kicked by {by}" + (f": {reason}" if reason else "")
+                    )
+            case AccountSet() | AccountGone():
+                if self.accounts is not None:
+                    self.accounts.apply(change)
+            case _:
+                if isinstance(self.moderation, SharedModeration):
+                    self.moderation.apply(change)
+                if isinstance(change, BanSet):
+                    self._enforce(change)
+
+    def _enforce(self, ban: BanSet) -> None:
+        """A ban made on another node: the members here it names leave (the room or the chat)."""
+        why = f"banned by {ban.by}" + (f": {ban.reason}" if ban.reason else "")
+        for held in list(self._members.values()):
+            if ban.target in (held.key, held.address):
+                if ban.room == SERVER:
+                    self.expel(held, why)
+                elif ban.room in held.rooms:
+                    self.remove_from(held, ban.room, why)
+
+    def shared_state(self) -> list[State]:
+        """What this node knows of moderation and accounts (to seed a cluster that has none)."""
+        state: list[State] = []
+        if isinstance(self.moderation, SharedModeration):
+            state += self.moderation.state()
+        if self.accounts is not None:
+            state += self.accounts.entries()
+        return state
+
+    def replace_state(self, state: Sequence[State], /) -> None:
+        """The cluster's moderation and accounts are the truth: take them as they are (and
+        carry out its bans here: some may have been made while the link was down)."""
+        if isinstance(self.moderation, SharedModeration):
+            self.moderation.replace([c for c in state if not isinstance(c, AccountSet)])
+            for change in state:
+                if isinstance(change, BanSet):
+                    self._enforce(change)
+        if self.accounts is not None:
+            self.accounts.replace([c for c in state if isinstance(c, AccountSet)])

@@ -14,24 +14,31 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from ..protocol import line as p
-from ..protocol.irc import history, names, wire
+from ..protocol.irc import history, names, sasl, wire
 from ..protocol.irc.render import RENDER_CAPS
 from . import commands as c, events as ev
+from .accounts import Request
 from .hub import Hub
-from .session import Close, FetchHistory, Output, State
+from .session import AccountCall, Close, FetchHistory, Output, State
 
 if TYPE_CHECKING:
     from .irc_session import IRCSession
 
 CAPS: Final = (
+    "away-notify",
     "batch",
     "draft/chathistory",
     "echo-message",
+    "labeled-response",
     "message-tags",
     "multi-prefix",
     "server-time",
 )
-"""The capabilities offered; ``multi-prefix`` is trivially true (``@`` is the only prefix)."""
+"""The capabilities offered; ``multi-prefix`` is trivially true (``@`` is the only prefix).
+``sasl`` is offered too when the server has accounts (``--db``)."""
+
+AWAYLEN: Final = 200
+"""The longest away text kept (``AWAYLEN`` in 005)."""
 
 USER_MODES: Final = frozenset("iw")
 """User modes a client may set on itself; they change nothing, clients expect them."""
@@ -55,12 +62,19 @@ def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
     sub = msg.params[0].upper()
     me = session.target
     server = session.rules.server
+    offered = _offered(session)
     if sub == "LS":
         if not session.registered:
             session.cap_open = True
         if len(msg.params) > 1 and msg.params[1].isdecimal():
             session.cap_version = int(msg.params[1])
-        session.send(wire.message("CAP", me, "LS", " ".join(CAPS), source=server))
+        listed = [
+            f"{cap}={','.join(sasl.MECHANISMS)}"
+            if cap == "sasl" and session.cap_version >= 302
+            else cap
+            for cap in offered
+        ]
+        session.send(wire.message("CAP", me, "LS", " ".join(listed), source=server))
     elif sub == "LIST":
         session.send(wire.message("CAP", me, "LIST", " ".join(sorted(session.caps)), source=server))
     elif sub == "REQ":
@@ -71,10 +85,11 @@ def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
         adding = {cap for cap in wanted if not cap.startswith("-")}
         removing = {cap[1:] for cap in wanted if cap.startswith("-")}
         fixed = session.registered and bool((adding | removing) & RENDER_CAPS)
-        if not wanted or not adding | removing <= set(CAPS) or fixed:
+        if not wanted or not adding | removing <= set(offered) or fixed:
             session.send(wire.message("CAP", me, "NAK", asked, source=server))
         else:
             session.caps = (session.caps | adding) - removing
+            session.labeled = {"labeled-response", "batch"} <= session.caps
             session.send(wire.message("CAP", me, "ACK", asked, source=server))
     elif sub == "END":
         if not session.registered:
@@ -83,6 +98,60 @@ def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
     else:
         session.numeric("410", msg.params[0], "Invalid CAP command")
     return []
+
+
+def _offered(session: IRCSession) -> tuple[str, ...]:
+    """The capabilities this session may ask for: ``sasl`` only where there are accounts."""
+    if session.accounts is None:
+        return CAPS
+    return tuple(sorted((*CAPS, "sasl")))
+
+
+def _authenticate(session: IRCSession, msg: wire.Message) -> list[Output]:
+    """SASL PLAIN: ``AUTHENTICATE PLAIN``, ``+``, the base64 payload in chunks, then 903 or 904."""
+    if not _need(session, msg, 1):
+        return []
+    if "sasl" not in session.caps:
+        session.numeric("904", "SASL authentication failed (CAP REQ sasl first)")
+        return []
+    arg = msg.params[0]
+    if session.logged_in is not None:
+        session.numeric("907", "You have already authenticated using SASL")
+        return []
+    if session.registered:
+        session.numeric("904", "SASL authentication is only before registration here")
+        return []
+    exchange = session.sasl
+    if arg == "*":
+        session.sasl = None
+        session.numeric("906" if exchange is not None else "904", "SASL authentication aborted")
+        return []
+    if exchange is None:
+        if arg.upper() not in sasl.MECHANISMS:
+            session.numeric("908", ",".join(sasl.MECHANISMS), "are available SASL mechanisms")
+            session.numeric("904", "SASL authentication failed")
+            return []
+        session.sasl = sasl.Exchange(session.rules.max_sasl)
+        session.send(wire.message("AUTHENTICATE", "+"))
+        return []
+    try:
+        payload = exchange.feed(arg)
+    except sasl.TooLong:
+        session.sasl = None
+        session.numeric("905", "SASL message too long")
+        return []
+    if payload is None:
+        return []
+    session.sasl = None
+    credentials = sasl.plain(payload)
+    if isinstance(credentials, str):
+        session.numeric("904", f"SASL authentication failed: {credentials}")
+        return []
+    limit = session.session.rules.max_password
+    session.sasl_checking = credentials.account
+    # A password past the limit is wrong all the same, and cheaper to hash cut.
+    password = credentials.password[: limit + 1]
+    return [AccountCall(Request("verify", credentials.account, password))]
 
 
 def _pass(session: IRCSession, msg: wire.Message) -> list[Output]:
@@ -159,7 +228,6 @@ def _quit(session: IRCSession, msg: wire.Message) -> list[Output]:
         session.send(wire.message("ERROR", farewell))
         outputs = session.translate(session.session.close("quit"))
         return [*outputs, Close("quit")]
-    session.forget_away()
     return session.translate(session.session.command(c.Quit(reason)))
 
 
@@ -271,8 +339,18 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
             # A private action reaches the line door as text, which has no
             # private /me; CTCP's \x01 would be a control character there.
             private = f"* {text}" if action else text
-            # An away recipient's 301 is the hub's answer (it knows every door's away).
-            session.translate(session.session.command(c.Msg(target, private)))
+            # An away recipient's 301 is the hub's answer (rendered so by the dialect);
+            # a NOTICE is never answered, so there it is taken out.
+            held = session.hub.member(target) if notice else None
+            if held is None or held.away is None:
+                session.translate(session.session.command(c.Msg(target, private)))
+                continue
+            reply = f":{session.rules.server} 301 {session.target} {held.name} :".encode()
+            session.outbox.expect(reply)
+            try:
+                session.translate(session.session.command(c.Msg(target, private)))
+            finally:
+                session.outbox.forget(reply)
     return []
 
 
@@ -305,8 +383,7 @@ def _who(session: IRCSession, msg: wire.Message) -> list[Output]:
     if names.nick_error(mask) is None and session.hub.name_unavailable(mask) is not None:
         held = session.hub.member(mask)
         nick = held.name if held is not None else mask
-        gone = session.aways.get(nick) or (held is not None and held.away is not None)
-        flags = "G" if gone else "H"
+        flags = "G" if session.away_of(nick) else "H"
         session.numeric("352", "*", nick, server, server, nick, flags, f"0 {nick}")
     session.numeric("315", mask, "End of /WHO list")
     return []
@@ -328,9 +405,11 @@ def _whois(session: IRCSession, msg: wire.Message) -> list[Output]:
     if held is not None and held.rooms:
         session.numeric("319", nick, " ".join(held.rooms))
     session.numeric("312", nick, server, "triochat")
-    away = session.aways.get(nick)
+    away = session.away_of(nick)
     if away is not None:
-        session.numeric("301", nick, away)
+        out: list[str] = []
+        session.dialect.away_reply(out, nick, away)
+        session.send_bytes("".join(out).encode())
     accounts = session.accounts
     if held is not None and accounts is not None and accounts.registered(nick):
         # Online under a registered name: it gave the password (or registered it).
@@ -393,6 +472,9 @@ def _mode(session: IRCSession, msg: wire.Message) -> list[Output]:
             session.numeric("403", target, "No such channel")
         elif len(msg.params) == 1:
             session.numeric("324", room, "+nt")
+            created = session.hub.created(room)
+            if created is not None:
+                session.numeric("329", room, str(int(created)))
         elif msg.params[1].lstrip("+") in ("b", "") and len(msg.params) == 2:
             _ban_list(session, room)
         elif room not in member.rooms:
@@ -520,14 +602,12 @@ def _kick(session: IRCSession, msg: wire.Message) -> list[Output]:
 def _away(session: IRCSession, msg: wire.Message) -> list[Output]:
     member = session.member
     assert member is not None
-    text = wire.clean_text(msg.params[0]).strip()[:200] if msg.params else ""
-    # The hub knows too, so every door's member list marks the member away.
+    text = wire.clean_text(msg.params[0]).strip()[:AWAYLEN] if msg.params else ""
+    # The hub's away, as /away on the line door: every door sees it (and away-notify).
     session.hub.set_away(member, text or None)
     if text:
-        session.aways.messages[member.key] = text
         session.numeric("306", "You have been marked as being away")
     else:
-        session.aways.messages.pop(member.key, None)
         session.numeric("305", "You are no longer marked as being away")
     return []
 
@@ -555,7 +635,7 @@ def _userhost(session: IRCSession, msg: wire.Message) -> list[Output]:
     for nick in " ".join(msg.params).split()[:5]:
         held = _online(session, nick)
         if held is not None:
-            away = "-" if session.aways.get(held) else "+"
+            away = "-" if session.away_of(held) else "+"
             replies.append(f"{held}={away}{held}@{session.rules.server}")
     session.numeric("302", " ".join(replies))
     return []
@@ -614,6 +694,7 @@ def _chathistory(session: IRCSession, msg: wire.Message) -> list[Output]:
 HANDLERS: Final[dict[str, tuple[Handler, bool]]] = {
     # command: (handler, allowed before registration)
     "CAP": (_cap, True),
+    "AUTHENTICATE": (_authenticate, True),
     "PASS": (_pass, True),
     "NICK": (_nick, True),
     "USER": (_user, True),

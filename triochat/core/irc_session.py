@@ -32,13 +32,13 @@ import trio
 
 from ..backplane.base import Claim
 from ..protocol import line as p
-from ..protocol.irc import history, names, wire
+from ..protocol.irc import history, labels, names, sasl, wire
 from ..protocol.irc.render import IRCDialect
 from . import events as ev
 from ._auth import FailureDelays
 from .accounts import AccountBook, Outcome
 from .hub import Hub, Member, Outbox
-from .irc_commands import HANDLERS, USER_MODES, HistoryRequest, nick_code
+from .irc_commands import AWAYLEN, HANDLERS, USER_MODES, HistoryRequest, nick_code
 from .moderation import Moderation
 from .session import (
     AccountCall,
@@ -75,17 +75,28 @@ class IRCRules:
     """How many targets one PRIVMSG or NOTICE may name (``TARGMAX``)."""
     chathistory: int = 100
     """The most messages one ``CHATHISTORY`` answer carries (``CHATHISTORY=`` in 005)."""
+    max_label: int = labels.MAX_LABEL
+    """The longest ``labeled-response`` label taken, in bytes; a longer one is ignored."""
+    max_sasl: int = sasl.MAX_PAYLOAD
+    """The most bytes of base64 one SASL exchange may send (more: ``905``)."""
     session: Rules = field(default_factory=lambda: Rules(one_room=False, arrival_rooms=()))
 
 
-class Aways:
-    """Who is away and why: one per IRC door, shared by its sessions (the hub has no away)."""
+MAX_LATE: Final = 32
+"""Labeled answers a client may be waiting for from the cluster at once; past that the
+oldest is given up (its echo was lost: a missed batch)."""
 
-    def __init__(self) -> None:
-        self.messages: dict[str, str] = {}
 
-    def get(self, name: str) -> str | None:
-        return self.messages.get(p.name_key(name))
+@dataclass(slots=True)
+class _Late:
+    """A labeled answer still to come: ``lines`` lines starting with ``start``."""
+
+    start: bytes
+    lines: int
+    label: str
+    ref: str
+    server: str
+    got: list[bytes] = field(default_factory=list)
 
 
 class IRCOutbox:
@@ -103,9 +114,12 @@ class IRCOutbox:
       a cluster they come back from Redis later, in as many hand-overs as it
       takes. Only then is a hand-over looked at, line by line; otherwise it is
       passed on as it is.
+
+    And while a labeled command is answered (:meth:`answer`), what is handed
+    over is kept, to go out as one labeled answer (:meth:`finish`).
     """
 
-    __slots__ = ("_expected", "_inner", "farewell")
+    __slots__ = ("_answer", "_capturing", "_expected", "_inner", "_label", "_late", "farewell")
 
     def __init__(self, inner: Outbox) -> None:
         self._inner = inner
@@ -113,6 +127,68 @@ class IRCOutbox:
         self._expected: dict[bytes, list[int]] = {}
         self.farewell: str | None = "Closing link"
         """The ``ERROR`` text closing sends; ``None`` once an ERROR has gone out."""
+        self._label: str | None = None
+        self._answer: list[bytes] = []
+        self._capturing = False
+        self._late: list[_Late] = []
+        """Labeled answers still to come (echoes coming back from the cluster)."""
+
+    # --- labeled-response --------------------------------------------------------
+
+    @property
+    def answering(self) -> str | None:
+        """The label of the command being answered, if any."""
+        return self._label
+
+    @property
+    def kept(self) -> bool:
+        """Whether anything was kept for the answer being made."""
+        return bool(self._answer)
+
+    def answer(self, label: str) -> None:
+        """Keep what is handed over from now on: the answer to the command labeled ``label``."""
+        self._label = label
+        self._answer = []
+        self._capturing = True
+
+    def hold(self, capturing: bool) -> None:
+        """Stop keeping (an effect is awaited: live lines meanwhile are no answer), or go on."""
+        self._capturing = capturing and self._label is not None
+
+    def finish(self, ref: str, server: str) -> bytes:
+        """The labeled answer kept so far (an ``ACK`` if nothing); keeping stops."""
+        label, data = self._label, b"".join(self._answer)
+        self._label, self._answer, self._capturing = None, [], False
+        assert label is not None
+        return labels.answer(data, label, ref, server)
+
+    def finish_later(self, start: bytes, lines: int, ref: str, server: str) -> None:
+        """The answer is the next ``lines`` lines starting with ``start``, still to come
+        (an echo coming back from the cluster): they go out labeled when they are in."""
+        label = self._label
+        assert label is not None
+        self._label, self._answer, self._capturing = None, [], False
+        self._late.append(_Late(start, lines, label, ref, server))
+        if len(self._late) > MAX_LATE:  # an echo lost on the way: stop waiting for it
+            del self._late[0]
+
+    def _label_late(self, value: bytes) -> bytes:
+        out: list[bytes] = []
+        for line in value.split(b"\r\n")[:-1]:
+            bare = line.partition(b" ")[2] if line[:1] == b"@" else line
+            late = next((e for e in self._late if bare.startswith(e.start)), None)
+            if late is None or b"batch=" in line.partition(b" ")[0]:
+                out.append(line + b"\r\n")
+                continue
+            late.got.append(line + b"\r\n")
+            if len(late.got) == late.lines:
+                self._late.remove(late)
+                out.append(labels.answer(b"".join(late.got), late.label, late.ref, late.server))
+        return b"".join(out)
+
+    def send_raw(self, value: bytes, /) -> None:
+        """Hand over ``value`` as it is: no line taken out, none kept."""
+        self._inner.send_nowait(value)
 
     def expect(self, start: bytes, lines: int = 1, *, after: int = 0) -> None:
         """Take out the next ``lines`` lines (tags aside) that start with ``start``.
@@ -135,6 +211,13 @@ class IRCOutbox:
     def send_nowait(self, value: bytes, /) -> None:
         if self._expected:
             value = self._without_own(value)
+            if not value:
+                return
+        if self._capturing:
+            self._answer.append(value)
+            return
+        if self._late:
+            value = self._label_late(value)
             if not value:
                 return
         self._inner.send_nowait(value)
@@ -171,6 +254,14 @@ class IRCOutbox:
         return False
 
     def close(self) -> None:
+        if self._label is not None:
+            # A labeled QUIT (or an eviction mid-answer): what was kept goes first, as it is.
+            data = b"".join(self._answer)
+            self._label, self._answer, self._capturing = None, [], False
+            with contextlib.suppress(
+                trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+            ):
+                self._inner.send_nowait(data)
         if self.farewell is not None:
             # Full or closed already: it goes without its ERROR.
             with contextlib.suppress(
@@ -189,7 +280,6 @@ class IRCSession:
       rules: the server's IRC rules (and the shared session rules inside).
       outbox: where the client's bytes go (the hub gets it wrapped, :class:`IRCOutbox`).
       disconnect: given to the hub, called if it evicts the member.
-      aways: the door's away messages.
       address, delays, clock: for the shared session's password delays.
     """
 
@@ -200,7 +290,6 @@ class IRCSession:
         *,
         outbox: Outbox,
         disconnect: Callable[[], None],
-        aways: Aways | None = None,
         address: str = "",
         delays: FailureDelays | None = None,
         clock: Callable[[], float],
@@ -211,7 +300,6 @@ class IRCSession:
         self.rules = rules
         self._disconnect = disconnect
         self.outbox = IRCOutbox(outbox)
-        self.aways = aways if aways is not None else Aways()
         self.dialect = IRCDialect(rules.server)
         # A door of its own: the shared session takes the dialect from its door,
         # and an IRC connection's dialect is its own (its nick, its capabilities).
@@ -224,6 +312,7 @@ class IRCSession:
             accounts=accounts,
             moderation=moderation,
         )
+        self._door = door
         self.accounts = accounts
         self.session: Session[Member] = Session(
             door, outbox=self.outbox, disconnect=disconnect, address=address
@@ -232,8 +321,12 @@ class IRCSession:
         self.nick: str | None = None
         self.user: str | None = None
         self.password: str | None = None
-        self.account_password: str | None = None
-        """A registered nick's password, if given apart from PASS (reserved for SASL)."""
+        self.sasl: sasl.Exchange | None = None
+        """The ``AUTHENTICATE PLAIN`` exchange under way, if any."""
+        self.sasl_checking: str | None = None
+        """The account whose SASL password is being checked (or its failure waited out)."""
+        self.logged_in: str | None = None
+        """The account SASL logged in to."""
         self.user_modes: set[str] = set()
         self.cap_open = False  # CAP LS or REQ before registration: wait for CAP END
         self.cap_version = 0
@@ -243,6 +336,10 @@ class IRCSession:
         self.pending: list[wire.Received] = []
         """Messages read but not yet handled: they came after one whose effect is awaited."""
         self._batches = 0
+        self.labeled = False
+        """Whether the client gets labeled answers (``labeled-response`` and ``batch``)."""
+        self._late_echo: tuple[str, int] | None = None
+        """The echo a labeled chat line's answer is, when it comes back from the cluster."""
 
     # --- what the I/O layer feeds in ------------------------------------------------
 
@@ -281,8 +378,14 @@ class IRCSession:
             if room is not None:
                 burst, burst_room = [text], room
                 continue
-            outputs += self.handle(event)
-            if any(isinstance(o, _AWAITED) for o in outputs):
+            label = self._label(event)
+            if label is not None:
+                self.outbox.answer(label)
+            handled = self.handle(event)
+            outputs += handled
+            awaited = any(isinstance(o, _AWAITED) for o in handled)
+            self._answered(awaited)
+            if awaited:
                 self.pending = queue[i + 1 :]
                 break
         if burst and not self.closed:
@@ -292,6 +395,45 @@ class IRCSession:
     def resume(self) -> list[Output]:
         """Go on with the messages that waited for an effect (see :meth:`receive`)."""
         return self.receive(())
+
+    # --- labeled-response --------------------------------------------------------
+
+    def _label(self, event: wire.Received) -> str | None:
+        """The label the answer to ``event`` carries, if the client gets labeled answers."""
+        if (
+            not self.labeled
+            or not isinstance(event, wire.Message)
+            or not event.tags
+            or not self.registered  # registration's answers are no one command's
+        ):
+            return None
+        return labels.usable(event.tag("label"), self.rules.max_label)
+
+    def _answered(self, awaited: bool) -> None:
+        """A labeled command's handling is over for now: its answer goes out, unless an
+        effect is awaited (then live lines pass meanwhile, and the effect's result is kept
+        too: see :meth:`_result`)."""
+        outbox = self.outbox
+        late, self._late_echo = self._late_echo, None
+        if outbox.answering is None:
+            return
+        if awaited:
+            outbox.hold(False)
+            return
+        self._batches += 1
+        ref = f"L{self._batches}"
+        if late is not None and not outbox.kept:
+            outbox.finish_later(late[0].encode(), late[1], ref, self.rules.server)
+            return
+        self.send_bytes(outbox.finish(ref, self.rules.server), raw=True)
+
+    @contextlib.contextmanager
+    def _result(self) -> Iterator[list[Output]]:
+        """Around the handling of an awaited effect's result: part of a labeled answer."""
+        self.outbox.hold(True)
+        outputs: list[Output] = []
+        yield outputs
+        self._answered(any(isinstance(o, _AWAITED) for o in outputs))
 
     def handle(self, event: wire.Received) -> list[Output]:
         """One message (or framing problem) from the client."""
@@ -316,26 +458,52 @@ class IRCSession:
 
     def claim_result(self, claim: Claim) -> list[Output]:
         """The outcome of a :class:`~triochat.core.session.ClaimName` asked for."""
-        renaming = self.session.state is State.RENAMING
-        old = self.member.name if self.member is not None else None
-        outputs = self.translate(self.session.claim_result(claim))
-        if renaming:
-            self.renamed(old)
-        else:
-            outputs += self._after_register_attempt()
+        with self._result() as outputs:
+            renaming = self.session.state is State.RENAMING
+            old = self.member.name if self.member is not None else None
+            outputs += self.translate(self.session.claim_result(claim))
+            if renaming:
+                self.renamed(old)
+            else:
+                outputs += self._after_register_attempt()
         return outputs
 
     def delay_elapsed(self) -> list[Output]:
         """The wrong password's delay is over."""
-        return self.translate(self.session.delay_elapsed())
+        with self._result() as outputs:
+            if self.sasl_checking is not None:
+                self.sasl_checking = None
+                self.numeric("904", "SASL authentication failed")
+            else:
+                outputs += self.translate(self.session.delay_elapsed())
+        return outputs
 
     def account_result(self, outcome: Outcome) -> list[Output]:
         """The outcome of an :class:`~triochat.core.session.AccountCall` asked for."""
-        registering = self.session.state is State.VERIFYING
-        outputs = self.translate(self.session.account_result(outcome))
-        if registering:
-            outputs += self._after_register_attempt()
+        if self.sasl_checking is not None:
+            with self._result() as outputs:
+                outputs += self._sasl_result(outcome)
+            return outputs
+        with self._result() as outputs:
+            registering = self.session.state is State.VERIFYING
+            outputs += self.translate(self.session.account_result(outcome))
+            if registering:
+                outputs += self._after_register_attempt()
         return outputs
+
+    def _sasl_result(self, outcome: Outcome) -> list[Output]:
+        """The verdict on a SASL PLAIN password: logged in (900, 903), or 904 after the delay."""
+        account = outcome.request.name
+        if not outcome.ok:
+            # The same growing delay per address as every other password; 904 after it.
+            door = self._door
+            return [Wait(door.delays.fail(self.session.address, door.clock()))]
+        self.sasl_checking = None
+        self.logged_in = account
+        self.session.logged_in(account)
+        self.numeric("900", self.me(), account, f"You are now logged in as {account}")
+        self.numeric("903", "SASL authentication successful")
+        return []
 
     def deadline_passed(self) -> list[Output]:
         """Registration did not finish in time."""
@@ -343,12 +511,14 @@ class IRCSession:
 
     def fetched(self, room: str, events: Sequence[ev.RoomEvent]) -> list[Output]:
         """History read from the store, for a ``/history``-like request or CHATHISTORY."""
-        request = self.history_request
-        if request is not None:
-            self.history_request = None
-            self.answer_history(request, events)
-            return []
-        return self.translate(self.session.fetched(room, events))
+        with self._result() as outputs:
+            request = self.history_request
+            if request is not None:
+                self.history_request = None
+                self.answer_history(request, events)
+            else:
+                outputs += self.translate(self.session.fetched(room, events))
+        return outputs
 
     def answer_history(self, request: HistoryRequest, events: Sequence[ev.RoomEvent]) -> None:
         member = self.member
@@ -373,7 +543,6 @@ class IRCSession:
         if self.closed:
             return []
         self.closed = True
-        self.forget_away()
         outputs = self.translate(self.session.close(reason))
         return [*outputs, Close(reason)]
 
@@ -388,9 +557,13 @@ class IRCSession:
             self.outbox.farewell = None  # one ERROR, the last line
         self.send_bytes(b"".join(map(wire.serialize, messages)))
 
-    def send_bytes(self, data: bytes) -> None:
+    def send_bytes(self, data: bytes, *, raw: bool = False) -> None:
+        """Hand ``data`` to the outbox (``raw``: as it is, see :meth:`IRCOutbox.send_raw`)."""
         try:
-            self.outbox.send_nowait(data)
+            if raw:
+                self.outbox.send_raw(data)
+            else:
+                self.outbox.send_nowait(data)
         except trio.WouldBlock:
             # A slow consumer, as the hub treats one: it goes, nothing is dropped quietly.
             member = self.member
@@ -429,7 +602,6 @@ class IRCSession:
             else:
                 if isinstance(output, Close):
                     self.closed = True
-                    self.forget_away()
                 effects.append(output)
         return effects
 
@@ -478,10 +650,8 @@ class IRCSession:
             outputs += session.receive_line(self.password or "")
             state = session.state
         if state is State.AWAITING_ACCOUNT:
-            # A registered nick: SASL PLAIN's password, or PASS on a server without one.
-            given = self.account_password
-            if given is None and self.rules.session.password is None:
-                given = self.password
+            # A registered nick that SASL did not log in to: PASS, on a server without one.
+            given = self.password if self.rules.session.password is None else None
             outputs += session.receive_line(given or "")
             if not given:
                 self.numeric(
@@ -518,7 +688,7 @@ class IRCSession:
             f"TARGMAX=PRIVMSG:{rules.max_targets},NOTICE:{rules.max_targets},JOIN:,PART:,"
             "NAMES:1,WHOIS:1,ISON:,USERHOST:5",
             f"MAXTARGETS={rules.max_targets}",
-            "AWAYLEN=200",
+            f"AWAYLEN={AWAYLEN}",
             "UTF8ONLY",
             f"CHATHISTORY={rules.chathistory}",
             "MSGREFTYPES=msgid,timestamp",
@@ -547,6 +717,7 @@ class IRCSession:
             or event.command not in ("PRIVMSG", "NOTICE")
             or len(event.params) != 2
             or not self.registered
+            or (event.tags and self._label(event) is not None)  # answered alone
         ):
             return None, ""
         target, text = event.params
@@ -574,6 +745,8 @@ class IRCSession:
         ``after``: how many such lines it does want first (see :meth:`IRCOutbox.expect`).
         """
         if self.dialect.echo and not after:
+            if self.hub.backplane.remote and self.outbox.answering is not None:
+                self._late_echo = (prefix, lines)  # the answer comes back from the cluster
             yield
             return
         self.outbox.expect(prefix.encode(), lines, after=after)
@@ -591,19 +764,16 @@ class IRCSession:
             return
         self.nick = member.name
         self.dialect.nick = member.name
-        away = self.aways.messages.pop(p.name_key(old), None)
-        if away is not None:
-            self.aways.messages[member.key] = away
         if not member.rooms:
             # No room saw the rename, so no NICK came back: the client needs one.
             self.send(
                 wire.message("NICK", member.name, source=names.source(old, self.rules.server))
             )
 
-    def forget_away(self) -> None:
-        member = self.member
-        if member is not None:
-            self.aways.messages.pop(member.key, None)
+    def away_of(self, name: str) -> str | None:
+        """Why the user called ``name`` is away, if it is here and away (the hub's ``/away``)."""
+        held = self.hub.member(name)
+        return held.away if held is not None else None
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:

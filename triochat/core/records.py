@@ -26,6 +26,7 @@ _TYPES: Final[dict[str, type[ev.RoomEvent] | type[ev.Private]]] = {
         ev.RoleChanged,
         ev.Presence,
         ev.Legacy,
+        ev.Away,
         ev.Private,
     )
 }

@@ -339,6 +339,8 @@ class SessionHub(Protocol[M]):
 
     def kick(self, member: M, target: M, room: str, reason: str, /) -> None: ...
 
+    def kick_elsewhere(self, member: M, name: str, room: str, reason: str, /) -> bool: ...
+
     def remove_from(self, target: M, room: str, reason: str, /) -> None: ...
 
     def tell(self, member: M, /, *events: Event) -> None: ...
@@ -768,7 +770,7 @@ class Session(Generic[M]):
     def _name(self, name: str) -> list[Output]:
         """A name given (and the password, if asked): a registered one's password is asked."""
         book = self._door.accounts
-        if book is not None and book.registered(name):
+        if book is not None and account_key(name) != self.account and book.registered(name):
             self._pending = name
             self._to(State.AWAITING_ACCOUNT)
             return [Notice(account_prompt(name))]
@@ -862,6 +864,12 @@ class Session(Generic[M]):
         return [ClaimName(name)]
 
     # --- accounts (``--db``) ------------------------------------------------------
+
+    def logged_in(self, name: str) -> None:
+        """The door checked ``name``'s password itself (IRC's SASL, before a nick is given):
+        the account is the member's, and registering with that name asks for it no more."""
+        self.account = account_key(name)
+        self._door.delays.succeed(self.address)
 
     def account_result(self, outcome: Outcome) -> list[Output]:
         """What the account book said to the :class:`AccountCall` asked for."""
@@ -1027,7 +1035,11 @@ class Session(Generic[M]):
             case c.Kick(name, reason):
                 target = self._hub.member(name)
                 if target is None or room not in target.rooms:
-                    return [Error(f"{name} is not in {room}")]
+                    # On another node of the cluster, its own node sends it out.
+                    if not self._hub.kick_elsewhere(member, name, room, reason):
+                        return [Error(f"{name} is not in {room}")]
+                    moderation.record("kick", by, name, room, reason)
+                    return []
                 self._hub.kick(member, target, room, reason)
                 moderation.record("kick", by, target.name, room, reason)
                 return []

@@ -28,7 +28,7 @@ import trio
 from .. import __version__
 from ..core import session as s
 from ..core._ratelimit import TokenBucket
-from ..core.irc_session import Aways, IRCRules, IRCSession
+from ..core.irc_session import IRCRules, IRCSession
 from ..protocol import line as p
 from ..protocol.irc import wire
 from .connection import DoorConnection, close_stream, peer_host, peer_name
@@ -78,7 +78,6 @@ class IRCDoor:
 
     server: ChatServer
     config: IRCConfig = field(default_factory=IRCConfig)
-    aways: Aways = field(default_factory=Aways)
 
     def __post_init__(self) -> None:
         config, server = self.config, self.server
@@ -219,7 +218,6 @@ class IRCConnection(DoorConnection):
             door.rules,
             outbox=self.send,
             disconnect=self._disconnect,
-            aways=door.aways,
             address=peer_host(stream)
             if config.password is not None or server.accounts is not None
             else "",

@@ -25,7 +25,7 @@ from ..backplane import Backplane, LocalBackplane
 from ..core._auth import FailureDelays
 from ..core.accounts import MAX_PASSWORD
 from ..core.hub import Hub, Member
-from ..core.moderation import Moderation
+from ..core.modstate import Publishing, SharedModeration
 from ..core.resume import Tokens
 from ..core.session import Door, Rules, answered_before_registration
 from ..protocol import line as p
@@ -178,8 +178,11 @@ class ChatServer:
             presence_interval=self.config.presence_interval,
             names=self.config.names,
             resume_max=self.config.resume_max,
-            moderation=Moderation(clock=trio.current_time),
+            moderation=self._moderation(store),
         )
+        if self.accounts is not None and hub is None:
+            self.hub.accounts = self.accounts
+            self.accounts.share(self.backplane, store.moderation if store is not None else None)
         self.ssl_context = ssl_context
         self.dialect = p.LineDialect()
         """How the line door renders the hub's events (one for all its members)."""
@@ -229,6 +232,17 @@ class ChatServer:
         self._handshaking = 0
         self._doors: list[Callable[[], int]] = []
         self._shutdown = trio.Event()
+
+    def _moderation(self, store: HistoryStore | None) -> SharedModeration:
+        """The hub's moderation: loaded from and written to the ``--db`` file, and published
+        to the cluster, as each applies."""
+        moderation = SharedModeration(clock=trio.current_time)
+        if store is not None and store.moderation is not None:
+            moderation.load(store.moderation.initial)
+            moderation.sinks.append(store.moderation)
+        if self.backplane.remote:
+            moderation.sinks.append(Publishing(self.backplane.publish_state))
+        return moderation
 
     @property
     def connections(self) -> int:

@@ -20,13 +20,14 @@ import trio
 from coredis.retry import NoRetryPolicy
 
 from ...core.events import Dialect, Legacy, Private, RoomEvent
+from ...core.modstate import AccountSet, Change
 from ...protocol.line import LOBBY
 from .._takeover import Pending
 from ..base import BackplaneError, Claim, Handover, Node, Tail
-from . import scripts
+from . import scripts, shared
 from .claims import Claims
 from .keys import Keys
-from .link import LINK_ERRORS, connect, describe, keep_linked, log, quiet_coredis
+from .link import LINK_ERRORS, connect, describe, is_link_error, keep_linked, log, quiet_coredis
 from .options import RedisOptions
 from .publisher import Events, Item, Publisher, Rehold, Release, Room, Sweep, TokenOp, Undo
 from .replica import Replica
@@ -35,6 +36,7 @@ from .wire import (
     Drop,
     Epoch,
     History,
+    Shared,
     Taken,
     Told,
     Whereabouts,
@@ -107,6 +109,29 @@ class RedisBackplane:
 
     def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
         return self.linked and self.publisher.queue(Told(key, text, error))
+
+    def publish_state(self, change: Change, /) -> None:
+        # Without a link the node keeps what it did (the hub has taken it); the rest of
+        # the chat takes Redis's state when the link is back.
+        if self.linked:
+            self.publisher.queue(Shared(change))
+
+    async def claim_account(self, entry: AccountSet, /) -> Claim:
+        client = self._client
+        if not self.linked or client is None:
+            return Claim.LINK_DOWN
+        try:
+            with trio.fail_after(self.options.timeout):
+                won = await shared.claim_account(client, self.publisher.shared_keys, entry)
+        except BaseException as exc:
+            if is_link_error(exc):
+                log.warning("could not register an account: %s", describe(exc))
+                return Claim.LINK_DOWN
+            raise
+        if not won:
+            return Claim.TAKEN
+        self.publisher.queue(Shared(entry))
+        return Claim.CLAIMED
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         if self.linked:
@@ -272,6 +297,9 @@ class RedisBackplane:
                     client=client,
                 )
             stored = self._apply_snapshot(node, snapshot)
+            with trio.fail_after(timeout):
+                state = await shared.link(client, self.publisher.shared_keys, node.shared_state())
+            node.replace_state(state)
             self._client = client
             self.linked = True
             # First our holds, then a check of every stored room: a room nobody
@@ -389,6 +417,8 @@ class RedisBackplane:
                 self._replica.apply(record)
             elif isinstance(record, Taken):
                 self._taken(node, record)
+            elif isinstance(record, Shared):
+                node.deliver_state(record.change)
         if run:
             node.deliver(run, epoch)
 

@@ -19,16 +19,17 @@ import coredis
 import coredis.exceptions
 import trio
 
-from ...core.events import RoomEvent, kept_in_history, new_epoch
+from ...core.events import UNNUMBERED, RoomEvent, kept_in_history, new_epoch
 from ...protocol.line import LOBBY
 from ..base import Node
-from . import scripts
+from . import scripts, shared
 from .keys import Keys
 from .link import log
 from .options import RedisOptions
 from .wire import (
     Direct,
     Drop,
+    Shared,
     Told,
     Whereabouts,
     encode_batch,
@@ -90,9 +91,11 @@ class Rehold:
     """Make this node's holds in Redis its rooms now (on linking, or after a full queue)."""
 
 
-Item = Events | Direct | Told | Whereabouts | Release | Room | Sweep | Undo | Rehold | TokenOp
+Item = (
+    Events | Direct | Told | Whereabouts | Shared | Release | Room | Sweep | Undo | Rehold | TokenOp
+)
 
-_RECORDS: Final = (Direct, Told, Whereabouts)
+_RECORDS: Final = (Direct, Told, Whereabouts, Shared)
 
 
 class Publisher:
@@ -101,6 +104,7 @@ class Publisher:
     def __init__(self, node: str, keys: Keys, options: RedisOptions) -> None:
         self.node = node
         self._keys = keys
+        self.shared_keys = shared.SharedKeys(keys)
         self._options = options
         self._send, self._receive = trio.open_memory_channel[Item](options.publish_queue)
         self._pending: list[Item] = []
@@ -206,7 +210,7 @@ class Publisher:
         keys, history = self._keys, self._options.history
         holds = [i.room for i in items if isinstance(i, Room) and i.room not in self._held]
         if not holds and not any(
-            isinstance(i, Events | Release | Direct | Told | Whereabouts | TokenOp) for i in items
+            isinstance(i, (Events, Release, TokenOp, *_RECORDS)) for i in items
         ):
             return
         parts: list[str | bytes] = []
@@ -218,12 +222,7 @@ class Publisher:
                     pipe.sadd(keys.holders(room), [self.node])
                 for item in items:
                     if isinstance(item, Events):
-                        room = item.events[0].room
-                        parts += [b"N", room, new_epoch(), str(len(item.events)), epoch_head(room)]
-                        for event in item.events:
-                            head, tail = numbered_parts(event)
-                            kept = history and kept_in_history(event)
-                            parts += [head, tail, b"1" if kept else b"0"]
+                        parts += self._numbered_parts(item.events)
                     elif isinstance(item, Release):
                         release = [keys.name(item.key)]
                         scripts.in_transaction(pipe, scripts.RELEASE, release, [item.token])
@@ -233,7 +232,9 @@ class Publisher:
                         scripts.in_transaction(pipe, scripts.TOKENS, [], args)
                     elif isinstance(item, _RECORDS):
                         parts += [b"R", encode_record(item)]
-                        if isinstance(item, Whereabouts) and item.node == self.node:
+                        if isinstance(item, Shared):
+                            shared.write(pipe, self.shared_keys, item.change)
+                        elif isinstance(item, Whereabouts) and item.node == self.node:
                             if item.rooms is not None:
                                 value = encode_presence(self.node, item.name, item.rooms)
                                 pipe.hset(keys.presence, {item.key: value})
@@ -247,6 +248,32 @@ class Publisher:
                     batch += [str(history), str(self._options.resume_max), *parts]
                     scripts.in_transaction(pipe, scripts.BATCH, [keys.seqs, keys.rooms], batch)
         self._held.update(holds)
+
+    def _numbered_parts(self, events: Sequence[RoomEvent]) -> list[str | bytes]:
+        """The batch script's parts for one room's events: runs for Redis to number, and
+        the unnumbered ones (:data:`~triochat.core.events.UNNUMBERED`) as they are."""
+        parts: list[str | bytes] = []
+        history = self._options.history
+        run: list[RoomEvent] = []
+
+        def number() -> None:
+            if run:
+                room = run[0].room
+                parts.extend([b"N", room, new_epoch(), str(len(run)), epoch_head(room)])
+                for event in run:
+                    head, tail = numbered_parts(event)
+                    kept = history and kept_in_history(event)
+                    parts.extend([head, tail, b"1" if kept else b"0"])
+                run.clear()
+
+        for event in events:
+            if type(event) in UNNUMBERED:
+                number()
+                parts.extend([b"R", encode_record(event)])
+            else:
+                run.append(event)
+        number()
+        return parts
 
     async def _drop(
         self, client: coredis.Redis[bytes], rooms: Iterable[str], *, release: bool

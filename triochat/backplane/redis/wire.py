@@ -24,6 +24,8 @@ and newlines frame it. Room events travel as the hub made them, ``seq`` and
 ``["E", ROOM, EPOCH]``
     the room events that follow in the batch (up to the next record of another kind)
     were numbered in ROOM's epoch EPOCH
+``["X", CHANGE]``
+    a change of moderation or accounts (a :mod:`triochat.core.modstate` record)
 
 Room events are numbered by Redis as it publishes them (the batch script of
 :mod:`.scripts`): a node sends each one's record cut in two around its number
@@ -46,8 +48,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ...core import records
+from ...core import modstate, records
 from ...core.events import Private, RoomEvent
+from ...core.modstate import Change
 from ..base import Takeover
 
 
@@ -110,7 +113,14 @@ class Taken:
     nonce: str
 
 
-Record = RoomEvent | Direct | Told | Whereabouts | Drop | History | Epoch | Taken
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """A change of moderation or accounts, for every node (``X``)."""
+
+    change: Change
+
+
+Record = RoomEvent | Direct | Told | Whereabouts | Drop | History | Epoch | Taken | Shared
 
 
 class WireError(ValueError):
@@ -147,6 +157,8 @@ def encode_record(record: Record) -> bytes:
             numbers = [[room, *numbering] for room, numbering in takeover.numbers.items()]
             fields = [entry, takeover.key, takeover.name, old, new, nonce, list(takeover.rooms)]
             return _dumps(["T", *fields, numbers]) + b"\n"
+        case Shared(change):
+            return b'["X",' + modstate.encode(change).encode("utf-8", "surrogatepass") + b"]\n"
         case _:
             return encode_event(record) + b"\n"
 
@@ -215,7 +227,16 @@ def decode_event(raw: bytes | str) -> RoomEvent:
         raise WireError(f"malformed event record {raw[:80]!r}: {exc}") from None
 
 
-_CLUSTER_KINDS: Final = (b'["M",', b'["N",', b'["P",', b'["D",', b'["H",', b'["E",', b'["T",')
+_CLUSTER_KINDS: Final = (
+    b'["M",',
+    b'["N",',
+    b'["P",',
+    b'["D",',
+    b'["H",',
+    b'["E",',
+    b'["T",',
+    b'["X",',
+)
 
 
 def _record(raw: bytes) -> Record:
@@ -256,6 +277,12 @@ def _record(raw: bytes) -> Record:
             numbering[_str(item[0])] = (_str(item[1]), item[2])
         takeover = Takeover(_str(key), _str(name), _strs(rooms or []), numbering)
         return Taken(_str(entry), takeover, _str(old), _str(new), _str(nonce))
+    if kind == "X":
+        _, change = _fields(items, 2)
+        try:
+            return Shared(modstate.decode(json.dumps(change, ensure_ascii=False)))
+        except modstate.ChangeError as exc:
+            raise WireError(f"malformed change record {change!r:.80}: {exc}") from None
     _, room, events = _fields(items, 3)
     if not isinstance(events, list):
         raise WireError(f"an H record's events are an array, not {events!r:.80}")

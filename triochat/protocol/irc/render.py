@@ -79,6 +79,7 @@ class IRCDialect:
 
     __slots__ = (
         "_stamp",
+        "away_notify",
         "echo",
         "entering",
         "history_on_join",
@@ -102,6 +103,10 @@ class IRCDialect:
         """Whether a join brings the room's history (not for ``draft/chathistory`` clients,
         which ask for it themselves). It changes only this member's own events."""
         self._stamp = line.Timestamper()
+        self.away_notify = False
+        """Whether the client follows away changes (``away-notify``): the hub hands it
+        :class:`~triochat.core.events.Away` events. Not part of :attr:`name`: an AWAY
+        line is only ever rendered for this member alone."""
         self.negotiate(caps)
 
     def negotiate(self, caps: Iterable[str]) -> None:
@@ -117,6 +122,7 @@ class IRCDialect:
         self.echo = "echo-message" in used
         """Whether the client wants its own lines back."""
         self.tags = self.time_tag or self.msgid
+        self.away_notify = "away-notify" in caps
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IRCDialect) and other.name == self.name
@@ -192,6 +198,15 @@ class IRCDialect:
             params = (target, _ACTION.format(piece) if action else piece)
             out.append(wire.format_message(wire.Message(command, params, source, tags)))
 
+    def fit(self, text: str, command: str, target: str, source: str) -> str:
+        """As much of ``text`` as one ``command`` line to ``target`` from ``source`` holds
+        (an away text from the line door may be longer than IRC's 512 bytes)."""
+        return wire.split_utf8(text, _budget(command, target, source, False))[0]
+
+    def away_reply(self, out: list[str], name: str, why: str) -> None:
+        """``301 nick name :why``, cut to one line."""
+        self._numeric(out, "301", name, self.fit(why, "301", f"{self.nick} {name}", self.server))
+
     def text_lines(self, target: str, text: str, source: str, *, action: bool = False) -> int:
         """How many PRIVMSG lines ``text`` from ``source`` to ``target`` is written as."""
         return len(wire.split_utf8(text, _budget("PRIVMSG", target, source, action)))
@@ -226,6 +241,12 @@ class IRCDialect:
                 out.append(self._line("NICK", (new,), self._user(old), event))
             case ev.TopicSet(room=room, name=name, topic=topic):
                 out.append(self._line("TOPIC", (room, topic), self._user(name), event))
+            case ev.Away(name=name, text=text):
+                # Unnumbered: no msgid, only its time.
+                stamp = (("time", server_time(event.time)),) if self.time_tag else ()
+                source = self._user(name)
+                away_params: tuple[str, ...] = (self.fit(text, "AWAY", "", source),) if text else ()
+                out.append(wire.format_message(wire.Message("AWAY", away_params, source, stamp)))
             case ev.RoleChanged(room=room, name=name, by=by, op=op):
                 mode = ("+o" if op else "-o", name)
                 source = self._user(by) if by else self.server  # "": the server's doing
@@ -237,7 +258,7 @@ class IRCDialect:
                     return  # an IRC client shows its own messages itself
                 self._texts(out, "PRIVMSG", recipient, text, self._user(sender), self._tags(event))
             case ev.Notice(text=text) if (away := _AWAY.fullmatch(text)) is not None:
-                self._numeric(out, "301", away[1], away[2])
+                self.away_reply(out, away[1], away[2])
             case ev.Notice(text=text):
                 self._texts(out, "NOTICE", self.nick, text, self.server)
             case ev.Error(text=text) if text.startswith(_MUTED):
