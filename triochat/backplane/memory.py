@@ -224,15 +224,15 @@ class MemoryCluster:
         old, key = resumable.node, resumable.key
         resumable.node, resumable.held = new, False
         self.names[key] = new
+        user = self.users.get(key)
+        rooms = user.rooms if user is not None else ()
         tails = {}
         for room, after in positions:
             epoch, seq = self.numbers.get(room, ("", 0))
             missed = seq - after
-            kept = self.tails.get(room, ())
+            kept = self.tails.get(room, ()) if room in rooms else ()  # its own rooms only
             events = [e for e in kept if e.seq > after] if 0 < missed <= self.resume_max else []
             tails[room] = Tail(room, epoch, seq, tuple(events))
-        user = self.users.get(key)
-        rooms = user.rooms if user is not None else ()
         for room in rooms:  # held by the new node now: the old one's release drops nothing
             if room != LOBBY:
                 self.holders.setdefault(room, set()).add(new)

@@ -157,8 +157,9 @@ if presence then
   local ok, decoded = pcall(cjson.decode, presence)
   if ok and type(decoded) == 'table' and type(decoded[3]) == 'table' then rooms = decoded[3] end
 end
-local numbers = {}
+local numbers, member_of = {}, {}
 for _, room in ipairs(rooms) do
+  member_of[room] = true
   if room ~= ARGV[15] then  -- we hold its rooms now: the old node's release drops nothing
     redis.call('SADD', ARGV[16] .. room, ARGV[1])
     redis.call('SADD', ARGV[14], room)
@@ -173,7 +174,8 @@ for i = 17, #ARGV, 2 do
   local seq = tonumber(n[2] or '0') or 0
   local events = {}
   local missed = seq - after
-  if n[1] and missed > 0 and missed <= tonumber(ARGV[11]) then
+  -- Only the member's own rooms' events are read (it may name any room).
+  if n[1] and member_of[room] and missed > 0 and missed <= tonumber(ARGV[11]) then
     events = redis.call('LRANGE', ARGV[10] .. room, 0, missed - 1)
   end
   tails[#tails + 1] = {room, n[1] or '', tostring(seq), events}
