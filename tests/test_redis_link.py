@@ -29,7 +29,7 @@ from triochat.protocol import line as p
 
 coredis = pytest.importorskip("coredis")
 
-from triochat.backplane.redis import RedisBackplane, RedisOptions  # noqa: E402
+from triochat.backplane.redis import RedisBackplane, RedisOptions, scripts  # noqa: E402
 from triochat.backplane.redis.link import describe, quiet_coredis  # noqa: E402
 from triochat.backplane.redis.replica import Replica  # noqa: E402
 from triochat.backplane.redis.wire import Whereabouts, decode_event  # noqa: E402
@@ -285,3 +285,9 @@ def test_a_failure_whose_causes_loop_is_still_described() -> None:
     outer.__cause__ = inner
     inner.__cause__ = outer  # a cycle: the description must still end
     assert describe(outer) == "ConnectionError: Unable to connect (Connection refused)"
+
+
+async def test_every_script_compiles_and_is_loaded_by_its_sha(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url) as admin:
+        await scripts.load(admin)  # a Lua syntax error would raise here
+        assert all(await admin.script_exists([script.sha for script in scripts.ALL]))
