@@ -26,7 +26,7 @@ import trio
 from ..core import commands as c, session as s
 from ..core._ratelimit import TokenBucket
 from ..core.events import Dialect, Event, Notice
-from ..core.resume import V2Session
+from ..core.resume import V2Session, token_digest
 from ..protocol import line as p, v2
 from .outbox import Outbox
 
@@ -258,11 +258,18 @@ class Connection(DoorConnection):
                     await self._carry_out(session.claim_result(claim))
                 case s.Unclaim(name):
                     self.server.backplane.unclaim(name)
-                case s.Wait(seconds):
-                    self.server.stats.wrong_passwords += 1
-                    log.warning("wrong password from %s (next answer in %g s)", self.peer, seconds)
+                case s.Wait(seconds, what):
+                    if what == "password":
+                        self.server.stats.wrong_passwords += 1
+                    log.warning("wrong %s from %s (next answer in %g s)", what, self.peer, seconds)
                     await trio.sleep(seconds)
                     await self._carry_out(session.delay_elapsed())
+                case s.TakeOver(token, positions):
+                    assert isinstance(session, V2Session)
+                    handover = await self.server.backplane.take_over(
+                        token_digest(token), positions, self.dialect
+                    )
+                    await self._carry_out(session.taken_over(handover))
                 case s.FetchHistory(room, count):
                     store = self.server.store
                     assert store is not None
@@ -323,7 +330,8 @@ class Connection(DoorConnection):
             server.tokens,
             outbox=self.send,
             disconnect=self._disconnect,
-            address=self.session.address,
+            # Bad tokens are delayed per address, as wrong passwords are.
+            address=self.session.address or peer_host(self.stream),
             resume_max=server.config.resume_max,
             attempts=server.config.resume_attempts,
         )

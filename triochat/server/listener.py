@@ -210,7 +210,12 @@ class ChatServer:
             moderation=self.hub.moderation,
         )
         """What the line door's sessions share."""
-        self.tokens = Tokens(self.config.resume_grace, trio.current_time)
+        self.tokens = Tokens(
+            self.config.resume_grace,
+            trio.current_time,
+            self.backplane if self.backplane.remote else None,
+        )
+        self.hub.handed_off = self.tokens.handed_off
         """The v2 members' resume tokens, and who is held."""
         self._holds_changed = trio.Event()
         self.tokens.changed = self._holds_changed.set
@@ -353,8 +358,10 @@ class ChatServer:
                 tokens.changed = self._holds_changed.set
                 continue
             await trio.sleep_until(deadline)
-            for member in tokens.expired():
-                self.hub.leave(member, "connection lost")
+            for member, entry in tokens.expired():
+                # In a cluster another node may have taken it over meanwhile: Redis decides.
+                if await self.backplane.expire(entry):
+                    self.hub.leave(member, "connection lost")
 
     def shutdown(self) -> None:
         """Stop accepting, tell every client, and give them ``shutdown_grace`` to read it."""
