@@ -413,6 +413,15 @@ def test_db_limits_reach_the_store_config(served: list[StoreConfig | None]) -> N
     assert served == [DB_LIMITS]
 
 
+def test_the_moderation_queue_reaches_the_store_config(
+    served: list[StoreConfig | None],
+) -> None:
+    args = ["--db", "chat.db", "--db-moderation-queue", "5"]
+    result = CliRunner().invoke(main, ["serve", "--max-clients", "1", *args])
+    assert result.exit_code == 0, result.output
+    assert served == [StoreConfig(path=Path("chat.db"), moderation_queue=5)]
+
+
 def test_db_limits_come_from_the_environment(served: list[StoreConfig | None]) -> None:
     env = {
         "TRIOCHAT_DB": "chat.db",

@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 
 import trio
 
-from ..core.events import Private, RoomEvent
-from .base import Claim, Node
+from ..core.events import Dialect, Private, RoomEvent
+from ..core.modstate import AccountSet, Change
+from .base import Claim, Handover, Node
 
 
 class LocalBackplane:
@@ -34,6 +35,15 @@ class LocalBackplane:
 
     def publish_private(self, key: str, event: Private, /) -> bool:
         return False
+
+    def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
+        return False
+
+    def publish_state(self, change: Change, /) -> None:
+        pass  # The hub has taken it already: there is nobody else to tell.
+
+    async def claim_account(self, entry: AccountSet, /) -> Claim:
+        return Claim.CLAIMED  # The --db file's primary key decides.
 
     def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
         pass
@@ -67,3 +77,23 @@ class LocalBackplane:
 
     async def leave_cluster(self) -> None:
         pass
+
+    def resumable(self, entry: str, key: str, name: str, digest: bytes, /) -> None:
+        pass
+
+    def keep_token(self, entry: str, digest: bytes, /) -> None:
+        pass
+
+    def unresumable(self, entry: str, /) -> None:
+        pass
+
+    def hold(self, entry: str, /) -> None:
+        pass
+
+    async def take_over(
+        self, digest: bytes, positions: Sequence[tuple[str, int]], dialect: Dialect, /
+    ) -> Handover | None:
+        return None  # One node: its own tokens are all there is.
+
+    async def expire(self, entry: str, /) -> bool:
+        return True

@@ -182,8 +182,9 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
 @server_option(
     "--resume-max",
     type=click.IntRange(0),
-    help="Recent events each room keeps for v2 clients to resume from; the most one "
-    "resume replays.",
+    help="Recent events each room keeps for v2 clients to resume from (in Redis too, "
+    "with --redis); the most one resume replays, and the most private messages kept for "
+    "a held v2 client.",
 )
 @server_option(
     "--resume-grace",
@@ -243,6 +244,12 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     type=click.IntRange(1),
     help="With --db: lines waiting for the writer; when full, new lines are delivered but "
     "not saved (counted).",
+)
+@store_option(
+    "--db-moderation-queue",
+    type=click.IntRange(1),
+    help="With --db: moderation changes (ops, topics, bans, mutes) waiting for the writer; "
+    "when full, a change holds in memory but is not saved (logged).",
 )
 @store_option(
     "--db-cache-rooms",
@@ -411,7 +418,11 @@ def _serve_config(ctx: click.Context) -> ServeConfig:
         except ImportError:
             raise click.ClickException(f"--redis needs coredis: {REDIS_EXTRA}") from None
         try:
-            redis = options(history=server.history, **given_fields(ctx, _redis_options))
+            redis = options(
+                history=server.history,
+                resume_max=server.resume_max,
+                **given_fields(ctx, _redis_options),
+            )
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--redis/--cluster") from None
 

@@ -83,6 +83,11 @@ class Moderation:
             del self.ops[room]
         return True
 
+    # --- topics ------------------------------------------------------------------------
+
+    def set_topic(self, room: str, topic: Topic) -> None:
+        self.topics[room] = topic
+
     # --- bans -------------------------------------------------------------------------
 
     def ban(self, room: str, ban: Ban) -> None:

@@ -15,13 +15,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from ..backplane import Backplane, Claim
 from ..core.accounts import Outcome, Request, account_key as _key
+from ..core.modstate import AccountGone, AccountSet
+
+if TYPE_CHECKING:
+    from .modstore import ModerationStore
+
+LINK_DOWN: Final = (
+    "Accounts cannot change while the link to the rest of the chat is down; try again later"
+)
 
 log: Final = logging.getLogger("triochat.accounts")
 
@@ -54,8 +63,16 @@ class AccountStore:
         self._db = db
         self._hasher = hasher or PasswordHasher()
         self._lock = trio.Lock()
-        rows = db.execute("SELECT key, admin FROM accounts").fetchall()
-        self._admins: dict[str, bool] = {key: bool(admin) for key, admin in rows}
+        rows = db.execute("SELECT key, name, hash, admin, created FROM accounts").fetchall()
+        self._admins: dict[str, bool] = {row[0]: bool(row[3]) for row in rows}
+        # In a cluster, every account as the cluster has it (hashes included), so a
+        # check never waits for this node's copy of a change made elsewhere.
+        self._entries: dict[str, AccountSet] = {
+            key: AccountSet(key, name, digest, bool(admin), created)
+            for key, name, digest, admin, created in rows
+        }
+        self._cluster: Backplane | None = None
+        self._copy: ModerationStore | None = None
         # The role the last check read from the file, handed from the worker thread
         # under the lock (which serializes requests).
         self._roles_read: dict[str, bool] = {}
@@ -64,6 +81,36 @@ class AccountStore:
     def open(cls, path: Path, hasher: PasswordHasher | None = None) -> AccountStore:
         """The accounts of the migrated file at ``path`` (blocking: call it in a thread)."""
         return cls(connect(path), hasher)
+
+    # --- the cluster's accounts (with --redis) -----------------------------------
+
+    def share(self, backplane: Backplane, copy: ModerationStore | None) -> None:
+        """Share the accounts through ``backplane`` (if it links nodes); ``copy`` (the
+        file's writer) keeps the changes made elsewhere."""
+        if backplane.remote:
+            self._cluster = backplane
+            self._copy = copy
+
+    def apply(self, change: AccountSet | AccountGone, /) -> None:
+        """An account changed somewhere in the cluster (here too): take it, and keep a copy."""
+        if isinstance(change, AccountSet):
+            self._entries[change.key] = change
+            self._admins[change.key] = change.admin
+        else:
+            self._entries.pop(change.key, None)
+            self._admins.pop(change.key, None)
+        if self._copy is not None:
+            self._copy.changed(change, False)
+
+    def entries(self) -> list[AccountSet]:
+        return list(self._entries.values())
+
+    def replace(self, entries: Sequence[AccountSet], /) -> None:
+        """The cluster's accounts are ``entries``: this node's (and its file's) become them."""
+        self._entries = {entry.key: entry for entry in entries}
+        self._admins = {entry.key: entry.admin for entry in entries}
+        if self._copy is not None:
+            self._copy.accounts_replaced(entries)
 
     # --- synchronous questions (from memory) ----------------------------------
 
@@ -83,7 +130,11 @@ class AccountStore:
         database error, which becomes an outcome the member is told of."""
         async with self._lock:
             try:
+                if self._cluster is not None:
+                    return await self._perform_shared(self._cluster, request)
                 outcome = await trio.to_thread.run_sync(self._perform, request)
+                if outcome.ok and request.kind != "verify":
+                    await self._reread(_key(request.name))
             except sqlite3.Error as exc:
                 log.error("account %s of %s failed: %s", request.kind, request.name, exc)
                 return Outcome(request, False, "The account database failed; try again later")
@@ -98,6 +149,61 @@ class AccountStore:
                 self._admins.pop(_key(request.name), None)
             log.info("account %s: %s", request.kind, request.name)
         return outcome
+
+    async def _perform_shared(self, cluster: Backplane, request: Request) -> Outcome:
+        """``request`` in a cluster: Redis decides who registers a name (one winner), and
+        every change reaches every node; this node's file keeps a copy."""
+        key = _key(request.name)
+        if request.kind != "verify" and cluster.link_down:
+            return Outcome(request, False, LINK_DOWN)
+        if request.kind == "register":
+            digest = await trio.to_thread.run_sync(self._hasher.hash, request.password)
+            entry = AccountSet(key, request.name, digest, False, time.time())
+            claim = await cluster.claim_account(entry)
+            if claim is Claim.TAKEN:
+                return Outcome(request, False, f"{request.name} is registered already")
+            if claim is Claim.LINK_DOWN:
+                return Outcome(request, False, LINK_DOWN)
+            self.apply(entry)  # The cluster tells every node; here it counts at once.
+            log.info("account register: %s", request.name)
+            return Outcome(request, True)
+        known = self._entries.get(key)
+        right = await trio.to_thread.run_sync(self._check, known, request.password)
+        if known is None or not right:
+            return Outcome(request, False, "Wrong password")
+        if request.kind == "change":
+            digest = await trio.to_thread.run_sync(self._hasher.hash, request.new_password)
+            changed = AccountSet(key, known.name, digest, known.admin, known.created)
+            cluster.publish_state(changed)
+            self.apply(changed)
+        elif request.kind == "unregister":
+            cluster.publish_state(AccountGone(key))
+            self.apply(AccountGone(key))
+        log.info("account %s: %s", request.kind, request.name)
+        return Outcome(request, True)
+
+    async def _reread(self, key: str) -> None:
+        """Take the account's row from the file again (to seed a cluster with it later)."""
+        entry = await trio.to_thread.run_sync(self._row, key)
+        if entry is None:
+            self._entries.pop(key, None)
+        else:
+            self._entries[key] = entry
+
+    def _row(self, key: str) -> AccountSet | None:
+        row = self._db.execute(
+            "SELECT key, name, hash, admin, created FROM accounts WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else AccountSet(row[0], row[1], row[2], bool(row[3]), row[4])
+
+    def _check(self, known: AccountSet | None, password: str) -> bool:
+        if known is None:
+            self._hasher.hash(password)  # The same work as for a real account.
+            return False
+        try:
+            return bool(self._hasher.verify(known.hash, password))
+        except (VerificationError, InvalidHashError):
+            return False
 
     def _perform(self, request: Request) -> Outcome:
         key = _key(request.name)
@@ -161,6 +267,9 @@ class AccountStore:
         if cursor.rowcount == 0:
             return False
         self._admins[key] = admin
+        entry = self._row(key)
+        if entry is not None:
+            self._entries[key] = entry
         return True
 
     def close(self) -> None:

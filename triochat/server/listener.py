@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,7 @@ from ..backplane import Backplane, LocalBackplane
 from ..core._auth import FailureDelays
 from ..core.accounts import MAX_PASSWORD
 from ..core.hub import Hub, Member
-from ..core.moderation import Moderation
+from ..core.modstate import Publishing, SharedModeration
 from ..core.resume import Tokens
 from ..core.session import Door, Rules, answered_before_registration
 from ..protocol import line as p
@@ -178,8 +178,11 @@ class ChatServer:
             presence_interval=self.config.presence_interval,
             names=self.config.names,
             resume_max=self.config.resume_max,
-            moderation=Moderation(clock=trio.current_time),
+            moderation=self._moderation(store),
         )
+        if self.accounts is not None and hub is None:
+            self.hub.accounts = self.accounts
+            self.accounts.share(self.backplane, store.moderation if store is not None else None)
         self.ssl_context = ssl_context
         self.dialect = p.LineDialect()
         """How the line door renders the hub's events (one for all its members)."""
@@ -207,7 +210,12 @@ class ChatServer:
             moderation=self.hub.moderation,
         )
         """What the line door's sessions share."""
-        self.tokens = Tokens(self.config.resume_grace, trio.current_time)
+        self.tokens = Tokens(
+            self.config.resume_grace,
+            trio.current_time,
+            self.backplane if self.backplane.remote else None,
+        )
+        self.hub.handed_off = self.tokens.handed_off
         """The v2 members' resume tokens, and who is held."""
         self._holds_changed = trio.Event()
         self.tokens.changed = self._holds_changed.set
@@ -224,6 +232,17 @@ class ChatServer:
         self._handshaking = 0
         self._doors: list[Callable[[], int]] = []
         self._shutdown = trio.Event()
+
+    def _moderation(self, store: HistoryStore | None) -> SharedModeration:
+        """The hub's moderation: loaded from and written to the ``--db`` file, and published
+        to the cluster, as each applies."""
+        moderation = SharedModeration(clock=trio.current_time)
+        if store is not None and store.moderation is not None:
+            moderation.load(store.moderation.initial)
+            moderation.sinks.append(store.moderation)
+        if self.backplane.remote:
+            moderation.sinks.append(Publishing(self.backplane.publish_state))
+        return moderation
 
     @property
     def connections(self) -> int:
@@ -245,15 +264,14 @@ class ChatServer:
         """Return once :meth:`shutdown` is called."""
         await self._shutdown.wait()
 
-    @contextmanager
-    def hosting(self, connection: DoorConnection) -> Iterator[None]:
-        """While inside, ``connection`` is the server's: counted against ``--max-clients``
-        and told when the server shuts down."""
+    def add_connection(self, connection: DoorConnection) -> None:
+        """``connection`` (of any door) is the server's: counted against ``--max-clients``,
+        told when the server shuts down, until :meth:`remove_connection`."""
         self._connections.add(connection)
-        try:
-            yield
-        finally:
-            self._connections.discard(connection)
+
+    def remove_connection(self, connection: DoorConnection) -> None:
+        """``connection`` is over."""
+        self._connections.discard(connection)
 
     def add_door(self, connections: Callable[[], int]) -> None:
         """Count another door's open connections against ``--max-clients`` too."""
@@ -365,8 +383,10 @@ class ChatServer:
                 tokens.changed = self._holds_changed.set
                 continue
             await trio.sleep_until(deadline)
-            for member in tokens.expired():
-                self.hub.leave(member, "connection lost")
+            for member, entry in tokens.expired():
+                # In a cluster another node may have taken it over meanwhile: Redis decides.
+                if await self.backplane.expire(entry):
+                    self.hub.leave(member, "connection lost")
 
     def shutdown(self) -> None:
         """Stop accepting, tell every client, and give them ``shutdown_grace`` to read it."""
@@ -377,18 +397,28 @@ class ChatServer:
         if isinstance(stream, trio.SocketStream):
             enable_keepalive(stream)
         limit = self.config.max_per_address
-        if not limit:
-            await self._handle_stream(stream)
-            return
-        address = peer_host(stream)
-        if not self.admit_address(address):
+        address = peer_host(stream) if limit else None
+        if address is not None and not self.admit_address(address):
             log.warning("refused a connection from %s: %d already open", address, limit)
             await self._refuse(stream, p.format_error("Too many connections from your address"))
             return
+        # The connection runs in this frame, not in one more below it: a
+        # coroutine frame costs every idle client about 250 bytes.
         try:
-            await self._handle_stream(stream)
+            connection = await self._admit(stream)
+            if connection is None:
+                return
+            self._connections.add(connection)
+            try:
+                await connection.run()
+            except Exception:
+                # One client's bug must never take the server down.
+                log.exception("connection %s failed", connection.peer)
+            finally:
+                self._connections.discard(connection)
         finally:
-            self.release_address(address)
+            if address is not None:
+                self.release_address(address)
 
     async def _refuse(self, stream: trio.abc.Stream, line: str) -> None:
         """Send one line (briefly, the client may not read) and hang up.
@@ -400,33 +430,29 @@ class ChatServer:
             stream = trio.SSLStream(stream, self.ssl_context, server_side=True)
         await _say_and_close(stream, line)
 
-    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+    async def _admit(self, stream: trio.abc.Stream) -> Connection | None:
+        """The client's connection, once it is let in (and through its TLS handshake);
+        ``None`` if it was refused."""
         # A client accepted as the server began shutting down: it would miss
         # the goodbye that the others get.
         goodbye = p.format_info(SHUTDOWN_LINE)
         if self._shutdown.is_set():
             await self._refuse(stream, goodbye)
-            return
+            return None
         if self.open_connections >= self.config.max_clients:
             self.stats.refused_full += 1
             log.warning("refused a connection: server full (%d)", self.config.max_clients)
             await self._refuse(stream, p.format_error("Server full, try again later"))
-            return
+            return None
         if self.ssl_context is not None:
             secure = await self.handshake(stream)
             if secure is None:
-                return
+                return None
             if self._shutdown.is_set():  # it began during the handshake
                 await _say_and_close(secure, goodbye)
-                return
+                return None
             stream = secure
-        connection = Connection(self, stream)
-        with self.hosting(connection):
-            try:
-                await connection.run()
-            except Exception:
-                # One client's bug must never take the server down.
-                log.exception("connection %s failed", connection.peer)
+        return Connection(self, stream)
 
     async def handshake(
         self, stream: trio.abc.Stream, *, refusal: bytes | None = None

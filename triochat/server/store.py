@@ -37,11 +37,12 @@ import trio
 from ..core import events as ev, records
 from ..core.events import RoomEvent
 from ..core.hub import new_epoch
+from . import modstore
 from .accounts import AccountStore
 
 log: Final = logging.getLogger("triochat.store")
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """Kept in ``PRAGMA user_version``; a newer file is refused, an older one migrated."""
 
 _SCHEMA: Final = """
@@ -137,6 +138,7 @@ _MIGRATIONS: Final[dict[int, str | Callable[[sqlite3.Connection], None]]] = {
     1: _events_from_lines,
     2: _numbered_rooms,
     3: _ACCOUNTS,
+    4: modstore.TABLES,
 }
 
 
@@ -168,6 +170,9 @@ class StoreConfig:
     cache_rooms: int = 1000
     """Rooms whose recent lines are kept in memory; others start empty until spoken in
     (``--db-cache-rooms``)."""
+    moderation_queue: int = modstore.QUEUE
+    """Moderation changes (ops, topics, bans, mutes) waiting to be written; past it a
+    change holds in memory but is not saved, and is logged."""
     flush_timeout: float = 1.0
     """Seconds a shutdown waits for queued lines to be committed; what is left then is
     logged as not saved, so a stuck disk cannot hold the exit (``--db-flush-timeout``).
@@ -198,6 +203,8 @@ class HistoryStore:
         self._committing: trio.CancelScope | None = None
         self.accounts: AccountStore | None = None
         """The file's accounts (set by :func:`open_history_store`)."""
+        self.moderation: modstore.ModerationStore | None = None
+        """The file's operators, topics, bans and mutes (set by :func:`open_history_store`)."""
         # Statistics, for metrics.
         self.batches = 0
         self.rows = 0
@@ -510,14 +517,22 @@ async def open_history_store(config: StoreConfig) -> AsyncIterator[HistoryStore]
     store._preload(recent)
     store._rooms = numbered
     store.accounts = await trio.to_thread.run_sync(AccountStore.open, config.path)
-    log.info("history database %s: %d rooms loaded", config.path, len(recent))
+    moderation = store.moderation = await trio.to_thread.run_sync(_open_moderation, config)
+    log.info(
+        "history database %s: %d rooms loaded, %d moderation entries",
+        config.path,
+        len(recent),
+        len(moderation.initial),
+    )
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store._write_loop)
+            nursery.start_soon(moderation.run)
             try:
                 yield store
             finally:
-                # Let the writer drain what is queued, until the flush deadline.
+                # Let the writers drain what is queued, until the flush deadline.
+                moderation.close()
                 store._start_shutdown(nursery.cancel_scope)
     finally:
         with trio.CancelScope(shield=True, deadline=store._flush_deadline):
@@ -538,6 +553,16 @@ async def open_history_store(config: StoreConfig) -> AsyncIterator[HistoryStore]
                 await trio.to_thread.run_sync(_close, writer, reader)
                 store.accounts.close()
         log.info("history database closed: %d lines saved, %d lost", store.rows, store.dropped)
+
+
+def _open_moderation(config: StoreConfig) -> modstore.ModerationStore:
+    db = _connect(config.path)
+    try:
+        initial = modstore.load(db)
+    except BaseException:
+        db.close()
+        raise
+    return modstore.ModerationStore(db, initial, config.moderation_queue)
 
 
 def _close(writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:

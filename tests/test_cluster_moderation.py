@@ -1,0 +1,221 @@
+"""Moderation and accounts across the nodes of a cluster, over a real Redis: a ban, a mute,
+a kick or a topic made on node A holds on node B; a name registered on one node is
+registered on every node, and of two registrations at once exactly one wins.
+
+Each test runs under its own cluster name (keys deleted afterwards); without a
+reachable Redis these tests skip (fail under CI=true).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from _accounts import dial, named, net_fixture, open_accounts  # noqa: F401 - the net fixture
+from redis_support import (
+    FAST,
+    TEST_REDIS,
+    RedisServer,
+    answers,
+    coredis,
+    delete_cluster_keys,
+    unavailable,
+    unique_cluster,
+    wait_until,
+)
+from test_moderation import join, login
+
+from triochat import ChatServer, ServerConfig
+from triochat.backplane.redis import RedisBackplane, RedisOptions
+from triochat.core.accounts import Request
+from triochat.core.names import name_key
+from triochat.server.accounts import LINK_DOWN, AccountStore
+
+Start = Callable[..., Awaitable[tuple[ChatServer, int]]]
+OPTIONS: dict[str, Any] = FAST
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[str]:
+    if not answers(TEST_REDIS):
+        unavailable(f"no Redis answers at {TEST_REDIS} (set TRIOCHAT_TEST_REDIS)")
+    name = unique_cluster()
+    yield name
+    await delete_cluster_keys(TEST_REDIS, name)
+
+
+@pytest.fixture
+async def start(
+    cluster: str, nursery: trio.Nursery, tmp_path: Path, net: None
+) -> AsyncIterator[Start]:
+    """``server, port = await start(*registered, url=...)``: a node with its own accounts
+    file (``registered`` in it, the first one a server admin), linked to the cluster."""
+    opened: list[AccountStore] = []
+
+    async def start_node(*registered: str, url: str = TEST_REDIS) -> tuple[ChatServer, int]:
+        accounts = open_accounts(tmp_path / f"node{len(opened)}.db")
+        opened.append(accounts)
+        for name in registered:
+            assert (await accounts.perform(Request("register", name, f"{name}-pw"))).ok
+        if registered:
+            accounts.set_admin(registered[0], True)
+        backplane = RedisBackplane(RedisOptions(url=url, cluster=cluster, **OPTIONS))
+        server = ChatServer(
+            ServerConfig(port=0, rate=0, password_delay=0.01),
+            backplane=backplane,
+            accounts=accounts,
+        )
+        listeners = await nursery.start(server.serve)
+        return server, listeners[0].socket.getsockname()[1]
+
+    yield start_node
+    for accounts in opened:
+        accounts.close()
+
+
+async def test_a_ban_mute_kick_and_topic_on_one_node_hold_on_the_other(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "triochat.moderation")
+    a, port_a = await start("root", "ann")
+    b, port_b = await start()  # its file has no accounts: it takes the cluster's
+    ann = await login(port_a, "ann")
+    await ann.send("/join #den")
+    await ann.until("* You are an operator of #den")
+    await ann.send("/topic Be kind")
+    await ann.until("[T] * ann set the topic of #den: Be kind")
+    bob, carl, dave = [await named(port_b, name) for name in ("bob", "carl", "dave")]
+    assert "* Topic of #den: Be kind (set by ann)" in await join(bob, "bob", "#den")
+    await join(carl, "carl", "#den")
+    await join(dave, "dave", "#den")
+    assert b.hub.moderation.is_op("#den", "ann")
+
+    await ann.send("/ban bob 1h spam")
+    await bob.until("! You left #den (banned by ann: spam)")
+    await bob.send("/join #den")  # through B, whose node did not ban
+    await bob.until("! You are banned from #den for 1h more: spam")
+
+    await ann.send("/mute carl")
+    await ann.until("* carl is muted in #den until lifted")
+    # The mute reaches B a Redis round trip later; nothing tells carl of it.
+    await wait_until(lambda: b.hub.moderation.muted("#den", name_key("carl")) is not None)
+    await carl.send("can you hear me")
+    await carl.until("! You are muted in #den until lifted: not sent")
+
+    await ann.send("/kick dave bye")
+    await dave.until("! You left #den (kicked by ann: bye)")
+    await ann.until("[T] * dave left #den (kicked by ann: bye)")
+    await join(dave, "dave", "#den")  # a kick is no ban
+    for logged in ("ban: bob by ann in #den (spam)", "kick: dave by ann in #den (bye)"):
+        assert logged in caplog.text
+    assert (a.hub.moderation.actions["ban"], a.hub.moderation.actions["kick"]) == (1, 1)
+
+    # A server-wide ban made on A refuses the connection at B's door.
+    root = await login(port_a, "root")
+    await root.send("/gban mallory 1d trolling")
+    await root.until("* mallory is banned from this server for 1d more")
+    await wait_until(lambda: b.hub.moderation.banned("*", name_key("mallory")) is not None)
+    mallory = await dial(port_b)
+    await mallory.until("* What is your name?")
+    await mallory.send("mallory")
+    await mallory.until("! You are banned from this server for 1d more: trolling")
+
+
+async def test_a_name_registered_on_one_node_is_registered_on_the_other(start: Start) -> None:
+    a, port_a = await start("root")
+    b, port_b = await start()
+    assert b.accounts is not None
+    assert b.accounts.registered("root")  # seeded by A, taken by B
+    zed = await named(port_b, "zed")
+    await zed.send("/register zed-pw")
+    await zed.until("* zed is registered to you now")
+    assert a.accounts is not None
+    await wait_until(lambda: a.accounts is not None and a.accounts.registered("zed"))
+    await zed.send("/quit")
+    # Its name is free once A hears it left (the release goes with that).
+    await wait_until(lambda: a.backplane.remote_name(name_key("zed")) is None)
+    again = await dial(port_a)
+    await again.until("* What is your name?")
+    await again.send("zed")
+    await again.until("* zed is registered: its password?")
+    await again.send("zed-pw")
+    await again.until("[T] * zed joined #lobby")
+
+
+async def test_of_two_registrations_of_one_name_on_two_nodes_exactly_one_wins(
+    start: Start, cluster: str
+) -> None:
+    a, _ = await start()
+    b, _ = await start()
+    assert a.accounts is not None
+    assert b.accounts is not None
+    outcomes = []
+
+    async def register(server: ChatServer, password: str) -> None:
+        assert server.accounts is not None
+        outcomes.append(await server.accounts.perform(Request("register", "zed", password)))
+
+    async with trio.open_nursery() as both:
+        both.start_soon(register, a, "password-on-a")
+        both.start_soon(register, b, "password-on-b")
+    assert sorted(o.ok for o in outcomes) == [False, True]
+    assert [o.error for o in outcomes if not o.ok] == ["zed is registered already"]
+    winner = next(o.request.password for o in outcomes if o.ok)
+    await wait_until(lambda: all(s.accounts and s.accounts.registered("zed") for s in (a, b)))
+    for server in (a, b):
+        assert server.accounts is not None
+        assert (await server.accounts.perform(Request("verify", "zed", winner))).ok
+    async with coredis.Redis.from_url(TEST_REDIS) as client:
+        stored = await client.hgetall(f"triochat:{cluster}:accounts")
+    assert list(stored) == [b"zed"]
+    assert b"$argon2" in stored[b"zed"]
+    assert b"password-on" not in stored[b"zed"]  # only the hash
+
+
+async def test_a_forged_change_on_the_channel_is_skipped(
+    start: Start, cluster: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    b, port_b = await start()
+    bob = await named(port_b, "bob")
+    forged = b'evil\t1\n["X",["ban","#den","bob",true,"x","y"]]\n'
+    async with coredis.Redis.from_url(TEST_REDIS) as client:
+        await client.publish(f"triochat:{cluster}:events", forged)
+    await wait_until(lambda: "ignoring a malformed batch" in caplog.text)
+    assert b.hub.moderation.banned("#den", "bob") is None
+    await join(bob, "bob", "#den")  # the node carries on
+
+
+async def test_after_redis_loses_its_data_the_nodes_seed_it_again(
+    start: Start, cluster: str
+) -> None:
+    redis = RedisServer()
+    await redis.start()
+    try:
+        a, port_a = await start("ann", url=redis.url)
+        b, _ = await start(url=redis.url)
+        ann = await login(port_a, "ann", "#den")
+        await ann.send("/ban bob 1h spam")
+        await ann.until("* bob is banned from #den for 1h more")
+        await wait_until(lambda: b.hub.moderation.banned("#den", "bob") is not None)
+        await redis.stop()  # no disk: it comes back empty
+        await wait_until(lambda: a.backplane.link_down and b.backplane.link_down)
+        # Down: each node keeps enforcing what it knows.
+        assert b.hub.moderation.banned("#den", "bob") is not None
+        # No registration without Redis to decide who wins; checks go on from memory.
+        assert b.accounts is not None
+        refused = await b.accounts.perform(Request("register", "zed", "zed-pw"))
+        assert (refused.ok, refused.error) == (False, LINK_DOWN)
+        assert (await b.accounts.perform(Request("verify", "ann", "ann-pw"))).ok
+        await redis.start()
+        await wait_until(lambda: not a.backplane.link_down and not b.backplane.link_down)
+        async with coredis.Redis.from_url(redis.url) as client:
+            assert await client.hexists(f"triochat:{cluster}:moderation", "ban\t#den\tbob")
+            assert await client.hexists(f"triochat:{cluster}:accounts", "ann")
+        assert b.hub.moderation.banned("#den", "bob") is not None
+        assert b.accounts.registered("ann")
+    finally:
+        await redis.stop()
