@@ -79,13 +79,13 @@ async def test_a_resumed_page_is_still_identified_and_still_operates_its_room(
     async with web_client(web_port) as ann:
         await receive(ann)
         await send(ann, type="register", name="ann", account_password="ann-pw", rooms=["#den"])
-        registered = await until(ann, "registered", name="ann")
+        welcome = await until(ann, "welcome", name="ann")
         room = await until(ann, "room", room="#den")
         await ann._stream.aclose()  # the network goes: no close frame
     async with web_client(web_port) as back:
         await receive(back)
         resume = {"#den": {"epoch": room["epoch"], "seq": room["seq"]}}
-        await send(back, type="register", name="ann", token=registered["token"], resume=resume)
+        await send(back, type="register", name="ann", token=welcome["token"], resume=resume)
         assert (await until(back, "registered", name="ann"))["resumed"] is True
         await send(back, type="line", room="#den", text="/topic still mine")
         with trio.fail_after(10):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_resume import V2Client
+from _v2 import V2Client
 from test_web_timing import Client, make_door, open_client
 from wsproto.events import BytesMessage, CloseConnection
 
@@ -45,7 +45,7 @@ class Page(Client):
         message = await super().receive()
         self.seen.append(message)
         kind = message["type"]
-        if kind == "registered":
+        if kind == "welcome":
             self.token, self.name = message["token"], message["name"]
         elif kind in ("room", "resumed", "resume-failed"):
             self.positions[message["room"]] = (message["epoch"], message["seq"])
@@ -126,18 +126,19 @@ async def test_a_cut_page_is_held_and_resumes_every_room_after_its_last_number(
             await bob.until("said")
         await trio.sleep(20)  # within the 30 s grace
         ann2 = await back(door, nursery, ann)
-        registered = await ann2.until("registered")
-        assert registered["resumed"] is True
-        assert registered["name"] == "ann"
-        assert registered["token"] != old_token
+        welcome = await ann2.receive()  # first: the new token
+        assert (welcome["type"], welcome["name"]) == ("welcome", "ann")
+        assert welcome["token"] != old_token
         replay: list[dict[str, Any]] = []
         while (message := await ann2.receive())["type"] != "resumed":
             replay.append(message)
         assert [m["text"] for m in replay] == ["missed 0", "missed 1", "missed 2"]
         assert message["room"] == "#lobby"
         assert message["count"] == 3
-        dev = await ann2.until("resumed")
-        assert (dev["room"], dev["count"]) == ("#dev", 0)
+        dev = await ann2.receive()
+        assert (dev["type"], dev["room"], dev["count"]) == ("resumed", "#dev", 0)
+        registered = await ann2.receive()  # last: it is back
+        assert (registered["type"], registered["resumed"]) == ("registered", True)
         await ann2.send(type="ack", token=ann2.token)
         await bob.send(type="say", room="#lobby", text="live")
         assert (await ann2.until("said"))["text"] == "live"
@@ -177,15 +178,15 @@ async def test_bad_tokens_forged_used_expired_all_get_the_same_answer(
         }
         # The forgery took nothing: the real token still works, and gives a new one.
         ann2 = await back(door, nursery, ann)
-        assert (await ann2.until("registered"))["resumed"] is True
         await ann2.until("resumed")
+        assert (await ann2.until("registered"))["resumed"] is True
         # Before the ack, the first token stays valid (a lost handshake locks nobody out).
         second = ann2.token
         await ann2.cut()
         ann3 = await back(door, nursery, ann)
         assert ann3.token == first
-        assert (await ann3.until("registered"))["resumed"] is True
         await ann3.until("resumed")
+        assert (await ann3.until("registered"))["resumed"] is True
         await ann3.send(type="ack", token=ann3.token)
         await ann3.send(type="ack", token=second)  # not its newest: refused
         assert await ann3.until("error") == {
@@ -218,8 +219,8 @@ async def test_a_room_that_never_existed_a_number_from_the_future_and_a_wrong_ep
             "#dev": {"epoch": "0badc0ffee00", "seq": dev_seq},
         }
         ann2 = await back(door, nursery, ann, resume=resume)
-        assert (await ann2.until("registered"))["resumed"] is True
         failed = [await ann2.until("resume-failed") for _ in range(3)]
+        assert (await ann2.until("registered"))["resumed"] is True
         assert failed == [
             {
                 "type": "resume-failed",

@@ -15,9 +15,22 @@ from .base import (
     Backplane as Backplane,
     BackplaneError as BackplaneError,
     Claim as Claim,
+    Handover as Handover,
     LocalMember as LocalMember,
     Node as Node,
+    Tail as Tail,
+    Takeover as Takeover,
 )
 from .local import LocalBackplane as LocalBackplane
 
-__all__ = ["Backplane", "BackplaneError", "Claim", "LocalBackplane", "LocalMember", "Node"]
+__all__ = [
+    "Backplane",
+    "BackplaneError",
+    "Claim",
+    "Handover",
+    "LocalBackplane",
+    "LocalMember",
+    "Node",
+    "Tail",
+    "Takeover",
+]

@@ -438,6 +438,8 @@ class WebDialect:
                     "room": room,
                     "events": [self._room_event(e) for e in events],
                 }
+            case ev.Welcome(name=name, token=token, grace=grace):
+                return {"type": "welcome", "name": name, "token": token, "grace": grace}
             case ev.RoomState(room=room, epoch=epoch, seq=seq):
                 return {"type": "room", "room": room, "epoch": epoch, "seq": seq}
             case ev.ResumeFailed(room=room, epoch=epoch, seq=seq, lost=lost, reason=reason):

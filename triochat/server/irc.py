@@ -10,8 +10,10 @@ PINGs an idle client. Outgoing bytes go through the server's outboxes and its
 one flusher, so the slow-consumer policy is the line door's.
 
 The door runs beside :meth:`ChatServer.serve <triochat.server.listener.ChatServer.serve>`
-(in the same nursery): its connections are the server's, so the server's
-shutdown reaches them too; each gets ``ERROR :Server shutting down``.
+(in the same nursery) and uses only the server's interface for doors
+(``add_connection``, ``handshake``, ``flusher``, ``shutting_down``, ``wait_shutdown``, the address
+limits): its connections are the server's, so the server's shutdown reaches them
+too; each gets ``ERROR :Server shutting down``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..core.irc_session import IRCRules, IRCSession
 from ..protocol import line as p
 from ..protocol.irc import wire
 from .connection import DoorConnection, close_stream, peer_host, peer_name
-from .listener import _enable_keepalive, format_address
+from .listener import enable_keepalive, format_address
 from .outbox import Outbox
 
 if TYPE_CHECKING:
@@ -41,10 +43,13 @@ if TYPE_CHECKING:
 
 log: Final = logging.getLogger("triochat.irc")
 
-RECEIVE_SIZE: Final = 65536
 BATCH_MESSAGES: Final = 256
 """Most messages of one client's burst handled before other clients get a turn."""
 SHUTDOWN_TEXT: Final = "Server shutting down"
+TLS_REFUSAL: Final = wire.serialize(
+    wire.message("ERROR", "Closing link: this server speaks TLS only: connect with TLS")
+)
+"""What a client that speaks plain text to a TLS port is told, before it is closed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +87,8 @@ class IRCDoor:
     def __post_init__(self) -> None:
         config, server = self.config, self.server
         rules = server.config
+        self._connections: set[IRCConnection] = set()
+        """This door's open connections (the server holds them too)."""
         self.rules = IRCRules(
             server=config.name,
             network=config.network,
@@ -128,19 +135,40 @@ class IRCDoor:
                         handler_nursery=handlers,
                     )
                 )
+                acceptors.start_soon(self._ping_quiet)
                 for listener in listeners:
                     log.info("irc listening on %s", format_address(listener))
                 task_status.started(listeners)
-                await server._shutdown.wait()
+                await server.wait_shutdown()
                 acceptors.cancel_scope.cancel()
             # The server tells every connection, this door's too (they are its).
             handlers.cancel_scope.deadline = trio.current_time() + server.config.shutdown_grace
+
+    async def _ping_quiet(self) -> None:
+        """PING the clients on plain sockets that were quiet for ``ping_interval``, and drop
+        those that did not answer the last PING; one task for all of them.
+
+        A timer per client (a cancel scope around every read) cost each idle
+        client about 1.3 KB; this task looks at them every quarter interval, so a
+        PING goes out after 1 to 1.25 intervals of silence. TLS and test streams
+        keep the timer (:meth:`IRCConnection._receive`).
+        """
+        interval = self.config.ping_interval
+        while True:
+            await trio.sleep(interval / 4)
+            now = trio.current_time()
+            for connection in list(self._connections):
+                if (
+                    connection.send.fd >= 0  # the others keep their own timer
+                    and now - connection._heard >= interval
+                ):
+                    connection.quiet(now)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one IRC client over any trio stream."""
         server = self.server
         if isinstance(stream, trio.SocketStream):
-            _enable_keepalive(stream)
+            enable_keepalive(stream)
         address = peer_host(stream)
         if not server.admit_address(address):
             limit = server.config.max_per_address
@@ -161,7 +189,7 @@ class IRCDoor:
 
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
         server = self.server
-        if server._shutdown.is_set():
+        if server.shutting_down:
             await self._refuse(stream, SHUTDOWN_TEXT)
             return
         if server.open_connections >= server.config.max_clients:
@@ -170,23 +198,25 @@ class IRCDoor:
             await self._refuse(stream, "Server full, try again later")
             return
         if server.ssl_context is not None:
-            secure = await server._handshake(stream, server.ssl_context)
+            secure = await server.handshake(stream, refusal=TLS_REFUSAL)
             if secure is None:
                 return
-            if server._shutdown.is_set():
+            if server.shutting_down:
                 await self._refuse(secure, SHUTDOWN_TEXT)
                 return
             stream = secure
         connection = IRCConnection(self, stream)
-        server._connections.add(connection)  # type: ignore[arg-type]
         server.stats.irc_connections += 1
+        server.add_connection(connection)
+        self._connections.add(connection)
         try:
             await connection.run()
         except Exception:
             log.exception("IRC connection %s failed", connection.peer)
         finally:
             server.stats.irc_connections -= 1
-            server._connections.discard(connection)
+            self._connections.discard(connection)
+            server.remove_connection(connection)
 
 
 class IRCConnection(DoorConnection):
@@ -195,6 +225,7 @@ class IRCConnection(DoorConnection):
     __slots__ = (
         "_bucket",
         "_framer",
+        "_heard",
         "_paced_until",
         "door",
         "irc",
@@ -206,11 +237,13 @@ class IRCConnection(DoorConnection):
         self.stream = stream
         config = server.config
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        self.send = Outbox(self, server._flusher, config.send_queue, fd)
+        self.send = Outbox(self, server.flusher, config.send_queue, fd)
         self._nursery: trio.Nursery | None = None
         self._framer = wire.IRCFramer()
         self._bucket: TokenBucket | None = None
         self._paced_until = -math.inf
+        self._heard = trio.current_time()
+        """When the client last sent something (the door's PINGs go by it)."""
         self.reason = "connection lost"
         self.peer = peer_name(stream)
         self.irc = IRCSession(
@@ -314,14 +347,35 @@ class IRCConnection(DoorConnection):
 
     # --- reading --------------------------------------------------------------------
 
+    def quiet(self, now: float) -> None:
+        """The client on a plain socket was quiet for ``ping_interval``: PING it, or, if it
+        did not answer the last PING, stop reading as at EOF (its ERROR is still sent)."""
+        self._heard = now
+        outputs = self.irc.idle()
+        if not outputs:
+            return  # PINGed; or closed before, and then its socket may be gone already
+        # It did not answer: the session closed just now, while its reader still waits.
+        for output in outputs:
+            match output:
+                case s.Unclaim(name):
+                    self.server.backplane.unclaim(name)
+                case s.Close(reason):
+                    self.reason = reason
+        trio.lowlevel.notify_closing(self.send.fd)  # the reader's wait ends
+
     async def _receive(self) -> bool:
         """The next bytes, or a PING when the client is quiet; False once it is gone."""
+        if self.send.fd >= 0:
+            # The door's _ping_quiet keeps the time: no timer here.
+            data = b"" if self.irc.closed else await self._receive_data()
+            if not data:
+                return False
+            self._heard = trio.current_time()
+            self._framer.receive_data(data)
+            return True
         while True:
             with trio.move_on_after(self.door.config.ping_interval):
-                try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return False
+                data = await self._receive_data()
                 if not data:
                     return False
                 self._framer.receive_data(data)
@@ -348,10 +402,20 @@ class IRCConnection(DoorConnection):
         while (events := await self._next_events()) is not None:
             if not await self._handle(events):
                 return
+            events = None  # not kept while the client is idle (about 400 bytes)
 
     async def _handle(self, events: list[wire.Received]) -> bool:
         """Hand ``events`` to the session in runs that flood control lets through."""
         irc = self.irc
+        if self._bucket is None:  # no flood control: runs of BATCH_MESSAGES
+            for start in range(0, len(events), BATCH_MESSAGES):
+                if start:
+                    await trio.lowlevel.checkpoint()
+                if self._ended or not await self._receive_run(
+                    events[start : start + BATCH_MESSAGES]
+                ):
+                    return False
+            return bool(events) or not irc.closed
         run: list[wire.Received] = []
         for event in events:
             if self._ended:

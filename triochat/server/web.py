@@ -42,7 +42,7 @@ from wsproto.utilities import generate_accept_token
 
 from ..core import commands as c, events as ev, session as s
 from ..core._ratelimit import TokenBucket
-from ..core.resume import BAD_TOKEN, TOO_MANY, ResumableSession
+from ..core.resume import BAD_TOKEN, TOO_MANY, ResumableSession, token_digest
 from ..protocol import line as p, v2, web as w
 from .outbox import Flusher, Outbox
 
@@ -452,7 +452,6 @@ class _WebSocket:
         self._bucket: TokenBucket | None = None
         self._says: list[str] = []
         self._says_room: str | None = None
-        self._welcome: ev.Welcome | None = None
 
     @property
     def member(self) -> Member | None:
@@ -734,34 +733,20 @@ class _WebSocket:
     async def _resume(self, resumption: v2.Resume) -> bool:
         """Take the held member of a token back, each room from where the page was;
         False if the token is not valid (the page registers anew, or is closed)."""
-        outputs = self.session.resume(resumption)
+        # The welcome and the replay are in the outbox when the session is done (no
+        # await comes between them, so nothing live can); a bad token waits its delay.
+        await self._carry_out(self.session.resume(resumption))
         member = self.member
         if member is None or self.session.state is not s.State.CHATTING:
-            # One clear refusal, the same for every bad token; the name question is
-            # for line clients (this register's name is the answer to it).
-            refused: list[s.Output] = [
-                ev.Error(BAD_TOKEN.partition(";")[0]) if o == ev.Error(BAD_TOKEN) else o
-                for o in outputs
-            ]
-            await self._carry_out(refused)
             return False
         member.hang_up = partial(self.close, w.CLOSE_EXPELLED, "Session ended by the server")
-        welcome, *rest = outputs
-        assert isinstance(welcome, ev.Welcome)
-        self._welcome = welcome
         self._tell_raw(self._registered(member, resumed=True))
-        # No await before the replay is queued: nothing live can come between.
-        await self._carry_out(rest)
         self.hub.flush()
         return True
 
     def _registered(self, member: Member, *, resumed: bool) -> bytes:
-        """The page is in as ``member``, with the token that takes it back (:meth:`_resume`)."""
-        welcome = self._welcome
-        assert welcome is not None  # every way in gives a token
-        self._welcome = None
+        """The page is in as ``member`` (its token came just before, in ``welcome``)."""
         message = {"type": "registered", "name": member.name, "resumed": resumed}
-        message.update(token=welcome.token, grace=welcome.grace)
         return self.door.dialect.render_one(message)
 
     async def _command(self, member: Member, command: c.Command | v2.Ack) -> None:
@@ -785,9 +770,9 @@ class _WebSocket:
         session = self.session
         events: list[ev.Event] = []
         for output in outputs:
-            if isinstance(output, ev.Welcome):
-                self._welcome = output  # the token goes in the "registered" message
-                continue
+            if output == ev.Error(BAD_TOKEN):
+                # The name question is for line clients: this register's name answers it.
+                output = ev.Error(BAD_TOKEN.partition(";")[0])
             if not isinstance(output, s.EFFECTS):
                 # Prompts are for line clients; the page has its own fields.
                 if not (isinstance(output, ev.Notice) and output.text in _PROMPTS):
@@ -806,12 +791,18 @@ class _WebSocket:
                     await self._carry_out(session.claim_result(claim))
                 case s.Unclaim(name):
                     server.backplane.unclaim(name)
-                case s.Wait(seconds):
-                    server.stats.wrong_passwords += 1
-                    log.warning("wrong password from web %s (next in %g s)", self.address, seconds)
+                case s.Wait(seconds, what):
+                    if what == "password":
+                        server.stats.wrong_passwords += 1
+                    log.warning("wrong %s from web %s (next in %g s)", what, self.address, seconds)
                     await trio.sleep(seconds)
                     if session.state is not s.State.CLOSED:
                         await self._carry_out(session.delay_elapsed())
+                case s.TakeOver(token, positions):
+                    handover = await server.backplane.take_over(
+                        token_digest(token), positions, self.door.dialect
+                    )
+                    await self._carry_out(session.taken_over(handover))
                 case s.AccountCall(request):
                     assert server.accounts is not None
                     outcome = await server.accounts.perform(request)

@@ -433,8 +433,6 @@ function receive(m) {
       state.down = null;
       state.name = m.name;
       state.wanted = null;
-      state.token = m.token;
-      send({ type: "ack", token: m.token }); // the old token is no good from now on
       if (!m.resumed) {
         // A new member: each room's history comes again, then our own "joined".
         for (const c of state.convs.values()) {
@@ -469,6 +467,11 @@ function receive(m) {
       break;
     case "private":
       privateMessage(m);
+      break;
+    case "welcome":
+      // Our new resume token (registered, or taken back): the old one is no good now.
+      state.token = m.token;
+      send({ type: "ack", token: m.token });
       break;
     case "room": {
       // Where a room we entered stands: its epoch, and its last number.
