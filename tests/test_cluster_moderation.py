@@ -219,3 +219,30 @@ async def test_after_redis_loses_its_data_the_nodes_seed_it_again(
         assert b.accounts.registered("ann")
     finally:
         await redis.stop()
+
+
+async def test_operators_and_away_members_on_another_node_are_marked_there(
+    start: Start, cluster: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, port_a = await start("root", "ann")
+    b, port_b = await start()
+    ann = await login(port_a, "ann", "#den")  # its creator: an operator of #den
+    await wait_until(lambda: b.hub.moderation.is_op("#den", "ann"))
+    await ann.send("/away lunch")
+    await ann.until("* You are away: lunch")
+    bob = await named(port_b, "bob")
+    await join(bob, "bob", "#den")
+    await wait_until(lambda: b.hub.away_of("ann") == "lunch")
+    await bob.send("/users")
+    await bob.until("* Users in #den: @ann (away), bob")
+    await bob.send("/msg ann are you there")
+    await bob.until("* ann is away: lunch")
+
+    # Someone else on the channel says mallory, identified as ann, is on A: not A's word.
+    node_a = a.backplane.node_id  # type: ignore[attr-defined]
+    forged = f'evil\t1\n["P","{node_a}","mallory","mallory",["#den"],"ann",null]\n'
+    async with coredis.Redis.from_url(TEST_REDIS) as client:
+        await client.publish(f"triochat:{cluster}:events", forged.encode())
+    await wait_until(lambda: "ignoring node evil's word on a user of node" in caplog.text)
+    await bob.send("/users")
+    await bob.until("* Users in #den: @ann (away), bob")

@@ -17,7 +17,16 @@ from .base import (
     Claim as Claim,
     LocalMember as LocalMember,
     Node as Node,
+    RemoteUser as RemoteUser,
 )
 from .local import LocalBackplane as LocalBackplane
 
-__all__ = ["Backplane", "BackplaneError", "Claim", "LocalBackplane", "LocalMember", "Node"]
+__all__ = [
+    "Backplane",
+    "BackplaneError",
+    "Claim",
+    "LocalBackplane",
+    "LocalMember",
+    "Node",
+    "RemoteUser",
+]

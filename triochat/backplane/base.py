@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import trio
@@ -38,6 +39,17 @@ class Claim(enum.Enum):
     """The rest of the chat could not be asked; try again later."""
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteUser:
+    """A user connected to another node, as far as its marks go."""
+
+    name: str
+    account: str | None
+    """The key of the account it proved is its own, if any (to mark operators)."""
+    away: str | None
+    """Why it is away, if it is."""
+
+
 class LocalMember(Protocol):
     """What a backplane may read of a hub's member."""
 
@@ -49,6 +61,12 @@ class LocalMember(Protocol):
 
     @property
     def room_names(self) -> Iterable[str]: ...
+
+    @property
+    def account(self) -> str | None: ...
+
+    @property
+    def away(self) -> str | None: ...
 
 
 class Node(Protocol):
@@ -155,8 +173,20 @@ class Backplane(Protocol):
         (one winner of two at once); then every node hears of it (:meth:`Node.deliver_state`)."""
         ...
 
-    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
-        """A local member is now in ``rooms`` (``None``: gone, and its name is released)."""
+    def presence(
+        self,
+        key: str,
+        name: str,
+        rooms: Iterable[str] | None,
+        account: str | None = None,
+        away: str | None = None,
+        /,
+    ) -> None:
+        """A local member is now in ``rooms`` (``None``: gone, and its name is released),
+        identified as ``account`` and away for ``away`` (the other nodes mark it so).
+
+        Called when one of these changes, never per line: presence changes are rare.
+        """
         ...
 
     def occupy(self, room: str, /) -> None:
@@ -178,6 +208,14 @@ class Backplane(Protocol):
 
     def remote_users(self, room: str, /) -> list[str]:
         """Names of the users in ``room`` on other nodes."""
+        ...
+
+    def remote_marked(self, room: str, /) -> list[RemoteUser]:
+        """The users in ``room`` on other nodes that are identified or away (to mark them)."""
+        ...
+
+    def remote_away(self, key: str, /) -> str | None:
+        """Why the user on another node holding ``key`` is away, if it is."""
         ...
 
     def remote_rooms(self) -> dict[str, int]:

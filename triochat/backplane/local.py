@@ -13,7 +13,7 @@ import trio
 
 from ..core.events import Private, RoomEvent
 from ..core.modstate import AccountSet, Change
-from .base import Claim, Node
+from .base import Claim, Node, RemoteUser
 
 
 class LocalBackplane:
@@ -42,7 +42,15 @@ class LocalBackplane:
     async def claim_account(self, entry: AccountSet, /) -> Claim:
         return Claim.CLAIMED  # The --db file's primary key decides.
 
-    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
+    def presence(
+        self,
+        key: str,
+        name: str,
+        rooms: Iterable[str] | None,
+        account: str | None = None,
+        away: str | None = None,
+        /,
+    ) -> None:
         pass
 
     def occupy(self, room: str, /) -> None:
@@ -56,6 +64,12 @@ class LocalBackplane:
 
     def remote_users(self, room: str, /) -> list[str]:
         return []
+
+    def remote_marked(self, room: str, /) -> list[RemoteUser]:
+        return []
+
+    def remote_away(self, key: str, /) -> str | None:
+        return None
 
     def remote_rooms(self) -> dict[str, int]:
         return {}

@@ -26,7 +26,7 @@ from ..core.events import Private, RoomEvent, kept_in_history
 from ..core.modstate import AccountSet, Change, State
 from ..core.names import name_key
 from ..protocol.line import LOBBY
-from .base import BackplaneError, Claim, Node
+from .base import BackplaneError, Claim, Node, RemoteUser
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,8 @@ class _User:
     backplane: MemoryBackplane
     name: str
     rooms: tuple[str, ...]
+    account: str | None = None
+    away: str | None = None
 
 
 class MemoryCluster:
@@ -213,7 +215,15 @@ class MemoryBackplane:
         self.cluster._change(entry)
         return Claim.CLAIMED
 
-    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
+    def presence(
+        self,
+        key: str,
+        name: str,
+        rooms: Iterable[str] | None,
+        account: str | None = None,
+        away: str | None = None,
+        /,
+    ) -> None:
         cluster = self.cluster
         if rooms is None:
             user = cluster.users.get(key)
@@ -222,7 +232,7 @@ class MemoryBackplane:
             if cluster.names.get(key) is self:
                 del cluster.names[key]
         else:
-            cluster.users[key] = _User(self, name, tuple(rooms))
+            cluster.users[key] = _User(self, name, tuple(rooms), account, away)
             cluster.names[key] = self
 
     def occupy(self, room: str, /) -> None:
@@ -241,6 +251,17 @@ class MemoryBackplane:
 
     def remote_users(self, room: str, /) -> list[str]:
         return [u.name for u in self._others() if room in u.rooms]
+
+    def remote_marked(self, room: str, /) -> list[RemoteUser]:
+        return [
+            RemoteUser(u.name, u.account, u.away)
+            for u in self._others()
+            if (u.account is not None or u.away is not None) and room in u.rooms
+        ]
+
+    def remote_away(self, key: str, /) -> str | None:
+        user = self.cluster.users.get(key)
+        return user.away if user is not None and user.backplane is not self else None
 
     def remote_rooms(self) -> dict[str, int]:
         return dict(Counter(room for u in self._others() for room in u.rooms))
