@@ -459,13 +459,15 @@ def scale(args: WorkerArgs, barrier: Any) -> dict[str, Any]:
             client.marker_at = 0.0
         sender = next((c for c in engine.clients.values() if c.index == 0), None)
         barrier.wait()
-        sent_at = 0.0
+        sent_at, broadcast_cpu = 0.0, cpu_seconds()
         if sender is not None:
             sent_at = now()
             engine.send(sender, chat_line(sender.door, marker.decode()))
         others = [c for c in engine.clients.values() if c.index != 0]
         engine.run_until(lambda: all(c.marker_at for c in others), now() + p["timeout"])
+        broadcast_cpu = cpu_seconds() - broadcast_cpu
         result = {
+            "broadcast_cpu": broadcast_cpu,
             "start": start,
             "registered": registered,
             "cpu": cpu,

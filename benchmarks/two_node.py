@@ -2,6 +2,10 @@
 
 Usage: ``python benchmarks/two_node.py [--clients 60] [--senders 4] [--messages 250]``
 
+``--baseline TREE`` (another checkout, e.g. ``main``) runs the linked cases with that
+tree's nodes and this one's in turn, ``--rounds`` times, in the same run: the way to
+measure what a change costs on a machine shared with other work.
+
 Everything runs on 127.0.0.1. The benchmark starts its own ``redis-server`` on
 a free port (so nothing else shares it), measures Redis's own publish rate
 with ``redis-benchmark -t publish`` in the same run, then starts the triochat
@@ -59,12 +63,14 @@ class Result:
         return f"| {self.name} | {self.deliveries} | {rate:,.0f} | {p50:.1f} | {p99:.1f} |"
 
 
-async def start_node(redis_url: str | None, cluster: str) -> tuple[trio.Process, int]:
+async def start_node(
+    redis_url: str | None, cluster: str, tree: Path = REPO
+) -> tuple[trio.Process, int]:
     command = [sys.executable, "-m", "triochat", "serve", "--port", "0", "--rate", "0"]
     command += ["--log-level", "warning", "--send-queue", "65536"]
     if redis_url:
         command += ["--redis", redis_url, "--cluster", cluster]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     process = await trio.lowlevel.open_process(command, env=env, stdout=subprocess.PIPE)
     assert process.stdout is not None
     with trio.fail_after(15):
@@ -171,9 +177,21 @@ async def main(args: argparse.Namespace) -> None:
         publish = await trio.to_thread.run_sync(redis_publish_rate, port, 2)
         results: list[Result] = []
         paced: list[Result] = []
-        cases = [("1 node, local", None, 1), ("1 node, Redis", url, 1), ("2 nodes, Redis", url, 2)]
-        for number, (name, redis_url, nodes) in enumerate(cases):
-            processes = [await start_node(redis_url, f"bench{number}") for _ in range(nodes)]
+        cases = [
+            ("1 node, local", None, 1, REPO),
+            ("1 node, Redis", url, 1, REPO),
+            ("2 nodes, Redis", url, 2, REPO),
+        ]
+        if args.baseline is not None:
+            base = Path(args.baseline)
+            cases = [
+                (f"{name}, {label} #{round_ + 1}", url, nodes, tree)
+                for round_ in range(args.rounds)
+                for label, tree in (("baseline", base), ("this tree", REPO))
+                for name, nodes in (("1 node, Redis", 1), ("2 nodes, Redis", 2))
+            ]
+        for number, (name, redis_url, nodes, tree) in enumerate(cases):
+            processes = [await start_node(redis_url, f"bench{number}", tree) for _ in range(nodes)]
             try:
                 ports = [p for _, p in processes]
                 results.append(
@@ -220,4 +238,6 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=250)
     parser.add_argument("--rate", type=float, default=100, help="paced run: lines/s offered")
     parser.add_argument("--paced", type=int, default=50, help="paced run: lines per sender")
+    parser.add_argument("--baseline", help="another tree: its nodes and ours in turn")
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: rounds")
     trio.run(main, parser.parse_args())

@@ -15,6 +15,7 @@ from triochat.backplane import Claim, LocalBackplane
 from triochat.core import events as ev
 from triochat.core.hub import Hub, Member
 from triochat.protocol import line as p
+from triochat.protocol.v2 import V2Dialect
 
 LINE = p.LineDialect()
 T0 = 1_700_000_000.0
@@ -29,7 +30,7 @@ class RecordingNode:
     def __init__(self) -> None:
         self.delivered: list[Sequence[ev.RoomEvent]] = []
 
-    def deliver(self, events: Sequence[ev.RoomEvent], /) -> None:
+    def deliver(self, events: Sequence[ev.RoomEvent], /, epoch: str | None = None) -> None:
         self.delivered.append(events)
 
     def __getattr__(self, name: str) -> Any:
@@ -188,7 +189,7 @@ def test_a_hub_publishes_room_events_and_shows_them_only_when_delivered() -> Non
     (said,) = fake.published[-1]
     assert isinstance(said, ev.Said)
     assert (said.room, said.name, said.text) == ("#lobby", "ann", "hi")
-    hub.deliver(fake.published[-1])
+    hub.deliver(fake.published[-1], "e1")
     assert _drain(inbox)[-1].endswith("<ann> hi")
     _do(hub, ann, p.Rooms())
     assert _drain(inbox) == ["* Rooms: #far (2), #lobby (2)"]
@@ -205,19 +206,41 @@ def test_a_hub_publishes_room_events_and_shows_them_only_when_delivered() -> Non
     assert fake.presences[-1] == ("ann", "ann", None)
 
 
-def test_a_hub_takes_the_numbering_of_events_from_other_nodes() -> None:
+def test_in_a_cluster_the_hub_takes_the_clusters_numbers_and_epoch() -> None:
     fake = FakeBackplane()
     hub = Hub(clock=lambda: T0, backplane=fake)  # type: ignore[arg-type]
     ann, _ = _member(hub, "ann")
-    hub.deliver([ev.Said(p.LOBBY, 41, T0, "Zed", "from afar")])
+    v2 = LineUser(hub, "bo", V2Dialect())
+    # The cluster numbers: what the hub publishes is unnumbered.
+    assert [event.seq for events in fake.published for event in events] == [0, 0]
+    _drain(v2.inbox)
+    hub.deliver([ev.Said(p.LOBBY, 41, T0, "Zed", "from afar")], "c1a5")
+    # A new epoch is told, before the events, to those who resume.
+    assert _drain(v2.inbox)[:2] == [
+        "room room=#lobby epoch=c1a5 seq=40",
+        "said room=#lobby seq=41 time=2023-11-14T22:13:20.000Z name=Zed :from afar",
+    ]
+    assert hub.room_state(p.LOBBY) == ev.RoomState(p.LOBBY, "c1a5", 41)
     _do(hub, ann, p.Say("next"))
-    assert fake.published[-1][0].seq == 42
+    assert fake.published[-1][0].seq == 0
+    hub.deliver([ev.Said(p.LOBBY, 42, T0, "ann", "next")], "c1a5")
+    assert _drain(v2.inbox)[-1].endswith("seq=42 time=2023-11-14T22:13:20.000Z name=ann :next")
+    # Delivered here alone (the link is down): numbered here, in an epoch of this node's.
+    hub.deliver([ev.Said(p.LOBBY, 0, T0, "ann", "alone")])
+    state = hub.room_state(p.LOBBY)
+    assert state is not None
+    assert state.epoch != "c1a5"
+    assert state.seq == 43
+    assert _drain(v2.inbox) == [
+        f"room room=#lobby epoch={state.epoch} seq=42",
+        "said room=#lobby seq=43 time=2023-11-14T22:13:20.000Z name=ann :alone",
+    ]
 
 
 def test_history_from_the_backplane_outlives_local_members() -> None:
     hub = Hub(history=2, backplane=FakeBackplane())  # type: ignore[arg-type]
     for i in range(3):
-        hub.deliver([ev.Said("#far", i + 1, T0, "zed", f"line {i}")])
+        hub.deliver([ev.Said("#far", i + 1, T0, "zed", f"line {i}")], "e1")
     assert [e.text for e in hub.recent("#far", 5)] == ["line 1", "line 2"]  # type: ignore[union-attr]
     hub.replace_histories({p.LOBBY: [ev.Said(p.LOBBY, 1, T0, "zed", "old")]})
     assert hub.history_rooms() == [p.LOBBY]
@@ -230,7 +253,7 @@ def test_a_rooms_history_stays_until_the_cluster_drops_it() -> None:
     hub = Hub(backplane=fake)  # type: ignore[arg-type]
     ann, _ = _member(hub, "ann")
     _do(hub, ann, p.Join("#tmp"))
-    hub.deliver([ev.Said("#tmp", 2, T0, "ann", "said")])
+    hub.deliver([ev.Said("#tmp", 2, T0, "ann", "said")], "e1")
     _do(hub, ann, p.Join(p.LOBBY))
     # The lobby is never held; a room is held while a member here is in it.
     assert fake.holds == [("occupy", "#tmp"), ("vacate", "#tmp")]
@@ -243,7 +266,7 @@ def test_a_drop_that_raced_a_join_here_is_reported_and_undone() -> None:
     hub = Hub(backplane=FakeBackplane())  # type: ignore[arg-type]
     ann, inbox = _member(hub, "ann")
     said = ev.Said("#tmp", 1, T0, "zed", "said")
-    hub.deliver([said])
+    hub.deliver([said], "e1")
     _do(hub, ann, p.Join("#tmp"))
     assert _drain(inbox)[-2].endswith("<zed> said")  # The joiner got the history...
     # ... and is in the room when the drop arrives: the backplane should undo it.
@@ -251,7 +274,7 @@ def test_a_drop_that_raced_a_join_here_is_reported_and_undone() -> None:
     assert hub.recent("#tmp", 5) == []
     hub.set_history("#tmp", [said])
     more = ev.Said("#tmp", 3, T0, "zed", "more")
-    hub.deliver([more])
+    hub.deliver([more], "e1")
     assert hub.recent("#tmp", 5) == [said, more]
 
 
@@ -261,7 +284,7 @@ def test_without_a_link_a_node_forgets_a_room_with_its_last_member_here() -> Non
     hub = Hub(backplane=fake)  # type: ignore[arg-type]
     ann, _ = _member(hub, "ann")
     _do(hub, ann, p.Join("#tmp"))
-    hub.deliver([ev.Said("#tmp", 2, T0, "ann", "said")])
+    hub.deliver([ev.Said("#tmp", 2, T0, "ann", "said")], "e1")
     _do(hub, ann, p.Join(p.LOBBY))
     assert hub.history_rooms() == ["#lobby"]
 
@@ -271,7 +294,7 @@ def test_replacing_histories_forgets_rooms_the_cluster_dropped() -> None:
     ann, _ = _member(hub, "ann")
     _do(hub, ann, p.Join("#here"))
     for room in ("#here", "#gone"):
-        hub.deliver([ev.Said(room, 5, T0, "zed", "old")])
+        hub.deliver([ev.Said(room, 5, T0, "zed", "old")], "e1")
     hub.replace_histories({"#kept": [ev.Said("#kept", 1, T0, "zed", "kept")]})
     # A room with a member here stays, empty: it starts again.
     assert hub.history_rooms() == ["#here", "#kept", "#lobby"]

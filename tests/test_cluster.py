@@ -17,12 +17,15 @@ from typing import Any
 
 import pytest
 import trio
+from _proxy import Proxy
+from _v2 import V2Client, resume
 from redis_support import (
     FAST,
     TEST_REDIS,
     RedisServer,
     answers,
     cluster_keys,
+    coredis,
     delete_cluster_keys,
     expect,
     quiet,
@@ -32,11 +35,12 @@ from redis_support import (
     unique_cluster,
     wait_until,
 )
+from test_reconnect import joined, lines_of
 
 from triochat import ChatServer, ServerConfig
 from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.client.connection import ChatClient, ConnectionClosed, NameRejected, open_chat_client
-from triochat.core.events import Said
+from triochat.core.events import RoomState, Said
 from triochat.core.hub import LINK_DOWN, LINK_UP
 
 REPO = Path(__file__).resolve().parent.parent
@@ -248,7 +252,13 @@ async def test_a_rooms_history_goes_with_its_last_member_anywhere(
     await ann.send_line("/join #other")
     await expect(ben, "* ann left #tmp (joined #other)")
     assert isinstance(server_b.backplane, RedisBackplane)
-    kept = {"history:#tmp": set(), "holders:#tmp": {server_b.backplane.node_id}, "rooms": {"#tmp"}}
+    kept = {
+        "history:#tmp": set(),
+        "holders:#tmp": {server_b.backplane.node_id},
+        "rooms": {"#tmp"},
+        "numbers:#tmp": set(),
+        "resume:#tmp": set(),
+    }
     await room_keys_become(redis_url, cluster, "#tmp", kept)
     assert server_a.hub.history_rooms() == ["#lobby", "#other", "#tmp"]
     assert server_b.hub.history_rooms() == ["#lobby", "#tmp"]
@@ -293,7 +303,13 @@ async def test_a_join_that_races_the_drop_keeps_the_history(
         await wait_until(lambda: "#tmp" not in server_a.hub.history_rooms())
         await wait_until(lambda: not server_b.hub.recent("#tmp", 5))  # B has seen the drop.
     # Ben was in the room all along, so node B undoes the drop, everywhere.
-    kept = {"history:#tmp": set(), "holders:#tmp": {backplane_b.node_id}, "rooms": {"#tmp"}}
+    kept = {
+        "history:#tmp": set(),
+        "holders:#tmp": {backplane_b.node_id},
+        "rooms": {"#tmp"},
+        "numbers:#tmp": set(),
+        "resume:#tmp": set(),
+    }
     await room_keys_become(redis_url, cluster, "#tmp", kept)
     for server in (server_a, server_b):
         await wait_until(lambda server=server: server.hub.history_rooms()[-1] == "#tmp")  # type: ignore[misc]
@@ -334,8 +350,10 @@ async def test_shutdown_announces_departures_and_cleans_up(
     await expect(ben, "* ann left #lobby (server shutdown)")
     await (await join(port_b)).register("ann")
     server_b.shutdown()
-    # What stays is the shared history (and the list of rooms that have some).
-    kept = {f"triochat:{cluster}:{key}".encode() for key in ("history:#lobby", "rooms")}
+    # What stays is the shared history (and the list of rooms that have some), and the
+    # lobby's numbering (its epoch, last number and resume list).
+    stays = ("history:#lobby", "rooms", "numbers:#lobby", "resume:#lobby")
+    kept = {f"triochat:{cluster}:{key}".encode() for key in stays}
     with trio.fail_after(5):
         while set(await cluster_keys(redis_url, cluster)) != kept:  # noqa: ASYNC110
             await trio.sleep(0.05)
@@ -351,7 +369,8 @@ async def test_a_heartbeat_during_shutdown_does_not_bring_the_node_back(
         server.shutdown()
         backplane = server.backplane
         await wait_until(lambda: not backplane.linked)  # type: ignore[attr-defined]  # noqa: B023 - awaited in this pass
-    kept = {f"triochat:{cluster}:{key}".encode() for key in ("history:#lobby", "rooms")}
+    stays = ("history:#lobby", "rooms", "numbers:#lobby", "resume:#lobby")
+    kept = {f"triochat:{cluster}:{key}".encode() for key in stays}
     with trio.fail_after(5):
         while set(await cluster_keys(redis_url, cluster)) - kept:  # noqa: ASYNC110
             await trio.sleep(0.05)
@@ -511,3 +530,150 @@ async def test_names_taken_twice_during_an_outage_are_reconciled(
     await ann.send_line("/users")
     line = await expect(ann, lambda line: line.startswith("* Users in #lobby:"))
     assert line.lower().count("zed") == 1
+
+
+async def test_redis_numbers_every_rooms_events_for_all_nodes(
+    start_node: StartNode, join: Join, redis_url: str, cluster: str
+) -> None:
+    server_a, port_a = await start_node()
+    server_b, port_b = await start_node()
+    ann = await join(port_a, "ann")
+    ben = await join(port_b, "ben")
+    await expect(ann, "* ben joined #lobby")
+    count = 30
+
+    async def send(client: ChatClient, tag: str) -> None:
+        for i in range(count):
+            await client.send_line(f"{tag} {i}")
+
+    async with trio.open_nursery() as nursery:  # Both nodes publish at once.
+        nursery.start_soon(send, ann, "a")
+        nursery.start_soon(send, ben, "b")
+    await expect(ann, f"<ben> b {count - 1}")
+    await expect(ben, f"<ann> a {count - 1}")
+    await wait_until(lambda: server_a.hub.room_state("#lobby") == server_b.hub.room_state("#lobby"))
+    state = server_a.hub.room_state("#lobby")
+    assert state is not None
+    assert state.seq == 2 + 2 * count  # two joins and the lines: each number once
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        numbers = await client.hgetall(f"triochat:{cluster}:numbers:#lobby")
+        assert numbers == {"epoch": state.epoch, "seq": str(state.seq)}
+        # As a Redis that lost its data: the room's numbering is made anew, in a new epoch.
+        await client.delete([f"triochat:{cluster}:numbers:#lobby"])
+    await ann.send_line("after the loss")
+    await expect(ben, "<ann> after the loss")
+    await wait_until(lambda: server_b.hub.room_state("#lobby") == server_a.hub.room_state("#lobby"))
+    after = server_b.hub.room_state("#lobby")
+    assert after is not None
+    assert after.epoch != state.epoch
+    assert after.seq == 1
+
+
+async def test_a_v2_member_cut_on_one_node_resumes_on_another_over_redis(
+    start_node: StartNode, join: Join, redis_url: str, cluster: str
+) -> None:
+    server_a, port_a = await start_node()
+    server_b, port_b = await start_node()
+    bob = await join(port_b, "bob")
+    alice = V2Client(await trio.open_tcp_stream("127.0.0.1", port_a))
+    await alice.register("alice")
+    await alice.parsed("joined")  # after the room's epoch, as Redis gave it
+    await expect(bob, "* alice joined #lobby")
+    await alice.send("/join #solo")  # a room only it is in, on node A only
+    await alice.parsed("joined")
+    await alice.send("/to #solo a note")
+    await alice.parsed("said")
+    solo = alice.positions["#solo"]
+    await alice.cut()
+    await wait_until(lambda: server_a.tokens.held == 1)
+    await bob.send_line("while you were away")
+    await expect(bob, "<bob> while you were away")
+    other = V2Client(await trio.open_tcp_stream("127.0.0.1", port_b))
+    await other.hello()
+    await other.send("alice")  # held on node A: the name is still taken, cluster-wide
+    assert (await other.until("error"))[-1] == "error :Name alice is taken, choose another"
+
+    async def connect_b() -> V2Client:
+        return V2Client(await trio.open_tcp_stream("127.0.0.1", port_b))
+
+    again = await resume(connect_b, alice)
+    lines = await again.parsed("resumed")
+    lines += await again.parsed("resumed")
+    assert [(line.kind, line.text) for line in lines] == [
+        ("welcome", None),
+        ("said", "while you were away"),
+        ("resumed", None),
+        ("resumed", None),
+    ]
+    assert (lines[-1]["room"], lines[-1]["epoch"], lines[-1].number("seq")) == ("#solo", *solo)
+    await again.send("/to #lobby back on b")
+    seen = await expect(bob, lambda line: "alice" in line)
+    assert seen.endswith("<alice> back on b")  # no left, no joined before it
+    assert isinstance(server_a.backplane, RedisBackplane)
+    assert isinstance(server_b.backplane, RedisBackplane)
+    node_b = server_b.backplane.node_id
+    await wait_until(lambda: server_a.hub.member("alice") is None)
+    # Node B held #solo from the takeover on: node A letting go of it dropped nothing.
+    solo_kept = {
+        "history:#solo": set(),
+        "holders:#solo": {node_b},
+        "rooms": {"#solo"},
+        "numbers:#solo": set(),
+        "resume:#solo": set(),
+    }
+    await room_keys_become(redis_url, cluster, "#solo", solo_kept)
+    assert server_b.hub.room_state("#solo") == RoomState("#solo", *solo)
+    assert [e.text for e in server_b.hub.recent("#solo", 5)] == ["a note"]  # type: ignore[union-attr]
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        prefix = f"triochat:{cluster}:"
+        assert (await client.get(prefix + "name:alice") or "").startswith(node_b + ":")
+        # Only digests: no key and no value holds a token.
+        stored = [key async for key in client.scan_iter(match=prefix + "*")]
+        for key in stored:
+            assert alice.token not in key
+            assert again.token not in key
+            if await client.type(key) == "string":
+                assert alice.token not in (await client.get(key) or "")
+        (token_key,) = [key async for key in client.scan_iter(match=prefix + "token:*")][:1]
+        entry = await client.get(token_key)
+        assert entry is not None
+        assert await client.hget(prefix + "resumable:" + entry, "node") == node_b
+    # Node A's grace ending now finds the member another node's: it does nothing.
+    assert await server_a.backplane.expire(entry) is False
+    await again.send("/quit")
+    await expect(bob, "* alice left #lobby (quit)")
+    for client in (other, again):
+        await client.cut()
+
+
+async def test_triochat_join_cut_again_and_again_moves_between_nodes_without_a_gap(
+    start_node: StartNode, join: Join, nursery: trio.Nursery
+) -> None:
+    _, port_a = await start_node()
+    _, port_b = await start_node()
+    proxy: Proxy = await nursery.start(Proxy(port_a).run)
+    ann = await join(port_b, "ann")
+    ben = await join(port_a, "ben")
+    with trio.fail_after(60):
+        async with joined(proxy.port, "dave") as (proc, out):
+            await out.until("* dave joined #lobby")
+            seen_by_ben = await lines_of(ben, "* dave joined #lobby")
+            number = 0
+            for cut in range(4):
+                for _ in range(100):
+                    await ann.send_line(f"line {number}")
+                    number += 1
+                await out.until(f"<ann> line {number - 50}")  # mid-flood
+                proxy.target = port_b if cut % 2 == 0 else port_a  # it comes back elsewhere
+                assert proxy.cut() == 1
+            await ann.send_line("done")
+            await out.until("<ann> done")
+            seen_by_ben += await lines_of(ben, "<ann> done")
+            assert proxy.accepted == 5
+            assert proc.stdin is not None
+            await proc.stdin.aclose()
+            assert await proc.wait() == 0
+    said = [line.split("> ", 1)[1] for line in out.seen if "<ann> " in line]
+    assert said == [f"line {i}" for i in range(number)] + ["done"]
+    comings_and_goings = [line for line in seen_by_ben if "* dave " in line]
+    assert [line.split("] ", 1)[1] for line in comings_and_goings] == ["* dave joined #lobby"]

@@ -250,6 +250,34 @@ async def test_tls_with_the_servers_certificate(
     assert server.stats.tls_handshake_failures == 1
 
 
+async def test_a_tls_client_that_answers_its_pings_stays(
+    nursery: trio.Nursery,
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A TLS client keeps its own PING timer; the door's task for plain sockets leaves it be
+    (two PINGs for one quiet spell would drop a client that answers)."""
+    server_context, client_context = tls
+    server = ChatServer(ServerConfig(port=0, rate=0), ssl_context=server_context)
+    await nursery.start(server.serve)
+    door = IRCDoor(server, IRCConfig(port=0, name="irc.test", ping_interval=30))
+    [listener] = await nursery.start(door.serve)
+    port = listener.socket.getsockname()[1]
+    stream = trio.SSLStream(
+        await trio.open_tcp_stream("127.0.0.1", port), client_context, server_hostname="127.0.0.1"
+    )
+    opened(stream)
+    zoe = RawIRC(stream)  # type: ignore[arg-type]
+    await zoe.send("NICK zoe", "USER u 0 * :x", "JOIN #lobby")
+    await zoe.until("366")
+    for _ in range(3):  # three quiet spells, each PING answered
+        ping = await zoe.until("PING", within=100)
+        await zoe.send(f"PONG :{ping.params[0]}")
+    await zoe.send("PRIVMSG #lobby :still here")
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.hub.member("zoe") is not None
+
+
 async def test_a_client_that_does_not_read_is_evicted_as_too_slow(start: Start) -> None:
     server, line_port, irc_port = await start(rate=0, history=0, send_queue=32)
     sock = trio.socket.socket()

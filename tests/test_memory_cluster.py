@@ -245,3 +245,47 @@ async def test_a_join_that_overtakes_the_drop_keeps_the_history(start: StartNode
     cat = await a.join("cat")
     cat.do(p.Join("#tmp"))
     assert "<ann> worth keeping" in cat.lines()
+
+
+async def test_the_cluster_numbers_each_rooms_events_once_in_one_epoch(start: StartNode) -> None:
+    a, b = await two_nodes(start)
+    ann, ben = await a.join("ann"), await b.join("ben")
+    for i in range(3):  # Both nodes publish at once, as fast as they can.
+        ann.say(f"a{i}")
+        ben.say(f"b{i}", f"b{i}'")
+    await settle()
+    states = [node.hub.room_state(p.LOBBY) for node in (a, b)]
+    assert states[0] == states[1]
+    assert states[0] is not None
+    assert states[0].seq == 2 + 9  # two joins, nine lines: each number given once
+    seen = [[e.seq for e in node.hub.recent(p.LOBBY, 5)] for node in (a, b)]
+    assert seen[0] == seen[1] == list(range(7, 12))
+    # The cluster lost its data (a Redis restarted without persistence): a new epoch,
+    # so a client's old numbers can never be taken for the new ones.
+    a.backplane.cluster.lose_data()
+    ann.say("after")
+    await settle()
+    after = a.hub.room_state(p.LOBBY)
+    assert after == b.hub.room_state(p.LOBBY)
+    assert after is not None
+    assert after.epoch != states[0].epoch
+    assert after.seq == 1
+
+
+async def test_away_changes_take_no_number_in_the_cluster(start: StartNode) -> None:
+    a, b = await two_nodes(start)
+    ann, ben = await a.join("ann"), await b.join("ben")
+    await settle()
+    before = a.hub.room_state(p.LOBBY)
+    assert before is not None
+    ann.say("one")
+    a.hub.set_away(ann.member, "lunch")  # an Away event, through the channel like the lines
+    ben.say("two")
+    await settle()
+    after = b.hub.room_state(p.LOBBY)
+    assert after == a.hub.room_state(p.LOBBY)
+    assert after is not None
+    assert after.seq == before.seq + 2  # the two lines; the away change took no number
+    said = [e.seq for e in b.hub.recent(p.LOBBY, 5)]
+    assert said == [before.seq + 1, before.seq + 2]
+    assert all(e.seq for e in a.backplane.cluster.tails[p.LOBBY])  # nor is it kept to resume

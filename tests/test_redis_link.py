@@ -29,7 +29,7 @@ from triochat.protocol import line as p
 
 coredis = pytest.importorskip("coredis")
 
-from triochat.backplane.redis import RedisBackplane, RedisOptions  # noqa: E402
+from triochat.backplane.redis import RedisBackplane, RedisOptions, scripts  # noqa: E402
 from triochat.backplane.redis.link import describe, quiet_coredis  # noqa: E402
 from triochat.backplane.redis.replica import Replica  # noqa: E402
 from triochat.backplane.redis.wire import Whereabouts, decode_event  # noqa: E402
@@ -173,7 +173,8 @@ async def test_scripts_are_loaded_again_when_redis_forgot_them(
         assert await node.backplane.claim("ann") is Claim.CLAIMED
         assert await admin.get(f"triochat:{cluster}:name:ann") is not None
         await admin.script_flush()
-        # A release runs inside a transaction, whose scripts are checked first.
+        # A release runs inside a transaction: its NOSCRIPT loads them again, then it is
+        # written once more.
         node.backplane.unclaim("ann")
         with trio.fail_after(5):
             while await admin.get(f"triochat:{cluster}:name:ann") is not None:  # noqa: ASYNC110
@@ -289,3 +290,9 @@ def test_a_failure_whose_causes_loop_is_still_described() -> None:
     outer.__cause__ = inner
     inner.__cause__ = outer  # a cycle: the description must still end
     assert describe(outer) == "ConnectionError: Unable to connect (Connection refused)"
+
+
+async def test_every_script_compiles_and_is_loaded_by_its_sha(redis_url: str) -> None:
+    async with coredis.Redis.from_url(redis_url) as admin:
+        await scripts.load(admin)  # a Lua syntax error would raise here
+        assert all(await admin.script_exists([script.sha for script in scripts.ALL]))

@@ -8,127 +8,13 @@ closing its end without ``/quit``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from _v2 import resume, serving, v1_user
 
-from triochat import ChatServer, ServerConfig
 from triochat.protocol import v2
-
-WAIT = 100  # virtual seconds
-
-
-class Client:
-    """The far end of a memory stream the server serves: raw lines in, raw lines out."""
-
-    def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
-        self.stream = stream
-        self._buffer = b""
-
-    async def send(self, *lines: str) -> None:
-        await self.stream.send_all("".join(f"{line}\n" for line in lines).encode())
-
-    async def line(self) -> str | None:
-        with trio.fail_after(WAIT):
-            while b"\n" not in self._buffer:
-                data = await self.stream.receive_some()
-                if not data:
-                    return None
-                self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
-
-    async def until(self, last: str) -> list[str]:
-        """Every line up to and including one that starts with ``last``."""
-        lines: list[str] = []
-        while not lines or not lines[-1].startswith(last):
-            line = await self.line()
-            assert line is not None, f"closed before {last!r}: {lines}"
-            lines.append(line)
-        return lines
-
-    async def cut(self) -> None:
-        await self.stream.aclose()
-
-
-class V2Client(Client):
-    """A client that opted into v2, with what it knows of its rooms."""
-
-    token = ""
-    name = ""
-
-    def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
-        super().__init__(stream)
-        self.positions: dict[str, tuple[str, int]] = {}
-
-    async def parsed(self, last: str) -> list[v2.ServerLine]:
-        """The v2 lines up to one of kind ``last``; tracks epochs, numbers and the token."""
-        lines = [v2.parse_line(line) for line in await self.until(last + " ")]
-        for line in lines:
-            self.track(line)
-        return lines
-
-    def track(self, line: v2.ServerLine) -> None:
-        if line.kind == "welcome":
-            self.token, self.name = line["token"], line["name"]
-        elif line.kind in ("room", "resumed", "resume-failed"):
-            self.positions[line["room"]] = (line["epoch"], line.number("seq"))
-        elif "seq" in line.fields and line["room"] in self.positions:
-            epoch, seq = self.positions[line["room"]]
-            self.positions[line["room"]] = (epoch, max(seq, line.number("seq")))
-
-    async def hello(self) -> list[str]:
-        """Opt into v2 (after v1's welcome): the hello and the name question."""
-        first = await self.until("* What is your name?")
-        await self.send(v2.HELLO)
-        return [*first, *await self.until("notice :What is your name?")]
-
-    async def register(self, name: str) -> list[v2.ServerLine]:
-        await self.hello()
-        await self.send(name)
-        return await self.parsed("room")
-
-    def resume_line(self) -> str:
-        marks = " ".join(f"{room}={epoch}:{seq}" for room, (epoch, seq) in self.positions.items())
-        return f"/resume {self.token} {marks}"
-
-
-Connect = Callable[[], Awaitable[Client]]
-ConnectV2 = Callable[[], Awaitable[V2Client]]
-
-
-@asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[tuple[ChatServer, Connect, ConnectV2]]:
-    options.setdefault("rate", 0)
-    server = ChatServer(ServerConfig(port=0, **options))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-
-        def open_stream() -> trio.StapledStream[Any, Any]:
-            client, server_side = trio.testing.memory_stream_pair()
-            nursery.start_soon(server.handle_stream, server_side)
-            return client
-
-        async def connect() -> Client:
-            return Client(open_stream())
-
-        async def connect_v2() -> V2Client:
-            return V2Client(open_stream())
-
-        yield server, connect, connect_v2
-        server.shutdown()
-
-
-async def v1_user(connect: Connect, name: str) -> Client:
-    client = await connect()
-    await client.until("* What is your name?")
-    await client.send(name)
-    await client.until("[")  # its own join
-    return client
 
 
 async def test_v1_clients_see_no_change(autojump_clock: trio.testing.MockClock) -> None:
@@ -213,10 +99,7 @@ async def test_a_cut_within_the_grace_resumes_silently_and_loses_nothing(
         await bob.until("[")
         await bob.until("[")
         assert server.tokens.held == 1
-        again = await connect_v2()
-        again.token, again.positions = alice.token, dict(alice.positions)
-        await again.hello()
-        await again.send(again.resume_line())
+        again = await resume(connect_v2, alice)
         lines = await again.parsed("resumed")
         assert [(line.kind, line.text) for line in lines] == [
             ("welcome", None),
@@ -420,3 +303,109 @@ async def test_resume_attempts_is_the_limit(autojump_clock: trio.testing.MockClo
         while (line := await guesser.line()) is not None:
             lines.append(line)
         assert lines == ["error :Too many bad resume tokens, closing"]
+
+
+async def test_bad_tokens_cost_the_passwords_growing_delay_and_all_read_alike(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving(resume_grace=5, password_delay=1.0, resume_attempts=10) as (
+        _server,
+        _connect,
+        connect_v2,
+    ):
+        expired = await connect_v2()
+        await expired.register("gone")
+        await expired.cut()
+        await trio.sleep(6)  # its grace is over
+        alice = await connect_v2()
+        await alice.register("alice")
+
+        guesser = await connect_v2()
+        await guesser.hello()
+        answers, waits = [], []
+        # Forged, expired, forged: each answer waits twice as long as the one before.
+        for token in (f"{0:032x}", expired.token, f"{1:032x}"):
+            start = trio.current_time()
+            await guesser.send(f"/resume {token}")
+            answers.append(await guesser.until("notice :What is your name?"))
+            waits.append(trio.current_time() - start)
+        assert waits == [1.0, 2.0, 4.0]
+        assert (
+            answers[0]
+            == answers[1]
+            == answers[2]
+            == [
+                "error :That resume token is not valid (unknown, used or expired); give your name",
+                "notice :What is your name?",
+            ]
+        )
+        # A token of one's own, valid, does not wipe the record between guesses.
+        mine = await connect_v2()
+        await mine.hello()
+        start = trio.current_time()
+        await mine.send(f"/resume {alice.token}")
+        await mine.parsed("welcome")
+        assert trio.current_time() == start  # a good token is never delayed
+        start = trio.current_time()
+        await guesser.send(f"/resume {2:032x}")
+        assert (await guesser.until("notice"))[0] == answers[0][0]
+        assert trio.current_time() - start == 8.0
+        assert alice.token not in "".join(line for answer in answers for line in answer)
+
+
+async def test_private_messages_to_a_held_member_wait_for_it_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving(resume_max=2) as (_server, connect, connect_v2):
+        bob = await v1_user(connect, "bob")
+        alice = await connect_v2()
+        await alice.register("alice")
+        await bob.line()
+        await alice.cut()
+        await trio.sleep(1)
+        await bob.send("/msg alice one", "/msg alice two", "/msg alice three")
+        told = [(await bob.line() or "").split("] ", 1)[-1] for _ in range(5)]
+        kept = (
+            "* alice's connection is down: your message is kept for them,"
+            " and given if they are back in time"
+        )
+        assert told == [
+            "-> *alice* one",
+            kept,
+            "-> *alice* two",
+            kept,
+            "! alice's connection is down and 2 private messages wait for them already:"
+            " yours was not delivered",
+        ]
+        again = await resume(connect_v2, alice)
+        lines = await again.parsed("resumed")
+        privates = await again.parsed("private")
+        privates += await again.parsed("private")
+        assert [line.kind for line in lines] == ["welcome", "resumed"]
+        assert [(line.kind, line.text) for line in privates] == [
+            ("private", "one"),
+            ("private", "two"),
+        ]
+        await again.send("/msg bob thanks")
+        sent = await again.parsed("private-sent")
+        assert [line.kind for line in sent] == ["private-sent"]  # each kept message came once
+        assert (await bob.line() or "").endswith("*alice* thanks")
+
+
+async def test_a_held_members_kept_messages_are_reported_when_its_grace_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving(resume_grace=5) as (_server, connect, connect_v2):
+        bob = await v1_user(connect, "bob")
+        alice = await connect_v2()
+        await alice.register("alice")
+        await bob.line()
+        await alice.cut()
+        await bob.send("/msg alice are you there?")
+        await bob.line()
+        await bob.line()
+        lines = [(await bob.line() or "").split("] ", 1)[-1] for _ in range(2)]
+        assert lines == [
+            "! alice left (connection lost): your message was not delivered: are you there?",
+            "* alice left #lobby (connection lost)",
+        ]

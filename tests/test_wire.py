@@ -11,10 +11,14 @@ from triochat.core import events as ev
 
 pytest.importorskip("coredis", reason="the wire lives in the 'redis' extra's package")
 
+from triochat.backplane.base import Takeover
 from triochat.backplane.redis.wire import (
     Direct,
     Drop,
+    Epoch,
     History,
+    Taken,
+    Told,
     Whereabouts,
     WireError,
     decode_batch,
@@ -24,7 +28,9 @@ from triochat.backplane.redis.wire import (
     encode_event,
     encode_presence,
     encode_record,
+    epoch_head,
     history_prefix,
+    numbered_parts,
     presence_prefix,
 )
 
@@ -63,6 +69,22 @@ records = st.one_of(
     ),
     st.builds(Drop, texts),
     st.builds(History, texts, st.lists(room_events, max_size=3).map(tuple)),
+    st.builds(Epoch, texts, node_ids),
+    st.builds(Told, texts, texts, st.booleans()),
+    st.builds(
+        Taken,
+        node_ids,
+        st.builds(
+            Takeover,
+            texts,
+            texts,
+            st.lists(texts, max_size=3).map(tuple),
+            st.dictionaries(texts, st.tuples(node_ids, seqs), max_size=3),
+        ),
+        node_ids,
+        node_ids,
+        node_ids,
+    ),
 )
 
 
@@ -184,3 +206,20 @@ def test_history_holds_what_the_hub_keeps() -> None:
     assert {type(e) for e in samples} == set(get_args(ev.RoomEvent))
     assert {type(e) for e in samples if ev.kept_in_history(e)} == ev.KEPT
     assert {ev.Said, ev.Acted, ev.TopicSet, ev.Legacy} == ev.KEPT
+
+
+@given(room_events, seqs)
+def test_a_record_cut_around_its_number_is_numbered_as_the_batch_script_does(
+    event: Any, seq: int
+) -> None:
+    head, tail = numbered_parts(event)
+    numbered = head + str(seq).encode() + tail  # string.format('%d', seq) .. in Lua
+    assert decode_event(numbered) == type(event)(event.room, seq, *_rest(event))
+    # The E record the script ends with the epoch decodes as the epoch of that room.
+    (epoch,) = decode_batch(encode_batch("n", 1, [epoch_head(event.room) + b'c0ffee"]\n']))[2]
+    assert epoch == Epoch(event.room, "c0ffee")
+
+
+def _rest(event: Any) -> list[Any]:
+    fields = list(event.__dataclass_fields__)
+    return [getattr(event, name) for name in fields[2:]]

@@ -15,9 +15,12 @@ from .base import (
     Backplane as Backplane,
     BackplaneError as BackplaneError,
     Claim as Claim,
+    Handover as Handover,
     LocalMember as LocalMember,
     Node as Node,
     RemoteUser as RemoteUser,
+    Tail as Tail,
+    Takeover as Takeover,
 )
 from .local import LocalBackplane as LocalBackplane
 
@@ -25,8 +28,11 @@ __all__ = [
     "Backplane",
     "BackplaneError",
     "Claim",
+    "Handover",
     "LocalBackplane",
     "LocalMember",
     "Node",
     "RemoteUser",
+    "Tail",
+    "Takeover",
 ]

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import trio
 
-from ..core.events import Private, RoomEvent
+from ..core.events import Dialect, Private, RoomEvent
 from ..core.modstate import AccountSet, Change, State
 
 
@@ -50,6 +50,43 @@ class RemoteUser:
     """Why it is away, if it is."""
 
 
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """A resumable member the cluster hands to this node: its name and rooms, and where
+    each room's numbering stood at that point of the channel's order."""
+
+    key: str
+    name: str
+    rooms: tuple[str, ...]
+    numbers: Mapping[str, tuple[str, int]]
+    """Room -> its epoch and last number (rooms the cluster numbers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """A room's events after a resuming client's number, as the cluster keeps them."""
+
+    room: str
+    epoch: str
+    """The room's epoch ("": the cluster has no numbering for it)."""
+    seq: int
+    """Its last number at the takeover."""
+    events: tuple[RoomEvent, ...]
+    """Oldest first; fewer than ``seq - after`` if it no longer keeps them all."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """A takeover done: the member this node's hub adopted, and the tails of the rooms the
+    client asked about."""
+
+    member: object
+    """The hub's member (the hub's own class; its outbox buffers until it is reattached)."""
+    tails: Mapping[str, Tail]
+    entry: str
+    """The member's resume entry in the cluster (its id, as :meth:`Backplane.resumable`)."""
+
+
 class LocalMember(Protocol):
     """What a backplane may read of a hub's member."""
 
@@ -72,12 +109,22 @@ class LocalMember(Protocol):
 class Node(Protocol):
     """What a node must be able to receive from its backplane (a :class:`Hub` is one)."""
 
-    def deliver(self, events: Sequence[RoomEvent], /) -> None:
-        """Room events in the cluster's order: to the members here, and into history."""
+    def deliver(self, events: Sequence[RoomEvent], /, epoch: str | None = None) -> None:
+        """Room events in the cluster's order: to the members here, and into history.
+
+        A cluster numbers them as it publishes them, and gives the room's
+        ``epoch``; ``None``: they did not go through the cluster (the link is
+        down), and the node numbers them itself.
+        """
         ...
 
     def deliver_private(self, key: str, event: Private, /) -> None:
         """A private message (or its echo) for the member here holding ``key``, if any."""
+        ...
+
+    def deliver_notice(self, key: str, text: str, error: bool, /) -> None:
+        """A line from the server for the member here holding ``key``, if any (an error
+        line if ``error``): e.g. what became of a private message it sent to a held member."""
         ...
 
     def set_history(self, room: str, events: Sequence[RoomEvent], /) -> None:
@@ -115,6 +162,20 @@ class Node(Protocol):
 
     def flush(self) -> None:
         """Deliveries are done for now: evict whoever was found too slow."""
+        ...
+
+    def adopt(self, takeover: Takeover, dialect: Dialect, /) -> LocalMember:
+        """A member another node (or this one) held is this node's now: put it in its rooms
+        unannounced; what they say waits until its new connection takes it."""
+        ...
+
+    def hand_off(self, key: str, /) -> Sequence[Private]:
+        """The member here holding ``key`` was taken over by a node: let it go unannounced;
+        the private messages kept for it, for its new node."""
+        ...
+
+    def abandon(self, member: LocalMember, /) -> None:
+        """An adopted member's new connection ended before it took the member: it leaves."""
         ...
 
     def deliver_state(self, change: Change, /) -> None:
@@ -161,6 +222,11 @@ class Backplane(Protocol):
     def publish_private(self, key: str, event: Private, /) -> bool:
         """A private message for the member holding ``key`` wherever it is; ``False`` if no node
         will take it (the hub then answers from what it knows here)."""
+        ...
+
+    def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
+        """A server line for the member holding ``key`` wherever it is
+        (:meth:`Node.deliver_notice`); ``False`` if no node will take it."""
         ...
 
     def publish_state(self, change: Change, /) -> None:
@@ -240,4 +306,38 @@ class Backplane(Protocol):
 
     async def leave_cluster(self) -> None:
         """Announce this node's users as gone and drop its keys (on shutdown)."""
+        ...
+
+    # Resume tokens across the cluster: what :class:`~triochat.core.resume.Tokens` mirrors,
+    # by an entry id of its own (a member's name may change), and only the digests.
+
+    def resumable(self, entry: str, key: str, name: str, digest: bytes, /) -> None:
+        """The member ``entry`` (holding ``key``, called ``name``) can be resumed with a token
+        whose SHA-256 is ``digest`` (as well as with those before it)."""
+        ...
+
+    def keep_token(self, entry: str, digest: bytes, /) -> None:
+        """Only ``digest`` resumes ``entry`` from now on (the client confirmed it)."""
+        ...
+
+    def unresumable(self, entry: str, /) -> None:
+        """``entry`` left the chat: no token resumes it any more."""
+        ...
+
+    def hold(self, entry: str, /) -> None:
+        """``entry``'s connection broke: it is held (its grace runs on this node)."""
+        ...
+
+    async def take_over(
+        self, digest: bytes, positions: Sequence[tuple[str, int]], dialect: Dialect, /
+    ) -> Handover | None:
+        """Take the member that the token of ``digest`` resumes over to this node, wherever it
+        is (the hub adopts it in ``dialect``), with the tails of the rooms at ``positions``
+        (room, last number shown); ``None`` if no member is resumable with it (or the
+        cluster cannot be asked)."""
+        ...
+
+    async def expire(self, entry: str, /) -> bool:
+        """The grace of ``entry``, held here, is over: ``True`` if it is still ours to end
+        (no node took it over meanwhile), so the hub should make it leave."""
         ...

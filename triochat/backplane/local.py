@@ -11,9 +11,9 @@ from collections.abc import Iterable, Sequence
 
 import trio
 
-from ..core.events import Private, RoomEvent
+from ..core.events import Dialect, Private, RoomEvent
 from ..core.modstate import AccountSet, Change
-from .base import Claim, Node, RemoteUser
+from .base import Claim, Handover, Node, RemoteUser
 
 
 class LocalBackplane:
@@ -34,6 +34,9 @@ class LocalBackplane:
         raise RuntimeError("publish() before attach()")
 
     def publish_private(self, key: str, event: Private, /) -> bool:
+        return False
+
+    def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
         return False
 
     def publish_state(self, change: Change, /) -> None:
@@ -88,3 +91,23 @@ class LocalBackplane:
 
     async def leave_cluster(self) -> None:
         pass
+
+    def resumable(self, entry: str, key: str, name: str, digest: bytes, /) -> None:
+        pass
+
+    def keep_token(self, entry: str, digest: bytes, /) -> None:
+        pass
+
+    def unresumable(self, entry: str, /) -> None:
+        pass
+
+    def hold(self, entry: str, /) -> None:
+        pass
+
+    async def take_over(
+        self, digest: bytes, positions: Sequence[tuple[str, int]], dialect: Dialect, /
+    ) -> Handover | None:
+        return None  # One node: its own tokens are all there is.
+
+    async def expire(self, entry: str, /) -> bool:
+        return True

@@ -15,29 +15,39 @@ member anywhere, a dead node's users announced as gone).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
 from ..core import modstate
-from ..core.events import Private, RoomEvent, kept_in_history
+from ..core.events import UNNUMBERED, Dialect, Private, RoomEvent, kept_in_history, new_epoch
 from ..core.modstate import AccountSet, Change, State
 from ..core.names import name_key
 from ..protocol.line import LOBBY
-from .base import BackplaneError, Claim, Node, RemoteUser
+from ._takeover import Pending
+from .base import BackplaneError, Claim, Handover, Node, RemoteUser, Tail, Takeover
 
 
 @dataclass(frozen=True, slots=True)
 class _Events:
     events: tuple[RoomEvent, ...]
+    epoch: str
 
 
 @dataclass(frozen=True, slots=True)
 class _Direct:
     key: str
     event: Private
+
+
+@dataclass(frozen=True, slots=True)
+class _Notice:
+    key: str
+    text: str
+    error: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +62,32 @@ class _History:
 
 
 @dataclass(frozen=True, slots=True)
+class _Takeover:
+    """``new`` took the resumable member ``takeover.key`` over from ``old``."""
+
+    takeover: Takeover
+    old: MemoryBackplane
+    new: MemoryBackplane
+    nonce: int
+
+
+@dataclass(slots=True)
+class _Resumable:
+    """A member that can be resumed, as the cluster knows it (digests only)."""
+
+    node: MemoryBackplane
+    key: str
+    name: str
+    digests: set[bytes]
+    held: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class _State:
     change: Change
 
 
-_Record = _Events | _Direct | _Drop | _History | _State
+_Record = _Events | _Direct | _Notice | _Drop | _History | _Takeover | _State
 
 
 @dataclass(slots=True)
@@ -77,9 +108,14 @@ class MemoryCluster:
         more (a test that lets a node's ``run`` stall for that long is broken).
     """
 
-    def __init__(self, *, history: int = 20, backlog: int = 10_000) -> None:
+    def __init__(self, *, history: int = 20, backlog: int = 10_000, resume_max: int = 1000) -> None:
         self.history = history
         self.backlog = backlog
+        self.resume_max = resume_max
+        self.numbers: dict[str, tuple[str, int]] = {}
+        """Room -> its epoch and last number, given out here as Redis gives them out."""
+        self.tails: dict[str, deque[RoomEvent]] = {}
+        """Room -> its last ``resume_max`` events of every kind, for resumes on any node."""
         self.nodes: list[MemoryBackplane] = []
         self.names: dict[str, MemoryBackplane] = {}
         """Name key -> the node that claimed it."""
@@ -88,6 +124,11 @@ class MemoryCluster:
         self.holders: dict[str, set[MemoryBackplane]] = {}
         self.histories: dict[str, deque[RoomEvent]] = {}
         self._dropped: dict[str, list[RoomEvent]] = {}
+        self.resumables: dict[str, _Resumable] = {}
+        """Entry id -> the resumable member (Redis: ``resumable:ID``)."""
+        self.tokens: dict[bytes, str] = {}
+        """Token digest -> its entry id (Redis: ``token:DIGEST``)."""
+        self._nonces = itertools.count(1)
         self.state: dict[str, State] | None = None
         """Moderation and accounts, by field (as Redis keeps them); ``None`` until a node
         seeds it (or after :meth:`lose_state`, as a Redis that lost its data)."""
@@ -129,13 +170,79 @@ class MemoryCluster:
                 raise BackplaneError(f"a node fell {self.backlog} records behind") from None
 
     def _publish(self, events: tuple[RoomEvent, ...]) -> None:
+        room = events[0].room
+        epoch, seq = self.numbers.get(room) or (new_epoch(), 0)
+        out = []
+        for event in events:
+            if type(event) not in UNNUMBERED:  # the others (seq 0) go as they are
+                seq += 1
+                event = replace(event, seq=seq)
+            out.append(event)
+        events = tuple(out)
+        if any(type(event) not in UNNUMBERED for event in events):
+            self.numbers[room] = (epoch, seq)
+        if self.resume_max:
+            tail = self.tails.get(room)
+            if tail is None:
+                tail = self.tails[room] = deque(maxlen=self.resume_max)
+            tail.extend(e for e in events if type(e) not in UNNUMBERED)
         for event in events:
             if kept_in_history(event) and self.history:
                 history = self.histories.get(event.room)
                 if history is None:
                     history = self.histories[event.room] = deque(maxlen=self.history)
                 history.append(event)
-        self._broadcast(_Events(events))
+        self._broadcast(_Events(events, epoch))
+
+    def lose_data(self) -> None:
+        """As a Redis that restarted without persistence: every number, history and
+        resume token is gone."""
+        self.numbers.clear()
+        self.tails.clear()
+        self.histories.clear()
+        self.resumables.clear()
+        self.tokens.clear()
+
+    def _forget_tokens(self, entry: str, keep: bytes | None = None) -> None:
+        resumable = self.resumables.get(entry)
+        if resumable is None:
+            return
+        for digest in list(resumable.digests):
+            if digest != keep:
+                resumable.digests.discard(digest)
+                self.tokens.pop(digest, None)
+        if keep is None:
+            del self.resumables[entry]
+
+    def _take_over(
+        self, new: MemoryBackplane, digest: bytes, positions: Sequence[tuple[str, int]]
+    ) -> tuple[dict[str, Tail], int, str] | None:
+        """The takeover, atomic as Redis's script: the member's entry and name go to
+        ``new``, and the announcement goes on the channel; the tails of ``positions``."""
+        entry = self.tokens.get(digest)
+        resumable = self.resumables.get(entry) if entry is not None else None
+        if entry is None or resumable is None:
+            return None
+        old, key = resumable.node, resumable.key
+        resumable.node, resumable.held = new, False
+        self.names[key] = new
+        user = self.users.get(key)
+        rooms = user.rooms if user is not None else ()
+        tails = {}
+        for room, after in positions:
+            epoch, seq = self.numbers.get(room, ("", 0))
+            missed = seq - after
+            kept = self.tails.get(room, ()) if room in rooms else ()  # its own rooms only
+            events = [e for e in kept if e.seq > after] if 0 < missed <= self.resume_max else []
+            tails[room] = Tail(room, epoch, seq, tuple(events))
+        for room in rooms:  # held by the new node now: the old one's release drops nothing
+            if room != LOBBY:
+                self.holders.setdefault(room, set()).add(new)
+        numbers = {room: self.numbers[room] for room in rooms if room in self.numbers}
+        nonce = next(self._nonces)
+        takeover = Takeover(key, resumable.name, rooms, numbers)
+        self._broadcast(_Takeover(takeover, old, new, nonce))
+        return tails, nonce, entry
 
     def _release(self, backplane: MemoryBackplane, room: str) -> None:
         holders = self.holders.get(room, set())
@@ -187,6 +294,9 @@ class MemoryBackplane:
         self.cluster = cluster
         self._node: Node | None = None
         self._inbox, self._outbox = trio.open_memory_channel[_Record](cluster.backlog)
+        self._pending: dict[int, Pending] = {}
+        self._flowing = trio.Event()
+        self._flowing.set()
 
     @property
     def node(self) -> Node:
@@ -202,6 +312,10 @@ class MemoryBackplane:
 
     def publish_private(self, key: str, event: Private, /) -> bool:
         self.cluster._broadcast(_Direct(key, event))
+        return True
+
+    def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
+        self.cluster._broadcast(_Notice(key, text, error))
         return True
 
     def publish_state(self, change: Change, /) -> None:
@@ -290,6 +404,7 @@ class MemoryBackplane:
         task_status.started()
         while True:
             records = [await self._outbox.receive()]
+            await self._flowing.wait()
             while True:
                 try:
                     records.append(self._outbox.receive_nowait())
@@ -303,17 +418,84 @@ class MemoryBackplane:
         if self not in self.cluster.nodes:
             return  # Dead: it hears nothing more.
         match record:
-            case _Events(events):
-                node.deliver(events)
+            case _Events(events, epoch):
+                node.deliver(events, epoch)
             case _Direct(key, event):
                 node.deliver_private(key, event)
+            case _Notice(key, text, error):
+                node.deliver_notice(key, text, error)
             case _Drop(room):
                 if node.drop_history(room) and room != LOBBY:
                     self.cluster._undo(self, room)
             case _History(room, events):
                 node.set_history(room, events)
+            case _Takeover(takeover, old, new, nonce):
+                if old is self:
+                    for private in node.hand_off(takeover.key):
+                        self.publish_private(takeover.key, private)  # for its new node
+                if new is self and (pending := self._pending.pop(nonce, None)) is not None:
+                    pending.arrived(node, takeover)
             case _State(change):
                 node.deliver_state(change)
+
+    # --- resume tokens ---------------------------------------------------------------
+
+    def _ours(self, entry: str) -> _Resumable | None:
+        resumable = self.cluster.resumables.get(entry)
+        return resumable if resumable is not None and resumable.node is self else None
+
+    def resumable(self, entry: str, key: str, name: str, digest: bytes, /) -> None:
+        cluster = self.cluster
+        resumable = cluster.resumables.get(entry)
+        if resumable is None:
+            resumable = cluster.resumables[entry] = _Resumable(self, key, name, set())
+        elif resumable.node is not self:
+            return
+        resumable.key, resumable.name = key, name
+        resumable.digests.add(digest)
+        cluster.tokens[digest] = entry
+
+    def keep_token(self, entry: str, digest: bytes, /) -> None:
+        if self._ours(entry) is not None:
+            self.cluster._forget_tokens(entry, digest)
+
+    def unresumable(self, entry: str, /) -> None:
+        if self._ours(entry) is not None:
+            self.cluster._forget_tokens(entry)
+
+    def hold(self, entry: str, /) -> None:
+        resumable = self._ours(entry)
+        if resumable is not None:
+            resumable.held = True
+
+    async def take_over(
+        self, digest: bytes, positions: Sequence[tuple[str, int]], dialect: Dialect, /
+    ) -> Handover | None:
+        await trio.lowlevel.checkpoint()  # A round trip, as far as the caller can tell.
+        pending = Pending(dialect)
+        taken = self.cluster._take_over(self, digest, positions)
+        if taken is None:
+            return None
+        tails, nonce, entry = taken
+        self._pending[nonce] = pending
+        member = await pending.adopted(self.node)  # as it came back through the channel
+        assert member is not None
+        return Handover(member, tails, entry)
+
+    async def expire(self, entry: str, /) -> bool:
+        await trio.lowlevel.checkpoint()
+        resumable = self.cluster.resumables.get(entry)
+        if resumable is not None and resumable.node is not self:
+            return False  # Taken over: its new node has it.
+        self.cluster._forget_tokens(entry)
+        return True
+
+    def stall(self) -> None:
+        """Take nothing more from the channel until :meth:`flow` (a slow subscriber)."""
+        self._flowing = trio.Event()
+
+    def flow(self) -> None:
+        self._flowing.set()
 
     def relink(self) -> None:
         """As a node does when its link comes back: seed the cluster's moderation and accounts

@@ -182,8 +182,9 @@ def redis_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
 @server_option(
     "--resume-max",
     type=click.IntRange(0),
-    help="Recent events each room keeps for v2 clients to resume from; the most one "
-    "resume replays.",
+    help="Recent events each room keeps for v2 clients to resume from (in Redis too, "
+    "with --redis); the most one resume replays, and the most private messages kept for "
+    "a held v2 client.",
 )
 @server_option(
     "--resume-grace",
@@ -417,7 +418,11 @@ def _serve_config(ctx: click.Context) -> ServeConfig:
         except ImportError:
             raise click.ClickException(f"--redis needs coredis: {REDIS_EXTRA}") from None
         try:
-            redis = options(history=server.history, **given_fields(ctx, _redis_options))
+            redis = options(
+                history=server.history,
+                resume_max=server.resume_max,
+                **given_fields(ctx, _redis_options),
+            )
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--redis/--cluster") from None
 

@@ -17,6 +17,7 @@ dataclasses only because freezing makes each one four times dearer to build
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -131,6 +132,9 @@ RoomEvent = (
 )
 """The events of a room (all numbered in its sequence but :class:`Away`)."""
 
+UNNUMBERED: Final[frozenset[type[RoomEvent]]] = frozenset({Away})
+"""The room events that take no number (``seq`` 0): told to some doors, kept nowhere."""
+
 KEPT: Final[frozenset[type[RoomEvent]]] = frozenset({Said, Acted, TopicSet, Legacy})
 """The room events that go into history and are shown to joiners: chat lines, actions,
 topics (and lines kept from before events), not joins, leaves, renames or summaries.
@@ -143,6 +147,11 @@ the same events as the hub's)."""
 def kept_in_history(event: RoomEvent) -> bool:
     """Whether ``event`` goes into its room's history (:data:`KEPT`)."""
     return type(event) in KEPT
+
+
+def new_epoch() -> str:
+    """A fresh epoch: an opaque string no earlier history of any room had (48 random bits)."""
+    return secrets.token_hex(6)
 
 
 # --- Events for one member ---------------------------------------------------

@@ -17,20 +17,22 @@ from Redis. The hub is the backplane's :class:`~triochat.backplane.Node`.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Final, Protocol
 
 import trio
 
-from ..backplane import Backplane, LocalBackplane
+from ..backplane import Backplane, LocalBackplane, LocalMember, Takeover
 from ..protocol import line as p
 from . import events as ev
-from .events import Dialect, RoomEvent
+from .events import Dialect, RoomEvent, new_epoch as new_epoch
 from .moderation import SERVER, Moderation, Topic
 from .modstate import (
     AccountGone,
@@ -61,6 +63,10 @@ AWAY: Final = "{name} is away: {text}"
 
 USERS_SHOWN: Final = 50
 """Names listed per user list of a big room (``/users all`` sends as many lists as it takes)."""
+
+NOBODY: Final[frozenset[str]] = frozenset()
+"""Whom a member ignores until it ignores someone: one empty set for all (an empty
+``set`` costs 216 bytes, per member)."""
 
 NAMED_REASONS: Final = ("kicked", "banned")
 """Departures every big room still announces by name."""
@@ -97,6 +103,7 @@ class Member:
         "disconnect",
         "hang_up",
         "ignoring",
+        "kept",
         "key",
         "name",
         "outbox",
@@ -122,8 +129,12 @@ class Member:
         """The key of the account it proved is its own, if any (its session sets it)."""
         self.away: str | None = None
         """Why the member is away (``/away``), told to whoever messages it."""
-        self.ignoring: set[str] = set()
-        """The name keys whose lines and private messages it is not sent (``/ignore``)."""
+        self.ignoring: frozenset[str] = NOBODY
+        """The name keys whose lines and private messages it is not sent (``/ignore``);
+        a frozenset replaced on change, so that the many who ignore nobody share one."""
+        self.kept: list[ev.Private] | None = None
+        """While it is held (its connection broke, it may resume): the private messages
+        kept for it, in order; ``None`` while it is connected."""
 
     @property
     def room_names(self) -> Iterable[str]:
@@ -136,6 +147,25 @@ class Member:
 
     def __repr__(self) -> str:
         return f"<Member {self.name} in {', '.join(self.rooms) or 'no room'}>"
+
+
+class _Waiting:
+    """The outbox of a member taken over from another node, until its new connection has
+    sent what the member missed: what its rooms say meanwhile, bounded like an outbox."""
+
+    __slots__ = ("chunks", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.chunks: list[bytes] = []
+        self.limit = limit
+
+    def send_nowait(self, value: bytes, /) -> None:
+        if len(self.chunks) >= self.limit:
+            raise trio.WouldBlock
+        self.chunks.append(value)
+
+    def close(self) -> None:
+        pass
 
 
 class _Log:
@@ -151,13 +181,15 @@ class _Log:
     archive or the cluster), whichever is earlier (IRC's 329).
     """
 
-    __slots__ = ("created", "epoch", "events", "seq", "tail")
+    __slots__ = ("created", "epoch", "events", "local", "seq", "tail")
 
     def __init__(self, keep: int, epoch: str = "", created: float = 0.0) -> None:
         self.events: deque[RoomEvent] = deque(maxlen=keep)
         self.seq = 0
         self.epoch = epoch or new_epoch()
         self.tail: deque[RoomEvent] = deque(maxlen=0)
+        self.local = False
+        """In a cluster: numbered by this node alone (its link was down), in an epoch of its own."""
         self.created = created
 
     def restored(self) -> None:
@@ -171,9 +203,45 @@ def resumes(dialect: Dialect) -> bool:
     return getattr(dialect, "resumes", False) is True
 
 
-def new_epoch() -> str:
-    """A fresh epoch: an opaque string no earlier history of any room had."""
-    return secrets.token_hex(6)
+def recover(
+    room: str,
+    epoch_now: str,
+    seq_now: int,
+    epoch: str,
+    after: int,
+    tail: Sequence[RoomEvent] | deque[RoomEvent],
+    resume_max: int,
+) -> ev.Recovery:
+    """Every event of ``room`` after number ``after`` of ``epoch``, or why not.
+
+    ``tail`` holds the room's last events, oldest first, up to ``seq_now`` in
+    ``epoch_now``. All or nothing: a failure (another epoch, a number from the
+    future, events no longer kept or more than ``resume_max``) says about how
+    many events the client lost and replays none.
+    """
+
+    def failed(lost: int, reason: str) -> ev.ResumeFailed:
+        return ev.ResumeFailed(room, epoch_now, seq_now, lost, reason)
+
+    if epoch != epoch_now:
+        return failed(seq_now, "the room's history was reset")
+    if after > seq_now:
+        return failed(0, f"number {after} is from the future (the room is at {seq_now})")
+    if after < 0:
+        return failed(seq_now, "a negative number")
+    missed = seq_now - after
+    if missed > resume_max:
+        return failed(missed, f"more than {resume_max} events to replay")
+    if missed == 0:
+        return ev.Resumed(room, epoch_now, seq_now, ())
+    if not tail or tail[-1].seq != seq_now or len(tail) < missed:
+        return failed(missed, "history no longer has them")
+    replay = tuple(itertools.islice(tail, len(tail) - missed, None))
+    # Exactly the numbers after + 1 .. seq, each once, or the tail cannot be trusted
+    # (numbers given twice): a failure, not a guess.
+    if any(event.seq != number for number, event in enumerate(replay, after + 1)):
+        return failed(missed, "history no longer has them")
+    return ev.Resumed(room, epoch_now, seq_now, replay)
 
 
 class EpochArchive(Protocol):
@@ -195,7 +263,7 @@ class EpochArchive(Protocol):
 class Room:
     """A room with members on this node, grouped by dialect for rendering."""
 
-    __slots__ = ("groups", "ignorers", "joined", "left", "log", "members", "name")
+    __slots__ = ("_first", "groups", "ignorers", "joined", "left", "log", "members", "name")
 
     def __init__(self, name: str, log: _Log) -> None:
         self.name = name
@@ -209,12 +277,23 @@ class Room:
         # The members here who ignore someone: only they are looked at when a
         # burst is handed out, and only while there are any.
         self.ignorers: dict[Member, None] = {}
+        # The first USERS_SHOWN names here in list order, with their sort keys, once
+        # a big room's user list has asked for them: kept up to date as members
+        # join, forgotten when one of them goes. Sorting every name for every
+        # joiner made registering N clients in one room O(N² log N).
+        self._first: list[tuple[str, str]] | None = None
 
     def add(self, member: Member) -> None:
         self.members[member] = None
         self.groups.setdefault(member.dialect, {})[member] = None
         if member.ignoring:
             self.ignorers[member] = None
+        first = self._first
+        if first is not None:
+            entry = (p.name_sort_key(member.name), member.name)
+            if len(first) < USERS_SHOWN or entry < first[-1]:
+                bisect.insort(first, entry)
+                del first[USERS_SHOWN:]
 
     def remove(self, member: Member) -> None:
         del self.members[member]
@@ -223,6 +302,21 @@ class Room:
         del group[member]
         if not group:
             del self.groups[member.dialect]
+        first = self._first
+        if first and (p.name_sort_key(member.name), member.name) <= first[-1]:
+            self._first = None
+
+    def first_names(self) -> list[tuple[str, str]]:
+        """The first ``USERS_SHOWN`` members' (sort key, name), in list order."""
+        if self._first is None:
+            self._first = heapq.nsmallest(
+                USERS_SHOWN, ((p.name_sort_key(m.name), m.name) for m in self.members)
+            )
+        return self._first
+
+    def renamed(self) -> None:
+        """A member here has a new name: the first names are found again when asked."""
+        self._first = None
 
 
 class Hub:
@@ -245,6 +339,8 @@ class Hub:
         :meth:`resume`, and the most one resume replays.
       moderation: the rooms' operators, topics, bans and mutes (default: none yet).
       max_ignored: the most names one member can ``/ignore``.
+      waiting_max: the most hand-overs a member taken over from another node may have
+        waiting for its new connection (its send queue's length).
     """
 
     def __init__(
@@ -261,11 +357,16 @@ class Hub:
         resume_max: int = 1000,
         moderation: Moderation | None = None,
         max_ignored: int = 100,
+        waiting_max: int = 4096,
     ) -> None:
         self.names: p.NamePolicy = names
         self.resume_max = resume_max
         self.moderation = moderation or Moderation()
         self.max_ignored = max_ignored
+        self.waiting_max = waiting_max
+        self.handed_off: Callable[[Member], None] = lambda member: None
+        """Called when another node took a member of this one over (its resume tokens
+        and any connection still serving it go; the server sets it)."""
         self.accounts: SharedAccounts | None = None
         """The accounts the cluster shares with this node (``--db``), if any."""
         self.history = history
@@ -287,11 +388,16 @@ class Hub:
         self._logs: dict[str, _Log] = {}
         self._slow: list[Member] = []
         self._evicting = False
+        self._waiting: dict[Member, list[bytes]] = {}
+        """Members reattached whose waiting lines are not out yet (:meth:`resumed`)."""
         self.lines_in = 0
         self.lines_out = 0
         self.slow_evictions = 0
         self.backplane.attach(self)
         self._publish = self.backplane.publish
+        # A cluster numbers each room's events itself (in Redis, as it publishes them):
+        # the hub then sends them with seq 0 and takes the numbers they come back with.
+        self._numbering = not self.backplane.remote
 
     # --- queries ---------------------------------------------------------
 
@@ -390,11 +496,13 @@ class Hub:
         log_ = held.log
         now = self._clock()
         name, where = member.name, held.name
-        first = log_.seq + 1
-        log_.seq += len(texts)
-        self._publish(
-            [ev.Said(where, seq, now, name, text) for seq, text in enumerate(texts, first)]
-        )
+        if self._numbering:
+            first = log_.seq + 1
+            log_.seq += len(texts)
+            said = [ev.Said(where, seq, now, name, text) for seq, text in enumerate(texts, first)]
+        else:
+            said = [ev.Said(where, 0, now, name, text) for text in texts]
+        self._publish(said)
         self._evict_slow()
 
     def act(self, member: Member, room: Room | str, text: str) -> None:
@@ -425,10 +533,15 @@ class Hub:
             self.backplane.publish_private(member.key, echo)
         elif target is None:
             self.tell(member, ev.Error(f"No such user: {to}"))
+        elif target.kept is not None and len(target.kept) >= self.resume_max:
+            self.tell(member, ev.Error(self._not_kept(target)))
+            return
         else:
             if member.key not in target.ignoring:
-                self.tell(target, message)
+                self._to_member(target, message)
             self.tell(member, echo)
+            if target.kept is not None:
+                self.tell(member, ev.Notice(self._kept_text(target)))
         away = target.away if target is not None else self.backplane.remote_away(key)
         if away is not None:
             self.tell(member, ev.Notice(AWAY.format(name=name, text=away)))
@@ -440,6 +553,25 @@ class Hub:
         key = p.name_key(name)
         held = self._members.get(key)
         return held.away if held is not None else self.backplane.remote_away(key)
+
+    def _to_member(self, target: Member, message: ev.Private) -> None:
+        """A private message for ``target``: now, or kept while it is held."""
+        if target.kept is None:
+            self.tell(target, message)
+        elif len(target.kept) < self.resume_max:
+            target.kept.append(message)
+
+    def _kept_text(self, target: Member) -> str:
+        return (
+            f"{target.name}'s connection is down: your message is kept for them,"
+            " and given if they are back in time"
+        )
+
+    def _not_kept(self, target: Member) -> str:
+        return (
+            f"{target.name}'s connection is down and {self.resume_max} private messages"
+            " wait for them already: yours was not delivered"
+        )
 
     def join(self, member: Member, room: str) -> None:
         """Put ``member`` in ``room`` (created on demand): it gets the history and the users."""
@@ -486,6 +618,8 @@ class Hub:
         if member.key != p.name_key(name):
             self.backplane.presence(member.key, old, None)
         member.name, member.key = name, p.name_key(name)
+        for held in member.rooms.values():
+            held.renamed()
         self._members[member.key] = member
         log.info("%s is now known as %s", old, name)
         self._present(member)
@@ -550,6 +684,10 @@ class Hub:
             return
         del self._members[member.key]
         log.info("%s left (%s)", member.name, reason)
+        kept, member.kept = member.kept, None
+        for message in kept or ():
+            text = f"{member.name} left ({reason}): your message was not delivered"
+            self._notify(message.sender, f"{text}: {message.text}", error=True)
         for room in list(member.rooms):
             self._exit(member, room, reason)
         self.backplane.presence(member.key, member.name, None)
@@ -704,8 +842,10 @@ class Hub:
             self.tell(member, ev.Error(f"You are not in {room}"))
         return held if self.is_member(member) else None
 
-    @staticmethod
-    def _next(log_: _Log) -> int:
+    def _next(self, log_: _Log) -> int:
+        """The room's next number, given here (0 in a cluster: the cluster numbers it)."""
+        if not self._numbering:
+            return 0
         log_.seq += 1
         return log_.seq
 
@@ -765,14 +905,16 @@ class Hub:
         quiet = self._quiet(room) and not reason.startswith(NAMED_REASONS)
         room.remove(member)
         log_ = room.log
-        if not room.members and name != p.LOBBY:
-            del self._rooms[name]
-            if not self.backplane.vacate(name):
-                self._logs.pop(name, None)
+        # The departure first, then (if it was the last member here) the vacating: in a
+        # cluster the room's numbering goes with its history, after its last event.
         if quiet:
             room.left += 1
         else:
             self._publish([ev.Left(name, self._next(log_), self._clock(), member.name, reason)])
+        if not room.members and name != p.LOBBY:
+            del self._rooms[name]
+            if not self.backplane.vacate(name):
+                self._logs.pop(name, None)
 
     def _present(self, member: Member) -> None:
         """Tell the other nodes where ``member`` is, as what account, and whether away."""
@@ -794,24 +936,32 @@ class Hub:
 
     def _user_list(self, room: Room) -> ev.UserList:
         """The room's users; past ``quiet_above``, the first ``USERS_SHOWN`` and the count."""
-        names = self._names(room)
-        if self.quiet_above and len(names) > self.quiet_above:
-            return self._marked(room, names[:USERS_SHOWN], len(names))
-        return self._marked(room, names)
+        remote = self.backplane.remote_users(room.name)
+        count = len(room.members) + len(remote)
+        if self.quiet_above and count > self.quiet_above:
+            first = room.first_names()
+            if remote:  # the room's first names are among the first here and those elsewhere
+                others = ((p.name_sort_key(name), name) for name in remote)
+                first = heapq.nsmallest(USERS_SHOWN, itertools.chain(first, others))
+            return self._marked(room, [name for _, name in first], count)
+        return self._marked(room, self._names(room))
 
     def _marked(self, room: Room, names: Sequence[str], total: int = 0) -> ev.UserList:
         """A user list of ``names``, with which of them operate ``room`` and are away.
 
-        Users on other nodes are marked from their presence (its account and away text).
-        Per request, never per burst.
+        Users on other nodes are marked from their presence (its account and away text),
+        at the cost of the remote names the list already read. Per request, never per
+        burst. A page of a big room looks up only the members here it shows, not
+        everyone in the room (once per joiner, that made registering N clients O(N²)
+        again).
         """
         moderation, where = self.moderation, room.name
-        ops = {
-            m.name
-            for m in room.members
-            if m.account is not None and moderation.is_op(where, m.account)
-        }
-        away = {m.name for m in room.members if m.away is not None}
+        here: Iterable[Member] = room.members
+        if len(names) < len(room.members):
+            found = (self._members.get(p.name_key(name)) for name in names)
+            here = [m for m in found if m is not None and m.rooms.get(where) is room]
+        ops = {m.name for m in here if m.account is not None and moderation.is_op(where, m.account)}
+        away = {m.name for m in here if m.away is not None}
         for user in self.backplane.remote_marked(where):
             if user.account is not None and moderation.is_op(where, user.account):
                 ops.add(user.name)
@@ -824,18 +974,26 @@ class Hub:
 
     # --- delivery -------------------------------------------------------------
 
-    def deliver(self, events: Sequence[RoomEvent], /) -> None:
+    def deliver(self, events: Sequence[RoomEvent], /, epoch: str | None = None) -> None:
         """Room events in the cluster's order (all of one room): to its members here.
 
-        The kept ones go into the room's history (and the archive) first.
+        In a cluster they come numbered, with the room's ``epoch``; without one
+        (the link is down) this node numbers them, in an epoch of its own. The
+        kept ones go into the room's history (and the archive) first.
         """
         kept = [event for event in events if type(event) in ev.KEPT]
         if len(kept) != len(events) and any(type(event) is ev.Away for event in events):
-            self._deliver_aways(events)
+            self._deliver_aways(events, epoch)
             return
         name = events[0].room
         room = self._rooms.get(name)
         held = room.log if room is not None else self._logs.get(name)
+        if not self._numbering:
+            if held is None and kept:
+                held = self._log(name)
+            if held is not None:
+                events = self._numbered(room, held, events, epoch)
+                kept = [event for event in events if type(event) in ev.KEPT]
         if kept:
             if held is None:
                 held = self._log(name)
@@ -844,8 +1002,8 @@ class Hub:
                 for event in kept:
                     self._archive.append(event)
         if held is not None:
-            if events[-1].seq > held.seq:
-                held.seq = events[-1].seq  # another node numbered them
+            if events[-1].seq > held.seq or not self._numbering:
+                held.seq = events[-1].seq
             held.tail.extend(events)
             if self._epochs is not None:
                 self._epochs.numbered(name, held.seq)
@@ -855,7 +1013,36 @@ class Hub:
             else:
                 self._fanout(room.groups, events)
 
-    def _deliver_aways(self, events: Sequence[RoomEvent]) -> None:
+    def _numbered(
+        self, room: Room | None, held: _Log, events: Sequence[RoomEvent], epoch: str | None
+    ) -> Sequence[RoomEvent]:
+        """``events`` as the room numbers them; a change of epoch is told to who resumes."""
+        if epoch is None:
+            # The cluster could not take them: numbered here, in an epoch only this node has,
+            # so no number can be given twice within one epoch.
+            if not held.local:
+                self._new_epoch(room, held, new_epoch(), held.seq)
+                held.local = True
+            first = held.seq + 1
+            return [replace(event, seq=seq) for seq, event in enumerate(events, first)]
+        if epoch != held.epoch:
+            self._new_epoch(room, held, epoch, events[0].seq - 1)
+            held.local = False
+        return events
+
+    def _new_epoch(self, room: Room | None, held: _Log, epoch: str, seq: int) -> None:
+        held.epoch = epoch
+        held.seq = seq
+        held.tail.clear()
+        if room is None:
+            return
+        for dialect, members in room.groups.items():
+            if resumes(dialect):
+                state = dialect.render([ev.RoomState(room.name, epoch, seq)])
+                for member in members:
+                    self._hand_over(member, state, 1)
+
+    def _deliver_aways(self, events: Sequence[RoomEvent], epoch: str | None = None) -> None:
         """A batch with :class:`~triochat.core.events.Away` events: the others as ever, in order."""
         run: list[RoomEvent] = []
         for event in events:
@@ -863,11 +1050,11 @@ class Hub:
                 run.append(event)
                 continue
             if run:
-                self.deliver(run)
+                self.deliver(run, epoch)
                 run = []
             self._tell_away(event)
         if run:
-            self.deliver(run)
+            self.deliver(run, epoch)
 
     def _tell_away(self, event: ev.Away) -> None:
         """Hand ``event`` to the members here who follow away changes (``away_notify``) and
@@ -943,9 +1130,9 @@ class Hub:
         if ignored:
             if len(member.ignoring) >= self.max_ignored and key not in member.ignoring:
                 return f"You ignore {len(member.ignoring)} names, the most this server allows"
-            member.ignoring.add(key)
+            member.ignoring = member.ignoring | {key}
         elif key in member.ignoring:
-            member.ignoring.discard(key)
+            member.ignoring = member.ignoring - {key}
         else:
             return f"You do not ignore {name}"
         for room in member.rooms.values():
@@ -983,11 +1170,32 @@ class Hub:
 
     # --- resume ------------------------------------------------------------------
 
+    def hold(self, member: Member) -> None:
+        """``member``'s connection broke and it may come back: keep its private messages."""
+        if self.is_member(member) and member.kept is None:
+            member.kept = []
+
     def reattach(self, member: Member, outbox: Outbox, disconnect: Callable[[], None]) -> None:
-        """A held ``member`` is back on a new connection: its lines go there from now."""
-        member.outbox = outbox
+        """A held ``member`` is back on a new connection: its lines go there from now.
+
+        What waited for it (a member taken over from another node) and the private
+        messages kept for it follow once the caller has sent its own lines and called
+        :meth:`resumed`.
+        """
+        waiting, member.outbox = member.outbox, outbox
+        if isinstance(waiting, _Waiting):
+            self._waiting[member] = waiting.chunks
         member.disconnect = disconnect
         member.hang_up = None
+
+    def resumed(self, member: Member) -> None:
+        """The new connection has what ``member`` missed: now what waited, and what was kept."""
+        for data in self._waiting.pop(member, ()):
+            self._hand_over(member, data, 1)
+        kept, member.kept = member.kept, None
+        if kept:
+            self.tell(member, *kept)
+        self._evict_slow()
 
     def created(self, room: str, /) -> float | None:
         """When ``room`` began, as far as this node knows (see ``_Log``); ``None``: no such room."""
@@ -1000,48 +1208,92 @@ class Hub:
         return None if held is None else ev.RoomState(room, held.epoch, held.seq)
 
     def resume(self, room: str, epoch: str, after: int, /) -> ev.Recovery:
-        """Every event of ``room`` after number ``after`` of ``epoch``, or why not.
-
-        All or nothing: a failure (no such room here, another epoch, a number
-        from the future, events no longer kept or more than ``resume_max``)
-        says about how many events the client lost and replays none.
-        """
+        """Every event of ``room`` after number ``after`` of ``epoch``, or why not
+        (:func:`recover`, from this node's buffer)."""
         held = self._logs.get(room)
         if held is None:
             return ev.ResumeFailed(room, "", 0, 0, "no such room")
-        seq = held.seq
+        return recover(room, held.epoch, held.seq, epoch, after, held.tail, self.resume_max)
 
-        def failed(lost: int, reason: str) -> ev.ResumeFailed:
-            return ev.ResumeFailed(room, held.epoch, seq, lost, reason)
+    # --- takeovers across a cluster (the backplane calls these) ------------------------
 
-        if epoch != held.epoch:
-            return failed(seq, "the room's history was reset")
-        if after > seq:
-            return failed(0, f"number {after} is from the future (the room is at {seq})")
-        if after < 0:
-            return failed(seq, "a negative number")
-        missed = seq - after
-        if missed > self.resume_max:
-            return failed(missed, f"more than {self.resume_max} events to replay")
-        if missed == 0:
-            return ev.Resumed(room, held.epoch, seq, ())
-        tail = held.tail
-        if not tail or tail[-1].seq != seq or len(tail) < missed:
-            return failed(missed, "history no longer has them")
-        replay = tuple(itertools.islice(tail, len(tail) - missed, None))
-        # Exactly the numbers after + 1 .. seq, each once, or the tail cannot be trusted
-        # (in a cluster two nodes may have given one number twice): a failure, not a guess.
-        if any(event.seq != number for number, event in enumerate(replay, after + 1)):
-            return failed(missed, "history no longer has them")
-        return ev.Resumed(room, held.epoch, seq, replay)
+    def adopt(self, takeover: Takeover, dialect: Dialect, /) -> Member:
+        """A member held anywhere in the cluster is this node's now (see :class:`Takeover`):
+        in its rooms unannounced, at the numbers they stood at; what they say waits in its
+        outbox until its connection :meth:`reattach`-es."""
+        member = Member(takeover.name, _Waiting(self.waiting_max), lambda: None, dialect)
+        member.key = takeover.key
+        self._members[member.key] = member
+        for name in takeover.rooms:
+            room = self._rooms.get(name)
+            if room is None:
+                room = self._rooms[name] = Room(name, self._log(name))
+                if name != p.LOBBY:
+                    self.backplane.occupy(name)
+            numbers = takeover.numbers.get(name)
+            if numbers is not None and (room.log.epoch, room.log.seq) != numbers:
+                room.log.epoch, room.log.seq = numbers
+                room.log.tail.clear()
+                room.log.local = False
+            room.add(member)
+            member.rooms[name] = room
+            if room.log.tail.maxlen == 0 and resumes(dialect):
+                room.log.tail = deque(maxlen=self.resume_max)
+        self.backplane.presence(member.key, member.name, tuple(member.rooms))
+        log.info("%s taken over from another connection", member.name)
+        return member
+
+    def hand_off(self, key: str, /) -> list[ev.Private]:
+        """The member holding ``key`` was taken over (by another node, or by this one
+        again): it goes unannounced; returns the private messages kept for it."""
+        member = self._members.pop(key, None)
+        if member is None:
+            return []
+        for name in list(member.rooms):
+            room = member.rooms.pop(name)
+            room.remove(member)
+            if not room.members and name != p.LOBBY:
+                del self._rooms[name]
+                if not self.backplane.vacate(name):
+                    self._logs.pop(name, None)
+        self._waiting.pop(member, None)
+        kept, member.kept = member.kept, None
+        self.handed_off(member)
+        member.outbox.close()
+        return kept or []
+
+    def abandon(self, member: LocalMember, /) -> None:
+        """An adopted member's new connection is gone before it took it: it leaves."""
+        if isinstance(member, Member):
+            self.leave(member, "connection lost")
 
     # --- the rest of the Node interface (the backplane calls these) ------------
 
     def deliver_private(self, key: str, event: ev.Private, /) -> None:
         """A private message (or its echo) from the cluster, if its recipient is here."""
         member = self._members.get(key)
-        if member is not None and (event.echo or p.name_key(event.sender) not in member.ignoring):
+        if member is None or not (event.echo or p.name_key(event.sender) not in member.ignoring):
+            return
+        if member.kept is None or event.echo:
             self.tell(member, event)
+        elif len(member.kept) >= self.resume_max:
+            self._notify(event.sender, self._not_kept(member), error=True)
+        else:
+            member.kept.append(event)
+            self._notify(event.sender, self._kept_text(member), error=False)
+
+    def deliver_notice(self, key: str, text: str, error: bool, /) -> None:
+        """A server line from the cluster for the member here holding ``key``, if any."""
+        member = self._members.get(key)
+        if member is not None:
+            self.tell(member, ev.Error(text) if error else ev.Notice(text))
+
+    def _notify(self, name: str, text: str, *, error: bool) -> None:
+        """Tell the user called ``name``, here or on another node (in a cluster through its
+        channel, so it comes after what the user has on its way, a private echo say)."""
+        key = p.name_key(name)
+        if not self.backplane.publish_notice(key, text, error):
+            self.deliver_notice(key, text, error)
 
     def replace_histories(self, histories: Mapping[str, Sequence[RoomEvent]], /) -> None:
         """Take the cluster's stored histories (after (re)linking), keeping room references.

@@ -17,6 +17,16 @@ does not lock the client out. A failed attempt says only that the token is
 not valid, whatever the reason, and a connection gets ``attempts`` tries
 (:data:`RESUME_ATTEMPTS`).
 
+In a cluster the tokens are the cluster's (:class:`Tokens` mirrors each
+entry to the backplane, digests only), so a client may come back on any node:
+the session asks the cluster to take the member over (:class:`~.session.TakeOver`),
+wherever it is held, and the node that held it lets it go unannounced.
+
+A bad token costs the same growing delay per address as a wrong password
+(:class:`~._auth.FailureDelays`, shared with the server password), and a good
+one does not clear it: a client cannot wipe its record with a token of its own
+between guesses.
+
 Nothing here awaits; the times come from the door's clock.
 """
 
@@ -30,12 +40,33 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from ..backplane.base import Backplane, Claim, Handover
 from ..protocol import line as p
 from ..protocol.v2 import HELLO as HELLO, Ack, BadResume, Resume, parse_resume
 from . import commands as c
-from .events import Error, Hello, Left, Notice, ResumeFailed, Welcome
-from .hub import Hub, Member
-from .session import Close, Door, Input, Outbox, Output, Session, State
+from .events import (
+    Error,
+    Event,
+    Hello,
+    Left,
+    Notice,
+    Recovery,
+    ResumeFailed,
+    RoomState,
+    Welcome,
+)
+from .hub import Hub, Member, recover
+from .session import (
+    Close,
+    Door,
+    Input,
+    Outbox,
+    Output,
+    Session,
+    State,
+    TakeOver,
+    Wait,
+)
 
 log: Final = logging.getLogger("triochat.resume")
 
@@ -46,17 +77,23 @@ BAD_TOKEN: Final = "That resume token is not valid (unknown, used or expired); g
 TOO_MANY: Final = "Too many bad resume tokens, closing"
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
+    """What is kept of a token (its SHA-256), here and in the cluster."""
     return hashlib.sha256(token.encode()).digest()
+
+
+_digest = token_digest
 
 
 class _Entry:
     """A member that can be resumed: its valid token digests (the newest last)."""
 
-    __slots__ = ("deadline", "digests", "member", "owner")
+    __slots__ = ("deadline", "digests", "id", "member", "owner")
 
-    def __init__(self, member: Member) -> None:
+    def __init__(self, member: Member, id: str = "") -> None:
         self.member = member
+        self.id = id or secrets.token_hex(8)
+        """The entry's name in the cluster (the member's name may change)."""
         self.digests: list[bytes] = []
         self.owner: V2Session | None = None
         """The session serving the member now; ``None`` while it is held."""
@@ -70,11 +107,16 @@ class Tokens:
     Args:
       grace: seconds a member whose connection broke is held.
       clock: the time (the server's trio clock).
+      cluster: in a cluster, its backplane: every entry is mirrored there (digests
+        only), and tokens are taken through it, on any node.
     """
 
-    def __init__(self, grace: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, grace: float, clock: Callable[[], float], cluster: Backplane | None = None
+    ) -> None:
         self.grace = grace
         self._clock = clock
+        self.cluster = cluster
         self._by_digest: dict[bytes, _Entry] = {}
         self._by_member: dict[Member, _Entry] = {}
         # The grace is the same for all, so deadlines come in order: a FIFO,
@@ -88,18 +130,26 @@ class Tokens:
         """How many members are held now."""
         return sum(1 for entry in self._by_member.values() if entry.deadline is not None)
 
-    def issue(self, member: Member, owner: V2Session) -> str:
+    def issue(self, member: Member, owner: V2Session, entry_id: str = "") -> str:
         """A new token for ``member``, served by ``owner``; earlier ones stay valid until
-        :meth:`confirm`."""
+        :meth:`confirm`. ``entry_id``: the cluster's entry of a member taken over."""
         entry = self._by_member.get(member)
         if entry is None:
-            entry = self._by_member[member] = _Entry(member)
+            entry = self._by_member[member] = _Entry(member, entry_id)
         token = secrets.token_hex(16)
         digest = _digest(token)
         entry.digests.append(digest)
         self._by_digest[digest] = entry
         entry.owner = owner
+        if self.cluster is not None:
+            self.cluster.resumable(entry.id, member.key, member.name, digest)
         return token
+
+    def renamed(self, member: Member) -> None:
+        """``member`` has a new name: the cluster's entry follows."""
+        entry = self._by_member.get(member)
+        if entry is not None and self.cluster is not None and entry.digests:
+            self.cluster.resumable(entry.id, member.key, member.name, entry.digests[-1])
 
     def confirm(self, member: Member, token: str) -> bool:
         """The client holds ``token`` (its newest): the tokens before it are no longer valid."""
@@ -110,6 +160,8 @@ class Tokens:
         for old in entry.digests[:-1]:
             del self._by_digest[old]
         entry.digests = [digest]
+        if self.cluster is not None:
+            self.cluster.keep_token(entry.id, digest)
         return True
 
     def take(self, token: str) -> _Entry | None:
@@ -128,17 +180,37 @@ class Tokens:
         entry.owner = None
         entry.deadline = self._clock() + self.grace
         self._held.append((entry.deadline, entry))
+        if self.cluster is not None:
+            self.cluster.hold(entry.id)
         log.info("%s held for %g s", member.name, self.grace)
         self.changed()
         return True
 
     def forget(self, member: Member) -> None:
         """``member`` left the chat: its tokens are no longer valid."""
+        entry = self._drop(member)
+        if entry is not None and self.cluster is not None:
+            self.cluster.unresumable(entry.id)
+
+    def cluster_forget(self, entry: str) -> None:
+        """The cluster's entry ``entry`` (of a member that left here) resumes nobody now."""
+        if self.cluster is not None:
+            self.cluster.unresumable(entry)
+
+    def handed_off(self, member: Member) -> None:
+        """A node took ``member`` over: its entry here goes (the cluster's is the new node's
+        now), and a connection still serving it ends without a word."""
+        entry = self._drop(member)
+        if entry is not None and entry.owner is not None:
+            entry.owner._hand_over()
+
+    def _drop(self, member: Member) -> _Entry | None:
         entry = self._by_member.pop(member, None)
         if entry is not None:
             for digest in entry.digests:
                 self._by_digest.pop(digest, None)
             entry.deadline = None
+        return entry
 
     def next_deadline(self) -> float | None:
         """When the first held member's grace is over, if any is held."""
@@ -146,15 +218,16 @@ class Tokens:
             self._held.popleft()
         return self._held[0][0] if self._held else None
 
-    def expired(self) -> list[Member]:
-        """The members whose grace is over (forgotten here); the caller makes them leave."""
+    def expired(self) -> list[tuple[Member, str]]:
+        """The members whose grace is over, with their entries' ids (forgotten here, not
+        yet in the cluster: :meth:`Backplane.expire`); the caller makes them leave."""
         now = self._clock()
         gone = []
         while (deadline := self.next_deadline()) is not None and deadline <= now:
             _, entry = self._held.popleft()
             log.info("%s not back within %g s", entry.member.name, self.grace)
-            gone.append(entry.member)
-            self.forget(entry.member)
+            gone.append((entry.member, entry.id))
+            self._drop(entry.member)
         return gone
 
 
@@ -162,7 +235,15 @@ class V2Session(Session[Member]):
     """A v2 line member's session: a token at registration, held when its connection
     breaks, ``/resume`` instead of a name, and each room's epoch when it joins one."""
 
-    __slots__ = ("_attempts", "_handed_over", "_most_attempts", "_resume_max", "_tokens", "_v2hub")
+    __slots__ = (
+        "_asked",
+        "_attempts",
+        "_handed_over",
+        "_most_attempts",
+        "_resume_max",
+        "_tokens",
+        "_v2hub",
+    )
 
     def __init__(
         self,
@@ -184,6 +265,7 @@ class V2Session(Session[Member]):
         self._started = True
         self._resume_max = resume_max
         self._most_attempts = attempts
+        self._asked: Resume | None = None
 
     def hello(self) -> list[Output]:
         """What the door says to a client that opted into v2."""
@@ -210,16 +292,27 @@ class V2Session(Session[Member]):
                 return [Error("That is not your newest resume token")]
             return []
         before = set(member.rooms) if member is not None else set()
+        key = member.key if member is not None else ""
         outputs = super().command(command)
         if isinstance(command, c.Quit) and member is not None:
             self._tokens.forget(member)
         if member is not None and self.state is not State.CLOSED:
+            if member.key != key:
+                self._tokens.renamed(member)
             outputs.extend(self._states(r for r in member.rooms if r not in before))
             if isinstance(command, c.Part) and command.room not in member.rooms:
                 # The room's own Left went to those still in it; the leaver hears it
                 # unnumbered, as it is no longer the room's to number for it.
                 left = Left(command.room, 0, time.time(), member.name, command.reason)
                 outputs.append(left)
+        return outputs
+
+    def claim_result(self, claim: Claim) -> list[Output]:
+        member = self.member
+        key = member.key if member is not None else ""
+        outputs = super().claim_result(claim)
+        if member is not None and member.key != key:
+            self._tokens.renamed(member)  # a /nick the cluster allowed
         return outputs
 
     def close(self, reason: str) -> list[Output]:
@@ -232,12 +325,25 @@ class V2Session(Session[Member]):
             and self._v2hub.is_member(member)
             and self._tokens.hold(member)
         ):
+            if member is not None and not self._handed_over:
+                self._v2hub.hold(member)
             self._take_close()
             self.state = State.CLOSED
             return []
         if member is not None and self.state is not State.CLOSED:
             self._tokens.forget(member)
         return super().close(reason)
+
+    def delay_elapsed(self) -> list[Output]:
+        """A bad resume token's delay is over: the verdict."""
+        if self.state is not State.RESUME_REFUSING:
+            return super().delay_elapsed()
+        self._take(Input.DELAY_ELAPSED)
+        if self._attempts >= self._most_attempts:
+            self._to(State.CLOSED)
+            return [Error(TOO_MANY), Close("bad resume tokens")]
+        self._to(State.AWAITING_NAME)
+        return [Error(BAD_TOKEN), Notice(p.NAME_QUESTION)]
 
     # --- the moves ---------------------------------------------------------------------
 
@@ -253,7 +359,10 @@ class V2Session(Session[Member]):
         self._take(Input.CLOSE)
 
     def _states(self, rooms: Iterable[str]) -> list[Output]:
-        states: list[Output] = []
+        return list(self._room_states(rooms))
+
+    def _room_states(self, rooms: Iterable[str]) -> list[RoomState]:
+        states = []
         for room in rooms:
             state = self._v2hub.room_state(room)
             if state is not None:
@@ -274,43 +383,101 @@ class V2Session(Session[Member]):
         self._follow(result)
         return self._states(result.rooms)
 
+    def _bad_token(self) -> list[Output]:
+        """A token that resumes nobody (forged, used, acknowledged away or expired): the
+        verdict waits, as a wrong password's, and the same words whatever the reason."""
+        self._attempts += 1
+        log.warning("a bad resume token from %s", self.address or "a client")
+        self._to(State.RESUME_REFUSING)
+        delay = self._door.delays.fail(self.address, self._door.clock())
+        return [Wait(delay, "resume token")]
+
     def _resume(self, resume: Resume) -> list[Output]:
         self._take(Input.LINE)
+        if self._tokens.cluster is not None:
+            # The cluster's tokens: the member may be held on any node (this one too).
+            self._to(State.RESUMING)
+            positions = tuple((room, seq) for room, _, seq in resume.rooms)
+            self._asked = resume
+            return [TakeOver(resume.token, positions)]
         entry = self._tokens.take(resume.token)
         hub = self._v2hub
         if entry is None or not hub.is_member(entry.member):
             if entry is not None:
                 self._tokens.forget(entry.member)
-            self._attempts += 1
-            log.warning("a bad resume token from %s", self.address or "a client")
-            if self._attempts >= self._most_attempts:
-                self._to(State.CLOSED)
-                return [Error(TOO_MANY), Close("bad resume tokens")]
-            self._to(State.AWAITING_NAME)
-            return [Error(BAD_TOKEN), Notice(p.NAME_QUESTION)]
+            return self._bad_token()
         member = entry.member
         owner = entry.owner
         if owner is not None and owner is not self:
             owner._hand_over()  # its connection is dead but has not noticed yet
         hub.reattach(member, self._outbox, self._disconnect)
+
+        def recovery(room: str, epoch: str, seq: int) -> Recovery:
+            return hub.resume(room, epoch, seq)
+
+        return self._resumed(member, resume, recovery)
+
+    def taken_over(self, handover: Handover | None) -> list[Output]:
+        """The cluster's answer to :class:`TakeOver`: the member, adopted by this node's hub
+        (its outbox waiting), or ``None`` for a token that resumes nobody."""
+        self._take(Input.TAKEN_OVER)
+        hub = self._v2hub
+        if handover is None:
+            if self.state is State.CLOSED:
+                return []
+            return self._bad_token()
+        member = handover.member
+        assert isinstance(member, Member)
+        if self.state is State.CLOSED:
+            hub.abandon(member)  # its connection ended meanwhile: as a cut past the grace
+            self._tokens.cluster_forget(handover.entry)
+            return []
+        resume = self._asked
+        assert resume is not None
+        hub.reattach(member, self._outbox, self._disconnect)
+        tails = handover.tails
+
+        def recovery(room: str, epoch: str, seq: int) -> Recovery:
+            tail = tails.get(room)
+            if tail is None or not tail.epoch:
+                return ResumeFailed(room, "", 0, 0, "no such room")
+            return recover(
+                room, tail.epoch, tail.seq, epoch, seq, tail.events, self._v2hub.resume_max
+            )
+
+        return self._resumed(member, resume, recovery, handover.entry)
+
+    def _resumed(
+        self,
+        member: Member,
+        resume: Resume,
+        recovery: Callable[[str, str, int], Recovery],
+        entry: str = "",
+    ) -> list[Output]:
+        """``member`` is this connection's again: its new token, each room's recovery, the
+        rooms not asked about, then what waited and the private messages kept for it."""
+        hub = self._v2hub
         log.info("%s resumed", member.name)
         self.member = member
         self.authenticated = True
         self._to(State.CHATTING)
-        token = self._tokens.issue(member, self)
-        outputs: list[Output] = [Welcome(member.name, token, self._tokens.grace)]
+        token = self._tokens.issue(member, self, entry)
+        events: list[Event] = [Welcome(member.name, token, self._tokens.grace)]
         asked = set()
         for room, epoch, seq in resume.rooms:
             asked.add(room)
             if room not in member.rooms:
                 known = hub.room_state(room) is not None
                 why = "you are not in that room" if known else "no such room"
-                outputs.append(ResumeFailed(room, "", 0, 0, why))
+                events.append(ResumeFailed(room, "", 0, 0, why))
             else:
-                outputs.append(hub.resume(room, epoch, seq))
-        outputs.extend(self._states(r for r in member.rooms if r not in asked))
+                events.append(recovery(room, epoch, seq))
+        events.extend(self._room_states(r for r in member.rooms if r not in asked))
+        # In the outbox now, before what waited for the member and its kept messages.
+        hub.tell(member, *events)
+        hub.resumed(member)
         self._follow(member)
-        return outputs
+        return []
 
     @property
     def handed_over(self) -> bool:
@@ -323,4 +490,4 @@ class V2Session(Session[Member]):
         self._disconnect()
 
 
-__all__ = ["HELLO", "RESUME_ATTEMPTS", "Tokens", "V2Session"]
+__all__ = ["HELLO", "RESUME_ATTEMPTS", "Tokens", "V2Session", "token_digest"]

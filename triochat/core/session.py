@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Generic, Protocol, TypeVar
 
 from ..backplane.base import Claim
@@ -69,6 +69,11 @@ class State(enum.Enum):
     """``/register``, ``/identify``, ``/password`` or ``/unregister`` (:class:`AccountCall`)."""
     PENALIZED = "waiting out a wrong password"
     """A chatting member gave a wrong account password: nothing is read for a while."""
+    # Resume (protocol v2, :mod:`.resume`).
+    RESUMING = "taking a held member over"
+    """The cluster is asked for the member a resume token stands for (:class:`TakeOver`)."""
+    RESUME_REFUSING = "refusing a bad resume token"
+    """The verdict on a bad token waits out its delay (:class:`Wait`), as a wrong password's."""
 
 
 class Input(enum.Enum):
@@ -82,6 +87,7 @@ class Input(enum.Enum):
     FETCHED = "fetched history"
     CLOSE = "the connection's end"
     ACCOUNT_RESULT = "an account request's outcome"
+    TAKEN_OVER = "a takeover's outcome"
 
 
 _REGISTERING: Final = frozenset(
@@ -99,7 +105,8 @@ TRANSITIONS: Final[Mapping[State, Mapping[Input, frozenset[State]]]] = {
     State.AWAITING_NAME: {
         # A server-wide ban of the address refuses the connection at once.
         Input.START: frozenset({State.AWAITING_NAME, State.CLOSED}),
-        Input.LINE: _REGISTERING,
+        # A v2 ``/resume`` instead of a name: a local token, the cluster's, or a bad one.
+        Input.LINE: _REGISTERING | {State.RESUMING, State.RESUME_REFUSING},
         Input.TOO_LONG: frozenset({State.AWAITING_NAME}),
         Input.DEADLINE: frozenset({State.CLOSED}),
         Input.CLOSE: frozenset({State.CLOSED}),
@@ -138,6 +145,17 @@ TRANSITIONS: Final[Mapping[State, Mapping[Input, frozenset[State]]]] = {
     },
     State.CLOSED: {
         Input.CLOSE: frozenset({State.CLOSED}),  # every way out may say so; once counts
+        Input.TAKEN_OVER: frozenset({State.CLOSED}),  # the connection ended meanwhile
+    },
+    State.RESUMING: {
+        Input.TAKEN_OVER: frozenset({State.CHATTING, State.RESUME_REFUSING}),
+        Input.DEADLINE: frozenset({State.CLOSED}),
+        Input.CLOSE: frozenset({State.CLOSED}),
+    },
+    State.RESUME_REFUSING: {
+        Input.DELAY_ELAPSED: frozenset({State.AWAITING_NAME, State.CLOSED}),
+        Input.DEADLINE: frozenset({State.CLOSED}),
+        Input.CLOSE: frozenset({State.CLOSED}),
     },
     State.AWAITING_ACCOUNT: {
         # An empty answer gives the name up (no account has an empty password).
@@ -196,6 +214,18 @@ class Wait:
     """A wrong password: wait ``seconds`` (read nothing), then :meth:`Session.delay_elapsed`."""
 
     seconds: float
+    what: str = "password"
+    """What was wrong, for the log ("password", "resume token")."""
+
+
+@dataclass(frozen=True, slots=True)
+class TakeOver:
+    """Ask the cluster for the member the resume token ``token`` stands for, with the tails
+    of the rooms at ``positions`` (room, last number shown); then
+    ``V2Session.taken_over``. Its repr shows no token."""
+
+    token: str = field(repr=False)
+    positions: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +251,8 @@ class AccountCall:
     request: Request
 
 
-Effect = ClaimName | Unclaim | Wait | FetchHistory | Close | AccountCall
-EFFECTS: Final = (ClaimName, Unclaim, Wait, FetchHistory, Close, AccountCall)
+Effect = ClaimName | Unclaim | Wait | FetchHistory | Close | AccountCall | TakeOver
+EFFECTS: Final = (ClaimName, Unclaim, Wait, FetchHistory, Close, AccountCall, TakeOver)
 """The effect classes, to tell effects from events (``isinstance(output, EFFECTS)``)."""
 Output = Event | Effect
 """What an input gives back, in order: events for the client, effects for the I/O layer."""

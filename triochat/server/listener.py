@@ -210,7 +210,12 @@ class ChatServer:
             moderation=self.hub.moderation,
         )
         """What the line door's sessions share."""
-        self.tokens = Tokens(self.config.resume_grace, trio.current_time)
+        self.tokens = Tokens(
+            self.config.resume_grace,
+            trio.current_time,
+            self.backplane if self.backplane.remote else None,
+        )
+        self.hub.handed_off = self.tokens.handed_off
         """The v2 members' resume tokens, and who is held."""
         self._holds_changed = trio.Event()
         self.tokens.changed = self._holds_changed.set
@@ -353,8 +358,10 @@ class ChatServer:
                 tokens.changed = self._holds_changed.set
                 continue
             await trio.sleep_until(deadline)
-            for member in tokens.expired():
-                self.hub.leave(member, "connection lost")
+            for member, entry in tokens.expired():
+                # In a cluster another node may have taken it over meanwhile: Redis decides.
+                if await self.backplane.expire(entry):
+                    self.hub.leave(member, "connection lost")
 
     def shutdown(self) -> None:
         """Stop accepting, tell every client, and give them ``shutdown_grace`` to read it."""
@@ -365,18 +372,28 @@ class ChatServer:
         if isinstance(stream, trio.SocketStream):
             _enable_keepalive(stream)
         limit = self.config.max_per_address
-        if not limit:
-            await self._handle_stream(stream)
-            return
-        address = peer_host(stream)
-        if not self.admit_address(address):
+        address = peer_host(stream) if limit else None
+        if address is not None and not self.admit_address(address):
             log.warning("refused a connection from %s: %d already open", address, limit)
             await self._refuse(stream, p.format_error("Too many connections from your address"))
             return
+        # The connection runs in this frame, not in one more below it: a
+        # coroutine frame costs every idle client about 250 bytes.
         try:
-            await self._handle_stream(stream)
+            connection = await self._admit(stream)
+            if connection is None:
+                return
+            self._connections.add(connection)
+            try:
+                await connection.run()
+            except Exception:
+                # One client's bug must never take the server down.
+                log.exception("connection %s failed", connection.peer)
+            finally:
+                self._connections.discard(connection)
         finally:
-            self.release_address(address)
+            if address is not None:
+                self.release_address(address)
 
     async def _refuse(self, stream: trio.abc.Stream, line: str) -> None:
         """Send one line (briefly, the client may not read) and hang up.
@@ -388,35 +405,29 @@ class ChatServer:
             stream = trio.SSLStream(stream, self.ssl_context, server_side=True)
         await _say_and_close(stream, line)
 
-    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+    async def _admit(self, stream: trio.abc.Stream) -> Connection | None:
+        """The client's connection, once it is let in (and through its TLS handshake);
+        ``None`` if it was refused."""
         # A client accepted as the server began shutting down: it would miss
         # the goodbye that the others get.
         goodbye = p.format_info(SHUTDOWN_LINE)
         if self._shutdown.is_set():
             await self._refuse(stream, goodbye)
-            return
+            return None
         if self.open_connections >= self.config.max_clients:
             self.stats.refused_full += 1
             log.warning("refused a connection: server full (%d)", self.config.max_clients)
             await self._refuse(stream, p.format_error("Server full, try again later"))
-            return
+            return None
         if self.ssl_context is not None:
             secure = await self._handshake(stream, self.ssl_context)
             if secure is None:
-                return
+                return None
             if self._shutdown.is_set():  # it began during the handshake
                 await _say_and_close(secure, goodbye)
-                return
+                return None
             stream = secure
-        connection = Connection(self, stream)
-        self._connections.add(connection)
-        try:
-            await connection.run()
-        except Exception:
-            # One client's bug must never take the server down.
-            log.exception("connection %s failed", connection.peer)
-        finally:
-            self._connections.discard(connection)
+        return Connection(self, stream)
 
     async def _handshake(
         self, stream: trio.abc.Stream, context: ssl.SSLContext

@@ -53,19 +53,19 @@ class Outbox:
         "_broken",
         "_capacity",
         "_chunks",
-        "_fd",
         "_flusher",
         "_owner",
         "_queued",
         "_state",
         "closed",
+        "fd",
     )
 
     def __init__(self, owner: Owner, flusher: Flusher, capacity: int, fd: int) -> None:
         self._owner = owner
         self._flusher = flusher
         self._capacity = capacity
-        self._fd = fd
+        self.fd = fd
         self._chunks: list[bytes] = []  # a list: an empty deque costs 600 bytes
         self._queued = 0  # lines in _chunks
         self._state = _IDLE
@@ -85,7 +85,7 @@ class Outbox:
         self._chunks.append(data)
         self._queued += self._flusher.lines_in(data)
         if self._state == _IDLE:
-            if self._fd < 0:
+            if self.fd < 0:
                 self._start_writer()
             else:
                 self._state = _DIRTY
@@ -114,7 +114,7 @@ class Outbox:
             return
         data = self._drain()
         try:
-            sent = os.write(self._fd, data)
+            sent = os.write(self.fd, data)
         except OSError:
             sent = 0  # full (EAGAIN), or failed: the writer waits, or reports the error
         self._flusher.stats.bytes_out += sent

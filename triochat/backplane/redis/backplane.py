@@ -19,22 +19,26 @@ import coredis
 import trio
 from coredis.retry import NoRetryPolicy
 
-from ...core.events import Legacy, Private, RoomEvent
+from ...core.events import Dialect, Legacy, Private, RoomEvent
 from ...core.modstate import AccountSet, Change
 from ...protocol.line import LOBBY
-from ..base import BackplaneError, Claim, Node, RemoteUser
+from .._takeover import Pending
+from ..base import BackplaneError, Claim, Handover, Node, RemoteUser, Tail
 from . import scripts, shared
 from .claims import Claims
 from .keys import Keys
 from .link import LINK_ERRORS, connect, describe, is_link_error, keep_linked, log, quiet_coredis
 from .options import RedisOptions
-from .publisher import Events, Item, Publisher, Rehold, Release, Room, Sweep, Undo
+from .publisher import Events, Item, Publisher, Rehold, Release, Room, Sweep, TokenOp, Undo
 from .replica import Replica
 from .wire import (
     Direct,
     Drop,
+    Epoch,
     History,
     Shared,
+    Taken,
+    Told,
     Whereabouts,
     WireError,
     decode_batch,
@@ -44,6 +48,7 @@ from .wire import (
 )
 
 _LEAVE_TIMEOUT: Final = 0.5
+
 
 _Gone = tuple[str, str, tuple[str, ...]]
 """A user removed from Redis: key, name, rooms."""
@@ -73,6 +78,8 @@ class RedisBackplane:
         self._beating = trio.CancelScope()
         self.link_changes = 0
         """How often the link went down or came back (tests and metrics read it)."""
+        self._pending: dict[str, Pending] = {}
+        """Our takeovers whose T record has not come back yet, by nonce."""
         quiet_coredis()
 
     @property
@@ -99,6 +106,9 @@ class RedisBackplane:
 
     def publish_private(self, key: str, event: Private, /) -> bool:
         return self.linked and self.publisher.queue(Direct(key, event))
+
+    def publish_notice(self, key: str, text: str, error: bool, /) -> bool:
+        return self.linked and self.publisher.queue(Told(key, text, error))
 
     def publish_state(self, change: Change, /) -> None:
         # Without a link the node keeps what it did (the hub has taken it); the rest of
@@ -178,6 +188,101 @@ class RedisBackplane:
     def unclaim(self, name: str, /) -> None:
         self._claims.unclaim(name, self.linked)
 
+    # --- resume tokens (what Tokens mirrors, digests only) -----------------------------
+
+    def _token_op(self, op: str, entry: str, *args: str) -> None:
+        if self.linked:
+            self.publisher.queue(TokenOp(op, entry, args))
+
+    def resumable(self, entry: str, key: str, name: str, digest: bytes, /) -> None:
+        self._token_op("issue", entry, key, name, digest.hex())
+
+    def keep_token(self, entry: str, digest: bytes, /) -> None:
+        self._token_op("keep", entry, digest.hex())
+
+    def unresumable(self, entry: str, /) -> None:
+        self._token_op("forget", entry)
+
+    def hold(self, entry: str, /) -> None:
+        self._token_op("hold", entry)
+
+    async def take_over(
+        self, digest: bytes, positions: Sequence[tuple[str, int]], dialect: Dialect, /
+    ) -> Handover | None:
+        client = self._client
+        if not self.linked or client is None:
+            return None
+        keys, options = self.keys, self.options
+        nonce = uuid.uuid4().hex[:16]
+        pending = self._pending[nonce] = Pending(dialect, self._claims.fresh())
+        args: list[str | bytes] = [
+            keys.resumable_prefix,
+            keys.name_prefix,
+            pending.claim,
+            keys.presence,
+            keys.numbers_prefix,
+            keys.resume_prefix,
+            str(options.resume_max),
+            keys.seqs,
+            nonce,
+            keys.held(self.node_id),
+            LOBBY,
+            keys.holders_prefix,
+        ]
+        for room, after in positions:
+            args += [room, str(after)]
+        try:
+            async with self.publisher.lock:
+                result: Any = await self.publisher.announcing(
+                    client, scripts.TAKE, [keys.token_prefix + digest.hex()], args
+                )
+        except LINK_ERRORS as exc:
+            self._pending.pop(nonce, None)
+            log.warning("could not take a member over: %s", describe(exc))
+            return None
+        if not result:
+            self._pending.pop(nonce, None)
+            return None
+        entry, raw_tails = result
+        tails = {}
+        for room, epoch, seq, events in raw_tails:
+            name = _text(room)
+            decoded = _decode_history(name, reversed(events))
+            tails[name] = Tail(name, _text(epoch), int(seq), tuple(decoded))
+        member = await pending.adopted(self.node)  # when its T record came back
+        if member is None:
+            return None  # The link went down before the T record came back.
+        return Handover(member, tails, _text(entry))
+
+    async def expire(self, entry: str, /) -> bool:
+        client = self._client
+        if not self.linked or client is None:
+            return True  # Nobody can take it over through a link that is down.
+        keys = self.keys
+        args = [self.node_id, entry, keys.resumable_prefix, keys.tokens_prefix, keys.token_prefix]
+        try:
+            with trio.fail_after(self.options.timeout):
+                ours: Any = await scripts.EXPIRE(keys=[], args=["", *args], client=client)
+        except LINK_ERRORS as exc:
+            log.warning("could not end a hold in Redis: %s", describe(exc))
+            return True
+        return bool(ours)
+
+    def _taken(self, node: Node, record: Taken) -> None:
+        """A T record: a member moved to ``record.new``; let it go, or adopt it."""
+        takeover = record.takeover
+        self._replica.moved(takeover.key, record.new)
+        if record.old == self.node_id:
+            self._claims.forget(takeover.key)
+            for private in node.hand_off(takeover.key):
+                self.publish_private(takeover.key, private)  # for its new node
+        if record.new == self.node_id:
+            pending = self._pending.pop(record.nonce, None)
+            if pending is None:
+                return
+            self._claims.adopt(takeover.key, pending.claim)
+            pending.arrived(node, takeover)
+
     # --- the link ------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -192,6 +297,7 @@ class RedisBackplane:
             client.pubsub(retry_policy=NoRetryPolicy(), ignore_subscribe_messages=True) as pubsub,
         ):
             with trio.fail_after(timeout):
+                await scripts.load(client)
                 await pubsub.subscribe(keys.channel)
                 # Our holds stay (the others must not drop our rooms meanwhile);
                 # Rehold below rewrites them.
@@ -242,6 +348,9 @@ class RedisBackplane:
     def _link_lost(self, was_linked: bool) -> None:
         node = self.node
         self.linked = False
+        pending, self._pending = self._pending, {}
+        for waiting in pending.values():
+            waiting.failed()  # Its T record will not come: the takeover fails.
         self._down = True
         self._client = None
         self._replica.clear()
@@ -251,6 +360,8 @@ class RedisBackplane:
                 node.deliver(item.events)
             elif isinstance(item, Direct):
                 node.deliver_private(item.key, item.event)
+            elif isinstance(item, Told):
+                node.deliver_notice(item.key, item.text, item.error)
         if was_linked:
             self.link_changes += 1
             node.link_changed(False)
@@ -301,14 +412,19 @@ class RedisBackplane:
         another node says only that it is gone (its node died).
         """
         run: list[RoomEvent] = []
+        epoch: str | None = None
         for record in records:
             if run and not (isinstance(record, _ROOM_EVENTS) and record.room == run[0].room):
-                node.deliver(run)
+                node.deliver(run, epoch)
                 run = []
             if isinstance(record, _ROOM_EVENTS):
                 run.append(record)
+            elif isinstance(record, Epoch):
+                epoch = record.epoch
             elif isinstance(record, Direct):
                 node.deliver_private(record.key, record.event)
+            elif isinstance(record, Told):
+                node.deliver_notice(record.key, record.text, record.error)
             elif isinstance(record, Drop):
                 if node.drop_history(record.room):
                     # A member here joined before its hold reached Redis: hold the
@@ -323,10 +439,12 @@ class RedisBackplane:
                     self._replica.apply(record)
                 else:
                     log.warning("ignoring node %s's word on a user of node %s", origin, record.node)
+            elif isinstance(record, Taken):
+                self._taken(node, record)
             elif isinstance(record, Shared):
                 node.deliver_state(record.change)
         if run:
-            node.deliver(run)
+            node.deliver(run, epoch)
 
     # --- heartbeat, and the nodes that have none ---------------------------------
 

@@ -40,8 +40,20 @@ class Claims:
         self._serial = itertools.count(1)
 
     def _new(self, key: str) -> str:
-        token = self._tokens[key] = f"{self.node}:{next(self._serial)}"
+        token = self._tokens[key] = self.fresh()
         return token
+
+    def fresh(self) -> str:
+        """A claim token not used yet (a takeover writes it into the name's key itself)."""
+        return f"{self.node}:{next(self._serial)}"
+
+    def adopt(self, key: str, token: str) -> None:
+        """The name ``key`` is ours with ``token`` (a takeover claimed it)."""
+        self._tokens[key] = token
+
+    def forget(self, key: str) -> None:
+        """The name ``key`` is another node's now (it took our member over): no release."""
+        self._tokens.pop(key, None)
 
     async def claim(self, client: coredis.Redis[bytes] | None, name: str) -> Claim:
         """Claim ``name``; with no link (``client`` is ``None``), only against this node's claims.

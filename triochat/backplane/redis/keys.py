@@ -21,6 +21,14 @@ Redis never meet, and a test can delete a cluster by that prefix.
     list of encoded events, newest first
 ``dropped:ROOM``
     a dropped history, kept for ``undo_window``
+``numbers:ROOM``
+    hash: the room's ``epoch`` and the last ``seq`` given out (made anew when missing)
+``resume:ROOM``
+    list of the room's last ``resume_max`` events of every kind, newest first
+``resumable:ID``
+    hash: a resumable v2 member's ``node``, name ``key``, ``name`` and ``held`` flag
+``tokens:ID``, ``token:DIGEST``
+    the SHA-256 digests (hex) of its valid resume tokens, and each one's entry id
 ``holders:ROOM``, ``held:NODE``
     which nodes have members in ROOM, and the same from the node's side
 """
@@ -79,6 +87,26 @@ class Keys:
         return self.prefix + "dropped:"
 
     @property
+    def numbers_prefix(self) -> str:
+        return self.prefix + "numbers:"
+
+    @property
+    def resume_prefix(self) -> str:
+        return self.prefix + "resume:"
+
+    @property
+    def resumable_prefix(self) -> str:
+        return self.prefix + "resumable:"
+
+    @property
+    def tokens_prefix(self) -> str:
+        return self.prefix + "tokens:"
+
+    @property
+    def token_prefix(self) -> str:
+        return self.prefix + "token:"
+
+    @property
     def holders_prefix(self) -> str:
         return self.prefix + "holders:"
 
@@ -93,6 +121,12 @@ class Keys:
 
     def dropped(self, room: str) -> str:
         return self.dropped_prefix + room
+
+    def numbers(self, room: str) -> str:
+        return self.numbers_prefix + room
+
+    def resume(self, room: str) -> str:
+        return self.resume_prefix + room
 
     def holders(self, room: str) -> str:
         return self.holders_prefix + room

@@ -13,6 +13,8 @@ class RedisOptions:
     cluster: str = "triochat"
     history: int = 20
     """Events each room keeps in Redis (the server's ``--history``)."""
+    resume_max: int = 1000
+    """Events of every kind each room keeps in Redis for resumes on any node (``--resume-max``)."""
     heartbeat: float = 2.0
     """Seconds between this node's heartbeats (and its checks for dead nodes)."""
     node_ttl: float = 6.0
@@ -39,5 +41,5 @@ class RedisOptions:
             raise ValueError("undo_window must be positive")
         if self.timeout <= 0 or not 0 < self.backoff_min <= self.backoff_max:
             raise ValueError("timeout and backoff must be positive, backoff_min <= backoff_max")
-        if self.publish_queue < 1 or self.batch < 1 or self.history < 0:
-            raise ValueError("publish_queue and batch must be >= 1, history >= 0")
+        if self.publish_queue < 1 or self.batch < 1 or self.history < 0 or self.resume_max < 0:
+            raise ValueError("publish_queue and batch must be >= 1, history and resume_max >= 0")

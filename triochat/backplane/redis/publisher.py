@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import coredis
+import coredis.exceptions
 import trio
 
-from ...core.events import RoomEvent, kept_in_history
+from ...core.events import UNNUMBERED, RoomEvent, kept_in_history, new_epoch
 from ...protocol.line import LOBBY
 from ..base import Node
 from . import scripts, shared
@@ -29,12 +30,14 @@ from .wire import (
     Direct,
     Drop,
     Shared,
+    Told,
     Whereabouts,
     encode_batch,
-    encode_event,
     encode_presence,
     encode_record,
+    epoch_head,
     history_prefix,
+    numbered_parts,
 )
 
 
@@ -75,13 +78,24 @@ class Undo:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenOp:
+    """A change to a resume entry's mirror (the ``TOKENS`` script's op and its arguments)."""
+
+    op: str
+    entry: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Rehold:
     """Make this node's holds in Redis its rooms now (on linking, or after a full queue)."""
 
 
-Item = Events | Direct | Whereabouts | Shared | Release | Room | Sweep | Undo | Rehold
+Item = (
+    Events | Direct | Told | Whereabouts | Shared | Release | Room | Sweep | Undo | Rehold | TokenOp
+)
 
-_RECORDS: Final = (Direct, Whereabouts, Shared)
+_RECORDS: Final = (Direct, Told, Whereabouts, Shared)
 
 
 class Publisher:
@@ -178,12 +192,29 @@ class Publisher:
                 del items[0]
 
     async def _transaction(self, client: coredis.Redis[bytes], items: list[Item]) -> None:
-        """Events, presence, releases and holds in one MULTI, with the batch announcing them."""
+        """Events, presence, releases and holds in one MULTI, with the batch announcing them.
+
+        If Redis forgot the scripts (``SCRIPT FLUSH``), none of them ran (they go
+        together): they are loaded again and the transaction is written once more.
+        """
+        seq = self._seq
+        try:
+            await self._multi(client, items)
+        except coredis.exceptions.NoScriptError:
+            self._seq = seq  # Its batch was not published.
+            with trio.fail_after(self._options.timeout):
+                await scripts.load(client)
+            await self._multi(client, items)
+
+    async def _multi(self, client: coredis.Redis[bytes], items: list[Item]) -> None:
         keys, history = self._keys, self._options.history
         holds = [i.room for i in items if isinstance(i, Room) and i.room not in self._held]
-        if not holds and not any(isinstance(i, (Events, Release, *_RECORDS)) for i in items):
+        if not holds and not any(
+            isinstance(i, (Events, Release, TokenOp, *_RECORDS)) for i in items
+        ):
             return
-        records: list[bytes] = []
+        parts: list[str | bytes] = []
+        """The batch, for the script that numbers its events and publishes it."""
         with trio.fail_after(self._options.timeout):
             async with client.pipeline(transaction=True) as pipe:
                 for room in holds:
@@ -191,17 +222,16 @@ class Publisher:
                     pipe.sadd(keys.holders(room), [self.node])
                 for item in items:
                     if isinstance(item, Events):
-                        for event in item.events:
-                            encoded = encode_event(event)
-                            records.append(encoded + b"\n")
-                            if history and kept_in_history(event):
-                                pipe.lpush(keys.history(event.room), [encoded])
-                                pipe.ltrim(keys.history(event.room), 0, history - 1)
-                                pipe.sadd(keys.rooms, [event.room])
+                        parts += self._numbered_parts(item.events)
                     elif isinstance(item, Release):
-                        scripts.RELEASE(keys=[keys.name(item.key)], args=[item.token], client=pipe)
+                        release = [keys.name(item.key)]
+                        scripts.in_transaction(pipe, scripts.RELEASE, release, [item.token])
+                    elif isinstance(item, TokenOp):
+                        prefixes = [keys.resumable_prefix, keys.tokens_prefix, keys.token_prefix]
+                        args = [item.op, self.node, item.entry, *prefixes, *item.args]
+                        scripts.in_transaction(pipe, scripts.TOKENS, [], args)
                     elif isinstance(item, _RECORDS):
-                        records.append(encode_record(item))
+                        parts += [b"R", encode_record(item)]
                         if isinstance(item, Shared):
                             shared.write(pipe, self.shared_keys, item.change)
                         elif isinstance(item, Whereabouts) and item.node == self.node:
@@ -212,11 +242,40 @@ class Publisher:
                                 pipe.hset(keys.presence, {item.key: value})
                             else:
                                 pipe.hdel(keys.presence, [item.key])
-                if records:
+                if parts:
                     self._seq += 1
-                    pipe.hset(keys.seqs, {self.node: str(self._seq)})
-                    pipe.publish(keys.channel, encode_batch(self.node, self._seq, records))
+                    header = encode_batch(self.node, self._seq, [])
+                    batch: list[str | bytes] = [self.node, str(self._seq), keys.channel, header]
+                    batch += [keys.numbers_prefix, keys.history_prefix, keys.resume_prefix]
+                    batch += [str(history), str(self._options.resume_max), *parts]
+                    scripts.in_transaction(pipe, scripts.BATCH, [keys.seqs, keys.rooms], batch)
         self._held.update(holds)
+
+    def _numbered_parts(self, events: Sequence[RoomEvent]) -> list[str | bytes]:
+        """The batch script's parts for one room's events: runs for Redis to number, and
+        the unnumbered ones (:data:`~triochat.core.events.UNNUMBERED`) as they are."""
+        parts: list[str | bytes] = []
+        history = self._options.history
+        run: list[RoomEvent] = []
+
+        def number() -> None:
+            if run:
+                room = run[0].room
+                parts.extend([b"N", room, new_epoch(), str(len(run)), epoch_head(room)])
+                for event in run:
+                    head, tail = numbered_parts(event)
+                    kept = history and kept_in_history(event)
+                    parts.extend([head, tail, b"1" if kept else b"0"])
+                run.clear()
+
+        for event in events:
+            if type(event) in UNNUMBERED:
+                number()
+                parts.extend([b"R", encode_record(event)])
+            else:
+                run.append(event)
+        number()
+        return parts
 
     async def _drop(
         self, client: coredis.Redis[bytes], rooms: Iterable[str], *, release: bool
@@ -225,11 +284,11 @@ class Publisher:
         keys, options = self._keys, self._options
         args: list[str | bytes] = [keys.history_prefix, keys.holders_prefix, keys.dropped_prefix]
         args += [str(round(options.undo_window * 1000)), "1" if release else "0"]
-        args.append(str(options.history))
+        args += [str(options.history), keys.numbers_prefix, keys.resume_prefix]
         for room in rooms:
             args += [room, encode_record(Drop(room))]
         script_keys = [keys.rooms, keys.seqs, keys.held(self.node)]
-        await self._announcing(client, scripts.DROP, script_keys, args)
+        await self.announcing(client, scripts.DROP, script_keys, args)
 
     async def _undo(self, client: coredis.Redis[bytes], room: str) -> None:
         """Bring back ``room``'s dropped history, if Redis still keeps it."""
@@ -237,16 +296,18 @@ class Publisher:
         keys = self._keys
         script_keys = [keys.rooms, keys.seqs, keys.history(room), keys.dropped(room)]
         args: list[str | bytes] = [room, str(self._options.history), history_prefix(room)]
-        await self._announcing(client, scripts.UNDO, script_keys, args)
+        await self.announcing(client, scripts.UNDO, script_keys, args)
 
-    async def _announcing(
+    async def announcing(
         self,
         client: coredis.Redis[bytes],
         script: Any,
         keys: list[str],
         args: list[str | bytes],
-    ) -> None:
-        """Run a script that may publish a batch as ours, numbered next."""
+    ) -> Any:
+        """Run a script that may publish a batch as ours, numbered next; its result.
+
+        Only with :attr:`lock` held (the writer's batches are numbered too)."""
         seq = self._seq + 1
         header = encode_batch(self.node, seq, [])
         try:
@@ -261,6 +322,7 @@ class Publisher:
             raise
         if published:
             self._seq = seq
+        return published
 
     async def _rehold(self, client: coredis.Redis[bytes], node: Node) -> None:
         """Hold exactly the rooms our members are in; drop what only we held and let go."""

@@ -54,6 +54,14 @@ class Replica:
             # given the key to a user of another node meanwhile.
             del self._users[record.key]
 
+    def moved(self, key: str, node: str) -> None:
+        """The user holding ``key`` is on ``node`` now (taken over there)."""
+        entry = self._users.get(key)
+        if node == self.node:
+            self._users.pop(key, None)
+        elif entry is not None:
+            self._users[key] = _Entry(node, entry.user, entry.rooms)
+
     def name(self, key: str) -> str | None:
         entry = self._users.get(key)
         return entry.user.name if entry is not None else None

@@ -6,6 +6,13 @@ script and retries once; in a pipeline it checks the cache before the
 transaction. So the script's text crosses the network once per Redis
 process, not once per call.
 
+In a transaction (MULTI) coredis would ask ``SCRIPT EXISTS`` before every
+one: one more round trip per batch. So the scripts a transaction runs go by
+:func:`in_transaction` (a plain ``EVALSHA``), and every script is loaded once
+per connection (:func:`load`); a Redis that lost them (restarted, or
+``SCRIPT FLUSH``) fails the transaction, which counts as a broken link, and
+the next connection loads them again.
+
 Every script that may publish a batch takes the same first four arguments:
 ARGV[1] the node, ARGV[2] the batch's number, ARGV[3] the channel, ARGV[4]
 the batch's header line (see :mod:`.wire`).
@@ -13,9 +20,172 @@ the batch's header line (see :mod:`.wire`).
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
+import coredis
 from coredis.commands.script import Script
+
+# Publish one batch of this node's: ARGV[5...] are its parts in order, each either
+# 'R', RECORD (a record line as it is) or 'N', ROOM, EPOCH, COUNT, E-HEAD followed by COUNT
+# triples HEAD, TAIL, KEPT: room events whose number Redis gives here (HEAD .. SEQ .. TAIL),
+# from the room's counter in numbers:ROOM, whose epoch is made (EPOCH, the node's fresh
+# guess) if the key is missing. Each numbered run is announced by an E record (E-HEAD ..
+# epoch .. '"]'), pushed onto the room's resume list and, if KEPT is '1', its history.
+# KEYS: seqs hash, rooms set. ARGV[5], [6], [7]: numbers, history and resume prefixes;
+# [8], [9]: history and resume list lengths; parts from [10].
+BATCH: Final = Script[bytes](
+    None,
+    r"""
+local out = {ARGV[4]}
+local history_len, resume_len = tonumber(ARGV[8]), tonumber(ARGV[9])
+local i, n = 10, #ARGV
+while i <= n do
+  if ARGV[i] == 'R' then
+    out[#out + 1] = ARGV[i + 1]
+    i = i + 2
+  else
+    local room, count = ARGV[i + 1], tonumber(ARGV[i + 3])
+    local numbers = ARGV[5] .. room
+    local epoch = redis.call('HGET', numbers, 'epoch')
+    if not epoch then
+      epoch = ARGV[i + 2]
+      redis.call('HSET', numbers, 'epoch', epoch, 'seq', 0)
+    end
+    local seq = redis.call('HINCRBY', numbers, 'seq', count) - count
+    out[#out + 1] = ARGV[i + 4] .. epoch .. '"]\n'
+    i = i + 5
+    local history, resume = ARGV[6] .. room, ARGV[7] .. room
+    local kept = false
+    for _ = 1, count do
+      seq = seq + 1
+      local record = ARGV[i] .. string.format('%d', seq) .. ARGV[i + 1]
+      if ARGV[i + 2] == '1' then
+        redis.call('LPUSH', history, record)
+        kept = true
+      end
+      if resume_len > 0 then redis.call('LPUSH', resume, record) end
+      out[#out + 1] = record .. '\n'
+      i = i + 3
+    end
+    if kept then
+      redis.call('LTRIM', history, 0, history_len - 1)
+      redis.call('SADD', KEYS[2], room)
+    end
+    if resume_len > 0 then redis.call('LTRIM', resume, 0, resume_len - 1) end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], table.concat(out))
+return 1
+""",
+)
+
+# A resume entry's mirror (triochat.core.resume.Tokens): ARGV[1] the op, [2] our node,
+# [3] the entry id, [4], [5], [6]: resumable, tokens and token prefixes; for 'issue',
+# [7] KEY, [8] NAME, [9] the new digest (hex); for 'keep', [7] the digest to keep.
+# Only the entry's node may change it (another may have taken it over meanwhile).
+TOKENS: Final = Script[bytes](
+    None,
+    """
+local entry, set = ARGV[4] .. ARGV[3], ARGV[5] .. ARGV[3]
+local op = ARGV[1]
+local owner = redis.call('HGET', entry, 'node')
+if op == 'issue' then
+  if owner and owner ~= ARGV[2] then return 0 end
+  redis.call('HSET', entry, 'node', ARGV[2], 'key', ARGV[7], 'name', ARGV[8])
+  redis.call('HSETNX', entry, 'held', '0')
+  redis.call('SET', ARGV[6] .. ARGV[9], ARGV[3])
+  redis.call('SADD', set, ARGV[9])
+  return 1
+end
+if owner ~= ARGV[2] then return 0 end
+if op == 'hold' then
+  redis.call('HSET', entry, 'held', '1')
+  return 1
+end
+for _, digest in ipairs(redis.call('SMEMBERS', set)) do
+  if digest ~= ARGV[7] then
+    redis.call('DEL', ARGV[6] .. digest)
+    redis.call('SREM', set, digest)
+  end
+end
+if op == 'forget' then redis.call('DEL', entry, set) end
+return 1
+""",
+)
+
+# The grace of entry ARGV[3], held by node ARGV[2], is over: 1 if it is still ours (or Redis
+# lost it), and its tokens go; 0 if another node took it over. ARGV[4], [5], [6] as TOKENS.
+EXPIRE: Final = Script[bytes](
+    None,
+    """
+local entry, set = ARGV[4] .. ARGV[3], ARGV[5] .. ARGV[3]
+local owner = redis.call('HGET', entry, 'node')
+if owner and owner ~= ARGV[2] then return 0 end
+for _, digest in ipairs(redis.call('SMEMBERS', set)) do redis.call('DEL', ARGV[6] .. digest) end
+redis.call('DEL', entry, set)
+return 1
+""",
+)
+
+# Take the member whose token's digest is KEYS[1] (token:HEX) over to node ARGV[1]: its entry
+# and its name (ARGV[7], our claim token) are ours, and one T record says so on the channel,
+# with the member's rooms and where their numbering stands, so that its old node lets it go
+# and we adopt it at this very point of the channel's order. Returns false (no such token),
+# or the entry id and, for each (ROOM, AFTER) pair from ARGV[14], ROOM, its epoch, its last
+# number and its events after AFTER (newest first; none if more than ARGV[11]).
+# ARGV[5], [6]: resumable and name prefixes; [8]: presence hash; [9], [10]: numbers and
+# resume prefixes; [12]: seqs hash; [13]: our nonce for this takeover; [14]: our held set,
+# [15]: the lobby, [16]: holders prefix (we hold the member's rooms from now on); the
+# pairs from ARGV[17].
+TAKE: Final = Script[bytes](
+    None,
+    """
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+local entry = ARGV[5] .. id
+local old = redis.call('HGET', entry, 'node')
+if not old then return false end
+local key = redis.call('HGET', entry, 'key')
+local name = redis.call('HGET', entry, 'name')
+redis.call('HSET', entry, 'node', ARGV[1], 'held', '0')
+redis.call('SET', ARGV[6] .. key, ARGV[7])
+local rooms = {}
+local presence = redis.call('HGET', ARGV[8], key)
+if presence then
+  local ok, decoded = pcall(cjson.decode, presence)
+  if ok and type(decoded) == 'table' and type(decoded[3]) == 'table' then rooms = decoded[3] end
+end
+local numbers, member_of = {}, {}
+for _, room in ipairs(rooms) do
+  member_of[room] = true
+  if room ~= ARGV[15] then  -- we hold its rooms now: the old node's release drops nothing
+    redis.call('SADD', ARGV[16] .. room, ARGV[1])
+    redis.call('SADD', ARGV[14], room)
+  end
+  local n = redis.call('HMGET', ARGV[9] .. room, 'epoch', 'seq')
+  if n[1] then numbers[#numbers + 1] = {room, n[1], tonumber(n[2])} end
+end
+local tails = {}
+for i = 17, #ARGV, 2 do
+  local room, after = ARGV[i], tonumber(ARGV[i + 1])
+  local n = redis.call('HMGET', ARGV[9] .. room, 'epoch', 'seq')
+  local seq = tonumber(n[2] or '0') or 0
+  local events = {}
+  local missed = seq - after
+  -- Only the member's own rooms' events are read (it may name any room).
+  if n[1] and member_of[room] and missed > 0 and missed <= tonumber(ARGV[11]) then
+    events = redis.call('LRANGE', ARGV[10] .. room, 0, missed - 1)
+  end
+  tails[#tails + 1] = {room, n[1] or '', tostring(seq), events}
+end
+local record = cjson.encode({'T', id, key, name, old, ARGV[1], ARGV[13], rooms, numbers})
+redis.call('HSET', ARGV[12], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. record .. '\\n')
+return {id, tails}
+""",
+)
 
 # Claim KEYS[1] for ARGV[1] (a NODE:SERIAL token) unless a live node holds it; return the
 # holder's token, or false. ARGV[2]: alive-key prefix; ARGV[3]: our node;
@@ -111,12 +281,14 @@ return released
 # an earlier drop) for ARGV[8] ms, so that a join that raced the drop can undo it. If any
 # room went, publish one batch of their D records. Returns 1 if it published.
 # KEYS: rooms set, seqs hash, node's held set. ARGV[5], [6], [7]: history, holders and
-# dropped prefixes; [10]: history length; from [11]: ROOM, D record pairs.
+# dropped prefixes; [10]: history length; [11], [12]: numbers and resume prefixes (a
+# dropped room's numbering goes too: it starts again in a new epoch); from [13]: ROOM, D
+# record pairs.
 DROP: Final = Script[bytes](
     None,
     r"""
 local batch = {ARGV[4]}
-for i = 11, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   local room = ARGV[i]
   local holders = ARGV[6] .. room
   if ARGV[9] == '1' then
@@ -132,6 +304,7 @@ for i = 11, #ARGV, 2 do
       redis.call('LTRIM', dropped, 0, tonumber(ARGV[10]) - 1)
       redis.call('PEXPIRE', dropped, ARGV[8])
     end
+    redis.call('DEL', ARGV[11] .. room, ARGV[12] .. room)
     redis.call('SREM', KEYS[1], room)
     batch[#batch + 1] = ARGV[i + 1]
   end
@@ -180,3 +353,19 @@ end
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), h}
 """,
 )
+
+
+ALL: Final = (BATCH, TOKENS, EXPIRE, TAKE, CLAIM, RELEASE, REAP, REHOLD, DROP, UNDO, SNAPSHOT)
+
+
+async def load(client: coredis.Redis[bytes]) -> None:
+    """Load every script into Redis's cache (once per connection)."""
+    for script in ALL:
+        await client.script_load(script.script)
+
+
+def in_transaction(
+    pipe: Any, script: Script[bytes], keys: Sequence[str], args: Sequence[str | bytes]
+) -> None:
+    """Queue ``script`` in a transaction by its SHA alone (see the module's docstring)."""
+    pipe.evalsha(script.sha, keys=list(keys), args=list(args))

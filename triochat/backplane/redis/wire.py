@@ -10,6 +10,8 @@ and newlines frame it. Room events travel as the hub made them, ``seq`` and
 
 ``["M", KEY, PRIVATE]``
     a private message (a ``Private`` event record) for the user holding KEY
+``["N", KEY, TEXT, ERROR]``
+    a line from the server for the user holding KEY (an error line if ERROR is true)
 ``["P", NODE, KEY, NAME, [ROOM, ...] | null, ACCOUNT | null, AWAY | null]``
     a user's presence on NODE; ``null`` rooms: gone, its name released. ACCOUNT is
     the key of the account it proved is its own, AWAY why it is away (``/away``), so
@@ -18,8 +20,18 @@ and newlines frame it. Room events travel as the hub made them, ``seq`` and
     ROOM's history was dropped: no node has a member in it any more
 ``["H", ROOM, [EVENT, ...]]``
     ROOM's history is now exactly these events, oldest first (a drop was undone)
+``["T", ID, KEY, NAME, OLD, NEW, NONCE, [ROOM, ...], [[ROOM, EPOCH, SEQ], ...]]``
+    node NEW took the resumable member ID (holding KEY) over from node OLD, at this
+    point of the channel's order, where each room's numbering stood as given
+``["E", ROOM, EPOCH]``
+    the room events that follow in the batch (up to the next record of another kind)
+    were numbered in ROOM's epoch EPOCH
 ``["X", CHANGE]``
     a change of moderation or accounts (a :mod:`triochat.core.modstate` record)
+
+Room events are numbered by Redis as it publishes them (the batch script of
+:mod:`.scripts`): a node sends each one's record cut in two around its number
+(:func:`numbered_parts`), and the script puts the number in between.
 
 A room's history in Redis is a list of event records (:func:`encode_event`).
 Redis itself publishes the last two kinds, from the Lua scripts in
@@ -41,6 +53,7 @@ from typing import Any, Final
 from ...core import modstate, records
 from ...core.events import Private, RoomEvent
 from ...core.modstate import Change
+from ..base import Takeover
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +62,15 @@ class Direct:
 
     key: str
     event: Private
+
+
+@dataclass(frozen=True, slots=True)
+class Told:
+    """A server line for the user holding ``key``, on whichever node it is."""
+
+    key: str
+    text: str
+    error: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +101,32 @@ class History:
 
 
 @dataclass(frozen=True, slots=True)
+class Epoch:
+    """The room events after this record in a batch are numbered in ``room``'s ``epoch``."""
+
+    room: str
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Node ``new`` took resumable member ``entry`` over from ``old`` (see the ``T`` record)."""
+
+    entry: str
+    takeover: Takeover
+    old: str
+    new: str
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
 class Shared:
     """A change of moderation or accounts, for every node (``X``)."""
 
     change: Change
 
 
-Record = RoomEvent | Direct | Whereabouts | Drop | History | Shared
+Record = RoomEvent | Direct | Told | Whereabouts | Drop | History | Epoch | Taken | Shared
 
 
 class WireError(ValueError):
@@ -108,6 +149,8 @@ def encode_record(record: Record) -> bytes:
     match record:
         case Direct(key, event):
             return b'["M",' + _dumps(key) + b"," + encode_event(event) + b"]\n"
+        case Told(key, text, error):
+            return _dumps(["N", key, text, error]) + b"\n"
         case Whereabouts(node, key, name, rooms, account, away):
             listed = None if rooms is None else list(rooms)
             return _dumps(["P", node, key, name, listed, account, away]) + b"\n"
@@ -115,10 +158,31 @@ def encode_record(record: Record) -> bytes:
             return _dumps(["D", room]) + b"\n"
         case History(room, events):
             return history_prefix(room) + b",".join(map(encode_event, events)) + b"]]\n"
+        case Epoch(room, epoch):
+            return _dumps(["E", room, epoch]) + b"\n"
+        case Taken(entry, takeover, old, new, nonce):
+            numbers = [[room, *numbering] for room, numbering in takeover.numbers.items()]
+            fields = [entry, takeover.key, takeover.name, old, new, nonce, list(takeover.rooms)]
+            return _dumps(["T", *fields, numbers]) + b"\n"
         case Shared(change):
             return b'["X",' + modstate.encode(change).encode("utf-8", "surrogatepass") + b"]\n"
         case _:
             return encode_event(record) + b"\n"
+
+
+def numbered_parts(event: RoomEvent) -> tuple[bytes, bytes]:
+    """``event``'s record cut around its number: what comes before it, and after."""
+    record = encode_event(event)
+    head = b'["' + type(event).__name__.encode() + b'",' + _dumps(event.room) + b","
+    number = str(event.seq).encode()
+    if not record.startswith(head + number + b","):  # pragma: no cover - records' layout
+        raise WireError(f"cannot number the record {record[:80]!r}")
+    return head, record[len(head) + len(number) :]
+
+
+def epoch_head(room: str) -> bytes:
+    """The start of ``room``'s ``E`` record, up to its epoch (the batch script ends it)."""
+    return b'["E",' + _dumps(room) + b',"'
 
 
 def encode_presence(
@@ -177,7 +241,16 @@ def decode_event(raw: bytes | str) -> RoomEvent:
         raise WireError(f"malformed event record {raw[:80]!r}: {exc}") from None
 
 
-_CLUSTER_KINDS: Final = (b'["M",', b'["P",', b'["D",', b'["H",', b'["X",')
+_CLUSTER_KINDS: Final = (
+    b'["M",',
+    b'["N",',
+    b'["P",',
+    b'["D",',
+    b'["H",',
+    b'["E",',
+    b'["T",',
+    b'["X",',
+)
 
 
 def _record(raw: bytes) -> Record:
@@ -193,6 +266,11 @@ def _record(raw: bytes) -> Record:
         if not isinstance(private, Private):
             raise WireError(f"an M record holds a private message, not {private!r:.80}")
         return Direct(_str(key), private)
+    if kind == "N":
+        _, key, text, error = _fields(items, 4)
+        if not isinstance(error, bool):
+            raise WireError(f"an N record's last item is true or false, not {error!r:.20}")
+        return Told(_str(key), _str(text), error)
     if kind == "P":
         _, node, key, name, rooms, account, away = _fields(items, 7)
         return Whereabouts(
@@ -206,6 +284,18 @@ def _record(raw: bytes) -> Record:
     if kind == "D":
         _, room = _fields(items, 2)
         return Drop(_str(room))
+    if kind == "E":
+        _, room, epoch = _fields(items, 3)
+        return Epoch(_str(room), _str(epoch))
+    if kind == "T":
+        _, entry, key, name, old, new, nonce, rooms, numbers = _fields(items, 9)
+        numbering: dict[str, tuple[str, int]] = {}
+        for item in numbers or ():  # Lua's cjson makes an empty array {}
+            if not isinstance(item, list) or len(item) != 3 or not isinstance(item[2], int):
+                raise WireError(f"a T record's numbers are [room, epoch, seq], not {item!r:.80}")
+            numbering[_str(item[0])] = (_str(item[1]), item[2])
+        takeover = Takeover(_str(key), _str(name), _strs(rooms or []), numbering)
+        return Taken(_str(entry), takeover, _str(old), _str(new), _str(nonce))
     if kind == "X":
         _, change = _fields(items, 2)
         try:

@@ -1,0 +1,229 @@
+"""Resume across the nodes of a cluster, on MemoryCluster under trio's jumping clock.
+
+Two whole servers (``serve``, their expiry of held members included) share one
+``MemoryCluster``; clients reach either over memory streams. A v2 member cut on
+node A comes back on node B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import trio.testing
+from _v2 import Client, Connect, ConnectV2, V2Client, resume, serving, v1_user
+
+from triochat import ChatServer
+from triochat.backplane.memory import MemoryBackplane, MemoryCluster
+
+Side = tuple[ChatServer, Connect, ConnectV2]
+
+
+@asynccontextmanager
+async def two_nodes(**options: Any) -> AsyncIterator[tuple[Side, Side]]:
+    cluster = MemoryCluster(history=20)
+    async with (
+        serving(cluster.backplane(), **options) as a,
+        serving(cluster.backplane(), **options) as b,
+    ):
+        yield a, b
+
+
+def backplane(server: ChatServer) -> MemoryBackplane:
+    assert isinstance(server.backplane, MemoryBackplane)
+    return server.backplane
+
+
+async def settle() -> None:
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def held_on(connect_v2: ConnectV2, name: str) -> V2Client:
+    """A v2 member registered (in the lobby), then cut: held by its node."""
+    client = await connect_v2()
+    await client.register(name)
+    await client.parsed("joined")  # its join, back from the cluster: the room's epoch first
+    await client.cut()
+    await settle()
+    return client
+
+
+async def resume_on(connect_v2: ConnectV2, old: V2Client, last: str = "resumed") -> V2Client:
+    again = await resume(connect_v2, old)
+    await again.parsed(last)
+    return again
+
+
+async def nothing_for(client: Client) -> list[str]:
+    """The lines a client has been sent by now (everything else is blocked)."""
+    await settle()
+    lines = []
+    while b"\n" in client._buffer or await _more(client):
+        line = await client.line()
+        assert line is not None
+        lines.append(line)
+    return lines
+
+
+async def _more(client: Client) -> bool:
+    with trio.move_on_after(0.001):
+        data = await client.stream.receive_some()
+        client._buffer += data
+        return bool(data)
+    return False
+
+
+async def test_a_member_cut_on_one_node_resumes_on_another_silently_and_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_nodes() as ((server_a, connect_a, v2_a), (server_b, connect_b, v2_b)):
+        bob = await v1_user(connect_b, "bob")
+        carol = await v1_user(connect_a, "carol")
+        alice = await v2_a()
+        await alice.register("alice")
+        await alice.parsed("joined")
+        await alice.send("/join #dev")
+        await alice.parsed("room")
+        # A room new to the cluster: its epoch is Redis's, told once its first event is
+        # back from the cluster (a second room line), before that event.
+        second = await alice.parsed("joined")
+        assert [line.kind for line in second] == ["room", "joined"]
+        await settle()
+        await nothing_for(bob)
+        await nothing_for(carol)
+        await alice.cut()
+        await settle()
+        await bob.send("one", "/join #dev", "in dev")
+        await carol.send("two", "/msg alice psst")
+        await settle()
+        kept = (
+            "* alice's connection is down: your message is kept for them,"
+            " and given if they are back in time"
+        )
+        told = await nothing_for(carol)
+        assert told[-2].endswith("] -> *alice* psst")
+        assert told[-1] == kept
+        await nothing_for(bob)
+        await bob.send("/msg alice from b")  # from the other node: told the same
+        await settle()
+        echo, notice = await nothing_for(bob)
+        assert echo.endswith("] -> *alice* from b")
+        assert notice == kept
+        assert server_a.tokens.held == 1
+        # The name stays the held member's, cluster-wide.
+        taker = await v2_b()
+        await taker.hello()
+        await taker.send("alice")
+        assert (await taker.until("error"))[-1] == "error :Name alice is taken, choose another"
+
+        again = await resume(v2_b, alice)
+        lines = await again.parsed("resumed")
+        lines += await again.parsed("resumed")
+        said = [(line["room"], line.text) for line in lines if line.kind == "said"]
+        assert sorted(said) == [("#dev", "in dev"), ("#lobby", "one"), ("#lobby", "two")]
+        assert [line["name"] for line in lines if line.kind == "joined"] == ["bob"]
+        assert (lines[0].kind, lines[0]["name"]) == ("welcome", "alice")
+        # The private message kept for it on node A follows it to node B, once.
+        private = await again.parsed("private")
+        private += await again.parsed("private")
+        assert [(line["from"], line.text) for line in private] == [
+            ("carol", "psst"),
+            ("bob", "from b"),
+        ]
+        await again.send("/to #lobby back", "/to #dev back")
+        assert (await again.parsed("said"))[-1].text == "back"
+        assert (await again.parsed("said"))[-1].text == "back"
+        await settle()
+        # Nobody saw it leave or join: the next lines are its own.
+        seen_by_bob = await nothing_for(bob)
+        assert [line.split("] ", 1)[1] for line in seen_by_bob] == ["<alice> back"]
+        seen_by_carol = await nothing_for(carol)
+        assert [line.split("] ", 1)[1] for line in seen_by_carol][-1] == "<alice> back"
+        assert not any("alice left" in line or "alice joined" in line for line in seen_by_carol)
+        assert server_a.hub.member("alice") is None
+        assert server_b.hub.member("alice") is not None
+        assert server_a.tokens.held == server_b.tokens.held == 0
+        assert backplane(server_a).cluster.names["alice"] is backplane(server_b)
+        # Node A's grace passes: nothing happens, the member is node B's.
+        await trio.sleep(40)
+        assert await nothing_for(bob) == []
+        await again.send("/quit")
+        await settle()
+        assert (await nothing_for(bob))[-1].endswith("* alice left #dev (quit)")
+        assert backplane(server_a).cluster.resumables == {}
+
+
+async def test_a_takeover_that_wins_the_race_with_the_grace_is_silent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_nodes(resume_grace=5) as ((server_a, _, v2_a), (_b, connect_b, v2_b)):
+        bob = await v1_user(connect_b, "bob")
+        alice = await held_on(v2_a, "alice")
+        await nothing_for(bob)
+        # Node A hears nothing of the cluster for a while: the takeover is done in the
+        # cluster, but A's grace runs out before A learns of it.
+        backplane(server_a).stall()
+        again = await resume_on(v2_b, alice)
+        await trio.sleep(10)
+        assert server_a.hub.member("alice") is not None  # A asked the cluster: not its own
+        backplane(server_a).flow()
+        await settle()
+        assert server_a.hub.member("alice") is None
+        await again.send("still here")
+        await settle()
+        assert [line.split("] ", 1)[1] for line in await nothing_for(bob)] == ["<alice> still here"]
+
+
+async def test_a_grace_that_wins_the_race_with_a_takeover_is_a_clear_leave(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_nodes(resume_grace=5) as ((_a, _, v2_a), (server_b, connect_b, v2_b)):
+        bob = await v1_user(connect_b, "bob")
+        alice = await held_on(v2_a, "alice")
+        await nothing_for(bob)
+        backplane(server_b).stall()  # B is slow: A's grace ends before B takes over
+        await trio.sleep(6)
+        backplane(server_b).flow()
+        again = await v2_b()
+        await again.hello()
+        again.token, again.positions = alice.token, dict(alice.positions)
+        await again.send(again.resume_line())
+        assert (await again.until("notice :What is your name?"))[-2].startswith(
+            "error :That resume token is not valid"
+        )
+        left = [line for line in await nothing_for(bob) if "alice" in line]
+        assert [line.split("] ", 1)[1] for line in left] == [
+            "* alice left #lobby (connection lost)"
+        ]
+        await again.send("alice")  # its name is free again, cluster-wide
+        assert (await again.parsed("room"))[0]["name"] == "alice"
+        assert server_b.hub.member("alice") is not None
+
+
+async def test_in_a_cluster_a_member_resumes_on_its_own_node_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_nodes() as ((server_a, _a, v2_a), (_b, connect_b, _v2_b)):
+        bob = await v1_user(connect_b, "bob")
+        alice = await held_on(v2_a, "alice")
+        await bob.send("meanwhile")
+        await settle()
+        await nothing_for(bob)
+        again = await resume(v2_a, alice)
+        lines = await again.parsed("resumed")
+        assert [(line.kind, line.text) for line in lines] == [
+            ("welcome", None),
+            ("said", "meanwhile"),
+            ("resumed", None),
+        ]
+        await again.send(f"/ack {again.token}", "same node")
+        await settle()
+        assert [line.split("] ", 1)[1] for line in await nothing_for(bob)] == ["<alice> same node"]
+        assert server_a.hub.member("alice") is not None
+        # Acknowledged: the first token is refused now, on any node.
+        stale = await v2_a()
+        await stale.hello()
+        await stale.send(f"/resume {alice.token}")
+        assert (await stale.until("error"))[-1].startswith("error :That resume token is not")
