@@ -149,10 +149,7 @@ class FakeBackplane:
     def remote_users(self, room: str, /) -> list[str]:
         return [name for name, rooms in self.others.values() if room in rooms]
 
-    def remote_marked(self, room: str, /) -> list[RemoteUser]:
-        return []
-
-    def remote_away(self, key: str, /) -> str | None:
+    def remote_user(self, key: str, /) -> RemoteUser | None:
         return None
 
     def remote_rooms(self) -> dict[str, int]:

@@ -276,3 +276,26 @@ async def test_a_remote_away_member_answers_private_messages_and_its_marks_follo
     cat.lines()
     b.hub.users(cat.member, "#den")
     assert cat.lines() == ["* Users in #den: cat, rob (away)"]
+
+
+async def test_every_page_of_a_long_user_list_marks_the_remote_members_it_shows(
+    cluster: MemoryCluster, nursery: trio.Nursery
+) -> None:
+    a, b = await _start(cluster, nursery), await _start(cluster, nursery)
+    crowd: list[User] = []
+    for i in range(60):
+        crowd.append(await a.join(f"u{i:02}", "#hall"))
+        await settle()
+        for user in crowd:  # read, or the hub evicts them as too slow
+            user.lines()
+    a.hub.set_away(crowd[55].member, "gone")  # on the second page
+    a.hub.set_account(crowd[1].member, "u01")
+    a.moderation.op("#hall", "u01")
+    zed = await b.join("zed", "#hall")
+    await settle()
+    zed.lines()
+    b.hub.users(zed.member, "#hall", everyone=True)
+    first, second = zed.lines()
+    assert first.startswith("* Users in #hall: u00, @u01, u02,")
+    assert "u54, u55 (away), u56" in second
+    assert second.endswith("u59, zed")

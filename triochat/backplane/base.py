@@ -276,12 +276,8 @@ class Backplane(Protocol):
         """Names of the users in ``room`` on other nodes."""
         ...
 
-    def remote_marked(self, room: str, /) -> list[RemoteUser]:
-        """The users in ``room`` on other nodes that are identified or away (to mark them)."""
-        ...
-
-    def remote_away(self, key: str, /) -> str | None:
-        """Why the user on another node holding ``key`` is away, if it is."""
+    def remote_user(self, key: str, /) -> RemoteUser | None:
+        """The user on another node holding ``key`` (its name, account and away), if any."""
         ...
 
     def remote_rooms(self) -> dict[str, int]:

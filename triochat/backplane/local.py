@@ -68,10 +68,7 @@ class LocalBackplane:
     def remote_users(self, room: str, /) -> list[str]:
         return []
 
-    def remote_marked(self, room: str, /) -> list[RemoteUser]:
-        return []
-
-    def remote_away(self, key: str, /) -> str | None:
+    def remote_user(self, key: str, /) -> RemoteUser | None:
         return None
 
     def remote_rooms(self) -> dict[str, int]:

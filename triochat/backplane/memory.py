@@ -366,16 +366,11 @@ class MemoryBackplane:
     def remote_users(self, room: str, /) -> list[str]:
         return [u.name for u in self._others() if room in u.rooms]
 
-    def remote_marked(self, room: str, /) -> list[RemoteUser]:
-        return [
-            RemoteUser(u.name, u.account, u.away)
-            for u in self._others()
-            if (u.account is not None or u.away is not None) and room in u.rooms
-        ]
-
-    def remote_away(self, key: str, /) -> str | None:
+    def remote_user(self, key: str, /) -> RemoteUser | None:
         user = self.cluster.users.get(key)
-        return user.away if user is not None and user.backplane is not self else None
+        if user is None or user.backplane is self:
+            return None
+        return RemoteUser(user.name, user.account, user.away)
 
     def remote_rooms(self) -> dict[str, int]:
         return dict(Counter(room for u in self._others() for room in u.rooms))

@@ -542,7 +542,7 @@ class Hub:
             self.tell(member, echo)
             if target.kept is not None:
                 self.tell(member, ev.Notice(self._kept_text(target)))
-        away = target.away if target is not None else self.backplane.remote_away(key)
+        away = target.away if target is not None else self._remote_away(key)
         if away is not None:
             self.tell(member, ev.Notice(AWAY.format(name=name, text=away)))
         self._evict_slow()
@@ -552,7 +552,11 @@ class Hub:
         and away."""
         key = p.name_key(name)
         held = self._members.get(key)
-        return held.away if held is not None else self.backplane.remote_away(key)
+        return held.away if held is not None else self._remote_away(key)
+
+    def _remote_away(self, key: str) -> str | None:
+        user = self.backplane.remote_user(key)
+        return user.away if user is not None else None
 
     def _to_member(self, target: Member, message: ev.Private) -> None:
         """A private message for ``target``: now, or kept while it is held."""
@@ -950,7 +954,8 @@ class Hub:
         """A user list of ``names``, with which of them operate ``room`` and are away.
 
         Users on other nodes are marked from their presence (its account and away text),
-        at the cost of the remote names the list already read. Per request, never per
+        looked up by the names shown: a list of every member, page after page, costs
+        one look-up per name, whatever the cluster's size. Per request, never per
         burst. A page of a big room looks up only the members here it shows, not
         everyone in the room (once per joiner, that made registering N clients O(N²)
         again).
@@ -962,11 +967,16 @@ class Hub:
             here = [m for m in found if m is not None and m.rooms.get(where) is room]
         ops = {m.name for m in here if m.account is not None and moderation.is_op(where, m.account)}
         away = {m.name for m in here if m.away is not None}
-        for user in self.backplane.remote_marked(where):
-            if user.account is not None and moderation.is_op(where, user.account):
-                ops.add(user.name)
-            if user.away is not None:
-                away.add(user.name)
+        if self.backplane.remote:
+            local = {m.name for m in here}
+            for name in names:
+                user = None if name in local else self.backplane.remote_user(p.name_key(name))
+                if user is None:
+                    continue
+                if user.account is not None and moderation.is_op(where, user.account):
+                    ops.add(user.name)
+                if user.away is not None:
+                    away.add(user.name)
         if ops or away:  # the list may be one page: only the names it shows
             shown = set(names)
             ops, away = ops & shown, away & shown

@@ -168,11 +168,8 @@ class RedisBackplane:
     def remote_users(self, room: str, /) -> list[str]:
         return self._replica.users(room)
 
-    def remote_marked(self, room: str, /) -> list[RemoteUser]:
-        return self._replica.marked(room)
-
-    def remote_away(self, key: str, /) -> str | None:
-        return self._replica.away(key)
+    def remote_user(self, key: str, /) -> RemoteUser | None:
+        return self._replica.user(key)
 
     def remote_rooms(self) -> dict[str, int]:
         return self._replica.rooms()

@@ -66,20 +66,12 @@ class Replica:
         entry = self._users.get(key)
         return entry.user.name if entry is not None else None
 
-    def away(self, key: str) -> str | None:
+    def user(self, key: str) -> RemoteUser | None:
         entry = self._users.get(key)
-        return entry.user.away if entry is not None else None
+        return entry.user if entry is not None else None
 
     def users(self, room: str) -> list[str]:
         return [e.user.name for e in self._users.values() if room in e.rooms]
-
-    def marked(self, room: str) -> list[RemoteUser]:
-        """The users in ``room`` that may carry a mark: identified, or away."""
-        return [
-            e.user
-            for e in self._users.values()
-            if (e.user.account is not None or e.user.away is not None) and room in e.rooms
-        ]
 
     def rooms(self) -> dict[str, int]:
         return dict(Counter(room for e in self._users.values() for room in e.rooms))
