@@ -1249,7 +1249,7 @@ class Hub:
             member.rooms[name] = room
             if room.log.tail.maxlen == 0 and resumes(dialect):
                 room.log.tail = deque(maxlen=self.resume_max)
-        self.backplane.presence(member.key, member.name, tuple(member.rooms))
+        self._present(member)
         log.info("%s taken over from another connection", member.name)
         return member
 
