@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 import trio
 
@@ -201,6 +201,26 @@ class _Log:
 def resumes(dialect: Dialect) -> bool:
     """Whether members of ``dialect`` resume rooms (it says ``resumes = True``)."""
     return getattr(dialect, "resumes", False) is True
+
+
+def echoes(dialect: Dialect) -> bool:
+    """Whether members of ``dialect`` are handed their own chat lines and actions back.
+
+    The line door's rule, and the default; a dialect says ``echo = False`` to
+    be spared them (an IRC client without ``echo-message`` shows its own lines).
+    """
+    return getattr(dialect, "echo", True) is not False
+
+
+_OWN_LINES: Final = ev.Said | ev.Acted
+"""The events a member who does not echo is not handed when they are its own."""
+_E = TypeVar("_E", bound=ev.Event)
+
+
+def _without_own(member: Member, events: Sequence[_E]) -> list[_E]:
+    """``events`` without ``member``'s own chat lines and actions."""
+    name = member.name
+    return [e for e in events if not (isinstance(e, _OWN_LINES) and e.name == name)]
 
 
 def recover(
@@ -1093,9 +1113,20 @@ class Hub:
     def _fanout(
         self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]
     ) -> None:
-        """Render ``events`` once per dialect and hand the bytes to each member's outbox."""
+        """Render ``events`` once per dialect and hand the bytes to each member's outbox.
+
+        A member whose dialect does not echo (:func:`echoes`) is handed the events
+        without its own chat lines and actions (known by name: in a cluster, a line
+        that comes back after its author was renamed reaches it under the old name).
+        """
         count = len(events)
+        authors: set[str] | None = None
         for dialect, members in groups.items():
+            if not echoes(dialect):
+                if authors is None:
+                    authors = {e.name for e in events if isinstance(e, _OWN_LINES)}
+                if authors:
+                    members = self._tell_authors(members, events, authors)
             data = dialect.render(events)
             sent = 0
             for member in members:
@@ -1108,6 +1139,21 @@ class Hub:
                     # Its connection is already on the way out and will call leave().
                     pass
             self.lines_out += sent * count
+
+    def _tell_authors(
+        self, members: Iterable[Member], events: Sequence[ev.Event], authors: set[str]
+    ) -> list[Member]:
+        """Hand the ``authors`` among ``members`` (who do not echo) ``events`` without their
+        own lines; the others, to be handed all of them, are returned."""
+        others: list[Member] = []
+        for member in members:
+            if member.name not in authors:
+                others.append(member)
+                continue
+            kept = _without_own(member, events)
+            if kept:
+                self.tell(member, *kept)
+        return others
 
     def _fanout_ignoring(self, room: Room, events: Sequence[RoomEvent]) -> None:
         """Hand ``events`` out in a room where someone ignores someone: those who ignore a
@@ -1129,6 +1175,8 @@ class Hub:
                 for e in events
                 if not (isinstance(e, ev.Said | ev.Acted) and p.name_key(e.name) in member.ignoring)
             ]
+            if not echoes(member.dialect):
+                kept = _without_own(member, kept)
             if kept:
                 self.tell(member, *kept)
 

@@ -326,10 +326,11 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
                     session.numeric(code, target, "Cannot send to channel (join it first)")
                 continue
             if action:
-                me = session.me()
-                count = session.dialect.text_lines(room, text, me, action=True)
-                with session.own_lines(f":{me} PRIVMSG {room} :", count):
-                    session.translate(session.session.command(c.Me(text, room)))
+                if session.echo_answers_later:
+                    me = session.me()
+                    count = session.dialect.text_lines(room, text, me, action=True)
+                    session.late_echo = (f":{me} PRIVMSG {room} :", count)
+                session.translate(session.session.command(c.Me(text, room)))
             else:
                 session.say(room, [text])
         elif names.nick_error(target) is not None or session.hub.name_unavailable(target) is None:
