@@ -311,3 +311,26 @@ async def test_triochat_admin_against_a_wrong_cluster_name_changes_nothing(
         assert f"cluster {wrong!r} keeps no accounts" in done.output
     # Nothing was written there, which the next node of that name would take as the truth.
     assert await cluster_keys(TEST_REDIS, wrong) == []
+
+
+async def test_an_admin_change_never_overwrites_an_account_changed_since_it_was_read(
+    start: Start, cluster: str
+) -> None:
+    from triochat.backplane.redis.accounts import UPDATE
+    from triochat.backplane.redis.keys import Keys
+    from triochat.backplane.redis.shared import SharedKeys
+
+    a, _ = await start("root", "ann")
+    await wait_until(lambda: bool(a.backplane.linked))  # type: ignore[attr-defined]
+    keys = SharedKeys(Keys(cluster))
+    async with coredis.Redis.from_url(TEST_REDIS) as client:
+        now = await client.hget(keys.accounts, "ann")
+        assert now is not None
+        # Read before ann changed her password: the write is refused, nothing published.
+        stale = now.replace(b'"ann",', b'"ann" ,', 1)
+        args = ["ann", stale, b'["account","ann","ann","x",true,0.0]', b"admin-t\t1\n"]
+        done: Any = await UPDATE(
+            keys=[keys.accounts, keys.seeded, keys.keys.channel], args=args, client=client
+        )
+        assert done == 0
+        assert await client.hget(keys.accounts, "ann") == now
