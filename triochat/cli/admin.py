@@ -57,6 +57,16 @@ def _open(db: Path) -> AccountStore:
     return AccountStore.open(db)
 
 
+def _in_file(db: Path | None, work: Callable[[AccountStore], T]) -> T:
+    """``work`` done on the accounts of the file ``db`` (migrated first), closed after."""
+    assert db is not None
+    store = _open(db)
+    try:
+        return work(store)
+    finally:
+        store.close()
+
+
 def _in_cluster(options: RedisOptions, work: Callable[[ClusterAccounts], Awaitable[T]]) -> T:
     """``work`` done on the cluster's accounts, its failures as the command's error."""
     from ..backplane.redis.accounts import ClusterAccounts, NoSharedAccounts
@@ -143,12 +153,9 @@ def list_accounts(target: Target) -> None:
             (a.name, a.admin, a.created) for a in _in_cluster(target.redis, lambda c: c.entries())
         ]
     else:
-        assert target.db is not None
-        store = _open(target.db)
-        try:
-            listed = [(a.name, a.admin, a.created) for a in store.accounts()]
-        finally:
-            store.close()
+        listed = _in_file(
+            target.db, lambda store: [(a.name, a.admin, a.created) for a in store.accounts()]
+        )
     if not listed:
         click.echo("No accounts.")
     for name, is_admin, when in listed:
@@ -180,12 +187,7 @@ def reset_password(target: Target, name: str, password: str) -> None:
             lambda c: c.change(name, lambda a: dataclasses.replace(a, hash=digest)),
         )
     else:
-        assert target.db is not None
-        store = _open(target.db)
-        try:
-            done = store.reset_password(name, password)
-        finally:
-            store.close()
+        done = _in_file(target.db, lambda store: store.reset_password(name, password))
     if not done:
         raise click.ClickException(f"{name} is not registered: {REGISTER_HINT}")
     click.echo(f"The password of {name} is reset.")
@@ -217,11 +219,6 @@ def _set_admin(target: Target, name: str, value: bool) -> None:
 
         done = _in_cluster(target.redis, lambda c: c.change(name, role))
     else:
-        assert target.db is not None
-        store = _open(target.db)
-        try:
-            done = store.set_admin(name, value)
-        finally:
-            store.close()
+        done = _in_file(target.db, lambda store: store.set_admin(name, value))
     if not done:
         raise click.ClickException(f"{name} is not registered: {REGISTER_HINT}")
