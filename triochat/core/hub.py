@@ -562,9 +562,21 @@ class Hub:
             self.tell(member, echo)
             if target.kept is not None:
                 self.tell(member, ev.Notice(self._kept_text(target)))
-        if target is not None and target.away is not None:
-            self.tell(member, ev.Notice(AWAY.format(name=target.name, text=target.away)))
+        away = target.away if target is not None else self._remote_away(key)
+        if away is not None:
+            self.tell(member, ev.Notice(AWAY.format(name=name, text=away)))
         self._evict_slow()
+
+    def away_of(self, name: str) -> str | None:
+        """Why the user called ``name`` is away, if it is online (here or on another node)
+        and away."""
+        key = p.name_key(name)
+        held = self._members.get(key)
+        return held.away if held is not None else self._remote_away(key)
+
+    def _remote_away(self, key: str) -> str | None:
+        user = self.backplane.remote_user(key)
+        return user.away if user is not None else None
 
     def _to_member(self, target: Member, message: ev.Private) -> None:
         """A private message for ``target``: now, or kept while it is held."""
@@ -611,7 +623,7 @@ class Hub:
             self.tell(member, ev.Error(f"You are not in {room}"))
         else:
             self._exit(member, room, reason)
-            self.backplane.presence(member.key, member.name, tuple(member.rooms))
+            self._present(member)
         self._evict_slow()
 
     def rename(self, member: Member, name: str) -> None:
@@ -634,7 +646,7 @@ class Hub:
             held.renamed()
         self._members[member.key] = member
         log.info("%s is now known as %s", old, name)
-        self.backplane.presence(member.key, name, tuple(member.rooms))
+        self._present(member)
         now = self._clock()
         told = False
         for held in list(member.rooms.values()):
@@ -771,7 +783,7 @@ class Hub:
         if not self.is_member(target) or room not in target.rooms:
             return
         self._exit(target, room, reason)
-        self.backplane.presence(target.key, target.name, tuple(target.rooms))
+        self._present(target)
         # The room's departure is told after the member is out of it: it sees its own
         # (unnumbered: not the room's event), so every door can show it left.
         left = ev.Left(room, 0, self._clock(), target.name, reason)
@@ -796,12 +808,22 @@ class Hub:
         follow it in the rooms ``member`` is in (IRC's ``away-notify``).
         """
         old, member.away = member.away, text
-        if old == text or not member.rooms or not self.is_member(member):
+        if old == text or not self.is_member(member):
+            return
+        self._present(member)  # The other nodes mark it too.
+        if not member.rooms:
             return
         first, *others = member.rooms
         away = ev.Away(first, 0, self._clock(), member.name, text or "", " ".join(others))
         self._publish([away])
         self._evict_slow()
+
+    def set_account(self, member: Member, account: str | None) -> None:
+        """``member`` proved ``account`` is its own (or no longer holds one): the other nodes
+        mark it as an operator where that account is one."""
+        old, member.account = member.account, account
+        if old != account and self.is_member(member):
+            self._present(member)
 
     def wall(self, member: Member, text: str) -> None:
         """A server admin's notice to everyone on this node."""
@@ -887,7 +909,7 @@ class Hub:
         member.rooms[name] = room
         if room.log.tail.maxlen == 0 and resumes(member.dialect):
             room.log.tail = deque(maxlen=self.resume_max)
-        self.backplane.presence(member.key, member.name, tuple(member.rooms))
+        self._present(member)
         if self._quiet(room):
             room.joined += 1
             # The joiner alone sees its join: unnumbered, it is not the room's event.
@@ -918,6 +940,11 @@ class Hub:
             if not self.backplane.vacate(name):
                 self._logs.pop(name, None)
 
+    def _present(self, member: Member) -> None:
+        """Tell the other nodes where ``member`` is, as what account, and whether away."""
+        rooms = tuple(member.rooms)
+        self.backplane.presence(member.key, member.name, rooms, member.account, member.away)
+
     def _topic(self, room: str) -> tuple[ev.Notice, ...]:
         """The topic a joiner of ``room`` is shown, if it has one."""
         topic = self.moderation.topics.get(room)
@@ -946,24 +973,34 @@ class Hub:
     def _marked(self, room: Room, names: Sequence[str], total: int = 0) -> ev.UserList:
         """A user list of ``names``, with which of them operate ``room`` and are away.
 
-        Only members on this node can be marked: the hub knows nothing of others'
-        accounts or absences. Per request, never per burst. A page of a big room
-        looks up only the members it shows, not everyone in the room (once per joiner,
-        that made registering N clients O(N²) again).
+        Users on other nodes are marked from their presence (its account and away text),
+        looked up by the names shown: a list of every member, page after page, costs
+        one look-up per name, whatever the cluster's size. Per request, never per
+        burst. A page of a big room looks up only the members here it shows, not
+        everyone in the room (once per joiner, that made registering N clients O(N²)
+        again).
         """
         moderation, where = self.moderation, room.name
         here: Iterable[Member] = room.members
         if len(names) < len(room.members):
             found = (self._members.get(p.name_key(name)) for name in names)
             here = [m for m in found if m is not None and m.rooms.get(where) is room]
-        ops = frozenset(
-            m.name for m in here if m.account is not None and moderation.is_op(where, m.account)
-        )
-        away = frozenset(m.name for m in here if m.away is not None)
+        ops = {m.name for m in here if m.account is not None and moderation.is_op(where, m.account)}
+        away = {m.name for m in here if m.away is not None}
+        if self.backplane.remote:
+            local = {m.name for m in here}
+            for name in names:
+                user = None if name in local else self.backplane.remote_user(p.name_key(name))
+                if user is None:
+                    continue
+                if user.account is not None and moderation.is_op(where, user.account):
+                    ops.add(user.name)
+                if user.away is not None:
+                    away.add(user.name)
         if ops or away:  # the list may be one page: only the names it shows
             shown = set(names)
             ops, away = ops & shown, away & shown
-        return ev.UserList(where, tuple(names), total, ops, away)
+        return ev.UserList(where, tuple(names), total, frozenset(ops), frozenset(away))
 
     # --- delivery -------------------------------------------------------------
 
@@ -1260,7 +1297,7 @@ class Hub:
             member.rooms[name] = room
             if room.log.tail.maxlen == 0 and resumes(dialect):
                 room.log.tail = deque(maxlen=self.resume_max)
-        self.backplane.presence(member.key, member.name, tuple(member.rooms))
+        self._present(member)
         log.info("%s taken over from another connection", member.name)
         return member
 

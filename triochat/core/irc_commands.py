@@ -342,11 +342,14 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
             private = f"* {text}" if action else text
             # An away recipient's 301 is the hub's answer (rendered so by the dialect);
             # a NOTICE is never answered, so there it is taken out.
-            held = session.hub.member(target) if notice else None
-            if held is None or held.away is None:
+            away = session.away_of(target) if notice else None
+            if away is None:
                 session.translate(session.session.command(c.Msg(target, private)))
                 continue
-            reply = f":{session.rules.server} 301 {session.target} {held.name} :".encode()
+            held = session.hub.member(target)
+            key = p.name_key(target)
+            shown = held.name if held is not None else session.hub.backplane.remote_name(key)
+            reply = f":{session.rules.server} 301 {session.target} {shown} :".encode()
             session.outbox.expect(reply)
             try:
                 session.translate(session.session.command(c.Msg(target, private)))

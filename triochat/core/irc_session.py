@@ -780,9 +780,9 @@ class IRCSession:
             )
 
     def away_of(self, name: str) -> str | None:
-        """Why the user called ``name`` is away, if it is here and away (the hub's ``/away``)."""
-        held = self.hub.member(name)
-        return held.away if held is not None else None
+        """Why the user called ``name`` is away, if it is online and away (the hub's ``/away``),
+        on this node or another."""
+        return self.hub.away_of(name)
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:

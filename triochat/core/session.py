@@ -353,6 +353,8 @@ class SessionHub(Protocol[M]):
 
     def set_away(self, member: M, text: str | None, /) -> None: ...
 
+    def set_account(self, member: M, account: str | None, /) -> None: ...
+
     def hosts(self, room: str, /) -> bool: ...
 
 
@@ -518,7 +520,7 @@ class Session(Generic[M]):
     def account(self, key: str | None) -> None:
         self._account = key
         if self.member is not None:
-            self.member.account = key
+            self._hub.set_account(self.member, key)
 
     @property
     def moderation(self) -> Moderation | None:
