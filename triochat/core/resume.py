@@ -369,12 +369,10 @@ class ResumableSession(Session[Member]):
         """A new token for ``member``, served by this session."""
         return Welcome(member.name, self._tokens.issue(member, self, entry), self._tokens.grace)
 
-    def _register(self, name: str, *, claimed: bool) -> list[Output]:
-        outputs = super()._register(name, claimed=claimed)
-        member = self.member
-        if member is not None and self.state is State.CHATTING:
+    def _arrived(self, member: Member) -> list[Output]:
+        if self.state is State.CHATTING:
             self._v2hub.tell(member, self._welcome(member))
-        return outputs
+        return []
 
     def _bad_token(self) -> list[Output]:
         """A token that resumes nobody (forged, used, acknowledged away or expired): the
@@ -523,19 +521,12 @@ class V2Session(ResumableSession):
             outputs.append(Left(command.room, 0, time.time(), member.name, command.reason))
         return outputs
 
-    def _register(self, name: str, *, claimed: bool) -> list[Output]:
-        hub = self._v2hub
-        result = hub.register(name, self._outbox, self._disconnect, self._door.dialect)
-        if isinstance(result, str):
-            return super()._register(name, claimed=claimed)  # refused the same way
-        self.member = result
-        self._to(State.CHATTING)
+    def _registered(self, member: Member) -> None:
         # The token first, so the client can resume even what its arrival brings.
-        hub.tell(result, self._welcome(result))
-        for room in self.rules.arrival_rooms:
-            hub.join(result, room)
-        self._follow(result)
-        return self._states(result.rooms)
+        self._v2hub.tell(member, self._welcome(member))
+
+    def _arrived(self, member: Member) -> list[Output]:
+        return self._states(member.rooms)
 
 
 __all__ = [

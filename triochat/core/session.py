@@ -816,12 +816,20 @@ class Session(Generic[M]):
         result.address = self.address
         result.account = self._account
         self._to(State.CHATTING)
+        self._registered(result)
         motd = self._motd()
         if motd:
             self._hub.tell(result, *motd)
         for room in self.rules.arrival_rooms:
             self._enter(result, room)
         self._follow(result)
+        return self._arrived(result)
+
+    def _registered(self, member: M) -> None:
+        """What a protocol tells a member first, before its message of the day and rooms."""
+
+    def _arrived(self, member: M) -> list[Output]:
+        """What a protocol answers once the member is in its arrival rooms."""
         return []
 
     def _room(self, room: str | None) -> str | None:

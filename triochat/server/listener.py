@@ -225,6 +225,8 @@ class ChatServer:
             dialect=V2Dialect(),
             delays=self.password_delays,
             clock=trio.current_time,
+            accounts=self.accounts,
+            moderation=self.hub.moderation,
         )
         """What the line door's v2 sessions share (``None``: the door speaks v1 only)."""
         self._connections: set[DoorConnection] = set()
