@@ -7,9 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from _accounts import open_accounts
 from _v2 import serving, v1_user
 
+from triochat import ChatServer, ServerConfig
+from triochat.client.connection import ChatClient, ConnectOptions, WrongPassword
+from triochat.client.resuming import ResumingClient
 from triochat.server.accounts import AccountStore
 
 
@@ -48,3 +53,35 @@ async def test_a_v2_member_registers_moderates_and_reads_the_motd(
         await again.hello()
         await again.send("zed")
         assert (await again.until("notice"))[-1] == "notice :zed is registered: its password?"
+
+
+async def test_triochat_join_gives_a_registered_names_password(
+    nursery: trio.Nursery, accounts: AccountStore
+) -> None:
+    server = ChatServer(ServerConfig(port=0, rate=0, password_delay=0.01), accounts=accounts)
+    await nursery.start(server.serve)
+
+    async def opener() -> ChatClient:
+        client, server_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(server.handle_stream, server_side)
+        return ChatClient(client)
+
+    async def show(lines: list[str]) -> None:
+        pass
+
+    zed = ResumingClient(ConnectOptions(), "zed", show, opener=opener)
+    await zed.start()
+    assert zed.client is not None
+    await zed.client.send_line("/register hunter22")
+    while (await zed.client.receive_line()) != "notice :zed is registered to you now":
+        pass
+
+    await zed.quit()
+
+    wrong = ResumingClient(ConnectOptions(), "zed", show, opener=opener)
+    with pytest.raises(WrongPassword):
+        await wrong.start("hunter2")
+    right = ResumingClient(ConnectOptions(), "zed", show, opener=opener)
+    await right.start("hunter22")
+    assert right.token
+    assert right.name == "zed"
