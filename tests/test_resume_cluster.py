@@ -9,26 +9,39 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
 import trio.testing
+from _accounts import open_accounts
 from _v2 import Client, Connect, ConnectV2, V2Client, resume, serving, v1_user
 
 from triochat import ChatServer
 from triochat.backplane.memory import MemoryBackplane, MemoryCluster
+from triochat.core.accounts import Request
+from triochat.protocol import v2
 
 Side = tuple[ChatServer, Connect, ConnectV2]
 
 
 @asynccontextmanager
-async def two_nodes(**options: Any) -> AsyncIterator[tuple[Side, Side]]:
+async def two_nodes(
+    accounts: tuple[Path, Path] | None = None, **options: Any
+) -> AsyncIterator[tuple[Side, Side]]:
+    """Two servers on one MemoryCluster (``accounts``: each its own ``--db`` file)."""
     cluster = MemoryCluster(history=20)
-    async with (
-        serving(cluster.backplane(), **options) as a,
-        serving(cluster.backplane(), **options) as b,
-    ):
-        yield a, b
+    books = [open_accounts(path) for path in accounts] if accounts else [None, None]
+    try:
+        async with (
+            serving(cluster.backplane(), books[0], **options) as a,
+            serving(cluster.backplane(), books[1], **options) as b,
+        ):
+            yield a, b
+    finally:
+        for book in books:
+            if book is not None:
+                book.close()
 
 
 def backplane(server: ChatServer) -> MemoryBackplane:
@@ -227,3 +240,85 @@ async def test_in_a_cluster_a_member_resumes_on_its_own_node_too(
         await stale.hello()
         await stale.send(f"/resume {alice.token}")
         assert (await stale.until("error"))[-1].startswith("error :That resume token is not")
+
+
+async def test_an_identified_member_resumed_on_another_node_keeps_its_account_and_rights(
+    tmp_path: Path,
+) -> None:
+    # The real clock: a password is checked in a worker thread, which a jumping clock
+    # would not wait for.
+    first = open_accounts(tmp_path / "a.db")
+    assert (await first.perform(Request("register", "ann", "ann-pw"))).ok
+    first.close()
+    files = (tmp_path / "a.db", tmp_path / "b.db")  # B's has no accounts: it takes A's
+    async with two_nodes(files, password_delay=0.01) as (
+        (_a, connect_a, v2_a),
+        (server_b, connect_b, v2_b),
+    ):
+        ann = await v2_a()
+        await ann.hello()
+        await ann.send("ann")
+        assert (await ann.until("notice"))[-1] == "notice :ann is registered: its password?"
+        await ann.send("ann-pw")
+        await ann.parsed("room")
+        await ann.send("/join #den")
+        for line in await ann.until("notice :You are an operator of #den"):
+            ann.track(v2.parse_line(line))
+        await ann.send("/away lunch")
+        for line in await ann.until("notice :You are away: lunch"):
+            ann.track(v2.parse_line(line))
+        bob = await v1_user(connect_b, "bob")
+        await bob.send("/join #den")
+        await bob.until("* Users in #den: @ann (away), bob")
+        await ann.parsed("joined")
+        await ann.cut()
+        await settle()
+
+        again = await resume(v2_b, ann)
+        await again.parsed("resumed")
+        await again.parsed("resumed")
+        member = server_b.hub.member("ann")
+        assert member is not None
+        assert (member.account, member.away) == ("ann", "lunch")
+        # Marked on every node as before, and an operator of #den on its new node.
+        await bob.send("/users")
+        assert (await bob.until("* Users in #den"))[-1] == "* Users in #den: @ann (away), bob"
+        await again.send("/topic Be kind")
+        assert (await bob.until("["))[-1].endswith("* ann set the topic of #den: Be kind")
+        carl = await v1_user(connect_a, "carl")
+        await carl.send("/msg ann hi")
+        assert (await carl.until("* ann is away"))[-1] == "* ann is away: lunch"
+
+
+async def test_a_guest_resumed_on_another_node_is_no_operator_there(tmp_path: Path) -> None:
+    # An attacker's way in: a guest held on A resumes on B. The account comes from the
+    # cluster's record of it (none), so it gains no rights on B.
+    first = open_accounts(tmp_path / "a.db")
+    assert (await first.perform(Request("register", "ann", "ann-pw"))).ok
+    first.close()
+    files = (tmp_path / "a.db", tmp_path / "b.db")
+    async with two_nodes(files, password_delay=0.01) as ((_a, _, v2_a), (server_b, _b, v2_b)):
+        ann = await v2_a()
+        await ann.hello()
+        await ann.send("ann")
+        await ann.until("notice :ann is registered: its password?")
+        await ann.send("ann-pw")
+        await ann.parsed("room")
+        await ann.send("/join #den")
+        await ann.until("notice :You are an operator of #den")
+        mal = await v2_a()
+        await mal.register("mal")
+        await mal.parsed("joined")
+        await mal.send("/join #den")
+        await mal.parsed("joined")
+        await mal.cut()
+        await settle()
+        again = await resume(v2_b, mal)
+        await again.parsed("resumed")
+        await again.parsed("resumed")
+        member = server_b.hub.member("mal")
+        assert member is not None
+        assert member.account is None
+        await again.send("/topic mine now")
+        assert (await again.until("error"))[-1].startswith("error :")
+        assert server_b.hub.moderation.topics.get("#den") is None

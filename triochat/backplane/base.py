@@ -60,6 +60,11 @@ class Takeover:
     rooms: tuple[str, ...]
     numbers: Mapping[str, tuple[str, int]]
     """Room -> its epoch and last number (rooms the cluster numbers)."""
+    account: str | None = None
+    """The key of the account it had proved is its own, as its old node's presence in the
+    cluster says (never the resuming client): it stays identified."""
+    away: str | None = None
+    """Why it is away, if it was (its presence too)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -433,6 +433,8 @@ class ResumableSession(Session[Member]):
         resume = self._asked
         assert resume is not None
         hub.reattach(member, self._outbox, self._disconnect)
+        # Identified as it was on its old node: the cluster's record says so, not the client.
+        self.account = member.account
         tails = handover.tails
 
         def recovery(room: str, epoch: str, seq: int) -> Recovery:
