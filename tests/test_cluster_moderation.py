@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 from _accounts import dial, named, net_fixture, open_accounts  # noqa: F401 - the net fixture
+from _v2 import V2Client, resume
 from redis_support import (
     FAST,
     TEST_REDIS,
@@ -34,6 +35,7 @@ from triochat import ChatServer, ServerConfig
 from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.core.accounts import Request
 from triochat.core.names import name_key
+from triochat.protocol import v2
 from triochat.server.accounts import LINK_DOWN, AccountStore
 
 Start = Callable[..., Awaitable[tuple[ChatServer, int]]]
@@ -334,3 +336,42 @@ async def test_an_admin_change_never_overwrites_an_account_changed_since_it_was_
         )
         assert done == 0
         assert await client.hget(keys.accounts, "ann") == now
+
+
+async def test_an_identified_member_resumed_on_another_node_is_identified_there(
+    start: Start,
+) -> None:
+    # Over Redis the account and away text travel in the T record, which the TAKE script
+    # builds from the member's presence (written by its old node), never from the client.
+    a, port_a = await start("root", "ann")
+    b, port_b = await start()
+    ann = V2Client(await trio.open_tcp_stream("127.0.0.1", port_a))
+    await ann.hello()
+    await ann.send("ann")
+    await ann.until("notice :ann is registered: its password?")
+    await ann.send("ann-pw")
+    await ann.parsed("joined")
+    await ann.send("/join #den", "/away lunch")
+    for line in await ann.until("notice :You are away: lunch"):
+        ann.track(v2.parse_line(line))
+    bob = await named(port_b, "bob")
+    await join(bob, "bob", "#den")
+    await ann.parsed("joined")
+    await ann.cut()
+    await wait_until(lambda: a.tokens.held == 1)
+
+    async def connect_b() -> V2Client:
+        return V2Client(await trio.open_tcp_stream("127.0.0.1", port_b))
+
+    again = await resume(connect_b, ann)
+    await again.parsed("resumed")
+    await again.parsed("resumed")
+    member = b.hub.member("ann")
+    assert member is not None
+    assert (member.account, member.away) == ("ann", "lunch")
+    await bob.send("/users")
+    await bob.until("* Users in #den: @ann (away), bob")
+    await again.send("/topic Be kind")
+    await bob.until("[T] * ann set the topic of #den: Be kind")
+    await again.send("/quit")
+    await again.cut()
