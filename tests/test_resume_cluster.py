@@ -20,6 +20,7 @@ from _v2 import Client, Connect, ConnectV2, V2Client, resume, serving, v1_user
 from triochat import ChatServer
 from triochat.backplane.memory import MemoryBackplane, MemoryCluster
 from triochat.core.accounts import Request
+from triochat.core.resume import CANNOT_RESUME
 from triochat.protocol import v2
 
 Side = tuple[ChatServer, Connect, ConnectV2]
@@ -322,3 +323,20 @@ async def test_a_guest_resumed_on_another_node_is_no_operator_there(tmp_path: Pa
         await again.send("/topic mine now")
         assert (await again.until("error"))[-1].startswith("error :")
         assert server_b.hub.moderation.topics.get("#den") is None
+
+
+async def test_a_resume_on_a_node_cut_off_from_the_cluster_is_told_to_come_back_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_nodes() as ((server_a, _a, v2_a), (server_b, _b, v2_b)):
+        alice = await held_on(v2_a, "alice")
+        backplane(server_b).link_down = True  # B cannot ask the cluster about the token
+        again = await resume(v2_b, alice)
+        assert (await again.until("error"))[-1] == f"error :{CANNOT_RESUME}"
+        assert await again.line() is None  # closed: the client comes back later
+        assert len(server_b.password_delays) == 0  # no bad try, no growing delay
+        assert server_a.tokens.held == 1  # still held on A, its token still good
+        backplane(server_b).link_down = False
+        await resume_on(v2_b, alice)
+        assert server_b.hub.member("alice") is not None
+        assert server_a.hub.member("alice") is None

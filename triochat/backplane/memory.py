@@ -468,6 +468,8 @@ class MemoryBackplane:
         self, digest: bytes, positions: Sequence[tuple[str, int]], dialect: Dialect, /
     ) -> Handover | None:
         await trio.lowlevel.checkpoint()  # A round trip, as far as the caller can tell.
+        if self.link_down:  # a test cut this node off
+            raise BackplaneError("the link to the rest of the chat is down")
         pending = Pending(dialect)
         taken = self.cluster._take_over(self, digest, positions)
         if taken is None:
