@@ -19,6 +19,8 @@ from _v2 import Client, Connect, ConnectV2, V2Client, resume, serving, v1_user
 
 from triochat import ChatServer
 from triochat.backplane.memory import MemoryBackplane, MemoryCluster
+from triochat.client.connection import ChatClient, ConnectOptions
+from triochat.client.resuming import ResumingClient
 from triochat.core.accounts import Request
 from triochat.core.resume import CANNOT_RESUME
 from triochat.protocol import v2
@@ -340,3 +342,45 @@ async def test_a_resume_on_a_node_cut_off_from_the_cluster_is_told_to_come_back_
         await resume_on(v2_b, alice)
         assert server_b.hub.member("alice") is not None
         assert server_a.hub.member("alice") is None
+
+
+async def test_triochat_join_comes_back_later_to_a_node_cut_off_from_the_cluster(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_nodes() as ((_a, connect_a, _), (server_b, connect_b, _)):
+        bob = await v1_user(connect_b, "bob")
+        opened: list[str] = []
+
+        async def opener() -> ChatClient:
+            """Node A first; then B, whose link is down on the first try there."""
+            opened.append("B" if opened else "A")
+            backplane(server_b).link_down = len(opened) == 2
+            raw = await (connect_b if len(opened) > 1 else connect_a)()
+            return ChatClient(raw.stream)
+
+        shown: list[str] = []
+
+        async def show(lines: list[str]) -> None:
+            shown.extend(lines)
+
+        dave = ResumingClient(ConnectOptions(), "dave", show, opener=opener)
+        await dave.start()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dave.receive)
+            await settle()
+            await nothing_for(bob)  # its join
+            assert dave.client is not None
+            await dave.client.stream.aclose()  # the network goes
+            await settle()
+            await bob.send("while you were away")
+            with trio.fail_after(100):
+                await dave.connected.wait()  # a new event since the cut: back
+            await settle()
+            nursery.cancel_scope.cancel()
+        assert opened == ["A", "B", "B"]
+        assert (dave.reconnects, dave.gaps) == (1, 0)
+        assert [line for line in shown if "while you were away" in line] != []
+        assert not [line for line in shown if "missed" in line or "not valid" in line]
+        assert server_b.hub.member("dave") is not None
+        assert len(server_b.password_delays) == 0
+        assert not [line for line in await nothing_for(bob) if "dave" in line]
