@@ -339,7 +339,7 @@ class IRCSession:
         self.awaiting_pong = False
         self.closed = False
         self.history_request: HistoryRequest | None = None
-        self.pending: list[wire.Received] = []
+        self.pending: Sequence[wire.Received] = ()
         """Messages read but not yet handled: they came after one whose effect is awaited."""
         self._batches = 0
         self.labeled = False
@@ -368,7 +368,7 @@ class IRCSession:
         burst: list[str] = []
         burst_room = ""
         queue = [*self.pending, *events]
-        self.pending = []
+        self.pending = ()  # a tuple: an empty list kept per idle client is 56 bytes
         for i, event in enumerate(queue):
             if self.closed or self.session.state is State.CLOSED:
                 break
