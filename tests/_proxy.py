@@ -55,16 +55,21 @@ class Proxy:
         except OSError:
             await client.aclose()
             return
-        with trio.CancelScope() as scope:
-            self._links.add(scope)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
-                    nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
-            finally:
-                self._links.discard(scope)
-        await trio.aclose_forcefully(client)
-        await trio.aclose_forcefully(server)
+        try:
+            with trio.CancelScope() as scope:
+                self._links.add(scope)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
+                        nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
+                finally:
+                    self._links.discard(scope)
+        finally:
+            # Shielded: when the proxy itself is cancelled, the first close's
+            # Cancelled would skip the second.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(client)
+                await trio.aclose_forcefully(server)
 
     async def _pump(
         self, source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope

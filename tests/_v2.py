@@ -16,6 +16,7 @@ import trio.testing
 from triochat import ChatServer, ServerConfig
 from triochat.backplane import Backplane
 from triochat.protocol import v2
+from triochat.server.accounts import AccountStore
 
 WAIT = 100  # virtual seconds
 
@@ -101,11 +102,11 @@ ConnectV2 = Callable[[], Awaitable[V2Client]]
 
 @asynccontextmanager
 async def serving(
-    backplane: Backplane | None = None, **options: Any
+    backplane: Backplane | None = None, accounts: AccountStore | None = None, **options: Any
 ) -> AsyncIterator[tuple[ChatServer, Connect, ConnectV2]]:
     """A whole server (``serve``) in its own nursery; clients connect over memory streams."""
     options.setdefault("rate", 0)
-    server = ChatServer(ServerConfig(port=0, **options), backplane=backplane)
+    server = ChatServer(ServerConfig(port=0, **options), backplane=backplane, accounts=accounts)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 from _v1 import LineUser
 
-from triochat.backplane import Claim, LocalBackplane
+from triochat.backplane import Claim, LocalBackplane, RemoteUser
 from triochat.core import events as ev
 from triochat.core.hub import Hub, Member
 from triochat.protocol import line as p
@@ -124,7 +124,15 @@ class FakeBackplane:
         self.privates.append((key, event))
         return True
 
-    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
+    def presence(
+        self,
+        key: str,
+        name: str,
+        rooms: Iterable[str] | None,
+        account: str | None = None,
+        away: str | None = None,
+        /,
+    ) -> None:
         self.presences.append((key, name, None if rooms is None else tuple(rooms)))
 
     def occupy(self, room: str, /) -> None:
@@ -140,6 +148,9 @@ class FakeBackplane:
 
     def remote_users(self, room: str, /) -> list[str]:
         return [name for name, rooms in self.others.values() if room in rooms]
+
+    def remote_user(self, key: str, /) -> RemoteUser | None:
+        return None
 
     def remote_rooms(self) -> dict[str, int]:
         return {"#lobby": 1, "#far": 2}

@@ -102,3 +102,25 @@ def test_a_role_granted_while_the_server_runs_counts_from_the_next_sign_in(
     running.close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT admin FROM accounts").fetchone() == (1,)
+
+
+def test_a_cluster_is_named_by_redis_and_cluster_never_with_a_file(tmp_path: Path) -> None:
+    from redis_support import free_port
+
+    db = tmp_path / "chat.db"
+    registered(db, "ann")
+    runner = CliRunner()
+    for args, error in (
+        (["accounts"], "give the server's --db file, or a cluster's --redis"),
+        (["--db", str(db), "--redis", "redis://127.0.0.1:1", "accounts"], "not both"),
+        (["--db", str(db), "--cluster", "x", "accounts"], "--cluster needs --redis"),
+        (["--redis", "http://x", "accounts"], "not a Redis URL"),
+        (["--redis", "redis://127.0.0.1:1", "--cluster", "a:b", "accounts"], "invalid cluster"),
+    ):
+        result = runner.invoke(main, ["admin", *args])
+        assert result.exit_code == 2, result.output
+        assert error in result.output
+    nobody = f"redis://127.0.0.1:{free_port()}"
+    result = runner.invoke(main, ["admin", "--redis", nobody, "grant", "ann"])
+    assert result.exit_code == 1
+    assert f"cannot reach {nobody}" in result.output

@@ -21,6 +21,7 @@ from redis_support import (
     TEST_REDIS,
     RedisServer,
     answers,
+    cluster_keys,
     coredis,
     delete_cluster_keys,
     unavailable,
@@ -219,3 +220,117 @@ async def test_after_redis_loses_its_data_the_nodes_seed_it_again(
         assert b.accounts.registered("ann")
     finally:
         await redis.stop()
+
+
+async def test_operators_and_away_members_on_another_node_are_marked_there(
+    start: Start, cluster: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, port_a = await start("root", "ann")
+    b, port_b = await start()
+    ann = await login(port_a, "ann", "#den")  # its creator: an operator of #den
+    await wait_until(lambda: b.hub.moderation.is_op("#den", "ann"))
+    await ann.send("/away lunch")
+    await ann.until("* You are away: lunch")
+    bob = await named(port_b, "bob")
+    await join(bob, "bob", "#den")
+    await wait_until(lambda: b.hub.away_of("ann") == "lunch")
+    await bob.send("/users")
+    await bob.until("* Users in #den: @ann (away), bob")
+    await bob.send("/msg ann are you there")
+    await bob.until("* ann is away: lunch")
+
+    # Someone else on the channel says mallory, identified as ann, is on A: not A's word.
+    node_a = a.backplane.node_id  # type: ignore[attr-defined]
+    forged = f'evil\t1\n["P","{node_a}","mallory","mallory",["#den"],"ann",null]\n'
+    async with coredis.Redis.from_url(TEST_REDIS) as client:
+        await client.publish(f"triochat:{cluster}:events", forged.encode())
+    await wait_until(lambda: "ignoring node evil's word on a user of node" in caplog.text)
+    await bob.send("/users")
+    await bob.until("* Users in #den: @ann (away), bob")
+
+
+def _admin(*args: str, **env: str) -> Any:
+    """``triochat admin ARGS`` as a host would run it, its output and exit code."""
+    from click.testing import CliRunner
+
+    from triochat.cli import main
+
+    return CliRunner().invoke(main, ["admin", *args], env=env or None)
+
+
+async def test_triochat_admin_with_redis_changes_the_clusters_accounts_on_every_running_node(
+    start: Start, cluster: str
+) -> None:
+    a, _ = await start("root", "ann")
+    b, port_b = await start()  # its file has no accounts: it takes the cluster's
+    on = ["--redis", TEST_REDIS, "--cluster", cluster]
+    assert a.accounts is not None
+    await wait_until(lambda: b.accounts is not None and b.accounts.registered("ann"))
+
+    done = await trio.to_thread.run_sync(lambda: _admin(*on, "grant", "ANN"))
+    assert (done.exit_code, done.output) == (0, "ANN is a server admin.\n")
+    # Published as a change: the running nodes take it at once, and keep it when they link.
+    await wait_until(lambda: b.accounts is not None and b.accounts.admin("ann"))
+    assert a.accounts.admin("ann")
+    listed = await trio.to_thread.run_sync(lambda: _admin(*on, "accounts"))
+    assert [line.split("\t")[:2] for line in listed.output.splitlines()] == [
+        ["ann", "admin"],
+        ["root", "admin"],
+    ]
+
+    reset = await trio.to_thread.run_sync(
+        lambda: _admin(*on, "reset-password", "ann", TRIOCHAT_NEW_PASSWORD="fresh-pw")
+    )
+    assert reset.exit_code == 0, reset.output
+    assert "fresh-pw" not in reset.output
+    ann = await dial(port_b)
+    await ann.until("* What is your name?")
+    await ann.send("ann")
+    await ann.until("* ann is registered: its password?")
+    await ann.send("fresh-pw")
+    await ann.until("[T] * ann joined #lobby")
+    await ann.send("/gban mallory 1h")  # the role granted through Redis
+    await ann.until("* mallory is banned from this server for 1h more")
+
+    revoked = await trio.to_thread.run_sync(lambda: _admin(*on, "revoke", "ann"))
+    assert revoked.exit_code == 0, revoked.output
+    await wait_until(lambda: a.accounts is not None and not a.accounts.admin("ann"))
+    missing = await trio.to_thread.run_sync(lambda: _admin(*on, "grant", "carl"))
+    assert (missing.exit_code, "carl is not registered" in missing.output) == (1, True)
+
+
+async def test_triochat_admin_against_a_wrong_cluster_name_changes_nothing(
+    start: Start, cluster: str
+) -> None:
+    await start("root", "ann")
+    wrong = unique_cluster()
+    for args in (["grant", "ann"], ["accounts"]):
+        command = ["--redis", TEST_REDIS, "--cluster", wrong, *args]
+        done = await trio.to_thread.run_sync(_admin, *command)
+        assert done.exit_code == 1
+        assert f"cluster {wrong!r} keeps no accounts" in done.output
+    # Nothing was written there, which the next node of that name would take as the truth.
+    assert await cluster_keys(TEST_REDIS, wrong) == []
+
+
+async def test_an_admin_change_never_overwrites_an_account_changed_since_it_was_read(
+    start: Start, cluster: str
+) -> None:
+    from triochat.backplane.redis.accounts import UPDATE
+    from triochat.backplane.redis.keys import Keys
+    from triochat.backplane.redis.shared import SharedKeys
+
+    a, _ = await start("root", "ann")
+    await wait_until(lambda: bool(a.backplane.linked))  # type: ignore[attr-defined]
+    keys = SharedKeys(Keys(cluster))
+    async with coredis.Redis.from_url(TEST_REDIS) as client:
+        now = await client.hget(keys.accounts, "ann")
+        assert now is not None
+        # Read before ann changed her password: the write is refused, nothing published.
+        stale = now.replace(b'"ann",', b'"ann" ,', 1)
+        args = ["ann", stale, b'["account","ann","ann","x",true,0.0]', b"admin-t\t1\n"]
+        done: Any = await UPDATE(
+            keys=[keys.accounts, keys.seeded, keys.keys.channel], args=args, client=client
+        )
+        assert done == 0
+        assert await client.hget(keys.accounts, "ann") == now

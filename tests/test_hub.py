@@ -461,6 +461,53 @@ async def test_a_burst_is_rendered_once_per_dialect_present(hub: Hub) -> None:
     assert b"Said(room='#big', seq=" in last[3]
 
 
+class Unechoed(CountingDialect):
+    """A dialect whose members are not handed their own lines (IRC without echo-message)."""
+
+    name = "unechoed"
+    echo = False
+
+
+async def test_a_dialect_that_does_not_echo_gets_everything_but_its_own_lines(hub: Hub) -> None:
+    quiet = Unechoed()
+    (ann, ann_in), (bob, bob_in), (cid, cid_in) = (
+        _member(hub, n, quiet) for n in ("ann", "bob", "cid")
+    )
+    line = User(hub, "dan")
+    for member in (ann, bob, cid):
+        hub.join(member, "#r")
+    line.do(p.Join("#r"))
+    for receive in (ann_in, bob_in, cid_in):
+        drain(receive)
+    line.raw()
+    hub.say(ann, "#r", ["one", "two"])
+    hub.act(bob, "#r", "waves")
+    # A cluster's batch may hold several authors' lines.
+    hub.deliver([ev.Said("#r", 90, T0, "ann", "x"), ev.Said("#r", 91, T0, "cid", "y")])
+
+    def seen(receive: Inbox) -> list[str]:
+        text = b"".join(drain(receive)).decode()
+        return [word for word in ("'one'", "'two'", "'waves'", "'x'", "'y'") if word in text]
+
+    assert seen(ann_in) == ["'waves'", "'y'"]
+    assert seen(bob_in) == ["'one'", "'two'", "'x'", "'y'"]
+    assert seen(cid_in) == ["'one'", "'two'", "'waves'", "'x'"]
+    assert len(line.lines()) == 5  # the line door echoes: dan sees all
+
+
+async def test_an_unechoed_member_who_ignores_someone_still_gets_none_of_its_own(
+    hub: Hub,
+) -> None:
+    quiet = Unechoed()
+    (ann, ann_in), (bob, _) = (_member(hub, n, quiet) for n in ("ann", "bob"))
+    hub.join(ann, "#r")
+    hub.join(bob, "#r")
+    assert hub.ignore(ann, "bob", True) is None
+    drain(ann_in)
+    hub.deliver([ev.Said("#r", 90, T0, "ann", "mine"), ev.Said("#r", 91, T0, "bob", "his")])
+    assert drain(ann_in) == []
+
+
 def drain(receive: Inbox) -> list[bytes]:
     out = []
     while True:

@@ -163,3 +163,25 @@ async def test_a_labeled_line_is_answered_by_its_echo_from_the_cluster(node: Nod
     await zoe.until("BATCH", f"-{start.params[0][1:]}")
     assert "ACK" not in [m.command for m in zoe.seen]
     await line_until(ann, "<zoe> one")
+
+
+async def test_a_user_away_on_another_node_is_away_in_who_whois_and_privmsg(node: Node) -> None:
+    _, irc_a = await node()
+    line_b, _ = await node()
+    ann = await line_client(line_b, "ann")
+    await ann.send_line("/away lunch")
+    await line_until(ann, "You are away: lunch")
+    zoe = await irc_client(irc_a, "zoe")
+    await zoe.send("JOIN #lobby")
+    await zoe.until("366", "zoe", "#lobby")
+    await zoe.send("WHO #lobby")
+    who = await zoe.until("352", "zoe", "#lobby", "ann")
+    assert who.params[6].startswith("G")
+    await zoe.send("WHOIS ann")
+    assert (await zoe.until("301", "zoe", "ann")).params[2] == "lunch"
+    await zoe.until("318")
+    await zoe.send("PRIVMSG ann :psst", "NOTICE ann :no answer to this", "USERHOST ann")
+    assert (await zoe.until("301", "zoe", "ann")).params[2] == "lunch"
+    assert (await zoe.until("302")).params[1] == "ann=-ann@irc.test"
+    await line_until(ann, "*zoe* no answer to this")
+    assert [m.command for m in zoe.seen].count("301") == 2  # a NOTICE is never answered

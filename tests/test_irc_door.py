@@ -240,13 +240,17 @@ async def test_tls_with_the_servers_certificate(
     await client.send("NICK zoe", "USER u 0 * :x")
     welcome = await client.until("001")
     assert welcome.params[0] == "zoe"
-    # A plain-text client is told (in the line door's words, for now) and closed.
+    # A plain-text client is told, as IRC says it (an ERROR), and closed.
     plain = RawIRC(await trio.open_tcp_stream("127.0.0.1", port))
     opened(plain.stream)
     await plain.send("NICK ann", "USER u 0 * :x")
+    told: list[object] = []
     with trio.fail_after(10):
         while (event := await plain.next_event()) is not None:
-            assert not isinstance(event, irc.Message) or event.command != "001"
+            told.append(event)
+    assert told == [
+        irc.message("ERROR", "Closing link: this server speaks TLS only: connect with TLS")
+    ]
     assert server.stats.tls_handshake_failures == 1
 
 

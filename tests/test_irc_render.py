@@ -196,3 +196,26 @@ def test_every_triochat_name_is_a_nick_and_irc_specials_are_refused() -> None:
     assert names.channel("lobby") is None
     assert names.channel("&local") is None
     assert names.channel("#a,b") is None
+
+
+@given(
+    caps=st.sets(st.sampled_from(["server-time", "message-tags", "echo-message"])),
+    name=st.sampled_from(["bob", "zoë", "b" * 24]),
+    texts=st.lists(
+        st.text(st.characters(exclude_categories=["Cs"]), max_size=600)
+        | st.text(st.sampled_from("é x\r\n\0"), max_size=600),
+        min_size=1,
+        max_size=3,
+    ),
+    seconds=st.floats(0, 2e9),
+)
+def test_a_chat_line_takes_the_fast_path_to_what_the_general_one_writes(
+    caps: set[str], name: str, texts: list[str], seconds: float
+) -> None:
+    dialect = IRCDialect("irc.test", caps, "me")
+    said = [ev.Said("#room", seq, seconds, name, text) for seq, text in enumerate(texts, 1)]
+    general: list[str] = []
+    for event in said:
+        dialect._event(event, general)  # the general path: _texts and format_message
+    assert dialect.render(said) == "".join(general).encode()
+    assert dialect.render(said) == "".join(general).encode()  # with its starts remembered

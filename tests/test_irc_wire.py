@@ -191,7 +191,10 @@ def model(data: bytes, max_line: int, max_tags: int) -> list[object]:
 
 stream = st.lists(
     st.sampled_from(
-        [b"\n", b"\r\n", b"\r", b" ", b":", b"@", b"=", b";", b"PING", b"x", b"\xc3", b"\xff"]
+        [
+            *(b"\n", b"\r\n", b"\r", b" ", b":", b"@", b"=", b";", b"PING", b"x", b"\xc3", b"\xff"),
+            *(b"PRIVMSG ", b"NOTICE ", b"#a", b" :"),
+        ]
     )
     | st.binary(max_size=6),
     max_size=40,
@@ -230,6 +233,33 @@ def test_any_bytes_split_anywhere_give_the_same_events(
         one_by_one.receive_data(bytes([byte]))
         got += one_by_one.events()
     assert got == expected
+
+
+@given(
+    command=st.sampled_from(["PRIVMSG", "NOTICE"]),
+    rest=st.text(st.sampled_from(" :#ax\x01"), max_size=12),
+)
+def test_the_chat_line_fast_path_parses_as_the_general_parser_does(command: str, rest: str) -> None:
+    line = f"{command} {rest}"
+    # A leading space takes the general path (it is stripped first).
+    assert irc.parse(line) == irc.parse(" " + line)
+    if (msg := irc.parse(line)) is not None:
+        assert (msg.command, msg.source, msg.tags) == (command, None, ())
+
+
+@settings(deadline=None)
+@given(data=stream, max_line=st.integers(3, 40), max_tags=st.integers(2, 12))
+def test_all_events_at_once_are_the_events_one_at_a_time(
+    data: bytes, max_line: int, max_tags: int
+) -> None:
+    bulk, single = irc.IRCFramer(max_line, max_tags), irc.IRCFramer(max_line, max_tags)
+    bulk.receive_data(data)
+    single.receive_data(data)
+    one_at_a_time = []
+    while not isinstance(event := single.next_event(), type(irc.NEED_DATA)):
+        one_at_a_time.append(event)
+    assert bulk.events() == one_at_a_time
+    assert bulk.buffered == single.buffered
 
 
 def test_a_line_over_512_bytes_is_reported_and_the_next_one_read() -> None:

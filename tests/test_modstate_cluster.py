@@ -232,3 +232,70 @@ async def test_a_ban_record_from_the_channel_is_not_told_back_as_this_nodes_own(
     await settle()
     assert published == []  # taken, not published again
     assert b.moderation.state() == [BanSet("#den", "bob", math.inf, "ann", "")]
+
+
+async def test_operators_and_away_members_on_another_node_are_marked_in_the_user_list(
+    cluster: MemoryCluster, nursery: trio.Nursery
+) -> None:
+    a, b = await _start(cluster, nursery), await _start(cluster, nursery)
+    ann = await a.join("ann", "#den")
+    a.hub.set_account(ann.member, "ann")  # as its session does once she identified
+    a.moderation.op("#den", "ann")
+    bob = await a.join("bob", "#den")
+    cat = await b.join("cat", "#den")
+    a.hub.set_away(bob.member, "lunch")
+    await settle()
+    cat.lines()
+    b.hub.users(cat.member, "#den")
+    assert cat.lines() == ["* Users in #den: @ann, bob (away), cat"]
+    # Back, and no longer identified: the marks go with it, wherever asked.
+    a.hub.set_away(bob.member, None)
+    a.hub.set_account(ann.member, None)
+    await settle()
+    b.hub.users(cat.member, "#den")
+    assert cat.lines() == ["* Users in #den: ann, bob, cat"]
+
+
+async def test_a_remote_away_member_answers_private_messages_and_its_marks_follow_a_rename(
+    cluster: MemoryCluster, nursery: trio.Nursery
+) -> None:
+    a, b = await _start(cluster, nursery), await _start(cluster, nursery)
+    bob = await a.join("bob")  # in no room: still away for whoever messages it
+    cat = await b.join("cat", "#den")
+    a.hub.set_away(bob.member, "out")
+    await settle()
+    assert b.hub.away_of("BOB") == "out"
+    b.hub.private(cat.member, "bob", "hi")
+    await settle()
+    assert "* bob is away: out" in cat.lines()
+    assert await a.backplane.claim("rob") is Claim.CLAIMED
+    a.hub.rename(bob.member, "rob")
+    a.hub.join(bob.member, "#den")
+    await settle()
+    assert (b.hub.away_of("bob"), b.hub.away_of("rob")) == (None, "out")
+    cat.lines()
+    b.hub.users(cat.member, "#den")
+    assert cat.lines() == ["* Users in #den: cat, rob (away)"]
+
+
+async def test_every_page_of_a_long_user_list_marks_the_remote_members_it_shows(
+    cluster: MemoryCluster, nursery: trio.Nursery
+) -> None:
+    a, b = await _start(cluster, nursery), await _start(cluster, nursery)
+    crowd: list[User] = []
+    for i in range(60):
+        crowd.append(await a.join(f"u{i:02}", "#hall"))
+        await settle()
+        for user in crowd:  # read, or the hub evicts them as too slow
+            user.lines()
+    a.hub.set_away(crowd[55].member, "gone")  # on the second page
+    a.hub.set_account(crowd[1].member, "u01")
+    a.moderation.op("#hall", "u01")
+    zed = await b.join("zed", "#hall")
+    await settle()
+    zed.lines()
+    b.hub.users(zed.member, "#hall", everyone=True)
+    first, second = zed.lines()
+    assert first.startswith("* Users in #hall: u00, @u01, u02,")
+    assert "u54, u55 (away), u56" in second
+    assert second.endswith("u59, zed")

@@ -261,7 +261,12 @@ async def test_history_written_before_events_is_kept_as_legacy_lines(
 
 def test_the_replica_counts_each_user_in_each_of_its_rooms() -> None:
     replica = Replica("here")
-    replica.load([("ann", "a", "ann", ("#lobby", "#dev")), ("me", "here", "me", ("#lobby",))])
+    replica.load(
+        [
+            ("ann", "a", "ann", ("#lobby", "#dev"), None, None),
+            ("me", "here", "me", ("#lobby",), None, None),
+        ]
+    )
     assert (replica.users("#dev"), replica.rooms(), len(replica)) == (
         ["ann"],
         {"#lobby": 1, "#dev": 1},

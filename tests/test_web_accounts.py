@@ -71,3 +71,24 @@ async def test_moderation_commands_from_the_page_act_on_the_room_typed_in(web_po
         left = await until(bob, "error")
         assert left["text"] == "You left #den (kicked by ann: bye)"
         await until(ann, "left", room="#den", name="bob", reason="kicked by ann: bye")
+
+
+async def test_a_resumed_page_is_still_identified_and_still_operates_its_room(
+    web_port: int,
+) -> None:
+    async with web_client(web_port) as ann:
+        await receive(ann)
+        await send(ann, type="register", name="ann", account_password="ann-pw", rooms=["#den"])
+        welcome = await until(ann, "welcome", name="ann")
+        room = await until(ann, "room", room="#den")
+        await ann._stream.aclose()  # the network goes: no close frame
+    async with web_client(web_port) as back:
+        await receive(back)
+        resume = {"#den": {"epoch": room["epoch"], "seq": room["seq"]}}
+        await send(back, type="register", name="ann", token=welcome["token"], resume=resume)
+        assert (await until(back, "registered", name="ann"))["resumed"] is True
+        await send(back, type="line", room="#den", text="/topic still mine")
+        with trio.fail_after(10):
+            while (answer := await receive(back))["type"] not in ("topic", "error"):
+                pass
+        assert (answer["type"], answer.get("topic")) == ("topic", "still mine")

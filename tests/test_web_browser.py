@@ -13,10 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+from _proxy import Proxy
 
 CHROMIUM = os.environ.get("TRIOCHAT_CHROMIUM", "/usr/bin/chromium")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -207,7 +210,8 @@ def test_the_page_reconnects_after_a_restart_without_duplicates(
         server.stop()
         expect(ann.get_by_role("status")).to_contain_text("Server shutting down")
         server.start()
-        expect(ann.get_by_role("status")).to_have_text("Connected as ann", timeout=5000)
+        # The page's backoff (0.5 s doubling, with jitter) may wait a few seconds.
+        expect(ann.get_by_role("status")).to_have_text("Connected as ann", timeout=20_000)
         assert ann.get_by_label("Message").input_value() == "half typed"
         nc = server.nc("carol")
         read_until(nc, b"before the restart")  # history survived, in the database
@@ -288,3 +292,143 @@ def test_the_member_list_badges_operators_and_away_members(
         carol.close()
     finally:
         server.stop()
+
+
+class ProxyThread:
+    """A :class:`Proxy` in its own thread (its own trio loop), driven from a sync test."""
+
+    def __init__(self, target: int) -> None:
+        self.proxy = Proxy(target)
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.CancelScope | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "the proxy did not start"
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as self._stop:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.proxy.run)
+                self._ready.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}/"
+
+    def cut(self, *, refusing: bool) -> None:
+        """Cut the page's link; while ``refusing``, new ones are closed at once too."""
+
+        def cut() -> None:
+            self.proxy.refusing = refusing
+            self.proxy.cut()
+
+        trio.from_thread.run_sync(cut, trio_token=self._token)
+
+    def let_in(self) -> None:
+        trio.from_thread.run_sync(setattr, self.proxy, "refusing", False, trio_token=self._token)
+
+    def close(self) -> None:
+        assert self._stop is not None
+        trio.from_thread.run_sync(self._stop.cancel, trio_token=self._token)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def proxied(server: Server) -> Iterator[ProxyThread]:
+    """The page and its WebSocket reach ``server`` through a proxy the test can cut."""
+    proxy = ProxyThread(server.web_port)
+    yield proxy
+    proxy.close()
+
+
+def lines_said(page: Page, prefix: str) -> list[str]:
+    return [t for t in page.locator("#log .said .text").all_inner_texts() if t.startswith(prefix)]
+
+
+def test_the_page_resumes_through_cuts_without_reloading_and_the_room_sees_nothing(
+    browser: Browser, server: Server, proxied: ProxyThread, tmp_path: Path
+) -> None:
+    ann = open_page(browser, proxied.url, "ann")
+    ann.evaluate("window.loadedOnce = 'still this page'")
+    nc = server.nc("carol")
+    heard = read_until(nc, b"* Users in #lobby")
+    ann.get_by_label("Message").fill("half typed")
+    status = ann.get_by_role("status")
+    sent = 0
+    for cut in range(3):
+        proxied.cut(refusing=True)  # the network is gone for a while
+        expect(status).to_contain_text("Connection lost: reconnecting in")
+        if cut == 0:
+            shot = tmp_path / "reconnecting.png"
+            ann.screenshot(path=str(shot))
+            if os.environ.get("TRIOCHAT_RECONNECT_SCREENSHOT"):
+                shutil.copy(shot, os.environ["TRIOCHAT_RECONNECT_SCREENSHOT"])
+        for _ in range(5):
+            sent += 1
+            nc.sendall(f"line {sent}\n".encode())
+        heard += read_until(nc, f"line {sent}\n".encode())
+        proxied.let_in()
+        expect(status).to_have_text("Connected as ann", timeout=20_000)
+        for _ in range(3):
+            sent += 1
+            nc.sendall(f"line {sent}\n".encode())
+    expect(ann.get_by_role("log")).to_contain_text(f"line {sent}")
+    # Every line once, in order, on the same page (never reloaded), the typing kept.
+    assert lines_said(ann, "line ") == [f"line {i}" for i in range(1, sent + 1)]
+    assert ann.evaluate("window.loadedOnce") == "still this page"
+    assert ann.get_by_label("Message").input_value() == "half typed"
+    assert ann.locator("#log .gap").count() == 0
+    nc.sendall(b"/users\n")
+    heard += read_until(nc, b"* Users in #lobby: ann, carol\n")
+    assert b"* ann left" not in heard  # the room saw no left, no joined
+    assert b"* ann joined" not in heard
+    nc.close()
+    ann.close()
+
+
+def test_past_the_grace_the_page_registers_anew_and_shows_one_gap_line(browser: Browser) -> None:
+    server = Server("--resume-grace", "1", "--history", "2")
+    server.start()
+    proxy = ProxyThread(server.web_port)
+    try:
+        ann = open_page(browser, proxy.url, "ann")
+        nc = server.nc("carol")
+        read_until(nc, b"* Users in #lobby")
+        nc.sendall(b"seen 1\nseen 2\n")
+        expect(ann.get_by_role("log")).to_contain_text("seen 2")
+        proxy.cut(refusing=True)
+        read_until(nc, b"* ann left #lobby (connection lost)")
+        nc.sendall(b"".join(f"gone {i}\n".encode() for i in range(1, 6)))
+        read_until(nc, b"gone 5\n")
+        proxy.let_in()
+        expect(ann.get_by_role("status")).to_have_text("Connected as ann", timeout=20_000)
+        log = ann.get_by_role("log")
+        expect(log).to_contain_text("gone 5")
+        # Only the last 2 are kept for joiners: the 3 before them are one gap line.
+        expect(log.locator(".gap")).to_have_count(1)
+        expect(log.locator(".gap")).to_contain_text("missed lines in #lobby")
+        assert lines_said(ann, "seen ") == ["seen 1", "seen 2"]  # not shown twice
+        assert lines_said(ann, "gone ") == ["gone 4", "gone 5"]
+        nc.close()
+        ann.close()
+    finally:
+        proxy.close()
+        server.stop()
+
+
+def test_a_reloaded_page_is_not_held_its_name_is_free_at_once(
+    browser: Browser, server: Server
+) -> None:
+    ann = open_page(browser, server.url, "ann")
+    nc = server.nc("carol")
+    read_until(nc, b"* Users in #lobby")
+    ann.reload()  # the browser closes the WebSocket with 1001 on the way out
+    read_until(nc, b"* ann left #lobby (connection lost)")
+    ann.get_by_label("Name").fill("ann")
+    ann.get_by_label("Name").press("Enter")
+    expect(ann.get_by_role("status")).to_have_text("Connected as ann")
+    read_until(nc, b"* ann joined #lobby")
+    nc.close()
+    ann.close()

@@ -12,7 +12,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
 from triochat.core import commands as c, events as ev
-from triochat.protocol import line as p, web as w
+from triochat.protocol import line as p, v2, web as w
 
 NOW = 1_796_242_609.25  # 2026-12-02T20:16:49.250Z
 
@@ -163,18 +163,57 @@ def parse(message: object, **limits: int) -> w.ClientMessage:
     return w.parse_message(json.dumps(message), **limits)
 
 
-def test_register_with_name_password_rooms_and_the_place_for_resume() -> None:
+def test_register_with_name_password_rooms_and_a_resume() -> None:
     assert parse({"type": "register", "name": " alice "}) == w.Register("alice")
+    assert parse({"type": "register", "name": "alice"}).resumption() is None  # type: ignore[union-attr]
     got = parse(
         {
             "type": "register",
             "name": "bob",
             "password": "s3cret",
             "rooms": ["#b", "A", "#b"],
-            "resume": {"#b": 12},
+            "token": "9f" * 16,
+            "resume": {"#b": {"epoch": "3f2a9c01b7e4", "seq": 12}, "A": {"epoch": "e", "seq": 0}},
         }
     )
-    assert got == w.Register("bob", "s3cret", ("#b", "#a"), {"#b": 12})
+    resume = {"#b": ("3f2a9c01b7e4", 12), "#a": ("e", 0)}
+    assert got == w.Register("bob", "s3cret", ("#b", "#a"), resume, token="9f" * 16)
+    assert isinstance(got, w.Register)
+    assert got.resumption() == v2.Resume("9f" * 16, (("#b", "3f2a9c01b7e4", 12), ("#a", "e", 0)))
+    assert "9f9f" not in repr(got)  # a secret, never in a log line
+
+
+def test_ack_holds_the_new_token() -> None:
+    assert parse({"type": "ack", "token": "ab" * 16}) == v2.Ack("ab" * 16)
+
+
+def test_the_resume_messages_render_for_the_page() -> None:
+    replayed = (ev.Said("#a", 8, NOW, "al", "missed"), ev.Joined("#a", 9, NOW, "bo"))
+    data = w.WebDialect().render(
+        [
+            ev.Resumed("#a", "e1", 9, replayed),
+            ev.ResumeFailed("#b", "e2", 1500, 1200, "more than 1000 events to replay"),
+            ev.RoomState("#c", "e3", 4),
+        ]
+    )
+    got = decode(data)
+    assert [(m["type"], m.get("seq")) for m in got[0:3]] == [
+        ("said", 8),
+        ("joined", 9),
+        ("resumed", 9),
+    ]
+    assert got[2] == {"type": "resumed", "room": "#a", "epoch": "e1", "seq": 9, "count": 2}
+    assert got[3] == {
+        "type": "resume-failed",
+        "room": "#b",
+        "epoch": "e2",
+        "seq": 1500,
+        "lost": 1200,
+        "reason": "more than 1000 events to replay",
+    }
+    assert got[4] == {"type": "room", "room": "#c", "epoch": "e3", "seq": 4}
+    # Each replayed event is a message of its own, counted as one by the outbox.
+    assert data.count(b"\n") == len(got)
 
 
 @pytest.mark.parametrize(
@@ -241,6 +280,23 @@ def test_a_typed_line_takes_the_same_commands_as_nc(text: str, command: c.Comman
         ('{"type": "register"}', '"name" is a non-empty string'),
         ('{"type": "register", "name": "a", "rooms": []}', '"rooms" is a list'),
         ('{"type": "register", "name": "a", "resume": {"#a": -1}}', '"resume" maps'),
+        ('{"type": "register", "name": "a", "resume": {"#a": 5}}', '"resume" maps'),
+        (
+            '{"type": "register", "name": "a", "resume": {"#a": {"epoch": "e", "seq": -1}}}',
+            '"resume" maps',
+        ),
+        (
+            '{"type": "register", "name": "a", "resume": {"#a": {"epoch": "", "seq": 1}}}',
+            '"resume" maps',
+        ),
+        (
+            '{"type": "register", "name": "a", "resume": {"#a": {"epoch": "e", "seq": 1.5}}}',
+            '"resume" maps',
+        ),
+        ('{"type": "register", "name": "a", "token": 5}', '"token" is a resume token'),
+        ('{"type": "register", "name": "a", "token": ""}', '"token" is a resume token'),
+        ('{"type": "register", "name": "a", "token": "' + "x" * 129 + '"}', '"token" is a'),
+        ('{"type": "ack"}', '"token" is a resume token'),
         ('{"type": "register", "name": "a", "password": 1}', '"password" is a string'),
         ("[" * 100_000, "Bad JSON"),
     ],

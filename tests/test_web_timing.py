@@ -125,6 +125,7 @@ async def test_a_wrong_password_s_verdict_waits_and_the_wait_grows(
     client = await open_client(nursery, door)
     asked = trio.current_time()
     await client.send(type="register", name="ann", password="right")
+    assert (await client.receive())["type"] == "welcome"  # its resume token, then
     assert (await client.receive())["type"] == "registered"
     assert trio.current_time() == asked  # the right one is never kept waiting
 
@@ -148,7 +149,8 @@ async def test_no_register_within_the_timeout_closes_with_4002(
 async def test_a_client_silent_to_pings_is_closed_one_that_answers_stays(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    door = make_door(web=WebConfig(port=0, ping_interval=20, ping_timeout=10))
+    # Without a grace a silent page leaves at once (with one, it is held: test_web_resume).
+    door = make_door(web=WebConfig(port=0, ping_interval=20, ping_timeout=10), resume_grace=0)
     talker = await open_client(nursery, door)
     await talker.send(type="register", name="talker")
     await talker.until("joined")

@@ -59,7 +59,13 @@ records = st.one_of(
     room_events,
     st.builds(Direct, texts, privates),
     st.builds(
-        Whereabouts, node_ids, texts, texts, st.none() | st.lists(texts, max_size=3).map(tuple)
+        Whereabouts,
+        node_ids,
+        texts,
+        texts,
+        st.none() | st.lists(texts, max_size=3).map(tuple),
+        st.none() | texts,
+        st.none() | texts,
     ),
     st.builds(Drop, texts),
     st.builds(History, texts, st.lists(room_events, max_size=3).map(tuple)),
@@ -110,14 +116,18 @@ def test_an_h_record_built_as_the_undo_script_builds_it_decodes(
     assert decode_batch(b"n\t1\n" + record)[2] == [History(room, tuple(events))]
 
 
-@given(node_ids, texts, st.lists(texts, max_size=3))
+@given(node_ids, texts, st.lists(texts, max_size=3), st.none() | texts, st.none() | texts)
 def test_presence_entries_round_trip_and_start_as_the_reap_script_expects(
-    node: str, name: str, rooms: list[str]
+    node: str, name: str, rooms: list[str], account: str | None, away: str | None
 ) -> None:
-    entry = encode_presence(node, name, rooms)
-    assert decode_presence(entry) == (node, name, tuple(rooms))
+    entry = encode_presence(node, name, rooms, account, away)
+    assert decode_presence(entry) == (node, name, tuple(rooms), account, away)
     assert entry.startswith(presence_prefix(node))
     assert not encode_presence(node + "0", name, rooms).startswith(presence_prefix(node))
+
+
+def test_a_presence_entry_of_an_older_node_has_no_account_and_no_away() -> None:
+    assert decode_presence(b'["n","ann",["#r"]]') == ("n", "ann", ("#r",), None, None)
 
 
 def test_an_event_is_compact() -> None:
@@ -149,6 +159,9 @@ def test_an_event_is_compact() -> None:
         b'n\t1\n["P","n","k","ann","#lobby"]\n',
         b'n\t1\n["P","n","k","ann",[1]]\n',
         b'n\t1\n["P","n","k","ann",NaN]\n',
+        b'n\t1\n["P","n","k","ann",[]]\n',
+        b'n\t1\n["P","n","k","ann",[],1,null]\n',
+        b'n\t1\n["P","n","k","ann",[],null,["away"]]\n',
         b'n\t1\n["D"]\n',
         b'n\t1\n["H","#r",{}]\n',
         b'n\t1\n["H","#r",[["D","#r"]]]\n',
@@ -160,7 +173,18 @@ def test_malformed_batches_are_wire_errors(payload: bytes) -> None:
         decode_batch(payload)
 
 
-@pytest.mark.parametrize("raw", [b"", b"[]", b'["n","ann"]', b'["n","ann","#lobby"]', b"\xff"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"[]",
+        b'["n","ann"]',
+        b'["n","ann","#lobby"]',
+        b"\xff",
+        b'["n","ann",[],1,null]',
+        b'["n","ann",[],null]',
+    ],
+)
 def test_malformed_presence_entries_are_wire_errors(raw: bytes) -> None:
     with pytest.raises(WireError):
         decode_presence(raw)

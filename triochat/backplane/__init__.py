@@ -18,6 +18,7 @@ from .base import (
     Handover as Handover,
     LocalMember as LocalMember,
     Node as Node,
+    RemoteUser as RemoteUser,
     Tail as Tail,
     Takeover as Takeover,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "LocalBackplane",
     "LocalMember",
     "Node",
+    "RemoteUser",
     "Tail",
     "Takeover",
 ]

@@ -40,6 +40,17 @@ class Claim(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteUser:
+    """A user connected to another node, as far as its marks go."""
+
+    name: str
+    account: str | None
+    """The key of the account it proved is its own, if any (to mark operators)."""
+    away: str | None
+    """Why it is away, if it is."""
+
+
+@dataclass(frozen=True, slots=True)
 class Takeover:
     """A resumable member the cluster hands to this node: its name and rooms, and where
     each room's numbering stood at that point of the channel's order."""
@@ -87,6 +98,12 @@ class LocalMember(Protocol):
 
     @property
     def room_names(self) -> Iterable[str]: ...
+
+    @property
+    def account(self) -> str | None: ...
+
+    @property
+    def away(self) -> str | None: ...
 
 
 class Node(Protocol):
@@ -222,8 +239,20 @@ class Backplane(Protocol):
         (one winner of two at once); then every node hears of it (:meth:`Node.deliver_state`)."""
         ...
 
-    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
-        """A local member is now in ``rooms`` (``None``: gone, and its name is released)."""
+    def presence(
+        self,
+        key: str,
+        name: str,
+        rooms: Iterable[str] | None,
+        account: str | None = None,
+        away: str | None = None,
+        /,
+    ) -> None:
+        """A local member is now in ``rooms`` (``None``: gone, and its name is released),
+        identified as ``account`` and away for ``away`` (the other nodes mark it so).
+
+        Called when one of these changes, never per line: presence changes are rare.
+        """
         ...
 
     def occupy(self, room: str, /) -> None:
@@ -245,6 +274,10 @@ class Backplane(Protocol):
 
     def remote_users(self, room: str, /) -> list[str]:
         """Names of the users in ``room`` on other nodes."""
+        ...
+
+    def remote_user(self, key: str, /) -> RemoteUser | None:
+        """The user on another node holding ``key`` (its name, account and away), if any."""
         ...
 
     def remote_rooms(self) -> dict[str, int]:

@@ -13,7 +13,7 @@ import trio
 
 from ..core.events import Dialect, Private, RoomEvent
 from ..core.modstate import AccountSet, Change
-from .base import Claim, Handover, Node
+from .base import Claim, Handover, Node, RemoteUser
 
 
 class LocalBackplane:
@@ -45,7 +45,15 @@ class LocalBackplane:
     async def claim_account(self, entry: AccountSet, /) -> Claim:
         return Claim.CLAIMED  # The --db file's primary key decides.
 
-    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
+    def presence(
+        self,
+        key: str,
+        name: str,
+        rooms: Iterable[str] | None,
+        account: str | None = None,
+        away: str | None = None,
+        /,
+    ) -> None:
         pass
 
     def occupy(self, room: str, /) -> None:
@@ -59,6 +67,9 @@ class LocalBackplane:
 
     def remote_users(self, room: str, /) -> list[str]:
         return []
+
+    def remote_user(self, key: str, /) -> RemoteUser | None:
+        return None
 
     def remote_rooms(self) -> dict[str, int]:
         return {}

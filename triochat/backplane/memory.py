@@ -28,7 +28,7 @@ from ..core.modstate import AccountSet, Change, State
 from ..core.names import name_key
 from ..protocol.line import LOBBY
 from ._takeover import Pending
-from .base import BackplaneError, Claim, Handover, Node, Tail, Takeover
+from .base import BackplaneError, Claim, Handover, Node, RemoteUser, Tail, Takeover
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +95,8 @@ class _User:
     backplane: MemoryBackplane
     name: str
     rooms: tuple[str, ...]
+    account: str | None = None
+    away: str | None = None
 
 
 class MemoryCluster:
@@ -327,7 +329,15 @@ class MemoryBackplane:
         self.cluster._change(entry)
         return Claim.CLAIMED
 
-    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
+    def presence(
+        self,
+        key: str,
+        name: str,
+        rooms: Iterable[str] | None,
+        account: str | None = None,
+        away: str | None = None,
+        /,
+    ) -> None:
         cluster = self.cluster
         if rooms is None:
             user = cluster.users.get(key)
@@ -336,7 +346,7 @@ class MemoryBackplane:
             if cluster.names.get(key) is self:
                 del cluster.names[key]
         else:
-            cluster.users[key] = _User(self, name, tuple(rooms))
+            cluster.users[key] = _User(self, name, tuple(rooms), account, away)
             cluster.names[key] = self
 
     def occupy(self, room: str, /) -> None:
@@ -355,6 +365,12 @@ class MemoryBackplane:
 
     def remote_users(self, room: str, /) -> list[str]:
         return [u.name for u in self._others() if room in u.rooms]
+
+    def remote_user(self, key: str, /) -> RemoteUser | None:
+        user = self.cluster.users.get(key)
+        if user is None or user.backplane is self:
+            return None
+        return RemoteUser(user.name, user.account, user.away)
 
     def remote_rooms(self) -> dict[str, int]:
         return dict(Counter(room for u in self._others() for room in u.rooms))

@@ -37,6 +37,8 @@ from .connection import (
 
 _NAME_QUESTION: Final = p.format_info(p.NAME_QUESTION).rstrip("\n")
 _BAD_TOKEN: Final = "That resume token is not valid"
+_ACCOUNT_PROMPT: Final = "{} is registered: its password?"
+_WRONG_ACCOUNT_PASSWORD: Final = "Wrong password for {}"
 SHUTDOWN: Final = "* Server is shutting down. Bye!"
 """The server's goodbye: a close after it is the server's own, not a broken link."""
 
@@ -251,12 +253,19 @@ class ResumingClient:
         shown: list[str] = []
         while True:
             line = _parse(await client.receive_line())
-            if line.kind == "notice" and line.text == p.PASSWORD_PROMPT:
+            if line.kind == "notice" and line.text in (
+                p.PASSWORD_PROMPT,
+                _ACCOUNT_PROMPT.format(self.name),
+            ):
+                # The server's password, or the registered name's (--db): the one given.
                 if password is None:
                     raise PasswordRequired("the server asks for a password")
                 given = password if isinstance(password, str) else await password()
                 await client.send_line(given)
-            elif line.kind == "error" and line.text == p.WRONG_PASSWORD:
+            elif line.kind == "error" and line.text in (
+                p.WRONG_PASSWORD,
+                _WRONG_ACCOUNT_PASSWORD.format(self.name),
+            ):
                 raise WrongPassword("wrong password")
             elif line.kind == "error" and not self.token:
                 raise NameRejected(line.text or "")

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 import trio
 
@@ -201,6 +201,26 @@ class _Log:
 def resumes(dialect: Dialect) -> bool:
     """Whether members of ``dialect`` resume rooms (it says ``resumes = True``)."""
     return getattr(dialect, "resumes", False) is True
+
+
+def echoes(dialect: Dialect) -> bool:
+    """Whether members of ``dialect`` are handed their own chat lines and actions back.
+
+    The line door's rule, and the default; a dialect says ``echo = False`` to
+    be spared them (an IRC client without ``echo-message`` shows its own lines).
+    """
+    return getattr(dialect, "echo", True) is not False
+
+
+_OWN_LINES: Final = ev.Said | ev.Acted
+"""The events a member who does not echo is not handed when they are its own."""
+_E = TypeVar("_E", bound=ev.Event)
+
+
+def _without_own(member: Member, events: Sequence[_E]) -> list[_E]:
+    """``events`` without ``member``'s own chat lines and actions."""
+    name = member.name
+    return [e for e in events if not (isinstance(e, _OWN_LINES) and e.name == name)]
 
 
 def recover(
@@ -542,9 +562,21 @@ class Hub:
             self.tell(member, echo)
             if target.kept is not None:
                 self.tell(member, ev.Notice(self._kept_text(target)))
-        if target is not None and target.away is not None:
-            self.tell(member, ev.Notice(AWAY.format(name=target.name, text=target.away)))
+        away = target.away if target is not None else self._remote_away(key)
+        if away is not None:
+            self.tell(member, ev.Notice(AWAY.format(name=name, text=away)))
         self._evict_slow()
+
+    def away_of(self, name: str) -> str | None:
+        """Why the user called ``name`` is away, if it is online (here or on another node)
+        and away."""
+        key = p.name_key(name)
+        held = self._members.get(key)
+        return held.away if held is not None else self._remote_away(key)
+
+    def _remote_away(self, key: str) -> str | None:
+        user = self.backplane.remote_user(key)
+        return user.away if user is not None else None
 
     def _to_member(self, target: Member, message: ev.Private) -> None:
         """A private message for ``target``: now, or kept while it is held."""
@@ -591,7 +623,7 @@ class Hub:
             self.tell(member, ev.Error(f"You are not in {room}"))
         else:
             self._exit(member, room, reason)
-            self.backplane.presence(member.key, member.name, tuple(member.rooms))
+            self._present(member)
         self._evict_slow()
 
     def rename(self, member: Member, name: str) -> None:
@@ -614,7 +646,7 @@ class Hub:
             held.renamed()
         self._members[member.key] = member
         log.info("%s is now known as %s", old, name)
-        self.backplane.presence(member.key, name, tuple(member.rooms))
+        self._present(member)
         now = self._clock()
         told = False
         for held in list(member.rooms.values()):
@@ -751,7 +783,7 @@ class Hub:
         if not self.is_member(target) or room not in target.rooms:
             return
         self._exit(target, room, reason)
-        self.backplane.presence(target.key, target.name, tuple(target.rooms))
+        self._present(target)
         # The room's departure is told after the member is out of it: it sees its own
         # (unnumbered: not the room's event), so every door can show it left.
         left = ev.Left(room, 0, self._clock(), target.name, reason)
@@ -776,12 +808,22 @@ class Hub:
         follow it in the rooms ``member`` is in (IRC's ``away-notify``).
         """
         old, member.away = member.away, text
-        if old == text or not member.rooms or not self.is_member(member):
+        if old == text or not self.is_member(member):
+            return
+        self._present(member)  # The other nodes mark it too.
+        if not member.rooms:
             return
         first, *others = member.rooms
         away = ev.Away(first, 0, self._clock(), member.name, text or "", " ".join(others))
         self._publish([away])
         self._evict_slow()
+
+    def set_account(self, member: Member, account: str | None) -> None:
+        """``member`` proved ``account`` is its own (or no longer holds one): the other nodes
+        mark it as an operator where that account is one."""
+        old, member.account = member.account, account
+        if old != account and self.is_member(member):
+            self._present(member)
 
     def wall(self, member: Member, text: str) -> None:
         """A server admin's notice to everyone on this node."""
@@ -867,7 +909,7 @@ class Hub:
         member.rooms[name] = room
         if room.log.tail.maxlen == 0 and resumes(member.dialect):
             room.log.tail = deque(maxlen=self.resume_max)
-        self.backplane.presence(member.key, member.name, tuple(member.rooms))
+        self._present(member)
         if self._quiet(room):
             room.joined += 1
             # The joiner alone sees its join: unnumbered, it is not the room's event.
@@ -898,6 +940,11 @@ class Hub:
             if not self.backplane.vacate(name):
                 self._logs.pop(name, None)
 
+    def _present(self, member: Member) -> None:
+        """Tell the other nodes where ``member`` is, as what account, and whether away."""
+        rooms = tuple(member.rooms)
+        self.backplane.presence(member.key, member.name, rooms, member.account, member.away)
+
     def _topic(self, room: str) -> tuple[ev.Notice, ...]:
         """The topic a joiner of ``room`` is shown, if it has one."""
         topic = self.moderation.topics.get(room)
@@ -926,24 +973,34 @@ class Hub:
     def _marked(self, room: Room, names: Sequence[str], total: int = 0) -> ev.UserList:
         """A user list of ``names``, with which of them operate ``room`` and are away.
 
-        Only members on this node can be marked: the hub knows nothing of others'
-        accounts or absences. Per request, never per burst. A page of a big room
-        looks up only the members it shows, not everyone in the room (once per joiner,
-        that made registering N clients O(N²) again).
+        Users on other nodes are marked from their presence (its account and away text),
+        looked up by the names shown: a list of every member, page after page, costs
+        one look-up per name, whatever the cluster's size. Per request, never per
+        burst. A page of a big room looks up only the members here it shows, not
+        everyone in the room (once per joiner, that made registering N clients O(N²)
+        again).
         """
         moderation, where = self.moderation, room.name
         here: Iterable[Member] = room.members
         if len(names) < len(room.members):
             found = (self._members.get(p.name_key(name)) for name in names)
             here = [m for m in found if m is not None and m.rooms.get(where) is room]
-        ops = frozenset(
-            m.name for m in here if m.account is not None and moderation.is_op(where, m.account)
-        )
-        away = frozenset(m.name for m in here if m.away is not None)
+        ops = {m.name for m in here if m.account is not None and moderation.is_op(where, m.account)}
+        away = {m.name for m in here if m.away is not None}
+        if self.backplane.remote:
+            local = {m.name for m in here}
+            for name in names:
+                user = None if name in local else self.backplane.remote_user(p.name_key(name))
+                if user is None:
+                    continue
+                if user.account is not None and moderation.is_op(where, user.account):
+                    ops.add(user.name)
+                if user.away is not None:
+                    away.add(user.name)
         if ops or away:  # the list may be one page: only the names it shows
             shown = set(names)
             ops, away = ops & shown, away & shown
-        return ev.UserList(where, tuple(names), total, ops, away)
+        return ev.UserList(where, tuple(names), total, frozenset(ops), frozenset(away))
 
     # --- delivery -------------------------------------------------------------
 
@@ -1056,9 +1113,20 @@ class Hub:
     def _fanout(
         self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]
     ) -> None:
-        """Render ``events`` once per dialect and hand the bytes to each member's outbox."""
+        """Render ``events`` once per dialect and hand the bytes to each member's outbox.
+
+        A member whose dialect does not echo (:func:`echoes`) is handed the events
+        without its own chat lines and actions (known by name: in a cluster, a line
+        that comes back after its author was renamed reaches it under the old name).
+        """
         count = len(events)
+        authors: set[str] | None = None
         for dialect, members in groups.items():
+            if not echoes(dialect):
+                if authors is None:
+                    authors = {e.name for e in events if isinstance(e, _OWN_LINES)}
+                if authors:
+                    members = self._tell_authors(members, events, authors)
             data = dialect.render(events)
             sent = 0
             for member in members:
@@ -1071,6 +1139,21 @@ class Hub:
                     # Its connection is already on the way out and will call leave().
                     pass
             self.lines_out += sent * count
+
+    def _tell_authors(
+        self, members: Iterable[Member], events: Sequence[ev.Event], authors: set[str]
+    ) -> list[Member]:
+        """Hand the ``authors`` among ``members`` (who do not echo) ``events`` without their
+        own lines; the others, to be handed all of them, are returned."""
+        others: list[Member] = []
+        for member in members:
+            if member.name not in authors:
+                others.append(member)
+                continue
+            kept = _without_own(member, events)
+            if kept:
+                self.tell(member, *kept)
+        return others
 
     def _fanout_ignoring(self, room: Room, events: Sequence[RoomEvent]) -> None:
         """Hand ``events`` out in a room where someone ignores someone: those who ignore a
@@ -1092,6 +1175,8 @@ class Hub:
                 for e in events
                 if not (isinstance(e, ev.Said | ev.Acted) and p.name_key(e.name) in member.ignoring)
             ]
+            if not echoes(member.dialect):
+                kept = _without_own(member, kept)
             if kept:
                 self.tell(member, *kept)
 
@@ -1212,7 +1297,7 @@ class Hub:
             member.rooms[name] = room
             if room.log.tail.maxlen == 0 and resumes(dialect):
                 room.log.tail = deque(maxlen=self.resume_max)
-        self.backplane.presence(member.key, member.name, tuple(member.rooms))
+        self._present(member)
         log.info("%s taken over from another connection", member.name)
         return member
 

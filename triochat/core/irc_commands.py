@@ -326,10 +326,11 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
                     session.numeric(code, target, "Cannot send to channel (join it first)")
                 continue
             if action:
-                me = session.me()
-                count = session.dialect.text_lines(room, text, me, action=True)
-                with session.own_lines(f":{me} PRIVMSG {room} :", count):
-                    session.translate(session.session.command(c.Me(text, room)))
+                if session.echo_answers_later:
+                    me = session.me()
+                    count = session.dialect.text_lines(room, text, me, action=True)
+                    session.late_echo = (f":{me} PRIVMSG {room} :", count)
+                session.translate(session.session.command(c.Me(text, room)))
             else:
                 session.say(room, [text])
         elif names.nick_error(target) is not None or session.hub.name_unavailable(target) is None:
@@ -341,11 +342,14 @@ def _privmsg(session: IRCSession, msg: wire.Message) -> list[Output]:
             private = f"* {text}" if action else text
             # An away recipient's 301 is the hub's answer (rendered so by the dialect);
             # a NOTICE is never answered, so there it is taken out.
-            held = session.hub.member(target) if notice else None
-            if held is None or held.away is None:
+            away = session.away_of(target) if notice else None
+            if away is None:
                 session.translate(session.session.command(c.Msg(target, private)))
                 continue
-            reply = f":{session.rules.server} 301 {session.target} {held.name} :".encode()
+            held = session.hub.member(target)
+            key = p.name_key(target)
+            shown = held.name if held is not None else session.hub.backplane.remote_name(key)
+            reply = f":{session.rules.server} 301 {session.target} {shown} :".encode()
             session.outbox.expect(reply)
             try:
                 session.translate(session.session.command(c.Msg(target, private)))

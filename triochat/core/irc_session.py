@@ -55,6 +55,7 @@ from .session import (
 )
 
 _AWAITED: Final = (ClaimName, FetchHistory, Wait, AccountCall)
+_CHAT_COMMANDS: Final = frozenset({"PRIVMSG", "NOTICE"})
 """Effects the door awaits before the client's next message may be handled."""
 
 
@@ -106,14 +107,14 @@ class IRCOutbox:
 
     - Closing it writes ``ERROR :<farewell>`` first, so that every way the hub
       ends a member (quit, eviction, name conflict) ends as IRC clients expect.
-    - A client that did not negotiate ``echo-message`` shows its own lines
-      itself, but the hub hands a room's burst to everyone in it, the sender
-      included, and its own JOIN also comes with the join's answer. While the
-      session expects such lines (:meth:`expect`), the member's own lines of
-      that kind are taken out of what is handed over, as many as expected; in
-      a cluster they come back from Redis later, in as many hand-overs as it
-      takes. Only then is a hand-over looked at, line by line; otherwise it is
-      passed on as it is.
+    - A member's own JOIN comes with the join's answer and again as the room's
+      event; and an away recipient's ``301`` answers a NOTICE, which IRC never
+      answers. While the session expects such lines (:meth:`expect`), they are
+      taken out of what is handed over, as many as expected; in a cluster they
+      come back from Redis later, in as many hand-overs as it takes. Only then
+      is a hand-over looked at, line by line; otherwise it is passed on as it
+      is. (A client without ``echo-message`` is never handed its own chat
+      lines: the dialect says ``echo = False``, and the hub leaves them out.)
 
     And while a labeled command is answered (:meth:`answer`), what is handed
     over is kept, to go out as one labeled answer (:meth:`finish`).
@@ -344,7 +345,7 @@ class IRCSession:
         self._batches = 0
         self.labeled = False
         """Whether the client gets labeled answers (``labeled-response`` and ``batch``)."""
-        self._late_echo: tuple[str, int] | None = None
+        self.late_echo: tuple[str, int] | None = None
         """The echo a labeled chat line's answer is, when it comes back from the cluster."""
 
     # --- what the I/O layer feeds in ------------------------------------------------
@@ -369,10 +370,11 @@ class IRCSession:
         burst_room = ""
         queue = [*self.pending, *events]
         self.pending = ()  # a tuple: an empty list kept per idle client is 56 bytes
+        if queue and not self.closed:
+            self.awaiting_pong = False  # the client is there (only idle() sets it again)
         for i, event in enumerate(queue):
             if self.closed or self.session.state is State.CLOSED:
                 break
-            self.awaiting_pong = False
             room, text = self._chat_line(event)
             if room is not None and (not burst or room == burst_room):
                 burst.append(text)
@@ -420,7 +422,7 @@ class IRCSession:
         effect is awaited (then live lines pass meanwhile, and the effect's result is kept
         too: see :meth:`_result`)."""
         outbox = self.outbox
-        late, self._late_echo = self._late_echo, None
+        late, self.late_echo = self.late_echo, None
         if outbox.answering is None:
             return
         if awaited:
@@ -720,41 +722,48 @@ class IRCSession:
         """A PRIVMSG or NOTICE to one channel the member is in, as ``(room, text)``."""
         if (
             not isinstance(event, wire.Message)
-            or event.command not in ("PRIVMSG", "NOTICE")
+            or event.command not in _CHAT_COMMANDS
             or len(event.params) != 2
-            or not self.registered
             or (event.tags and self._label(event) is not None)  # answered alone
         ):
             return None, ""
+        session = self.session
+        member = session.member
+        if member is None or session.state is State.CLOSED:  # not registered
+            return None, ""
         target, text = event.params
-        member = self.member
-        if member is None or target.lower() not in member.rooms or "\x01" in text:
+        room = target.lower()
+        if room not in member.rooms or "\x01" in text:
             return None, ""
         text = wire.clean_text(text)
         if not text.strip():
             return None, ""
-        return target.lower(), text
+        return room, text
 
     def say(self, room: str, texts: list[str]) -> None:
         member = self.member
         if member is None or not self.hub.is_member(member):
             return
-        me = self.me()
-        count = sum(self.dialect.text_lines(room, text, me) for text in texts)
-        with self.own_lines(f":{me} PRIVMSG {room} :", count):
-            self.hub.say(member, room, texts)
+        if self.echo_answers_later:
+            me = self.me()
+            count = sum(self.dialect.text_lines(room, text, me) for text in texts)
+            self.late_echo = (f":{me} PRIVMSG {room} :", count)
+        self.hub.say(member, room, texts)
+
+    @property
+    def echo_answers_later(self) -> bool:
+        """Whether the labeled command being answered is answered by the echo of a chat
+        line (``echo-message``) that comes back from the cluster after the call."""
+        return self.dialect.echo and self.hub.backplane.remote and self.outbox.answering is not None
 
     @contextlib.contextmanager
     def own_lines(self, prefix: str, lines: int = 1, *, after: int = 0) -> Iterator[None]:
         """Around a hub call that hands the member ``lines`` of its own, which it does not want.
 
         ``after``: how many such lines it does want first (see :meth:`IRCOutbox.expect`).
+        (Its own chat lines and actions never need this: the hub does not hand them to
+        a dialect that does not echo.)
         """
-        if self.dialect.echo and not after:
-            if self.hub.backplane.remote and self.outbox.answering is not None:
-                self._late_echo = (prefix, lines)  # the answer comes back from the cluster
-            yield
-            return
         self.outbox.expect(prefix.encode(), lines, after=after)
         try:
             yield
@@ -777,9 +786,9 @@ class IRCSession:
             )
 
     def away_of(self, name: str) -> str | None:
-        """Why the user called ``name`` is away, if it is here and away (the hub's ``/away``)."""
-        held = self.hub.member(name)
-        return held.away if held is not None else None
+        """Why the user called ``name`` is away, if it is online and away (the hub's ``/away``),
+        on this node or another."""
+        return self.hub.away_of(name)
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:

@@ -1,4 +1,4 @@
-"""Resume, sans-IO: the tokens that take a held member back, and the v2 member's session.
+"""Resume, sans-IO: the tokens that take a held member back, and the sessions that resume.
 
 A v2 member gets a resume token when it is named (:class:`~.events.Welcome`).
 If its connection ends without ``/quit``, it is *held*: it stays in the chat
@@ -88,17 +88,19 @@ _digest = token_digest
 class _Entry:
     """A member that can be resumed: its valid token digests (the newest last)."""
 
-    __slots__ = ("deadline", "digests", "id", "member", "owner")
+    __slots__ = ("account", "deadline", "digests", "id", "member", "owner")
 
     def __init__(self, member: Member, id: str = "") -> None:
         self.member = member
         self.id = id or secrets.token_hex(8)
         """The entry's name in the cluster (the member's name may change)."""
         self.digests: list[bytes] = []
-        self.owner: V2Session | None = None
+        self.owner: ResumableSession | None = None
         """The session serving the member now; ``None`` while it is held."""
         self.deadline: float | None = None
         """While held: when the grace is over."""
+        self.account: str | None = None
+        """While held: the account its session had proved (``--db``), for the next one."""
 
 
 class Tokens:
@@ -130,7 +132,7 @@ class Tokens:
         """How many members are held now."""
         return sum(1 for entry in self._by_member.values() if entry.deadline is not None)
 
-    def issue(self, member: Member, owner: V2Session, entry_id: str = "") -> str:
+    def issue(self, member: Member, owner: ResumableSession, entry_id: str = "") -> str:
         """A new token for ``member``, served by ``owner``; earlier ones stay valid until
         :meth:`confirm`. ``entry_id``: the cluster's entry of a member taken over."""
         entry = self._by_member.get(member)
@@ -177,6 +179,8 @@ class Tokens:
         entry = self._by_member.get(member)
         if entry is None or not self.grace:
             return False
+        if entry.owner is not None:
+            entry.account = entry.owner.account
         entry.owner = None
         entry.deadline = self._clock() + self.grace
         self._held.append((entry.deadline, entry))
@@ -231,9 +235,14 @@ class Tokens:
         return gone
 
 
-class V2Session(Session[Member]):
-    """A v2 line member's session: a token at registration, held when its connection
-    breaks, ``/resume`` instead of a name, and each room's epoch when it joins one."""
+HELD_REASONS: Final = frozenset({"connection lost", "ping timeout"})
+"""Why a connection may end and its member be held: it broke, or its peer went silent."""
+
+
+class ResumableSession(Session[Member]):
+    """A member's session that can come back: a token at registration, held when its
+    connection breaks, a resume instead of a name, and each room's epoch when it joins
+    one. The v2 line door (:class:`V2Session`) and the web door share it."""
 
     __slots__ = (
         "_asked",
@@ -267,21 +276,11 @@ class V2Session(Session[Member]):
         self._most_attempts = attempts
         self._asked: Resume | None = None
 
-    def hello(self) -> list[Output]:
-        """What the door says to a client that opted into v2."""
-        return [Hello(2, self._tokens.grace, self._resume_max), Notice(self._question())]
-
     # --- inputs --------------------------------------------------------------------
 
-    def receive_line(self, text: str) -> list[Output]:
-        if self.state is State.AWAITING_NAME:
-            resume = parse_resume(p.clean_text(text).strip())
-            if isinstance(resume, BadResume):
-                self._take_line()
-                return [Error(resume.message), Notice(p.NAME_QUESTION)]
-            if resume is not None:
-                return self._resume(resume)
-        return super().receive_line(text)
+    def resume(self, resume: Resume) -> list[Output]:
+        """Instead of a name: take the held member of ``resume.token`` back, or say no."""
+        return self._resume(resume)
 
     def command(self, command: c.Command | Ack) -> list[Output]:
         member = self.member
@@ -300,11 +299,6 @@ class V2Session(Session[Member]):
             if member.key != key:
                 self._tokens.renamed(member)
             outputs.extend(self._states(r for r in member.rooms if r not in before))
-            if isinstance(command, c.Part) and command.room not in member.rooms:
-                # The room's own Left went to those still in it; the leaver hears it
-                # unnumbered, as it is no longer the room's to number for it.
-                left = Left(command.room, 0, time.time(), member.name, command.reason)
-                outputs.append(left)
         return outputs
 
     def claim_result(self, claim: Claim) -> list[Output]:
@@ -315,13 +309,15 @@ class V2Session(Session[Member]):
             self._tokens.renamed(member)  # a /nick the cluster allowed
         return outputs
 
-    def close(self, reason: str) -> list[Output]:
-        """The connection is over: a member whose connection broke is held, not gone."""
+    def close(self, reason: str, *, hold: bool = True) -> list[Output]:
+        """The connection is over: a member whose connection broke is held, not gone
+        (``hold=False``: the client went away on purpose, it leaves at once)."""
         member = self.member
         if self._handed_over or (
-            member is not None
+            hold
+            and member is not None
             and self.state is State.CHATTING
-            and reason == "connection lost"
+            and reason in HELD_REASONS
             and self._v2hub.is_member(member)
             and self._tokens.hold(member)
         ):
@@ -369,19 +365,14 @@ class V2Session(Session[Member]):
                 states.append(state)
         return states
 
-    def _register(self, name: str, *, claimed: bool) -> list[Output]:
-        hub = self._v2hub
-        result = hub.register(name, self._outbox, self._disconnect, self._door.dialect)
-        if isinstance(result, str):
-            return super()._register(name, claimed=claimed)  # refused the same way
-        self.member = result
-        self._to(State.CHATTING)
-        # The token first, so the client can resume even what its arrival brings.
-        hub.tell(result, Welcome(result.name, self._tokens.issue(result, self), self._tokens.grace))
-        for room in self.rules.arrival_rooms:
-            hub.join(result, room)
-        self._follow(result)
-        return self._states(result.rooms)
+    def _welcome(self, member: Member, entry: str = "") -> Welcome:
+        """A new token for ``member``, served by this session."""
+        return Welcome(member.name, self._tokens.issue(member, self, entry), self._tokens.grace)
+
+    def _arrived(self, member: Member) -> list[Output]:
+        if self.state is State.CHATTING:
+            self._v2hub.tell(member, self._welcome(member))
+        return []
 
     def _bad_token(self) -> list[Output]:
         """A token that resumes nobody (forged, used, acknowledged away or expired): the
@@ -401,6 +392,11 @@ class V2Session(Session[Member]):
             self._asked = resume
             return [TakeOver(resume.token, positions)]
         entry = self._tokens.take(resume.token)
+        if entry is not None and entry.member.dialect is not self._door.dialect:
+            # Another door's member (its lines could not be shown here): a bad token.
+            if entry.owner is None:
+                self._tokens.hold(entry.member)  # take() let go of it: held again
+            entry = None
         hub = self._v2hub
         if entry is None or not hub.is_member(entry.member):
             if entry is not None:
@@ -415,6 +411,8 @@ class V2Session(Session[Member]):
         def recovery(room: str, epoch: str, seq: int) -> Recovery:
             return hub.resume(room, epoch, seq)
 
+        # The token proved this is the same session: it is identified as that one was.
+        self.account = owner.account if owner is not None else entry.account
         return self._resumed(member, resume, recovery)
 
     def taken_over(self, handover: Handover | None) -> list[Output]:
@@ -461,8 +459,7 @@ class V2Session(Session[Member]):
         self.member = member
         self.authenticated = True
         self._to(State.CHATTING)
-        token = self._tokens.issue(member, self, entry)
-        events: list[Event] = [Welcome(member.name, token, self._tokens.grace)]
+        events: list[Event] = [self._welcome(member, entry)]
         asked = set()
         for room, epoch, seq in resume.rooms:
             asked.add(room)
@@ -490,4 +487,54 @@ class V2Session(Session[Member]):
         self._disconnect()
 
 
-__all__ = ["HELLO", "RESUME_ATTEMPTS", "Tokens", "V2Session", "token_digest"]
+class V2Session(ResumableSession):
+    """A v2 line member's session: ``hello``, ``/resume`` lines instead of a name, and
+    the arrival rooms joined after the token."""
+
+    __slots__ = ()
+
+    def hello(self) -> list[Output]:
+        """What the door says to a client that opted into v2."""
+        return [Hello(2, self._tokens.grace, self._resume_max), Notice(self._question())]
+
+    def receive_line(self, text: str) -> list[Output]:
+        if self.state is State.AWAITING_NAME:
+            resume = parse_resume(p.clean_text(text).strip())
+            if isinstance(resume, BadResume):
+                self._take_line()
+                return [Error(resume.message), Notice(p.NAME_QUESTION)]
+            if resume is not None:
+                return self._resume(resume)
+        return super().receive_line(text)
+
+    def command(self, command: c.Command | Ack) -> list[Output]:
+        outputs = super().command(command)
+        member = self.member
+        if (
+            isinstance(command, c.Part)
+            and member is not None
+            and self.state is not State.CLOSED
+            and command.room not in member.rooms
+        ):
+            # The room's own Left went to those still in it; the leaver hears it
+            # unnumbered, as it is no longer the room's to number for it.
+            outputs.append(Left(command.room, 0, time.time(), member.name, command.reason))
+        return outputs
+
+    def _registered(self, member: Member) -> None:
+        # The token first, so the client can resume even what its arrival brings.
+        self._v2hub.tell(member, self._welcome(member))
+
+    def _arrived(self, member: Member) -> list[Output]:
+        return self._states(member.rooms)
+
+
+__all__ = [
+    "HELD_REASONS",
+    "HELLO",
+    "RESUME_ATTEMPTS",
+    "ResumableSession",
+    "Tokens",
+    "V2Session",
+    "token_digest",
+]

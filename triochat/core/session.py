@@ -353,6 +353,8 @@ class SessionHub(Protocol[M]):
 
     def set_away(self, member: M, text: str | None, /) -> None: ...
 
+    def set_account(self, member: M, account: str | None, /) -> None: ...
+
     def hosts(self, room: str, /) -> bool: ...
 
 
@@ -518,7 +520,7 @@ class Session(Generic[M]):
     def account(self, key: str | None) -> None:
         self._account = key
         if self.member is not None:
-            self.member.account = key
+            self._hub.set_account(self.member, key)
 
     @property
     def moderation(self) -> Moderation | None:
@@ -814,12 +816,20 @@ class Session(Generic[M]):
         result.address = self.address
         result.account = self._account
         self._to(State.CHATTING)
+        self._registered(result)
         motd = self._motd()
         if motd:
             self._hub.tell(result, *motd)
         for room in self.rules.arrival_rooms:
             self._enter(result, room)
         self._follow(result)
+        return self._arrived(result)
+
+    def _registered(self, member: M) -> None:
+        """What a protocol tells a member first, before its message of the day and rooms."""
+
+    def _arrived(self, member: M) -> list[Output]:
+        """What a protocol answers once the member is in its arrival rooms."""
         return []
 
     def _room(self, room: str | None) -> str | None:

@@ -43,6 +43,7 @@ from ..core.commands import (
     Users,
 )
 from . import line as p
+from .v2 import Ack, Resume
 
 DEFAULT_MAX_MESSAGE: Final = 16384
 """Most bytes in one client message (all its frames); past it the door closes with 1009."""
@@ -64,6 +65,10 @@ CLOSE_NO_NAME: Final = 4002
 CLOSE_PING_TIMEOUT: Final = 4003
 CLOSE_EXPELLED: Final = 4004
 """The name was claimed elsewhere in the cluster, or the server ended the session."""
+CLOSE_BAD_TOKENS: Final = 4005
+"""Too many bad resume tokens on one connection (``--resume-attempts``)."""
+MAX_TOKEN: Final = 128
+"""Most characters in a resume token or an epoch a client sends (ours are 32 and 12)."""
 
 HELP: Final = (
     "Commands:",
@@ -89,21 +94,30 @@ class Register:
     """The first message: who the client is, and where it was.
 
     ``rooms`` are joined once registered (a reconnecting page passes the rooms
-    it was in; the default is the lobby). ``resume`` maps a room to the last
-    sequence number the client has seen there: it is accepted and checked
-    now, and reserved for the resume issue, which will replay what was
-    missed instead of the recent history.
+    it was in; the default is the lobby). With a ``token`` the client asks to
+    take its held member back instead (:meth:`resumption`): ``resume`` maps
+    each room to the epoch and the last sequence number the client has shown
+    there. If the token is not valid, the name, password and rooms register
+    anew, as without one.
     """
 
     name: str
     password: str | None = None
     rooms: tuple[str, ...] = (p.LOBBY,)
-    resume: Mapping[str, int] = field(default_factory=dict)
+    resume: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     account_password: str | None = field(default=None, repr=False)
     """The registered name's own password (``--db``), asked for by ``account_password``."""
+    token: str | None = field(default=None, repr=False)
+    """The resume token of the member to take back (a secret: never in a repr)."""
+
+    def resumption(self) -> Resume | None:
+        """The resume this register asks for, if it holds a token."""
+        if self.token is None:
+            return None
+        return Resume(self.token, tuple((room, e, s) for room, (e, s) in self.resume.items()))
 
 
-ClientMessage = Register | Command
+ClientMessage = Register | Command | Ack
 
 
 def parse_message(
@@ -166,6 +180,8 @@ def _parse(message: dict[str, Any], max_text: int, max_rooms: int) -> ClientMess
         return Quit(_text(message, "reason", max_text, optional=True))
     if kind == "register":
         return _register(message, max_rooms)
+    if kind == "ack":
+        return Ack(_token(message, "token"))
     if not isinstance(kind, str):
         raise _Bad('A message is a JSON object with a "type"')
     raise _Bad(f"Unknown message type {kind[:40]!r}")
@@ -215,18 +231,34 @@ def _register(message: dict[str, Any], max_rooms: int) -> Register:
     if not isinstance(raw_rooms, list) or not 1 <= len(raw_rooms) <= max_rooms:
         raise _Bad(f'"rooms" is a list of 1 to {max_rooms} room names')
     rooms = tuple(dict.fromkeys(_room({"room": room}) for room in raw_rooms))
+    token = _token(message, "token") if "token" in message else None
     raw_resume = message.get("resume", {})
     if not isinstance(raw_resume, dict) or len(raw_resume) > max_rooms:
-        raise _Bad('"resume" maps room names to sequence numbers')
-    resume: dict[str, int] = {}
-    for room, seq in raw_resume.items():
-        if type(seq) is not int or seq < 0:
-            raise _Bad('"resume" maps room names to sequence numbers')
-        resume[_room({"room": room})] = seq
+        raise _Bad(RESUME_RULE)
+    resume: dict[str, tuple[str, int]] = {}
+    for room, mark in raw_resume.items():
+        if not isinstance(mark, dict):
+            raise _Bad(RESUME_RULE)
+        epoch, seq = mark.get("epoch"), mark.get("seq")
+        if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_TOKEN:
+            raise _Bad(RESUME_RULE)
+        if type(seq) is not int or not 0 <= seq < 2**63:
+            raise _Bad(RESUME_RULE)
+        resume[_room({"room": room})] = (epoch, seq)
     account = message.get("account_password")
     if account is not None and not isinstance(account, str):
         raise _Bad('"account_password" is a string')
-    return Register(name, password or None, rooms, resume, account or None)
+    return Register(name, password or None, rooms, resume, account or None, token)
+
+
+RESUME_RULE: Final = '"resume" maps room names to {"epoch": "...", "seq": N}'
+
+
+def _token(message: dict[str, Any], key: str) -> str:
+    value = message.get(key)
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TOKEN:
+        raise _Bad(f'"{key}" is a resume token (a string of at most {MAX_TOKEN} characters)')
+    return value
 
 
 def _string(message: dict[str, Any], key: str) -> str:
@@ -321,6 +353,8 @@ class WebDialect:
     __slots__ = ("_dumps", "_iso")
 
     name: Final = "web"
+    resumes: Final = True
+    """Web members resume rooms: the hub keeps their rooms' recent events."""
 
     def __init__(self) -> None:
         self._iso = _IsoTime()
@@ -339,10 +373,18 @@ class WebDialect:
                     f'"name":"{event.name}","text":{quote(event.text)}}}\n'.encode()
                 )
                 if type(event) is said
+                else self._resumed(event)
+                if type(event) is ev.Resumed
                 else text_frame(f"{json_(event)}\n".encode())
                 for event in events
             ]
         )
+
+    def _resumed(self, event: ev.Resumed) -> bytes:
+        """A resume's replay: each event its own message, as if live, then ``resumed``."""
+        done = {"type": "resumed", "room": event.room, "epoch": event.epoch, "seq": event.seq}
+        done["count"] = len(event.events)
+        return self.render(event.events) + self.render_one(done)
 
     def render_one(self, message: Mapping[str, Any]) -> bytes:
         """A message of the door's own (``hello``, ``registered``) as one frame."""
@@ -395,6 +437,19 @@ class WebDialect:
                     "type": "history",
                     "room": room,
                     "events": [self._room_event(e) for e in events],
+                }
+            case ev.Welcome(name=name, token=token, grace=grace):
+                return {"type": "welcome", "name": name, "token": token, "grace": grace}
+            case ev.RoomState(room=room, epoch=epoch, seq=seq):
+                return {"type": "room", "room": room, "epoch": epoch, "seq": seq}
+            case ev.ResumeFailed(room=room, epoch=epoch, seq=seq, lost=lost, reason=reason):
+                return {
+                    "type": "resume-failed",
+                    "room": room,
+                    "epoch": epoch,
+                    "seq": seq,
+                    "lost": lost,
+                    "reason": reason,
                 }
         raise AssertionError(f"no message for {event!r}")  # pragma: no cover
 

@@ -75,6 +75,15 @@ class DoorConnection:
     def _leave(self) -> None:
         raise NotImplementedError
 
+    @property
+    def member(self) -> Member | None:
+        """The client's member in the hub, once it is named."""
+        raise NotImplementedError
+
+    def close_with(self, data: bytes) -> None:
+        """The server is shutting down: say goodbye (``data``: the line door's line), then end."""
+        raise NotImplementedError
+
     async def run(self) -> None:
         self._log.info("%sconnection from %s", self._kind, self.peer)
         try:

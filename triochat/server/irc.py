@@ -10,8 +10,10 @@ PINGs an idle client. Outgoing bytes go through the server's outboxes and its
 one flusher, so the slow-consumer policy is the line door's.
 
 The door runs beside :meth:`ChatServer.serve <triochat.server.listener.ChatServer.serve>`
-(in the same nursery): its connections are the server's, so the server's
-shutdown reaches them too; each gets ``ERROR :Server shutting down``.
+(in the same nursery) and uses only the server's interface for doors
+(``add_connection``, ``handshake``, ``flusher``, ``shutting_down``, ``wait_shutdown``, the address
+limits): its connections are the server's, so the server's shutdown reaches them
+too; each gets ``ERROR :Server shutting down``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..core.irc_session import IRCRules, IRCSession
 from ..protocol import line as p
 from ..protocol.irc import wire
 from .connection import DoorConnection, close_stream, peer_host, peer_name
-from .listener import _enable_keepalive, format_address
+from .listener import enable_keepalive, format_address
 from .outbox import Outbox
 
 if TYPE_CHECKING:
@@ -44,6 +46,10 @@ log: Final = logging.getLogger("triochat.irc")
 BATCH_MESSAGES: Final = 256
 """Most messages of one client's burst handled before other clients get a turn."""
 SHUTDOWN_TEXT: Final = "Server shutting down"
+TLS_REFUSAL: Final = wire.serialize(
+    wire.message("ERROR", "Closing link: this server speaks TLS only: connect with TLS")
+)
+"""What a client that speaks plain text to a TLS port is told, before it is closed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +87,8 @@ class IRCDoor:
     def __post_init__(self) -> None:
         config, server = self.config, self.server
         rules = server.config
+        self._connections: set[IRCConnection] = set()
+        """This door's open connections (the server holds them too)."""
         self.rules = IRCRules(
             server=config.name,
             network=config.network,
@@ -131,7 +139,7 @@ class IRCDoor:
                 for listener in listeners:
                     log.info("irc listening on %s", format_address(listener))
                 task_status.started(listeners)
-                await server._shutdown.wait()
+                await server.wait_shutdown()
                 acceptors.cancel_scope.cancel()
             # The server tells every connection, this door's too (they are its).
             handlers.cancel_scope.deadline = trio.current_time() + server.config.shutdown_grace
@@ -149,10 +157,9 @@ class IRCDoor:
         while True:
             await trio.sleep(interval / 4)
             now = trio.current_time()
-            for connection in list(self.server._connections):
+            for connection in list(self._connections):
                 if (
-                    isinstance(connection, IRCConnection)
-                    and connection.send.fd >= 0  # the others keep their own timer
+                    connection.send.fd >= 0  # the others keep their own timer
                     and now - connection._heard >= interval
                 ):
                     connection.quiet(now)
@@ -161,7 +168,7 @@ class IRCDoor:
         """Serve one IRC client over any trio stream."""
         server = self.server
         if isinstance(stream, trio.SocketStream):
-            _enable_keepalive(stream)
+            enable_keepalive(stream)
         address = peer_host(stream)
         if not server.admit_address(address):
             limit = server.config.max_per_address
@@ -174,15 +181,17 @@ class IRCDoor:
             connection = await self._admit(stream)
             if connection is None:
                 return
-            server._connections.add(connection)  # type: ignore[arg-type]
             server.stats.irc_connections += 1
+            server.add_connection(connection)
+            self._connections.add(connection)
             try:
                 await connection.run()
             except Exception:
                 log.exception("IRC connection %s failed", connection.peer)
             finally:
                 server.stats.irc_connections -= 1
-                server._connections.discard(connection)
+                self._connections.discard(connection)
+                server.remove_connection(connection)
         finally:
             server.release_address(address)
 
@@ -197,7 +206,7 @@ class IRCDoor:
         """The client's connection, once it is let in (and through its TLS handshake);
         ``None`` if it was refused."""
         server = self.server
-        if server._shutdown.is_set():
+        if server.shutting_down:
             await self._refuse(stream, SHUTDOWN_TEXT)
             return None
         if server.open_connections >= server.config.max_clients:
@@ -206,10 +215,10 @@ class IRCDoor:
             await self._refuse(stream, "Server full, try again later")
             return None
         if server.ssl_context is not None:
-            secure = await server._handshake(stream, server.ssl_context)
+            secure = await server.handshake(stream, refusal=TLS_REFUSAL)
             if secure is None:
                 return None
-            if server._shutdown.is_set():
+            if server.shutting_down:
                 await self._refuse(secure, SHUTDOWN_TEXT)
                 return None
             stream = secure
@@ -234,7 +243,7 @@ class IRCConnection(DoorConnection):
         self.stream = stream
         config = server.config
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        self.send = Outbox(self, server._flusher, config.send_queue, fd)
+        self.send = Outbox(self, server.flusher, config.send_queue, fd)
         self._nursery: trio.Nursery | None = None
         self._framer = wire.IRCFramer()
         self._bucket: TokenBucket | None = None
@@ -420,6 +429,15 @@ class IRCConnection(DoorConnection):
     async def _handle(self, events: list[wire.Received]) -> bool:
         """Hand ``events`` to the session in runs that flood control lets through."""
         irc = self.irc
+        if self._bucket is None:  # no flood control: runs of BATCH_MESSAGES
+            for start in range(0, len(events), BATCH_MESSAGES):
+                if start:
+                    await trio.lowlevel.checkpoint()
+                if self._ended or not await self._receive_run(
+                    events[start : start + BATCH_MESSAGES]
+                ):
+                    return False
+            return bool(events) or not irc.closed
         run: list[wire.Received] = []
         for event in events:
             if self._ended:

@@ -30,7 +30,7 @@ from ..core.resume import Tokens
 from ..core.session import Door, Rules, answered_before_registration
 from ..protocol import line as p
 from ..protocol.v2 import V2Dialect
-from .connection import Connection, close_stream, peer_host, peer_name
+from .connection import Connection, DoorConnection, close_stream, peer_host, peer_name
 from .outbox import Flusher
 from .stats import ServerStats
 
@@ -123,7 +123,7 @@ class ServerConfig:
             raise ValueError("resume_max and resume_grace must be >= 0, resume_attempts >= 1")
 
 
-def _enable_keepalive(stream: trio.SocketStream) -> None:
+def enable_keepalive(stream: trio.SocketStream) -> None:
     """Find dead peers in about a minute: keepalive after 20 s idle, then 4 probes 5 s apart.
 
     Idle but connected clients answer the probes, so they are never kicked.
@@ -225,9 +225,11 @@ class ChatServer:
             dialect=V2Dialect(),
             delays=self.password_delays,
             clock=trio.current_time,
+            accounts=self.accounts,
+            moderation=self.hub.moderation,
         )
         """What the line door's v2 sessions share (``None``: the door speaks v1 only)."""
-        self._connections: set[Connection] = set()
+        self._connections: set[DoorConnection] = set()
         self._per_address: dict[str, int] = {}
         self._handshaking = 0
         self._doors: list[Callable[[], int]] = []
@@ -247,6 +249,31 @@ class ChatServer:
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    # --- what the other doors use ---------------------------------------------
+
+    @property
+    def flusher(self) -> Flusher:
+        """The one task that writes every outbox of the line and IRC doors."""
+        return self._flusher
+
+    @property
+    def shutting_down(self) -> bool:
+        """Whether :meth:`shutdown` was called: a door accepts no one from then on."""
+        return self._shutdown.is_set()
+
+    async def wait_shutdown(self) -> None:
+        """Return once :meth:`shutdown` is called."""
+        await self._shutdown.wait()
+
+    def add_connection(self, connection: DoorConnection) -> None:
+        """``connection`` (of any door) is the server's: counted against ``--max-clients``,
+        told when the server shuts down, until :meth:`remove_connection`."""
+        self._connections.add(connection)
+
+    def remove_connection(self, connection: DoorConnection) -> None:
+        """``connection`` is over."""
+        self._connections.discard(connection)
 
     def add_door(self, connections: Callable[[], int]) -> None:
         """Count another door's open connections against ``--max-clients`` too."""
@@ -370,7 +397,7 @@ class ChatServer:
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one client over any trio stream (a TCP socket, or a test's memory stream)."""
         if isinstance(stream, trio.SocketStream):
-            _enable_keepalive(stream)
+            enable_keepalive(stream)
         limit = self.config.max_per_address
         address = peer_host(stream) if limit else None
         if address is not None and not self.admit_address(address):
@@ -420,7 +447,7 @@ class ChatServer:
             await self._refuse(stream, p.format_error("Server full, try again later"))
             return None
         if self.ssl_context is not None:
-            secure = await self._handshake(stream, self.ssl_context)
+            secure = await self.handshake(stream)
             if secure is None:
                 return None
             if self._shutdown.is_set():  # it began during the handshake
@@ -429,23 +456,28 @@ class ChatServer:
             stream = secure
         return Connection(self, stream)
 
-    async def _handshake(
-        self, stream: trio.abc.Stream, context: ssl.SSLContext
+    async def handshake(
+        self, stream: trio.abc.Stream, *, refusal: bytes | None = None
     ) -> trio.SSLStream[trio.abc.Stream] | None:
-        """Do the server side of a TLS handshake, within the handshake timeout.
+        """Do the server side of a TLS handshake (``ssl_context``), within the handshake
+        timeout.
 
         A failure (a plain-text client, a bad certificate, a timeout) is
         logged and the connection dropped; it never reaches anyone else. A
         client whose first byte cannot start a TLS handshake is told so in
-        plain text first, so ``nc`` users learn why.
+        plain text first (``refusal``; by default in the line door's words), so
+        ``nc`` users learn why.
         """
-        secure = trio.SSLStream(stream, context, server_side=True)
+        assert self.ssl_context is not None
+        if refusal is None:
+            refusal = p.format_error(p.TLS_REQUIRED).encode()
+        secure = trio.SSLStream(stream, self.ssl_context, server_side=True)
         self._handshaking += 1
         try:
             with trio.move_on_after(self.config.tls_handshake_timeout):
                 if not await _starts_tls(stream):
                     with trio.move_on_after(1), suppress(trio.BrokenResourceError):
-                        await stream.send_all(p.format_error(p.TLS_REQUIRED).encode())
+                        await stream.send_all(refusal)
                     raise trio.BrokenResourceError("the client speaks plain text")
                 await secure.do_handshake()
                 return secure

@@ -42,7 +42,8 @@ from wsproto.utilities import generate_accept_token
 
 from ..core import commands as c, events as ev, session as s
 from ..core._ratelimit import TokenBucket
-from ..protocol import line as p, web as w
+from ..core.resume import BAD_TOKEN, TOO_MANY, ResumableSession, token_digest
+from ..protocol import line as p, v2, web as w
 from .outbox import Flusher, Outbox
 
 if TYPE_CHECKING:
@@ -430,8 +431,16 @@ class _WebSocket:
         self._trailing = trailing
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self.send = Outbox(self, door.flusher, door.server.config.send_queue, fd)
-        self.session: s.Session[Member] = s.Session(
-            door.sessions, outbox=self.send, disconnect=self._disconnect, address=address
+        config = door.server.config
+        self.session = ResumableSession(
+            door.sessions,
+            self.hub,
+            door.server.tokens,
+            outbox=self.send,
+            disconnect=self._disconnect,
+            address=address,
+            resume_max=config.resume_max,
+            attempts=config.resume_attempts,
         )
         self.reason = "connection lost"
         self._nursery: trio.Nursery | None = None
@@ -528,13 +537,16 @@ class _WebSocket:
             self.reason = "server shutdown"
         if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             self._tell_raw(self.ws.send(CloseConnection(code, reason)))
-        # After the close frame: leaving the hub closes the outbox.
-        self.session.close(self.reason)
+        # After the close frame: leaving the hub closes the outbox. The server sends
+        # the member away, unless its peer only went silent (it may come back).
+        self.session.close(self.reason, hold=code == w.CLOSE_PING_TIMEOUT)
         self.send.close()
 
     def _disconnect(self) -> None:
-        """Evicted by the hub (too slow): hang up now; the peer is not reading."""
-        self.reason = "too slow"
+        """Evicted by the hub (too slow: the peer is not reading), or the member was taken
+        back by a newer connection (this one is dead but had not noticed): hang up now."""
+        handed_over = self.session.handed_over
+        self.reason = "resumed on another connection" if handed_over else "too slow"
         self._hang_up_now()
 
     def _tell_raw(self, data: bytes) -> None:
@@ -618,8 +630,10 @@ class _WebSocket:
                     if self.ws.state is ConnectionState.REMOTE_CLOSING:
                         self._tell_raw(self.ws.send(event.response()))
                     if not self._closing:
+                        # The page closed on purpose (a quit, a reload, a closed tab):
+                        # it is not coming back with its token, so it leaves at once.
                         self.reason = "quit" if event.code == w.CLOSE_NORMAL else self.reason
-                        self.session.close(self.reason)
+                        self.session.close(self.reason, hold=False)
                     self._closing = True
                     self.send.close()
                     return
@@ -685,6 +699,12 @@ class _WebSocket:
             name = self.member.name if self.member is not None else message.name
             self._tell(ev.Error(f"You are already registered as {name}"))
             return
+        resumption = message.resumption()
+        if resumption is not None:
+            if await self._resume(resumption):
+                return
+            if session.state is not s.State.AWAITING_NAME:
+                return  # too many bad tokens: closed
         outputs = session.receive_line(message.name)
         if session.state in _ASKING_PASSWORD:
             # The page sends the password with the name: no prompt to show.
@@ -703,14 +723,33 @@ class _WebSocket:
         if member is None or self._closing:
             return
         member.hang_up = partial(self.close, w.CLOSE_EXPELLED, "Session ended by the server")
-        self._tell_raw(self.door.dialect.render_one({"type": "registered", "name": member.name}))
+        self._tell_raw(self._registered(member, resumed=False))
         for room in message.rooms:
             # Through the session, which checks bans and makes a room's creator its operator.
             if self.session.state is s.State.CHATTING:
                 await self._carry_out(self.session.command(c.Join(room)))
         self.hub.flush()
 
-    async def _command(self, member: Member, command: c.Command) -> None:
+    async def _resume(self, resumption: v2.Resume) -> bool:
+        """Take the held member of a token back, each room from where the page was;
+        False if the token is not valid (the page registers anew, or is closed)."""
+        # The welcome and the replay are in the outbox when the session is done (no
+        # await comes between them, so nothing live can); a bad token waits its delay.
+        await self._carry_out(self.session.resume(resumption))
+        member = self.member
+        if member is None or self.session.state is not s.State.CHATTING:
+            return False
+        member.hang_up = partial(self.close, w.CLOSE_EXPELLED, "Session ended by the server")
+        self._tell_raw(self._registered(member, resumed=True))
+        self.hub.flush()
+        return True
+
+    def _registered(self, member: Member, *, resumed: bool) -> bytes:
+        """The page is in as ``member`` (its token came just before, in ``welcome``)."""
+        message = {"type": "registered", "name": member.name, "resumed": resumed}
+        return self.door.dialect.render_one(message)
+
+    async def _command(self, member: Member, command: c.Command | v2.Ack) -> None:
         if isinstance(command, c.Help):
             self.hub.tell(member, *(ev.Notice(line) for line in w.HELP))
         elif isinstance(command, c.History) and command.room not in member.rooms:
@@ -731,6 +770,9 @@ class _WebSocket:
         session = self.session
         events: list[ev.Event] = []
         for output in outputs:
+            if output == ev.Error(BAD_TOKEN):
+                # The name question is for line clients: this register's name answers it.
+                output = ev.Error(BAD_TOKEN.partition(";")[0])
             if not isinstance(output, s.EFFECTS):
                 # Prompts are for line clients; the page has its own fields.
                 if not (isinstance(output, ev.Notice) and output.text in _PROMPTS):
@@ -749,12 +791,18 @@ class _WebSocket:
                     await self._carry_out(session.claim_result(claim))
                 case s.Unclaim(name):
                     server.backplane.unclaim(name)
-                case s.Wait(seconds):
-                    server.stats.wrong_passwords += 1
-                    log.warning("wrong password from web %s (next in %g s)", self.address, seconds)
+                case s.Wait(seconds, what):
+                    if what == "password":
+                        server.stats.wrong_passwords += 1
+                    log.warning("wrong %s from web %s (next in %g s)", what, self.address, seconds)
                     await trio.sleep(seconds)
                     if session.state is not s.State.CLOSED:
                         await self._carry_out(session.delay_elapsed())
+                case s.TakeOver(token, positions):
+                    handover = await server.backplane.take_over(
+                        token_digest(token), positions, self.door.dialect
+                    )
+                    await self._carry_out(session.taken_over(handover))
                 case s.AccountCall(request):
                     assert server.accounts is not None
                     outcome = await server.accounts.perform(request)
@@ -780,6 +828,7 @@ _ASKING_ACCOUNT: Final = frozenset({s.State.AWAITING_ACCOUNT})
 _CLOSE_CODES: Final = {
     "wrong password": (w.CLOSE_WRONG_PASSWORD, p.WRONG_PASSWORD),
     "no name given": (w.CLOSE_NO_NAME, "No name given in time"),
+    "bad resume tokens": (w.CLOSE_BAD_TOKENS, TOO_MANY),
 }
 """The close code and reason for the session's :class:`~triochat.core.session.Close` reasons."""
 

@@ -23,7 +23,7 @@ from ...core.events import Dialect, Legacy, Private, RoomEvent
 from ...core.modstate import AccountSet, Change
 from ...protocol.line import LOBBY
 from .._takeover import Pending
-from ..base import BackplaneError, Claim, Handover, Node, Tail
+from ..base import BackplaneError, Claim, Handover, Node, RemoteUser, Tail
 from . import scripts, shared
 from .claims import Claims
 from .keys import Keys
@@ -133,10 +133,18 @@ class RedisBackplane:
         self.publisher.queue(Shared(entry))
         return Claim.CLAIMED
 
-    def presence(self, key: str, name: str, rooms: Iterable[str] | None, /) -> None:
+    def presence(
+        self,
+        key: str,
+        name: str,
+        rooms: Iterable[str] | None,
+        account: str | None = None,
+        away: str | None = None,
+        /,
+    ) -> None:
         if self.linked:
-            entry = Whereabouts(self.node_id, key, name, None if rooms is None else tuple(rooms))
-            self.publisher.queue(entry)
+            held = None if rooms is None else tuple(rooms)
+            self.publisher.queue(Whereabouts(self.node_id, key, name, held, account, away))
         # Else rewritten from the hub's state when the link is back.
         if rooms is None:
             self._claims.drop(key, self.linked)  # The name's release, after the presence.
@@ -159,6 +167,9 @@ class RedisBackplane:
 
     def remote_users(self, room: str, /) -> list[str]:
         return self._replica.users(room)
+
+    def remote_user(self, key: str, /) -> RemoteUser | None:
+        return self._replica.user(key)
 
     def remote_rooms(self) -> dict[str, int]:
         return self._replica.rooms()
@@ -313,7 +324,10 @@ class RedisBackplane:
             local = {m.key for m in node.local_members()}
             self._announce_gone(self.node_id, [g for g in stale if g[0] not in local])
             for member in node.local_members():
-                entry = Whereabouts(self.node_id, member.key, member.name, tuple(member.room_names))
+                rooms = tuple(member.room_names)
+                entry = Whereabouts(
+                    self.node_id, member.key, member.name, rooms, member.account, member.away
+                )
                 self.publisher.queue(entry)
             for member in conflicts:
                 node.name_conflict(member.key)
@@ -385,11 +399,15 @@ class RedisBackplane:
             if last and seq != last + 1:
                 log.warning("missed %d batches from node %s", seq - last - 1, origin)
             self._seen[origin] = seq
-            self._take(node, records)
+            self._take(node, records, origin)
             node.flush()
 
-    def _take(self, node: Node, records: Sequence[Any]) -> None:
-        """Hand a batch's records to the node, each run of one room's events in one call."""
+    def _take(self, node: Node, records: Sequence[Any], origin: str) -> None:
+        """Hand a batch's records to the node, each run of one room's events in one call.
+
+        A user's presence counts only from its own node (``origin``, the batch's sender):
+        another node says only that it is gone (its node died).
+        """
         run: list[RoomEvent] = []
         epoch: str | None = None
         for record in records:
@@ -414,7 +432,10 @@ class RedisBackplane:
             elif isinstance(record, History):
                 node.set_history(record.room, record.events)
             elif isinstance(record, Whereabouts):
-                self._replica.apply(record)
+                if record.rooms is None or record.node == origin:
+                    self._replica.apply(record)
+                else:
+                    log.warning("ignoring node %s's word on a user of node %s", origin, record.node)
             elif isinstance(record, Taken):
                 self._taken(node, record)
             elif isinstance(record, Shared):
@@ -479,7 +500,7 @@ class RedisBackplane:
         gone = []
         for key, value in _pairs(entries):
             try:
-                _, name, in_rooms = decode_presence(value)
+                _, name, in_rooms, _, _ = decode_presence(value)
             except WireError as exc:
                 log.warning("ignoring a malformed presence entry for %s: %s", _text(key), exc)
                 continue

@@ -236,7 +236,9 @@ class Publisher:
                             shared.write(pipe, self.shared_keys, item.change)
                         elif isinstance(item, Whereabouts) and item.node == self.node:
                             if item.rooms is not None:
-                                value = encode_presence(self.node, item.name, item.rooms)
+                                value = encode_presence(
+                                    self.node, item.name, item.rooms, item.account, item.away
+                                )
                                 pipe.hset(keys.presence, {item.key: value})
                             else:
                                 pipe.hdel(keys.presence, [item.key])

@@ -114,14 +114,14 @@ async def link(
     state: list[State] = []
     stale: list[str] = []
     now = time.time()
-    for name, value in _pairs(moderation):
-        setting = _decoded(name, value)
+    for name, value in pairs(moderation):
+        setting = decoded(name, value)
         if setting is None or modstate.expired(setting, now):
             stale.append(_text(name))
         else:
             state.append(setting)
-    for name, value in _pairs(accounts):
-        account = _decoded(name, value)
+    for name, value in pairs(accounts):
+        account = decoded(name, value)
         if isinstance(account, AccountSet):
             state.append(account)
     if stale:
@@ -129,7 +129,8 @@ async def link(
     return state
 
 
-def _decoded(name: Any, value: Any) -> State | None:
+def decoded(name: Any, value: Any) -> State | None:
+    """The setting a hash entry holds; ``None`` (logged) if it holds none."""
     try:
         change = modstate.decode(value)
     except modstate.ChangeError as exc:
@@ -141,7 +142,8 @@ def _decoded(name: Any, value: Any) -> State | None:
     return change
 
 
-def _pairs(flat: Sequence[Any] | Any) -> Iterable[tuple[Any, Any]]:
+def pairs(flat: Sequence[Any] | Any) -> Iterable[tuple[Any, Any]]:
+    """A flat HGETALL reply (or a dict) as ``(field, value)`` pairs."""
     if isinstance(flat, dict):
         return flat.items()
     return zip(flat[::2], flat[1::2], strict=True)

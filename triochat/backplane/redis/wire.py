@@ -12,8 +12,10 @@ and newlines frame it. Room events travel as the hub made them, ``seq`` and
     a private message (a ``Private`` event record) for the user holding KEY
 ``["N", KEY, TEXT, ERROR]``
     a line from the server for the user holding KEY (an error line if ERROR is true)
-``["P", NODE, KEY, NAME, [ROOM, ...] | null]``
-    a user's presence on NODE; ``null``: gone, its name released
+``["P", NODE, KEY, NAME, [ROOM, ...] | null, ACCOUNT | null, AWAY | null]``
+    a user's presence on NODE; ``null`` rooms: gone, its name released. ACCOUNT is
+    the key of the account it proved is its own, AWAY why it is away (``/away``), so
+    every node can mark operators and away members wherever they are connected
 ``["D", ROOM]``
     ROOM's history was dropped: no node has a member in it any more
 ``["H", ROOM, [EVENT, ...]]``
@@ -80,6 +82,10 @@ class Whereabouts:
     name: str
     rooms: tuple[str, ...] | None
     """The rooms the user is in; ``None``: gone."""
+    account: str | None = None
+    """The key of the account the user proved is its own, if any."""
+    away: str | None = None
+    """Why the user is away, if it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +151,9 @@ def encode_record(record: Record) -> bytes:
             return b'["M",' + _dumps(key) + b"," + encode_event(event) + b"]\n"
         case Told(key, text, error):
             return _dumps(["N", key, text, error]) + b"\n"
-        case Whereabouts(node, key, name, rooms):
-            return _dumps(["P", node, key, name, None if rooms is None else list(rooms)]) + b"\n"
+        case Whereabouts(node, key, name, rooms, account, away):
+            listed = None if rooms is None else list(rooms)
+            return _dumps(["P", node, key, name, listed, account, away]) + b"\n"
         case Drop(room):
             return _dumps(["D", room]) + b"\n"
         case History(room, events):
@@ -178,9 +185,11 @@ def epoch_head(room: str) -> bytes:
     return b'["E",' + _dumps(room) + b',"'
 
 
-def encode_presence(node: str, name: str, rooms: Sequence[str]) -> bytes:
-    """A user's entry in the presence hash: ``[NODE, NAME, [ROOM, ...]]``."""
-    return _dumps([node, name, list(rooms)])
+def encode_presence(
+    node: str, name: str, rooms: Sequence[str], account: str | None = None, away: str | None = None
+) -> bytes:
+    """A user's entry in the presence hash: ``[NODE, NAME, [ROOM, ...], ACCOUNT, AWAY]``."""
+    return _dumps([node, name, list(rooms), account, away])
 
 
 def presence_prefix(node: str) -> bytes:
@@ -188,13 +197,18 @@ def presence_prefix(node: str) -> bytes:
     return b"[" + _dumps(node) + b","
 
 
-def decode_presence(raw: bytes) -> tuple[str, str, tuple[str, ...]]:
-    """``(node, name, rooms)`` from a presence entry; raises :class:`WireError` if malformed."""
+Presence = tuple[str, str, tuple[str, ...], str | None, str | None]
+"""A presence entry: node, name, rooms, account, away."""
+
+
+def decode_presence(raw: bytes) -> Presence:
+    """``(node, name, rooms, account, away)`` from a presence entry (one written by an older
+    node has no account or away); raises :class:`WireError` if malformed."""
     items = _loads(raw)
-    if not isinstance(items, list) or len(items) != 3:
-        raise WireError(f"a presence entry is [node, name, rooms], not {items!r:.80}")
-    node, name, rooms = items
-    return _str(node), _str(name), _strs(rooms)
+    if not isinstance(items, list) or len(items) not in (3, 5):
+        raise WireError(f"a presence entry is [node, name, rooms, ...], not {items!r:.80}")
+    node, name, rooms, account, away = (*items, None, None)[:5]
+    return _str(node), _str(name), _strs(rooms), _optional(account), _optional(away)
 
 
 def history_prefix(room: str) -> bytes:
@@ -258,9 +272,14 @@ def _record(raw: bytes) -> Record:
             raise WireError(f"an N record's last item is true or false, not {error!r:.20}")
         return Told(_str(key), _str(text), error)
     if kind == "P":
-        _, node, key, name, rooms = _fields(items, 5)
+        _, node, key, name, rooms, account, away = _fields(items, 7)
         return Whereabouts(
-            _str(node), _str(key), _str(name), None if rooms is None else _strs(rooms)
+            _str(node),
+            _str(key),
+            _str(name),
+            None if rooms is None else _strs(rooms),
+            _optional(account),
+            _optional(away),
         )
     if kind == "D":
         _, room = _fields(items, 2)
@@ -325,6 +344,10 @@ def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise WireError(f"expected a string, not {value!r:.80}")
     return value
+
+
+def _optional(value: Any) -> str | None:
+    return None if value is None else _str(value)
 
 
 def _strs(value: Any) -> tuple[str, ...]:

@@ -72,6 +72,20 @@ def without(items: frozenset[str], item: str) -> frozenset[str]:
     return items - {item} or NOTHING
 
 
+_last_time: tuple[float, str] = (0.0, server_time(0.0))
+
+
+def _server_time(when: float) -> str:
+    """:func:`server_time`, remembering the last: a burst's lines share their time."""
+    global _last_time  # a one-entry cache
+    if _last_time[0] != when:
+        _last_time = (when, server_time(when))
+    return _last_time[1]
+
+
+PREFIXES: Final = 1024
+"""Chat-line starts one dialect keeps (per author and room) before it starts again."""
+
 _KICKED: Final = "kicked by "
 """How a kick's departure reason starts (``kicked by OP: REASON``, the session's words)."""
 _MUTED: Final = "You are muted in "
@@ -90,6 +104,7 @@ class IRCDialect:
     """
 
     __slots__ = (
+        "_prefixes",
         "away_notify",
         "echo",
         "entering",
@@ -113,6 +128,10 @@ class IRCDialect:
         self.history_on_join = True
         """Whether a join brings the room's history (not for ``draft/chathistory`` clients,
         which ask for it themselves). It changes only this member's own events."""
+        self._prefixes: dict[tuple[str, str], tuple[str, int]] | None = None
+        """Per (name, room): a chat line's ``:source PRIVMSG room :`` and the bytes of text
+        one line holds. Made when first rendered for (the hub renders with one member's
+        dialect per group), bounded by :data:`PREFIXES`."""
         self.away_notify = False
         """Whether the client follows away changes (``away-notify``): the hub hands it
         :class:`~triochat.core.events.Away` events. Not part of :attr:`name`: an AWAY
@@ -163,6 +182,9 @@ class IRCDialect:
         # IRC says it once.
         said: set[tuple[str, str]] = set()
         for i, event in enumerate(events):
+            if type(event) is ev.Said and (chat := self._said(event)) is not None:
+                out.append(chat)
+                continue
             if isinstance(event, ev.UserList):
                 # A big room's list comes in pages: one 366 (or 315) after the last.
                 following = events[i + 1] if i + 1 < len(events) else None
@@ -182,6 +204,37 @@ class IRCDialect:
         return "".join(out).encode()
 
     # --- building lines -------------------------------------------------------
+
+    def _said(self, event: ev.Said) -> str | None:
+        """A chat line that fits on one line, as :meth:`_texts` writes it (else ``None``).
+
+        The hot path of a room's fan-out: the line's start is made (and checked)
+        once per author and room, and the text appended.
+        """
+        prefixes = self._prefixes
+        if prefixes is None:
+            prefixes = self._prefixes = {}
+        key = (event.name, event.room)
+        known = prefixes.get(key)
+        if known is None:
+            if len(prefixes) >= PREFIXES:
+                prefixes.clear()
+            source = self._user(event.name)
+            start = wire.format_message(wire.Message("PRIVMSG", (event.room, ""), source))
+            known = prefixes[key] = (start[:-2], _budget("PRIVMSG", event.room, source, False))
+        start, budget = known
+        text = event.text
+        if len(text) > budget // 4 and len(text.encode()) > budget:
+            return None  # several lines
+        chat = f"{start}{wire.scrub(text)}\r\n"
+        if not self.tags:
+            return chat
+        tags: list[str] = []
+        if self.time_tag:
+            tags.append(f"time={_server_time(event.time)}")
+        if self.msgid:
+            tags.append(f"msgid={wire.escape_tag_value(msgid(event))}")
+        return f"@{';'.join(tags)} {chat}"
 
     def _tags(self, event: ev.RoomEvent | ev.Private) -> tuple[tuple[str, str], ...]:
         if not self.tags:

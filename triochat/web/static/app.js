@@ -4,7 +4,10 @@
 
 const $ = (id) => document.getElementById(id);
 const MAX_LINES = 1000; // kept per conversation
-const RETRY_MAX = 2000; // ms between reconnection attempts, at most
+const RETRY_FIRST = 0.5; // s before the first reconnection attempt, doubling each time
+const RETRY_MOST = 30; // s between attempts, at most
+const BAD_TOKEN = "That resume token is not valid";
+const KEPT = new Set(["said", "acted", "topic", "legacy"]); // what a joiner's history holds
 
 const state = {
   socket: null,
@@ -19,6 +22,9 @@ const state = {
   recall: -1,
   retry: 0,
   timer: null,
+  countdown: null, // the "reconnecting in N s" ticker
+  token: null, // takes our member back after a broken connection (a secret: memory only)
+  triedToken: false, // the register being answered carried the token
   leaving: false, // /quit: do not reconnect
   down: null, // why the connection is down, while reconnecting
   registering: false, // a register sent, not answered yet
@@ -35,6 +41,9 @@ function conv(key, title, isRoom) {
       ops: new Set(), // who operates the room (kept while they are away: it is their account's)
       away: new Set(), // who is away
       seq: 0, // the last numbered event shown
+      epoch: "", // the room's numbering those numbers belong to
+      pending: null, // registered anew: its history, held until its epoch is known
+      before: null, // ...and where it was before
       oldest: 0, // the first numbered event shown
       joining: isRoom, // until our own "joined": history, not news
       older: false, // asked for older history, not answered yet
@@ -199,6 +208,10 @@ function system(text, cls = "notice") {
 // A room event: shown once (a reconnect replays history; its seq tells what was seen).
 function roomEvent(m) {
   const c = conv(m.room, m.room, true);
+  if (c.pending) {
+    c.pending.push(m);
+    return;
+  }
   if (m.type === "joined" && m.name === state.name) {
     // The server started again without its history: its numbers start again too.
     if (m.seq && m.seq <= c.seq) c.seq = m.seq - 1;
@@ -260,6 +273,29 @@ function roomEvent(m) {
   if (c.key === state.current && ["joined", "left", "renamed", "role"].includes(m.type)) {
     renderMembers();
   }
+}
+
+// One line for what a room's log is missing.
+function gap(c, lost, why) {
+  const about = lost > 0 ? `about ${lost}` : "some";
+  add(c, [span("text", `${about} missed lines in ${c.key}: ${why}`)], "gap");
+}
+
+// Registered anew (our place was not kept): the room's history came again. With the
+// same epoch what was shown already is left out, and unless the history reaches back
+// to it, one gap line says lines were missed; with another epoch all of it is new.
+function rejoined(c, m) {
+  const pending = c.pending;
+  const before = c.before;
+  c.pending = null;
+  c.before = null;
+  const same = before.epoch === m.epoch;
+  if (!same) c.seq = 0; // its numbers started again
+  const kept = pending.filter((e) => KEPT.has(e.type) && e.seq);
+  if (!same || !kept.length || kept[0].seq > before.seq) {
+    gap(c, same ? m.seq - before.seq : 0, "history no longer has them");
+  }
+  for (const e of pending) roomEvent(e);
 }
 
 // A private conversation follows its partner's new name.
@@ -345,19 +381,25 @@ function connect() {
   socket.addEventListener("close", (e) => closed(socket, e));
 }
 
+// Register; with a token, take our member back instead: every room resumes after the
+// last number shown (if the token is no longer good, the server registers us anew).
 function register() {
-  const rooms = [...state.convs.values()].filter((c) => c.isRoom).map((c) => c.key);
+  const rooms = [...state.convs.values()].filter((c) => c.isRoom);
   state.registering = true;
-  const resume = {};
-  for (const c of state.convs.values()) if (c.isRoom) resume[c.key] = c.seq;
-  send({
+  const message = {
     type: "register",
     name: state.name ?? state.wanted,
     password: state.password || undefined,
     account_password: state.account || undefined,
-    rooms: rooms.length ? rooms : ["#lobby"],
-    resume,
-  });
+    rooms: rooms.length ? rooms.map((c) => c.key) : ["#lobby"],
+  };
+  state.triedToken = Boolean(state.token);
+  if (state.token) {
+    message.token = state.token;
+    message.resume = {};
+    for (const c of rooms) if (c.epoch) message.resume[c.key] = { epoch: c.epoch, seq: c.seq };
+  }
+  send(message);
 }
 
 function receive(m) {
@@ -391,7 +433,17 @@ function receive(m) {
       state.down = null;
       state.name = m.name;
       state.wanted = null;
-      for (const c of state.convs.values()) if (c.isRoom) c.joining = true;
+      if (!m.resumed) {
+        // A new member: each room's history comes again, then our own "joined".
+        for (const c of state.convs.values()) {
+          if (!c.isRoom) continue;
+          c.joining = true;
+          if (c.epoch) {
+            c.pending = [];
+            c.before = { epoch: c.epoch, seq: c.seq };
+          }
+        }
+      }
       status(`Connected as ${m.name}`);
       $("login").hidden = true;
       $("chat").hidden = false;
@@ -416,6 +468,34 @@ function receive(m) {
     case "private":
       privateMessage(m);
       break;
+    case "welcome":
+      // Our new resume token (registered, or taken back): the old one is no good now.
+      state.token = m.token;
+      send({ type: "ack", token: m.token });
+      break;
+    case "room": {
+      // Where a room we entered stands: its epoch, and its last number.
+      const c = conv(m.room, m.room, true);
+      if (c.pending) rejoined(c, m);
+      c.epoch = m.epoch;
+      c.seq = m.seq;
+      break;
+    }
+    case "resumed": {
+      // Every event we missed in the room has come, in order: we are up to date.
+      const c = conv(m.room, m.room, true);
+      c.epoch = m.epoch;
+      c.seq = Math.max(c.seq, m.seq);
+      break;
+    }
+    case "resume-failed": {
+      // What we missed cannot be replayed: one line says so, and we go on from now.
+      const c = conv(m.room, m.room, true);
+      gap(c, m.lost, m.reason);
+      c.epoch = m.epoch;
+      c.seq = m.seq;
+      break;
+    }
     case "users": {
       const c = conv(m.room, m.room, true);
       c.members = m.names;
@@ -450,7 +530,20 @@ function receive(m) {
       system(m.text);
       break;
     case "error":
-      if (state.registering && state.name) {
+      if (m.text.startsWith(BAD_TOKEN)) {
+        // Our place was not kept (the grace is over, or the server restarted): the
+        // server registers us anew, and each room gets its gap line.
+        state.token = null;
+      } else if (state.registering && state.name && state.triedToken) {
+        // Registered anew, but somebody else has our name by now.
+        state.registering = false;
+        state.name = null;
+        state.wanted = null;
+        $("chat").hidden = true;
+        $("login").hidden = false;
+        $("login-error").textContent = m.text;
+        $("name").focus();
+      } else if (state.registering && state.name) {
         // Reconnecting, and the server still holds our old connection: it
         // lets go once that one fails its pings. Ask again meanwhile.
         status(`${m.text}: trying again…`, true);
@@ -471,6 +564,7 @@ function receive(m) {
 function closed(socket, e) {
   if (socket !== state.socket) return;
   state.socket = null;
+  if (e.code === 4005) state.token = null; // too many bad tokens: register by name
   if (state.leaving || e.code === 1000) {
     status("You left the chat.");
     return;
@@ -491,16 +585,31 @@ function closed(socket, e) {
   // Attempts that fail while the server is away keep the first reason shown.
   if (e.code === 1001) state.down = "Server shutting down";
   else if (!state.down || state.retry === 0) state.down = e.reason || "Connection lost";
-  const why = state.down;
-  const delay = Math.min(RETRY_MAX, 250 * 2 ** state.retry);
+  // Backoff: 0.5 s doubling to 30 s, each step a random 50-100 % of itself, so pages
+  // that lost the same server do not all come back in the same instant.
+  const step = Math.min(RETRY_MOST, RETRY_FIRST * 2 ** state.retry);
   state.retry += 1;
-  status(`${why}: reconnecting…`, true);
-  connectLater(delay);
+  connectLater(step * (0.5 + 0.5 * Math.random()) * 1000, state.down);
 }
 
-function connectLater(delay) {
+// Connect after ``delay`` ms; with ``why``, the status counts the seconds down.
+function connectLater(delay, why = null) {
   clearTimeout(state.timer);
-  state.timer = setTimeout(connect, delay);
+  clearInterval(state.countdown);
+  const at = Date.now() + delay;
+  const tick = () => {
+    const left = Math.max(1, Math.ceil((at - Date.now()) / 1000));
+    status(`${why}: reconnecting in ${left} s`, true);
+  };
+  if (why) {
+    tick();
+    state.countdown = setInterval(tick, 1000);
+  }
+  state.timer = setTimeout(() => {
+    clearInterval(state.countdown);
+    if (why) status(`${why}: reconnecting…`, true);
+    connect();
+  }, delay);
 }
 
 // --- Typing ------------------------------------------------------------------------
