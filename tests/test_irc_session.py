@@ -327,11 +327,11 @@ def test_an_idle_client_keeps_no_empty_set_or_table_of_its_own(hub: Hub) -> None
     assert eve.irc.caps is NOTHING
 
 
-def test_a_big_room_lists_every_name_on_join_in_pages_with_one_366() -> None:
-    hub = Hub(history=10, clock=Clock(), quiet_above=3)
+def test_a_room_at_quiet_above_lists_every_name_on_join_in_pages_with_one_366() -> None:
+    hub = Hub(history=10, clock=Clock(), quiet_above=61)
     users = [LineUser(hub, f"user{i:02d}") for i in range(60)]
     zoe = register(hub, "zoe")
-    got = zoe("JOIN #a")
+    got = zoe("JOIN #a")  # the 61st member: at the threshold, not past it
     assert cmds(got)[0] == "JOIN"
     assert cmds(got)[-1] == "366"
     assert cmds(got).count("366") == 1
@@ -340,6 +340,16 @@ def test_a_big_room_lists_every_name_on_join_in_pages_with_one_366() -> None:
     who = zoe("WHO #a")
     assert len(by(who, "352")) == 61
     assert cmds(who).count("315") == 1
+
+
+def test_a_big_room_lists_only_the_member_and_sums_up_who_came() -> None:
+    hub = Hub(history=10, clock=Clock(), quiet_above=3)
+    users = [LineUser(hub, f"user{i:02d}") for i in range(60)]
+    zoe = register(hub, "zoe")
+    got = zoe("JOIN #a")
+    assert [name for m in by(got, "353") for name in m.params[3].split()] == ["zoe"]
+    assert by(got, "366")[0].params[2].startswith("End of /NAMES list (61 users: ")
+    assert [m.params[5] for m in by(zoe("WHO #a"), "352")] == ["zoe"]
     hub.summarize_presence()
     [summary] = zoe.read()
     assert summary.command == "NOTICE"

@@ -255,7 +255,7 @@ def _join(session: IRCSession, msg: wire.Message) -> list[Output]:
             outputs += session.translate(session.session.command(c.Join(room)))
         session.dialect.entering = without(session.dialect.entering, room)
         if room in member.rooms:
-            session.hub.users(member, room, everyone=True)
+            session.hub.audience(member, room)
     return outputs
 
 
@@ -365,7 +365,7 @@ def _names(session: IRCSession, msg: wire.Message) -> list[Output]:
     for name in rooms:
         room = name.lower()
         if room in member.rooms:
-            session.hub.users(member, room, everyone=True)
+            session.hub.audience(member, room)
         else:
             session.numeric("366", name, "End of /NAMES list")
     if not rooms:
@@ -381,7 +381,7 @@ def _who(session: IRCSession, msg: wire.Message) -> list[Output]:
     room = mask.lower()
     if room in member.rooms:
         session.dialect.who |= {room}
-        session.hub.users(member, room, everyone=True)
+        session.hub.audience(member, room)
         session.dialect.who = without(session.dialect.who, room)
         return []
     if names.nick_error(mask) is None and session.hub.name_unavailable(mask) is not None:

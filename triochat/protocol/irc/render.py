@@ -48,6 +48,10 @@ OP_PREFIX: Final = "@"
 """A room operator's prefix in NAMES and WHO (``PREFIX=(o)@``): the only one, so
 ``multi-prefix`` shows exactly what a client without it sees."""
 
+AUDITORIUM: Final = "End of /NAMES list ({count} users: a big room lists you and its operators)"
+"""The ``366`` of a room past ``--quiet-above``, whose NAMES and WHO show the member
+and the room's operators only (InspIRCd's "auditorium" mode)."""
+
 
 def msgid(event: ev.RoomEvent) -> str:
     """The ``msgid`` tag of a room event: its room and sequence number, ``#room/42``."""
@@ -362,7 +366,9 @@ class IRCDialect:
             return
         if ops:
             members = [OP_PREFIX + m if m in ops else m for m in members]
-        self._names(out, room, members, end=last)
+        # A big room's list (auditorium mode) is the member and the operators: its 366 counts.
+        hidden = users.total > len(users.names)
+        self._names(out, room, members, end=last, total=users.total if hidden else 0)
 
     def _entered(self, users: ev.UserList, history: Sequence[ev.Event], out: list[str]) -> None:
         """JOIN, the topic and the history; the door asks for every name next."""
@@ -406,7 +412,7 @@ class IRCDialect:
         return "".join(out).encode()
 
     def _names(
-        self, out: list[str], room: str, members: Sequence[str], *, end: bool = True
+        self, out: list[str], room: str, members: Sequence[str], *, end: bool = True, total: int = 0
     ) -> None:
         head = len(f":{self.server} 353 {self.nick} = {room} :\r\n".encode())
         batch: list[str] = []
@@ -420,7 +426,9 @@ class IRCDialect:
             size += width
         if batch:
             self._numeric(out, "353", "=", room, " ".join(batch))
-        if end:
+        if end and total:
+            self._numeric(out, "366", room, AUDITORIUM.format(count=total))
+        elif end:
             self._numeric(out, "366", room, "End of /NAMES list")
 
     def _replayed(self, event: ev.RoomEvent, out: list[str]) -> None:
