@@ -369,7 +369,9 @@ def scale(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
     def at_phase(phase: int) -> None:
         # The phases of loadgen.scale: at rest, registered, quiet, broadcast sent, reached.
         if phase == 0:
-            marks["rss"] = server.rss()
+            marks["rss"], marks["at_rest_cpu"] = server.rss(), server.cpu()
+        elif phase == 1:
+            marks["register_cpu"] = server.cpu() - marks["at_rest_cpu"]
         elif phase == 2:
             marks["rss_growth"] = server.rss() - marks["rss"]
         elif phase == 3:
@@ -385,6 +387,9 @@ def scale(kind: str, params: dict[str, Any], workers: int) -> dict[str, Any]:
     sent_at = max(p["sent_at"] for p in parts)
     return {
         "register_s": max(p["registered"] for p in parts) - start,
+        # The server's own CPU to accept and register them all (steadier than the wall
+        # time on a shared machine).
+        "register_server_cpu_s": marks["register_cpu"],
         "bytes_per_conn": marks["rss_growth"] / clients,
         "broadcast_ms": (max(p["reached"] for p in parts) - sent_at) * 1000,
         # In clock ticks of 10 ms: coarse, but enough to tell the server's part from
@@ -404,8 +409,11 @@ Step = tuple[str, str, Callable[..., dict[str, Any]], dict[str, Any], int | None
 LINE_AND_IRC = ("triochat", "ncat", "triochat-irc", "ngircd")
 
 
-def plan(quick: bool) -> list[Step]:
-    """(section, label, function, params, repetitions or None for --reps, kinds) per measurement."""
+def plan(quick: bool, sizes: list[int] | None = None) -> list[Step]:
+    """(section, label, function, params, repetitions or None for --reps, kinds) per measurement.
+
+    ``sizes``: the scale rows' client counts instead of the usual ones (``--clients``).
+    """
     fan = {"receivers": 100, "senders": 4, "lines": 2000, "line_bytes": 40, "timeout": 30.0}
     lat = {"clients": 200, "duration": 5.0, "drain": 10.0, "line_bytes": 40, "probe_every": 5}
     # ncat closes connections past about 1,015 (select()), so it has no 10,000 row.
@@ -424,6 +432,8 @@ def plan(quick: bool) -> list[Step]:
         fan["lines"] = 500
         lat["duration"] = 2.0
         scales = [(500, None, LINE_AND_IRC)]
+    if sizes:
+        scales = [(n, None, LINE_AND_IRC) for n in sizes]
     every = (*LINE_AND_IRC, "triochat-mixed")
     label = f"N={fan['receivers']} S={fan['senders']} M={fan['lines']}"
     steps: list[Step] = [("fanout", label, fanout, fan, None, every)]
@@ -500,6 +510,11 @@ def main() -> int:
         help="comma-separated, of: " + ", ".join(STARTERS),
     )
     parser.add_argument("--label", action="append", help="run only steps whose label has this")
+    parser.add_argument(
+        "--clients",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="the scale rows' client counts, e.g. 2000,5000 (to see how registration grows)",
+    )
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     parser.add_argument(
         "--profile", type=Path, help="run triochat under py-spy, writing collapsed stacks here"
@@ -528,7 +543,7 @@ def main() -> int:
         print(f"- {key}: {value}")
     report: dict[str, Any] = {"machine": info, "reps": reps, "results": []}
     began = time.monotonic()
-    for section, label, function, params, fixed_reps, kinds in plan(args.quick):
+    for section, label, function, params, fixed_reps, kinds in plan(args.quick, args.clients):
         if args.only and section not in args.only:
             continue
         if args.label and not any(part in label for part in args.label):

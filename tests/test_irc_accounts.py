@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,17 +23,27 @@ from triochat.server.irc import IRCConfig, IRCDoor
 _close_clients = pytest.fixture(autouse=True)(close_clients)
 
 
-@pytest.fixture
-async def irc_port(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[int]:
+@asynccontextmanager
+async def serving(nursery: trio.Nursery, tmp_path: Path, **options: Any) -> AsyncIterator[int]:
+    """An IRC door's port, on a server with the accounts ann and olga and ``options``."""
     accounts = open_accounts(tmp_path / "chat.db")
     for name in ("ann", "olga"):
         assert (await accounts.perform(Request("register", name, f"{name}-pw"))).ok
-    server = ChatServer(ServerConfig(port=0, rate=0, password_delay=0.01), accounts=accounts)
+    config = ServerConfig(port=0, rate=0, password_delay=0.01, **options)
+    server = ChatServer(config, accounts=accounts)
     await nursery.start(server.serve)
     door = IRCDoor(server, IRCConfig(port=0, name="irc.test"))
     listeners = await nursery.start(door.serve)
-    yield listeners[0].socket.getsockname()[1]
-    accounts.close()
+    try:
+        yield listeners[0].socket.getsockname()[1]
+    finally:
+        accounts.close()
+
+
+@pytest.fixture
+async def irc_port(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[int]:
+    async with serving(nursery, tmp_path) as port:
+        yield port
 
 
 async def registered(port: int, nick: str) -> RawIRC:
@@ -173,6 +185,56 @@ async def test_names_who_and_mode_mark_operators_and_away_members(irc_port: int)
     await bob.until("352", "bob", "#den", "olga", "irc.test", "irc.test", "olga", "H")
     await bob.send("WHO olga")
     await bob.until("352", "bob", "*", "olga", "irc.test", "irc.test", "olga", "H")
+
+
+async def names_of(client: RawIRC, room: str) -> tuple[list[str], str]:
+    """The names of ``room`` that ``client`` is sent next (every 353 page), and its 366's text."""
+    listed: list[str] = []
+    with trio.fail_after(10):
+        while (msg := await client.next()) is not None:
+            if msg.command == "353" and msg.params[2] == room:
+                listed += msg.params[3].split()
+            elif msg.command == "366" and msg.params[1] == room:
+                return listed, msg.params[2]
+    raise AssertionError(f"closed before the 366 of {room}")
+
+
+async def test_past_quiet_above_names_and_who_list_the_member_and_the_operators(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with serving(nursery, tmp_path, quiet_above=3) as port:
+        ann = await registered(port, "ann")
+        await ann.send("JOIN #den")
+        assert await names_of(ann, "#den") == (["@ann"], "End of /NAMES list")
+        bob, cat, dan, eve = [await irc_client(port, nick) for nick in ("bob", "cat", "dan", "eve")]
+        await bob.send("JOIN #den")
+        await names_of(bob, "#den")
+        # Just below the threshold (3 members, not past it): every name, and the JOIN told.
+        await cat.send("JOIN #den")
+        assert await names_of(cat, "#den") == (["@ann", "bob", "cat"], "End of /NAMES list")
+        await bob.until("JOIN", "#den")
+        # Past it: the joiner sees itself and the operator, and the count; nobody sees it join.
+        await dan.send("JOIN #den")
+        big = "End of /NAMES list (4 users: a big room lists you and its operators)"
+        assert await names_of(dan, "#den") == (["@ann", "dan"], big)
+        await eve.send("JOIN #den")
+        assert await names_of(eve, "#den") == (["@ann", "eve"], big.replace("4", "5"))
+        for client, nick in ((bob, "bob"), (dan, "dan")):
+            await client.send("NAMES #den")
+            assert await names_of(client, "#den") == (["@ann", nick], big.replace("4", "5"))
+        await ann.send("NAMES #den")
+        assert (await names_of(ann, "#den"))[0] == ["@ann"]
+        await eve.send("WHO #den")
+        flags = {}
+        while (who := await eve.next()) is not None and who.command != "315":
+            if who.command == "352":
+                flags[who.params[5]] = who.params[6]
+        assert flags == {"ann": "H@", "eve": "H"}
+        # What the first members were sent since: cat's JOIN, and no other (nor a name list).
+        await bob.send("PING done")
+        await bob.until("PONG")
+        joins = [m.source for m in bob.seen if m.command == "JOIN"]
+        assert [j.partition("!")[0] for j in joins if j] == ["bob", "cat"]
 
 
 async def sasl_login(port: int, account: str, password: str, nick: str) -> RawIRC:

@@ -7,6 +7,7 @@ with the v1 dialect, so every test shows what both sides see.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import pytest
@@ -21,6 +22,7 @@ from triochat.core.hub import Hub, Member
 from triochat.core.irc_session import MAX_LATE, IRCOutbox, IRCRules, IRCSession
 from triochat.protocol import irc, line as p
 from triochat.protocol.irc import sasl as irc_sasl
+from triochat.protocol.irc.render import NOTHING
 from triochat.protocol.v2 import V2Dialect
 from triochat.protocol.web import WebDialect
 
@@ -306,11 +308,30 @@ def test_join_gets_join_then_names_then_history_and_no_second_join(hub: Hub) -> 
     assert zoe("JOIN #a") == []  # already there: ignored, as IRC servers do
 
 
-def test_a_big_room_lists_every_name_on_join_in_pages_with_one_366() -> None:
-    hub = Hub(history=10, clock=Clock(), quiet_above=3)
+def test_an_idle_client_keeps_no_empty_set_or_table_of_its_own(hub: Hub) -> None:
+    """Idle memory (docs/benchmarks.md): what a client is done with is the shared empty set."""
+    zoe = register(hub, "zoe")
+    assert cmds(zoe("JOIN #a", "WHO #a", "MODE zoe +i")) == [
+        *("JOIN", "353", "366", "352", "315", "MODE"),
+    ]
+    assert zoe("MODE zoe")[0].params == ("zoe", "+i")
+    zoe("MODE zoe -i")
+    assert zoe("MODE zoe")[0].params == ("zoe", "+")
+    session, dialect = zoe.irc, zoe.irc.dialect
+    for done in (session.caps, session.user_modes, dialect.entering, dialect.who):
+        assert done is NOTHING
+    assert sys.getsizeof(session.outbox._expected) == sys.getsizeof({})  # no table kept
+    eve = register(hub, "eve", caps="batch")
+    assert eve.irc.caps == {"batch"}
+    assert by(eve("CAP REQ :-batch"), "CAP")[0].params[1] == "ACK"
+    assert eve.irc.caps is NOTHING
+
+
+def test_a_room_at_quiet_above_lists_every_name_on_join_in_pages_with_one_366() -> None:
+    hub = Hub(history=10, clock=Clock(), quiet_above=61)
     users = [LineUser(hub, f"user{i:02d}") for i in range(60)]
     zoe = register(hub, "zoe")
-    got = zoe("JOIN #a")
+    got = zoe("JOIN #a")  # the 61st member: at the threshold, not past it
     assert cmds(got)[0] == "JOIN"
     assert cmds(got)[-1] == "366"
     assert cmds(got).count("366") == 1
@@ -319,6 +340,16 @@ def test_a_big_room_lists_every_name_on_join_in_pages_with_one_366() -> None:
     who = zoe("WHO #a")
     assert len(by(who, "352")) == 61
     assert cmds(who).count("315") == 1
+
+
+def test_a_big_room_lists_only_the_member_and_sums_up_who_came() -> None:
+    hub = Hub(history=10, clock=Clock(), quiet_above=3)
+    users = [LineUser(hub, f"user{i:02d}") for i in range(60)]
+    zoe = register(hub, "zoe")
+    got = zoe("JOIN #a")
+    assert [name for m in by(got, "353") for name in m.params[3].split()] == ["zoe"]
+    assert by(got, "366")[0].params[2].startswith("End of /NAMES list (61 users: ")
+    assert [m.params[5] for m in by(zoe("WHO #a"), "352")] == ["zoe"]
     hub.summarize_presence()
     [summary] = zoe.read()
     assert summary.command == "NOTICE"

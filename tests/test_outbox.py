@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from triochat.server.outbox import Flusher, Outbox
+from triochat.server.outbox import IOV_MAX, Flusher, Outbox
 from triochat.server.stats import ServerStats
 
 
@@ -110,6 +110,48 @@ def test_what_the_kernel_refuses_goes_to_a_writer_and_counts_toward_the_bound(
     assert b"".join(records(theirs)) + rest[: -len(b"1\n2\n")] == big
     outbox.send_nowait(b"3\n")
     assert records(theirs) == [b"3\n"]
+
+
+async def test_a_round_s_chunks_go_out_whole_and_in_order_when_the_kernel_takes_part() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # takes part of a write
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    flusher = Flusher(ServerStats())
+    owner = Owner()
+    outbox = Outbox(owner, flusher, 100, ours.fileno())
+    chunks = [b"%d" % i + b"x" * 30_000 + b"\n" for i in range(8)]  # more than the buffer takes
+    with ours, theirs:
+        async with flushing(flusher):
+            for chunk in chunks:
+                outbox.send_nowait(chunk)
+            await trio.testing.wait_all_tasks_blocked()
+        written = b"".join(records(theirs))  # the first chunks whole, maybe part of the next
+    assert 0 < len(written) < sum(map(len, chunks))
+    assert owner.writers == 1
+    outbox.send_nowait(b"more\n")  # the lines not written still count toward the bound
+    assert flusher.stats.queue_high_water == b"".join(chunks)[len(written) :].count(b"\n") + 1
+    rest = outbox.take()
+    assert rest is not None
+    assert written + rest == b"".join(chunks) + b"more\n"
+    assert flusher.stats.bytes_out == len(written)
+
+
+async def test_a_round_of_more_chunks_than_one_writev_takes_leaves_the_rest_to_the_writer(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    flusher = Flusher(ServerStats())
+    owner = Owner()
+    outbox = Outbox(owner, flusher, 10 * IOV_MAX, ours.fileno())
+    chunks = [b"%d\n" % i for i in range(IOV_MAX + 3)]
+    async with flushing(flusher):
+        for chunk in chunks:
+            outbox.send_nowait(chunk)
+        await trio.testing.wait_all_tasks_blocked()
+    assert records(theirs) == [b"".join(chunks[:IOV_MAX])]
+    assert owner.writers == 1
+    assert outbox.take() == b"".join(chunks[IOV_MAX:])
 
 
 async def test_a_big_round_is_flushed_early_instead_of_counting_as_slow(

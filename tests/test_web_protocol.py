@@ -352,3 +352,43 @@ def test_the_chat_line_fast_path_says_what_the_general_one_does(
     event = ev.Said("#a-b_c", 3, when, name, text)
     (fast,) = decode(dialect.render([event]))
     assert fast == json.loads(dialect.json(event)) == dialect.message(event)
+
+
+def general(dialect: w.WebDialect, events: list[ev.Event]) -> bytes:
+    """The general path: each event's JSON from the encoder, framed on its own."""
+    return b"".join(w.text_frame(f"{dialect.json(event)}\n".encode()) for event in events)
+
+
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.text(st.characters(blacklist_categories=("Cs",)), max_size=900)  # type: ignore[arg-type]
+            | st.text(st.sampled_from('é€x"\\\n\0'), max_size=900),
+            st.sampled_from([NOW, NOW + 0.001, 0.0, 4e9 + 0.5]),
+            st.sampled_from(["al", "bo-b_2"]),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    joined=st.booleans(),
+)
+def test_a_burst_takes_the_fast_path_to_the_bytes_the_general_one_writes(
+    lines: list[tuple[str, float, str]], joined: bool
+) -> None:
+    events: list[ev.Event] = [
+        ev.Said("#a", seq, when, name, text) for seq, (text, when, name) in enumerate(lines, 1)
+    ]
+    if joined:  # other events between chat lines take the general path
+        events.insert(len(events) // 2, ev.Joined("#a", 99, NOW, "cy"))
+    dialect = w.WebDialect()
+    assert dialect.render(events) == general(dialect, events)
+    assert dialect.render(events) == general(dialect, events)  # with its headers kept
+
+
+def test_chat_lines_of_every_frame_size_are_framed_as_the_general_path_frames_them() -> None:
+    # Past the headers kept, and through each size whose length field holds a 0x0A byte.
+    dialect = w.WebDialect()
+    for size in range(3000):
+        event = ev.Said("#a", 1, NOW, "al", "x" * size)
+        assert dialect.render([event]) == general(dialect, [event]), size
+    assert len(dialect._headers) == w.HEADERS_KEPT

@@ -672,6 +672,33 @@ class Hub:
             self.tell(member, *lists)
         self._evict_slow()
 
+    def audience(self, member: Member, room: Room | str) -> None:
+        """Tell ``member`` who is in ``room`` as IRC's auditorium mode shows a big room.
+
+        Past ``quiet_above`` (where joins are not announced, so a member's list could
+        not be kept up to date anyway) the list is the member itself and the room's
+        operators here, with the room's count; in a smaller room it is every name, as
+        ``users(everyone=True)``. One look-up per operator of the room, not one per
+        member: every name for every IRC joiner made registering N of them O(N²).
+        """
+        held = self._room_of(member, room)
+        if held is None:
+            return
+        if not self._quiet(held):
+            self.users(member, held, everyone=True)
+            return
+        where = held.name
+        shown = {member.name}
+        # An operator is shown when it holds its account's own name (looked up by it).
+        for account in self.moderation.ops.get(where, ()):
+            holder = self._members.get(account)
+            if holder is not None and holder.account == account and holder.rooms.get(where):
+                shown.add(holder.name)
+        names = sorted(shown, key=p.name_sort_key)
+        count = len(held.members) + len(self.backplane.remote_users(where))
+        self.tell(member, self._marked(held, names, count))
+        self._evict_slow()
+
     def summarize_presence(self) -> None:
         """Tell each big room of the joins and leaves since the last summary (call it every
         ``presence_interval`` seconds)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..protocol import line as p
 from ..protocol.irc import history, names, sasl, wire
-from ..protocol.irc.render import RENDER_CAPS
+from ..protocol.irc.render import NOTHING, RENDER_CAPS, without
 from . import commands as c, events as ev
 from .accounts import Request
 from .hub import Hub
@@ -88,7 +88,7 @@ def _cap(session: IRCSession, msg: wire.Message) -> list[Output]:
         if not wanted or not adding | removing <= set(offered) or fixed:
             session.send(wire.message("CAP", me, "NAK", asked, source=server))
         else:
-            session.caps = (session.caps | adding) - removing
+            session.caps = (session.caps | adding) - removing or NOTHING
             session.labeled = {"labeled-response", "batch"} <= session.caps
             session.send(wire.message("CAP", me, "ACK", asked, source=server))
     elif sub == "END":
@@ -249,13 +249,13 @@ def _join(session: IRCSession, msg: wire.Message) -> list[Output]:
         if len(member.rooms) >= session.rules.max_rooms:
             session.numeric("405", name, "You have joined too many channels")
             continue
-        session.dialect.entering.add(room)
+        session.dialect.entering |= {room}
         # The join's answer brings the JOIN first; the room's JOIN after it is a copy.
         with session.own_lines(f":{session.me()} JOIN {room}", after=1):
             outputs += session.translate(session.session.command(c.Join(room)))
-        session.dialect.entering.discard(room)
+        session.dialect.entering = without(session.dialect.entering, room)
         if room in member.rooms:
-            session.hub.users(member, room, everyone=True)
+            session.hub.audience(member, room)
     return outputs
 
 
@@ -365,7 +365,7 @@ def _names(session: IRCSession, msg: wire.Message) -> list[Output]:
     for name in rooms:
         room = name.lower()
         if room in member.rooms:
-            session.hub.users(member, room, everyone=True)
+            session.hub.audience(member, room)
         else:
             session.numeric("366", name, "End of /NAMES list")
     if not rooms:
@@ -380,9 +380,9 @@ def _who(session: IRCSession, msg: wire.Message) -> list[Output]:
     server = session.rules.server
     room = mask.lower()
     if room in member.rooms:
-        session.dialect.who.add(room)
-        session.hub.users(member, room, everyone=True)
-        session.dialect.who.discard(room)
+        session.dialect.who |= {room}
+        session.hub.audience(member, room)
+        session.dialect.who = without(session.dialect.who, room)
         return []
     if names.nick_error(mask) is None and session.hub.name_unavailable(mask) is not None:
         held = session.hub.member(mask)
@@ -502,9 +502,9 @@ def _mode(session: IRCSession, msg: wire.Message) -> list[Output]:
             applied += char
         elif char in USER_MODES:
             if adding:
-                session.user_modes.add(char)
+                session.user_modes |= {char}
             else:
-                session.user_modes.discard(char)
+                session.user_modes = without(session.user_modes, char)
             applied += char
         else:
             unknown = True

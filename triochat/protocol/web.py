@@ -310,16 +310,23 @@ def text_frame(payload: bytes) -> bytes:
     frame are its JSON's line ends (see the module's docstring).
     """
     while True:
-        size = len(payload)
-        if size < 126:
-            header = bytes((0x81, size))
-        elif size < 65536:
-            header = struct.pack("!BBH", 0x81, 126, size)
-        else:
-            header = struct.pack("!BBQ", 0x81, 127, size)
+        header = _header(len(payload))
         if 0x0A not in header:
             return header + payload
         payload = payload[:-1] + b" \n"
+
+
+def _header(size: int) -> bytes:
+    """The header of an unmasked TEXT frame of ``size`` payload bytes."""
+    if size < 126:
+        return bytes((0x81, size))
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size)
+    return struct.pack("!BBQ", 0x81, 127, size)
+
+
+HEADERS_KEPT: Final = 1024
+"""Frame headers a :class:`WebDialect` keeps, one per payload size (chat lines have a few sizes)."""
 
 
 _quote: Final[Callable[[str], str]] = json.encoder.encode_basestring
@@ -350,7 +357,7 @@ class WebDialect:
     of them. Pure apart from its one-second date cache.
     """
 
-    __slots__ = ("_dumps", "_iso")
+    __slots__ = ("_dumps", "_headers", "_iso")
 
     name: Final = "web"
     resumes: Final = True
@@ -359,26 +366,42 @@ class WebDialect:
     def __init__(self) -> None:
         self._iso = _IsoTime()
         self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        self._headers: dict[int, bytes] = {}  # payload size -> its frame's header, none with 0x0A
 
     def render(self, events: Sequence[ev.Event], /) -> bytes:
-        iso, quote, said, json_ = self._iso, _quote, ev.Said, self.json
-        # Chat lines are nearly all of it: they are written out directly,
-        # three times faster than building a dict for the encoder. Names and
-        # rooms need no escaping (letters, digits, _ and - only).
-        return b"".join(
-            [
-                text_frame(
-                    f'{{"type":"said","room":"{event.room}","seq":{event.seq},'
-                    f'"time":"{iso(event.time)}","ts":{event.time!r},'
+        # Chat lines are nearly all of it: they are written out directly, three
+        # times faster than building a dict for the encoder (names and rooms need
+        # no escaping: letters, digits, _ and - only). A burst's lines share one
+        # time, so its two forms are made once; a frame's header is looked up.
+        said, headers, quote = ev.Said, self._headers, _quote
+        parts: list[bytes] = []
+        append = parts.append
+        when: float | None = None
+        stamp = ""
+        for event in events:
+            if type(event) is said:
+                if event.time != when:
+                    when = event.time
+                    stamp = f'"time":"{self._iso(when)}","ts":{when!r},'
+                payload = (
+                    f'{{"type":"said","room":"{event.room}","seq":{event.seq},{stamp}'
                     f'"name":"{event.name}","text":{quote(event.text)}}}\n'.encode()
                 )
-                if type(event) is said
-                else self._resumed(event)
-                if type(event) is ev.Resumed
-                else text_frame(f"{json_(event)}\n".encode())
-                for event in events
-            ]
-        )
+                header = headers.get(len(payload))
+                if header is None:
+                    header = _header(len(payload))
+                    if 0x0A in header:
+                        append(text_frame(payload))
+                        continue
+                    if len(headers) < HEADERS_KEPT:
+                        headers[len(payload)] = header
+                append(header)
+                append(payload)
+            elif type(event) is ev.Resumed:
+                append(self._resumed(event))
+            else:
+                append(text_frame(f"{self.json(event)}\n".encode()))
+        return b"".join(parts)
 
     def _resumed(self, event: ev.Resumed) -> bytes:
         """A resume's replay: each event its own message, as if live, then ``resumed``."""

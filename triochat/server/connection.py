@@ -403,49 +403,20 @@ class Connection(DoorConnection):
     async def _chat(self) -> None:
         """Carry out the named client's lines until it quits, goes, or is evicted.
 
-        Chat lines are collected and handed to the hub together before any
-        wait and before any command, so a burst reaches each recipient in one
-        write, in the order it was sent.
+        The lines of each read are handled by :meth:`_lines`, which returns
+        before the next wait: what they left (the last line, the burst's list)
+        and the locals they need are not kept while the client is idle, and
+        this frame, the one an idle client waits in, stays small (about 250
+        bytes per idle client in all).
         """
         framer = self._framer
-        bucket = self._bucket
         fd = self.send.fd
-        clean_text, chat_text = p.clean_text, p.chat_text  # the per-line path
-        # Yield every so many lines of a burst, so other clients get their
-        # turn. Only what a recipient's kernel would not take at once stays in
-        # its outbox, so even several clients flooding together do not fill
-        # the outbox of a reader that keeps up.
-        every = max(1, min(BATCH_LINES, self.server.config.send_queue // 4))
         handled = 0
-        says: list[str] = []
-        # If this client is evicted (by the hub, while it handles our lines or
-        # another client's), its scope is cancelled: the next wait raises,
-        # and the hub ignores whatever we hand it meanwhile.
         while True:
-            for event in framer.events():
-                handled += 1
-                if handled == every:
-                    handled = 0
-                    self._say(says)
-                    await trio.lowlevel.checkpoint()
-                if bucket is not None and (delay := self._flood_delay()):
-                    self._say(says)
-                    self._pace(delay)
-                    await trio.sleep(delay)
-                if not isinstance(event, str):
-                    self._say(says)
-                    await self._carry_out(self.session.line_too_long(event.limit))
-                    continue
-                text = clean_text(event)
-                chat = chat_text(text)
-                if chat is not None:
-                    says.append(chat)
-                    continue
-                self._say(says)  # before anything else this client asked for
-                command = self._parse(text)
-                if command is not None and not await self._command(command):
-                    return
-            self._say(says)
+            lines = await self._lines(handled)
+            if lines is None:
+                return
+            handled = lines
             # What _receive_data does, here rather than in a coroutine of its
             # own: one frame (224 bytes) fewer for every idle client.
             data: bytes | bytearray | None
@@ -467,6 +438,51 @@ class Connection(DoorConnection):
                 return
             framer.receive_data(data)
             data = None  # not kept while the client is idle: a read can be 64 KiB
+
+    async def _lines(self, handled: int) -> int | None:
+        """Carry out the lines read so far; how many since the last yield, or ``None``
+        once the client quit.
+
+        Chat lines are collected and handed to the hub together before any
+        wait and before any command, so a burst reaches each recipient in one
+        write, in the order it was sent.
+        """
+        bucket = self._bucket
+        clean_text, chat_text = p.clean_text, p.chat_text  # the per-line path
+        # Yield every so many lines of a burst, so other clients get their
+        # turn. Only what a recipient's kernel would not take at once stays in
+        # its outbox, so even several clients flooding together do not fill
+        # the outbox of a reader that keeps up.
+        every = max(1, min(BATCH_LINES, self.server.config.send_queue // 4))
+        says: list[str] = []
+        # If this client is evicted (by the hub, while it handles our lines or
+        # another client's), its scope is cancelled: the next wait raises,
+        # and the hub ignores whatever we hand it meanwhile.
+        for event in self._framer.events():
+            handled += 1
+            if handled == every:
+                handled = 0
+                self._say(says)
+                await trio.lowlevel.checkpoint()
+            if bucket is not None and (delay := self._flood_delay()):
+                self._say(says)
+                self._pace(delay)
+                await trio.sleep(delay)
+            if not isinstance(event, str):
+                self._say(says)
+                await self._carry_out(self.session.line_too_long(event.limit))
+                continue
+            text = clean_text(event)
+            chat = chat_text(text)
+            if chat is not None:
+                says.append(chat)
+                continue
+            self._say(says)  # before anything else this client asked for
+            command = self._parse(text)
+            if command is not None and not await self._command(command):
+                return None
+        self._say(says)
+        return handled
 
     async def _command(self, command: c.Command | v2.Ack) -> bool:
         """Carry out one command; False if the client quit (or was evicted meanwhile)."""

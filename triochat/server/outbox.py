@@ -3,8 +3,9 @@
 A broadcast appends the same ``bytes`` to every member's outbox; nothing is
 written yet. The :class:`Flusher` task runs once the readers that were ready
 have had their turn, and writes each outbox that has lines with one
-non-blocking ``os.write``: under load, one system call per recipient carries
-what many senders said, and an idle client needs no task of its own. Only
+non-blocking ``os.write`` (``writev`` for a round's several chunks): under
+load, one system call per recipient carries what many senders said, and an
+idle client needs no task of its own. Only
 what the kernel will not take stays queued, and then the outbox's owner starts
 a writer task that waits until the socket is writable.
 """
@@ -26,6 +27,9 @@ log: Final = logging.getLogger("triochat.server")
 _IDLE: Final = 0  # nothing queued
 _DIRTY: Final = 1  # lines queued, waiting for the flusher
 _WRITING: Final = 2  # the kernel refused some: the owner's writer task has them
+
+IOV_MAX: Final = 1024
+"""Chunks one ``writev`` takes at most (POSIX's minimum for ``IOV_MAX`` is 16; Linux's is 1024)."""
 
 
 class Owner(Protocol):
@@ -109,23 +113,37 @@ class Outbox:
         self._state = _IDLE
 
     def flush(self) -> None:
-        """Write what is queued, if the flusher has not yet; queue for the writer what is left."""
+        """Write what is queued, if the flusher has not yet; queue for the writer what is left.
+
+        The round's chunks go out in one ``writev``, not joined first: a recipient
+        that is behind has many, and joining them copied every byte once more.
+        """
         if self._state != _DIRTY:
             return
-        data = self._drain()
+        chunks = self._chunks
         try:
-            sent = os.write(self.fd, data)
+            if len(chunks) == 1:
+                sent = os.write(self.fd, chunks[0])
+            else:
+                sent = os.writev(self.fd, chunks[:IOV_MAX])
         except OSError:
             sent = 0  # full (EAGAIN), or failed: the writer waits, or reports the error
         self._flusher.stats.bytes_out += sent
-        if sent == len(data):
+        if sent == (len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))):
+            chunks.clear()
+            self._queued = 0
             self._state = _IDLE
             if self.closed:
                 self._owner.end()
             return
-        rest = data[sent:]
-        self._chunks.append(rest)
-        self._queued = rest.count(b"\n")
+        done = 0
+        while len(chunks[done]) <= sent:
+            sent -= len(chunks[done])
+            done += 1
+        del chunks[:done]
+        if sent:
+            chunks[0] = chunks[0][sent:]
+        self._queued = sum([chunk.count(b"\n") for chunk in chunks])
         with suppress(trio.BrokenResourceError):  # the connection is over: it is stopped
             self._start_writer()
 

@@ -48,6 +48,10 @@ OP_PREFIX: Final = "@"
 """A room operator's prefix in NAMES and WHO (``PREFIX=(o)@``): the only one, so
 ``multi-prefix`` shows exactly what a client without it sees."""
 
+AUDITORIUM: Final = "End of /NAMES list ({count} users: a big room lists you and its operators)"
+"""The ``366`` of a room past ``--quiet-above``, whose NAMES and WHO show the member
+and the room's operators only (InspIRCd's "auditorium" mode)."""
+
 
 def msgid(event: ev.RoomEvent) -> str:
     """The ``msgid`` tag of a room event: its room and sequence number, ``#room/42``."""
@@ -58,6 +62,18 @@ def server_time(when: float) -> str:
     """``when`` as the ``server-time`` tag writes it: ``2026-12-01T20:05:09.123Z``."""
     millis = int(when * 1000) % 1000
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{millis:03d}Z"
+
+
+NOTHING: Final[frozenset[str]] = frozenset()
+"""The empty set every idle client shares (rooms being joined, capabilities, modes):
+an empty ``set`` of its own is 216 bytes per client."""
+_STAMP: Final = line.Timestamper()
+"""``[HH:MM:SS]`` for notices, one cache for every dialect (it only remembers a second)."""
+
+
+def without(items: frozenset[str], item: str) -> frozenset[str]:
+    """``items`` but ``item``: :data:`NOTHING` once none is left."""
+    return items - {item} or NOTHING
 
 
 _last_time: tuple[float, str] = (0.0, server_time(0.0))
@@ -93,7 +109,6 @@ class IRCDialect:
 
     __slots__ = (
         "_prefixes",
-        "_stamp",
         "away_notify",
         "echo",
         "entering",
@@ -110,14 +125,13 @@ class IRCDialect:
     def __init__(self, server: str, caps: Iterable[str] = (), nick: str = "*") -> None:
         self.server = server
         self.nick = nick
-        self.entering: set[str] = set()
+        self.entering = NOTHING
         """Rooms being joined: their user list comes with the member's own JOIN first."""
-        self.who: set[str] = set()
+        self.who = NOTHING
         """Rooms whose user list is a WHO answer (352/315), not a NAMES one."""
         self.history_on_join = True
         """Whether a join brings the room's history (not for ``draft/chathistory`` clients,
         which ask for it themselves). It changes only this member's own events."""
-        self._stamp = line.Timestamper()
         self._prefixes: dict[tuple[str, str], tuple[str, int]] | None = None
         """Per (name, room): a chat line's ``:source PRIVMSG room :`` and the bytes of text
         one line holds. Made when first rendered for (the hub renders with one member's
@@ -160,7 +174,7 @@ class IRCDialect:
             # first, then the history; the door asks for every name after.
             for i, event in enumerate(events):
                 if isinstance(event, ev.UserList) and event.room in self.entering:
-                    self.entering.discard(event.room)
+                    self.entering = without(self.entering, event.room)
                     self._entered(event, events[:i], out)
                     rest = [
                         e
@@ -347,12 +361,14 @@ class IRCDialect:
                 flags = ("G" if member in away else "H") + (OP_PREFIX if member in ops else "")
                 self._numeric(out, "352", room, member, host, host, member, flags, f"0 {member}")
             if last:
-                self.who.discard(room)
+                self.who = without(self.who, room)
                 self._numeric(out, "315", room, "End of /WHO list")
             return
         if ops:
             members = [OP_PREFIX + m if m in ops else m for m in members]
-        self._names(out, room, members, end=last)
+        # A big room's list (auditorium mode) is the member and the operators: its 366 counts.
+        hidden = users.total > len(users.names)
+        self._names(out, room, members, end=last, total=users.total if hidden else 0)
 
     def _entered(self, users: ev.UserList, history: Sequence[ev.Event], out: list[str]) -> None:
         """JOIN, the topic and the history; the door asks for every name next."""
@@ -396,7 +412,7 @@ class IRCDialect:
         return "".join(out).encode()
 
     def _names(
-        self, out: list[str], room: str, members: Sequence[str], *, end: bool = True
+        self, out: list[str], room: str, members: Sequence[str], *, end: bool = True, total: int = 0
     ) -> None:
         head = len(f":{self.server} 353 {self.nick} = {room} :\r\n".encode())
         batch: list[str] = []
@@ -410,14 +426,16 @@ class IRCDialect:
             size += width
         if batch:
             self._numeric(out, "353", "=", room, " ".join(batch))
-        if end:
+        if end and total:
+            self._numeric(out, "366", room, AUDITORIUM.format(count=total))
+        elif end:
             self._numeric(out, "366", room, "End of /NAMES list")
 
     def _replayed(self, event: ev.RoomEvent, out: list[str]) -> None:
         if isinstance(event, ev.Said | ev.Acted):
             text = event.text
             if not self.time_tag:
-                text = f"{self._stamp(event.time)} {text}"
+                text = f"{_STAMP(event.time)} {text}"
             source = self._user(event.name)
             tags = self._tags(event)
             action = isinstance(event, ev.Acted)
@@ -441,7 +459,7 @@ class IRCDialect:
             case _:  # pragma: no cover (the room events are all above)
                 raise AssertionError(event)
         if not self.time_tag and not isinstance(event, ev.Legacy):
-            told = f"{self._stamp(event.time)} * {told}"
+            told = f"{_STAMP(event.time)} * {told}"
         elif not isinstance(event, ev.Legacy):
             told = f"* {told}"
         self._texts(out, "NOTICE", event.room, told, self.server, self._tags(event))
