@@ -35,7 +35,6 @@ from triochat import ChatServer, ServerConfig
 from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.core.accounts import Request
 from triochat.core.names import name_key
-from triochat.protocol import v2
 from triochat.server.accounts import LINK_DOWN, AccountStore
 
 Start = Callable[..., Awaitable[tuple[ChatServer, int]]]
@@ -346,14 +345,9 @@ async def test_an_identified_member_resumed_on_another_node_is_identified_there(
     a, port_a = await start("root", "ann")
     b, port_b = await start()
     ann = V2Client(await trio.open_tcp_stream("127.0.0.1", port_a))
-    await ann.hello()
-    await ann.send("ann")
-    await ann.until("notice :ann is registered: its password?")
-    await ann.send("ann-pw")
-    await ann.parsed("joined")
-    await ann.send("/join #den", "/away lunch")
-    for line in await ann.until("notice :You are away: lunch"):
-        ann.track(v2.parse_line(line))
+    await ann.log_in("ann")
+    await ann.parsed("joined")  # back from Redis, after the room's epoch
+    await ann.operator_away("#den", "lunch")
     bob = await named(port_b, "bob")
     await join(bob, "bob", "#den")
     await ann.parsed("joined")

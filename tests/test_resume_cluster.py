@@ -23,7 +23,6 @@ from triochat.client.connection import ChatClient, ConnectOptions
 from triochat.client.resuming import ResumingClient
 from triochat.core.accounts import Request
 from triochat.core.resume import CANNOT_RESUME
-from triochat.protocol import v2
 
 Side = tuple[ChatServer, Connect, ConnectV2]
 
@@ -245,31 +244,28 @@ async def test_in_a_cluster_a_member_resumes_on_its_own_node_too(
         assert (await stale.until("error"))[-1].startswith("error :That resume token is not")
 
 
+async def ann_registered_on_a(tmp_path: Path) -> tuple[Path, Path]:
+    """Two nodes' ``--db`` files: A's has the account ann (password ann-pw), B's none (it
+    takes the cluster's)."""
+    first = open_accounts(tmp_path / "a.db")
+    assert (await first.perform(Request("register", "ann", "ann-pw"))).ok
+    first.close()
+    return tmp_path / "a.db", tmp_path / "b.db"
+
+
 async def test_an_identified_member_resumed_on_another_node_keeps_its_account_and_rights(
     tmp_path: Path,
 ) -> None:
     # The real clock: a password is checked in a worker thread, which a jumping clock
     # would not wait for.
-    first = open_accounts(tmp_path / "a.db")
-    assert (await first.perform(Request("register", "ann", "ann-pw"))).ok
-    first.close()
-    files = (tmp_path / "a.db", tmp_path / "b.db")  # B's has no accounts: it takes A's
+    files = await ann_registered_on_a(tmp_path)
     async with two_nodes(files, password_delay=0.01) as (
         (_a, connect_a, v2_a),
         (server_b, connect_b, v2_b),
     ):
         ann = await v2_a()
-        await ann.hello()
-        await ann.send("ann")
-        assert (await ann.until("notice"))[-1] == "notice :ann is registered: its password?"
-        await ann.send("ann-pw")
-        await ann.parsed("room")
-        await ann.send("/join #den")
-        for line in await ann.until("notice :You are an operator of #den"):
-            ann.track(v2.parse_line(line))
-        await ann.send("/away lunch")
-        for line in await ann.until("notice :You are away: lunch"):
-            ann.track(v2.parse_line(line))
+        await ann.log_in("ann")
+        await ann.operator_away("#den", "lunch")
         bob = await v1_user(connect_b, "bob")
         await bob.send("/join #den")
         await bob.until("* Users in #den: @ann (away), bob")
@@ -296,19 +292,11 @@ async def test_an_identified_member_resumed_on_another_node_keeps_its_account_an
 async def test_a_guest_resumed_on_another_node_is_no_operator_there(tmp_path: Path) -> None:
     # An attacker's way in: a guest held on A resumes on B. The account comes from the
     # cluster's record of it (none), so it gains no rights on B.
-    first = open_accounts(tmp_path / "a.db")
-    assert (await first.perform(Request("register", "ann", "ann-pw"))).ok
-    first.close()
-    files = (tmp_path / "a.db", tmp_path / "b.db")
+    files = await ann_registered_on_a(tmp_path)
     async with two_nodes(files, password_delay=0.01) as ((_a, _, v2_a), (server_b, _b, v2_b)):
         ann = await v2_a()
-        await ann.hello()
-        await ann.send("ann")
-        await ann.until("notice :ann is registered: its password?")
-        await ann.send("ann-pw")
-        await ann.parsed("room")
-        await ann.send("/join #den")
-        await ann.until("notice :You are an operator of #den")
+        await ann.log_in("ann")
+        await ann.operator_away("#den", "busy")
         mal = await v2_a()
         await mal.register("mal")
         await mal.parsed("joined")
