@@ -91,6 +91,26 @@ class V2Client(Client):
         await self.send(name)
         return await self.parsed("room")
 
+    async def log_in(self, name: str) -> list[v2.ServerLine]:
+        """Register ``name``, a registered name whose password is ``NAME-pw``."""
+        await self.hello()
+        await self.send(name)
+        await self.until(f"notice :{name} is registered: its password?")
+        await self.send(f"{name}-pw")
+        return await self.parsed("room")
+
+    async def upto(self, text: str) -> None:
+        """Read up to a line starting with ``text``, tracking every line as ``parsed`` does."""
+        for line in await self.until(text):
+            self.track(v2.parse_line(line))
+
+    async def operator_away(self, room: str, away: str) -> None:
+        """Join ``room`` as its first (registered) member, its operator; then ``/away``."""
+        await self.send(f"/join {room}")
+        await self.upto(f"notice :You are an operator of {room}")
+        await self.send(f"/away {away}")
+        await self.upto(f"notice :You are away: {away}")
+
     def resume_line(self) -> str:
         marks = " ".join(f"{room}={epoch}:{seq}" for room, (epoch, seq) in self.positions.items())
         return f"/resume {self.token} {marks}"

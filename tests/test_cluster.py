@@ -42,6 +42,7 @@ from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.client.connection import ChatClient, ConnectionClosed, NameRejected, open_chat_client
 from triochat.core.events import RoomState, Said
 from triochat.core.hub import LINK_DOWN, LINK_UP
+from triochat.core.resume import CANNOT_RESUME
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -477,6 +478,20 @@ def test_bad_redis_url_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["serve", "--redis", "http://nope"])
     assert result.exit_code == 2
     assert "not a Redis URL" in result.output
+
+
+async def test_a_resume_on_a_node_whose_redis_is_down_is_told_to_try_later(
+    start_node: StartNode,
+) -> None:
+    redis = RedisServer()  # Not started: the node's link is down.
+    server, port = await start_node(url=redis.url)
+    client = V2Client(await trio.open_tcp_stream("127.0.0.1", port))
+    await client.hello()
+    await client.send(f"/resume {'00' * 16} #lobby=3f2a9c01b7e4:1")
+    assert (await client.until("error"))[-1] == f"error :{CANNOT_RESUME}"
+    assert await client.line() is None  # closed, with no verdict on the token
+    assert len(server.password_delays) == 0
+    await client.cut()
 
 
 async def test_a_hung_redis_counts_as_down(

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 from _accounts import dial, named, net_fixture, open_accounts  # noqa: F401 - the net fixture
+from _v2 import V2Client, resume
 from redis_support import (
     FAST,
     TEST_REDIS,
@@ -334,3 +335,37 @@ async def test_an_admin_change_never_overwrites_an_account_changed_since_it_was_
         )
         assert done == 0
         assert await client.hget(keys.accounts, "ann") == now
+
+
+async def test_an_identified_member_resumed_on_another_node_is_identified_there(
+    start: Start,
+) -> None:
+    # Over Redis the account and away text travel in the T record, which the TAKE script
+    # builds from the member's presence (written by its old node), never from the client.
+    a, port_a = await start("root", "ann")
+    b, port_b = await start()
+    ann = V2Client(await trio.open_tcp_stream("127.0.0.1", port_a))
+    await ann.log_in("ann")
+    await ann.parsed("joined")  # back from Redis, after the room's epoch
+    await ann.operator_away("#den", "lunch")
+    bob = await named(port_b, "bob")
+    await join(bob, "bob", "#den")
+    await ann.parsed("joined")
+    await ann.cut()
+    await wait_until(lambda: a.tokens.held == 1)
+
+    async def connect_b() -> V2Client:
+        return V2Client(await trio.open_tcp_stream("127.0.0.1", port_b))
+
+    again = await resume(connect_b, ann)
+    await again.parsed("resumed")
+    await again.parsed("resumed")
+    member = b.hub.member("ann")
+    assert member is not None
+    assert (member.account, member.away) == ("ann", "lunch")
+    await bob.send("/users")
+    await bob.until("* Users in #den: @ann (away), bob")
+    await again.send("/topic Be kind")
+    await bob.until("[T] * ann set the topic of #den: Be kind")
+    await again.send("/quit")
+    await again.cut()

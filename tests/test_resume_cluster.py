@@ -9,26 +9,41 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
 import trio.testing
+from _accounts import open_accounts
 from _v2 import Client, Connect, ConnectV2, V2Client, resume, serving, v1_user
 
 from triochat import ChatServer
 from triochat.backplane.memory import MemoryBackplane, MemoryCluster
+from triochat.client.connection import ChatClient, ConnectOptions
+from triochat.client.resuming import ResumingClient
+from triochat.core.accounts import Request
+from triochat.core.resume import CANNOT_RESUME
 
 Side = tuple[ChatServer, Connect, ConnectV2]
 
 
 @asynccontextmanager
-async def two_nodes(**options: Any) -> AsyncIterator[tuple[Side, Side]]:
+async def two_nodes(
+    accounts: tuple[Path, Path] | None = None, **options: Any
+) -> AsyncIterator[tuple[Side, Side]]:
+    """Two servers on one MemoryCluster (``accounts``: each its own ``--db`` file)."""
     cluster = MemoryCluster(history=20)
-    async with (
-        serving(cluster.backplane(), **options) as a,
-        serving(cluster.backplane(), **options) as b,
-    ):
-        yield a, b
+    books = [open_accounts(path) for path in accounts] if accounts else [None, None]
+    try:
+        async with (
+            serving(cluster.backplane(), books[0], **options) as a,
+            serving(cluster.backplane(), books[1], **options) as b,
+        ):
+            yield a, b
+    finally:
+        for book in books:
+            if book is not None:
+                book.close()
 
 
 def backplane(server: ChatServer) -> MemoryBackplane:
@@ -227,3 +242,133 @@ async def test_in_a_cluster_a_member_resumes_on_its_own_node_too(
         await stale.hello()
         await stale.send(f"/resume {alice.token}")
         assert (await stale.until("error"))[-1].startswith("error :That resume token is not")
+
+
+async def ann_registered_on_a(tmp_path: Path) -> tuple[Path, Path]:
+    """Two nodes' ``--db`` files: A's has the account ann (password ann-pw), B's none (it
+    takes the cluster's)."""
+    first = open_accounts(tmp_path / "a.db")
+    assert (await first.perform(Request("register", "ann", "ann-pw"))).ok
+    first.close()
+    return tmp_path / "a.db", tmp_path / "b.db"
+
+
+async def test_an_identified_member_resumed_on_another_node_keeps_its_account_and_rights(
+    tmp_path: Path,
+) -> None:
+    # The real clock: a password is checked in a worker thread, which a jumping clock
+    # would not wait for.
+    files = await ann_registered_on_a(tmp_path)
+    async with two_nodes(files, password_delay=0.01) as (
+        (_a, connect_a, v2_a),
+        (server_b, connect_b, v2_b),
+    ):
+        ann = await v2_a()
+        await ann.log_in("ann")
+        await ann.operator_away("#den", "lunch")
+        bob = await v1_user(connect_b, "bob")
+        await bob.send("/join #den")
+        await bob.until("* Users in #den: @ann (away), bob")
+        await ann.parsed("joined")
+        await ann.cut()
+        await settle()
+
+        again = await resume(v2_b, ann)
+        await again.parsed("resumed")
+        await again.parsed("resumed")
+        member = server_b.hub.member("ann")
+        assert member is not None
+        assert (member.account, member.away) == ("ann", "lunch")
+        # Marked on every node as before, and an operator of #den on its new node.
+        await bob.send("/users")
+        assert (await bob.until("* Users in #den"))[-1] == "* Users in #den: @ann (away), bob"
+        await again.send("/topic Be kind")
+        assert (await bob.until("["))[-1].endswith("* ann set the topic of #den: Be kind")
+        carl = await v1_user(connect_a, "carl")
+        await carl.send("/msg ann hi")
+        assert (await carl.until("* ann is away"))[-1] == "* ann is away: lunch"
+
+
+async def test_a_guest_resumed_on_another_node_is_no_operator_there(tmp_path: Path) -> None:
+    # An attacker's way in: a guest held on A resumes on B. The account comes from the
+    # cluster's record of it (none), so it gains no rights on B.
+    files = await ann_registered_on_a(tmp_path)
+    async with two_nodes(files, password_delay=0.01) as ((_a, _, v2_a), (server_b, _b, v2_b)):
+        ann = await v2_a()
+        await ann.log_in("ann")
+        await ann.operator_away("#den", "busy")
+        mal = await v2_a()
+        await mal.register("mal")
+        await mal.parsed("joined")
+        await mal.send("/join #den")
+        await mal.parsed("joined")
+        await mal.cut()
+        await settle()
+        again = await resume(v2_b, mal)
+        await again.parsed("resumed")
+        await again.parsed("resumed")
+        member = server_b.hub.member("mal")
+        assert member is not None
+        assert member.account is None
+        await again.send("/topic mine now")
+        assert (await again.until("error"))[-1].startswith("error :")
+        assert server_b.hub.moderation.topics.get("#den") is None
+
+
+async def test_a_resume_on_a_node_cut_off_from_the_cluster_is_told_to_come_back_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_nodes() as ((server_a, _a, v2_a), (server_b, _b, v2_b)):
+        alice = await held_on(v2_a, "alice")
+        backplane(server_b).link_down = True  # B cannot ask the cluster about the token
+        again = await resume(v2_b, alice)
+        assert (await again.until("error"))[-1] == f"error :{CANNOT_RESUME}"
+        assert await again.line() is None  # closed: the client comes back later
+        assert len(server_b.password_delays) == 0  # no bad try, no growing delay
+        assert server_a.tokens.held == 1  # still held on A, its token still good
+        backplane(server_b).link_down = False
+        await resume_on(v2_b, alice)
+        assert server_b.hub.member("alice") is not None
+        assert server_a.hub.member("alice") is None
+
+
+async def test_triochat_join_comes_back_later_to_a_node_cut_off_from_the_cluster(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_nodes() as ((_a, connect_a, _), (server_b, connect_b, _)):
+        bob = await v1_user(connect_b, "bob")
+        opened: list[str] = []
+
+        async def opener() -> ChatClient:
+            """Node A first; then B, whose link is down on the first try there."""
+            opened.append("B" if opened else "A")
+            backplane(server_b).link_down = len(opened) == 2
+            raw = await (connect_b if len(opened) > 1 else connect_a)()
+            return ChatClient(raw.stream)
+
+        shown: list[str] = []
+
+        async def show(lines: list[str]) -> None:
+            shown.extend(lines)
+
+        dave = ResumingClient(ConnectOptions(), "dave", show, opener=opener)
+        await dave.start()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dave.receive)
+            await settle()
+            await nothing_for(bob)  # its join
+            assert dave.client is not None
+            await dave.client.stream.aclose()  # the network goes
+            await settle()
+            await bob.send("while you were away")
+            with trio.fail_after(100):
+                await dave.connected.wait()  # a new event since the cut: back
+            await settle()
+            nursery.cancel_scope.cancel()
+        assert opened == ["A", "B", "B"]
+        assert (dave.reconnects, dave.gaps) == (1, 0)
+        assert [line for line in shown if "while you were away" in line] != []
+        assert not [line for line in shown if "missed" in line or "not valid" in line]
+        assert server_b.hub.member("dave") is not None
+        assert len(server_b.password_delays) == 0
+        assert not [line for line in await nothing_for(bob) if "dave" in line]

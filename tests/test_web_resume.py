@@ -20,7 +20,9 @@ from _v2 import V2Client
 from test_web_timing import Client, make_door, open_client
 from wsproto.events import BytesMessage, CloseConnection
 
-from triochat.core.resume import BAD_TOKEN
+from triochat import ChatServer, ServerConfig
+from triochat.backplane.memory import MemoryBackplane, MemoryCluster
+from triochat.core.resume import BAD_TOKEN, CANNOT_RESUME
 from triochat.protocol import web as w
 from triochat.server.web import WebConfig, WebDoor
 
@@ -390,3 +392,78 @@ async def test_a_page_s_token_does_not_resume_on_the_line_door_nor_the_other_way
         assert door.server.tokens.held == 0
         assert door.server.hub.member("bob") is None
         assert door.server.hub.member("ann") is not None
+
+
+@asynccontextmanager
+async def two_web_nodes() -> AsyncIterator[tuple[list[ChatServer], WebDoor, WebDoor, trio.Nursery]]:
+    """Two whole servers on one MemoryCluster, each with a web door."""
+    cluster = MemoryCluster(history=5)
+    web = WebConfig(port=0, ping_interval=3600, ping_timeout=3600)
+    servers = [ChatServer(ServerConfig(port=0, rate=0), backplane=cluster.backplane())]
+    servers.append(ChatServer(ServerConfig(port=0, rate=0), backplane=cluster.backplane()))
+    with trio.fail_after(1000):
+        async with trio.open_nursery() as nursery:
+            for server in servers:
+                await nursery.start(server.serve)
+            yield servers, WebDoor(servers[0], web), WebDoor(servers[1], web), nursery
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_page_cut_on_one_node_resumes_on_another_silently_and_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_web_nodes() as (servers, a, b, nursery):
+        ann = await page(a, nursery, "ann", "#lobby", "#dev")
+        bob = await page(b, nursery, "bob", "#lobby")
+        while (await ann.until("joined"))["name"] != "bob":
+            pass
+        await trio.testing.wait_all_tasks_blocked()
+        await ann.cut()
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(3):
+            await bob.send(type="say", room="#lobby", text=f"missed {i}")
+            await bob.until("said")
+        await bob.send(type="msg", to="ann", text="psst")
+        await bob.until("notice")  # kept for ann on node A
+        ann2 = await back(b, nursery, ann)
+        assert (await ann2.receive())["type"] == "welcome"
+        replay: list[dict[str, Any]] = []
+        while (message := await ann2.receive())["type"] != "resumed":
+            replay.append(message)
+        assert [m["text"] for m in replay] == ["missed 0", "missed 1", "missed 2"]
+        assert (message["room"], message["count"]) == ("#lobby", 3)
+        dev = await ann2.receive()
+        assert (dev["type"], dev["room"], dev["count"]) == ("resumed", "#dev", 0)
+        # Then it is back, and the message kept for it on node A follows it from there
+        # (through the cluster, so it may come just after "registered").
+        last = {m["type"]: m for m in [await ann2.receive(), await ann2.receive()]}
+        assert last["registered"]["resumed"] is True
+        assert (last["private"]["from"], last["private"]["text"]) == ("bob", "psst")
+        await bob.send(type="say", room="#lobby", text="live")
+        assert (await ann2.until("said"))["text"] == "live"
+        assert servers[0].hub.member("ann") is None
+        assert servers[1].hub.member("ann") is not None
+        await trio.sleep(60)  # past node A's grace: nothing happens
+        assert await noise(bob, "ann") == []  # the room saw no left, no joined
+
+
+async def test_a_page_resuming_on_a_node_cut_off_from_the_cluster_is_told_to_try_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with two_web_nodes() as (servers, a, b, nursery):
+        ann = await page(a, nursery, "ann")
+        await ann.until("joined")
+        await ann.cut()
+        await trio.testing.wait_all_tasks_blocked()
+        backplane = servers[1].backplane
+        assert isinstance(backplane, MemoryBackplane)
+        backplane.link_down = True
+        early = await back(b, nursery, ann)
+        assert await early.receive() == {"type": "error", "text": CANNOT_RESUME}
+        assert await early.close_code() == w.CLOSE_TRY_LATER  # the page keeps its token
+        assert early.closed is not None
+        assert early.closed.reason == CANNOT_RESUME
+        assert len(servers[1].password_delays) == 0  # not a bad try
+        backplane.link_down = False
+        later = await back(b, nursery, ann)
+        assert (await later.until("registered"))["resumed"] is True

@@ -80,6 +80,8 @@ records = st.one_of(
             texts,
             st.lists(texts, max_size=3).map(tuple),
             st.dictionaries(texts, st.tuples(node_ids, seqs), max_size=3),
+            st.none() | texts,
+            st.none() | texts,
         ),
         node_ids,
         node_ids,
@@ -114,6 +116,13 @@ def test_an_h_record_built_as_the_undo_script_builds_it_decodes(
     # The script joins the stored events with commas behind the prefix and closes the record.
     record = history_prefix(room) + b",".join(encode_event(e) for e in events) + b"]]\n"
     assert decode_batch(b"n\t1\n" + record)[2] == [History(room, tuple(events))]
+
+
+def test_a_t_record_from_an_older_node_has_no_account_or_away() -> None:
+    record = b'["T","id","ann","Ann","n1","n2","x1",["#den"],{}]\n'
+    [taken] = decode_batch(b"n\t1\n" + record)[2]
+    assert isinstance(taken, Taken)
+    assert taken.takeover == Takeover("ann", "Ann", ("#den",), {}, None, None)
 
 
 @given(node_ids, texts, st.lists(texts, max_size=3), st.none() | texts, st.none() | texts)

@@ -60,6 +60,11 @@ class Takeover:
     rooms: tuple[str, ...]
     numbers: Mapping[str, tuple[str, int]]
     """Room -> its epoch and last number (rooms the cluster numbers)."""
+    account: str | None = None
+    """The key of the account it had proved is its own, as its old node's presence in the
+    cluster says (never the resuming client): it stays identified."""
+    away: str | None = None
+    """Why it is away, if it was (its presence too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,8 +334,12 @@ class Backplane(Protocol):
     ) -> Handover | None:
         """Take the member that the token of ``digest`` resumes over to this node, wherever it
         is (the hub adopts it in ``dialect``), with the tails of the rooms at ``positions``
-        (room, last number shown); ``None`` if no member is resumable with it (or the
-        cluster cannot be asked)."""
+        (room, last number shown); ``None`` if no member is resumable with it.
+
+        Raises:
+          BackplaneError: the cluster cannot be asked now (the link is down, or went down
+            before the takeover was done): the token is not known to be bad.
+        """
         ...
 
     async def expire(self, entry: str, /) -> bool:

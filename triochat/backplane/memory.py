@@ -228,6 +228,7 @@ class MemoryCluster:
         self.names[key] = new
         user = self.users.get(key)
         rooms = user.rooms if user is not None else ()
+        account, away = (user.account, user.away) if user is not None else (None, None)
         tails = {}
         for room, after in positions:
             epoch, seq = self.numbers.get(room, ("", 0))
@@ -240,7 +241,7 @@ class MemoryCluster:
                 self.holders.setdefault(room, set()).add(new)
         numbers = {room: self.numbers[room] for room in rooms if room in self.numbers}
         nonce = next(self._nonces)
-        takeover = Takeover(key, resumable.name, rooms, numbers)
+        takeover = Takeover(key, resumable.name, rooms, numbers, account, away)
         self._broadcast(_Takeover(takeover, old, new, nonce))
         return tails, nonce, entry
 
@@ -467,6 +468,8 @@ class MemoryBackplane:
         self, digest: bytes, positions: Sequence[tuple[str, int]], dialect: Dialect, /
     ) -> Handover | None:
         await trio.lowlevel.checkpoint()  # A round trip, as far as the caller can tell.
+        if self.link_down:  # a test cut this node off
+            raise BackplaneError("the link to the rest of the chat is down")
         pending = Pending(dialect)
         taken = self.cluster._take_over(self, digest, positions)
         if taken is None:

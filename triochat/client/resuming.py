@@ -37,6 +37,8 @@ from .connection import (
 
 _NAME_QUESTION: Final = p.format_info(p.NAME_QUESTION).rstrip("\n")
 _BAD_TOKEN: Final = "That resume token is not valid"
+_CANNOT_RESUME: Final = "Cannot resume right now"
+"""The node could not ask the rest of the chat: the token may be good, try again later."""
 _ACCOUNT_PROMPT: Final = "{} is registered: its password?"
 _WRONG_ACCOUNT_PASSWORD: Final = "Wrong password for {}"
 SHUTDOWN: Final = "* Server is shutting down. Bye!"
@@ -292,6 +294,8 @@ class ResumingClient:
             if line.kind == "error" and (line.text or "").startswith(_BAD_TOKEN):
                 await self._expect(client, "notice")  # the name question
                 return None
+            if line.kind == "error" and (line.text or "").startswith(_CANNOT_RESUME):
+                raise ConnectionClosed(line.text)  # the server closes; come back later
             if line.kind == "welcome":
                 self.token = line["token"]
                 await client.send_line(f"/ack {self.token}")

@@ -1308,6 +1308,7 @@ class Hub:
         outbox until its connection :meth:`reattach`-es."""
         member = Member(takeover.name, _Waiting(self.waiting_max), lambda: None, dialect)
         member.key = takeover.key
+        member.account, member.away = takeover.account, takeover.away
         self._members[member.key] = member
         for name in takeover.rooms:
             room = self._rooms.get(name)

@@ -75,6 +75,10 @@ RESUME_ATTEMPTS: Final = 3
 
 BAD_TOKEN: Final = "That resume token is not valid (unknown, used or expired); give your name"
 TOO_MANY: Final = "Too many bad resume tokens, closing"
+CANNOT_RESUME: Final = (
+    "Cannot resume right now: the link to the rest of the chat is down; try again later"
+)
+"""The answer to a resume the cluster cannot be asked about: no verdict on the token."""
 
 
 def token_digest(token: str) -> bytes:
@@ -433,6 +437,8 @@ class ResumableSession(Session[Member]):
         resume = self._asked
         assert resume is not None
         hub.reattach(member, self._outbox, self._disconnect)
+        # Identified as it was on its old node: the cluster's record says so, not the client.
+        self.account = member.account
         tails = handover.tails
 
         def recovery(room: str, epoch: str, seq: int) -> Recovery:
@@ -444,6 +450,16 @@ class ResumableSession(Session[Member]):
             )
 
         return self._resumed(member, resume, recovery, handover.entry)
+
+    def cluster_unreachable(self) -> list[Output]:
+        """The cluster could not be asked about the token (this node's link is down): say so
+        and close, without a bad try or its delay, so the client comes back later."""
+        self._take(Input.TAKEN_OVER)
+        if self.state is State.CLOSED:
+            return []
+        log.info("a resume from %s while the link is down", self.address or "a client")
+        self._to(State.CLOSED)
+        return [Error(CANNOT_RESUME), Close("cannot resume now")]
 
     def _resumed(
         self,
@@ -530,6 +546,7 @@ class V2Session(ResumableSession):
 
 
 __all__ = [
+    "CANNOT_RESUME",
     "HELD_REASONS",
     "HELLO",
     "RESUME_ATTEMPTS",

@@ -148,7 +148,8 @@ TRANSITIONS: Final[Mapping[State, Mapping[Input, frozenset[State]]]] = {
         Input.TAKEN_OVER: frozenset({State.CLOSED}),  # the connection ended meanwhile
     },
     State.RESUMING: {
-        Input.TAKEN_OVER: frozenset({State.CHATTING, State.RESUME_REFUSING}),
+        # CLOSED: the cluster could not be asked; the client tries again later.
+        Input.TAKEN_OVER: frozenset({State.CHATTING, State.RESUME_REFUSING, State.CLOSED}),
         Input.DEADLINE: frozenset({State.CLOSED}),
         Input.CLOSE: frozenset({State.CLOSED}),
     },

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 import trio
 
+from ..backplane.base import BackplaneError
 from ..core import commands as c, session as s
 from ..core._ratelimit import TokenBucket
 from ..core.events import Dialect, Event, Notice
@@ -275,10 +276,14 @@ class Connection(DoorConnection):
                     await self._carry_out(session.delay_elapsed())
                 case s.TakeOver(token, positions):
                     assert isinstance(session, V2Session)
-                    handover = await self.server.backplane.take_over(
-                        token_digest(token), positions, self.dialect
-                    )
-                    await self._carry_out(session.taken_over(handover))
+                    try:
+                        handover = await self.server.backplane.take_over(
+                            token_digest(token), positions, self.dialect
+                        )
+                    except BackplaneError:
+                        await self._carry_out(session.cluster_unreachable())
+                    else:
+                        await self._carry_out(session.taken_over(handover))
                 case s.FetchHistory(room, count):
                     store = self.server.store
                     assert store is not None

@@ -40,9 +40,10 @@ from wsproto.events import (
 )
 from wsproto.utilities import generate_accept_token
 
+from ..backplane.base import BackplaneError
 from ..core import commands as c, events as ev, session as s
 from ..core._ratelimit import TokenBucket
-from ..core.resume import BAD_TOKEN, TOO_MANY, ResumableSession, token_digest
+from ..core.resume import BAD_TOKEN, CANNOT_RESUME, TOO_MANY, ResumableSession, token_digest
 from ..protocol import line as p, v2, web as w
 from .outbox import Flusher, Outbox
 
@@ -799,10 +800,14 @@ class _WebSocket:
                     if session.state is not s.State.CLOSED:
                         await self._carry_out(session.delay_elapsed())
                 case s.TakeOver(token, positions):
-                    handover = await server.backplane.take_over(
-                        token_digest(token), positions, self.door.dialect
-                    )
-                    await self._carry_out(session.taken_over(handover))
+                    try:
+                        handover = await server.backplane.take_over(
+                            token_digest(token), positions, self.door.dialect
+                        )
+                    except BackplaneError:
+                        await self._carry_out(session.cluster_unreachable())
+                    else:
+                        await self._carry_out(session.taken_over(handover))
                 case s.AccountCall(request):
                     assert server.accounts is not None
                     outcome = await server.accounts.perform(request)
@@ -829,6 +834,7 @@ _CLOSE_CODES: Final = {
     "wrong password": (w.CLOSE_WRONG_PASSWORD, p.WRONG_PASSWORD),
     "no name given": (w.CLOSE_NO_NAME, "No name given in time"),
     "bad resume tokens": (w.CLOSE_BAD_TOKENS, TOO_MANY),
+    "cannot resume now": (w.CLOSE_TRY_LATER, CANNOT_RESUME),
 }
 """The close code and reason for the session's :class:`~triochat.core.session.Close` reasons."""
 

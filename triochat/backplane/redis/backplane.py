@@ -208,7 +208,7 @@ class RedisBackplane:
     ) -> Handover | None:
         client = self._client
         if not self.linked or client is None:
-            return None
+            raise BackplaneError("the link to the rest of the chat is down")
         keys, options = self.keys, self.options
         nonce = uuid.uuid4().hex[:16]
         pending = self._pending[nonce] = Pending(dialect, self._claims.fresh())
@@ -236,7 +236,7 @@ class RedisBackplane:
         except LINK_ERRORS as exc:
             self._pending.pop(nonce, None)
             log.warning("could not take a member over: %s", describe(exc))
-            return None
+            raise BackplaneError(describe(exc)) from None
         if not result:
             self._pending.pop(nonce, None)
             return None
@@ -247,8 +247,9 @@ class RedisBackplane:
             decoded = _decode_history(name, reversed(events))
             tails[name] = Tail(name, _text(epoch), int(seq), tuple(decoded))
         member = await pending.adopted(self.node)  # when its T record came back
-        if member is None:
-            return None  # The link went down before the T record came back.
+        if member is None:  # The link went down before the T record came back; the entry
+            # is ours in Redis, so the client's next try takes it (from this node) again.
+            raise BackplaneError("the link went down during a takeover")
         return Handover(member, tails, _text(entry))
 
     async def expire(self, entry: str, /) -> bool:

@@ -131,7 +131,8 @@ return 1
 
 # Take the member whose token's digest is KEYS[1] (token:HEX) over to node ARGV[1]: its entry
 # and its name (ARGV[7], our claim token) are ours, and one T record says so on the channel,
-# with the member's rooms and where their numbering stands, so that its old node lets it go
+# with the member's rooms and where their numbering stands, and its account and away text
+# (from its presence, which its old node wrote), so that its old node lets it go
 # and we adopt it at this very point of the channel's order. Returns false (no such token),
 # or the entry id and, for each (ROOM, AFTER) pair from ARGV[14], ROOM, its epoch, its last
 # number and its events after AFTER (newest first; none if more than ARGV[11]).
@@ -151,11 +152,15 @@ local key = redis.call('HGET', entry, 'key')
 local name = redis.call('HGET', entry, 'name')
 redis.call('HSET', entry, 'node', ARGV[1], 'held', '0')
 redis.call('SET', ARGV[6] .. key, ARGV[7])
-local rooms = {}
+local rooms, account, away = {}, cjson.null, cjson.null
 local presence = redis.call('HGET', ARGV[8], key)
-if presence then
+if presence then  -- [NODE, NAME, ROOMS, ACCOUNT, AWAY], as its old node wrote it
   local ok, decoded = pcall(cjson.decode, presence)
-  if ok and type(decoded) == 'table' and type(decoded[3]) == 'table' then rooms = decoded[3] end
+  if ok and type(decoded) == 'table' then
+    if type(decoded[3]) == 'table' then rooms = decoded[3] end
+    if type(decoded[4]) == 'string' then account = decoded[4] end
+    if type(decoded[5]) == 'string' then away = decoded[5] end
+  end
 end
 local numbers, member_of = {}, {}
 for _, room in ipairs(rooms) do
@@ -180,7 +185,8 @@ for i = 17, #ARGV, 2 do
   end
   tails[#tails + 1] = {room, n[1] or '', tostring(seq), events}
 end
-local record = cjson.encode({'T', id, key, name, old, ARGV[1], ARGV[13], rooms, numbers})
+local record = cjson.encode({'T', id, key, name, old, ARGV[1], ARGV[13], rooms, numbers,
+  account, away})
 redis.call('HSET', ARGV[12], ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. record .. '\\n')
 return {id, tails}

@@ -20,9 +20,11 @@ and newlines frame it. Room events travel as the hub made them, ``seq`` and
     ROOM's history was dropped: no node has a member in it any more
 ``["H", ROOM, [EVENT, ...]]``
     ROOM's history is now exactly these events, oldest first (a drop was undone)
-``["T", ID, KEY, NAME, OLD, NEW, NONCE, [ROOM, ...], [[ROOM, EPOCH, SEQ], ...]]``
+``["T", ID, KEY, NAME, OLD, NEW, NONCE, [ROOM, ...], [[ROOM, EPOCH, SEQ], ...], ACCOUNT, AWAY]``
     node NEW took the resumable member ID (holding KEY) over from node OLD, at this
-    point of the channel's order, where each room's numbering stood as given
+    point of the channel's order, where each room's numbering stood as given; ACCOUNT
+    and AWAY (or ``null``) are its presence's (Redis copies them from the presence hash), so it is
+    identified and away on NEW as it was on OLD (an older node's record has neither)
 ``["E", ROOM, EPOCH]``
     the room events that follow in the batch (up to the next record of another kind)
     were numbered in ROOM's epoch EPOCH
@@ -163,7 +165,8 @@ def encode_record(record: Record) -> bytes:
         case Taken(entry, takeover, old, new, nonce):
             numbers = [[room, *numbering] for room, numbering in takeover.numbers.items()]
             fields = [entry, takeover.key, takeover.name, old, new, nonce, list(takeover.rooms)]
-            return _dumps(["T", *fields, numbers]) + b"\n"
+            marks = [takeover.account, takeover.away]
+            return _dumps(["T", *fields, numbers, *marks]) + b"\n"
         case Shared(change):
             return b'["X",' + modstate.encode(change).encode("utf-8", "surrogatepass") + b"]\n"
         case _:
@@ -288,13 +291,16 @@ def _record(raw: bytes) -> Record:
         _, room, epoch = _fields(items, 3)
         return Epoch(_str(room), _str(epoch))
     if kind == "T":
-        _, entry, key, name, old, new, nonce, rooms, numbers = _fields(items, 9)
+        if len(items) == 9:  # from a node that carried no account or away
+            items = [*items, None, None]
+        _, entry, key, name, old, new, nonce, rooms, numbers, account, away = _fields(items, 11)
         numbering: dict[str, tuple[str, int]] = {}
         for item in numbers or ():  # Lua's cjson makes an empty array {}
             if not isinstance(item, list) or len(item) != 3 or not isinstance(item[2], int):
                 raise WireError(f"a T record's numbers are [room, epoch, seq], not {item!r:.80}")
             numbering[_str(item[0])] = (_str(item[1]), item[2])
-        takeover = Takeover(_str(key), _str(name), _strs(rooms or []), numbering)
+        marks = _optional(account), _optional(away)
+        takeover = Takeover(_str(key), _str(name), _strs(rooms or []), numbering, *marks)
         return Taken(_str(entry), takeover, _str(old), _str(new), _str(nonce))
     if kind == "X":
         _, change = _fields(items, 2)

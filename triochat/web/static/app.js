@@ -7,6 +7,7 @@ const MAX_LINES = 1000; // kept per conversation
 const RETRY_FIRST = 0.5; // s before the first reconnection attempt, doubling each time
 const RETRY_MOST = 30; // s between attempts, at most
 const BAD_TOKEN = "That resume token is not valid";
+const CANNOT_RESUME = "Cannot resume right now"; // the token may be good: keep it, retry
 const KEPT = new Set(["said", "acted", "topic", "legacy"]); // what a joiner's history holds
 
 const state = {
@@ -530,7 +531,10 @@ function receive(m) {
       system(m.text);
       break;
     case "error":
-      if (m.text.startsWith(BAD_TOKEN)) {
+      if (m.text.startsWith(CANNOT_RESUME)) {
+        // The server closes (1013) and we come back later with the same token.
+        status(m.text, true);
+      } else if (m.text.startsWith(BAD_TOKEN)) {
         // Our place was not kept (the grace is over, or the server restarted): the
         // server registers us anew, and each room gets its gap line.
         state.token = null;
