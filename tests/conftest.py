@@ -7,9 +7,15 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import settings
 
 from triochat import ChatServer, ServerConfig
 from triochat.client.connection import ChatClient, open_chat_client
+
+# Hypothesis's per-example deadline (200 ms) measures the machine, not the code: on two
+# shared cores a slow moment fails a correct property as "flaky". The properties stay.
+settings.register_profile("triochat", deadline=None)
+settings.load_profile("triochat")
 
 StartServer = Callable[..., Awaitable[tuple[ChatServer, int]]]
 Connect = Callable[..., Awaitable[ChatClient]]
