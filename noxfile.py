@@ -14,14 +14,17 @@ PYTHON = "3.11"
 def tests(session: nox.Session) -> None:
     """Run the test suite against the installed package, with branch coverage.
 
-    The whole suite (no arguments) prints the coverage report and fails below
-    pyproject.toml's ``fail_under``; ``nox -s tests -- ARGS`` runs pytest ARGS, unmeasured.
+    The whole suite (no arguments; one worker per core) prints the coverage report and
+    fails below pyproject.toml's ``fail_under``; ``nox -s tests -- ARGS`` runs pytest
+    ARGS, unmeasured.
     """
     session.install("-e", ".[test]")
     if session.posargs:
         session.run("pytest", *session.posargs)
         return
-    session.run("pytest", "--cov", "--cov-report=term")
+    # One worker per core (pytest-xdist): on two cores the measured suite takes two
+    # thirds of the time it takes in one process.
+    session.run("pytest", "-n", "auto", "--cov", "--cov-report=term")
 
 
 @nox.session(python=PYTHON)
