@@ -41,10 +41,10 @@ class Client:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line.decode()
 
-    async def until(self, last: str) -> list[str]:
-        """Every line up to and including one that starts with ``last``."""
+    async def until(self, last: str, *, at_end: bool = False) -> list[str]:
+        """Every line up to and including one that starts (``at_end``: ends) with ``last``."""
         lines: list[str] = []
-        while not lines or not lines[-1].startswith(last):
+        while not lines or not (lines[-1].endswith(last) if at_end else lines[-1].startswith(last)):
             line = await self.line()
             assert line is not None, f"closed before {last!r}: {lines}"
             lines.append(line)

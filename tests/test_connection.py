@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import _v2
 import pytest
 import trio
 import trio.testing
@@ -20,38 +21,12 @@ from triochat.backplane import Backplane, Claim, LocalBackplane
 from triochat.core import session as s
 from triochat.protocol import line as p
 
-WAIT = 100  # virtual seconds
 
+class Client(_v2.Client):
+    """The far end of a memory stream that the server serves; ``until`` matches line ends."""
 
-class Client:
-    """The far end of a memory stream that the server serves."""
-
-    def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
-        self.stream = stream
-        self._buffer = b""
-
-    async def send(self, *lines: str) -> None:
-        await self.stream.send_all("".join(f"{line}\n" for line in lines).encode())
-
-    async def line(self) -> str | None:
-        """The next line from the server, or ``None`` once it has hung up."""
-        with trio.fail_after(WAIT):
-            while b"\n" not in self._buffer:
-                data = await self.stream.receive_some()
-                if not data:
-                    return None
-                self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
-
-    async def until(self, last: str) -> list[str]:
-        """Every line up to and including one that ends with ``last``."""
-        lines: list[str] = []
-        while not lines or not lines[-1].endswith(last):
-            line = await self.line()
-            assert line is not None, f"closed before {last!r}: {lines}"
-            lines.append(line)
-        return lines
+    async def until(self, last: str, *, at_end: bool = True) -> list[str]:
+        return await super().until(last, at_end=at_end)
 
     async def rest(self) -> list[str]:
         """Every line until the server hangs up."""

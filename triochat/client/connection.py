@@ -25,8 +25,8 @@ from ..protocol import line as p
 MAX_SERVER_LINE: Final = 1 << 20
 _USERS_PREFIX: Final = "* Users in "
 _PASSWORD_PROMPT: Final = p.format_info(p.PASSWORD_PROMPT).rstrip("\n")
-_ACCOUNT_PROMPT: Final = "* {} is registered: its password?"
-_WRONG_ACCOUNT_PASSWORD: Final = "! Wrong password for {}"
+_ACCOUNT_PROMPT: Final = "* " + p.ACCOUNT_PROMPT
+_WRONG_ACCOUNT_PASSWORD: Final = "! " + p.WRONG_ACCOUNT_PASSWORD
 _WRONG_PASSWORD: Final = p.format_error(p.WRONG_PASSWORD).rstrip("\n")
 _TLS_REQUIRED: Final = p.format_error(p.TLS_REQUIRED).rstrip("\n")
 

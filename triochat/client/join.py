@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -170,18 +170,8 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
     if config.reconnect:
         return await _run_resuming(config, stdin_fd)
     async with await _connect(config) as client:
-        try:
+        with _registration_errors():
             lines = await client.register(config.name, password=config.connection.password)
-        except NameRejected as exc:
-            raise JoinError(f"name rejected: {exc}", EXIT_NAME) from None
-        except PasswordRequired:
-            raise JoinError(
-                "the server asks for a password: set TRIOCHAT_PASSWORD", EXIT_PASSWORD
-            ) from None
-        except WrongPassword:
-            raise JoinError("wrong password", EXIT_PASSWORD) from None
-        except ConnectionClosed as exc:
-            raise JoinError(str(exc), EXIT_CLOSED) from None
         # From the first line printed on, a signal means "quit politely"
         # (one arriving before the session's task listens waits in the receiver).
         with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
@@ -192,12 +182,11 @@ async def run_line_mode(config: JoinConfig, stdin_fd: int = 0) -> int:
             return await _line_session(client, config, stdin_fd, signals)
 
 
-async def _run_resuming(config: JoinConfig, stdin_fd: int) -> int:
-    """Line mode over protocol v2: every line once, in order, across reconnects."""
-    assert config.name
-    chat = ResumingClient(config.connection, config.name, lambda lines: _print_lines(*lines))
+@contextlib.contextmanager
+def _registration_errors() -> Iterator[None]:
+    """Registration's failures as the exit codes docs/client.md lists."""
     try:
-        lines = await chat.start(config.connection.password)
+        yield
     except ConnectFailed as exc:
         raise JoinError(str(exc), EXIT_CONNECT) from None
     except NameRejected as exc:
@@ -210,6 +199,14 @@ async def _run_resuming(config: JoinConfig, stdin_fd: int) -> int:
         raise JoinError("wrong password", EXIT_PASSWORD) from None
     except ConnectionClosed as exc:
         raise JoinError(str(exc), EXIT_CLOSED) from None
+
+
+async def _run_resuming(config: JoinConfig, stdin_fd: int) -> int:
+    """Line mode over protocol v2: every line once, in order, across reconnects."""
+    assert config.name
+    chat = ResumingClient(config.connection, config.name, lambda lines: _print_lines(*lines))
+    with _registration_errors():
+        lines = await chat.start(config.connection.password)
     error: str | None = None
     with trio.open_signal_receiver(*_QUIT_SIGNALS) as signals:
         try:

@@ -39,8 +39,6 @@ _NAME_QUESTION: Final = p.format_info(p.NAME_QUESTION).rstrip("\n")
 _BAD_TOKEN: Final = "That resume token is not valid"
 _CANNOT_RESUME: Final = "Cannot resume right now"
 """The node could not ask the rest of the chat: the token may be good, try again later."""
-_ACCOUNT_PROMPT: Final = "{} is registered: its password?"
-_WRONG_ACCOUNT_PASSWORD: Final = "Wrong password for {}"
 SHUTDOWN: Final = "* Server is shutting down. Bye!"
 """The server's goodbye: a close after it is the server's own, not a broken link."""
 
@@ -257,7 +255,7 @@ class ResumingClient:
             line = _parse(await client.receive_line())
             if line.kind == "notice" and line.text in (
                 p.PASSWORD_PROMPT,
-                _ACCOUNT_PROMPT.format(self.name),
+                p.ACCOUNT_PROMPT.format(self.name),
             ):
                 # The server's password, or the registered name's (--db): the one given.
                 if password is None:
@@ -266,7 +264,7 @@ class ResumingClient:
                 await client.send_line(given)
             elif line.kind == "error" and line.text in (
                 p.WRONG_PASSWORD,
-                _WRONG_ACCOUNT_PASSWORD.format(self.name),
+                p.WRONG_ACCOUNT_PASSWORD.format(self.name),
             ):
                 raise WrongPassword("wrong password")
             elif line.kind == "error" and not self.token:

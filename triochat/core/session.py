@@ -381,7 +381,7 @@ def own_reason(reason: str) -> str:
 
 def account_prompt(name: str) -> str:
     """Asked for a registered name's password at registration."""
-    return f"{name} is registered: its password?"
+    return p.ACCOUNT_PROMPT.format(name)
 
 
 def banned_text(room: str, ban: Ban, moderation: Moderation) -> str:
@@ -935,7 +935,7 @@ class Session(Generic[M]):
         name = self._pending
         self._pending = None
         self._to(State.AWAITING_NAME)
-        return [Error(f"Wrong password for {name}"), Notice(p.NAME_QUESTION)]
+        return [Error(p.WRONG_ACCOUNT_PASSWORD.format(name)), Notice(p.NAME_QUESTION)]
 
     def _account_command(self, member: M, command: c.AccountCommand) -> list[Output]:
         book = self._door.accounts

@@ -55,6 +55,9 @@ HISTORY_DEFAULT: Final = 50
 HISTORY_MAX: Final = 500
 PASSWORD_PROMPT: Final = "Password:"
 WRONG_PASSWORD: Final = "Wrong password"
+ACCOUNT_PROMPT: Final = "{} is registered: its password?"
+"""A registered name's password question (``.format(name)``), on every door."""
+WRONG_ACCOUNT_PASSWORD: Final = "Wrong password for {}"
 TLS_REQUIRED: Final = "This server speaks TLS only: connect with TLS (triochat join --tls)"
 
 ROOM_RULES: Final = f"a room is # followed by 1 to {ROOM_MAX} letters, digits, _ or -"
