@@ -30,7 +30,7 @@ async def web_until(ws: WebSocketConnection, kind: str, **fields: Any) -> dict[s
 
 async def lines_until(client: ChatClient, ending: str) -> list[str]:
     """Every line up to the one that ends with ``ending``, that one included."""
-    seen = []
+    seen: list[str] = []
     with trio.fail_after(10):
         while not (seen and seen[-1].endswith(ending)):
             seen.append(await client.receive_line())
@@ -75,7 +75,9 @@ async def test_every_door_hears_each_join_at_the_threshold_and_a_summary_past_it
         assert not any("dan" in line for line in await lines_until(ann, summary))
         notice = await bob.until("NOTICE", "#lobby")
         assert notice.params[1].endswith(summary)
-        assert not any(m.command == "JOIN" and m.source.startswith("dan!") for m in bob.seen)
+        assert not any(
+            m.command == "JOIN" and (m.source or "").startswith("dan!") for m in bob.seen
+        )
         presence = await web_until(ws, "presence")
         assert (presence["room"], presence["joined"], presence["left"]) == ("#lobby", 1, 0)
         await dan.send_line("/users")
