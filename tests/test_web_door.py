@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trustme
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket
 
@@ -695,3 +696,53 @@ async def test_websockets_count_against_the_line_door_s_max_clients(start: Start
         liner = await trio.open_tcp_stream("127.0.0.1", line_port)
         assert b"! Server full, try again later" in await _line_until(liner, b"Server full")
         await liner.aclose()
+
+
+async def test_a_silent_page_on_a_plain_socket_is_closed_while_an_answering_one_stays(
+    start: Start,
+) -> None:
+    # The door's one timer task pings every WebSocket; trio-websocket answers.
+    web = WebConfig(port=0, ping_interval=0.05, ping_timeout=0.05)
+    _, _, _, port = await start(web=web, resume_grace=0)
+    async with web_client(port) as talker:
+        await register(talker, "talker")
+        silent, head = await raw_upgrade(port)
+        assert head.startswith(b"HTTP/1.1 101")
+        await silent.send_all(_masked(json.dumps({"type": "register", "name": "silent"}).encode()))
+        with trio.fail_after(10):
+            # Its pings (opcode 0x89) are skipped; it never answers one.
+            assert await close_code(silent) == (w.CLOSE_PING_TIMEOUT, "No answer to ping")
+            assert (await until(talker, "left", name="silent"))["reason"] == "ping timeout"
+            await trio.sleep(0.3)  # several more pings, each answered
+            await talker.send_message(json.dumps({"type": "say", "room": "#lobby", "text": "on"}))
+            assert (await until(talker, "said", text="on"))["name"] == "talker"
+        await silent.aclose()
+
+
+async def test_an_idle_websocket_keeps_no_task_of_its_own_but_its_reader(start: Start) -> None:
+    # Its timers are the door's (keep_time): a task each would cost every idle page
+    # about 2 KB (docs/benchmarks.md, the web door's idle connection).
+    _, door, _, port = await start()
+    async with web_client(port) as ann:
+        await register(ann, "ann")
+        await trio.testing.wait_all_tasks_blocked()
+        (connection,) = door._connections
+        nursery = connection._nursery
+        assert nursery is not None
+        assert nursery.child_tasks == frozenset()
+
+
+async def test_a_web_member_sent_away_by_the_server_is_told_and_hung_up(start: Start) -> None:
+    server, _, _, port = await start()
+    async with web_client(port) as ann, web_client(port) as bob:
+        await register(ann, "ann")
+        await register(bob, "bob")
+        await until(ann, "joined", name="bob")
+        member = server.hub.member("bob")
+        assert member is not None
+        server.hub.expel(member, "banned from the server")
+        assert (await until(bob, "error"))[
+            "text"
+        ] == "You are out of the chat (banned from the server)"
+        await closed_with(bob)  # the hub closed its outbox: no close frame comes after
+        assert (await until(ann, "left", name="bob"))["reason"] == "banned from the server"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ import trio
 import trio.testing
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Request, TextMessage
 
 from triochat import ChatServer, ServerConfig
 from triochat.backplane.memory import MemoryCluster
@@ -35,6 +36,8 @@ class Client:
         self.stream = stream
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.answer_pings = answer_pings
+        self.pings: list[float] = []
+        """When the server's pings came."""
         self.closed: CloseConnection | None = None
         self._parts: list[str] = []
         self._pending: deque[Any] = deque()
@@ -59,9 +62,10 @@ class Client:
                         text = "".join(self._parts)
                         self._parts.clear()
                         return dict(json.loads(text))
-                elif isinstance(event, Ping) and self.answer_pings:
-                    if self.ws.state is not ConnectionState.OPEN:
-                        continue  # a close frame came after it
+                elif isinstance(event, Ping):
+                    self.pings.append(trio.current_time())
+                    if not self.answer_pings or self.ws.state is not ConnectionState.OPEN:
+                        continue  # a mute client, or a close frame came after it
                     await self.stream.send_all(self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
                     self.closed = event
@@ -95,7 +99,14 @@ def _drain(pending: deque[Any]) -> Iterator[Any]:
         yield pending.popleft()
 
 
+_TIMED: weakref.WeakSet[WebDoor] = weakref.WeakSet()
+"""The doors whose timers run (what ``WebDoor.serve`` would start with them)."""
+
+
 async def open_client(nursery: trio.Nursery, door: WebDoor, *, answer_pings: bool = True) -> Client:
+    if door not in _TIMED:
+        _TIMED.add(door)
+        nursery.start_soon(door.keep_time)
     client_end, server_end = trio.testing.memory_stream_pair()
     nursery.start_soon(door.handle_stream, server_end)
     client = Client(client_end, answer_pings=answer_pings)
@@ -170,6 +181,53 @@ async def test_a_client_silent_to_pings_is_closed_one_that_answers_stays(
     assert talker.closed is None
     left = [m for m in heard if m["type"] == "left"]
     assert [(m["name"], m["reason"]) for m in left] == [("mute", "ping timeout")]
+
+
+async def test_the_door_pings_every_interval_and_closes_a_peer_once_it_stops_answering(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    door = make_door(web=WebConfig(port=0, ping_interval=20, ping_timeout=10), resume_grace=0)
+    start = trio.current_time()
+    ann = await open_client(nursery, door)
+    await ann.send(type="register", name="ann")
+    await ann.until("registered")
+    with trio.move_on_after(65):
+        await ann.until("never")  # reading, and answering each ping at once
+    assert [t - start for t in ann.pings] == [20, 40, 60]  # interval after each answer
+    ann.answer_pings = False
+    assert await ann.close_code() == w.CLOSE_PING_TIMEOUT
+    assert [t - start for t in ann.pings] == [20, 40, 60, 80]
+    assert trio.current_time() - start == pytest.approx(90)  # 80 + the ping timeout
+
+
+async def test_each_connection_s_pings_keep_their_own_times(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The door's one task keeps each connection's times: a ping answered late but
+    # in time, and another connection's, opened later and silent, do not mix.
+    door = make_door(web=WebConfig(port=0, ping_interval=20, ping_timeout=10), resume_grace=0)
+    start = trio.current_time()
+    ann = await open_client(nursery, door)
+    await ann.send(type="register", name="ann")
+    await ann.until("registered")
+    await trio.sleep(5)
+    bob = await open_client(nursery, door, answer_pings=False)
+    bob_start = trio.current_time()
+
+    ann.answer_pings = False
+    with trio.move_on_at(start + 21):
+        await ann.until("never")
+    assert [t - start for t in ann.pings] == [20]
+    # ann answers its ping 9 s late, within the ping timeout; bob never does.
+    await trio.sleep_until(start + 29)
+    await ann.stream.send_all(ann.ws.send(Pong(b"triochat")))
+    ann.answer_pings = True
+    assert await bob.close_code() == w.CLOSE_PING_TIMEOUT
+    assert trio.current_time() - bob_start == pytest.approx(30)
+    with trio.move_on_at(start + 75):
+        await ann.until("never")
+    assert ann.closed is None
+    assert [t - start for t in ann.pings] == [20, 49, 69]  # 20 s after each answer
 
 
 async def test_flood_control_paces_messages_and_drops_none(

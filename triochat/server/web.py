@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import mimetypes
 import ssl
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
@@ -146,6 +148,12 @@ class WebDoor:
         self._connections: set[_WebSocket] = set()
         self._http_open = 0
         self._shutdown = trio.Event()
+        # The door's timers, for all its WebSockets (see keep_time): each queue holds
+        # (when, socket) in the order of when, as every entry is now plus one constant.
+        self._registering: _Timers = deque()
+        self._pinging: _Timers = deque()
+        self._answering: _Timers = deque()
+        self._alarm: trio.CancelScope | None = None
         # The doors share one --max-clients and one --max-per-address.
         server.add_door(self.__len__)
 
@@ -180,6 +188,7 @@ class WebDoor:
         """Like :meth:`serve`, on listeners the caller opened."""
         async with trio.open_nursery() as flushing:
             flushing.start_soon(self.flusher.run)
+            flushing.start_soon(self.keep_time)
             async with trio.open_nursery() as handlers:
                 async with trio.open_nursery() as acceptors:
                     await acceptors.start(
@@ -199,6 +208,46 @@ class WebDoor:
                     trio.current_time() + self.server.config.shutdown_grace
                 )
             flushing.cancel_scope.cancel()
+
+    async def keep_time(self) -> None:
+        """Run every WebSocket's timers, in this one task: the registration deadline,
+        the pings, and the time a ping has to be answered in.
+
+        A sleeping task per connection for each of these cost every idle
+        connection about 5 KB (docs/benchmarks.md); here each waiting timer is
+        an entry in a queue. The times are exactly those that per-connection
+        timers would keep: this task sleeps until the earliest entry is due
+        (a new entry that is due sooner moves its alarm forward).
+        :meth:`serve_listeners` runs it; a caller of :meth:`handle_stream`
+        runs it beside.
+        """
+        queues: tuple[tuple[_Timers, Callable[[_WebSocket, float], None]], ...] = (
+            (self._registering, _WebSocket.deadline_passed),
+            (self._pinging, _WebSocket.ping),
+            (self._answering, _WebSocket.unanswered),
+        )
+        while True:
+            now = trio.current_time()
+            for queue, due in queues:
+                while queue and queue[0][0] <= now:
+                    when, socket = queue.popleft()
+                    try:
+                        due(socket, when)
+                    except Exception:
+                        # One connection's bug must not stop every connection's timers.
+                        log.exception("web %s: a timer failed", socket.address)
+            soonest = min((queue[0][0] for queue, _ in queues if queue), default=math.inf)
+            with trio.CancelScope(deadline=soonest) as alarm:
+                self._alarm = alarm
+                await trio.sleep_forever()
+            self._alarm = None
+
+    def _schedule(self, queue: _Timers, when: float, socket: _WebSocket) -> None:
+        """Call ``socket``'s timer of ``queue`` at ``when`` (now plus that queue's constant)."""
+        queue.append((when, socket))
+        alarm = self._alarm
+        if alarm is not None and when < alarm.deadline:
+            alarm.deadline = when
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one HTTP connection (maybe upgraded to a WebSocket); never raises."""
@@ -453,7 +502,10 @@ class _WebSocket:
         self._broken = False
         self._reading = True
         self._flushed = trio.Event()
-        self._pong = trio.Event()
+        self._ping_due = math.inf
+        """When the next ping goes, or, once it went (``_pinged``), when it must be answered;
+        ``inf``: no more pings."""
+        self._pinged = False
         self._bucket: TokenBucket | None = None
         self._says: list[str] = []
         self._says_room: str | None = None
@@ -521,8 +573,11 @@ class _WebSocket:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._pinger)
-                nursery.start_soon(self._registration_deadline)
+                door, now = self.door, trio.current_time()
+                timeout = door.server.config.registration_timeout
+                door._schedule(door._registering, now + timeout, self)
+                self._ping_due = now + door.config.ping_interval
+                door._schedule(door._pinging, self._ping_due, self)
                 self._tell_raw(self._hello())
                 await self._read()
                 # The peer closed or went: let what is queued out (briefly), then hang up.
@@ -533,6 +588,7 @@ class _WebSocket:
                         await self._flushed.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            self._ping_due = math.inf  # no more pings
             self.session.close(self.reason)
             self.send.stop()
             log.info("web %s closed (%s)", self.address, self.reason)
@@ -552,6 +608,10 @@ class _WebSocket:
         # the member away, unless its peer only went silent (it may come back).
         self.session.close(self.reason, hold=code == w.CLOSE_PING_TIMEOUT)
         self.send.close()
+
+    def _hang_up(self, reason: str) -> None:
+        """The hub sent this member away (``reason``): close with 4004 once it is told."""
+        self.close(w.CLOSE_EXPELLED, "Session ended by the server", why=reason)
 
     def _disconnect(self) -> None:
         """Evicted by the hub (too slow: the peer is not reading), or the member was taken
@@ -588,20 +648,50 @@ class _WebSocket:
             }
         )
 
-    async def _pinger(self) -> None:
-        config = self.door.config
-        while True:
-            await trio.sleep(config.ping_interval)
-            self._pong = trio.Event()
-            if self.ws.state is not ConnectionState.OPEN:
-                return
-            self._tell_raw(self.ws.send(Ping(b"triochat")))
-            with trio.move_on_after(config.ping_timeout):
-                await self._pong.wait()
-                continue
-            log.info("web %s did not answer a ping in %g s", self.address, config.ping_timeout)
-            self.close(w.CLOSE_PING_TIMEOUT, "No answer to ping", why="ping timeout")
+    # --- the door's timers (WebDoor.keep_time) --------------------------------------
+
+    def deadline_passed(self, when: float) -> None:
+        """Close the connection with 4002 unless it registered by now."""
+        session = self.session
+        if s.Input.DEADLINE not in s.TRANSITIONS[session.state]:
             return
+        for output in session.deadline_passed():
+            if isinstance(output, s.Close):
+                self.close(*_CLOSE_CODES[output.reason], why=output.reason)
+            else:
+                assert not isinstance(output, s.EFFECTS), output
+                self._tell_raw(self.door.dialect.render([output]))
+
+    def ping(self, when: float) -> None:
+        """Ping the peer, if this is the ping due ``when`` and the connection is still open."""
+        if self._pinged or when != self._ping_due:
+            return  # an older ping's entry, or the connection is over
+        if self.ws.state is not ConnectionState.OPEN:
+            self._ping_due = math.inf
+            return
+        self._tell_raw(self.ws.send(Ping(b"triochat")))
+        door = self.door
+        self._pinged = True
+        self._ping_due = when + door.config.ping_timeout
+        door._schedule(door._answering, self._ping_due, self)
+
+    def unanswered(self, when: float) -> None:
+        """The ping's time to be answered, due ``when``, is up: close with 4003 if it was not."""
+        if not self._pinged or when != self._ping_due:
+            return  # answered in time (or the connection is over)
+        self._ping_due = math.inf
+        timeout = self.door.config.ping_timeout
+        log.info("web %s did not answer a ping in %g s", self.address, timeout)
+        self.close(w.CLOSE_PING_TIMEOUT, "No answer to ping", why="ping timeout")
+
+    def _ponged(self) -> None:
+        """The peer answered: the next ping goes ``ping_interval`` from now."""
+        if not self._pinged or self._ping_due == math.inf:
+            return  # a pong no ping asked for
+        door = self.door
+        self._pinged = False
+        self._ping_due = trio.current_time() + door.config.ping_interval
+        door._schedule(door._pinging, self._ping_due, self)
 
     # --- reading ------------------------------------------------------------------
 
@@ -681,7 +771,7 @@ class _WebSocket:
             elif isinstance(event, Ping):
                 self._tell_raw(ws.send(event.response()))
             elif isinstance(event, Pong):
-                self._pong.set()
+                self._ponged()
             elif isinstance(event, CloseConnection):
                 self._say()
                 if ws.state is ConnectionState.REMOTE_CLOSING:
@@ -696,12 +786,6 @@ class _WebSocket:
                 return False
         self._say()  # before any wait, what this read brought
         return True
-
-    async def _registration_deadline(self) -> None:
-        """Close the connection with 4002 unless it registers within the timeout."""
-        await trio.sleep(self.door.server.config.registration_timeout)
-        if s.Input.DEADLINE in s.TRANSITIONS[self.session.state]:
-            await self._carry_out(self.session.deadline_passed())
 
     async def _message(self, text: str) -> None:
         """Carry out one client message, after flood control's pause if any."""
@@ -774,7 +858,7 @@ class _WebSocket:
         member = self.member
         if member is None or self._closing:
             return
-        member.hang_up = partial(self.close, w.CLOSE_EXPELLED, "Session ended by the server")
+        member.hang_up = self._hang_up
         self._tell_raw(self._registered(member, resumed=False))
         for room in message.rooms:
             # Through the session, which checks bans and makes a room's creator its operator.
@@ -791,7 +875,7 @@ class _WebSocket:
         member = self.member
         if member is None or self.session.state is not s.State.CHATTING:
             return False
-        member.hang_up = partial(self.close, w.CLOSE_EXPELLED, "Session ended by the server")
+        member.hang_up = self._hang_up
         self._tell_raw(self._registered(member, resumed=True))
         self.hub.flush()
         return True
@@ -878,6 +962,8 @@ class _WebSocket:
             self._tell_raw(self.door.dialect.render(events))
 
 
+_Timers = deque[tuple[float, "_WebSocket"]]
+"""One of the door's timer queues: (when, socket), in the order of when."""
 _PROMPTS: Final = frozenset({p.NAME_QUESTION, p.PASSWORD_PROMPT})
 _ASKING_PASSWORD: Final = frozenset({s.State.AWAITING_PASSWORD})
 _ASKING_ACCOUNT: Final = frozenset({s.State.AWAITING_ACCOUNT})
