@@ -36,6 +36,7 @@ from wsproto.connection import Connection as WsConnection, ConnectionState, Conn
 from wsproto.events import (
     BytesMessage,
     CloseConnection,
+    Event,
     Ping,
     Pong,
     TextMessage,
@@ -471,8 +472,57 @@ class _Http:
         return False
 
 
+class _WsConnection(WsConnection):
+    """wsproto's server side of a WebSocket, without a queue of its own for made-up events.
+
+    wsproto keeps a deque (760 bytes, empty) for the one event it makes up
+    itself: the close that ``receive_data(None)`` (a lost connection) reports.
+    The door never passes ``None``, so every connection shares one empty
+    deque instead (``maxlen=0``: nothing can be put in it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(ConnectionType.SERVER)
+        if isinstance(getattr(self, "_events", None), deque) and not self._events:
+            self._events = _NO_EVENTS
+
+    def receive_data(self, data: bytes | None) -> None:
+        if data is None:  # pragma: no cover (the door never loses a connection this way)
+            raise ValueError("the door reads EOF itself")
+        super().receive_data(data)
+
+
+_NO_EVENTS: Final[deque[Event]] = deque(maxlen=0)
+
+
 class _WebSocket:
-    """One WebSocket member: its wsproto state, its outbox, its reader and pinger."""
+    """One WebSocket member: its wsproto state, its outbox, its reader."""
+
+    # Slots: thousands of these live at once (docs/benchmarks.md, memory per client).
+    __slots__ = (
+        "_broken",
+        "_bucket",
+        "_closing",
+        "_flushed",
+        "_message_size",
+        "_nursery",
+        "_out",
+        "_parts",
+        "_ping_due",
+        "_pinged",
+        "_reading",
+        "_says",
+        "_says_room",
+        "_trailing",
+        "address",
+        "door",
+        "hub",
+        "reason",
+        "send",
+        "session",
+        "stream",
+        "ws",
+    )
 
     def __init__(
         self, door: WebDoor, stream: trio.abc.Stream, address: str, trailing: bytes
@@ -481,7 +531,7 @@ class _WebSocket:
         self.hub = door.server.hub
         self.stream = stream
         self.address = address
-        self.ws = WsConnection(ConnectionType.SERVER)
+        self.ws = _WsConnection()
         self._trailing = trailing
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self.send = Outbox(self, door.flusher, door.server.config.send_queue, fd)
@@ -501,13 +551,16 @@ class _WebSocket:
         self._closing = False
         self._broken = False
         self._reading = True
-        self._flushed = trio.Event()
+        self._out = False
+        """The outbox's last bytes are out (it was closed)."""
+        self._flushed: trio.Event | None = None
+        """What the reader's end waits on for ``_out``, made only then."""
         self._ping_due = math.inf
         """When the next ping goes, or, once it went (``_pinged``), when it must be answered;
         ``inf``: no more pings."""
         self._pinged = False
         self._bucket: TokenBucket | None = None
-        self._says: list[str] = []
+        self._says: list[str] | None = None
         self._says_room: str | None = None
         self._parts: list[str] | None = None
         """The frames so far of a message that came in several."""
@@ -529,7 +582,9 @@ class _WebSocket:
 
     def end(self) -> None:
         """The outbox's last bytes are out: hang up, once the peer answered a close frame."""
-        self._flushed.set()
+        self._out = True
+        if self._flushed is not None:
+            self._flushed.set()
         if self._nursery is None:
             return
         scope = self._nursery.cancel_scope
@@ -584,8 +639,10 @@ class _WebSocket:
                 self._reading = False
                 if not self._broken:
                     self.send.close()
-                    with trio.move_on_after(LINGER):
-                        await self._flushed.wait()
+                    if not self._out:
+                        self._flushed = trio.Event()
+                        with trio.move_on_after(LINGER):
+                            await self._flushed.wait()
                 nursery.cancel_scope.cancel()
         finally:
             self._ping_due = math.inf  # no more pings
@@ -806,6 +863,8 @@ class _WebSocket:
             if message.room != self._says_room:
                 self._say()
                 self._says_room = message.room
+            if self._says is None:
+                self._says = []
             self._says.append(message.text)
             return
         self._say()  # before anything else this client asked for
@@ -826,7 +885,7 @@ class _WebSocket:
             if member is not None and room is not None and not self._closing:
                 self.hub.say(member, room, self._says)
                 self.hub.flush()
-            self._says = []
+            self._says = None
 
     async def _register(self, message: w.Register) -> None:
         """A name (and the password) for the session; then the rooms the client asked for."""
