@@ -624,7 +624,21 @@ class _WebSocket:
             await self.stream.send_all(self.ws.send(CloseConnection(code, reason)))
 
     async def run(self) -> None:
+        """Serve the WebSocket until the peer closes or goes, or the server closes it.
+
+        The reader is this frame, not a coroutine below it (a frame fewer for
+        every idle page). On a plain socket (the outbox writes it with
+        ``os.write``) it waits in epoll itself and reads with ``os.read``,
+        checkpointing as trio's ``receive_some`` does, as the line door's
+        reader does: trio's stream stack keeps five more frames and a context
+        manager alive for every idle client (about 1.7 KB; docs/benchmarks.md).
+        TLS and test streams read through ``receive_some``.
+        """
         log.info("web connection from %s", self.address)
+        config = self.door.server.config
+        if config.rate:
+            self._bucket = TokenBucket(config.rate, config.burst, trio.current_time())
+        fd = self.send.fd
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -634,7 +648,25 @@ class _WebSocket:
                 self._ping_due = now + door.config.ping_interval
                 door._schedule(door._pinging, self._ping_due, self)
                 self._tell_raw(self._hello())
-                await self._read()
+                data: bytes | None = self._trailing  # what came with the upgrade request
+                self._trailing = b""
+                while await self._received(data):
+                    data = b""  # nothing of the last read is kept while the page is idle
+                    if fd < 0:
+                        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                            data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
+                    else:
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        data = read_nowait(fd)
+                        if data is None:
+                            with suppress(trio.ClosedResourceError):
+                                while data is None:
+                                    await trio.lowlevel.wait_readable(fd)
+                                    data = read_nowait(fd)
+                        else:
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not data:
+                        break
                 # The peer closed or went: let what is queued out (briefly), then hang up.
                 self._reading = False
                 if not self._broken:
@@ -752,56 +784,15 @@ class _WebSocket:
 
     # --- reading ------------------------------------------------------------------
 
-    async def _read(self) -> None:
-        """Read messages until the peer closes or goes; carry out each one.
-
-        On a plain socket (the outbox writes it with ``os.write``) this waits in
-        epoll itself and reads with ``os.read``, checkpointing as trio's
-        ``receive_some`` does, as the line door's reader does: trio's stream
-        stack keeps five more frames and a context manager alive for every
-        idle client (about 1.7 KB; docs/benchmarks.md). TLS and test streams
-        read through ``receive_some``.
-        """
-        config = self.door.server.config
-        if config.rate:
-            self._bucket = TokenBucket(config.rate, config.burst, trio.current_time())
-        if self._trailing:  # what came with the upgrade request
-            trailing, self._trailing = self._trailing, b""
-            if not await self._received(trailing):
-                return
-            del trailing
-        fd = self.send.fd
-        data: bytes | None
-        while True:
-            if fd < 0:
-                try:
-                    data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-            else:
-                await trio.lowlevel.checkpoint_if_cancelled()
-                data = read_nowait(fd)
-                if data is None:
-                    while data is None:
-                        try:
-                            await trio.lowlevel.wait_readable(fd)
-                        except trio.ClosedResourceError:
-                            return
-                        data = read_nowait(fd)
-                else:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-            if not data or not await self._received(data):
-                return
-            data = None  # not kept while the client is idle: a read can be 64 KiB
-
-    async def _received(self, data: bytes) -> bool:
+    async def _received(self, data: bytes | None) -> bool:
         """Carry out the messages ``data`` completes; False once the peer closed.
 
         A coroutine of its own, which returns before the next wait: the last
         event and message are not kept while the client is idle.
         """
         ws = self.ws
-        ws.receive_data(data)
+        if data:
+            ws.receive_data(data)
         for event in ws.events():
             if isinstance(event, TextMessage):
                 if self._closing:
