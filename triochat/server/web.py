@@ -652,17 +652,23 @@ class _WebSocket:
                 self._trailing = b""
                 while await self._received(data):
                     data = b""  # nothing of the last read is kept while the page is idle
+                    # try, not contextlib.suppress: its object would be kept while
+                    # the page is idle (192 bytes).
                     if fd < 0:
-                        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        try:
                             data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            break
                     else:
                         await trio.lowlevel.checkpoint_if_cancelled()
                         data = read_nowait(fd)
                         if data is None:
-                            with suppress(trio.ClosedResourceError):
-                                while data is None:
+                            while data is None:
+                                try:
                                     await trio.lowlevel.wait_readable(fd)
-                                    data = read_nowait(fd)
+                                except trio.ClosedResourceError:
+                                    break
+                                data = read_nowait(fd)
                         else:
                             await trio.lowlevel.cancel_shielded_checkpoint()
                     if not data:
