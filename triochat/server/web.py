@@ -12,7 +12,9 @@ Each connection is one task in the door's handler nursery: it serves HTTP
 requests (``GET /`` and the page's files) until one asks to upgrade to a
 WebSocket at ``/ws``; then it reads messages and drives the member's
 :class:`~triochat.core.session.Session` (the line door's, with multi-room
-rules), and a pinger in the same nursery checks the peer still answers.
+rules). One task of the door (:meth:`WebDoor.keep_time`) pings every
+WebSocket and keeps its registration deadline, so an idle one is its reader's
+task alone (docs/benchmarks.md, the web door's idle connection).
 """
 
 from __future__ import annotations
