@@ -508,6 +508,38 @@ async def test_an_unechoed_member_who_ignores_someone_still_gets_none_of_its_own
     assert drain(ann_in) == []
 
 
+async def test_an_unechoed_member_s_own_lines_are_known_by_its_name_as_it_is_now(
+    hub: Hub,
+) -> None:
+    """In a cluster a line can come back after its author was renamed (under the old
+    name), or carry a name that differs from a member's only in case: neither is that
+    member's own line, and the author's lines are left out for the author alone."""
+    quiet = Unechoed()
+    (ann, ann_in), (bob, bob_in), (cid, cid_in) = (
+        _member(hub, n, quiet) for n in ("ann", "bob", "cid")
+    )
+    for member in (ann, bob, cid):
+        hub.join(member, "#r")
+    hub.rename(ann, "anna")
+    for receive in (ann_in, bob_in, cid_in):
+        drain(receive)
+    hub.deliver(
+        [
+            ev.Said("#r", 90, T0, "ann", "old"),
+            ev.Said("#r", 91, T0, "Bob", "case"),
+            ev.Said("#r", 92, T0, "cid", "own"),
+        ]
+    )
+
+    def seen(receive: Inbox) -> list[str]:
+        text = b"".join(drain(receive)).decode()
+        return [word for word in ("'old'", "'case'", "'own'") if word in text]
+
+    assert seen(ann_in) == ["'old'", "'case'", "'own'"]
+    assert seen(bob_in) == ["'old'", "'case'", "'own'"]
+    assert seen(cid_in) == ["'old'", "'case'"]
+
+
 def drain(receive: Inbox) -> list[bytes]:
     out = []
     while True:

@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Final, TypeVar
 
@@ -917,7 +917,7 @@ class Hub:
         self._fanout(groups, [event])
 
     def _fanout(
-        self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]
+        self, groups: Mapping[Dialect, Collection[Member]], events: Sequence[ev.Event]
     ) -> None:
         """Render ``events`` once per dialect and hand the bytes to each member's outbox.
 
@@ -947,15 +947,28 @@ class Hub:
             self.lines_out += sent * count
 
     def _tell_authors(
-        self, members: Iterable[Member], events: Sequence[ev.Event], authors: set[str]
-    ) -> list[Member]:
+        self, members: Collection[Member], events: Sequence[ev.Event], authors: set[str]
+    ) -> Collection[Member]:
         """Hand the ``authors`` among ``members`` (who do not echo) ``events`` without their
-        own lines; the others, to be handed all of them, are returned."""
-        others: list[Member] = []
-        for member in members:
-            if member.name not in authors:
-                others.append(member)
-                continue
+        own lines; the others, to be handed all of them, are returned.
+
+        The authors are looked up by name, not each member's name looked at: in a big
+        room that loop cost every recipient of every burst (a member's name is its
+        key's, and every member in a room is in :attr:`_members`).
+        """
+        found = [
+            member
+            for author in authors
+            if (member := self._members.get(p.name_key(author))) is not None
+            and member.name == author
+            and member in members
+        ]
+        if not found:
+            return members
+        # A room's group is a dict, and a dict's copy is made in C at memory speed.
+        others = members.copy() if isinstance(members, dict) else dict.fromkeys(members)
+        for member in found:
+            del others[member]
             kept = _without_own(member, events)
             if kept:
                 self.tell(member, *kept)
