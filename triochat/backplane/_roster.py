@@ -38,6 +38,18 @@ class Roster:
     def clear(self) -> None:
         self._rooms.clear()
 
+    def load(self, users: Iterable[Placed]) -> None:
+        """Start again from ``users`` (a snapshot): each room sorted once, not one insert
+        at a time (which moves the list's tail each time: O(n²) for a room of n)."""
+        rooms: dict[str, list[tuple[str, str]]] = {}
+        for user in users:
+            entry = (name_sort_key(user.name), user.name)
+            for room in set(user.rooms):
+                rooms.setdefault(room, []).append(entry)
+        for listed in rooms.values():
+            listed.sort()
+        self._rooms = rooms
+
     def change(self, old: Placed | None, new: Placed | None) -> None:
         """A user that was ``old`` is ``new`` now (``None``: it was not here before, or is
         gone now): a rename, rooms entered or left, an arrival, a departure."""

@@ -160,8 +160,7 @@ class MemoryCluster:
     def backplane(self) -> MemoryBackplane:
         """A new node's backplane."""
         backplane = MemoryBackplane(self)
-        for user in self.users.values():  # as the snapshot a Redis node reads on linking
-            backplane._roster.change(None, user)
+        backplane._roster.load(self.users.values())  # as a Redis node's snapshot on linking
         self.nodes.append(backplane)
         return backplane
 

@@ -35,10 +35,12 @@ class Replica:
 
     def load(self, entries: Iterable[tuple[str, *Presence]]) -> None:
         """Start again from a snapshot's ``(key, node, name, rooms, account, away)`` entries."""
-        self.clear()
-        for key, node, name, rooms, account, away in entries:
-            if node != self.node:
-                self._put(key, _Entry(node, RemoteUser(name, account, away, rooms)))
+        self._users = {
+            key: _Entry(node, RemoteUser(name, account, away, rooms))
+            for key, node, name, rooms, account, away in entries
+            if node != self.node
+        }
+        self._roster.load(entry.user for entry in self._users.values())
 
     def clear(self) -> None:
         self._users.clear()
