@@ -5,12 +5,13 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from triochat.server.outbox import IOV_MAX, Flusher, Outbox
+from triochat.server.outbox import IOV_MAX, PAUSE_AFTER, PAUSE_FACTOR, Flusher, Outbox
 from triochat.server.stats import ServerStats
 
 
@@ -228,3 +229,93 @@ async def test_a_backlog_for_a_connection_that_is_over_never_stops_the_flusher(
         fine.send_nowait(b"and here\n")
         await trio.testing.wait_all_tasks_blocked()
     assert records(ours) == [b"still here\n", b"and here\n"]
+
+
+async def test_the_writer_of_a_plain_socket_writes_the_backlog_as_the_peer_reads_it() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    flusher = Flusher(ServerStats())
+    owner = Owner()
+    outbox = Outbox(owner, flusher, 1000, ours.fileno())
+    lines = [b"%03d" % i + b"x" * 9_996 + b"\n" for i in range(60)]  # 600 kB: far over the buffer
+    received = bytearray()
+    with ours, theirs:
+        for line in lines[:30]:
+            outbox.send_nowait(line)
+        assert owner.writers == 1  # what the kernel refused waits for the writer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.write_backlog)
+            await trio.testing.wait_all_tasks_blocked()
+            # Only the lines the kernel has not taken count toward the bound.
+            unsent = b"".join(lines[:30])[flusher.stats.bytes_out :].count(b"\n")
+            for line in lines[30:]:
+                outbox.send_nowait(line)  # the writer takes these too
+            assert flusher.stats.queue_high_water == unsent + 30
+            while len(received) < sum(map(len, lines)):
+                await trio.lowlevel.wait_readable(theirs)
+                received += theirs.recv(1 << 20)
+        assert bytes(received) == b"".join(lines)
+        assert flusher.stats.bytes_out == len(received)
+        outbox.send_nowait(b"idle again\n")  # the writer is done: the flusher writes again
+        assert theirs.recv(100) == b"idle again\n"
+
+
+async def test_the_writer_of_a_plain_socket_reports_a_broken_one() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    owner = Owner()
+    outbox = Outbox(owner, Flusher(ServerStats()), 100, ours.fileno())
+    with ours:
+        outbox.send_nowait(b"x" * 200_000 + b"\n")
+        assert owner.writers == 1
+        theirs.close()  # the peer went away with the backlog unread
+        with pytest.raises(trio.BrokenResourceError):
+            await outbox.write_backlog()
+
+
+class SlowOutbox(Outbox):
+    """An outbox whose every write takes ``took`` seconds of the mock clock."""
+
+    def __init__(self, clock: trio.testing.MockClock, took: float, *args: Any) -> None:
+        super().__init__(*args)
+        self._clock, self._took = clock, took
+
+    def flush(self) -> None:
+        super().flush()
+        self._clock.jump(self._took)
+
+
+async def test_after_a_long_round_of_writes_the_flusher_pauses_so_lines_share_writes(
+    pair: tuple[socket.socket, socket.socket], mock_clock: trio.testing.MockClock
+) -> None:
+    ours, theirs = pair
+    flusher = Flusher(ServerStats())
+    took = PAUSE_AFTER * 2
+    outbox = SlowOutbox(mock_clock, took, Owner(), flusher, 100, ours.fileno())
+    async with flushing(flusher):
+        outbox.send_nowait(b"one\n")
+        await trio.testing.wait_all_tasks_blocked()
+        assert records(theirs) == [b"one\n"]  # the round took `took`: now it pauses
+        outbox.send_nowait(b"two\n")
+        outbox.send_nowait(b"three\n")
+        await trio.testing.wait_all_tasks_blocked()
+        assert records(theirs) == []
+        mock_clock.jump(took * PAUSE_FACTOR)
+        await trio.testing.wait_all_tasks_blocked()
+        assert records(theirs) == [b"two\nthree\n"]  # both in one write
+
+
+async def test_after_a_short_round_the_flusher_writes_the_next_at_once(
+    pair: tuple[socket.socket, socket.socket], mock_clock: trio.testing.MockClock
+) -> None:
+    ours, theirs = pair
+    flusher = Flusher(ServerStats())
+    outbox = SlowOutbox(mock_clock, PAUSE_AFTER / 2, Owner(), flusher, 100, ours.fileno())
+    async with flushing(flusher):
+        for line in (b"one\n", b"two\n"):
+            outbox.send_nowait(line)
+            await trio.testing.wait_all_tasks_blocked()
+            assert records(theirs) == [line]

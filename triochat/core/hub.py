@@ -466,15 +466,23 @@ class Hub:
         if not self._quiet(held):
             self.users(member, held, everyone=True)
             return
-        where = held.name
+        where, remote = held.name, self.backplane.remote
         shown = {member.name}
-        # An operator is shown when it holds its account's own name (looked up by it).
+        # An operator is shown when it holds its account's own name (looked up by it),
+        # here or on another node (whose presence gives its account and rooms).
         for account in self.moderation.ops.get(where, ()):
             holder = self._members.get(account)
             if holder is not None and holder.account == account and holder.rooms.get(where):
                 shown.add(holder.name)
+            elif (
+                remote
+                and (user := self.backplane.remote_user(account)) is not None
+                and user.account == account
+                and where in user.rooms
+            ):
+                shown.add(user.name)
         names = sorted(shown, key=p.name_sort_key)
-        count = len(held.members) + len(self.backplane.remote_users(where))
+        count = len(held.members) + self.backplane.remote_count_in(where)
         self.tell(member, self._marked(held, names, count))
         self._evict_slow()
 
@@ -579,7 +587,8 @@ class Hub:
         """Kick the user called ``name`` out of ``room`` on whichever other node it is;
         ``False`` if no other node has it there."""
         key = p.name_key(name)
-        if not any(p.name_key(n) == key for n in self.backplane.remote_users(room)):
+        user = self.backplane.remote_user(key)
+        if user is None or room not in user.rooms:
             return False
         self.backplane.publish_state(Kicked(room, key, member.name, reason))
         return True
@@ -703,7 +712,7 @@ class Hub:
         if not limit:
             return False
         count = len(room.members)
-        return count > limit or count + self.backplane.remote_rooms().get(room.name, 0) > limit
+        return count > limit or count + self.backplane.remote_count_in(room.name) > limit
 
     def _enter(self, member: Member, name: str) -> None:
         room = self._rooms.get(name)
@@ -766,12 +775,11 @@ class Hub:
 
     def _user_list(self, room: Room) -> ev.UserList:
         """The room's users; past ``quiet_above``, the first ``USERS_SHOWN`` and the count."""
-        remote = self.backplane.remote_users(room.name)
-        count = len(room.members) + len(remote)
+        count = len(room.members) + self.backplane.remote_count_in(room.name)
         if self.quiet_above and count > self.quiet_above:
             first = room.first_names()
-            if remote:  # the room's first names are among the first here and those elsewhere
-                others = ((p.name_sort_key(name), name) for name in remote)
+            # The room's first names are among the first here and the first elsewhere.
+            if others := self.backplane.remote_first(room.name, USERS_SHOWN):
                 first = heapq.nsmallest(USERS_SHOWN, itertools.chain(first, others))
             return self._marked(room, [name for _, name in first], count)
         return self._marked(room, self._names(room))
