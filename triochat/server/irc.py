@@ -34,7 +34,7 @@ from ..core.irc_session import IRCRules, IRCSession
 from ..protocol import line as p
 from ..protocol.irc import wire
 from .connection import DoorConnection, close_stream, peer_host, peer_name
-from .listener import enable_keepalive, format_address
+from .listener import enable_keepalive, format_address, serve_listeners
 from .outbox import Outbox
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ TLS_REFUSAL: Final = wire.serialize(
     wire.message("ERROR", "Closing link: this server speaks TLS only: connect with TLS")
 )
 """What a client that speaks plain text to a TLS port is told, before it is closed."""
+HANDLER_NAME: Final = "triochat.server.irc.IRCDoor.handle_stream"
+"""The IRC door's connection tasks' name (one string for all)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,10 +131,11 @@ class IRCDoor:
             async with trio.open_nursery() as acceptors:
                 await acceptors.start(
                     partial(
-                        trio.serve_listeners,
+                        serve_listeners,
                         self.handle_stream,
                         listeners,
                         handler_nursery=handlers,
+                        name=HANDLER_NAME,
                     )
                 )
                 acceptors.start_soon(self._ping_quiet)
@@ -165,19 +168,21 @@ class IRCDoor:
                     connection.quiet(now)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one IRC client over any trio stream."""
+        """Serve one IRC client over any trio stream, and close it."""
         server = self.server
-        if isinstance(stream, trio.SocketStream):
-            enable_keepalive(stream)
-        address = peer_host(stream)
-        if not server.admit_address(address):
-            limit = server.config.max_per_address
-            log.warning("refused an IRC connection from %s: %d already open", address, limit)
-            await self._refuse(stream, "Too many connections from your address")
-            return
+        address: str | None = None
         # The connection runs in this frame, not in one more below it: a
         # coroutine frame costs every idle client about 250 bytes.
         try:
+            if isinstance(stream, trio.SocketStream):
+                enable_keepalive(stream)
+            address = peer_host(stream)
+            if not server.admit_address(address):
+                limit = server.config.max_per_address
+                log.warning("refused an IRC connection from %s: %d already open", address, limit)
+                address = None  # not counted
+                await self._refuse(stream, "Too many connections from your address")
+                return
             connection = await self._admit(stream)
             if connection is None:
                 return
@@ -193,7 +198,9 @@ class IRCDoor:
                 self._connections.discard(connection)
                 server.remove_connection(connection)
         finally:
-            server.release_address(address)
+            if address is not None:
+                server.release_address(address)
+            await trio.aclose_forcefully(stream)  # closed already, unless it failed early
 
     async def _refuse(self, stream: trio.abc.Stream, text: str) -> None:
         if self.server.ssl_context is not None:
