@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, ClassVar, Final
@@ -531,12 +532,16 @@ async def close_stream(stream: trio.abc.Stream) -> None:
 
 
 def peer_host(stream: trio.abc.Stream) -> str:
-    """The peer's IP address, the key for per-address limits ("" if unknown)."""
+    """The peer's IP address, the key for per-address limits ("" if unknown).
+
+    Interned: the connections from one address share one string (58 bytes each
+    otherwise, kept by every IRC connection's frame).
+    """
     while isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
         try:
-            return str(stream.socket.getpeername()[0])
+            return sys.intern(str(stream.socket.getpeername()[0]))
         except OSError:
             return ""
     return ""
