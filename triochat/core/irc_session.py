@@ -304,6 +304,35 @@ class IRCSession:
       address, delays, clock: for the shared session's password delays.
     """
 
+    # Slots: one per IRC client, and without them its attributes took 296 bytes.
+    __slots__ = (
+        "_batches",
+        "_disconnect",
+        "_door",
+        "accounts",
+        "awaiting_pong",
+        "cap_open",
+        "cap_version",
+        "caps",
+        "closed",
+        "dialect",
+        "history_request",
+        "hub",
+        "labeled",
+        "late_echo",
+        "logged_in",
+        "nick",
+        "outbox",
+        "password",
+        "pending",
+        "rules",
+        "sasl",
+        "sasl_checking",
+        "session",
+        "user",
+        "user_modes",
+    )
+
     def __init__(
         self,
         hub: Hub,
@@ -663,6 +692,8 @@ class IRCSession:
             or session.state is not State.AWAITING_NAME
         ):
             return []
+        if self.user == self.nick:
+            self.user = self.nick  # one string kept, not two alike (52 bytes per client)
         self.dialect.negotiate(self.caps)
         self.dialect.history_on_join = "draft/chathistory" not in self.caps
         self.dialect.nick = self.nick
