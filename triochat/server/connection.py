@@ -77,6 +77,24 @@ class DoorConnection:
     def _leave(self) -> None:
         raise NotImplementedError
 
+    def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    def _hang_up(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def __call__(self, reason: str | None = None) -> None:
+        """The hub ends this connection's member: ``connection()`` at once (too slow, or
+        resumed elsewhere), ``connection(reason)`` once its last lines are out.
+
+        The connection itself is its member's ``disconnect`` and ``hang_up``: a bound
+        method for each, kept by every member, cost 160 bytes (docs/benchmarks.md).
+        """
+        if reason is None:
+            self._disconnect()
+        else:
+            self._hang_up(reason)
+
     @property
     def member(self) -> Member | None:
         """The client's member in the hub, once it is named."""
@@ -204,7 +222,7 @@ class Connection(DoorConnection):
         self.session: s.Session[Member] = s.Session(
             server.door,
             outbox=self.send,
-            disconnect=self._disconnect,
+            disconnect=self,  # see __call__
             # Only the passwords' failure delays (and bans) are kept per address.
             address=peer_host(stream)
             if config.password is not None or server.accounts is not None
@@ -331,7 +349,7 @@ class Connection(DoorConnection):
             if not await self._carry_out(outputs):
                 return False
             if session.member is not None:
-                session.member.hang_up = self._hang_up
+                session.member.hang_up = self  # see __call__
                 return True
         return False
 
@@ -344,7 +362,7 @@ class Connection(DoorConnection):
             server.hub,
             server.tokens,
             outbox=self.send,
-            disconnect=self._disconnect,
+            disconnect=self,  # see __call__
             # Bad tokens are delayed per address, as wrong passwords are.
             address=self.session.address or peer_host(self.stream),
             resume_max=server.config.resume_max,

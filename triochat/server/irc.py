@@ -264,7 +264,7 @@ class IRCConnection(DoorConnection):
             server.hub,
             door.rules,
             outbox=self.send,
-            disconnect=self._disconnect,
+            disconnect=self,  # see DoorConnection.__call__
             address=peer_host(stream)
             if config.password is not None or server.accounts is not None
             else "",
@@ -355,7 +355,7 @@ class IRCConnection(DoorConnection):
                 if irc.registered:
                     member = irc.member
                     assert member is not None
-                    member.hang_up = self._hang_up
+                    member.hang_up = self  # see DoorConnection.__call__
                     # What came after the registration in the same read is a chat matter.
                     return await self._handle(events[i + 1 :])
 
