@@ -293,6 +293,29 @@ class IRCOutbox:
         self._inner.close()
 
 
+class _OwnSession(Session[Member]):
+    """The shared session of one IRC client, whose member is registered with the
+    client's own dialect (its nick, its capabilities) rather than its door's: so
+    the door's sessions share one :class:`Door` (88 bytes each otherwise)."""
+
+    __slots__ = ("_dialect",)
+
+    def __init__(
+        self,
+        door: Door[Member],
+        dialect: ev.Dialect,
+        *,
+        outbox: Outbox,
+        disconnect: Callable[[], None],
+        address: str,
+    ) -> None:
+        super().__init__(door, outbox=outbox, disconnect=disconnect, address=address)
+        self._dialect = dialect
+
+    def _member_dialect(self) -> ev.Dialect:
+        return self._dialect
+
+
 class IRCSession:
     """One IRC connection's protocol state, registration to QUIT.
 
@@ -302,6 +325,8 @@ class IRCSession:
       outbox: where the client's bytes go (the hub gets it wrapped, :class:`IRCOutbox`).
       disconnect: given to the hub, called if it evicts the member.
       address, delays, clock: for the shared session's password delays.
+      door: what the door's IRC sessions share (its dialect unused: each member gets
+        the session's own); made from the arguments above if not given.
     """
 
     # Slots: one per IRC client, and without them its attributes took 296 bytes.
@@ -345,27 +370,27 @@ class IRCSession:
         clock: Callable[[], float],
         accounts: AccountBook | None = None,
         moderation: Moderation | None = None,
+        door: Door[Member] | None = None,
     ) -> None:
         self.hub = hub
         self.rules = rules
         self._disconnect = disconnect
         self.outbox = IRCOutbox(outbox)
         self.dialect = IRCDialect(rules.server)
-        # A door of its own: the shared session takes the dialect from its door,
-        # and an IRC connection's dialect is its own (its nick, its capabilities).
-        door: Door[Member] = Door(
-            hub=hub,
-            rules=rules.session,
-            dialect=self.dialect,
-            delays=delays if delays is not None else FailureDelays(),
-            clock=clock,
-            accounts=accounts,
-            moderation=moderation,
-        )
+        if door is None:
+            door = Door(
+                hub=hub,
+                rules=rules.session,
+                dialect=self.dialect,
+                delays=delays if delays is not None else FailureDelays(),
+                clock=clock,
+                accounts=accounts,
+                moderation=moderation,
+            )
         self._door = door
         self.accounts = accounts
-        self.session: Session[Member] = Session(
-            door, outbox=self.outbox, disconnect=disconnect, address=address
+        self.session: Session[Member] = _OwnSession(
+            door, self.dialect, outbox=self.outbox, disconnect=disconnect, address=address
         )
         self.caps = NOTHING
         self.nick: str | None = None

@@ -31,8 +31,10 @@ from .. import __version__
 from ..core import session as s
 from ..core._ratelimit import TokenBucket
 from ..core.irc_session import IRCRules, IRCSession
+from ..core.session import Door
 from ..protocol import line as p
 from ..protocol.irc import wire
+from ..protocol.irc.render import IRCDialect
 from .connection import DoorConnection, close_stream, peer_host, peer_name, read_nowait
 from .listener import enable_keepalive, format_address, serve_listeners
 from .outbox import Outbox
@@ -107,6 +109,17 @@ class IRCDoor:
                 arrival_rooms=(),
             ),
         )
+        self.door: Door[Member] = Door(
+            hub=server.hub,
+            rules=self.rules.session,
+            # Unused: each session registers its member with its own dialect.
+            dialect=IRCDialect(config.name),
+            delays=server.password_delays,
+            clock=trio.current_time,
+            accounts=server.accounts,
+            moderation=server.hub.moderation,
+        )
+        """What the door's IRC sessions share."""
 
     async def serve(
         self,
@@ -272,6 +285,7 @@ class IRCConnection(DoorConnection):
             clock=trio.current_time,
             accounts=server.accounts,
             moderation=server.hub.moderation,
+            door=door.door,
         )
 
     @property
