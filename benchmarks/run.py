@@ -94,6 +94,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SEND_QUEUE = 100_000
+"""triochat's ``--send-queue`` in every run (``--triochat-args`` can set another)."""
 PROFILE: list[str] = []  # set by --profile: a py-spy command line to wrap triochat in
 TRIOCHAT_ARGS: list[str] = []  # set by --triochat-args: more options for triochat serve
 
@@ -110,6 +112,10 @@ def start_triochat(max_clients: int, doors: tuple[str, ...] = ("line",)) -> Serv
     command = [*PROFILE, sys.executable, "-m", "triochat", "serve"]
     command += ["--host", "127.0.0.1", "--port", "0"]
     command += ["--rate", "0", "--max-clients", str(max_clients), "--log-level", "warning"]
+    # With flood control off, four senders outrun a receiver of the load generator
+    # that is descheduled for a moment by more than the default 4,096 lines, and the
+    # slow-consumer policy evicts it; ncat has no such bound (docs/benchmarks.md).
+    command += ["--send-queue", str(SEND_QUEUE)]
     command += [f"--{door}-port=0" for door in doors if door != "line"]
     command += TRIOCHAT_ARGS
     process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)

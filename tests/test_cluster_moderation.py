@@ -9,6 +9,7 @@ reachable Redis these tests skip (fail under CI=true).
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 from _accounts import dial, named, net_fixture, open_accounts  # noqa: F401 - the net fixture
+from _proxy import Proxy
 from _v2 import V2Client, resume
 from redis_support import (
     FAST,
@@ -221,6 +223,36 @@ async def test_after_redis_loses_its_data_the_nodes_seed_it_again(
         assert b.accounts.registered("ann")
     finally:
         await redis.stop()
+
+
+def topic(server: ChatServer) -> str | None:
+    held = server.hub.moderation.topics.get("#den")
+    return held.text if held is not None else None
+
+
+async def test_a_ban_made_while_the_link_is_down_holds_there_and_reaches_the_cluster_after(
+    start: Start, cluster: str, nursery: trio.Nursery
+) -> None:
+    redis_port = urllib.parse.urlsplit(TEST_REDIS).port or 6379
+    proxy: Proxy = await nursery.start(Proxy(redis_port).run)
+    a, port_a = await start("ann", url=f"redis://127.0.0.1:{proxy.port}/0")
+    b, _ = await start()
+    ann = await login(port_a, "ann", "#den")
+    proxy.refusing = True
+    proxy.cut()  # only node A loses Redis; B and Redis carry on
+    await wait_until(lambda: a.backplane.link_down)
+    await ann.send("/ban bob 1h spam")
+    await ann.until("* bob is banned from #den for 1h more")
+    await ann.send("/topic made during the outage")
+    await ann.until("[T] * ann set the topic of #den: made during the outage")
+    proxy.refusing = False
+    await wait_until(lambda: not a.backplane.link_down)
+    # Not undone by Redis's state when the link came back: written to it instead.
+    await wait_until(lambda: b.hub.moderation.banned("#den", "bob") is not None)
+    assert a.hub.moderation.banned("#den", "bob") is not None
+    await wait_until(lambda: topic(a) == topic(b) == "made during the outage")
+    async with coredis.Redis.from_url(TEST_REDIS) as client:
+        assert await client.hexists(f"triochat:{cluster}:moderation", "ban\t#den\tbob")
 
 
 async def test_operators_and_away_members_on_another_node_are_marked_there(

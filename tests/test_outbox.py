@@ -228,3 +228,48 @@ async def test_a_backlog_for_a_connection_that_is_over_never_stops_the_flusher(
         fine.send_nowait(b"and here\n")
         await trio.testing.wait_all_tasks_blocked()
     assert records(ours) == [b"still here\n", b"and here\n"]
+
+
+async def test_the_writer_of_a_plain_socket_writes_the_backlog_as_the_peer_reads_it() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    flusher = Flusher(ServerStats())
+    owner = Owner()
+    outbox = Outbox(owner, flusher, 1000, ours.fileno())
+    lines = [b"%03d" % i + b"x" * 9_996 + b"\n" for i in range(60)]  # 600 kB: far over the buffer
+    received = bytearray()
+    with ours, theirs:
+        for line in lines[:30]:
+            outbox.send_nowait(line)
+        assert owner.writers == 1  # what the kernel refused waits for the writer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.write_backlog)
+            await trio.testing.wait_all_tasks_blocked()
+            # Only the lines the kernel has not taken count toward the bound.
+            unsent = b"".join(lines[:30])[flusher.stats.bytes_out :].count(b"\n")
+            for line in lines[30:]:
+                outbox.send_nowait(line)  # the writer takes these too
+            assert flusher.stats.queue_high_water == unsent + 30
+            while len(received) < sum(map(len, lines)):
+                await trio.lowlevel.wait_readable(theirs)
+                received += theirs.recv(1 << 20)
+        assert bytes(received) == b"".join(lines)
+        assert flusher.stats.bytes_out == len(received)
+        outbox.send_nowait(b"idle again\n")  # the writer is done: the flusher writes again
+        assert theirs.recv(100) == b"idle again\n"
+
+
+async def test_the_writer_of_a_plain_socket_reports_a_broken_one() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    owner = Owner()
+    outbox = Outbox(owner, Flusher(ServerStats()), 100, ours.fileno())
+    with ours:
+        outbox.send_nowait(b"x" * 200_000 + b"\n")
+        assert owner.writers == 1
+        theirs.close()  # the peer went away with the backlog unread
+        with pytest.raises(trio.BrokenResourceError):
+            await outbox.write_backlog()

@@ -177,10 +177,13 @@ class DoorConnection:
         outbox = self.send
         stats = self.server.stats
         try:
-            # One write for everything queued since the last one.
-            while (data := outbox.take()) is not None:
-                stats.bytes_out += len(data)
-                await self.stream.send_all(data)
+            if outbox.fd >= 0:
+                await outbox.write_backlog()
+            else:
+                # One write for everything queued since the last one.
+                while (data := outbox.take()) is not None:
+                    stats.bytes_out += len(data)
+                    await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             outbox.stop()
             self.end()

@@ -113,42 +113,74 @@ class Outbox:
         self._state = _IDLE
 
     def flush(self) -> None:
-        """Write what is queued, if the flusher has not yet; queue for the writer what is left.
-
-        The round's chunks go out in one ``writev``, not joined first: a recipient
-        that is behind has many, and joining them copied every byte once more.
-        """
+        """Write what is queued, if the flusher has not yet; queue for the writer what is left."""
         if self._state != _DIRTY:
             return
+        try:
+            done = self._write()
+        except OSError:
+            done = False  # failed: the writer meets the error again and reports it
+        if not done:
+            with suppress(trio.BrokenResourceError):  # the connection is over: it is stopped
+                self._start_writer()
+        elif self.closed:
+            self._owner.end()
+
+    async def write_backlog(self) -> None:
+        """For the writer of a plain socket: write the backlog as the kernel takes it.
+
+        Returns once nothing is queued (the outbox is idle again); raises
+        ``BrokenResourceError`` if the socket failed. The chunks go out as
+        they are, with ``writev``: joining a big backlog first copied every
+        byte of it once more.
+        """
+        while True:
+            await trio.lowlevel.wait_writable(self.fd)
+            try:
+                done = self._write()
+            except OSError as exc:
+                raise trio.BrokenResourceError from exc
+            if done:
+                return
+
+    def _write(self) -> bool:
+        """Write what the kernel takes now (one ``write`` or ``writev``); True once all is out.
+
+        Raises ``OSError`` if the socket failed; a full one (EAGAIN) is just not done.
+        """
         chunks = self._chunks
+        if not chunks:
+            self._state = _IDLE
+            return True
         try:
             if len(chunks) == 1:
                 sent = os.write(self.fd, chunks[0])
             else:
                 sent = os.writev(self.fd, chunks[:IOV_MAX])
-        except OSError:
-            sent = 0  # full (EAGAIN), or failed: the writer waits, or reports the error
+        except BlockingIOError:
+            return False
         self._flusher.stats.bytes_out += sent
         if sent == (len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))):
             chunks.clear()
             self._queued = 0
             self._state = _IDLE
-            if self.closed:
-                self._owner.end()
-            return
+            return True
+        # Only the lines written are counted off: counting what is left would
+        # read the whole backlog at every partial write.
         done = 0
         while len(chunks[done]) <= sent:
             sent -= len(chunks[done])
+            self._queued -= chunks[done].count(b"\n")
             done += 1
         del chunks[:done]
         if sent:
+            self._queued -= chunks[0].count(b"\n", 0, sent)
             chunks[0] = chunks[0][sent:]
-        self._queued = sum([chunk.count(b"\n") for chunk in chunks])
-        with suppress(trio.BrokenResourceError):  # the connection is over: it is stopped
-            self._start_writer()
+        return False
 
     def take(self) -> bytes | None:
-        """For the writer: everything queued, joined; ``None`` when nothing is (it then ends)."""
+        """For the writer of a stream that is not a plain socket: everything queued, joined;
+        ``None`` when nothing is (it then ends)."""
         if not self._chunks:
             self._state = _IDLE
             return None

@@ -11,6 +11,7 @@ to the :class:`~triochat.backplane.base.Node` it serves, never to a hub class.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, get_args
@@ -19,6 +20,7 @@ import coredis
 import trio
 from coredis.retry import NoRetryPolicy
 
+from ...core import modstate
 from ...core.events import Dialect, Legacy, Private, RoomEvent
 from ...core.modstate import AccountSet, Change
 from ...protocol.line import LOBBY
@@ -74,6 +76,9 @@ class RedisBackplane:
         """While leaving the cluster: the hub's last events, written by leave_cluster()."""
         self.linked = False
         self._down = False
+        self._unsent: dict[str, Change] = {}
+        """Moderation changes made here while the link was down, by field (the last of
+        each): written to Redis when it is back, so they are not undone by its state."""
         # The heartbeat task's scope: leaving the cluster stops it first.
         self._beating = trio.CancelScope()
         self.link_changes = 0
@@ -111,10 +116,18 @@ class RedisBackplane:
         return self.linked and self.publisher.queue(Told(key, text, error))
 
     def publish_state(self, change: Change, /) -> None:
-        # Without a link the node keeps what it did (the hub has taken it); the rest of
-        # the chat takes Redis's state when the link is back.
+        # Without a link the node keeps what it did (the hub has taken it), and writes
+        # it to Redis when the link is back.
         if self.linked:
             self.publisher.queue(Shared(change))
+        else:
+            self._keep_unsent(change)
+
+    def _keep_unsent(self, change: Change) -> None:
+        """Keep a change Redis has not had, the last one per field (a kick is kept nowhere)."""
+        field = modstate.field(change)
+        if field is not None:
+            self._unsent[field] = change
 
     async def claim_account(self, entry: AccountSet, /) -> Claim:
         client = self._client
@@ -312,8 +325,19 @@ class RedisBackplane:
             with trio.fail_after(timeout):
                 state = await shared.link(client, self.publisher.shared_keys, node.shared_state())
             node.replace_state(state)
+            # What this node changed during the outage holds on top of Redis's state,
+            # here at once and, once written, on every node (the last word is ours).
+            unsent, self._unsent = self._unsent, {}
+            now = time.time()
+            replayed = [c for c in unsent.values() if not modstate.expired(c, now)]
+            for change in replayed:
+                node.deliver_state(change)
             self._client = client
             self.linked = True
+            for change in replayed:
+                self.publisher.queue(Shared(change))
+            if replayed:
+                log.info("wrote %d moderation changes made while the link was down", len(replayed))
             # First our holds, then a check of every stored room: a room nobody
             # holds (left by a crash, or by an older version) loses its history.
             self.publisher.queue(Rehold())
@@ -354,7 +378,9 @@ class RedisBackplane:
         self._replica.clear()
         # Whatever did not reach Redis is delivered here, so nothing said is lost.
         for item in self.publisher.take_unsent():
-            if isinstance(item, Events):
+            if isinstance(item, Shared):
+                self._keep_unsent(item.change)
+            elif isinstance(item, Events):
                 node.deliver(item.events)
             elif isinstance(item, Direct):
                 node.deliver_private(item.key, item.event)
