@@ -19,7 +19,6 @@ too; each gets ``ERROR :Server shutting down``.
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,7 +53,6 @@ TLS_REFUSAL: Final = wire.serialize(
 """What a client that speaks plain text to a TLS port is told, before it is closed."""
 HANDLER_NAME: Final = "triochat.server.irc.IRCDoor.handle_stream"
 """The IRC door's connection tasks' name (one string for all)."""
-_NEVER: Final = -math.inf
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,7 +251,6 @@ class IRCConnection(DoorConnection):
         "_bucket",
         "_framer",
         "_heard",
-        "_paced_until",
         "door",
         "irc",
     )
@@ -268,7 +265,6 @@ class IRCConnection(DoorConnection):
         self._nursery: trio.Nursery | None = None
         self._framer = wire.IRCFramer()
         self._bucket: TokenBucket | None = None
-        self._paced_until = _NEVER
         self._heard = trio.current_time()
         """When the client last sent something (the door's PINGs go by it)."""
         self.reason = "connection lost"
