@@ -30,6 +30,7 @@ TRIOCHAT = "triochat"
 NCAT = "ncat"
 TRIOCHAT_IRC = "triochat-irc"  # triochat's IRC door
 NGIRCD = "ngircd"
+TRIOCHAT_WEB = "triochat-web"  # every client on the web door (benchmarks/memory.py --door web)
 TRIOCHAT_MIXED = "triochat-mixed"  # receivers on the line, IRC and web doors in turn
 IRC_KINDS = (TRIOCHAT_IRC, NGIRCD)
 # ngircd's operator, from the config run.py writes: an operator may set user mode
@@ -138,6 +139,8 @@ class Engine:
     def door_of(self, index: int) -> str:
         if self.kind in IRC_KINDS:
             return "irc"
+        if self.kind == TRIOCHAT_WEB:
+            return "web"
         if self.kind == TRIOCHAT_MIXED and index >= self.senders:
             return ("line", "irc", "web")[index % 3]
         return "line"

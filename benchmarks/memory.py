@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from triochat.server.listener import ChatServer
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = {"line": loadgen.TRIOCHAT, "irc": loadgen.TRIOCHAT_IRC}
+KINDS = {"line": loadgen.TRIOCHAT, "irc": loadgen.TRIOCHAT_IRC, "web": loadgen.TRIOCHAT_WEB}
 
 
 def rss() -> int:
@@ -182,14 +182,18 @@ async def measure(args: argparse.Namespace) -> None:
     from triochat.server.irc import IRCConfig
     from triochat.server.listener import ServerConfig
     from triochat.server.run import ServeConfig, run_server
+    from triochat.server.web import WebConfig
 
     config = ServeConfig(
         server=ServerConfig(port=0, rate=0, max_clients=args.clients + 100),
         irc=IRCConfig(port=0) if args.door == "irc" else None,
+        web=WebConfig(port=0) if args.door == "web" else None,
     )
     async with trio.open_nursery() as nursery:
         running = await nursery.start(run_server, config)
-        listeners = running.irc_listeners if args.door == "irc" else running.listeners
+        listeners = {"irc": running.irc_listeners, "web": running.web_listeners}.get(
+            args.door, running.listeners
+        )
         port = listeners[0].socket.getsockname()[1]
         kind = KINDS[args.door]
         # A few clients first, so that what is made once (imports, caches) is not counted.

@@ -425,7 +425,8 @@ def plan(quick: bool, sizes: list[int] | None = None) -> list[Step]:
     # ncat closes connections past about 1,015 (select()), so it has no 10,000 row.
     scales: list[tuple[int, int | None, tuple[str, ...]]] = [
         (1000, None, LINE_AND_IRC),
-        (10_000, None, ("triochat", "triochat-irc")),
+        # triochat-mixed: a third of the clients on each door (the line, IRC and web).
+        (10_000, None, ("triochat", "triochat-irc", "triochat-mixed")),
         # ngircd announces every JOIN to the whole channel (50 M lines for 10,000)
         # and runs into the 300-s bound, so it is tried once.
         (10_000, 1, ("ngircd",)),
@@ -439,7 +440,7 @@ def plan(quick: bool, sizes: list[int] | None = None) -> list[Step]:
         lat["duration"] = 2.0
         scales = [(500, None, LINE_AND_IRC)]
     if sizes:
-        scales = [(n, None, LINE_AND_IRC) for n in sizes]
+        scales = [(n, None, (*LINE_AND_IRC, "triochat-mixed")) for n in sizes]
     every = (*LINE_AND_IRC, "triochat-mixed")
     label = f"N={fan['receivers']} S={fan['senders']} M={fan['lines']}"
     steps: list[Step] = [("fanout", label, fanout, fan, None, every)]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from triochat.server.outbox import IOV_MAX, Flusher, Outbox
+from triochat.server.outbox import IOV_MAX, PAUSE_AFTER, PAUSE_FACTOR, Flusher, Outbox
 from triochat.server.stats import ServerStats
 
 
@@ -273,3 +274,48 @@ async def test_the_writer_of_a_plain_socket_reports_a_broken_one() -> None:
         theirs.close()  # the peer went away with the backlog unread
         with pytest.raises(trio.BrokenResourceError):
             await outbox.write_backlog()
+
+
+class SlowOutbox(Outbox):
+    """An outbox whose every write takes ``took`` seconds of the mock clock."""
+
+    def __init__(self, clock: trio.testing.MockClock, took: float, *args: Any) -> None:
+        super().__init__(*args)
+        self._clock, self._took = clock, took
+
+    def flush(self) -> None:
+        super().flush()
+        self._clock.jump(self._took)
+
+
+async def test_after_a_long_round_of_writes_the_flusher_pauses_so_lines_share_writes(
+    pair: tuple[socket.socket, socket.socket], mock_clock: trio.testing.MockClock
+) -> None:
+    ours, theirs = pair
+    flusher = Flusher(ServerStats())
+    took = PAUSE_AFTER * 2
+    outbox = SlowOutbox(mock_clock, took, Owner(), flusher, 100, ours.fileno())
+    async with flushing(flusher):
+        outbox.send_nowait(b"one\n")
+        await trio.testing.wait_all_tasks_blocked()
+        assert records(theirs) == [b"one\n"]  # the round took `took`: now it pauses
+        outbox.send_nowait(b"two\n")
+        outbox.send_nowait(b"three\n")
+        await trio.testing.wait_all_tasks_blocked()
+        assert records(theirs) == []
+        mock_clock.jump(took * PAUSE_FACTOR)
+        await trio.testing.wait_all_tasks_blocked()
+        assert records(theirs) == [b"two\nthree\n"]  # both in one write
+
+
+async def test_after_a_short_round_the_flusher_writes_the_next_at_once(
+    pair: tuple[socket.socket, socket.socket], mock_clock: trio.testing.MockClock
+) -> None:
+    ours, theirs = pair
+    flusher = Flusher(ServerStats())
+    outbox = SlowOutbox(mock_clock, PAUSE_AFTER / 2, Owner(), flusher, 100, ours.fileno())
+    async with flushing(flusher):
+        for line in (b"one\n", b"two\n"):
+            outbox.send_nowait(line)
+            await trio.testing.wait_all_tasks_blocked()
+            assert records(theirs) == [line]

@@ -287,6 +287,68 @@ async def test_a_tab_that_never_reads_is_evicted_while_others_keep_receiving(
     await slow.aclose()
 
 
+async def test_a_tab_that_reads_slowly_gets_a_backlog_whole_and_in_order_then_the_close(
+    start: Start,
+) -> None:
+    server, door, line_port, port = await start(send_queue=10_000)
+    page, head = await raw_upgrade(port)
+    assert head.startswith(b"HTTP/1.1 101")
+    await page.send_all(_masked(json.dumps({"type": "register", "name": "page"}).encode()))
+    frames = _Frames(page)
+    while (await frames.next()).get("type") != "registered":
+        pass
+    # The server's side keeps little, so most of what follows waits in the outbox
+    # and the web door's writer sends it as the page reads.
+    (connection,) = door._connections
+    assert isinstance(connection.stream, trio.SocketStream)
+    connection.stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    nc = await trio.open_tcp_stream("127.0.0.1", line_port)
+    await nc.send_all(b"ncer\n")
+    await _line_until(nc, b"ncer joined")
+    texts = [f"{i:04d} " + "z" * 900 for i in range(600)]  # about 0.6 MB of frames
+    await nc.send_all("".join(f"{text}\n" for text in texts).encode())
+    got: list[str] = []
+    with trio.fail_after(20):
+        while len(got) < len(texts):
+            message = await frames.next()
+            if message.get("type") == "said":
+                assert message["name"] == "ncer"
+                got.append(message["text"])
+            await trio.sleep(0.0005)  # a slow reader: the server's writes back up
+        assert got == texts
+        await page.send_all(_masked(json.dumps({"type": "quit"}).encode()))
+        while "close" not in (message := await frames.next()):
+            pass
+    assert message["close"] == [w.CLOSE_NORMAL, "Bye!"]
+    assert server.stats.queue_high_water > 100  # lines did wait for the writer
+    await nc.aclose()
+    await page.aclose()
+
+
+class _Frames:
+    """The server's frames on a raw WebSocket, one at a time: a TEXT frame's JSON, or
+    a close frame as ``{"close": [code, reason]}``."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def next(self) -> dict[str, Any]:
+        while True:
+            buffer = self.buffer
+            while len(buffer) < 2 or len(buffer) < 2 + _payload_size(buffer):
+                chunk = await self.stream.receive_some(65536)
+                assert chunk, "closed without a close frame"
+                buffer += chunk
+            start = 2 if buffer[1] < 126 else 4
+            end = 2 + _payload_size(buffer)  # which counts an extended length's 2 bytes
+            opcode, payload, self.buffer = buffer[0], buffer[start:end], buffer[end:]
+            if opcode == 0x88:
+                return {"close": [int.from_bytes(payload[:2]), payload[2:].decode()]}
+            if opcode == 0x81:
+                return dict(json.loads(payload))
+
+
 def _masked(payload: bytes) -> bytes:
     """A client TEXT frame with an all-zero mask (the payload then goes as it is)."""
     size = len(payload)

@@ -490,9 +490,12 @@ class _WebSocket:
     async def _writer(self) -> None:
         outbox, stats = self.send, self.door.server.stats
         try:
-            while (data := outbox.take()) is not None:
-                stats.bytes_out += len(data)
-                await self.stream.send_all(data)
+            if outbox.fd >= 0:
+                await outbox.write_backlog()
+            else:
+                while (data := outbox.take()) is not None:
+                    stats.bytes_out += len(data)
+                    await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._hang_up_now()
             return
