@@ -754,3 +754,46 @@ async def test_an_ascii_name_policy_refuses_other_letters(clock: Clock) -> None:
     send, _ = trio.open_memory_channel[bytes](10)
     assert hub.register("zoë", send, lambda: None, LINE) == p.name_error("zoë", "ascii")
     assert isinstance(hub.register("zoe", send, lambda: None, LINE), Member)
+
+
+def test_a_rooms_dialect_groups_follow_joins_and_leaves_of_a_second_dialect() -> None:
+    """While one dialect speaks in a room its group is the members dict itself (memory,
+    docs/benchmarks.md); a second dialect splits them, its leaving joins them again."""
+    from triochat.core.rooms import Room, RoomLog
+    from triochat.protocol.v2 import V2Dialect
+
+    line: ev.Dialect = p.LineDialect()
+    v2: ev.Dialect = V2Dialect()
+    sink = trio.open_memory_channel[bytes](10)[0]
+
+    def member(name: str, dialect: ev.Dialect) -> Member:
+        return Member(name, sink, lambda: None, dialect)
+
+    room = Room("#a", RoomLog(10))
+    ann, bob, cat, dan = (
+        member(n, d) for n, d in [("ann", line), ("bob", line), ("cat", v2), ("dan", line)]
+    )
+
+    def grouped() -> dict[ev.Dialect, list[str]]:
+        return {d: [m.name for m in g] for d, g in room.groups.items()}
+
+    room.add(ann)
+    room.add(bob)
+    assert room.groups == {line: room.members}
+    assert room.groups[line] is room.members
+    room.add(cat)
+    room.add(dan)
+    assert grouped() == {line: ["ann", "bob", "dan"], v2: ["cat"]}
+    assert room.groups[line] is not room.members
+    assert list(room.members) == [ann, bob, cat, dan]
+    room.remove(bob)
+    room.remove(cat)  # one dialect again
+    assert room.groups[line] is room.members
+    assert grouped() == {line: ["ann", "dan"]}
+    room.remove(ann)
+    room.remove(dan)
+    assert room.groups == {}
+    assert room.members == {}
+    room.add(cat)  # the room's only dialect now: v2
+    assert room.groups == {v2: room.members}
+    assert room.groups[v2] is room.members

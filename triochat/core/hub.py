@@ -721,7 +721,7 @@ class Hub:
             if name != p.LOBBY:
                 self.backplane.occupy(name)
         room.add(member)
-        member.rooms[name] = room
+        member.rooms[room.name] = room  # one string for all its members, not theirs
         if room.log.tail.maxlen == 0 and resumes(member.dialect):
             room.log.tail = deque(maxlen=self.resume_max)
         self._present(member)
