@@ -69,6 +69,7 @@ async def test_the_loopback_has_no_other_node() -> None:
     backplane.occupy("#r")
     assert backplane.remote_name("ann") is None
     assert backplane.remote_users("#lobby") == []
+    assert (backplane.remote_count_in("#lobby"), backplane.remote_first("#lobby", 50)) == (0, ())
     assert backplane.remote_rooms() == {}
     assert backplane.remote_count() == 0
     assert await backplane.claim("ann") is Claim.CLAIMED
@@ -98,6 +99,10 @@ async def test_a_hub_on_the_loopback_delivers_each_event_once() -> None:
 
 
 # --- a hub against a fake remote backplane -------------------------------------------
+
+
+def _order(name: str) -> tuple[str, str]:
+    return p.name_sort_key(name), name
 
 
 class FakeBackplane:
@@ -147,7 +152,13 @@ class FakeBackplane:
         return entry[0] if entry else None
 
     def remote_users(self, room: str, /) -> list[str]:
-        return [name for name, rooms in self.others.values() if room in rooms]
+        return sorted((name for name, rooms in self.others.values() if room in rooms), key=_order)
+
+    def remote_count_in(self, room: str, /) -> int:
+        return len(self.remote_users(room))
+
+    def remote_first(self, room: str, count: int, /) -> list[tuple[str, str]]:
+        return [(p.name_sort_key(name), name) for name in self.remote_users(room)[:count]]
 
     def remote_user(self, key: str, /) -> RemoteUser | None:
         return None

@@ -19,6 +19,7 @@ import trio
 from _accounts import dial, named, net_fixture, open_accounts  # noqa: F401 - the net fixture
 from _proxy import Proxy
 from _v2 import V2Client, resume
+from irc_support import close_clients, irc_client
 from redis_support import (
     FAST,
     TEST_REDIS,
@@ -31,6 +32,7 @@ from redis_support import (
     unique_cluster,
     wait_until,
 )
+from test_irc_accounts import names_of
 from test_moderation import join, login
 
 from triochat import ChatServer, ServerConfig
@@ -38,9 +40,12 @@ from triochat.backplane.redis import RedisBackplane, RedisOptions
 from triochat.core.accounts import Request
 from triochat.core.names import name_key
 from triochat.server.accounts import LINK_DOWN, AccountStore
+from triochat.server.irc import IRCConfig, IRCDoor
 
 Start = Callable[..., Awaitable[tuple[ChatServer, int]]]
 OPTIONS: dict[str, Any] = FAST
+
+_close_clients = pytest.fixture(autouse=True)(close_clients)
 
 
 @pytest.fixture
@@ -60,7 +65,9 @@ async def start(
     file (``registered`` in it, the first one a server admin), linked to the cluster."""
     opened: list[AccountStore] = []
 
-    async def start_node(*registered: str, url: str = TEST_REDIS) -> tuple[ChatServer, int]:
+    async def start_node(
+        *registered: str, url: str = TEST_REDIS, **config: Any
+    ) -> tuple[ChatServer, int]:
         accounts = open_accounts(tmp_path / f"node{len(opened)}.db")
         opened.append(accounts)
         for name in registered:
@@ -69,7 +76,7 @@ async def start(
             accounts.set_admin(registered[0], True)
         backplane = RedisBackplane(RedisOptions(url=url, cluster=cluster, **OPTIONS))
         server = ChatServer(
-            ServerConfig(port=0, rate=0, password_delay=0.01),
+            ServerConfig(port=0, rate=0, password_delay=0.01, **config),
             backplane=backplane,
             accounts=accounts,
         )
@@ -280,6 +287,36 @@ async def test_operators_and_away_members_on_another_node_are_marked_there(
     await wait_until(lambda: "ignoring node evil's word on a user of node" in caplog.text)
     await bob.send("/users")
     await bob.until("* Users in #den: @ann (away), bob")
+
+
+async def test_a_big_rooms_irc_names_and_who_list_an_operator_on_another_node(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    _, port_a = await start("root", "ann", quiet_above=3)
+    b, _ = await start(quiet_above=3)
+    door = IRCDoor(b, IRCConfig(port=0, name="irc.test"))
+    irc_b = (await nursery.start(door.serve))[0].socket.getsockname()[1]
+    await login(port_a, "ann", "#den")  # its creator: an operator of #den, on node A
+    await wait_until(lambda: b.hub.moderation.is_op("#den", "ann"))
+    await wait_until(lambda: b.hub.rooms().get("#den") == 1)
+    bob, cat, dan = [await irc_client(irc_b, nick) for nick in ("bob", "cat", "dan")]
+    await bob.send("JOIN #den")
+    await names_of(bob, "#den")
+    # Just below the threshold (3 members over two nodes): every name.
+    await cat.send("JOIN #den")
+    assert await names_of(cat, "#den") == (["@ann", "bob", "cat"], "End of /NAMES list")
+    # Past it: the joiner and the operator, wherever it is connected, and the cluster's count.
+    await dan.send("JOIN #den")
+    big = "End of /NAMES list (4 users: a big room lists you and its operators)"
+    assert await names_of(dan, "#den") == (["@ann", "dan"], big)
+    await bob.send("NAMES #den")
+    assert await names_of(bob, "#den") == (["@ann", "bob"], big)
+    await dan.send("WHO #den")
+    flags = {}
+    while (who := await dan.next()) is not None and who.command != "315":
+        if who.command == "352":
+            flags[who.params[5]] = who.params[6]
+    assert flags == {"ann": "H@", "dan": "H"}
 
 
 def _admin(*args: str, **env: str) -> Any:

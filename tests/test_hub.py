@@ -508,6 +508,38 @@ async def test_an_unechoed_member_who_ignores_someone_still_gets_none_of_its_own
     assert drain(ann_in) == []
 
 
+async def test_an_unechoed_member_s_own_lines_are_known_by_its_name_as_it_is_now(
+    hub: Hub,
+) -> None:
+    """In a cluster a line can come back after its author was renamed (under the old
+    name), or carry a name that differs from a member's only in case: neither is that
+    member's own line, and the author's lines are left out for the author alone."""
+    quiet = Unechoed()
+    (ann, ann_in), (bob, bob_in), (cid, cid_in) = (
+        _member(hub, n, quiet) for n in ("ann", "bob", "cid")
+    )
+    for member in (ann, bob, cid):
+        hub.join(member, "#r")
+    hub.rename(ann, "anna")
+    for receive in (ann_in, bob_in, cid_in):
+        drain(receive)
+    hub.deliver(
+        [
+            ev.Said("#r", 90, T0, "ann", "old"),
+            ev.Said("#r", 91, T0, "Bob", "case"),
+            ev.Said("#r", 92, T0, "cid", "own"),
+        ]
+    )
+
+    def seen(receive: Inbox) -> list[str]:
+        text = b"".join(drain(receive)).decode()
+        return [word for word in ("'old'", "'case'", "'own'") if word in text]
+
+    assert seen(ann_in) == ["'old'", "'case'", "'own'"]
+    assert seen(bob_in) == ["'old'", "'case'", "'own'"]
+    assert seen(cid_in) == ["'old'", "'case'"]
+
+
 def drain(receive: Inbox) -> list[bytes]:
     out = []
     while True:
@@ -722,3 +754,46 @@ async def test_an_ascii_name_policy_refuses_other_letters(clock: Clock) -> None:
     send, _ = trio.open_memory_channel[bytes](10)
     assert hub.register("zoë", send, lambda: None, LINE) == p.name_error("zoë", "ascii")
     assert isinstance(hub.register("zoe", send, lambda: None, LINE), Member)
+
+
+def test_a_rooms_dialect_groups_follow_joins_and_leaves_of_a_second_dialect() -> None:
+    """While one dialect speaks in a room its group is the members dict itself (memory,
+    docs/benchmarks.md); a second dialect splits them, its leaving joins them again."""
+    from triochat.core.rooms import Room, RoomLog
+    from triochat.protocol.v2 import V2Dialect
+
+    line: ev.Dialect = p.LineDialect()
+    v2: ev.Dialect = V2Dialect()
+    sink = trio.open_memory_channel[bytes](10)[0]
+
+    def member(name: str, dialect: ev.Dialect) -> Member:
+        return Member(name, sink, lambda: None, dialect)
+
+    room = Room("#a", RoomLog(10))
+    ann, bob, cat, dan = (
+        member(n, d) for n, d in [("ann", line), ("bob", line), ("cat", v2), ("dan", line)]
+    )
+
+    def grouped() -> dict[ev.Dialect, list[str]]:
+        return {d: [m.name for m in g] for d, g in room.groups.items()}
+
+    room.add(ann)
+    room.add(bob)
+    assert room.groups == {line: room.members}
+    assert room.groups[line] is room.members
+    room.add(cat)
+    room.add(dan)
+    assert grouped() == {line: ["ann", "bob", "dan"], v2: ["cat"]}
+    assert room.groups[line] is not room.members
+    assert list(room.members) == [ann, bob, cat, dan]
+    room.remove(bob)
+    room.remove(cat)  # one dialect again
+    assert room.groups[line] is room.members
+    assert grouped() == {line: ["ann", "dan"]}
+    room.remove(ann)
+    room.remove(dan)
+    assert room.groups == {}
+    assert room.members == {}
+    room.add(cat)  # the room's only dialect now: v2
+    assert room.groups == {v2: room.members}
+    assert room.groups[v2] is room.members

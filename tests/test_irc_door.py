@@ -362,3 +362,23 @@ async def test_labeled_responses_over_a_socket(start: Start) -> None:
     ack = await zoe.until("ACK")
     assert ack.tag("label") == "p1"
     await line_until(bob, "<zoe> hello")
+
+
+async def test_irc_sessions_share_their_door_and_keep_their_own_dialects(start: Start) -> None:
+    """Memory per idle client (docs/benchmarks.md): one Door for the door's sessions, and
+    no set of the door's own: the server's connections are the ones it PINGs."""
+    from triochat.server.irc import IRCConnection
+
+    server, _, irc_port = await start(rate=0)
+    zoe = await irc_client(irc_port, "zoe")
+    eve = await irc_client(irc_port, "eve")
+    connections = [c for c in server.each_connection() if isinstance(c, IRCConnection)]
+    assert len(connections) == 2
+    one, two = (c.irc for c in connections)
+    assert one._door is two._door
+    assert one.dialect is not two.dialect
+    for session in (one, two):
+        assert session.member is not None
+        assert session.member.dialect is session.dialect  # not the door's
+    await zoe.stream.aclose()
+    await eve.stream.aclose()

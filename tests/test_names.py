@@ -65,3 +65,13 @@ async def test_bidi_overrides_are_stripped_from_text(
     # Zero-width joiners in emoji sequences are text, and stay.
     await mallory.send_line("family: \U0001f468\u200d\U0001f469\u200d\U0001f467")
     assert (await ann.receive_line()).endswith("family: \U0001f468\u200d\U0001f469\u200d\U0001f467")
+
+
+def test_a_name_that_is_its_own_key_is_its_key() -> None:
+    """Memory: a member keeps one string for its name and key when they are alike."""
+    from triochat.core.names import name_key
+
+    name = "".join(["ann", "e"])  # made at run time: not the constant "anne"
+    assert name_key(name) is name
+    assert name_key("Anne") == "anne"
+    assert name_key("u1") == "ul"  # a look-alike digit: a key of its own

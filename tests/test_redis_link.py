@@ -5,7 +5,9 @@ to clients. What the cluster's rules look like to users is in test_cluster.py.
 from __future__ import annotations
 
 import logging
+import random
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +26,7 @@ from redis_support import (
 
 from triochat.backplane import Claim
 from triochat.core import events as ev
-from triochat.core.hub import Hub, Member
+from triochat.core.hub import USERS_SHOWN, Hub, Member
 from triochat.protocol import line as p
 
 coredis = pytest.importorskip("coredis")
@@ -53,11 +55,16 @@ async def private_redis(redis_url: str) -> AsyncIterator[RedisServer]:
 class Linked:
     """A hub on a RedisBackplane, its link running in the test's nursery."""
 
-    def __init__(self, url: str, cluster: str, **options: Any) -> None:
+    def __init__(self, url: str, cluster: str, *, quiet_above: int = 0, **options: Any) -> None:
         self.backplane = RedisBackplane(
             RedisOptions(url=url, cluster=cluster, **{**FAST, **options})
         )
-        self.hub = Hub(history=5, clock=lambda: 1_700_000_000.0, backplane=self.backplane)
+        self.hub = Hub(
+            history=5,
+            clock=lambda: 1_700_000_000.0,
+            backplane=self.backplane,
+            quiet_above=quiet_above,
+        )
 
     async def start(self, nursery: trio.Nursery) -> Linked:
         await nursery.start(self.backplane.run)
@@ -235,6 +242,95 @@ async def test_a_dead_nodes_member_of_several_rooms_leaves_each(
     assert await b.backplane.claim("ann") is Claim.CLAIMED
 
 
+_BIG = "#big"
+_QUIET_ABOVE = 59
+
+
+class _Crowd:
+    """Members of one Linked node's big room (not in the lobby; outboxes never drained)."""
+
+    def __init__(self, node: Linked) -> None:
+        self.node = node
+        self.members: dict[str, Member] = {}
+        self._inboxes: list[trio.MemoryReceiveChannel[bytes]] = []
+
+    def add(self, name: str) -> None:
+        send, receive = trio.open_memory_channel[bytes](10_000)
+        member = self.node.hub.register(name, send, lambda: None, p.LineDialect())
+        assert isinstance(member, Member), member
+        self.node.hub.join(member, _BIG)
+        self.members[name] = member
+        self._inboxes.append(receive)
+
+    def here(self) -> list[str]:
+        room = self.node.hub._rooms.get(_BIG)
+        return [m.name for m in room.members] if room is not None else []
+
+
+def _order(names: list[str]) -> list[str]:
+    return sorted(names, key=lambda name: (p.name_sort_key(name), name))
+
+
+def _listing(crowd: _Crowd, crowds: list[_Crowd]) -> tuple[object, object]:
+    """What ``crowd``'s node lists of the big room, and what a full count of ``crowds`` says."""
+    everyone = _order([n for c in crowds for n in c.here()])
+    others = _order([n for c in crowds if c is not crowd for n in c.here()])
+    backplane, hub = crowd.node.backplane, crowd.node.hub
+    listed = hub._user_list(hub._rooms[_BIG])
+    shown = everyone[:USERS_SHOWN] if len(everyone) > _QUIET_ABOVE else everyone
+    found = (backplane.remote_users(_BIG), backplane.remote_count_in(_BIG), listed.names)
+    return (found, listed.total), ((others, len(others), tuple(shown)), len(everyone))
+
+
+async def _converge(crowds: list[_Crowd]) -> None:
+    """Wait until every node's list agrees with a full count (presence travels through
+    Redis), then check it (so that a timeout says what differs)."""
+    with trio.move_on_after(5):
+        # State of this process that nothing announces: nothing to wait on but the answer.
+        while any(found != want for found, want in (_listing(c, crowds) for c in crowds)):  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    for crowd in crowds:
+        found, want = _listing(crowd, crowds)
+        assert found == want
+
+
+async def test_a_big_room_over_two_nodes_is_counted_and_listed_from_each_replicas_index(
+    redis_url: str, cluster: str, nursery: trio.Nursery
+) -> None:
+    a = Linked(redis_url, cluster, quiet_above=_QUIET_ABOVE)
+    a_link = trio.CancelScope()
+    nursery.start_soon(_run, a, a_link)
+    await wait_until(lambda: a.backplane.linked)
+    on_a = _Crowd(a)
+    for i in range(0, _QUIET_ABOVE, 2):
+        on_a.add(f"{'U' if i % 3 == 0 else 'u'}{i:02}")
+    async with coredis.Redis.from_url(redis_url) as admin:  # B's snapshot will have them
+        presence = a.backplane.keys.presence
+        with trio.fail_after(5):
+            while await admin.hlen(presence) < len(on_a.members):  # noqa: ASYNC110
+                await trio.sleep(0.02)
+    b = await Linked(redis_url, cluster, quiet_above=_QUIET_ABOVE).start(nursery)
+    on_b = _Crowd(b)
+    crowds = [on_a, on_b]
+    for i in range(1, _QUIET_ABOVE, 2):  # just below the threshold: every name
+        on_b.add(f"{'U' if i % 3 == 0 else 'u'}{i:02}")
+    await _converge(crowds)
+    on_b.add("u59")  # just above it: the first names and the count
+    await _converge(crowds)
+    # Renames (a change of case keeps the key), and leaves among the first names and after.
+    a.hub.rename(on_a.members["u02"], "zz02")
+    a.hub.rename(on_a.members["u04"], "U04")
+    b.hub.rename(on_b.members["u55"], "Aa55")
+    await _converge(crowds)
+    a.hub.part(on_a.members["u08"], _BIG, "bye")
+    b.hub.leave(on_b.members["U57"], "quit")
+    await _converge(crowds)
+    a_link.cancel()  # Node A dies: B reaps it, and forgets its users room by room.
+    await wait_until(lambda: b.backplane.remote_count() == 0)
+    await _converge([on_b])
+    assert b.backplane.remote_rooms() == {}
+
+
 async def _run(node: Linked, scope: trio.CancelScope) -> None:
     with scope:
         await node.backplane.run()
@@ -280,6 +376,56 @@ def test_the_replica_counts_each_user_in_each_of_its_rooms() -> None:
     assert replica.name("ann") == "ann"
     replica.apply(Whereabouts("a", "ann", "ann", None))
     assert (replica.name("ann"), replica.rooms()) == (None, {})
+
+
+def test_the_replicas_room_index_agrees_with_a_scan_of_every_user() -> None:
+    """Through arrivals, room changes, renames, takeovers, departures and snapshots, each
+    room's count, names (in list order) and first names are those of a full scan."""
+    rng = random.Random(11)
+    replica = Replica("here")
+    truth: dict[str, tuple[str, str, tuple[str, ...]]] = {}  # key -> node, name, rooms
+    rooms = ("#lobby", "#a", "#b", "#c")
+    names = [f"{c}{i}" for c in "aBcD" for i in range(6)]
+
+    def agrees() -> None:
+        for room in (*rooms, "#none"):
+            held = sorted(
+                ((p.name_sort_key(n), n) for node, n, r in truth.values() if room in r),
+            )
+            assert replica.users(room) == [n for _, n in held]
+            assert replica.count_in(room) == len(held)
+            assert list(replica.first(room, 3)) == held[:3]
+        expected = Counter(r for _, _, rs in truth.values() for r in rs)
+        assert replica.rooms() == dict(expected)
+
+    for _ in range(600):
+        key = rng.choice(names).lower()
+        node = rng.choice(("a", "b", "here"))
+        action = rng.random()
+        if action < 0.55:  # arrives, changes rooms, or renames (the name keeps its key here)
+            name = key.upper() if rng.random() < 0.3 else key
+            placed = tuple(r for r in rooms if rng.random() < 0.5)
+            replica.apply(Whereabouts(node, key, name, placed))
+            if node != "here":
+                truth[key] = (node, name, placed)
+        elif action < 0.8:  # gone (only its own node's word counts)
+            replica.apply(Whereabouts(node, key, key, None))
+            if truth.get(key, ("",))[0] == node:
+                del truth[key]
+        elif action < 0.95:  # taken over by another node (or by this one)
+            replica.moved(key, node)
+            if node == "here":
+                truth.pop(key, None)
+            elif key in truth:
+                truth[key] = (node, *truth[key][1:])
+        else:  # a relink's snapshot: this node's own users are left out
+            entries = [(k, n, name, r, None, None) for k, (n, name, r) in truth.items()]
+            entries.append(("me", "here", "me", ("#a",), None, None))
+            replica.load(entries)
+        agrees()
+    replica.clear()
+    truth.clear()
+    agrees()
 
 
 def test_a_failure_whose_causes_loop_is_still_described() -> None:

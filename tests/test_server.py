@@ -23,7 +23,7 @@ from conftest import Connect, StartServer
 from triochat import ChatServer, ServerConfig
 from triochat.client.connection import ChatClient, ConnectionClosed, NameRejected
 from triochat.protocol import line as p
-from triochat.server.listener import SHUTDOWN_LINE
+from triochat.server.listener import HANDLER_NAME, SHUTDOWN_LINE
 
 STAMP = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
 WAIT = 10  # seconds: the deadline for anything a test waits on
@@ -293,6 +293,35 @@ async def test_tcp_keepalive_finds_dead_peers_within_about_a_minute(
         probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
         assert idle + interval * probes <= 60
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) <= 60_000
+
+
+async def test_an_idle_connection_is_its_handler_task_alone_with_no_name_or_callback_of_its_own(
+    start_server: StartServer, connect: Connect
+) -> None:
+    """Memory per idle connection (docs/benchmarks.md): each client's task runs the
+    handler itself (no wrapper coroutine), all share one name, and the hub's callbacks
+    for the member are the connection itself, not a bound method each."""
+    server, port = await start_server()
+    await connect(port, "ann")
+    await connect(port, "ben")
+
+    def tasks(task: trio.lowlevel.Task) -> Iterator[trio.lowlevel.Task]:
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                yield child
+                yield from tasks(child)
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    handlers = [t for t in tasks(root) if t.name == HANDLER_NAME]
+    assert len(handlers) == 2
+    assert handlers[0].name is handlers[1].name
+    assert all(t.coro.cr_code is ChatServer.handle_stream.__code__ for t in handlers)
+    for connection in server._connections:
+        member = connection.member
+        assert member is not None
+        assert member.hang_up is connection
+        assert member.disconnect is connection
 
 
 # --- bad input and limits ------------------------------------------------------

@@ -48,6 +48,8 @@ class RemoteUser:
     """The key of the account it proved is its own, if any (to mark operators)."""
     away: str | None
     """Why it is away, if it is."""
+    rooms: tuple[str, ...] = ()
+    """The rooms it is in (to find an operator of a room, or a member to kick)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,11 +280,22 @@ class Backplane(Protocol):
         ...
 
     def remote_users(self, room: str, /) -> list[str]:
-        """Names of the users in ``room`` on other nodes."""
+        """Names of the users in ``room`` on other nodes, in list order (by
+        :func:`~triochat.core.names.name_sort_key`, then the name)."""
+        ...
+
+    def remote_count_in(self, room: str, /) -> int:
+        """How many users are in ``room`` on other nodes (without listing them)."""
+        ...
+
+    def remote_first(self, room: str, count: int, /) -> Sequence[tuple[str, str]]:
+        """The first ``count`` of :meth:`remote_users` as ``(name_sort_key(name), name)``,
+        for a big room's list: a slice of the room's index, not a sort of everyone."""
         ...
 
     def remote_user(self, key: str, /) -> RemoteUser | None:
-        """The user on another node holding ``key`` (its name, account and away), if any."""
+        """The user on another node holding ``key`` (its name, account, away and rooms), if
+        any."""
         ...
 
     def remote_rooms(self) -> dict[str, int]:

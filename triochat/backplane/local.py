@@ -68,6 +68,12 @@ class LocalBackplane:
     def remote_users(self, room: str, /) -> list[str]:
         return []
 
+    def remote_count_in(self, room: str, /) -> int:
+        return 0
+
+    def remote_first(self, room: str, count: int, /) -> Sequence[tuple[str, str]]:
+        return ()
+
     def remote_user(self, key: str, /) -> RemoteUser | None:
         return None
 

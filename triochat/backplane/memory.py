@@ -16,7 +16,7 @@ member anywhere, a dead node's users announced as gone).
 from __future__ import annotations
 
 import itertools
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -27,6 +27,7 @@ from ..core.events import UNNUMBERED, Dialect, Private, RoomEvent, kept_in_histo
 from ..core.modstate import AccountSet, Change, State
 from ..core.names import name_key
 from ..protocol.line import LOBBY
+from ._roster import Roster
 from ._takeover import Pending
 from .base import BackplaneError, Claim, Handover, Node, RemoteUser, Tail, Takeover
 
@@ -120,7 +121,7 @@ class MemoryCluster:
         self.names: dict[str, MemoryBackplane] = {}
         """Name key -> the node that claimed it."""
         self.users: dict[str, _User] = {}
-        """Name key -> where that user is."""
+        """Name key -> where that user is (changed by :meth:`_set` alone)."""
         self.holders: dict[str, set[MemoryBackplane]] = {}
         self.histories: dict[str, deque[RoomEvent]] = {}
         self._dropped: dict[str, list[RoomEvent]] = {}
@@ -159,8 +160,21 @@ class MemoryCluster:
     def backplane(self) -> MemoryBackplane:
         """A new node's backplane."""
         backplane = MemoryBackplane(self)
+        backplane._roster.load(self.users.values())  # as a Redis node's snapshot on linking
         self.nodes.append(backplane)
         return backplane
+
+    def _set(self, key: str, user: _User | None) -> None:
+        """The user holding ``key`` is ``user`` now (``None``: gone): every other node's
+        roster follows, as each Redis node's replica follows the presence records."""
+        old = self.users.pop(key, None) if user is None else self.users.get(key)
+        if user is not None:
+            self.users[key] = user
+        for node in self.nodes:  # a node's own users are not in its roster
+            node._roster.change(
+                old if old is not None and old.backplane is not node else None,
+                user if user is not None and user.backplane is not node else None,
+            )
 
     def _broadcast(self, record: _Record) -> None:
         for node in self.nodes:
@@ -275,7 +289,7 @@ class MemoryCluster:
                     announcer.node.announce_left(room, user.name, reason)
         self.nodes.remove(backplane)
         for key, _ in gone:
-            del self.users[key]
+            self._set(key, None)
         for key in [k for k, owner in self.names.items() if owner is backplane]:
             del self.names[key]
         for room in [r for r, holders in self.holders.items() if backplane in holders]:
@@ -298,6 +312,8 @@ class MemoryBackplane:
         self._pending: dict[int, Pending] = {}
         self._flowing = trio.Event()
         self._flowing.set()
+        self._roster = Roster()
+        """The other nodes' users by room (kept by :meth:`MemoryCluster._set`)."""
 
     @property
     def node(self) -> Node:
@@ -343,11 +359,11 @@ class MemoryBackplane:
         if rooms is None:
             user = cluster.users.get(key)
             if user is not None and user.backplane is self:
-                del cluster.users[key]
+                cluster._set(key, None)
             if cluster.names.get(key) is self:
                 del cluster.names[key]
         else:
-            cluster.users[key] = _User(self, name, tuple(rooms), account, away)
+            cluster._set(key, _User(self, name, tuple(rooms), account, away))
             cluster.names[key] = self
 
     def occupy(self, room: str, /) -> None:
@@ -365,16 +381,22 @@ class MemoryBackplane:
         return user.name if user is not None and user.backplane is not self else None
 
     def remote_users(self, room: str, /) -> list[str]:
-        return [u.name for u in self._others() if room in u.rooms]
+        return self._roster.names(room)
+
+    def remote_count_in(self, room: str, /) -> int:
+        return self._roster.count(room)
+
+    def remote_first(self, room: str, count: int, /) -> Sequence[tuple[str, str]]:
+        return self._roster.first(room, count)
 
     def remote_user(self, key: str, /) -> RemoteUser | None:
         user = self.cluster.users.get(key)
         if user is None or user.backplane is self:
             return None
-        return RemoteUser(user.name, user.account, user.away)
+        return RemoteUser(user.name, user.account, user.away, user.rooms)
 
     def remote_rooms(self) -> dict[str, int]:
-        return dict(Counter(room for u in self._others() for room in u.rooms))
+        return self._roster.counts()
 
     def remote_count(self) -> int:
         return sum(1 for _ in self._others())

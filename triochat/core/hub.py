@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Final, TypeVar
 
@@ -466,15 +466,23 @@ class Hub:
         if not self._quiet(held):
             self.users(member, held, everyone=True)
             return
-        where = held.name
+        where, remote = held.name, self.backplane.remote
         shown = {member.name}
-        # An operator is shown when it holds its account's own name (looked up by it).
+        # An operator is shown when it holds its account's own name (looked up by it),
+        # here or on another node (whose presence gives its account and rooms).
         for account in self.moderation.ops.get(where, ()):
             holder = self._members.get(account)
             if holder is not None and holder.account == account and holder.rooms.get(where):
                 shown.add(holder.name)
+            elif (
+                remote
+                and (user := self.backplane.remote_user(account)) is not None
+                and user.account == account
+                and where in user.rooms
+            ):
+                shown.add(user.name)
         names = sorted(shown, key=p.name_sort_key)
-        count = len(held.members) + len(self.backplane.remote_users(where))
+        count = len(held.members) + self.backplane.remote_count_in(where)
         self.tell(member, self._marked(held, names, count))
         self._evict_slow()
 
@@ -579,7 +587,8 @@ class Hub:
         """Kick the user called ``name`` out of ``room`` on whichever other node it is;
         ``False`` if no other node has it there."""
         key = p.name_key(name)
-        if not any(p.name_key(n) == key for n in self.backplane.remote_users(room)):
+        user = self.backplane.remote_user(key)
+        if user is None or room not in user.rooms:
             return False
         self.backplane.publish_state(Kicked(room, key, member.name, reason))
         return True
@@ -703,7 +712,7 @@ class Hub:
         if not limit:
             return False
         count = len(room.members)
-        return count > limit or count + self.backplane.remote_rooms().get(room.name, 0) > limit
+        return count > limit or count + self.backplane.remote_count_in(room.name) > limit
 
     def _enter(self, member: Member, name: str) -> None:
         room = self._rooms.get(name)
@@ -712,7 +721,7 @@ class Hub:
             if name != p.LOBBY:
                 self.backplane.occupy(name)
         room.add(member)
-        member.rooms[name] = room
+        member.rooms[room.name] = room  # one string for all its members, not theirs
         if room.log.tail.maxlen == 0 and resumes(member.dialect):
             room.log.tail = deque(maxlen=self.resume_max)
         self._present(member)
@@ -766,12 +775,11 @@ class Hub:
 
     def _user_list(self, room: Room) -> ev.UserList:
         """The room's users; past ``quiet_above``, the first ``USERS_SHOWN`` and the count."""
-        remote = self.backplane.remote_users(room.name)
-        count = len(room.members) + len(remote)
+        count = len(room.members) + self.backplane.remote_count_in(room.name)
         if self.quiet_above and count > self.quiet_above:
             first = room.first_names()
-            if remote:  # the room's first names are among the first here and those elsewhere
-                others = ((p.name_sort_key(name), name) for name in remote)
+            # The room's first names are among the first here and the first elsewhere.
+            if others := self.backplane.remote_first(room.name, USERS_SHOWN):
                 first = heapq.nsmallest(USERS_SHOWN, itertools.chain(first, others))
             return self._marked(room, [name for _, name in first], count)
         return self._marked(room, self._names(room))
@@ -917,7 +925,7 @@ class Hub:
         self._fanout(groups, [event])
 
     def _fanout(
-        self, groups: Mapping[Dialect, Iterable[Member]], events: Sequence[ev.Event]
+        self, groups: Mapping[Dialect, Collection[Member]], events: Sequence[ev.Event]
     ) -> None:
         """Render ``events`` once per dialect and hand the bytes to each member's outbox.
 
@@ -947,15 +955,28 @@ class Hub:
             self.lines_out += sent * count
 
     def _tell_authors(
-        self, members: Iterable[Member], events: Sequence[ev.Event], authors: set[str]
-    ) -> list[Member]:
+        self, members: Collection[Member], events: Sequence[ev.Event], authors: set[str]
+    ) -> Collection[Member]:
         """Hand the ``authors`` among ``members`` (who do not echo) ``events`` without their
-        own lines; the others, to be handed all of them, are returned."""
-        others: list[Member] = []
-        for member in members:
-            if member.name not in authors:
-                others.append(member)
-                continue
+        own lines; the others, to be handed all of them, are returned.
+
+        The authors are looked up by name, not each member's name looked at: in a big
+        room that loop cost every recipient of every burst (a member's name is its
+        key's, and every member in a room is in :attr:`_members`).
+        """
+        found = [
+            member
+            for author in authors
+            if (member := self._members.get(p.name_key(author))) is not None
+            and member.name == author
+            and member in members
+        ]
+        if not found:
+            return members
+        # A room's group is a dict, and a dict's copy is made in C at memory speed.
+        others = members.copy() if isinstance(members, dict) else dict.fromkeys(members)
+        for member in found:
+            del others[member]
             kept = _without_own(member, events)
             if kept:
                 self.tell(member, *kept)

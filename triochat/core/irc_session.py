@@ -124,14 +124,16 @@ class IRCOutbox:
 
     def __init__(self, inner: Outbox) -> None:
         self._inner = inner
-        # A line's start -> [matching lines to let through, then to take out].
-        self._expected: dict[bytes, list[int]] = {}
+        # A line's start -> [matching lines to let through, then to take out]. Each of
+        # the tables and lists below is None while empty: an empty dict or list kept
+        # by every idle client costs 64 or 56 bytes (docs/benchmarks.md).
+        self._expected: dict[bytes, list[int]] | None = None
         self.farewell: str | None = "Closing link"
         """The ``ERROR`` text closing sends; ``None`` once an ERROR has gone out."""
         self._label: str | None = None
-        self._answer: list[bytes] = []
+        self._answer: list[bytes] | None = None
         self._capturing = False
-        self._late: list[_Late] = []
+        self._late: list[_Late] | None = None
         """Labeled answers still to come (echoes coming back from the cluster)."""
 
     # --- labeled-response --------------------------------------------------------
@@ -158,8 +160,8 @@ class IRCOutbox:
 
     def finish(self, ref: str, server: str) -> bytes:
         """The labeled answer kept so far (an ``ACK`` if nothing); keeping stops."""
-        label, data = self._label, b"".join(self._answer)
-        self._label, self._answer, self._capturing = None, [], False
+        label, data = self._label, b"".join(self._answer or ())
+        self._label, self._answer, self._capturing = None, None, False
         assert label is not None
         return labels.answer(data, label, ref, server)
 
@@ -168,22 +170,28 @@ class IRCOutbox:
         (an echo coming back from the cluster): they go out labeled when they are in."""
         label = self._label
         assert label is not None
-        self._label, self._answer, self._capturing = None, [], False
+        self._label, self._answer, self._capturing = None, None, False
+        if self._late is None:
+            self._late = []
         self._late.append(_Late(start, lines, label, ref, server))
         if len(self._late) > MAX_LATE:  # an echo lost on the way: stop waiting for it
             del self._late[0]
 
     def _label_late(self, value: bytes) -> bytes:
         out: list[bytes] = []
+        waiting = self._late
+        assert waiting is not None
         for line in value.split(b"\r\n")[:-1]:
             bare = line.partition(b" ")[2] if line[:1] == b"@" else line
-            late = next((e for e in self._late if bare.startswith(e.start)), None)
+            late = next((e for e in waiting if bare.startswith(e.start)), None)
             if late is None or b"batch=" in line.partition(b" ")[0]:
                 out.append(line + b"\r\n")
                 continue
             late.got.append(line + b"\r\n")
             if len(late.got) == late.lines:
-                self._late.remove(late)
+                waiting.remove(late)
+                if not waiting:
+                    self._late = None
                 out.append(labels.answer(b"".join(late.got), late.label, late.ref, late.server))
         return b"".join(out)
 
@@ -199,6 +207,8 @@ class IRCOutbox:
         that does not end in ``:`` must be the whole line. Lines in a batch
         (a ``CHATHISTORY`` answer) are history, never taken out.
         """
+        if self._expected is None:
+            self._expected = {}
         entry = self._expected.setdefault(start, [0, 0])
         if after:
             entry[:] = [after, lines]
@@ -207,12 +217,13 @@ class IRCOutbox:
 
     def forget(self, start: bytes) -> None:
         """Stop expecting lines starting with ``start``."""
-        self._expected.pop(start, None)
-        self._emptied()
+        if self._expected is not None:
+            self._expected.pop(start, None)
+            self._emptied()
 
     def _emptied(self) -> None:
         if not self._expected:
-            self._expected = {}  # an emptied dict keeps its table: 160 bytes per idle client
+            self._expected = None  # an emptied dict would keep its table: 160 bytes
 
     def send_nowait(self, value: bytes, /) -> None:
         if self._expected:
@@ -220,6 +231,7 @@ class IRCOutbox:
             if not value:
                 return
         if self._capturing:
+            assert self._answer is not None  # capturing: answer() made it
             self._answer.append(value)
             return
         if self._late:
@@ -247,7 +259,9 @@ class IRCOutbox:
 
     def _take(self, line: bytes) -> bool:
         """Whether ``line`` is one of the member's own lines to take out."""
-        for start, entry in self._expected.items():
+        expected = self._expected
+        assert expected is not None  # only asked while some lines are expected
+        for start, entry in expected.items():
             if not (line.startswith(start) if start.endswith(b":") else line == start):
                 continue
             if entry[0]:
@@ -255,7 +269,7 @@ class IRCOutbox:
                 return False
             entry[1] -= 1
             if not entry[1]:
-                del self._expected[start]
+                del expected[start]
                 self._emptied()
             return True
         return False
@@ -263,8 +277,8 @@ class IRCOutbox:
     def close(self) -> None:
         if self._label is not None:
             # A labeled QUIT (or an eviction mid-answer): what was kept goes first, as it is.
-            data = b"".join(self._answer)
-            self._label, self._answer, self._capturing = None, [], False
+            data = b"".join(self._answer or ())
+            self._label, self._answer, self._capturing = None, None, False
             with contextlib.suppress(
                 trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
             ):
@@ -279,6 +293,29 @@ class IRCOutbox:
         self._inner.close()
 
 
+class _OwnSession(Session[Member]):
+    """The shared session of one IRC client, whose member is registered with the
+    client's own dialect (its nick, its capabilities) rather than its door's: so
+    the door's sessions share one :class:`Door` (88 bytes each otherwise)."""
+
+    __slots__ = ("_dialect",)
+
+    def __init__(
+        self,
+        door: Door[Member],
+        dialect: ev.Dialect,
+        *,
+        outbox: Outbox,
+        disconnect: Callable[[], None],
+        address: str,
+    ) -> None:
+        super().__init__(door, outbox=outbox, disconnect=disconnect, address=address)
+        self._dialect = dialect
+
+    def _member_dialect(self) -> ev.Dialect:
+        return self._dialect
+
+
 class IRCSession:
     """One IRC connection's protocol state, registration to QUIT.
 
@@ -288,7 +325,38 @@ class IRCSession:
       outbox: where the client's bytes go (the hub gets it wrapped, :class:`IRCOutbox`).
       disconnect: given to the hub, called if it evicts the member.
       address, delays, clock: for the shared session's password delays.
+      door: what the door's IRC sessions share (its dialect unused: each member gets
+        the session's own); made from the arguments above if not given.
     """
+
+    # Slots: one per IRC client, and without them its attributes took 296 bytes.
+    __slots__ = (
+        "_batches",
+        "_disconnect",
+        "_door",
+        "accounts",
+        "awaiting_pong",
+        "cap_open",
+        "cap_version",
+        "caps",
+        "closed",
+        "dialect",
+        "history_request",
+        "hub",
+        "labeled",
+        "late_echo",
+        "logged_in",
+        "nick",
+        "outbox",
+        "password",
+        "pending",
+        "rules",
+        "sasl",
+        "sasl_checking",
+        "session",
+        "user",
+        "user_modes",
+    )
 
     def __init__(
         self,
@@ -302,27 +370,27 @@ class IRCSession:
         clock: Callable[[], float],
         accounts: AccountBook | None = None,
         moderation: Moderation | None = None,
+        door: Door[Member] | None = None,
     ) -> None:
         self.hub = hub
         self.rules = rules
         self._disconnect = disconnect
         self.outbox = IRCOutbox(outbox)
         self.dialect = IRCDialect(rules.server)
-        # A door of its own: the shared session takes the dialect from its door,
-        # and an IRC connection's dialect is its own (its nick, its capabilities).
-        door: Door[Member] = Door(
-            hub=hub,
-            rules=rules.session,
-            dialect=self.dialect,
-            delays=delays if delays is not None else FailureDelays(),
-            clock=clock,
-            accounts=accounts,
-            moderation=moderation,
-        )
+        if door is None:
+            door = Door(
+                hub=hub,
+                rules=rules.session,
+                dialect=self.dialect,
+                delays=delays if delays is not None else FailureDelays(),
+                clock=clock,
+                accounts=accounts,
+                moderation=moderation,
+            )
         self._door = door
         self.accounts = accounts
-        self.session: Session[Member] = Session(
-            door, outbox=self.outbox, disconnect=disconnect, address=address
+        self.session: Session[Member] = _OwnSession(
+            door, self.dialect, outbox=self.outbox, disconnect=disconnect, address=address
         )
         self.caps = NOTHING
         self.nick: str | None = None
@@ -649,6 +717,8 @@ class IRCSession:
             or session.state is not State.AWAITING_NAME
         ):
             return []
+        if self.user == self.nick:
+            self.user = self.nick  # one string kept, not two alike (52 bytes per client)
         self.dialect.negotiate(self.caps)
         self.dialect.history_on_join = "draft/chathistory" not in self.caps
         self.dialect.nick = self.nick

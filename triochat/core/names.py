@@ -75,9 +75,11 @@ def name_key(name: str) -> str:
     is folded before the skeleton is taken, so ``Ann`` and ``ann`` stay one name
     (the price: a capital ``I`` is not matched with a small ``l``); prototypes
     that are capitals (``0`` looks like ``O``) are folded again after. About
-    0.5 µs for a short name, so it is not cached.
+    0.5 µs for a short name, so it is not cached. A name that is its own key
+    (``ann``) is returned itself, so a member keeps one string, not two alike.
     """
-    return skeleton(unicodedata.normalize("NFKC", name).casefold()).casefold()
+    key = skeleton(unicodedata.normalize("NFKC", name).casefold()).casefold()
+    return name if key == name else key
 
 
 def name_sort_key(name: str) -> str:

@@ -511,6 +511,10 @@ class Session(Generic[M]):
     def rules(self) -> Rules:
         return self._door.rules
 
+    def _member_dialect(self) -> Dialect:
+        """The dialect its member is registered with: its door's (an IRC client's is its own)."""
+        return self._door.dialect
+
     @property
     def account(self) -> str | None:
         """The key of the account the member proved is theirs, if any (its member knows too:
@@ -809,7 +813,7 @@ class Session(Generic[M]):
         return [ClaimName(name)]
 
     def _register(self, name: str, *, claimed: bool) -> list[Output]:
-        result = self._hub.register(name, self._outbox, self._disconnect, self._door.dialect)
+        result = self._hub.register(name, self._outbox, self._disconnect, self._member_dialect())
         if isinstance(result, str):
             self._to(State.AWAITING_NAME)
             return [*([Unclaim(name)] if claimed else []), Error(result), Notice(p.NAME_QUESTION)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, ClassVar, Final
@@ -75,6 +76,24 @@ class DoorConnection:
 
     def _leave(self) -> None:
         raise NotImplementedError
+
+    def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    def _hang_up(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def __call__(self, reason: str | None = None) -> None:
+        """The hub ends this connection's member: ``connection()`` at once (too slow, or
+        resumed elsewhere), ``connection(reason)`` once its last lines are out.
+
+        The connection itself is its member's ``disconnect`` and ``hang_up``: a bound
+        method for each, kept by every member, cost 160 bytes (docs/benchmarks.md).
+        """
+        if reason is None:
+            self._disconnect()
+        else:
+            self._hang_up(reason)
 
     @property
     def member(self) -> Member | None:
@@ -206,7 +225,7 @@ class Connection(DoorConnection):
         self.session: s.Session[Member] = s.Session(
             server.door,
             outbox=self.send,
-            disconnect=self._disconnect,
+            disconnect=self,  # see __call__
             # Only the passwords' failure delays (and bans) are kept per address.
             address=peer_host(stream)
             if config.password is not None or server.accounts is not None
@@ -333,7 +352,7 @@ class Connection(DoorConnection):
             if not await self._carry_out(outputs):
                 return False
             if session.member is not None:
-                session.member.hang_up = self._hang_up
+                session.member.hang_up = self  # see __call__
                 return True
         return False
 
@@ -346,7 +365,7 @@ class Connection(DoorConnection):
             server.hub,
             server.tokens,
             outbox=self.send,
-            disconnect=self._disconnect,
+            disconnect=self,  # see __call__
             # Bad tokens are delayed per address, as wrong passwords are.
             address=self.session.address or peer_host(self.stream),
             resume_max=server.config.resume_max,
@@ -534,12 +553,16 @@ async def close_stream(stream: trio.abc.Stream) -> None:
 
 
 def peer_host(stream: trio.abc.Stream) -> str:
-    """The peer's IP address, the key for per-address limits ("" if unknown)."""
+    """The peer's IP address, the key for per-address limits ("" if unknown).
+
+    Interned: the connections from one address share one string (58 bytes each
+    otherwise, kept by every IRC connection's frame).
+    """
     while isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
         try:
-            return str(stream.socket.getpeername()[0])
+            return sys.intern(str(stream.socket.getpeername()[0]))
         except OSError:
             return ""
     return ""

@@ -9,15 +9,17 @@ writes them to the socket, one write per client per round (``outbox.py``).
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 
@@ -43,6 +45,12 @@ log: Final = logging.getLogger("triochat.server")
 SHUTDOWN_LINE: Final = "Server is shutting down. Bye!"
 MOTD_MAX: Final = 16_384
 """The most bytes of ``--motd`` read: a message, not a book (it is sent to every newcomer)."""
+HANDLER_NAME: Final = "triochat.server.listener.ChatServer.handle_stream"
+"""The line door's connection tasks' name (one string for all: see :func:`serve_listeners`)."""
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+"""What ``accept`` fails with when the system is out of descriptors or memory: retried."""
+ACCEPT_RETRY: Final = 0.1
+"""Seconds before accepting again after one of those."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,7 +237,9 @@ class ChatServer:
             moderation=self.hub.moderation,
         )
         """What the line door's v2 sessions share (``None``: the door speaks v1 only)."""
-        self._connections: set[DoorConnection] = set()
+        # A dict, not a set: at 10,000 connections a set's table takes 52 bytes a
+        # connection (it grows 4x at a time), a dict's 29 (docs/benchmarks.md).
+        self._connections: dict[DoorConnection, None] = {}
         self._per_address: dict[str, int] = {}
         self._handshaking = 0
         self._doors: list[Callable[[], int]] = []
@@ -269,11 +279,15 @@ class ChatServer:
     def add_connection(self, connection: DoorConnection) -> None:
         """``connection`` (of any door) is the server's: counted against ``--max-clients``,
         told when the server shuts down, until :meth:`remove_connection`."""
-        self._connections.add(connection)
+        self._connections[connection] = None
 
     def remove_connection(self, connection: DoorConnection) -> None:
         """``connection`` is over."""
-        self._connections.discard(connection)
+        self._connections.pop(connection, None)
+
+    def each_connection(self) -> list[DoorConnection]:
+        """The open connections of the line and IRC doors, now."""
+        return list(self._connections)
 
     def add_door(self, connections: Callable[[], int]) -> None:
         """Count another door's open connections against ``--max-clients`` too."""
@@ -353,10 +367,11 @@ class ChatServer:
             async with trio.open_nursery() as acceptors:
                 await acceptors.start(
                     partial(
-                        trio.serve_listeners,
+                        serve_listeners,
                         self.handle_stream,
                         listeners,
                         handler_nursery=handlers,
+                        name=HANDLER_NAME,
                     )
                 )
                 for listener in listeners:
@@ -395,32 +410,36 @@ class ChatServer:
         self._shutdown.set()
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one client over any trio stream (a TCP socket, or a test's memory stream)."""
-        if isinstance(stream, trio.SocketStream):
-            enable_keepalive(stream)
-        limit = self.config.max_per_address
-        address = peer_host(stream) if limit else None
-        if address is not None and not self.admit_address(address):
-            log.warning("refused a connection from %s: %d already open", address, limit)
-            await self._refuse(stream, p.format_error("Too many connections from your address"))
-            return
+        """Serve one client over any trio stream (a TCP socket, or a test's memory stream),
+        and close it."""
         # The connection runs in this frame, not in one more below it: a
         # coroutine frame costs every idle client about 250 bytes.
+        address: str | None = None
         try:
+            if isinstance(stream, trio.SocketStream):
+                enable_keepalive(stream)
+            limit = self.config.max_per_address
+            address = peer_host(stream) if limit else None
+            if address is not None and not self.admit_address(address):
+                log.warning("refused a connection from %s: %d already open", address, limit)
+                address = None  # not counted
+                await self._refuse(stream, p.format_error("Too many connections from your address"))
+                return
             connection = await self._admit(stream)
             if connection is None:
                 return
-            self._connections.add(connection)
+            self._connections[connection] = None
             try:
                 await connection.run()
             except Exception:
                 # One client's bug must never take the server down.
                 log.exception("connection %s failed", connection.peer)
             finally:
-                self._connections.discard(connection)
+                self._connections.pop(connection, None)
         finally:
             if address is not None:
                 self.release_address(address)
+            await trio.aclose_forcefully(stream)  # closed already, unless it failed early
 
     async def _refuse(self, stream: trio.abc.Stream, line: str) -> None:
         """Send one line (briefly, the client may not read) and hang up.
@@ -497,6 +516,54 @@ class ChatServer:
         for connection in list(self._connections):
             connection.close_with(data)
         self.hub.shutdown()
+
+
+async def serve_listeners(
+    handler: Callable[[trio.SocketStream], Awaitable[object]],
+    listeners: list[trio.SocketListener],
+    *,
+    handler_nursery: trio.Nursery,
+    name: str,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """:func:`trio.serve_listeners`, without what it keeps for every connection: accept on
+    every listener and run ``handler(stream)`` in a task of its own in ``handler_nursery``.
+
+    ``handler`` owns the stream and closes it, whatever happens: trio's version
+    runs each handler under a coroutine of its own that closes the stream
+    afterwards (240 bytes for every idle client), and names each task with a
+    string of its own (93 bytes); here every task is ``handler`` itself, named
+    ``name``. As trio's does, accepting retries (and logs) the errors that mean
+    the system is out of descriptors or memory and raises any other.
+    """
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept, listener, handler, handler_nursery, name)
+        # The listeners already queue connections; one tick more and every loop is in accept.
+        await trio.lowlevel.checkpoint()
+        task_status.started(listeners)
+    raise AssertionError("unreachable: the accept loops never return")  # pragma: no cover
+
+
+async def _accept(
+    listener: trio.SocketListener,
+    handler: Callable[[trio.SocketStream], Awaitable[object]],
+    handler_nursery: trio.Nursery,
+    name: str,
+) -> NoReturn:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error(
+                    "accept failed: %s; retrying in %g s", os.strerror(exc.errno), ACCEPT_RETRY
+                )
+                await trio.sleep(ACCEPT_RETRY)
+            else:
+                handler_nursery.start_soon(handler, stream, name=name)
 
 
 def read_motd(path: Path | None) -> tuple[str, ...]:

@@ -181,6 +181,12 @@ class RedisBackplane:
     def remote_users(self, room: str, /) -> list[str]:
         return self._replica.users(room)
 
+    def remote_count_in(self, room: str, /) -> int:
+        return self._replica.count_in(room)
+
+    def remote_first(self, room: str, count: int, /) -> Sequence[tuple[str, str]]:
+        return self._replica.first(room, count)
+
     def remote_user(self, key: str, /) -> RemoteUser | None:
         return self._replica.user(key)
 
