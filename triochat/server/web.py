@@ -543,7 +543,7 @@ class _WebSocket:
             self.hub,
             door.server.tokens,
             outbox=self.send,
-            disconnect=self._disconnect,
+            disconnect=self,  # see __call__
             address=address,
             resume_max=config.resume_max,
             attempts=config.resume_attempts,
@@ -705,6 +705,18 @@ class _WebSocket:
         # the member away, unless its peer only went silent (it may come back).
         self.session.close(self.reason, hold=code == w.CLOSE_PING_TIMEOUT)
         self.send.close()
+
+    def __call__(self, reason: str | None = None) -> None:
+        """The hub ends this connection's member: ``socket()`` at once (too slow, or
+        resumed elsewhere), ``socket(reason)`` once it is told why (it was sent away).
+
+        The socket itself is its member's ``disconnect`` and ``hang_up``, as the line
+        door's connection is: a bound method for each cost 128 bytes per member.
+        """
+        if reason is None:
+            self._disconnect()
+        else:
+            self._hang_up(reason)
 
     def _hang_up(self, reason: str) -> None:
         """The hub sent this member away (``reason``): close with 4004 once it is told."""
@@ -916,7 +928,7 @@ class _WebSocket:
         member = self.member
         if member is None or self._closing:
             return
-        member.hang_up = self._hang_up
+        member.hang_up = self  # see __call__
         self._tell_raw(self._registered(member, resumed=False))
         for room in message.rooms:
             # Through the session, which checks bans and makes a room's creator its operator.
@@ -933,7 +945,7 @@ class _WebSocket:
         member = self.member
         if member is None or self.session.state is not s.State.CHATTING:
             return False
-        member.hang_up = self._hang_up
+        member.hang_up = self  # see __call__
         self._tell_raw(self._registered(member, resumed=True))
         self.hub.flush()
         return True
