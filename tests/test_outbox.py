@@ -319,3 +319,22 @@ async def test_after_a_short_round_the_flusher_writes_the_next_at_once(
             outbox.send_nowait(line)
             await trio.testing.wait_all_tasks_blocked()
             assert records(theirs) == [line]
+
+
+async def test_a_last_chunk_after_close_goes_out_after_the_queued_lines_or_not_at_all(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    flusher = Flusher(ServerStats())
+    owner = Owner()
+    outbox = Outbox(owner, flusher, 100, ours.fileno())
+    async with flushing(flusher):
+        outbox.send_nowait(b"you are out\n")
+        outbox.close()
+        outbox.send_last(b"<close frame>")
+        await trio.testing.wait_all_tasks_blocked()
+        assert records(theirs) == [b"you are out\n<close frame>"]
+        assert owner.ended == 1
+        outbox.send_last(b"too late")  # all is out and the connection is ending
+        await trio.testing.wait_all_tasks_blocked()
+        assert records(theirs) == []

@@ -744,5 +744,6 @@ async def test_a_web_member_sent_away_by_the_server_is_told_and_hung_up(start: S
         assert (await until(bob, "error"))[
             "text"
         ] == "You are out of the chat (banned from the server)"
-        await closed_with(bob)  # the hub closed its outbox: no close frame comes after
+        # After what it was told: the close frame, although the hub had closed its outbox.
+        assert (await closed_with(bob)).code == w.CLOSE_EXPELLED
         assert (await until(ann, "left", name="bob"))["reason"] == "banned from the server"

@@ -112,6 +112,15 @@ class Outbox:
         if self._state == _IDLE:
             self._owner.end()
 
+    def send_last(self, data: bytes, /) -> None:
+        """After :meth:`close`: one more chunk, after the queued ones (a WebSocket's close
+        frame, once the hub has closed the outbox). Dropped if the lines are all out already
+        (the connection is ending) or the socket is gone."""
+        if not self.closed:
+            self.send_nowait(data)
+        elif self._state != _IDLE and not self._broken:
+            self._chunks.append(data)
+
     def stop(self) -> None:
         """Drop what is queued and refuse more (``BrokenResourceError``): the socket is gone."""
         self._broken = True

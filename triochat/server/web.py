@@ -700,7 +700,11 @@ class _WebSocket:
         elif code == w.CLOSE_GOING_AWAY:
             self.reason = "server shutdown"
         if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            self._tell_raw(self.ws.send(CloseConnection(code, reason)))
+            frame = self.ws.send(CloseConnection(code, reason))
+            if self.send.closed:  # the hub sent the member away: its last words are queued
+                self.send.send_last(frame)
+            else:
+                self._tell_raw(frame)
         # After the close frame: leaving the hub closes the outbox. The server sends
         # the member away, unless its peer only went silent (it may come back).
         self.session.close(self.reason, hold=code == w.CLOSE_PING_TIMEOUT)
