@@ -38,6 +38,16 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         yield ours, theirs
 
 
+def stream_pair(send_buffer: int) -> tuple[socket.socket, socket.socket]:
+    """A non-blocking stream socket pair (it takes part of a write) whose sending end
+    buffers about ``send_buffer`` bytes."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    return ours, theirs
+
+
 @asynccontextmanager
 async def flushing(flusher: Flusher) -> AsyncIterator[None]:
     """The flusher's task running, as in a serving server."""
@@ -114,10 +124,7 @@ def test_what_the_kernel_refuses_goes_to_a_writer_and_counts_toward_the_bound(
 
 
 async def test_a_round_s_chunks_go_out_whole_and_in_order_when_the_kernel_takes_part() -> None:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # takes part of a write
-    ours.setblocking(False)
-    theirs.setblocking(False)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    ours, theirs = stream_pair(65536)
     flusher = Flusher(ServerStats())
     owner = Owner()
     outbox = Outbox(owner, flusher, 100, ours.fileno())
@@ -232,10 +239,7 @@ async def test_a_backlog_for_a_connection_that_is_over_never_stops_the_flusher(
 
 
 async def test_the_writer_of_a_plain_socket_writes_the_backlog_as_the_peer_reads_it() -> None:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ours.setblocking(False)
-    theirs.setblocking(False)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    ours, theirs = stream_pair(65536)
     flusher = Flusher(ServerStats())
     owner = Owner()
     outbox = Outbox(owner, flusher, 1000, ours.fileno())
@@ -263,9 +267,7 @@ async def test_the_writer_of_a_plain_socket_writes_the_backlog_as_the_peer_reads
 
 
 async def test_the_writer_of_a_plain_socket_reports_a_broken_one() -> None:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ours.setblocking(False)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours, theirs = stream_pair(4096)
     owner = Owner()
     outbox = Outbox(owner, Flusher(ServerStats()), 100, ours.fileno())
     with ours:

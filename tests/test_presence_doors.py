@@ -3,38 +3,17 @@ the ``--quiet-above`` threshold and just past it, over real sockets."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 import trio
-from irc_support import RawIRC, close_clients, irc_client, line_until, opened
-from trio_websocket import WebSocketConnection, open_websocket
+from irc_support import RawIRC, close_clients, irc_client, line_client, line_until
+from test_reconnect import lines_of
+from test_web_door import register, until, web_client
 
 from triochat import ChatServer, ServerConfig
-from triochat.client.connection import ChatClient, open_chat_client
 from triochat.server.irc import IRCConfig, IRCDoor
 from triochat.server.web import WebConfig, WebDoor
 
 _close_clients = pytest.fixture(autouse=True)(close_clients)
-
-
-async def web_until(ws: WebSocketConnection, kind: str, **fields: Any) -> dict[str, Any]:
-    """The next message of ``kind`` with ``fields``; the ones before it are skipped."""
-    with trio.fail_after(10):
-        while True:
-            message: dict[str, Any] = json.loads(await ws.get_message())
-            if message["type"] == kind and all(message.get(k) == v for k, v in fields.items()):
-                return message
-
-
-async def lines_until(client: ChatClient, ending: str) -> list[str]:
-    """Every line up to the one that ends with ``ending``, that one included."""
-    seen: list[str] = []
-    with trio.fail_after(10):
-        while not (seen and seen[-1].endswith(ending)):
-            seen.append(await client.receive_line())
-    return seen
 
 
 @pytest.fixture
@@ -52,34 +31,30 @@ async def test_every_door_hears_each_join_at_the_threshold_and_a_summary_past_it
     doors: tuple[ChatServer, int, int, int],
 ) -> None:
     server, line_port, irc_port, web_port = doors
-    ann = await open_chat_client("127.0.0.1", line_port)
-    opened(ann)
-    await ann.register("ann")
-    async with open_websocket("127.0.0.1", web_port, "/ws", use_ssl=False) as ws:
-        await web_until(ws, "hello")
-        await ws.send_message(json.dumps({"type": "register", "name": "cat"}))
-        await web_until(ws, "joined", room="#lobby", name="cat")
-        await line_until(ann, "* cat joined #lobby")
-        bob: RawIRC = await irc_client(irc_port, "bob")
-        await bob.send("JOIN #lobby")
-        # Three members: the threshold, not past it, so the third join is told to all.
-        await bob.until("366", "bob", "#lobby")
-        await line_until(ann, "* bob joined #lobby")
-        await web_until(ws, "joined", room="#lobby", name="bob")
+    with trio.fail_after(30):  # the helpers below wait without bound
+        ann = await line_client(line_port, "ann")
+        async with web_client(web_port) as ws:
+            await register(ws, "cat")
+            await until(ws, "joined", room="#lobby", name="cat")
+            await line_until(ann, "* cat joined #lobby")
+            bob: RawIRC = await irc_client(irc_port, "bob")
+            await bob.send("JOIN #lobby")
+            # Three members: the threshold, not past it, so the third join is told to all.
+            await bob.until("366", "bob", "#lobby")
+            await line_until(ann, "* bob joined #lobby")
+            await until(ws, "joined", room="#lobby", name="bob")
 
-        dan = await open_chat_client("127.0.0.1", line_port)
-        opened(dan)
-        await dan.register("dan")  # the fourth, past it: only dan hears of its join
-        server.hub.summarize_presence()  # what the timer does every --presence-interval
-        summary = "* 1 joined and 0 left #lobby in the last 30 s"
-        assert not any("dan" in line for line in await lines_until(ann, summary))
-        notice = await bob.until("NOTICE", "#lobby")
-        assert notice.params[1].endswith(summary)
-        assert not any(
-            m.command == "JOIN" and (m.source or "").startswith("dan!") for m in bob.seen
-        )
-        presence = await web_until(ws, "presence")
-        assert (presence["room"], presence["joined"], presence["left"]) == ("#lobby", 1, 0)
-        await dan.send_line("/users")
-        assert (await lines_until(dan, "dan"))[-1] == "* Users in #lobby: ann, bob, cat, dan"
-        await ws.aclose()
+            # The fourth, past it: only dan hears of its join.
+            dan = await line_client(line_port, "dan")
+            server.hub.summarize_presence()  # what the timer does every --presence-interval
+            summary = "* 1 joined and 0 left #lobby in the last 30 s"
+            assert not any("dan" in line for line in await lines_of(ann, summary))
+            notice = await bob.until("NOTICE", "#lobby")
+            assert notice.params[1].endswith(summary)
+            assert not any(
+                m.command == "JOIN" and (m.source or "").startswith("dan!") for m in bob.seen
+            )
+            presence = await until(ws, "presence")
+            assert (presence["room"], presence["joined"], presence["left"]) == ("#lobby", 1, 0)
+            await dan.send_line("/users")
+            assert (await lines_of(dan, "dan"))[-1] == "* Users in #lobby: ann, bob, cat, dan"

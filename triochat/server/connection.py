@@ -175,15 +175,8 @@ class DoorConnection:
 
     async def _writer(self) -> None:
         outbox = self.send
-        stats = self.server.stats
         try:
-            if outbox.fd >= 0:
-                await outbox.write_backlog()
-            else:
-                # One write for everything queued since the last one.
-                while (data := outbox.take()) is not None:
-                    stats.bytes_out += len(data)
-                    await self.stream.send_all(data)
+            await outbox.write_backlog(self.stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             outbox.stop()
             self.end()

@@ -142,14 +142,21 @@ class Outbox:
         elif self.closed:
             self._owner.end()
 
-    async def write_backlog(self) -> None:
-        """For the writer of a plain socket: write the backlog as the kernel takes it.
+    async def write_backlog(self, stream: trio.abc.SendStream | None = None) -> None:
+        """For the owner's writer task: write the backlog until nothing is queued.
 
-        Returns once nothing is queued (the outbox is idle again); raises
-        ``BrokenResourceError`` if the socket failed. The chunks go out as
-        they are, with ``writev``: joining a big backlog first copied every
-        byte of it once more.
+        On a plain socket the chunks go out as they are, with ``writev``, as the
+        kernel takes them: joining a big backlog first copied every byte of it once
+        more. Any other stream (``fd`` -1: TLS, a test's) gets everything queued in
+        one ``send_all`` at a time. Raises ``BrokenResourceError`` (or
+        ``ClosedResourceError``) if writing failed.
         """
+        if self.fd < 0:
+            assert stream is not None, "a stream that is not a plain socket is written through"
+            while (data := self.take()) is not None:
+                self._flusher.stats.bytes_out += len(data)
+                await stream.send_all(data)
+            return
         while True:
             await trio.lowlevel.wait_writable(self.fd)
             try:

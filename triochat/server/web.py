@@ -604,14 +604,9 @@ class _WebSocket:
             self._nursery.cancel_scope.cancel()
 
     async def _writer(self) -> None:
-        outbox, stats = self.send, self.door.server.stats
+        outbox = self.send
         try:
-            if outbox.fd >= 0:
-                await outbox.write_backlog()
-            else:
-                while (data := outbox.take()) is not None:
-                    stats.bytes_out += len(data)
-                    await self.stream.send_all(data)
+            await outbox.write_backlog(self.stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._hang_up_now()
             return
